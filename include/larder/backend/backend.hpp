@@ -1,0 +1,59 @@
+// The Backend concept: the few operations with Redis semantics that every strategy is
+// built from. MemoryBackend implements them under its shard locks, RedisBackend with
+// commands and Lua scripts; a user can write a third (a decorator that injects faults,
+// another store) against this page.
+//
+// Rules every implementation follows:
+//  - keys and values are arbitrary bytes (spaces, CR/LF, NUL, '%', non-UTF-8);
+//  - a TTL is in milliseconds; `no_expiry` stores without one;
+//  - each operation is atomic on its own;
+//  - a failure of the store throws larder::BackendError (TimeoutError when it did not
+//    answer in time); "no such key" is never an error.
+#pragma once
+
+#include <concepts>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "larder/core/clock.hpp"
+
+namespace larder {
+
+inline constexpr Millis no_expiry{0};
+
+/// Stored bytes and what is left of their TTL, read together in one operation.
+struct StoredValue {
+    std::string bytes;
+    /// Remaining time to live; nullopt when the key has no expiry.
+    std::optional<Millis> ttl;
+};
+
+template <class B>
+concept Backend = requires(B& backend, std::string_view key, std::string_view value,
+                           std::string_view expected, Millis ttl,
+                           std::span<const std::string> keys, std::int64_t delta) {
+    /// GET + PTTL in one round trip.
+    { backend.get(key) } -> std::same_as<std::optional<StoredValue>>;
+    /// One round trip for all keys; the result is aligned with `keys`.
+    { backend.get_many(keys) } -> std::same_as<std::vector<std::optional<StoredValue>>>;
+    /// SET key value [PX ttl].
+    { backend.set(key, value, ttl) } -> std::same_as<void>;
+    /// SET key value NX [PX ttl]: true when this call created the key.
+    { backend.set_if_absent(key, value, ttl) } -> std::same_as<bool>;
+    /// Replace the value only while it still equals `expected`.
+    { backend.compare_and_set(key, expected, value, ttl) } -> std::same_as<bool>;
+    /// Delete only while the value still equals `expected`.
+    { backend.compare_and_delete(key, expected) } -> std::same_as<bool>;
+    /// Reset the TTL only while the value still equals `expected` (a lease extension).
+    { backend.compare_and_expire(key, expected, ttl) } -> std::same_as<bool>;
+    /// DEL key: true when a key was removed.
+    { backend.del(key) } -> std::same_as<bool>;
+    /// INCRBY: a missing key counts from 0; a TTL is kept; a non-integer value is an error.
+    { backend.increment(key, delta) } -> std::same_as<std::int64_t>;
+};
+
+}  // namespace larder

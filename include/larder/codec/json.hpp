@@ -1,0 +1,46 @@
+// JsonCodec: any type with nlohmann to_json/from_json. Including this header makes it the
+// default codec for such types. Needs the larder::json target.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+
+#include "larder/core/codec.hpp"
+#include "larder/core/error.hpp"
+
+namespace larder {
+
+namespace detail {
+template <class T>
+concept NlohmannSerializable = requires(nlohmann::json& j, const T& value) {
+    nlohmann::to_json(j, value);
+    { j.template get<T>() } -> std::same_as<T>;
+};
+}  // namespace detail
+
+struct JsonCodec {
+    static constexpr std::uint8_t id = codec_id::json;
+
+    template <class T>
+    void encode(const T& value, std::string& out) const {
+        out += nlohmann::json(value).dump();
+    }
+
+    template <class T>
+    [[nodiscard]] T decode(std::string_view bytes) const {
+        try {
+            return nlohmann::json::parse(bytes).template get<T>();
+        } catch (const nlohmann::json::exception& e) {
+            throw CodecError(std::string("json: ") + e.what());
+        }
+    }
+};
+
+template <class T>
+    requires detail::NlohmannSerializable<T>
+struct default_codec<T> {
+    using type = JsonCodec;
+};
+
+}  // namespace larder

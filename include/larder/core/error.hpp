@@ -1,0 +1,58 @@
+// The exception tree. Everything larder throws derives from larder::Error, so a caller can
+// catch the library's failures in one place while a loader's own exceptions pass through
+// unchanged.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace larder {
+
+class Error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+/// The cache store failed: connection refused, protocol error, script rejected...
+class BackendError : public Error {
+public:
+    using Error::Error;
+};
+
+/// The store did not answer within its deadline.
+class TimeoutError : public BackendError {
+public:
+    using BackendError::BackendError;
+};
+
+/// Could not connect or authenticate.
+class ConnectionError : public BackendError {
+public:
+    using BackendError::BackendError;
+};
+
+/// The circuit breaker is open: the store is skipped until its cool-down ends.
+class CircuitOpenError : public BackendError {
+public:
+    using BackendError::BackendError;
+};
+
+/// Bytes that are not a value this cache wrote with this codec.
+class CodecError : public Error {
+public:
+    using Error::Error;
+};
+
+/// A loader broke its contract (for example a batch loader returned the wrong count).
+class LoaderError : public Error {
+public:
+    using Error::Error;
+};
+
+/// Options that cannot work together, detected at construction.
+class ConfigError : public Error {
+public:
+    using Error::Error;
+};
+
+}  // namespace larder

@@ -1,0 +1,17 @@
+// larder: caching strategies for C++20. This umbrella includes everything that needs no
+// third-party library; add <larder/codec/json.hpp> or <larder/codec/msgpack.hpp>
+// (target larder::json) for JSON codecs and <larder/backend/redis.hpp> (larder::redis).
+#pragma once
+
+#include "larder/backend/backend.hpp"
+#include "larder/backend/memory.hpp"
+#include "larder/codec/raw.hpp"
+#include "larder/core/clock.hpp"
+#include "larder/core/codec.hpp"
+#include "larder/core/envelope.hpp"
+#include "larder/core/error.hpp"
+#include "larder/core/random.hpp"
+#include "larder/core/stats.hpp"
+#include "larder/policy/cache_aside.hpp"
+#include "larder/stampede/jitter.hpp"
+#include "larder/stampede/single_flight.hpp"
