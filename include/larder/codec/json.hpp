@@ -24,7 +24,11 @@ struct JsonCodec {
 
     template <class T>
     void encode(const T& value, std::string& out) const {
-        out += nlohmann::json(value).dump();
+        try {
+            out += nlohmann::json(value).dump();
+        } catch (const nlohmann::json::exception& e) {
+            throw CodecError(std::string("json: ") + e.what());  // e.g. invalid UTF-8
+        }
     }
 
     template <class T>
@@ -38,7 +42,7 @@ struct JsonCodec {
 };
 
 template <class T>
-    requires detail::NlohmannSerializable<T>
+    requires(detail::NlohmannSerializable<T> && !detail::RawBytes<T>)
 struct default_codec<T> {
     using type = JsonCodec;
 };

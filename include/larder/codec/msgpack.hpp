@@ -17,7 +17,11 @@ struct MsgPackCodec {
     template <class T>
     void encode(const T& value, std::string& out) const {
         // nlohmann appends to a std::string through its output adapter.
-        nlohmann::json::to_msgpack(nlohmann::json(value), out);
+        try {
+            nlohmann::json::to_msgpack(nlohmann::json(value), out);
+        } catch (const nlohmann::json::exception& e) {
+            throw CodecError(std::string("msgpack: ") + e.what());
+        }
     }
 
     template <class T>

@@ -1,22 +1,13 @@
 // RawCodec: strings and byte vectors stored as they are.
 #pragma once
 
-#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include "larder/core/codec.hpp"
 
 namespace larder {
-
-namespace detail {
-template <class T>
-concept RawBytes = std::same_as<T, std::string> || std::same_as<T, std::vector<std::byte>> ||
-                   std::same_as<T, std::vector<std::uint8_t>> ||
-                   std::same_as<T, std::vector<char>>;
-}  // namespace detail
 
 struct RawCodec {
     static constexpr std::uint8_t id = codec_id::raw;
@@ -38,17 +29,5 @@ struct RawCodec {
     }
 };
 
-template <>
-struct default_codec<std::string> {
-    using type = RawCodec;
-};
-template <>
-struct default_codec<std::vector<std::byte>> {
-    using type = RawCodec;
-};
-template <>
-struct default_codec<std::vector<std::uint8_t>> {
-    using type = RawCodec;
-};
 
 }  // namespace larder

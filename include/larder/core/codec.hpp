@@ -5,9 +5,11 @@
 #pragma once
 
 #include <concepts>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace larder {
 
@@ -26,11 +28,26 @@ concept Codec = requires(const C& codec, const T& value, std::string& out, std::
     { codec.template decode<T>(bytes) } -> std::same_as<T>;
 };
 
-/// The codec a cache of T uses when none is named. Specialised for strings and bytes in
-/// <larder/codec/raw.hpp>, and for every type with nlohmann to_json/from_json in
-/// <larder/codec/json.hpp>: a user who wants no JSON includes no JSON.
+namespace detail {
+template <class T>
+concept RawBytes = std::same_as<T, std::string> || std::same_as<T, std::vector<std::byte>> ||
+                   std::same_as<T, std::vector<std::uint8_t>> ||
+                   std::same_as<T, std::vector<char>>;
+}  // namespace detail
+
+struct RawCodec;  // <larder/codec/raw.hpp>
+
+/// The codec a cache of T uses when none is named: RawCodec for strings and bytes (always,
+/// whatever else is included, so every translation unit agrees), JsonCodec for other types
+/// with nlohmann to_json/from_json once <larder/codec/json.hpp> is included. A user who
+/// wants no JSON includes no JSON.
 template <class T>
 struct default_codec {};
+
+template <detail::RawBytes T>
+struct default_codec<T> {
+    using type = RawCodec;
+};
 
 template <class T>
 using default_codec_t = typename default_codec<T>::type;

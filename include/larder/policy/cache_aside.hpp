@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "larder/backend/backend.hpp"
+#include "larder/codec/raw.hpp"
 #include "larder/core/clock.hpp"
 #include "larder/core/codec.hpp"
 #include "larder/core/envelope.hpp"
