@@ -1,0 +1,314 @@
+// user_service: the seed's get_user / update_user, over a real SQLite database, first
+// without a cache and then with larder::CacheAside, on the same skewed workload.
+//
+//   user_service [--users N] [--ops N] [--write-ratio R] [--skew S] [--redis URL]
+//
+// Prints what a reader of the seed wants to know: how many queries reach the database,
+// the hit ratio, and the latency of get_user with and without the cache.
+#include <larder/codec/json.hpp>
+#include <larder/larder.hpp>
+#if defined(LARDER_EXAMPLE_HAVE_REDIS)
+#include <larder/backend/redis.hpp>
+#endif
+
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct User {
+    std::int64_t id = 0;
+    std::string name;
+    std::string email;
+    std::int64_t score = 0;
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(User, id, name, email, score)
+
+// --- the database ------------------------------------------------------------------
+
+class Database {
+public:
+    explicit Database(const std::string& path) {
+        if (sqlite3_open(path.c_str(), &db_) != SQLITE_OK) fail("open");
+        exec("PRAGMA journal_mode=WAL");
+        exec("PRAGMA synchronous=NORMAL");
+        exec("CREATE TABLE IF NOT EXISTS user (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+             "email TEXT NOT NULL, score INTEGER NOT NULL)");
+        select_ = prepare("SELECT id, name, email, score FROM user WHERE id = ?1");
+        update_ = prepare("UPDATE user SET score = ?2 WHERE id = ?1");
+    }
+    ~Database() {
+        sqlite3_finalize(select_);
+        sqlite3_finalize(update_);
+        sqlite3_close(db_);
+    }
+    Database(const Database&) = delete;
+    Database& operator=(const Database&) = delete;
+
+    void seed(int users) {
+        exec("DELETE FROM user");
+        exec("BEGIN");
+        sqlite3_stmt* insert = prepare("INSERT INTO user VALUES (?1, ?2, ?3, 0)");
+        for (int id = 1; id <= users; ++id) {
+            const std::string name = "user" + std::to_string(id);
+            sqlite3_bind_int64(insert, 1, id);
+            sqlite3_bind_text(insert, 2, name.c_str(), -1, SQLITE_TRANSIENT);
+            sqlite3_bind_text(insert, 3, (name + "@example.com").c_str(), -1, SQLITE_TRANSIENT);
+            if (sqlite3_step(insert) != SQLITE_DONE) fail("insert");
+            sqlite3_reset(insert);
+        }
+        sqlite3_finalize(insert);
+        exec("COMMIT");
+    }
+
+    // SELECT * FROM User WHERE id = ?
+    std::optional<User> select_user(std::int64_t id) {
+        ++queries;
+        sqlite3_bind_int64(select_, 1, id);
+        std::optional<User> user;
+        if (sqlite3_step(select_) == SQLITE_ROW) {
+            user = User{sqlite3_column_int64(select_, 0),
+                        reinterpret_cast<const char*>(sqlite3_column_text(select_, 1)),
+                        reinterpret_cast<const char*>(sqlite3_column_text(select_, 2)),
+                        sqlite3_column_int64(select_, 3)};
+        }
+        sqlite3_reset(select_);
+        return user;
+    }
+
+    // UPDATE User SET ... WHERE id = ?
+    void update_score(std::int64_t id, std::int64_t score) {
+        ++queries;
+        sqlite3_bind_int64(update_, 1, id);
+        sqlite3_bind_int64(update_, 2, score);
+        if (sqlite3_step(update_) != SQLITE_DONE) fail("update");
+        sqlite3_reset(update_);
+    }
+
+    long queries = 0;
+
+private:
+    void exec(const char* sql) {
+        if (sqlite3_exec(db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) fail(sql);
+    }
+    sqlite3_stmt* prepare(const char* sql) {
+        sqlite3_stmt* stmt = nullptr;
+        if (sqlite3_prepare_v2(db_, sql, -1, &stmt, nullptr) != SQLITE_OK) fail(sql);
+        return stmt;
+    }
+    [[noreturn]] void fail(const std::string& what) {
+        throw std::runtime_error("sqlite: " + what + ": " + sqlite3_errmsg(db_));
+    }
+
+    sqlite3* db_ = nullptr;
+    sqlite3_stmt* select_ = nullptr;
+    sqlite3_stmt* update_ = nullptr;
+};
+
+// --- the workload ------------------------------------------------------------------
+
+/// Zipf-distributed ids in [1, n]: a few users are read far more than the rest.
+class Zipf {
+public:
+    Zipf(int n, double skew) : cdf_(static_cast<std::size_t>(n)) {
+        double sum = 0;
+        for (int i = 0; i < n; ++i) {
+            sum += 1.0 / std::pow(i + 1, skew);
+            cdf_[static_cast<std::size_t>(i)] = sum;
+        }
+        for (auto& c : cdf_) c /= sum;
+    }
+    std::int64_t operator()(std::mt19937_64& rng) const {
+        const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+        return std::lower_bound(cdf_.begin(), cdf_.end(), u) - cdf_.begin() + 1;
+    }
+
+private:
+    std::vector<double> cdf_;
+};
+
+struct Config {
+    int users = 5000;
+    int ops = 50'000;
+    double write_ratio = 0.05;
+    double skew = 1.0;
+    std::string redis_url;
+};
+
+struct Op {
+    bool write;
+    std::int64_t id;
+};
+
+std::vector<Op> make_workload(const Config& c) {
+    std::mt19937_64 rng(42);  // the same sequence for both runs
+    const Zipf zipf(c.users, c.skew);
+    std::bernoulli_distribution is_write(c.write_ratio);
+    std::vector<Op> ops;
+    ops.reserve(static_cast<std::size_t>(c.ops));
+    for (int i = 0; i < c.ops; ++i) ops.push_back(Op{is_write(rng), zipf(rng)});
+    return ops;
+}
+
+struct Result {
+    std::string name;
+    long db_queries = 0;
+    double hit_ratio = -1;
+    std::vector<double> read_us;
+    double seconds = 0;
+
+    double percentile(double p) {
+        if (read_us.empty()) return 0;
+        std::sort(read_us.begin(), read_us.end());
+        const auto i = static_cast<std::size_t>(p * static_cast<double>(read_us.size() - 1));
+        return read_us[i];
+    }
+};
+
+template <class GetUser, class UpdateUser>
+Result run(std::string name, const std::vector<Op>& ops, Database& db, GetUser&& get_user,
+           UpdateUser&& update_user) {
+    Result r{std::move(name)};
+    const long before = db.queries;
+    r.read_us.reserve(ops.size());
+    const auto start = std::chrono::steady_clock::now();
+    for (const auto& op : ops) {
+        if (op.write) {
+            update_user(op.id, op.id * 10 + static_cast<std::int64_t>(r.read_us.size()));
+            continue;
+        }
+        const auto t0 = std::chrono::steady_clock::now();
+        const auto user = get_user(op.id);
+        const auto t1 = std::chrono::steady_clock::now();
+        if (!user || user->id != op.id) throw std::logic_error("wrong user returned");
+        r.read_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+    }
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    r.db_queries = db.queries - before;
+    return r;
+}
+
+template <class Backend>
+Result run_cached(const char* name, Backend& backend, const std::vector<Op>& ops, Database& db) {
+    // The seed's get_user / update_user, with CacheAside doing the cache half.
+    larder::CacheAside<User, Backend> users(backend,
+                                            {.key_prefix = "user:",
+                                             .ttl = std::chrono::minutes(5),
+                                             .jitter = {.max_extra = std::chrono::seconds(60)}});
+    auto get_user = [&](std::int64_t id) {
+        return users.get(std::to_string(id), [&] { return db.select_user(id); });
+    };
+    auto update_user = [&](std::int64_t id, std::int64_t score) {
+        users.update(std::to_string(id), [&] { db.update_score(id, score); });
+    };
+    Result r = run(name, ops, db, get_user, update_user);
+    const auto s = users.stats();
+    r.hit_ratio = static_cast<double>(s.hits) / static_cast<double>(s.hits + s.misses);
+    return r;
+}
+
+void print(std::vector<Result>& results, const Config& c) {
+    std::printf("\n%d users, %d operations (%.0f%% writes), Zipf skew %.2f\n\n", c.users, c.ops,
+                c.write_ratio * 100, c.skew);
+    std::printf("%-26s %12s %10s %12s %12s %10s\n", "", "DB queries", "hit ratio",
+                "p50 read us", "p99 read us", "ops/s");
+    for (auto& r : results) {
+        char hit[16] = "-";
+        if (r.hit_ratio >= 0) std::snprintf(hit, sizeof hit, "%.1f%%", r.hit_ratio * 100);
+        std::printf("%-26s %12ld %10s %12.1f %12.1f %10.0f\n", r.name.c_str(), r.db_queries, hit,
+                    r.percentile(0.50), r.percentile(0.99),
+                    static_cast<double>(c.ops) / r.seconds);
+    }
+    const auto& base = results.front();
+    for (std::size_t i = 1; i < results.size(); ++i) {
+        std::printf("\n%s sends %.1fx fewer queries to the database than no cache.\n",
+                    results[i].name.c_str(),
+                    static_cast<double>(base.db_queries) /
+                        static_cast<double>(std::max(1L, results[i].db_queries)));
+    }
+}
+
+[[noreturn]] void usage(const std::string& problem) {
+    std::cerr << "user_service: " << problem << "\n"
+              << "usage: user_service [--users N] [--ops N] [--write-ratio R] [--skew S] "
+                 "[--redis URL]\n";
+    std::exit(2);
+}
+
+Config parse(int argc, char** argv) {
+    Config c;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) usage(arg + " needs a value");
+            return argv[++i];
+        };
+        try {
+            if (arg == "--users") c.users = std::stoi(value());
+            else if (arg == "--ops") c.ops = std::stoi(value());
+            else if (arg == "--write-ratio") c.write_ratio = std::stod(value());
+            else if (arg == "--skew") c.skew = std::stod(value());
+            else if (arg == "--redis") c.redis_url = value();
+            else if (arg == "-h" || arg == "--help") usage("help");
+            else usage("unknown argument " + arg);
+        } catch (const std::logic_error&) {
+            usage("bad value for " + arg);
+        }
+    }
+    if (c.users < 1 || c.ops < 1 || c.write_ratio < 0 || c.write_ratio > 1 || c.skew < 0) {
+        usage("need users >= 1, ops >= 1, 0 <= write-ratio <= 1, skew >= 0");
+    }
+    return c;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const Config config = parse(argc, argv);
+    const auto path = std::filesystem::temp_directory_path() /
+                      ("larder-user-service-" + std::to_string(::getpid()) + ".db");
+    int status = 0;
+    try {
+        Database db(path.string());
+        db.seed(config.users);
+        const auto ops = make_workload(config);
+
+        std::vector<Result> results;
+        results.push_back(run(
+            "no cache (SQLite only)", ops, db, [&](std::int64_t id) { return db.select_user(id); },
+            [&](std::int64_t id, std::int64_t score) { db.update_score(id, score); }));
+
+        if (config.redis_url.empty()) {
+            larder::MemoryBackend memory;
+            results.push_back(run_cached("CacheAside + memory", memory, ops, db));
+        } else {
+#if defined(LARDER_EXAMPLE_HAVE_REDIS)
+            larder::RedisBackend redis(larder::RedisOptions::from_url(config.redis_url));
+            results.push_back(run_cached("CacheAside + Redis", redis, ops, db));
+#else
+            usage("built without hiredis: --redis is not available");
+#endif
+        }
+        print(results, config);
+    } catch (const std::exception& e) {
+        std::cerr << "user_service: " << e.what() << "\n";
+        status = 1;
+    }
+    std::filesystem::remove(path);
+    std::filesystem::remove(path.string() + "-wal");
+    std::filesystem::remove(path.string() + "-shm");
+    return status;
+}
