@@ -5,21 +5,29 @@
 //  - stale set: a reader that loaded before an update can store the old value after the
 //    update's delete. Here a miss first takes a lease in the key itself (SET NX PX of a
 //    random token) and fills with compare-and-set against it; invalidate() deletes the
-//    key, lease included, so the late fill fails and is counted as rejected.
-//  - herds: concurrent misses in one process share one loader call (single-flight).
+//    key, lease included, so the late fill fails and is counted as rejected. A refresh of
+//    a value that is still there fills by compare-and-set against the old value's bytes,
+//    so an invalidation fences it the same way.
+//  - herds: concurrent misses in one process share one loader call (single-flight); the
+//    stampede guard decides what other processes do (Lock: wait for the holder's value)
+//    and whether a hot value is refreshed before it expires (XFetch).
 //  - "not found" is cached too (negative caching), with its own TTL.
 //  - an empty value is a value: presence comes from the envelope, not from truthiness.
 //  - a cache problem never fails a read: a store error degrades to the loader, and bytes
 //    that are not ours are a counted miss, removed only by compare-and-delete.
+//  - fail-safe: with a grace period, a value outlives its freshness; when the loader then
+//    fails, the stale value is served instead of the error.
 #pragma once
 
 #include <chrono>
 #include <concepts>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 #include <unordered_map>
 #include <utility>
@@ -31,8 +39,13 @@
 #include "larder/core/codec.hpp"
 #include "larder/core/envelope.hpp"
 #include "larder/core/error.hpp"
+#include "larder/core/keys.hpp"
 #include "larder/core/random.hpp"
 #include "larder/core/stats.hpp"
+#include "larder/policy/detail/background.hpp"
+#include "larder/policy/detail/components.hpp"
+#include "larder/policy/detail/lease_keeper.hpp"
+#include "larder/stampede/guard.hpp"
 #include "larder/stampede/jitter.hpp"
 #include "larder/stampede/single_flight.hpp"
 
@@ -41,56 +54,85 @@ namespace larder {
 struct CacheAsideOptions {
     /// Prepended to every key: a namespace, so several caches can share one store.
     std::string key_prefix;
-    /// How long a loaded value stays cached.
+    /// How long a loaded value stays fresh.
     Millis ttl = std::chrono::minutes(5);
     /// How long a "not found" stays cached; shorter, so a new row shows up soon.
     Millis negative_ttl = std::chrono::seconds(30);
     /// Spreads expiries of entries written together.
     TtlJitter jitter{};
-    /// How long a loader holds the key; bounds the wait when a holder dies.
+    /// Fail-safe: how long a value is kept past its freshness. While one reader refreshes
+    /// it the others get it at once, and when the loader fails it is served instead of
+    /// the error (counted as stale_served). 0 turns it off.
+    Millis grace{0};
+    /// How long a loader holds the key. A running loader's lease is extended every
+    /// lease_ttl / 3, so this bounds only how long a crashed holder blocks the key.
     Millis lease_ttl = std::chrono::seconds(10);
     const Clock* clock = &SystemClock::instance();
 };
 
-template <class T, Backend B, class C = default_codec_t<T>>
-    requires Codec<C, T>
+/// CacheAside<T, Backend, Components...>: Components are an optional codec for T and an
+/// optional StampedeGuard, in any order (see policy/detail/components.hpp).
+template <class T, Backend B, class... Components>
+    requires detail::all_components_known<T, Components...>
 class CacheAside {
 public:
     using value_type = T;
     using backend_type = B;
-    using codec_type = C;
+    using codec_type = detail::pick_codec_t<T, Components...>;
+    using guard_type = detail::pick_guard_t<T, Components...>;
+    using Loader = std::function<std::optional<T>()>;
 
     /// The backend is borrowed: it must outlive the cache. Several caches may share it.
-    explicit CacheAside(B& backend, CacheAsideOptions options = {}, C codec = {})
-        : backend_(backend), options_(std::move(options)), codec_(std::move(codec)) {
-        if (!options_.clock) options_.clock = &SystemClock::instance();
-        options_.jitter.validate();
-        if (options_.ttl.count() <= 0 || options_.negative_ttl.count() <= 0 ||
-            options_.lease_ttl.count() <= 0) {
-            throw ConfigError("CacheAside: ttl, negative_ttl and lease_ttl must be positive");
-        }
-    }
+    explicit CacheAside(B& backend, CacheAsideOptions options = {}, guard_type guard = {},
+                        codec_type codec = {})
+        : backend_(backend),
+          options_(validated(std::move(options))),
+          guard_(std::move(guard)),
+          codec_(std::move(codec)),
+          keeper_(backend, options_.lease_ttl) {}
+
+    CacheAside(const CacheAside&) = delete;
+    CacheAside& operator=(const CacheAside&) = delete;
 
     /// The cached value of `key`, or the loader's. `loader()` returns std::optional<T>:
     /// nullopt means "no such row" and is cached for negative_ttl. The loader's exception
-    /// propagates unchanged (to every caller that shared the load).
-    template <class Loader>
-        requires std::convertible_to<std::invoke_result_t<Loader&>, std::optional<T>>
-    std::optional<T> get(std::string_view key, Loader&& loader) {
+    /// propagates unchanged (to every caller that shared the load), unless a stale value
+    /// within the grace period can be served instead.
+    ///
+    /// With a background-refreshing guard the loader may be called after get() returns,
+    /// so it must then own what it captures (copy, not reference, locals).
+    template <class L>
+        requires std::convertible_to<std::invoke_result_t<L&>, std::optional<T>>
+    std::optional<T> get(std::string_view key, L&& loader) {
         const std::string full = full_key(key);
-        Lookup found = lookup(full);
-        if (found.state == Lookup::hit) return std::move(found.value);
-
+        Read found = read(full);
+        switch (found.state) {
+            case Read::fresh:
+                stats_.add(Counter::hits);
+                if (found.negative) stats_.add(Counter::negative_hits);
+                if (!found.negative &&
+                    guard_.refresh_early(FreshHit{found.fresh_for, found.recompute_time})) {
+                    return refresh(full, std::move(found), loader, /*early=*/true);
+                }
+                return std::move(found.value);
+            case Read::stale:
+                return refresh(full, std::move(found), loader, /*early=*/false);
+            case Read::absent:
+            case Read::leased:
+            case Read::unknown:
+                break;
+        }
         stats_.add(Counter::misses);
-        const bool may_fill = found.state == Lookup::absent;
-        auto result = flights_.run(full, [&] { return load_and_fill(full, loader, may_fill); });
+        const auto state = found.state;
+        auto result = flights_.run(full, [&] { return load_missing(full, loader, state); });
         if (result.shared) stats_.add(Counter::coalesced);
         return std::move(result.value);
     }
 
     /// Values for many keys, aligned with `keys`, from one backend read. The batch loader
     /// is called once, with only the keys that missed (each once), and returns one
-    /// std::optional<T> per key it was given, in order.
+    /// std::optional<T> per key it was given, in order. Stale values are served as they
+    /// are (no refresh); use get() for keys that need one.
     template <class BatchLoader>
         requires std::convertible_to<
             std::invoke_result_t<BatchLoader&, std::span<const std::string>>,
@@ -111,54 +153,62 @@ public:
 
         std::vector<std::optional<T>> out(keys.size());
         // Missing keys in first-seen order, each with the positions that want it.
-        std::vector<std::string> missing;
-        std::vector<std::string> missing_full;
-        std::vector<bool> missing_may_fill;
-        std::vector<std::vector<std::size_t>> wanted_at;
+        struct Missing {
+            std::size_t first_index;
+            bool may_fill;
+            std::vector<std::size_t> wanted_at;
+        };
+        std::vector<std::string> missing_keys;
+        std::vector<Missing> missing;
         std::unordered_map<std::string_view, std::size_t> index_of;
         for (std::size_t i = 0; i < keys.size(); ++i) {
-            Lookup found = classify(full[i], stored[i]);
-            if (found.state == Lookup::hit) {
+            Read found = classify(full[i], std::move(stored[i]));
+            if (found.state == Read::fresh || found.state == Read::stale) {
+                stats_.add(found.state == Read::fresh ? Counter::hits : Counter::stale_served);
                 out[i] = std::move(found.value);
                 continue;
             }
             stats_.add(Counter::misses);
             auto [it, fresh] = index_of.try_emplace(keys[i], missing.size());
             if (fresh) {
-                missing.push_back(keys[i]);
-                missing_full.push_back(full[i]);
-                missing_may_fill.push_back(found.state == Lookup::absent);
-                wanted_at.emplace_back();
+                missing_keys.push_back(keys[i]);
+                missing.push_back(Missing{i, found.state == Read::absent, {}});
             }
-            wanted_at[it->second].push_back(i);
+            missing[it->second].wanted_at.push_back(i);
         }
         if (missing.empty()) return out;
 
         std::vector<std::optional<std::string>> leases(missing.size());
         for (std::size_t m = 0; m < missing.size(); ++m) {
-            if (missing_may_fill[m]) leases[m] = try_lease(missing_full[m]);
+            if (missing[m].may_fill) leases[m] = try_lease(full[missing[m].first_index]);
         }
+        auto release_all = [&] {
+            for (std::size_t m = 0; m < missing.size(); ++m) {
+                release(full[missing[m].first_index], leases[m]);
+            }
+        };
 
         std::vector<std::optional<T>> loaded;
-        const auto started = std::chrono::steady_clock::now();
+        const Stopwatch watch(*options_.clock);
         stats_.add(Counter::loads);
         try {
-            loaded = std::invoke(batch_loader, std::span<const std::string>(missing));
+            loaded = std::invoke(batch_loader, std::span<const std::string>(missing_keys));
         } catch (...) {
             stats_.add(Counter::load_errors);
-            for (std::size_t m = 0; m < missing.size(); ++m) release(missing_full[m], leases[m]);
+            release_all();
             throw;
         }
         if (loaded.size() != missing.size()) {
-            for (std::size_t m = 0; m < missing.size(); ++m) release(missing_full[m], leases[m]);
+            release_all();
             throw LoaderError("get_many: the batch loader returned " +
                               std::to_string(loaded.size()) + " values for " +
                               std::to_string(missing.size()) + " keys");
         }
-        const auto took = std::chrono::steady_clock::now() - started;
+        const auto took = watch.elapsed();
         for (std::size_t m = 0; m < missing.size(); ++m) {
-            if (leases[m]) fill(missing_full[m], *leases[m], loaded[m], took);
-            const auto& at = wanted_at[m];
+            const std::string& key = full[missing[m].first_index];
+            if (leases[m]) fill(key, *leases[m], loaded[m], took);
+            const auto& at = missing[m].wanted_at;
             for (std::size_t j = 0; j + 1 < at.size(); ++j) out[at[j]] = loaded[m];
             out[at.back()] = std::move(loaded[m]);
         }
@@ -171,14 +221,14 @@ public:
     void invalidate(std::string_view key) {
         const std::string full = full_key(key);
         stats_.add(Counter::invalidations);
+        // New readers must not join a load that may have read the old row.
+        flights_.forget(full);
         try {
             backend_.del(full);
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
-            flights_.forget(full);
             throw;
         }
-        flights_.forget(full);
     }
 
     /// The seed's write path done in the right order: change the database, then
@@ -202,6 +252,7 @@ public:
 
     [[nodiscard]] const CacheAsideOptions& options() const noexcept { return options_; }
     [[nodiscard]] B& backend() noexcept { return backend_; }
+    [[nodiscard]] guard_type& guard() noexcept { return guard_; }
 
     /// The key as stored: the prefix, then the caller's key.
     [[nodiscard]] std::string full_key(std::string_view key) const {
@@ -211,127 +262,263 @@ public:
         return full;
     }
 
+    /// Waits until no background refresh is queued or running.
+    void wait_for_background_refreshes() { background_.drain(); }
+
+    /// Leases extended by the keeper so far (a slow loader keeps its lease).
+    [[nodiscard]] std::uint64_t lease_extensions() const { return keeper_.extensions(); }
+
 private:
-    struct Lookup {
+    /// One store read, classified.
+    struct Read {
         enum State {
-            hit,      ///< value (or cached "not found") in `value`
+            fresh,    ///< a value or a cached "not found", still fresh
+            stale,    ///< a value past its freshness, within the grace period
             absent,   ///< nothing there: this caller may lease and fill
-            leased,   ///< another loader holds the key: load, but do not fill
+            leased,   ///< another loader holds the key
             unknown,  ///< the store failed: load, but do not fill
         } state = absent;
-        std::optional<T> value;
+        bool negative = false;                   ///< the value is a cached "not found"
+        std::optional<T> value;                  ///< fresh or stale value
+        std::string bytes;                       ///< the stored bytes (refreshes CAS on them)
+        Millis fresh_for{0};                     ///< time left until stale
+        std::chrono::microseconds recompute_time{0};
     };
 
-    Lookup lookup(const std::string& full) {
+    static CacheAsideOptions validated(CacheAsideOptions o) {
+        if (!o.clock) o.clock = &SystemClock::instance();
+        o.jitter.validate();
+        if (o.ttl.count() <= 0 || o.negative_ttl.count() <= 0 || o.lease_ttl.count() <= 0) {
+            throw ConfigError("CacheAside: ttl, negative_ttl and lease_ttl must be positive");
+        }
+        if (o.grace.count() < 0) throw ConfigError("CacheAside: grace must not be negative");
+        return o;
+    }
+
+    Read read(const std::string& full) {
         std::optional<StoredValue> stored;
         try {
             stored = backend_.get(full);
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
-            return Lookup{Lookup::unknown, std::nullopt};
+            return Read{.state = Read::unknown};
         }
-        return classify(full, stored);
+        return classify(full, std::move(stored));
     }
 
-    Lookup classify(const std::string& full, const std::optional<StoredValue>& stored) {
-        if (!stored) return Lookup{Lookup::absent, std::nullopt};
+    Read classify(const std::string& full, std::optional<StoredValue> stored) {
+        if (!stored) return Read{.state = Read::absent};
         const auto env = envelope::parse(stored->bytes);
         if (!env) return corrupt(full, stored->bytes);
-        switch (env->header.kind) {
-            case EntryKind::lease:
-                stats_.add(Counter::lease_waits);
-                return Lookup{Lookup::leased, std::nullopt};
-            case EntryKind::not_found:
-                stats_.add(Counter::hits);
-                stats_.add(Counter::negative_hits);
-                return Lookup{Lookup::hit, std::nullopt};
-            case EntryKind::value:
-                if (env->header.codec != C::id) return corrupt(full, stored->bytes);
-                try {
-                    Lookup found{Lookup::hit, codec_.template decode<T>(env->payload)};
-                    stats_.add(Counter::hits);
-                    return found;
-                } catch (const CodecError&) {
-                    return corrupt(full, stored->bytes);
-                }
+        const auto& h = env->header;
+        if (h.kind == EntryKind::lease) return Read{.state = Read::leased};
+
+        Read r;
+        r.recompute_time = h.recompute_time;
+        // The store's clock says how long is left; the grace part of it is not fresh.
+        const Millis left = stored->ttl ? *stored->ttl : Millis::max();
+        r.fresh_for = stored->ttl ? left - h.grace : Millis::max();
+        r.state = r.fresh_for.count() > 0 ? Read::fresh : Read::stale;
+        if (h.kind == EntryKind::not_found) {
+            r.negative = true;
+        } else {
+            if (h.codec != codec_type::id) return corrupt(full, stored->bytes);
+            try {
+                r.value.emplace(codec_.template decode<T>(env->payload));
+            } catch (const CodecError&) {
+                return corrupt(full, stored->bytes);
+            }
         }
-        return corrupt(full, stored->bytes);
+        r.bytes = std::move(stored->bytes);
+        return r;
     }
 
     // Bytes we cannot read are a miss. They are removed only if they are still the same
     // bytes, so a good value written meanwhile by someone else survives.
-    Lookup corrupt(const std::string& full, const std::string& bytes) {
+    Read corrupt(const std::string& full, const std::string& bytes) {
         stats_.add(Counter::corrupt_values);
         try {
-            if (backend_.compare_and_delete(full, bytes)) return Lookup{Lookup::absent, {}};
+            if (backend_.compare_and_delete(full, bytes)) return Read{.state = Read::absent};
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
-            return Lookup{Lookup::unknown, std::nullopt};
         }
-        return Lookup{Lookup::unknown, std::nullopt};
+        return Read{.state = Read::unknown};
     }
 
-    template <class Loader>
-    std::optional<T> load_and_fill(const std::string& full, Loader& loader, bool may_fill) {
-        std::optional<std::string> lease = may_fill ? try_lease(full) : std::nullopt;
-        const auto started = std::chrono::steady_clock::now();
+    // A miss, run by one caller per key in this process. Takes the lease and loads; if
+    // another process holds the lease, waits as the guard says, then loads unfilled.
+    template <class L>
+    std::optional<T> load_missing(const std::string& full, L& loader, typename Read::State state) {
+        const LeaseWait wait = guard_.lease_wait();
+        const auto deadline = std::chrono::steady_clock::now() + wait.max_wait;
+        Millis backoff = wait.first_backoff;
+        bool counted_wait = false;
+        for (;;) {
+            if (state == Read::absent) {
+                bool contended = false;
+                if (auto lease = try_lease(full, &contended)) {
+                    return load_and_fill(full, *lease, loader);
+                }
+                state = contended ? Read::leased : Read::unknown;
+            }
+            if (state != Read::leased || std::chrono::steady_clock::now() >= deadline) break;
+            if (!counted_wait) {
+                stats_.add(Counter::lease_waits);
+                counted_wait = true;
+            }
+            // Jitter keeps waiters of many processes from polling in lockstep.
+            const auto nap = Millis{random_between(backoff.count() / 2 + 1, backoff.count())};
+            std::this_thread::sleep_for(nap);
+            backoff = std::min(backoff * 2, wait.max_backoff);
+            Read again = read(full);
+            if (again.state == Read::fresh || again.state == Read::stale) {
+                if (again.state == Read::stale) stats_.add(Counter::stale_served);
+                return std::move(again.value);
+            }
+            state = again.state;
+        }
+        return load_unfilled(loader);
+    }
+
+    // Times a recompute. The longer of the monotonic clock and the cache's clock: real
+    // time in production, and in tests the time a loader spends on a ManualClock.
+    class Stopwatch {
+    public:
+        explicit Stopwatch(const Clock& clock)
+            : clock_(clock), steady_(std::chrono::steady_clock::now()), start_(clock.now()) {}
+        [[nodiscard]] std::chrono::microseconds elapsed() const {
+            using std::chrono::duration_cast, std::chrono::microseconds;
+            return std::max(duration_cast<microseconds>(std::chrono::steady_clock::now() - steady_),
+                            duration_cast<microseconds>(clock_.now() - start_));
+        }
+
+    private:
+        const Clock& clock_;
+        std::chrono::steady_clock::time_point steady_;
+        TimePoint start_;
+    };
+
+    template <class L>
+    std::optional<T> load_unfilled(L& loader) {
         stats_.add(Counter::loads);
-        std::optional<T> value;
         try {
-            value = std::invoke(loader);
+            return std::invoke(loader);
         } catch (...) {
             stats_.add(Counter::load_errors);
-            release(full, lease);
             throw;
         }
-        if (lease) fill(full, *lease, value, std::chrono::steady_clock::now() - started);
+    }
+
+    template <class L>
+    std::optional<T> load_and_fill(const std::string& full, const std::string& lease, L& loader) {
+        const Stopwatch watch(*options_.clock);
+        std::optional<T> value;
+        {
+            auto hold = keeper_.hold(full, lease);
+            try {
+                value = load_unfilled(loader);
+            } catch (...) {
+                release(full, lease);
+                throw;
+            }
+        }
+        fill(full, lease, value, watch.elapsed());
         return value;
     }
 
-    // The lease bytes when this caller now holds the key, nullopt otherwise.
-    std::optional<std::string> try_lease(const std::string& full) {
+    // A value is there (fresh and elected for early refresh, or stale): one caller across
+    // all processes refreshes it, holding a lease on a sibling key; the rest serve it.
+    template <class L>
+    std::optional<T> refresh(const std::string& full, Read found, L& loader, bool early) {
+        if (early && guard_.refresh_in_background()) {
+            if constexpr (std::is_copy_constructible_v<std::decay_t<L>>) {
+                background_.submit(full, [this, full, bytes = found.bytes, loader]() mutable {
+                    (void)refresh_now(full, bytes, loader, /*early=*/true);
+                });
+                return std::move(found.value);
+            }
+        }
+        if (auto refreshed = refresh_now(full, found.bytes, loader, early)) {
+            return std::move(*refreshed);
+        }
+        if (found.state == Read::stale) stats_.add(Counter::stale_served);
+        return std::move(found.value);
+    }
+
+    // Refreshes the value stored as `bytes`. nullopt when this caller did not refresh
+    // (someone else holds the refresh lease, or the loader failed); otherwise the new value.
+    template <class L>
+    std::optional<std::optional<T>> refresh_now(const std::string& full, const std::string& bytes,
+                                                L& loader, bool early) {
+        const std::string lease_key = keys::sibling(full, "refresh");
+        auto lease = try_lease(lease_key);
+        if (!lease) return std::nullopt;
+        if (early) stats_.add(Counter::early_refreshes);
+        const Stopwatch watch(*options_.clock);
+        std::optional<T> value;
+        try {
+            auto hold = keeper_.hold(lease_key, *lease);
+            value = load_unfilled(loader);
+        } catch (...) {
+            release(lease_key, lease);
+            return std::nullopt;  // fail-safe: the caller serves what it has
+        }
+        // Fenced on the old bytes: an invalidation meanwhile makes this fill fail.
+        fill(full, bytes, value, watch.elapsed());
+        release(lease_key, lease);
+        return std::optional<std::optional<T>>(std::move(value));
+    }
+
+    // The lease bytes when this caller now holds `key`; nullopt otherwise, with
+    // *contended set when someone else holds it (rather than the store failing).
+    std::optional<std::string> try_lease(const std::string& key, bool* contended = nullptr) {
         std::string lease = envelope::make_lease(random_token(), options_.clock->now());
         try {
-            if (backend_.set_if_absent(full, lease, options_.lease_ttl)) return lease;
-            stats_.add(Counter::lease_waits);
+            if (backend_.set_if_absent(key, lease, options_.lease_ttl)) return lease;
+            if (contended) *contended = true;
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
         }
         return std::nullopt;
     }
 
-    void release(const std::string& full, const std::optional<std::string>& lease) noexcept {
+    void release(const std::string& key, const std::optional<std::string>& lease) noexcept {
         if (!lease) return;
         try {
-            backend_.compare_and_delete(full, *lease);
+            backend_.compare_and_delete(key, *lease);
         } catch (const BackendError&) {
-            // The lease expires by itself.
-            stats_.add(Counter::backend_errors);
+            stats_.add(Counter::backend_errors);  // the lease expires by itself
         } catch (...) {
         }
     }
 
-    void fill(const std::string& full, const std::string& lease, const std::optional<T>& value,
-              std::chrono::steady_clock::duration took) {
+    // Replaces `expected` (a lease, or the value being refreshed) with the loaded value.
+    void fill(const std::string& full, const std::string& expected, const std::optional<T>& value,
+              std::chrono::microseconds took) {
+        const Millis grace = value ? options_.grace : Millis{0};
         EnvelopeHeader header{
             .kind = value ? EntryKind::value : EntryKind::not_found,
-            .codec = value ? C::id : std::uint8_t{0},
+            .codec = value ? codec_type::id : std::uint8_t{0},
             .written_at = options_.clock->now(),
-            .recompute_time = std::chrono::duration_cast<std::chrono::microseconds>(took),
+            .recompute_time = took,
+            .grace = grace,
         };
         std::string bytes;
         try {
             envelope::write_header(bytes, header);
             if (value) codec_.encode(*value, bytes);
         } catch (const std::exception&) {
-            // A value the codec cannot write is served but not cached.
+            // A value the codec cannot write is served but not cached. A lease is given
+            // back at once; a value being refreshed stays until its TTL.
             stats_.add(Counter::corrupt_values);
-            release(full, lease);
+            const auto held = envelope::parse(expected);
+            if (held && held->header.kind == EntryKind::lease) release(full, expected);
             return;
         }
-        const Millis ttl = value ? options_.jitter.apply(options_.ttl) : options_.negative_ttl;
+        const Millis ttl =
+            (value ? options_.jitter.apply(options_.ttl) : options_.negative_ttl) + grace;
         try {
-            if (backend_.compare_and_set(full, lease, bytes, ttl)) {
+            if (backend_.compare_and_set(full, expected, bytes, ttl)) {
                 stats_.add(Counter::fills);
             } else {
                 stats_.add(Counter::fills_rejected);
@@ -343,9 +530,13 @@ private:
 
     B& backend_;
     CacheAsideOptions options_;
-    [[no_unique_address]] C codec_;
+    guard_type guard_;
+    [[no_unique_address]] codec_type codec_;
     Stats stats_;
     SingleFlight<std::optional<T>> flights_;
+    detail::LeaseKeeper<B> keeper_;
+    // Last: destroyed first, so no background refresh outlives the members it uses.
+    detail::BackgroundWorker background_;
 };
 
 }  // namespace larder

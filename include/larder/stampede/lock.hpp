@@ -1,0 +1,43 @@
+// Lock guard: when another process holds the lease on a missing key, wait for its value
+// instead of loading too. In-process callers already share one load (single-flight); this
+// extends the "one load per key" across processes.
+//
+// The lock is an efficiency lock, not a correctness lock: the fill is fenced by the lease
+// token, so if the lock fails (the holder dies, a wait times out) the cost is one extra
+// database query, never a wrong cached value.
+#pragma once
+
+#include <chrono>
+
+#include "larder/stampede/guard.hpp"
+
+namespace larder {
+
+struct LockOptions {
+    /// Longest a waiter waits for the holder's value before loading itself (without
+    /// filling). Keep it near the loader's worst case; a dead holder's lease expires after
+    /// the policy's lease_ttl, and a waiter then takes the lease over.
+    Millis max_wait = std::chrono::seconds(5);
+    /// Polling starts here and doubles (with jitter) up to max_backoff.
+    Millis first_backoff{2};
+    Millis max_backoff{50};
+};
+
+class Lock {
+public:
+    Lock() = default;
+    explicit Lock(LockOptions options) : options_(options) {}
+
+    [[nodiscard]] bool refresh_early(const FreshHit&) const noexcept { return false; }
+    [[nodiscard]] LeaseWait lease_wait() const noexcept {
+        return LeaseWait{options_.max_wait, options_.first_backoff, options_.max_backoff};
+    }
+    [[nodiscard]] bool refresh_in_background() const noexcept { return false; }
+
+private:
+    LockOptions options_{};
+};
+
+static_assert(StampedeGuard<Lock>);
+
+}  // namespace larder

@@ -1,0 +1,415 @@
+// Stampede guards on every backend: XFetch's refresh lease and background refresh, the
+// Lock guard's waiting, lease theft, holders that throw, die or run long, fail-safe; and
+// across real OS processes on a real redis-server.
+#include <larder/larder.hpp>
+
+#include <atomic>
+#include <barrier>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/backends.hpp"
+#include "support/fake_db.hpp"
+
+using namespace std::chrono_literals;
+using larder::Millis;
+using larder::test::Gate;
+
+namespace {
+
+struct Boom : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+template <class Fixture>
+larder::CacheAsideOptions options_for(Fixture& fx, larder::CacheAsideOptions o = {}) {
+    o.clock = fx.time_source();
+    return o;
+}
+
+// Always elects an early refresh (as long as a recompute time was recorded).
+larder::XFetch always_refresh(bool background = false) {
+    return larder::XFetch({.beta = 1.0, .background = background, .random = [] { return 1e-300; }});
+}
+
+template <class Fn>
+double seconds_of(Fn&& fn) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Waits (bounded) until pred() holds; false if it never did.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds bound = 5s) {
+    const auto deadline = std::chrono::steady_clock::now() + bound;
+    while (!pred()) {
+        if (std::chrono::steady_clock::now() > deadline) return false;
+        std::this_thread::sleep_for(1ms);
+    }
+    return true;
+}
+
+}  // namespace
+
+BACKEND_TEST_CASE("An elected refresh runs once; everyone else keeps the cached value",
+                  "[stampede][xfetch]") {
+    TestType fx;
+    larder::CacheAside<std::string, decltype(fx.backend), larder::XFetch> cache(
+        fx.backend, options_for(fx, {.ttl = 10s}), always_refresh());
+    // The first load takes 20 ms: delta * -ln(1e-300) = 13.8 s > 10 s, so every hit elects.
+    (void)cache.get("hot", [] {
+        std::this_thread::sleep_for(20ms);
+        return std::optional<std::string>("old");
+    });
+
+    Gate refreshing, release;
+    std::atomic<int> loads{0}, got_old{0}, got_new{0};
+    std::vector<std::thread> readers;
+    for (int t = 0; t < 16; ++t) {
+        readers.emplace_back([&] {
+            auto v = cache.get("hot", [&] {
+                loads.fetch_add(1);
+                refreshing.open();
+                release.wait();
+                return std::optional<std::string>("new");
+            });
+            (v == "old" ? got_old : got_new).fetch_add(1);
+        });
+    }
+    refreshing.wait();
+    // The refresher is blocked; the other 15 return the cached value without waiting.
+    REQUIRE(eventually([&] { return got_old.load() == 15; }));
+    release.open();
+    for (auto& t : readers) t.join();
+    REQUIRE(loads.load() == 1);
+    REQUIRE(got_new.load() == 1);
+    REQUIRE(cache.stats().early_refreshes == 1);
+    REQUIRE(cache.get("hot", [] { return std::optional<std::string>("x"); }) == "new");
+}
+
+BACKEND_TEST_CASE("A background refresh returns the current value at once",
+                  "[stampede][xfetch]") {
+    TestType fx;
+    larder::CacheAside<std::string, decltype(fx.backend), larder::XFetch> cache(
+        fx.backend, options_for(fx, {.ttl = 10s}), always_refresh(/*background=*/true));
+    (void)cache.get("hot", [] {
+        std::this_thread::sleep_for(20ms);
+        return std::optional<std::string>("old");
+    });
+    auto release = std::make_shared<Gate>();
+    auto loads = std::make_shared<std::atomic<int>>(0);
+    // The loader outlives this get() call, so it owns what it captures.
+    auto loader = [release, loads] {
+        loads->fetch_add(1);
+        release->wait();
+        return std::optional<std::string>("new");
+    };
+    REQUIRE(cache.get("hot", loader) == "old");
+    REQUIRE(cache.get("hot", loader) == "old");  // refresh queued or running: not twice
+    release->open();
+    cache.wait_for_background_refreshes();
+    REQUIRE(loads->load() == 1);
+    REQUIRE(cache.get("hot", [] { return std::optional<std::string>("x"); }) == "new");
+}
+
+BACKEND_TEST_CASE("Lock: another process's reader waits for the holder's value",
+                  "[stampede][lock]") {
+    TestType fx;
+    // Two cache objects on one store behave like two processes: no shared single-flight.
+    larder::CacheAside<std::string, decltype(fx.backend)> holder(fx.backend, options_for(fx));
+    larder::CacheAside<std::string, decltype(fx.backend), larder::Lock> waiter(fx.backend,
+                                                                               options_for(fx));
+    larder::CacheAside<std::string, decltype(fx.backend)> unguarded(fx.backend, options_for(fx));
+    Gate loading, release;
+    std::thread h([&] {
+        (void)holder.get("k", [&] {
+            loading.open();
+            release.wait();
+            return std::optional<std::string>("holder's");
+        });
+    });
+    loading.wait();
+
+    int unguarded_loads = 0;
+    REQUIRE(unguarded.get("k", [&] {
+        ++unguarded_loads;
+        return std::optional<std::string>("own");
+    }) == "own");
+    REQUIRE(unguarded_loads == 1);  // no guard: loads without filling
+
+    int waiter_loads = 0;
+    std::optional<std::string> waited;
+    std::thread w([&] {
+        waited = waiter.get("k", [&] {
+            ++waiter_loads;
+            return std::optional<std::string>("waiter's");
+        });
+    });
+    std::this_thread::sleep_for(50ms);
+    release.open();
+    h.join();
+    w.join();
+    REQUIRE(waited == "holder's");
+    REQUIRE(waiter_loads == 0);
+    REQUIRE(waiter.stats().lease_waits == 1);
+    REQUIRE(holder.stats().fills == 1);
+}
+
+BACKEND_TEST_CASE("Lock: a waiter gives up at max_wait and loads without filling",
+                  "[stampede][lock]") {
+    TestType fx;
+    larder::CacheAside<std::string, decltype(fx.backend)> holder(fx.backend, options_for(fx));
+    larder::CacheAside<std::string, decltype(fx.backend), larder::Lock> waiter(
+        fx.backend, options_for(fx), larder::Lock({.max_wait = 100ms}));
+    Gate loading, release;
+    std::thread h([&] {
+        (void)holder.get("k", [&] {
+            loading.open();
+            release.wait();
+            return std::optional<std::string>("holder's");
+        });
+    });
+    loading.wait();
+    REQUIRE(waiter.get("k", [] { return std::optional<std::string>("waiter's"); }) == "waiter's");
+    REQUIRE(waiter.stats().fills == 0);
+    release.open();
+    h.join();
+    REQUIRE(holder.stats().fills == 1);
+    REQUIRE(waiter.get("k", [] { return std::optional<std::string>("?"); }) == "holder's");
+}
+
+BACKEND_TEST_CASE("Lease theft: an expired holder's release cannot remove the next lease",
+                  "[stampede][lock]") {
+    TestType fx;
+    SECTION("the lease primitives") {
+        const auto a = larder::envelope::make_lease(larder::random_token(), {});
+        const auto b = larder::envelope::make_lease(larder::random_token(), {});
+        REQUIRE(fx.backend.set_if_absent("lock", a, 100ms));
+        fx.advance(250ms);  // A's lease expires while A still works
+        REQUIRE(fx.backend.set_if_absent("lock", b, 10s));
+        REQUIRE_FALSE(fx.backend.compare_and_delete("lock", a));  // A's release
+        REQUIRE(fx.backend.get("lock")->bytes == b);
+        // The seed's release, `redis.delete(lock_key)`, removes B's lock.
+        fx.backend.del("lock");
+        REQUIRE_FALSE(fx.backend.get("lock"));
+    }
+    SECTION("two caches") {
+        larder::CacheAside<std::string, decltype(fx.backend)> a(fx.backend, options_for(fx));
+        larder::CacheAside<std::string, decltype(fx.backend)> b(fx.backend, options_for(fx));
+        Gate a_loading, a_fail, b_loading, b_release;
+        std::thread ta([&] {
+            REQUIRE_THROWS_AS(a.get("k",
+                                    [&]() -> std::optional<std::string> {
+                                        a_loading.open();
+                                        a_fail.wait();
+                                        throw Boom("A gives up");
+                                    }),
+                              Boom);
+        });
+        a_loading.wait();
+        fx.backend.del("k");  // A's lease is gone, as if it had expired
+        std::thread tb([&] {
+            (void)b.get("k", [&] {
+                b_loading.open();
+                b_release.wait();
+                return std::optional<std::string>("B");
+            });
+        });
+        b_loading.wait();
+        a_fail.open();  // A throws and releases: it must not touch B's lease
+        ta.join();
+        const auto held = larder::envelope::parse(fx.backend.get("k")->bytes);
+        REQUIRE(held->header.kind == larder::EntryKind::lease);
+        b_release.open();
+        tb.join();
+        REQUIRE(b.stats().fills == 1);
+        REQUIRE(b.get("k", [] { return std::optional<std::string>("?"); }) == "B");
+    }
+}
+
+BACKEND_TEST_CASE("A holder that throws frees its waiters at once", "[stampede][lock]") {
+    TestType fx;
+    larder::CacheAside<std::string, decltype(fx.backend)> holder(fx.backend,
+                                                                 options_for(fx, {.lease_ttl = 5s}));
+    larder::CacheAside<std::string, decltype(fx.backend), larder::Lock> waiter(
+        fx.backend, options_for(fx, {.lease_ttl = 5s}), larder::Lock({.max_wait = 10s}));
+    Gate loading;
+    std::thread h([&] {
+        REQUIRE_THROWS_AS(holder.get("k",
+                                     [&]() -> std::optional<std::string> {
+                                         loading.open();
+                                         std::this_thread::sleep_for(100ms);
+                                         throw Boom("db");
+                                     }),
+                          Boom);
+    });
+    loading.wait();
+    std::optional<std::string> got;
+    const double waited = seconds_of([&] {
+        got = waiter.get("k", [] { return std::optional<std::string>("waiter's"); });
+    });
+    h.join();
+    WARN("waiter blocked " << waited * 1000 << " ms after the holder started (lease 5000 ms)");
+    REQUIRE(got == "waiter's");
+    REQUIRE(waiter.stats().fills == 1);  // the waiter took the freed lease and filled
+    REQUIRE(waited < 4.0);               // not the lease TTL: the release freed it
+}
+
+BACKEND_TEST_CASE("A loader slower than the lease keeps its lease", "[stampede][lock]") {
+    TestType fx;
+    larder::CacheAside<std::string, decltype(fx.backend)> holder(
+        fx.backend, options_for(fx, {.lease_ttl = 150ms}));
+    larder::CacheAside<std::string, decltype(fx.backend), larder::Lock> waiter(
+        fx.backend, options_for(fx), larder::Lock({.max_wait = 5s}));
+    Gate loading;
+    std::thread h([&] {
+        (void)holder.get("k", [&] {
+            loading.open();
+            std::this_thread::sleep_for(600ms);  // four lease TTLs
+            return std::optional<std::string>("slow");
+        });
+    });
+    loading.wait();
+    int waiter_loads = 0;
+    auto got = waiter.get("k", [&] {
+        ++waiter_loads;
+        return std::optional<std::string>("waiter's");
+    });
+    h.join();
+    REQUIRE(holder.lease_extensions() >= 2);
+    REQUIRE(got == "slow");
+    REQUIRE(waiter_loads == 0);
+    REQUIRE(holder.stats().fills == 1);
+}
+
+BACKEND_TEST_CASE("Fail-safe: a stale value is served when the loader fails",
+                  "[stampede][fail_safe]") {
+    TestType fx;
+    larder::CacheAside<std::string, decltype(fx.backend)> cache(
+        fx.backend, options_for(fx, {.ttl = 200ms, .grace = 60s}));
+    (void)cache.get("k", [] { return std::optional<std::string>("v1"); });
+    fx.advance(400ms);  // stale, within grace
+    auto failing = []() -> std::optional<std::string> { throw Boom("db down"); };
+    REQUIRE(cache.get("k", failing) == "v1");
+    auto s = cache.stats();
+    REQUIRE(s.stale_served == 1);
+    REQUIRE(s.load_errors == 1);
+    // A working loader refreshes it.
+    REQUIRE(cache.get("k", [] { return std::optional<std::string>("v2"); }) == "v2");
+    REQUIRE(cache.get("k", failing) == "v2");
+
+    SECTION("without grace the error propagates") {
+        larder::CacheAside<std::string, decltype(fx.backend)> strict(
+            fx.backend, options_for(fx, {.key_prefix = "strict:", .ttl = 200ms}));
+        (void)strict.get("k", [] { return std::optional<std::string>("v1"); });
+        fx.advance(400ms);
+        REQUIRE_THROWS_AS(strict.get("k", failing), Boom);
+    }
+}
+
+BACKEND_TEST_CASE("Fail-safe: while one reader refreshes a stale value, others get it at once",
+                  "[stampede][fail_safe]") {
+    TestType fx;
+    larder::CacheAside<std::string, decltype(fx.backend)> cache(
+        fx.backend, options_for(fx, {.ttl = 200ms, .grace = 60s}));
+    (void)cache.get("k", [] { return std::optional<std::string>("v1"); });
+    fx.advance(400ms);
+    Gate refreshing, release;
+    std::thread r([&] {
+        REQUIRE(cache.get("k", [&] {
+            refreshing.open();
+            release.wait();
+            return std::optional<std::string>("v2");
+        }) == "v2");
+    });
+    refreshing.wait();
+    int loads = 0;
+    REQUIRE(cache.get("k", [&] {
+        ++loads;
+        return std::optional<std::string>("other");
+    }) == "v1");
+    REQUIRE(loads == 0);
+    release.open();
+    r.join();
+    REQUIRE(cache.get("k", [] { return std::optional<std::string>("?"); }) == "v2");
+}
+
+BACKEND_TEST_CASE("Guards compose: XFetch with Lock", "[stampede][xfetch][lock]") {
+    TestType fx;
+    using Guard = larder::Guards<larder::XFetch, larder::Lock>;
+    larder::CacheAside<std::string, decltype(fx.backend), Guard> cache(
+        fx.backend, options_for(fx, {.ttl = 10s}), Guard(always_refresh(), larder::Lock()));
+    REQUIRE(cache.guard().lease_wait().max_wait == larder::LockOptions{}.max_wait);
+    (void)cache.get("k", [] {
+        std::this_thread::sleep_for(20ms);
+        return std::optional<std::string>("v1");
+    });
+    REQUIRE(cache.get("k", [] { return std::optional<std::string>("v2"); }) == "v2");
+    REQUIRE(cache.stats().early_refreshes == 1);
+}
+
+#if defined(LARDER_TEST_REDIS_BACKEND) && defined(LARDER_TEST_HELPER_STAMPEDE_CHILD)
+#include "support/child_process.hpp"
+
+namespace {
+
+// 4 processes x 32 threads read one key the moment it expires; the loader takes 50 ms.
+long stampede_loader_calls(const larder::test::RedisServer& server, const std::string& mode) {
+    server.command({"FLUSHALL"});
+    auto redis = larder::test::make_test_backend(server);
+    larder::CacheAside<std::string, larder::RedisBackend> cache(redis, {.ttl = 1500ms});
+    (void)cache.get("hot", [] { return std::optional<std::string>("warm"); });
+    const auto expires = larder::SystemClock::instance().now() + 1500ms;
+    const auto start = std::to_string((expires + 2ms).time_since_epoch().count());
+
+    std::vector<std::unique_ptr<larder::test::ChildProcess>> children;
+    for (int p = 0; p < 4; ++p) {
+        children.push_back(std::make_unique<larder::test::ChildProcess>(
+            LARDER_TEST_HELPER_STAMPEDE_CHILD,
+            std::vector<std::string>{"read", std::to_string(server.port()), mode, "hot", start,
+                                     "32"}));
+    }
+    for (auto& c : children) REQUIRE(c->wait() == 0);
+    return std::stol(server.command({"GET", "loader_calls"}));
+}
+
+}  // namespace
+
+TEST_CASE("Across 4 processes x 32 threads, Lock loads an expiring key exactly once",
+          "[stampede][lock][redis][multiprocess]") {
+    larder::test::RedisServer server;
+    const long naive = stampede_loader_calls(server, "naive");
+    const long unguarded = stampede_loader_calls(server, "none");
+    const long locked = stampede_loader_calls(server, "lock");
+    WARN("loader calls for 128 readers at expiry: seed's cache-aside " << naive
+         << ", CacheAside without guard " << unguarded << ", CacheAside + Lock " << locked);
+    REQUIRE(locked == 1);
+    REQUIRE(unguarded <= 4);   // single-flight: at most one per process
+    REQUIRE(naive >= 96);      // the seed: (nearly) every caller goes to the database
+}
+
+TEST_CASE("A killed holder blocks waiters no longer than its lease plus backoff",
+          "[stampede][lock][redis][multiprocess]") {
+    larder::test::RedisServer server;
+    const Millis lease_ttl = 500ms;
+    larder::test::ChildProcess holder(LARDER_TEST_HELPER_STAMPEDE_CHILD,
+                                      {"hold", std::to_string(server.port()), "k",
+                                       std::to_string(lease_ttl.count())});
+    REQUIRE(holder.read_line(10s) == "holding");
+    auto redis = larder::test::make_test_backend(server);
+    larder::CacheAside<std::string, larder::RedisBackend, larder::Lock> waiter(
+        redis, {.lease_ttl = lease_ttl}, larder::Lock({.max_wait = 10s}));
+    holder.kill();
+    std::optional<std::string> got;
+    const double waited = seconds_of([&] {
+        got = waiter.get("k", [] { return std::optional<std::string>("recovered"); });
+    });
+    WARN("waiter blocked " << waited * 1000 << " ms; lease " << lease_ttl.count()
+                           << " ms, max backoff 50 ms");
+    REQUIRE(got == "recovered");
+    REQUIRE(waiter.stats().fills == 1);        // it took the lease over, not just loaded
+    REQUIRE(waited < 0.5 + 0.05 + 2.0);         // lease + backoff, with room for a slow machine
+}
+#endif
