@@ -124,9 +124,17 @@ BACKEND_TEST_CASE("increment counts from zero, keeps the TTL, rejects non-intege
     REQUIRE(fx.backend.increment("t", 1) == 11);
     REQUIRE(fx.backend.get("t")->ttl);
 
-    fx.backend.set("s", "abc", 10s);
-    REQUIRE_THROWS_AS(fx.backend.increment("s", 1), larder::BackendError);
-    REQUIRE(fx.backend.get("s")->bytes == "abc");
+    for (const std::string bad : {"abc", "", "007", "-0", "+1", " 1", "1.5",
+                                  "9223372036854775808"}) {
+        INFO("value '" << bad << "'");
+        fx.backend.set("s", bad, 10s);
+        REQUIRE_THROWS_AS(fx.backend.increment("s", 1), larder::BackendError);
+        REQUIRE(fx.backend.get("s")->bytes == bad);
+    }
+    fx.backend.set("max", "9223372036854775807", 10s);
+    REQUIRE_THROWS_AS(fx.backend.increment("max", 1), larder::BackendError);
+    fx.backend.set("zero", "0", 10s);
+    REQUIRE(fx.backend.increment("zero", -1) == -1);
 }
 
 BACKEND_TEST_CASE("get_many answers in key order, with gaps and repeats", "[backend]") {

@@ -27,9 +27,9 @@ inline constexpr Millis no_expiry{0};
 
 /// Stored bytes and what is left of their TTL, read together in one operation.
 struct StoredValue {
-    std::string bytes;
+    std::string bytes{};
     /// Remaining time to live; nullopt when the key has no expiry.
-    std::optional<Millis> ttl;
+    std::optional<Millis> ttl{};
 };
 
 template <class B>

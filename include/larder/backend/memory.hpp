@@ -141,10 +141,8 @@ public:
         std::int64_t current = 0;
         std::int64_t expires_at = 0;
         if (n) {
-            const auto& v = n->value;
-            auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), current);
-            if (ec != std::errc{} || end != v.data() + v.size() || v.empty()) {
-                throw BackendError("increment: value is not an integer");
+            if (!parse_integer(n->value, current)) {
+                throw BackendError("increment: value is not an integer or out of range");
             }
             expires_at = n->expires_at;
         }
@@ -331,6 +329,15 @@ private:
             map.erase(std::string_view(n->key));  // frees n
         }
     };
+
+    // Redis's rules: optional '-', digits, no leading zeros, no "-0", fits in 64 bits.
+    static bool parse_integer(std::string_view v, std::int64_t& out) {
+        const std::size_t digits_at = !v.empty() && v[0] == '-' ? 1 : 0;
+        if (v.size() == digits_at || v.size() > 20) return false;
+        if (v[digits_at] == '0' && (v.size() > digits_at + 1 || digits_at == 1)) return false;
+        auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+        return ec == std::errc{} && end == v.data() + v.size();
+    }
 
     [[nodiscard]] std::int64_t now_ms() const { return clock_->now().time_since_epoch().count(); }
 

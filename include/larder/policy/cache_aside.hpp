@@ -53,7 +53,7 @@ namespace larder {
 
 struct CacheAsideOptions {
     /// Prepended to every key: a namespace, so several caches can share one store.
-    std::string key_prefix;
+    std::string key_prefix{};
     /// How long a loaded value stays fresh.
     Millis ttl = std::chrono::minutes(5);
     /// How long a "not found" stays cached; shorter, so a new row shows up soon.
@@ -279,8 +279,8 @@ private:
             unknown,  ///< the store failed: load, but do not fill
         } state = absent;
         bool negative = false;                   ///< the value is a cached "not found"
-        std::optional<T> value;                  ///< fresh or stale value
-        std::string bytes;                       ///< the stored bytes (refreshes CAS on them)
+        std::optional<T> value{};                ///< fresh or stale value
+        std::string bytes{};                     ///< the stored bytes (refreshes CAS on them)
         Millis fresh_for{0};                     ///< time left until stale
         std::chrono::microseconds recompute_time{0};
     };

@@ -1,0 +1,474 @@
+// One hiredis connection, owned: a blocking socket with a connect timeout and a per-wait
+// command timeout, authenticated and on the right database before first use.
+//
+// Commands are argv arrays with explicit lengths, so keys and values are binary-safe and
+// user bytes never pass through a format string. Commands are appended to the context's
+// output buffer and flushed by the first reply read: N appended commands cost one round
+// trip. A connection that saw an I/O error or a timeout has a reply stream that is out of
+// step with its requests, so it reports itself not reusable and the pool drops it.
+#pragma once
+
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "larder/backend/redis/options.hpp"
+#include "larder/backend/redis/reply.hpp"
+#include "larder/core/error.hpp"
+
+namespace larder::redis_detail {
+
+/// Redis answered with an error reply. The connection itself is fine.
+class ReplyError : public BackendError {
+public:
+    ReplyError(const std::string& what, bool server_unavailable)
+        : BackendError(what), server_unavailable_(server_unavailable) {}
+
+    /// The server cannot serve anyone right now (loading its data set, stuck in a script,
+    /// no master): the breaker counts it like an I/O error. Other error replies (a wrong
+    /// type, a rejected script) say nothing about the server's health.
+    [[nodiscard]] bool server_unavailable() const noexcept { return server_unavailable_; }
+
+private:
+    bool server_unavailable_;
+};
+
+struct ReplyDeleter {
+    void operator()(redisReply* r) const noexcept { freeReplyObject(r); }
+};
+using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
+
+struct ContextDeleter {
+    void operator()(redisContext* c) const noexcept { redisFree(c); }
+};
+
+/// Counters shared by every connection of one backend; read by RedisBackend::stats().
+struct Counters {
+    std::atomic<std::uint64_t> round_trips{0};
+    std::atomic<std::uint64_t> errors{0};
+    std::atomic<std::uint64_t> timeouts{0};
+    std::atomic<std::uint64_t> connects{0};
+    std::atomic<std::uint64_t> connect_failures{0};
+    std::atomic<std::uint64_t> short_circuited{0};
+    std::atomic<std::uint64_t> script_loads{0};
+
+    static void bump(std::atomic<std::uint64_t>& c) noexcept {
+        c.fetch_add(1, std::memory_order_relaxed);
+    }
+};
+
+[[nodiscard]] inline std::string_view text_of(const redisReply& r) noexcept {
+    return r.str != nullptr ? std::string_view(r.str, r.len) : std::string_view{};
+}
+
+// Error replies whose first word says the server is not serving at all right now.
+[[nodiscard]] inline bool means_unavailable(std::string_view error) noexcept {
+    const std::string_view word = error.substr(0, error.find(' '));
+    return word == "LOADING" || word == "BUSY" || word == "MASTERDOWN" || word == "CLUSTERDOWN" ||
+           word == "TRYAGAIN";
+}
+
+[[nodiscard]] inline bool means_unauthenticated(std::string_view error) noexcept {
+    const std::string_view word = error.substr(0, error.find(' '));
+    return word == "NOAUTH" || word == "WRONGPASS";
+}
+
+/// Throws the exception an error reply stands for; returns for any other reply.
+inline void check(const redisReply& r, std::string_view what) {
+    if (r.type != REDIS_REPLY_ERROR) return;
+    const std::string_view text = text_of(r);
+    if (means_unauthenticated(text)) {
+        throw ConnectionError("redis " + std::string(what) +
+                              ": authentication failed: " + std::string(text));
+    }
+    throw ReplyError("redis " + std::string(what) + ": " + std::string(text),
+                     means_unavailable(text));
+}
+
+[[noreturn]] inline void unexpected(const redisReply& r, std::string_view what) {
+    throw BackendError("redis " + std::string(what) + ": unexpected reply of type " +
+                       std::to_string(r.type));
+}
+
+/// A deep copy of a hiredis reply. RESP3 types cannot arrive (the handshake never sends
+/// HELLO 3) but are mapped anyway, so this compiles and behaves against hiredis 1.x.
+[[nodiscard]] inline RedisReply to_reply(const redisReply& r) {
+    RedisReply out;
+    switch (r.type) {
+        case REDIS_REPLY_STRING:
+#ifdef REDIS_REPLY_VERB
+        case REDIS_REPLY_VERB:
+#endif
+#ifdef REDIS_REPLY_BIGNUM
+        case REDIS_REPLY_BIGNUM:
+#endif
+#ifdef REDIS_REPLY_DOUBLE
+        case REDIS_REPLY_DOUBLE:
+#endif
+            out.type = RedisReply::Type::string;
+            out.str.assign(text_of(r));
+            break;
+        case REDIS_REPLY_STATUS:
+            out.type = RedisReply::Type::status;
+            out.str.assign(text_of(r));
+            break;
+        case REDIS_REPLY_ERROR:
+            out.type = RedisReply::Type::error;
+            out.str.assign(text_of(r));
+            break;
+        case REDIS_REPLY_INTEGER:
+#ifdef REDIS_REPLY_BOOL
+        case REDIS_REPLY_BOOL:
+#endif
+            out.type = RedisReply::Type::integer;
+            out.integer = r.integer;
+            break;
+        case REDIS_REPLY_ARRAY:
+#ifdef REDIS_REPLY_MAP
+        case REDIS_REPLY_MAP:
+#endif
+#ifdef REDIS_REPLY_SET
+        case REDIS_REPLY_SET:
+#endif
+#ifdef REDIS_REPLY_PUSH
+        case REDIS_REPLY_PUSH:
+#endif
+            out.type = RedisReply::Type::array;
+            out.elements.reserve(r.elements);
+            for (std::size_t i = 0; i < r.elements; ++i) {
+                out.elements.push_back(to_reply(*r.element[i]));
+            }
+            break;
+        default:
+            out.type = RedisReply::Type::nil;
+            break;
+    }
+    return out;
+}
+
+/// An integer as argument bytes, formatted without allocating.
+class Number {
+public:
+    explicit Number(std::int64_t value) noexcept {
+        const auto result = std::to_chars(buf_.data(), buf_.data() + buf_.size(), value);
+        len_ = static_cast<std::size_t>(result.ptr - buf_.data());
+    }
+    [[nodiscard]] std::string_view view() const noexcept { return {buf_.data(), len_}; }
+
+private:
+    std::array<char, 24> buf_{};
+    std::size_t len_ = 0;
+};
+
+/// The arguments of one command as pointer + length pairs. The bytes are borrowed: they
+/// must live until the command has been appended. Up to eight arguments need no
+/// allocation, which covers every command on the hot path.
+class Args {
+public:
+    Args() = default;
+    Args(std::initializer_list<std::string_view> args) {
+        for (std::string_view a : args) push(a);
+    }
+
+    void push(std::string_view arg) {
+        // hiredis copies from the pointer even for an empty argument: never hand it null.
+        const char* data = arg.empty() ? "" : arg.data();
+        if (size_ < inline_capacity) {
+            ptrs_[size_] = data;
+            lens_[size_] = arg.size();
+        } else {
+            if (size_ == inline_capacity) {
+                heap_ptrs_.assign(ptrs_.begin(), ptrs_.end());
+                heap_lens_.assign(lens_.begin(), lens_.end());
+            }
+            heap_ptrs_.push_back(data);
+            heap_lens_.push_back(arg.size());
+        }
+        ++size_;
+    }
+
+    [[nodiscard]] std::size_t size() const noexcept { return size_; }
+    // hiredis takes `const char**` but never writes through it.
+    [[nodiscard]] const char** argv() const noexcept {
+        return const_cast<const char**>(size_ <= inline_capacity ? ptrs_.data()
+                                                                 : heap_ptrs_.data());
+    }
+    [[nodiscard]] const std::size_t* lengths() const noexcept {
+        return size_ <= inline_capacity ? lens_.data() : heap_lens_.data();
+    }
+
+private:
+    static constexpr std::size_t inline_capacity = 8;
+    std::array<const char*, inline_capacity> ptrs_{};
+    std::array<std::size_t, inline_capacity> lens_{};
+    std::vector<const char*> heap_ptrs_;
+    std::vector<std::size_t> heap_lens_;
+    std::size_t size_ = 0;
+};
+
+/// Where and how to connect: the part of RedisOptions each connection needs.
+struct Endpoint {
+    std::string host;
+    int port = 6379;
+    std::string unix_socket;
+    std::string user;
+    std::string password;
+    int db = 0;
+    Millis connect_timeout{200};
+    Millis command_timeout{100};
+    bool tcp_keepalive = true;
+
+    [[nodiscard]] static Endpoint from(const RedisOptions& o) {
+        return Endpoint{.host = o.host,
+                        .port = o.port,
+                        .unix_socket = o.unix_socket,
+                        .user = o.user,
+                        .password = o.password,
+                        .db = o.db,
+                        .connect_timeout = o.connect_timeout,
+                        .command_timeout = o.command_timeout,
+                        .tcp_keepalive = o.tcp_keepalive};
+    }
+
+    /// host:port or unix:path, for messages (never the credentials).
+    [[nodiscard]] std::string describe() const {
+        return unix_socket.empty() ? host + ":" + std::to_string(port) : "unix:" + unix_socket;
+    }
+};
+
+[[nodiscard]] inline timeval to_timeval(Millis ms) noexcept {
+    timeval tv{};
+    tv.tv_sec = static_cast<decltype(tv.tv_sec)>(ms.count() / 1000);
+    tv.tv_usec = static_cast<decltype(tv.tv_usec)>((ms.count() % 1000) * 1000);
+    return tv;
+}
+
+// hiredis writes with plain write()/send(), so a write to a peer that has gone away raises
+// SIGPIPE, whose default action kills the process. A library must not change the process's
+// signal disposition, so SIGPIPE is blocked in the calling thread around the calls that may
+// write (one pair of cheap syscalls per round trip, ~0.3 us, against a ~50 us round trip);
+// a SIGPIPE raised meanwhile is consumed before the old mask comes back, and the failed
+// write surfaces as EPIPE, i.e. as a lost connection.
+class SigpipeGuard {
+public:
+    explicit SigpipeGuard(bool active) noexcept {
+        if (!active) return;
+        sigset_t pipe;
+        sigemptyset(&pipe);
+        sigaddset(&pipe, SIGPIPE);
+        active_ = pthread_sigmask(SIG_BLOCK, &pipe, &previous_) == 0 &&
+                  sigismember(&previous_, SIGPIPE) != 1;
+    }
+    SigpipeGuard(const SigpipeGuard&) = delete;
+    SigpipeGuard& operator=(const SigpipeGuard&) = delete;
+
+    /// The guarded call failed: a SIGPIPE may be pending for this thread.
+    void failed() noexcept { check_pending_ = true; }
+
+    ~SigpipeGuard() {
+        if (!active_) return;
+        if (check_pending_) {
+            sigset_t pending;
+            sigemptyset(&pending);
+            if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+                sigset_t pipe;
+                sigemptyset(&pipe);
+                sigaddset(&pipe, SIGPIPE);
+                const timespec zero{0, 0};
+                while (sigtimedwait(&pipe, nullptr, &zero) < 0 && errno == EINTR) {
+                }
+            }
+        }
+        pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
+    }
+
+private:
+    sigset_t previous_{};
+    bool active_ = false;
+    bool check_pending_ = false;
+};
+
+[[nodiscard]] inline bool is_timeout(int hiredis_err, int saved_errno) noexcept {
+#ifdef REDIS_ERR_TIMEOUT  // hiredis >= 1.0 reports some timeouts explicitly
+    if (hiredis_err == REDIS_ERR_TIMEOUT) return true;
+#endif
+    // A blocking socket whose SO_RCVTIMEO/SO_SNDTIMEO expired fails with EAGAIN, which
+    // hiredis reports as a plain I/O error.
+    return hiredis_err == REDIS_ERR_IO &&
+           (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK || saved_errno == ETIMEDOUT);
+}
+
+class Connection {
+public:
+    /// Connects, authenticates and selects the database. Throws ConnectionError (or
+    /// TimeoutError when the handshake got no answer in time).
+    Connection(const Endpoint& endpoint, Counters& counters)
+        : endpoint_(endpoint), counters_(counters) {
+        const timeval connect_tv = to_timeval(endpoint.connect_timeout);
+        redisContext* raw =
+            endpoint.unix_socket.empty()
+                ? redisConnectWithTimeout(endpoint.host.c_str(), endpoint.port, connect_tv)
+                : redisConnectUnixWithTimeout(endpoint.unix_socket.c_str(), connect_tv);
+        if (raw == nullptr) {
+            throw ConnectionError("redis: cannot allocate a connection to " + endpoint.describe());
+        }
+        ctx_.reset(raw);
+        if (raw->err != 0) {
+            throw ConnectionError("redis: cannot connect to " + endpoint.describe() + ": " +
+                                  raw->errstr);
+        }
+        // The socket must not leak into programs the application forks and executes.
+        if (const int flags = fcntl(raw->fd, F_GETFD); flags >= 0) {
+            fcntl(raw->fd, F_SETFD, flags | FD_CLOEXEC);
+        }
+        if (redisSetTimeout(raw, to_timeval(endpoint.command_timeout)) != REDIS_OK ||
+            (endpoint.tcp_keepalive && endpoint.unix_socket.empty() &&
+             redisEnableKeepAlive(raw) != REDIS_OK)) {
+            throw ConnectionError("redis: cannot configure the socket to " + endpoint.describe() +
+                                  ": " + raw->errstr);
+        }
+        handshake();
+    }
+
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
+
+    /// Queues a command; nothing is sent until the next receive().
+    void append(const Args& args) {
+        if (redisAppendCommandArgv(ctx_.get(), static_cast<int>(args.size()), args.argv(),
+                                   args.lengths()) != REDIS_OK) {
+            broken_ = true;
+            throw BackendError("redis: cannot queue a command: " + std::string(ctx_->errstr));
+        }
+        ++pending_;
+        unflushed_ = true;
+    }
+
+    /// The next reply; the first call after append() sends everything queued. Throws
+    /// TimeoutError or ConnectionError on I/O failure; error replies are returned.
+    [[nodiscard]] ReplyPtr receive() {
+        void* raw = nullptr;
+        int rc = REDIS_OK;
+        int saved_errno = 0;
+        {
+            SigpipeGuard guard(unflushed_);
+            rc = redisGetReply(ctx_.get(), &raw);
+            saved_errno = errno;
+            if (rc != REDIS_OK) guard.failed();
+        }
+        if (unflushed_) {
+            unflushed_ = false;
+            Counters::bump(counters_.round_trips);
+        }
+        if (rc != REDIS_OK || raw == nullptr) fail(saved_errno);
+        --pending_;
+        return ReplyPtr(static_cast<redisReply*>(raw));
+    }
+
+    /// One command, one round trip.
+    [[nodiscard]] ReplyPtr command(const Args& args) {
+        append(args);
+        return receive();
+    }
+
+    /// Several commands in one round trip; every reply is read before any is looked at,
+    /// so an error reply in the middle leaves the connection in step.
+    template <class... A>
+    requires(std::same_as<A, Args>&&...)
+        [[nodiscard]] std::array<ReplyPtr, sizeof...(A)> pipeline(const A&... commands) {
+        (append(commands), ...);
+        std::array<ReplyPtr, sizeof...(A)> replies;
+        for (auto& r : replies) r = receive();
+        return replies;
+    }
+
+    [[nodiscard]] std::vector<ReplyPtr> pipeline(std::span<const Args> commands) {
+        for (const Args& c : commands) append(c);
+        std::vector<ReplyPtr> replies;
+        replies.reserve(commands.size());
+        for (std::size_t i = 0; i < commands.size(); ++i) replies.push_back(receive());
+        return replies;
+    }
+
+    /// In step and error-free: safe to hand to the next caller.
+    [[nodiscard]] bool reusable() const noexcept {
+        return !broken_ && pending_ == 0 && ctx_->err == 0;
+    }
+
+    /// The peer went away (EOF, reset): other idle connections to it are likely dead too.
+    [[nodiscard]] bool lost() const noexcept { return lost_; }
+
+private:
+    void handshake() {
+        const bool auth = !endpoint_.user.empty() || !endpoint_.password.empty();
+        const Number db(endpoint_.db);
+        if (!endpoint_.user.empty()) {
+            append(Args{"AUTH", endpoint_.user, endpoint_.password});
+        } else if (!endpoint_.password.empty()) {
+            append(Args{"AUTH", endpoint_.password});
+        }
+        if (endpoint_.db != 0) append(Args{"SELECT", db.view()});
+        if (pending_ == 0) return;
+
+        // Pipelined: one round trip however much there is to set up.
+        ReplyPtr auth_reply = auth ? receive() : nullptr;
+        ReplyPtr select_reply = endpoint_.db != 0 ? receive() : nullptr;
+        if (auth_reply && auth_reply->type == REDIS_REPLY_ERROR) {
+            const std::string as =
+                endpoint_.user.empty() ? "" : " as user '" + endpoint_.user + "'";
+            throw ConnectionError("redis: authentication failed at " + endpoint_.describe() + as +
+                                  ": " + std::string(text_of(*auth_reply)));
+        }
+        if (select_reply && select_reply->type == REDIS_REPLY_ERROR) {
+            const std::string_view text = text_of(*select_reply);
+            if (means_unauthenticated(text)) {
+                throw ConnectionError("redis: authentication failed at " + endpoint_.describe() +
+                                      ": " + std::string(text));
+            }
+            throw ConnectionError("redis: SELECT " + std::to_string(endpoint_.db) + " failed at " +
+                                  endpoint_.describe() + ": " + std::string(text));
+        }
+    }
+
+    [[noreturn]] void fail(int saved_errno) {
+        broken_ = true;
+        const int err = ctx_->err;
+        if (is_timeout(err, saved_errno)) {
+            throw TimeoutError("redis: no reply from " + endpoint_.describe() + " within " +
+                               std::to_string(endpoint_.command_timeout.count()) + " ms");
+        }
+        if (err == REDIS_ERR_EOF || err == REDIS_ERR_IO) {
+            lost_ = true;
+            throw ConnectionError("redis: connection to " + endpoint_.describe() +
+                                  " lost: " + ctx_->errstr);
+        }
+        throw BackendError("redis: " + endpoint_.describe() + ": " + ctx_->errstr);
+    }
+
+    const Endpoint& endpoint_;  // owned by the backend, which outlives its connections
+    Counters& counters_;
+    std::unique_ptr<redisContext, ContextDeleter> ctx_;
+    std::size_t pending_ = 0;
+    bool unflushed_ = false;
+    bool broken_ = false;
+    bool lost_ = false;
+};
+
+}  // namespace larder::redis_detail

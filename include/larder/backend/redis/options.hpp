@@ -1,0 +1,96 @@
+// RedisOptions: how RedisBackend reaches a Redis and how hard it tries. One aggregate with
+// defaults, so a caller names only what differs (designated initializers, in declaration
+// order) or reads the address part from a URL with RedisOptions::from_url.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "larder/backend/redis/url.hpp"
+#include "larder/core/clock.hpp"
+
+namespace larder {
+
+/// The states of RedisBackend's circuit breaker.
+enum class BreakerState {
+    closed,     ///< calls go to Redis
+    open,       ///< calls fail at once with CircuitOpenError, without any I/O
+    half_open,  ///< the cool-down is over and one probe call is in flight
+};
+
+[[nodiscard]] constexpr std::string_view to_string(BreakerState s) noexcept {
+    switch (s) {
+        case BreakerState::closed:
+            return "closed";
+        case BreakerState::open:
+            return "open";
+        case BreakerState::half_open:
+            return "half_open";
+    }
+    return "unknown";
+}
+
+struct CircuitBreakerOptions {
+    /// Consecutive failed calls (I/O errors, timeouts, failed connects) that open the
+    /// breaker. 0 disables the breaker.
+    unsigned failure_threshold = 5;
+    /// How long an open breaker fails calls fast before it lets one probe through. Short,
+    /// because while it is open every read goes to the database.
+    Millis cool_down{500};
+};
+
+// Every member has a default member initializer, so that designated initializers naming
+// only some of them stay clean under -Wextra (-Wmissing-field-initializers).
+struct RedisOptions {
+    std::string host = "127.0.0.1";
+    int port = 6379;
+    /// Path of a unix socket; when set, host and port are not used.
+    std::string unix_socket{};
+    /// ACL user (Redis 6+): `AUTH user password`. Empty: `AUTH password`, or no AUTH at all
+    /// when the password is empty too.
+    std::string user{};
+    std::string password{};
+    /// Selected on every new connection; 0 sends no SELECT.
+    int db = 0;
+    /// Bounds the TCP (or unix socket) connect of each new connection.
+    Millis connect_timeout{200};
+    /// Bounds each wait for the socket while sending or receiving. A cache that answers
+    /// slower than this is worse than no cache: the caller's loader is typically a few ms.
+    Millis command_timeout{100};
+    /// Connections kept open; a redisContext is not thread-safe, so this is also the
+    /// number of calls that can be in flight at once.
+    std::size_t pool_size = 8;
+    /// How long a call waits for a free connection before TimeoutError.
+    Millis pool_wait_timeout{100};
+    /// While connects fail, at most one attempt per this interval; other calls fail at
+    /// once with ConnectionError instead of adding to a dead server's SYN backlog.
+    Millis reconnect_backoff{50};
+    /// SO_KEEPALIVE on TCP connections, so a peer that vanished is noticed on idle ones.
+    bool tcp_keepalive = true;
+    /// Prepended to every key (not to channel names): several applications can share one
+    /// Redis. Use a hash tag, e.g. "{app}:", only if all keys must share one Cluster slot.
+    std::string key_prefix{};
+    /// true: connect, authenticate and PING in the constructor and throw ConnectionError
+    /// if that fails. false: construct anyway and connect on first use.
+    bool require_connection = false;
+    CircuitBreakerOptions breaker{};
+
+    /// Address, credentials and database from a URL, everything else from the defaults:
+    /// redis://[user[:password]@]host[:port][/db] or unix://[user[:password]@]/path[?db=N].
+    /// User and password may be percent-encoded. Throws ConfigError on a malformed URL.
+    [[nodiscard]] static RedisOptions from_url(std::string_view url) {
+        redis_detail::UrlParts parts = redis_detail::parse_url(url);
+        RedisOptions options;
+        if (!parts.host.empty()) options.host = std::move(parts.host);
+        if (parts.port) options.port = *parts.port;
+        options.unix_socket = std::move(parts.unix_socket);
+        options.user = std::move(parts.user);
+        options.password = std::move(parts.password);
+        if (parts.db) options.db = *parts.db;
+        return options;
+    }
+};
+
+}  // namespace larder

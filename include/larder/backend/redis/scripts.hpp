@@ -1,0 +1,150 @@
+// The Lua scripts behind RedisBackend's compare-and-* operations, and how they are run.
+//
+// Each operation reads a key and writes it only if it still holds the expected bytes; in
+// Redis that is atomic only inside a script (WATCH/MULTI would cost three round trips and
+// retries). Every key a script touches is passed in KEYS, never built inside the script,
+// so Redis Cluster can route it and a key prefix or hash tag is always honoured.
+//
+// A script is sent once per backend (SCRIPT LOAD; its SHA1 is kept) and then run by
+// EVALSHA, which sends 40 bytes instead of the source. When the server has forgotten it
+// (SCRIPT FLUSH, a restart, a failover to a replica that never saw it), EVALSHA answers
+// NOSCRIPT and the script is loaded again and re-run in one more round trip.
+#pragma once
+
+#include <atomic>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "larder/backend/redis/connection.hpp"
+#include "larder/core/error.hpp"
+
+namespace larder::redis_detail {
+
+// KEYS[1] the key. ARGV[1] the expected bytes, ARGV[2] the new bytes, ARGV[3] the TTL in ms
+// (0: none). GET of a missing key is false in Lua, which equals no string.
+inline constexpr std::string_view compare_and_set_lua = R"lua(
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+if tonumber(ARGV[3]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+else
+    redis.call('SET', KEYS[1], ARGV[2])
+end
+return 1
+)lua";
+
+// KEYS[1] the key. ARGV[1] the expected bytes.
+inline constexpr std::string_view compare_and_delete_lua = R"lua(
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+return redis.call('DEL', KEYS[1])
+)lua";
+
+// KEYS[1] the key. ARGV[1] the expected bytes, ARGV[2] the new TTL in ms (0: none).
+inline constexpr std::string_view compare_and_expire_lua = R"lua(
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+if tonumber(ARGV[2]) > 0 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+else
+    redis.call('PERSIST', KEYS[1])
+end
+return 1
+)lua";
+
+class Script {
+public:
+    Script(std::string_view name, std::string_view source) : name_(name), source_(source) {}
+
+    Script(const Script&) = delete;
+    Script& operator=(const Script&) = delete;
+
+    /// Runs the script on `conn` and returns its (non-error) reply. A rejected script
+    /// (scripting disabled, no permission, a runtime error) throws ReplyError naming it.
+    [[nodiscard]] ReplyPtr run(Connection& conn, std::span<const std::string_view> keys,
+                               std::span<const std::string_view> args, Counters& counters) {
+        if (!known_.load(std::memory_order_acquire)) {
+            // First use by this backend: load and run in one round trip. EVAL (not EVALSHA)
+            // because the SHA1 is not known before SCRIPT LOAD answers.
+            Counters::bump(counters.script_loads);
+            auto [loaded, result] =
+                conn.pipeline(load_args(), call_args("EVAL", source_, keys, args));
+            remember(*loaded);
+            return checked(std::move(result));
+        }
+        ReplyPtr result = conn.command(call_args("EVALSHA", sha_, keys, args));
+        if (result->type == REDIS_REPLY_ERROR && text_of(*result).starts_with("NOSCRIPT")) {
+            Counters::bump(counters.script_loads);
+            auto [loaded, retry] =
+                conn.pipeline(load_args(), call_args("EVALSHA", sha_, keys, args));
+            remember(*loaded);
+            result = std::move(retry);
+        }
+        return checked(std::move(result));
+    }
+
+    [[nodiscard]] std::string_view name() const noexcept { return name_; }
+    [[nodiscard]] std::string_view source() const noexcept { return source_; }
+
+private:
+    [[nodiscard]] Args load_args() const { return Args{"SCRIPT", "LOAD", source_}; }
+
+    [[nodiscard]] static Args call_args(std::string_view verb, std::string_view script,
+                                        std::span<const std::string_view> keys,
+                                        std::span<const std::string_view> args) {
+        Args a;
+        a.push(verb);
+        a.push(script);
+        a.push(small_number(keys.size()));
+        for (std::string_view k : keys) a.push(k);
+        for (std::string_view v : args) a.push(v);
+        return a;
+    }
+
+    // numkeys as a view that outlives the Args: these scripts take one key, a few at most.
+    [[nodiscard]] static std::string_view small_number(std::size_t n) {
+        static constexpr std::string_view digits[] = {"0", "1", "2", "3", "4",
+                                                      "5", "6", "7", "8", "9"};
+        if (n >= std::size(digits)) throw BackendError("redis: too many keys for a script");
+        return digits[n];
+    }
+
+    void remember(const redisReply& loaded) {
+        if (loaded.type == REDIS_REPLY_ERROR) {
+            throw ReplyError("redis: cannot load the " + std::string(name_) +
+                                 " script (Redis must allow SCRIPT LOAD, EVAL and EVALSHA): " +
+                                 std::string(text_of(loaded)),
+                             means_unavailable(text_of(loaded)));
+        }
+        if (loaded.type != REDIS_REPLY_STRING) unexpected(loaded, "SCRIPT LOAD");
+        std::lock_guard lock(mutex_);
+        if (!known_.load(std::memory_order_relaxed)) {
+            sha_.assign(text_of(loaded));
+            known_.store(true, std::memory_order_release);
+        }
+    }
+
+    [[nodiscard]] ReplyPtr checked(ReplyPtr result) const {
+        if (result->type == REDIS_REPLY_ERROR) {
+            const std::string_view text = text_of(*result);
+            if (means_unauthenticated(text)) check(*result, name_);
+            throw ReplyError(
+                "redis: the " + std::string(name_) + " script failed: " + std::string(text),
+                means_unavailable(text));
+        }
+        return result;
+    }
+
+    const std::string_view name_;
+    const std::string_view source_;
+    std::mutex mutex_;
+    std::atomic<bool> known_{false};
+    std::string sha_;  // written once, before known_ becomes true; never changed after
+};
+
+}  // namespace larder::redis_detail
