@@ -301,6 +301,30 @@ TEST_CASE("ping, publish and command() give owned replies", "[redis][backend]") 
 
 // ---- one round trip per hit -----------------------------------------------------------
 
+TEST_CASE("eval runs a user script with prefixed keys, and survives SCRIPT FLUSH",
+          "[redis][backend][scripts]") {
+    RedisServer server;
+    RedisBackend backend = make_test_backend(server, {.key_prefix = "app:"});
+    static larder::RedisScript append_twice{"append_twice", R"lua(
+redis.call('APPEND', KEYS[1], ARGV[1])
+redis.call('APPEND', KEYS[2], ARGV[1])
+return {KEYS[1], redis.call('GET', KEYS[2])}
+)lua"};
+    const std::string arg("a\0b", 3);
+    auto reply = backend.eval(append_twice, {"k1", "{k1}k2"}, {arg});
+    REQUIRE(reply.elements.size() == 2);
+    REQUIRE(reply.elements[0].str == "app:k1");
+    REQUIRE(reply.elements[1].str == arg);
+    REQUIRE(server.command({"GET", "app:k1"}) == arg);
+    server.command({"SCRIPT", "FLUSH"});
+    reply = backend.eval(append_twice, {"k1", "{k1}k2"}, {arg});
+    REQUIRE(server.command({"GET", "app:{k1}k2"}) == arg + arg);
+
+    static larder::RedisScript broken{"broken", "return redis.call('NOSUCHCOMMAND')"};
+    REQUIRE_THROWS_AS(backend.eval(broken, {"k"}, {}), larder::BackendError);
+    REQUIRE(backend.breaker_state() == larder::BreakerState::closed);
+}
+
 TEST_CASE("A CacheAside hit costs exactly one round trip", "[redis][cache_aside]") {
     RedisServer server;
     RedisBackend backend = make_test_backend(server);

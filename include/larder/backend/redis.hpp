@@ -73,6 +73,10 @@ private:
 
 }  // namespace redis_detail
 
+/// A Lua script for RedisBackend::eval: `RedisScript s{"name", R"lua(...)lua"};`. The name
+/// appears in errors; both strings must outlive the script (string literals do).
+using RedisScript = redis_detail::Script;
+
 class RedisBackend {
 public:
     /// Validates the options (ConfigError) and, with require_connection, connects,
@@ -248,6 +252,27 @@ public:
 
     RedisReply command(std::initializer_list<std::string_view> argv) {
         return command(std::span<const std::string_view>(argv.begin(), argv.size()));
+    }
+
+    /// Runs a Lua script (loaded once per backend, then EVALSHA; reloaded on NOSCRIPT)
+    /// through the same pool and breaker. The key prefix is applied to every key in
+    /// `keys`; keep all of them in one hash slot for Redis Cluster. An error reply, or a
+    /// script error, throws BackendError.
+    RedisReply eval(RedisScript& script, std::span<const std::string_view> keys,
+                    std::span<const std::string_view> args) {
+        std::vector<std::string> prefixed;
+        prefixed.reserve(keys.size());
+        for (std::string_view k : keys) prefixed.push_back(stored_key(k));
+        std::vector<std::string_view> views(prefixed.begin(), prefixed.end());
+        return run([&](redis_detail::Connection& c) {
+            return redis_detail::to_reply(*script.run(c, views, args, counters_));
+        });
+    }
+
+    RedisReply eval(RedisScript& script, std::initializer_list<std::string_view> keys,
+                    std::initializer_list<std::string_view> args) {
+        return eval(script, std::span<const std::string_view>(keys.begin(), keys.size()),
+                    std::span<const std::string_view>(args.begin(), args.size()));
     }
 
     [[nodiscard]] BreakerState breaker_state() const noexcept { return breaker_.state(); }

@@ -11,6 +11,7 @@
 // NOSCRIPT and the script is loaded again and re-run in one more round trip.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <mutex>
 #include <span>
@@ -106,12 +107,15 @@ private:
         return a;
     }
 
-    // numkeys as a view that outlives the Args: these scripts take one key, a few at most.
+    // numkeys as a view that outlives the Args.
     [[nodiscard]] static std::string_view small_number(std::size_t n) {
-        static constexpr std::string_view digits[] = {"0", "1", "2", "3", "4",
-                                                      "5", "6", "7", "8", "9"};
-        if (n >= std::size(digits)) throw BackendError("redis: too many keys for a script");
-        return digits[n];
+        static const std::array<std::string, 256> numbers = [] {
+            std::array<std::string, 256> out;
+            for (std::size_t i = 0; i < out.size(); ++i) out[i] = std::to_string(i);
+            return out;
+        }();
+        if (n >= numbers.size()) throw BackendError("redis: too many keys for one script");
+        return numbers[n];
     }
 
     void remember(const redisReply& loaded) {
