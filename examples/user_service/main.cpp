@@ -1,7 +1,11 @@
 // user_service: the seed's get_user / update_user, over a real SQLite database, first
 // without a cache and then with larder::CacheAside, on the same skewed workload.
 //
-//   user_service [--users N] [--ops N] [--write-ratio R] [--skew S] [--redis URL]
+//   user_service [--users N] [--ops N] [--write-ratio R] [--skew S] [--db-latency-us N]
+//                [--redis URL]
+//
+// SQLite runs in this process, so a query costs microseconds; a database server across a
+// network costs a round trip or more. --db-latency-us adds that cost to every query.
 //
 // Prints what a reader of the seed wants to know: how many queries reach the database,
 // the hit ratio, and the latency of get_user with and without the cache.
@@ -25,6 +29,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -77,6 +82,7 @@ public:
     // SELECT * FROM User WHERE id = ?
     std::optional<User> select_user(std::int64_t id) {
         ++queries;
+        network_round_trip();
         sqlite3_bind_int64(select_, 1, id);
         std::optional<User> user;
         if (sqlite3_step(select_) == SQLITE_ROW) {
@@ -92,6 +98,7 @@ public:
     // UPDATE User SET ... WHERE id = ?
     void update_score(std::int64_t id, std::int64_t score) {
         ++queries;
+        network_round_trip();
         sqlite3_bind_int64(update_, 1, id);
         sqlite3_bind_int64(update_, 2, score);
         if (sqlite3_step(update_) != SQLITE_DONE) fail("update");
@@ -99,8 +106,13 @@ public:
     }
 
     long queries = 0;
+    std::chrono::microseconds latency{0};
 
 private:
+    void network_round_trip() const {
+        if (latency.count() > 0) std::this_thread::sleep_for(latency);
+    }
+
     void exec(const char* sql) {
         if (sqlite3_exec(db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) fail(sql);
     }
@@ -145,6 +157,7 @@ struct Config {
     int ops = 50'000;
     double write_ratio = 0.05;
     double skew = 1.0;
+    int db_latency_us = 0;
     std::string redis_url;
 };
 
@@ -221,8 +234,11 @@ Result run_cached(const char* name, Backend& backend, const std::vector<Op>& ops
 }
 
 void print(std::vector<Result>& results, const Config& c) {
-    std::printf("\n%d users, %d operations (%.0f%% writes), Zipf skew %.2f\n\n", c.users, c.ops,
-                c.write_ratio * 100, c.skew);
+    std::printf("\n%d users, %d operations (%.0f%% writes), Zipf skew %.2f, SQLite %s\n\n",
+                c.users, c.ops, c.write_ratio * 100, c.skew,
+                c.db_latency_us > 0
+                    ? ("+ " + std::to_string(c.db_latency_us) + " us per query").c_str()
+                    : "in process (add --db-latency-us 500 for a database across a network)");
     std::printf("%-26s %12s %10s %12s %12s %10s\n", "", "DB queries", "hit ratio",
                 "p50 read us", "p99 read us", "ops/s");
     for (auto& r : results) {
@@ -244,7 +260,7 @@ void print(std::vector<Result>& results, const Config& c) {
 [[noreturn]] void usage(const std::string& problem) {
     std::cerr << "user_service: " << problem << "\n"
               << "usage: user_service [--users N] [--ops N] [--write-ratio R] [--skew S] "
-                 "[--redis URL]\n";
+                 "[--db-latency-us N] [--redis URL]\n";
     std::exit(2);
 }
 
@@ -261,6 +277,7 @@ Config parse(int argc, char** argv) {
             else if (arg == "--ops") c.ops = std::stoi(value());
             else if (arg == "--write-ratio") c.write_ratio = std::stod(value());
             else if (arg == "--skew") c.skew = std::stod(value());
+            else if (arg == "--db-latency-us") c.db_latency_us = std::stoi(value());
             else if (arg == "--redis") c.redis_url = value();
             else if (arg == "-h" || arg == "--help") usage("help");
             else usage("unknown argument " + arg);
@@ -268,8 +285,9 @@ Config parse(int argc, char** argv) {
             usage("bad value for " + arg);
         }
     }
-    if (c.users < 1 || c.ops < 1 || c.write_ratio < 0 || c.write_ratio > 1 || c.skew < 0) {
-        usage("need users >= 1, ops >= 1, 0 <= write-ratio <= 1, skew >= 0");
+    if (c.users < 1 || c.ops < 1 || c.write_ratio < 0 || c.write_ratio > 1 || c.skew < 0 ||
+        c.db_latency_us < 0) {
+        usage("need users >= 1, ops >= 1, 0 <= write-ratio <= 1, skew >= 0, db-latency-us >= 0");
     }
     return c;
 }
@@ -284,6 +302,7 @@ int main(int argc, char** argv) {
     try {
         Database db(path.string());
         db.seed(config.users);
+        db.latency = std::chrono::microseconds(config.db_latency_us);
         const auto ops = make_workload(config);
 
         std::vector<Result> results;
