@@ -112,8 +112,7 @@ BACKEND_TEST_CASE("del removes a key once", "[backend]") {
     REQUIRE_FALSE(fx.backend.get("k"));
 }
 
-BACKEND_TEST_CASE("increment counts from zero, keeps the TTL, rejects non-integers",
-                  "[backend]") {
+BACKEND_TEST_CASE("increment counts from zero, keeps the TTL, rejects non-integers", "[backend]") {
     TestType fx;
     REQUIRE(fx.backend.increment("n", 5) == 5);
     REQUIRE(fx.backend.increment("n", -7) == -2);
@@ -124,8 +123,8 @@ BACKEND_TEST_CASE("increment counts from zero, keeps the TTL, rejects non-intege
     REQUIRE(fx.backend.increment("t", 1) == 11);
     REQUIRE(fx.backend.get("t")->ttl);
 
-    for (const std::string bad : {"abc", "", "007", "-0", "+1", " 1", "1.5",
-                                  "9223372036854775808"}) {
+    for (const std::string bad :
+         {"abc", "", "007", "-0", "+1", " 1", "1.5", "9223372036854775808"}) {
         INFO("value '" << bad << "'");
         fx.backend.set("s", bad, 10s);
         REQUIRE_THROWS_AS(fx.backend.increment("s", 1), larder::BackendError);

@@ -117,8 +117,8 @@ BACKEND_TEST_CASE("Structured values round-trip through JSON and MsgPack", "[cac
 
 BACKEND_TEST_CASE("A value expires after its TTL", "[cache_aside][ttl]") {
     TestType fx;
-    larder::CacheAside<std::string, decltype(fx.backend)> cache(
-        fx.backend, options_for(fx, {.ttl = 200ms}));
+    larder::CacheAside<std::string, decltype(fx.backend)> cache(fx.backend,
+                                                                options_for(fx, {.ttl = 200ms}));
     int calls = 0;
     auto loader = [&] { return std::optional<std::string>("v" + std::to_string(++calls)); };
     REQUIRE(cache.get("k", loader) == "v1");
@@ -154,8 +154,7 @@ BACKEND_TEST_CASE("Not found is cached for the shorter negative TTL", "[cache_as
 TEST_CASE("The stored TTL carries the configured jitter", "[cache_aside][jitter][memory]") {
     larder::test::MemoryFixture fx;
     larder::CacheAside<std::string, larder::MemoryBackend> cache(
-        fx.backend,
-        options_for(fx, {.ttl = 300s, .jitter = larder::TtlJitter{.max_extra = 60s}}));
+        fx.backend, options_for(fx, {.ttl = 300s, .jitter = larder::TtlJitter{.max_extra = 60s}}));
     Millis lo = Millis::max(), hi = Millis::min();
     for (int i = 0; i < 400; ++i) {
         const std::string key = "k" + std::to_string(i);
@@ -191,8 +190,7 @@ BACKEND_TEST_CASE("invalidate and update make the next read load again", "[cache
     }
 }
 
-BACKEND_TEST_CASE("A loader's exception propagates unchanged and caches nothing",
-                  "[cache_aside]") {
+BACKEND_TEST_CASE("A loader's exception propagates unchanged and caches nothing", "[cache_aside]") {
     TestType fx;
     larder::CacheAside<std::string, decltype(fx.backend)> cache(fx.backend, options_for(fx));
     REQUIRE_THROWS_AS(cache.get("k", []() -> std::optional<std::string> { throw Boom("db"); }),
@@ -364,9 +362,12 @@ BACKEND_TEST_CASE("Keys with hostile bytes round-trip through the cache", "[cach
     TestType fx;
     larder::CacheAside<std::string, decltype(fx.backend)> cache(
         fx.backend, options_for(fx, {.key_prefix = "app:"}));
-    const std::vector<std::string> keys{
-        "with space", "cr\rlf\n", std::string("nul\0key", 7), "100%s%n",
-        std::string("\xc3\x28\xa0\xa1", 4), std::string(1 << 20, 'x')};
+    const std::vector<std::string> keys{"with space",
+                                        "cr\rlf\n",
+                                        std::string("nul\0key", 7),
+                                        "100%s%n",
+                                        std::string("\xc3\x28\xa0\xa1", 4),
+                                        std::string(1 << 20, 'x')};
     for (const auto& key : keys) {
         REQUIRE(cache.get(key, [&] { return std::optional<std::string>("v:" + key); }) ==
                 "v:" + key);
@@ -412,12 +413,11 @@ BACKEND_TEST_CASE("get_many reads once and loads only the misses, once", "[cache
     REQUIRE(got[1] == "b!");
 
     SECTION("a batch loader that answers the wrong count is a LoaderError") {
-        REQUIRE_THROWS_AS(
-            cache.get_many(std::vector<std::string>{"x", "y"},
-                           [](std::span<const std::string>) {
-                               return std::vector<std::optional<std::string>>(1);
-                           }),
-            larder::LoaderError);
+        REQUIRE_THROWS_AS(cache.get_many(std::vector<std::string>{"x", "y"},
+                                         [](std::span<const std::string>) {
+                                             return std::vector<std::optional<std::string>>(1);
+                                         }),
+                          larder::LoaderError);
         // Its leases were released: x loads and fills normally.
         REQUIRE(cache.get("x", [] { return std::optional<std::string>("X"); }) == "X");
         REQUIRE(cache.get("x", [] { return std::optional<std::string>("?"); }) == "X");

@@ -133,7 +133,8 @@ TEST_CASE("Bytes that are not a valid envelope do not parse", "[core][envelope]"
 TEST_CASE("Lease bytes are unique per holder", "[core][envelope]") {
     const larder::TimePoint now{larder::Millis{5}};
     std::set<std::string> seen;
-    for (int i = 0; i < 1000; ++i) seen.insert(larder::envelope::make_lease(larder::random_token(), now));
+    for (int i = 0; i < 1000; ++i)
+        seen.insert(larder::envelope::make_lease(larder::random_token(), now));
     REQUIRE(seen.size() == 1000);
     const auto v = larder::envelope::parse(*seen.begin());
     REQUIRE(v->header.kind == larder::EntryKind::lease);

@@ -95,11 +95,21 @@ TEST_CASE("MemoryBackend survives concurrent mixed operations", "[memory][concur
             for (int i = 0; i < 5000; ++i) {
                 const std::string key = "k" + std::to_string((i * 7 + t) % 400);
                 switch (i % 5) {
-                    case 0: backend.set(key, "v", Millis{1 + i % 3}); break;
-                    case 1: (void)backend.get(key); break;
-                    case 2: backend.set_if_absent(key, "w", 10s); break;
-                    case 3: backend.compare_and_delete(key, "v"); break;
-                    default: backend.del(key); break;
+                    case 0:
+                        backend.set(key, "v", Millis{1 + i % 3});
+                        break;
+                    case 1:
+                        (void)backend.get(key);
+                        break;
+                    case 2:
+                        backend.set_if_absent(key, "w", 10s);
+                        break;
+                    case 3:
+                        backend.compare_and_delete(key, "v");
+                        break;
+                    default:
+                        backend.del(key);
+                        break;
                 }
             }
         });

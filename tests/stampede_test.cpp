@@ -89,8 +89,7 @@ BACKEND_TEST_CASE("An elected refresh runs once; everyone else keeps the cached 
     REQUIRE(cache.get("hot", [] { return std::optional<std::string>("x"); }) == "new");
 }
 
-BACKEND_TEST_CASE("A background refresh returns the current value at once",
-                  "[stampede][xfetch]") {
+BACKEND_TEST_CASE("A background refresh returns the current value at once", "[stampede][xfetch]") {
     TestType fx;
     larder::CacheAside<std::string, decltype(fx.backend), larder::XFetch> cache(
         fx.backend, options_for(fx, {.ttl = 10s}), always_refresh(/*background=*/true));
@@ -231,8 +230,8 @@ BACKEND_TEST_CASE("Lease theft: an expired holder's release cannot remove the ne
 
 BACKEND_TEST_CASE("A holder that throws frees its waiters at once", "[stampede][lock]") {
     TestType fx;
-    larder::CacheAside<std::string, decltype(fx.backend)> holder(fx.backend,
-                                                                 options_for(fx, {.lease_ttl = 5s}));
+    larder::CacheAside<std::string, decltype(fx.backend)> holder(
+        fx.backend, options_for(fx, {.lease_ttl = 5s}));
     larder::CacheAside<std::string, decltype(fx.backend), larder::Lock> waiter(
         fx.backend, options_for(fx, {.lease_ttl = 5s}), larder::Lock({.max_wait = 10s}));
     Gate loading;
@@ -247,9 +246,8 @@ BACKEND_TEST_CASE("A holder that throws frees its waiters at once", "[stampede][
     });
     loading.wait();
     std::optional<std::string> got;
-    const double waited = seconds_of([&] {
-        got = waiter.get("k", [] { return std::optional<std::string>("waiter's"); });
-    });
+    const double waited = seconds_of(
+        [&] { got = waiter.get("k", [] { return std::optional<std::string>("waiter's"); }); });
     h.join();
     WARN("waiter blocked " << waited * 1000 << " ms after the holder started (lease 5000 ms)");
     REQUIRE(got == "waiter's");
@@ -383,33 +381,33 @@ TEST_CASE("Across 4 processes x 32 threads, Lock loads an expiring key exactly o
     const long naive = stampede_loader_calls(server, "naive");
     const long unguarded = stampede_loader_calls(server, "none");
     const long locked = stampede_loader_calls(server, "lock");
-    WARN("loader calls for 128 readers at expiry: seed's cache-aside " << naive
-         << ", CacheAside without guard " << unguarded << ", CacheAside + Lock " << locked);
+    WARN("loader calls for 128 readers at expiry: seed's cache-aside "
+         << naive << ", CacheAside without guard " << unguarded << ", CacheAside + Lock "
+         << locked);
     REQUIRE(locked == 1);
-    REQUIRE(unguarded <= 4);   // single-flight: at most one per process
-    REQUIRE(naive >= 96);      // the seed: (nearly) every caller goes to the database
+    REQUIRE(unguarded <= 4);  // single-flight: at most one per process
+    REQUIRE(naive >= 96);     // the seed: (nearly) every caller goes to the database
 }
 
 TEST_CASE("A killed holder blocks waiters no longer than its lease plus backoff",
           "[stampede][lock][redis][multiprocess]") {
     larder::test::RedisServer server;
     const Millis lease_ttl = 500ms;
-    larder::test::ChildProcess holder(LARDER_TEST_HELPER_STAMPEDE_CHILD,
-                                      {"hold", std::to_string(server.port()), "k",
-                                       std::to_string(lease_ttl.count())});
+    larder::test::ChildProcess holder(
+        LARDER_TEST_HELPER_STAMPEDE_CHILD,
+        {"hold", std::to_string(server.port()), "k", std::to_string(lease_ttl.count())});
     REQUIRE(holder.read_line(10s) == "holding");
     auto redis = larder::test::make_test_backend(server);
     larder::CacheAside<std::string, larder::RedisBackend, larder::Lock> waiter(
         redis, {.lease_ttl = lease_ttl}, larder::Lock({.max_wait = 10s}));
     holder.kill();
     std::optional<std::string> got;
-    const double waited = seconds_of([&] {
-        got = waiter.get("k", [] { return std::optional<std::string>("recovered"); });
-    });
+    const double waited = seconds_of(
+        [&] { got = waiter.get("k", [] { return std::optional<std::string>("recovered"); }); });
     WARN("waiter blocked " << waited * 1000 << " ms; lease " << lease_ttl.count()
                            << " ms, max backoff 50 ms");
     REQUIRE(got == "recovered");
-    REQUIRE(waiter.stats().fills == 1);        // it took the lease over, not just loaded
-    REQUIRE(waited < 0.5 + 0.05 + 2.0);         // lease + backoff, with room for a slow machine
+    REQUIRE(waiter.stats().fills == 1);  // it took the lease over, not just loaded
+    REQUIRE(waited < 0.5 + 0.05 + 2.0);  // lease + backoff, with room for a slow machine
 }
 #endif

@@ -53,8 +53,8 @@ TEST_CASE("XFetch decides as the formula says", "[xfetch][stampede]") {
         {1ms, 0us, 1.0, 1e-12, false},
     };
     for (const auto& r : table) {
-        INFO("remaining " << r.remaining.count() << " ms, delta " << r.delta.count()
-                          << " us, beta " << r.beta << ", U " << r.u);
+        INFO("remaining " << r.remaining.count() << " ms, delta " << r.delta.count() << " us, beta "
+                          << r.beta << ", U " << r.u);
         REQUIRE(xfetch_should_refresh(r.remaining, r.delta, r.beta, r.u) == r.refresh);
     }
 }
@@ -69,8 +69,8 @@ TEST_CASE("XFetch's early-refresh frequency is exp(-t / (beta * delta))", "[xfet
         double beta;
     };
     const std::vector<Point> points{
-        {100ms, 100'000us, 1.0}, {500ms, 100'000us, 1.0}, {50ms, 100'000us, 2.0},
-        {1000ms, 250'000us, 1.5}, {20ms, 50'000us, 0.5}, {3000ms, 1'000'000us, 1.0},
+        {100ms, 100'000us, 1.0},  {500ms, 100'000us, 1.0}, {50ms, 100'000us, 2.0},
+        {1000ms, 250'000us, 1.5}, {20ms, 50'000us, 0.5},   {3000ms, 1'000'000us, 1.0},
     };
     const int n = 100'000;
     for (const auto& p : points) {
@@ -78,9 +78,8 @@ TEST_CASE("XFetch's early-refresh frequency is exp(-t / (beta * delta))", "[xfet
         for (int i = 0; i < n; ++i) {
             refreshed += larder::xfetch_should_refresh(p.t, p.delta, p.beta, draw()) ? 1 : 0;
         }
-        const double expected =
-            std::exp(-static_cast<double>(p.t.count()) /
-                     (p.beta * static_cast<double>(p.delta.count()) / 1000.0));
+        const double expected = std::exp(-static_cast<double>(p.t.count()) /
+                                         (p.beta * static_cast<double>(p.delta.count()) / 1000.0));
         const double sigma = std::sqrt(expected * (1 - expected) / n);
         const double observed = static_cast<double>(refreshed) / n;
         INFO("t " << p.t.count() << " ms, delta " << p.delta.count() << " us, beta " << p.beta
@@ -115,9 +114,8 @@ TEST_CASE("XFetch under steady load recomputes about once per TTL and no reader 
     std::uniform_real_distribution<double> uniform(0.0, 1.0);
     larder::CacheAside<std::string, larder::MemoryBackend, larder::XFetch> cache(
         backend, {.ttl = 60s, .clock = &clock},
-        larder::XFetch({.beta = 1.0, .background = true, .random = [&] {
-                            return 1.0 - uniform(rng);
-                        }}));
+        larder::XFetch(
+            {.beta = 1.0, .background = true, .random = [&] { return 1.0 - uniform(rng); }}));
     int recomputes = 0;
     // The recompute takes 2 s of (manual) time; it runs on the background thread.
     auto loader = [&clock, &recomputes] {

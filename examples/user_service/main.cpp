@@ -50,8 +50,9 @@ public:
         if (sqlite3_open(path.c_str(), &db_) != SQLITE_OK) fail("open");
         exec("PRAGMA journal_mode=WAL");
         exec("PRAGMA synchronous=NORMAL");
-        exec("CREATE TABLE IF NOT EXISTS user (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-             "email TEXT NOT NULL, score INTEGER NOT NULL)");
+        exec(
+            "CREATE TABLE IF NOT EXISTS user (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "email TEXT NOT NULL, score INTEGER NOT NULL)");
         select_ = prepare("SELECT id, name, email, score FROM user WHERE id = ?1");
         update_ = prepare("UPDATE user SET score = ?2 WHERE id = ?1");
     }
@@ -234,19 +235,18 @@ Result run_cached(const char* name, Backend& backend, const std::vector<Op>& ops
 }
 
 void print(std::vector<Result>& results, const Config& c) {
-    std::printf("\n%d users, %d operations (%.0f%% writes), Zipf skew %.2f, SQLite %s\n\n",
-                c.users, c.ops, c.write_ratio * 100, c.skew,
+    std::printf("\n%d users, %d operations (%.0f%% writes), Zipf skew %.2f, SQLite %s\n\n", c.users,
+                c.ops, c.write_ratio * 100, c.skew,
                 c.db_latency_us > 0
                     ? ("+ " + std::to_string(c.db_latency_us) + " us per query").c_str()
                     : "in process (add --db-latency-us 500 for a database across a network)");
-    std::printf("%-26s %12s %10s %12s %12s %10s\n", "", "DB queries", "hit ratio",
-                "p50 read us", "p99 read us", "ops/s");
+    std::printf("%-26s %12s %10s %12s %12s %10s\n", "", "DB queries", "hit ratio", "p50 read us",
+                "p99 read us", "ops/s");
     for (auto& r : results) {
         char hit[16] = "-";
         if (r.hit_ratio >= 0) std::snprintf(hit, sizeof hit, "%.1f%%", r.hit_ratio * 100);
         std::printf("%-26s %12ld %10s %12.1f %12.1f %10.0f\n", r.name.c_str(), r.db_queries, hit,
-                    r.percentile(0.50), r.percentile(0.99),
-                    static_cast<double>(c.ops) / r.seconds);
+                    r.percentile(0.50), r.percentile(0.99), static_cast<double>(c.ops) / r.seconds);
     }
     const auto& base = results.front();
     for (std::size_t i = 1; i < results.size(); ++i) {
@@ -273,14 +273,22 @@ Config parse(int argc, char** argv) {
             return argv[++i];
         };
         try {
-            if (arg == "--users") c.users = std::stoi(value());
-            else if (arg == "--ops") c.ops = std::stoi(value());
-            else if (arg == "--write-ratio") c.write_ratio = std::stod(value());
-            else if (arg == "--skew") c.skew = std::stod(value());
-            else if (arg == "--db-latency-us") c.db_latency_us = std::stoi(value());
-            else if (arg == "--redis") c.redis_url = value();
-            else if (arg == "-h" || arg == "--help") usage("help");
-            else usage("unknown argument " + arg);
+            if (arg == "--users")
+                c.users = std::stoi(value());
+            else if (arg == "--ops")
+                c.ops = std::stoi(value());
+            else if (arg == "--write-ratio")
+                c.write_ratio = std::stod(value());
+            else if (arg == "--skew")
+                c.skew = std::stod(value());
+            else if (arg == "--db-latency-us")
+                c.db_latency_us = std::stoi(value());
+            else if (arg == "--redis")
+                c.redis_url = value();
+            else if (arg == "-h" || arg == "--help")
+                usage("help");
+            else
+                usage("unknown argument " + arg);
         } catch (const std::logic_error&) {
             usage("bad value for " + arg);
         }

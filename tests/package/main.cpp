@@ -1,7 +1,7 @@
 // Outside consumer of larder: checks that the public headers and the CMake
 // targets (larder::larder, larder::json and optionally larder::redis) are usable.
-#include <larder/larder.hpp>
 #include <larder/codec/json.hpp>
+#include <larder/larder.hpp>
 
 #include <iostream>
 #include <optional>

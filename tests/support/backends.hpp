@@ -42,18 +42,22 @@ struct MemoryFixture {
 #define LARDER_TEST_CAT(a, b) LARDER_TEST_CAT2(a, b)
 
 #if defined(LARDER_TEST_REDIS_BACKEND)
-#define LARDER_TEST_REDIS_INSTANCE(name, tags, fn) \
-    TEMPLATE_TEST_CASE(name, tags "[redis]", larder::test::RedisFixture) { fn<TestType>(); }
+#define LARDER_TEST_REDIS_INSTANCE(name, tags, fn)                         \
+    TEMPLATE_TEST_CASE(name, tags "[redis]", larder::test::RedisFixture) { \
+        fn<TestType>();                                                    \
+    }
 #else
 #define LARDER_TEST_REDIS_INSTANCE(name, tags, fn)
 #endif
 
-#define LARDER_BACKEND_TEST_CASE_IMPL(name, tags, fn)                                    \
-    template <class TestType>                                                            \
-    static void fn();                                                                    \
-    TEMPLATE_TEST_CASE(name, tags "[memory]", larder::test::MemoryFixture) { fn<TestType>(); } \
-    LARDER_TEST_REDIS_INSTANCE(name, tags, fn)                                           \
-    template <class TestType>                                                            \
+#define LARDER_BACKEND_TEST_CASE_IMPL(name, tags, fn)                        \
+    template <class TestType>                                                \
+    static void fn();                                                        \
+    TEMPLATE_TEST_CASE(name, tags "[memory]", larder::test::MemoryFixture) { \
+        fn<TestType>();                                                      \
+    }                                                                        \
+    LARDER_TEST_REDIS_INSTANCE(name, tags, fn)                               \
+    template <class TestType>                                                \
     static void fn()
 
 #define BACKEND_TEST_CASE(name, tags) \

@@ -34,8 +34,8 @@ struct StoredValue {
 
 template <class B>
 concept Backend = requires(B& backend, std::string_view key, std::string_view value,
-                           std::string_view expected, Millis ttl,
-                           std::span<const std::string> keys, std::int64_t delta) {
+                           std::string_view expected, Millis ttl, std::span<const std::string> keys,
+                           std::int64_t delta) {
     /// GET + PTTL in one round trip.
     { backend.get(key) } -> std::same_as<std::optional<StoredValue>>;
     /// One round trip for all keys; the result is aligned with `keys`.

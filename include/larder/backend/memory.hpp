@@ -321,10 +321,14 @@ private:
         void erase(Node* n) {
             if (hand == n) hand = n->prev;
             if (sweep_at == n) sweep_at = n->prev;
-            if (n->prev) n->prev->next = n->next;
-            else head = n->next;
-            if (n->next) n->next->prev = n->prev;
-            else tail = n->prev;
+            if (n->prev)
+                n->prev->next = n->next;
+            else
+                head = n->next;
+            if (n->next)
+                n->next->prev = n->prev;
+            else
+                tail = n->prev;
             bytes -= n->cost();
             map.erase(std::string_view(n->key));  // frees n
         }
@@ -350,7 +354,7 @@ private:
         return Millis{n->expires_at - now};
     }
 
-    Shard& shard(std::string_view key) { return shards_[Hash{}(key) & mask_]; }
+    Shard& shard(std::string_view key) { return shards_[Hash{}(key)&mask_]; }
 
     const Clock* clock_;
     std::vector<Shard> shards_;

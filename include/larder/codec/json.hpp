@@ -41,8 +41,12 @@ struct JsonCodec {
     }
 };
 
+namespace detail {
 template <class T>
-    requires(detail::NlohmannSerializable<T> && !detail::RawBytes<T>)
+concept JsonByDefault = NlohmannSerializable<T> && !RawBytes<T>;
+}  // namespace detail
+
+template <detail::JsonByDefault T>
 struct default_codec<T> {
     using type = JsonCodec;
 };

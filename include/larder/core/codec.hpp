@@ -31,8 +31,7 @@ concept Codec = requires(const C& codec, const T& value, std::string& out, std::
 namespace detail {
 template <class T>
 concept RawBytes = std::same_as<T, std::string> || std::same_as<T, std::vector<std::byte>> ||
-                   std::same_as<T, std::vector<std::uint8_t>> ||
-                   std::same_as<T, std::vector<char>>;
+    std::same_as<T, std::vector<std::uint8_t>> || std::same_as<T, std::vector<char>>;
 }  // namespace detail
 
 struct RawCodec;  // <larder/codec/raw.hpp>

@@ -40,7 +40,7 @@ struct EnvelopeHeader {
 struct EnvelopeView {
     EnvelopeHeader header;
     std::uint16_t tag_count = 0;
-    std::string_view tags{};   ///< tag_count records of {u16 length, name, u64 version}
+    std::string_view tags{};     ///< tag_count records of {u16 length, name, u64 version}
     std::string_view payload{};  ///< the codec's bytes (a lease's token)
 };
 

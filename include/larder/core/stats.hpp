@@ -15,21 +15,21 @@ namespace larder {
 /// What happened, counted since the cache object was built. A plain value: copy it,
 /// compare it, subtract two of them.
 struct StatsSnapshot {
-    std::uint64_t hits = 0;            ///< served from the cache (negative hits included)
-    std::uint64_t negative_hits = 0;   ///< served a cached "not found"
-    std::uint64_t misses = 0;          ///< nothing usable in the cache
-    std::uint64_t loads = 0;           ///< loader calls made by this object
-    std::uint64_t load_errors = 0;     ///< loader calls that threw
-    std::uint64_t stale_served = 0;    ///< a stale value served instead of an error or wait
-    std::uint64_t corrupt_values = 0;  ///< stored bytes that failed to decode
-    std::uint64_t backend_errors = 0;  ///< store operations that failed or timed out
-    std::uint64_t fills = 0;           ///< values written to the cache after a load
-    std::uint64_t fills_rejected = 0;  ///< fills fenced off by a concurrent invalidation
-    std::uint64_t lease_waits = 0;     ///< reads that found another loader's lease
-    std::uint64_t coalesced = 0;       ///< callers that shared another caller's load
-    std::uint64_t early_refreshes = 0; ///< probabilistic refreshes before expiry
-    std::uint64_t invalidations = 0;   ///< keys invalidated through this object
-    std::uint64_t evictions = 0;       ///< entries the store dropped for space (if it says)
+    std::uint64_t hits = 0;             ///< served from the cache (negative hits included)
+    std::uint64_t negative_hits = 0;    ///< served a cached "not found"
+    std::uint64_t misses = 0;           ///< nothing usable in the cache
+    std::uint64_t loads = 0;            ///< loader calls made by this object
+    std::uint64_t load_errors = 0;      ///< loader calls that threw
+    std::uint64_t stale_served = 0;     ///< a stale value served instead of an error or wait
+    std::uint64_t corrupt_values = 0;   ///< stored bytes that failed to decode
+    std::uint64_t backend_errors = 0;   ///< store operations that failed or timed out
+    std::uint64_t fills = 0;            ///< values written to the cache after a load
+    std::uint64_t fills_rejected = 0;   ///< fills fenced off by a concurrent invalidation
+    std::uint64_t lease_waits = 0;      ///< reads that found another loader's lease
+    std::uint64_t coalesced = 0;        ///< callers that shared another caller's load
+    std::uint64_t early_refreshes = 0;  ///< probabilistic refreshes before expiry
+    std::uint64_t invalidations = 0;    ///< keys invalidated through this object
+    std::uint64_t evictions = 0;        ///< entries the store dropped for space (if it says)
 
     friend bool operator==(const StatsSnapshot&, const StatsSnapshot&) = default;
 };

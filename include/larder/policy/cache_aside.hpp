@@ -40,6 +40,7 @@
 #include "larder/core/envelope.hpp"
 #include "larder/core/error.hpp"
 #include "larder/core/keys.hpp"
+#include "larder/core/loader.hpp"
 #include "larder/core/random.hpp"
 #include "larder/core/stats.hpp"
 #include "larder/policy/detail/background.hpp"
@@ -73,8 +74,10 @@ struct CacheAsideOptions {
 /// CacheAside<T, Backend, Components...>: Components are an optional codec for T and an
 /// optional StampedeGuard, in any order (see policy/detail/components.hpp).
 template <class T, Backend B, class... Components>
-    requires detail::all_components_known<T, Components...>
 class CacheAside {
+    static_assert(detail::all_components_known<T, Components...>,
+                  "each component must be a Codec for T or a StampedeGuard");
+
 public:
     using value_type = T;
     using backend_type = B;
@@ -101,8 +104,7 @@ public:
     ///
     /// With a background-refreshing guard the loader may be called after get() returns,
     /// so it must then own what it captures (copy, not reference, locals).
-    template <class L>
-        requires std::convertible_to<std::invoke_result_t<L&>, std::optional<T>>
+    template <LoaderFor<T> L>
     std::optional<T> get(std::string_view key, L&& loader) {
         const std::string full = full_key(key);
         Read found = read(full);
@@ -133,10 +135,7 @@ public:
     /// is called once, with only the keys that missed (each once), and returns one
     /// std::optional<T> per key it was given, in order. Stale values are served as they
     /// are (no refresh); use get() for keys that need one.
-    template <class BatchLoader>
-        requires std::convertible_to<
-            std::invoke_result_t<BatchLoader&, std::span<const std::string>>,
-            std::vector<std::optional<T>>>
+    template <BatchLoaderFor<T> BatchLoader>
     std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
                                            BatchLoader&& batch_loader) {
         std::vector<std::string> full;
@@ -233,8 +232,7 @@ public:
 
     /// The seed's write path done in the right order: change the database, then
     /// invalidate. If db_write throws, nothing is invalidated and the exception propagates.
-    template <class DbWrite>
-        requires std::invocable<DbWrite&>
+    template <std::invocable DbWrite>
     void update(std::string_view key, DbWrite&& db_write) {
         std::invoke(db_write);
         invalidate(key);
@@ -278,10 +276,10 @@ private:
             leased,   ///< another loader holds the key
             unknown,  ///< the store failed: load, but do not fill
         } state = absent;
-        bool negative = false;                   ///< the value is a cached "not found"
-        std::optional<T> value{};                ///< fresh or stale value
-        std::string bytes{};                     ///< the stored bytes (refreshes CAS on them)
-        Millis fresh_for{0};                     ///< time left until stale
+        bool negative = false;     ///< the value is a cached "not found"
+        std::optional<T> value{};  ///< fresh or stale value
+        std::string bytes{};       ///< the stored bytes (refreshes CAS on them)
+        Millis fresh_for{0};       ///< time left until stale
         std::chrono::microseconds recompute_time{0};
     };
 

@@ -33,7 +33,8 @@ struct TtlJitter {
     [[nodiscard]] Millis apply(Millis ttl, UnitRandom&& unit) const {
         double ms = static_cast<double>(ttl.count());
         if (ratio > 0.0) ms *= 1.0 + ratio * (2.0 * unit() - 1.0);
-        if (max_extra.count() > 0) ms += std::floor(unit() * static_cast<double>(max_extra.count()));
+        if (max_extra.count() > 0)
+            ms += std::floor(unit() * static_cast<double>(max_extra.count()));
         const auto result = static_cast<Millis::rep>(std::llround(ms));
         return Millis{std::max<Millis::rep>({result, floor.count(), 1})};
     }

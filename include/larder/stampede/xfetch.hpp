@@ -23,9 +23,8 @@
 namespace larder {
 
 /// The decision itself: refresh now? `u` must lie in (0, 1].
-[[nodiscard]] inline bool xfetch_should_refresh(Millis remaining,
-                                                std::chrono::microseconds delta, double beta,
-                                                double u) noexcept {
+[[nodiscard]] inline bool xfetch_should_refresh(Millis remaining, std::chrono::microseconds delta,
+                                                double beta, double u) noexcept {
     if (remaining.count() <= 0) return true;
     if (beta <= 0.0 || delta.count() <= 0) return false;
     const double delta_ms = static_cast<double>(delta.count()) / 1000.0;

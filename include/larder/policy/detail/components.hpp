@@ -45,6 +45,6 @@ using pick_guard_t = typename first_matching<T, NoGuard, is_guard, Ps...>::type;
 
 /// Every component must be a codec for T or a guard: a typo is an error, not ignored.
 template <class T, class... Ps>
-inline constexpr bool all_components_known = ((Codec<Ps, T> || StampedeGuard<Ps>) && ...);
+inline constexpr bool all_components_known = ((Codec<Ps, T> || StampedeGuard<Ps>)&&...);
 
 }  // namespace larder::detail

@@ -39,7 +39,8 @@ public:
     class Hold {
     public:
         Hold(LeaseKeeper* keeper, std::uint64_t id) : keeper_(keeper), id_(id) {}
-        Hold(Hold&& other) noexcept : keeper_(std::exchange(other.keeper_, nullptr)), id_(other.id_) {}
+        Hold(Hold&& other) noexcept
+            : keeper_(std::exchange(other.keeper_, nullptr)), id_(other.id_) {}
         Hold(const Hold&) = delete;
         Hold& operator=(const Hold&) = delete;
         Hold& operator=(Hold&&) = delete;
