@@ -15,6 +15,7 @@
 #include "larder/core/loader.hpp"
 #include "larder/core/random.hpp"
 #include "larder/core/stats.hpp"
+#include "larder/invalidate/version_keys.hpp"
 #include "larder/policy/cache_aside.hpp"
 #include "larder/stampede/guard.hpp"
 #include "larder/stampede/jitter.hpp"

@@ -19,9 +19,12 @@
 //    fails, the stale value is served instead of the error.
 #pragma once
 
+#include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <concepts>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <optional>
 #include <span>
@@ -68,6 +71,10 @@ struct CacheAsideOptions {
     /// How long a loader holds the key. A running loader's lease is extended every
     /// lease_ttl / 3, so this bounds only how long a crashed holder blocks the key.
     Millis lease_ttl = std::chrono::seconds(10);
+    /// How long a tag's version lives once created. 0: twice the longest an entry can
+    /// live. An entry whose tag version expired misses (never resurrects); so this only
+    /// bounds the memory of tags nobody uses any more.
+    Millis tag_ttl{0};
     const Clock* clock = &SystemClock::instance();
 };
 
@@ -77,6 +84,27 @@ template <class T, Backend B, class... Components>
 class CacheAside {
     static_assert(detail::all_components_known<T, Components...>,
                   "each component must be a Codec for T or a StampedeGuard");
+
+    struct TagVersion {
+        std::string name;
+        std::uint64_t version = 0;
+    };
+
+    /// One store read, classified.
+    struct Read {
+        enum State {
+            fresh,    ///< a value or a cached "not found", still fresh
+            stale,    ///< a value past its freshness, within the grace period
+            absent,   ///< nothing there: this caller may lease and fill
+            leased,   ///< another loader holds the key
+            unknown,  ///< the store failed: load, but do not fill
+        } state = absent;
+        bool negative = false;     ///< the value is a cached "not found"
+        std::optional<T> value{};  ///< fresh or stale value
+        std::string bytes{};       ///< the stored bytes (refreshes CAS on them)
+        Millis fresh_for{0};       ///< time left until stale
+        std::chrono::microseconds recompute_time{0};
+    };
 
 public:
     using value_type = T;
@@ -107,18 +135,74 @@ public:
     template <LoaderFor<T> L>
     std::optional<T> get(std::string_view key, L&& loader) {
         const std::string full = full_key(key);
-        Read found = read(full);
+        return get_read(full, read(full), loader, {});
+    }
+
+    /// get() for an entry that carries tags: it is served only while none of its tags
+    /// was invalidated since it was written. Pass the same tags on every read of a key.
+    /// The value and the tags' current versions are read in one round trip.
+    template <LoaderFor<T> L>
+    std::optional<T> get(std::string_view key, std::span<const std::string> tags, L&& loader) {
+        const std::string full = full_key(key);
+        std::vector<TagVersion> current;
+        Read found = read_tagged(full, tags, current);
+        return get_read(full, std::move(found), loader, current);
+    }
+
+    template <LoaderFor<T> L>
+    std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags,
+                         L&& loader) {
+        return get(key, std::span<const std::string>(tags.begin(), tags.size()), loader);
+    }
+
+    /// Stores `value` now (replacing any value or lease: a load in flight cannot
+    /// overwrite it), with the current versions of `tags`. For write-through paths and
+    /// warm-ups; a read-through cache needs only get().
+    void set(std::string_view key, const T& value, std::span<const std::string> tags = {}) {
+        const std::string full = full_key(key);
+        std::vector<TagVersion> current;
+        if (!tags.empty()) current = tag_versions(tags, true);
+        flights_.forget(full);
+        backend_.set(full, encode(&value, std::chrono::microseconds{0}, current),
+                     options_.jitter.apply(options_.ttl) + options_.grace);
+    }
+
+    /// Invalidates every entry carrying `tag`, in O(1): the tag gets a new version, and
+    /// entries stamped with the old one miss from now on. Throws BackendError when the
+    /// store cannot be reached.
+    void invalidate_tag(std::string_view tag) {
+        stats_.add(Counter::invalidations);
+        try {
+            backend_.set(tag_key(tag), std::to_string(new_tag_version()), tag_ttl());
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);
+            throw;
+        }
+    }
+
+    /// The stored key of a tag's version.
+    [[nodiscard]] std::string tag_key(std::string_view tag) const {
+        std::string key;
+        key.reserve(options_.key_prefix.size() + tag.size() + 5);
+        key.append(options_.key_prefix).append("\x1ftag\x1f").append(tag);
+        return key;
+    }
+
+private:
+    template <class L>
+    std::optional<T> get_read(const std::string& full, Read found, L& loader,
+                              std::span<const TagVersion> tags) {
         switch (found.state) {
             case Read::fresh:
                 stats_.add(Counter::hits);
                 if (found.negative) stats_.add(Counter::negative_hits);
                 if (!found.negative &&
                     guard_.refresh_early(FreshHit{found.fresh_for, found.recompute_time})) {
-                    return refresh(full, std::move(found), loader, /*early=*/true);
+                    return refresh(full, std::move(found), loader, /*early=*/true, tags);
                 }
                 return std::move(found.value);
             case Read::stale:
-                return refresh(full, std::move(found), loader, /*early=*/false);
+                return refresh(full, std::move(found), loader, /*early=*/false, tags);
             case Read::absent:
             case Read::leased:
             case Read::unknown:
@@ -126,11 +210,12 @@ public:
         }
         stats_.add(Counter::misses);
         const auto state = found.state;
-        auto result = flights_.run(full, [&] { return load_missing(full, loader, state); });
+        auto result = flights_.run(full, [&] { return load_missing(full, loader, state, tags); });
         if (result.shared) stats_.add(Counter::coalesced);
         return std::move(result.value);
     }
 
+public:
     /// Values for many keys, aligned with `keys`, from one backend read. The batch loader
     /// is called once, with only the keys that missed (each once), and returns one
     /// std::optional<T> per key it was given, in order. Stale values are served as they
@@ -206,7 +291,7 @@ public:
         const auto took = watch.elapsed();
         for (std::size_t m = 0; m < missing.size(); ++m) {
             const std::string& key = full[missing[m].first_index];
-            if (leases[m]) fill(key, *leases[m], loaded[m], took);
+            if (leases[m]) fill(key, *leases[m], loaded[m], took, {});
             const auto& at = missing[m].wanted_at;
             for (std::size_t j = 0; j + 1 < at.size(); ++j) out[at[j]] = loaded[m];
             out[at.back()] = std::move(loaded[m]);
@@ -267,29 +352,21 @@ public:
     [[nodiscard]] std::uint64_t lease_extensions() const { return keeper_.extensions(); }
 
 private:
-    /// One store read, classified.
-    struct Read {
-        enum State {
-            fresh,    ///< a value or a cached "not found", still fresh
-            stale,    ///< a value past its freshness, within the grace period
-            absent,   ///< nothing there: this caller may lease and fill
-            leased,   ///< another loader holds the key
-            unknown,  ///< the store failed: load, but do not fill
-        } state = absent;
-        bool negative = false;     ///< the value is a cached "not found"
-        std::optional<T> value{};  ///< fresh or stale value
-        std::string bytes{};       ///< the stored bytes (refreshes CAS on them)
-        Millis fresh_for{0};       ///< time left until stale
-        std::chrono::microseconds recompute_time{0};
-    };
-
     static CacheAsideOptions validated(CacheAsideOptions o) {
         if (!o.clock) o.clock = &SystemClock::instance();
         o.jitter.validate();
         if (o.ttl.count() <= 0 || o.negative_ttl.count() <= 0 || o.lease_ttl.count() <= 0) {
             throw ConfigError("CacheAside: ttl, negative_ttl and lease_ttl must be positive");
         }
-        if (o.grace.count() < 0) throw ConfigError("CacheAside: grace must not be negative");
+        if (o.grace.count() < 0 || o.tag_ttl.count() < 0) {
+            throw ConfigError("CacheAside: grace and tag_ttl must not be negative");
+        }
+        if (o.tag_ttl.count() == 0) {
+            const auto longest_jitter =
+                o.jitter.max_extra + Millis{static_cast<Millis::rep>(
+                                         o.jitter.ratio * static_cast<double>(o.ttl.count()))};
+            o.tag_ttl = 2 * (std::max(o.ttl, o.negative_ttl) + longest_jitter + o.grace);
+        }
         return o;
     }
 
@@ -303,6 +380,123 @@ private:
         }
         return classify(full, std::move(stored));
     }
+
+    // The value and the current versions of `tags` in one store read (get_many). A value
+    // stamped with other versions, or with other tags, was invalidated by a tag: its bytes
+    // are removed (compare-and-delete) and the read is a miss. Tags without a version get
+    // one, so that the fill can be stamped with it.
+    Read read_tagged(const std::string& full, std::span<const std::string> tags,
+                     std::vector<TagVersion>& current) {
+        std::vector<std::string> keys;
+        keys.reserve(tags.size() + 1);
+        keys.push_back(full);
+        for (const auto& t : tags) keys.push_back(tag_key(t));
+        std::vector<std::optional<StoredValue>> stored;
+        try {
+            stored = backend_.get_many(std::span<const std::string>(keys));
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);
+            return Read{.state = Read::unknown};
+        }
+        bool all_known = true;
+        current.clear();
+        for (std::size_t i = 0; i < tags.size(); ++i) {
+            const auto version = parse_tag_version(stored[i + 1]);
+            all_known = all_known && version.has_value();
+            current.push_back(TagVersion{tags[i], version.value_or(0)});
+        }
+        Read r = classify(full, std::move(stored[0]));
+        if ((r.state == Read::fresh || r.state == Read::stale) &&
+            (!all_known || !stamped_with(r.bytes, current))) {
+            r = remove_invalidated(full, r.bytes);
+        }
+        if (!all_known && !create_missing_versions(current)) {
+            if (r.state == Read::absent) r.state = Read::unknown;  // cannot stamp: do not fill
+        }
+        return r;
+    }
+
+    // The current versions of `tags`, created where missing.
+    std::vector<TagVersion> tag_versions(std::span<const std::string> tags, bool throw_on_error) {
+        std::vector<std::string> keys;
+        for (const auto& t : tags) keys.push_back(tag_key(t));
+        std::vector<TagVersion> current;
+        try {
+            const auto stored = backend_.get_many(std::span<const std::string>(keys));
+            for (std::size_t i = 0; i < tags.size(); ++i) {
+                current.push_back(TagVersion{tags[i], parse_tag_version(stored[i]).value_or(0)});
+            }
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);
+            if (throw_on_error) throw;
+        }
+        if (!create_missing_versions(current) && throw_on_error) {
+            throw BackendError("CacheAside: cannot create tag versions");
+        }
+        return current;
+    }
+
+    bool create_missing_versions(std::vector<TagVersion>& current) {
+        for (auto& t : current) {
+            if (t.version != 0) continue;
+            const std::string key = tag_key(t.name);
+            try {
+                const std::uint64_t fresh = new_tag_version();
+                if (backend_.set_if_absent(key, std::to_string(fresh), options_.tag_ttl)) {
+                    t.version = fresh;
+                } else if (auto v = parse_tag_version(backend_.get(key))) {
+                    t.version = *v;  // another writer created it first
+                } else {
+                    return false;
+                }
+            } catch (const BackendError&) {
+                stats_.add(Counter::backend_errors);
+                return false;
+            }
+        }
+        return true;
+    }
+
+    // Whether stored bytes carry exactly `current`'s tags at exactly those versions.
+    static bool stamped_with(const std::string& bytes, std::span<const TagVersion> current) {
+        const auto env = envelope::parse(bytes);
+        if (!env || env->tag_count != current.size()) return false;
+        bool all_match = true;
+        envelope::for_each_tag(*env, [&](std::string_view name, std::uint64_t version) {
+            bool found = false;
+            for (const auto& t : current) found = found || (t.name == name && t.version == version);
+            all_match = all_match && found;
+        });
+        return all_match;
+    }
+
+    Read remove_invalidated(const std::string& full, const std::string& bytes) {
+        try {
+            if (backend_.compare_and_delete(full, bytes)) return Read{.state = Read::absent};
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);
+        }
+        return Read{.state = Read::unknown};
+    }
+
+    static std::optional<std::uint64_t> parse_tag_version(const std::optional<StoredValue>& v) {
+        if (!v) return std::nullopt;
+        std::uint64_t out = 0;
+        const auto* end = v->bytes.data() + v->bytes.size();
+        auto [ptr, ec] = std::from_chars(v->bytes.data(), end, out);
+        if (ec != std::errc{} || ptr != end || out == 0) return std::nullopt;
+        return out;
+    }
+
+    // Milliseconds since the epoch in the high bits, random low bits: a version created
+    // after the old one was evicted or flushed never equals it.
+    std::uint64_t new_tag_version() const {
+        const auto ms =
+            static_cast<std::uint64_t>(options_.clock->now().time_since_epoch().count());
+        return (ms << 16) | static_cast<std::uint64_t>(random_between(1, 0xFFFF));
+    }
+
+    [[nodiscard]] Millis tag_ttl() const noexcept { return options_.tag_ttl; }
 
     Read classify(const std::string& full, std::optional<StoredValue> stored) {
         if (!stored) return Read{.state = Read::absent};
@@ -346,7 +540,8 @@ private:
     // A miss, run by one caller per key in this process. Takes the lease and loads; if
     // another process holds the lease, waits as the guard says, then loads unfilled.
     template <class L>
-    std::optional<T> load_missing(const std::string& full, L& loader, typename Read::State state) {
+    std::optional<T> load_missing(const std::string& full, L& loader, typename Read::State state,
+                                  std::span<const TagVersion> tags) {
         const LeaseWait wait = guard_.lease_wait();
         const auto deadline = std::chrono::steady_clock::now() + wait.max_wait;
         Millis backoff = wait.first_backoff;
@@ -355,7 +550,7 @@ private:
             if (state == Read::absent) {
                 bool contended = false;
                 if (auto lease = try_lease(full, &contended)) {
-                    return load_and_fill(full, *lease, loader);
+                    return load_and_fill(full, *lease, loader, tags);
                 }
                 state = contended ? Read::leased : Read::unknown;
             }
@@ -408,7 +603,8 @@ private:
     }
 
     template <class L>
-    std::optional<T> load_and_fill(const std::string& full, const std::string& lease, L& loader) {
+    std::optional<T> load_and_fill(const std::string& full, const std::string& lease, L& loader,
+                                   std::span<const TagVersion> tags) {
         const Stopwatch watch(*options_.clock);
         std::optional<T> value;
         {
@@ -420,23 +616,25 @@ private:
                 throw;
             }
         }
-        fill(full, lease, value, watch.elapsed());
+        fill(full, lease, value, watch.elapsed(), tags);
         return value;
     }
 
     // A value is there (fresh and elected for early refresh, or stale): one caller across
     // all processes refreshes it, holding a lease on a sibling key; the rest serve it.
     template <class L>
-    std::optional<T> refresh(const std::string& full, Read found, L& loader, bool early) {
+    std::optional<T> refresh(const std::string& full, Read found, L& loader, bool early,
+                             std::span<const TagVersion> tags) {
         if (early && guard_.refresh_in_background()) {
             if constexpr (std::is_copy_constructible_v<std::decay_t<L>>) {
-                background_.submit(full, [this, full, bytes = found.bytes, loader]() mutable {
-                    (void)refresh_now(full, bytes, loader, /*early=*/true);
+                background_.submit(full, [this, full, bytes = found.bytes, loader,
+                                          stamp = std::vector(tags.begin(), tags.end())]() mutable {
+                    (void)refresh_now(full, bytes, loader, /*early=*/true, stamp);
                 });
                 return std::move(found.value);
             }
         }
-        if (auto refreshed = refresh_now(full, found.bytes, loader, early)) {
+        if (auto refreshed = refresh_now(full, found.bytes, loader, early, tags)) {
             return std::move(*refreshed);
         }
         if (found.state == Read::stale) stats_.add(Counter::stale_served);
@@ -447,7 +645,8 @@ private:
     // (someone else holds the refresh lease, or the loader failed); otherwise the new value.
     template <class L>
     std::optional<std::optional<T>> refresh_now(const std::string& full, const std::string& bytes,
-                                                L& loader, bool early) {
+                                                L& loader, bool early,
+                                                std::span<const TagVersion> tags) {
         const std::string lease_key = keys::sibling(full, "refresh");
         auto lease = try_lease(lease_key);
         if (!lease) return std::nullopt;
@@ -462,7 +661,7 @@ private:
             return std::nullopt;  // fail-safe: the caller serves what it has
         }
         // Fenced on the old bytes: an invalidation meanwhile makes this fill fail.
-        fill(full, bytes, value, watch.elapsed());
+        fill(full, bytes, value, watch.elapsed(), tags);
         release(lease_key, lease);
         return std::optional<std::optional<T>>(std::move(value));
     }
@@ -490,21 +689,30 @@ private:
         }
     }
 
-    // Replaces `expected` (a lease, or the value being refreshed) with the loaded value.
-    void fill(const std::string& full, const std::string& expected, const std::optional<T>& value,
-              std::chrono::microseconds took) {
-        const Millis grace = value ? options_.grace : Millis{0};
-        EnvelopeHeader header{
+    // The stored bytes of a value (or of "not found" when value is null).
+    std::string encode(const T* value, std::chrono::microseconds took,
+                       std::span<const TagVersion> tags) const {
+        const EnvelopeHeader header{
             .kind = value ? EntryKind::value : EntryKind::not_found,
             .codec = value ? codec_type::id : std::uint8_t{0},
             .written_at = options_.clock->now(),
             .recompute_time = took,
-            .grace = grace,
+            .grace = value ? options_.grace : Millis{0},
         };
         std::string bytes;
+        envelope::write_header(bytes, header, static_cast<std::uint16_t>(tags.size()));
+        for (const auto& t : tags) envelope::write_tag(bytes, t.name, t.version);
+        if (value) codec_.encode(*value, bytes);
+        return bytes;
+    }
+
+    // Replaces `expected` (a lease, or the value being refreshed) with the loaded value.
+    void fill(const std::string& full, const std::string& expected, const std::optional<T>& value,
+              std::chrono::microseconds took, std::span<const TagVersion> tags) {
+        const Millis grace = value ? options_.grace : Millis{0};
+        std::string bytes;
         try {
-            envelope::write_header(bytes, header);
-            if (value) codec_.encode(*value, bytes);
+            bytes = encode(value ? &*value : nullptr, took, tags);
         } catch (const std::exception&) {
             // A value the codec cannot write is served but not cached. A lease is given
             // back at once; a value being refreshed stays until its TTL.

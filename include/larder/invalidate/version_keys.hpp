@@ -1,0 +1,100 @@
+// Version keys (the seed's `key = f'user:{user_id}:v{version}'`): readers read an entity's
+// current version and use `base:v<version>` as the cache key; a writer bumps the version,
+// which moves every reader to a new key at once, and the old keys expire by their TTL.
+//
+// The seed's INCR restarts at 1 after the version key is evicted or Redis restarts, so
+// `user:42:v1` comes back and serves whatever was cached under it long ago. Here a version
+// is the current time in milliseconds with random low bits, created with SET NX when
+// missing: a version made after the old one vanished never equals any earlier one.
+#pragma once
+
+#include <charconv>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "larder/backend/backend.hpp"
+#include "larder/core/clock.hpp"
+#include "larder/core/error.hpp"
+#include "larder/core/keys.hpp"
+#include "larder/core/random.hpp"
+
+namespace larder {
+
+struct VersionKeyOptions {
+    /// Prepended to the version keys (not to the keys they return).
+    std::string prefix = "ver:";
+    /// How long a version lives without a bump; keep it longer than the entries' TTL (a
+    /// version that expires only moves readers to a new key: safe, a miss).
+    Millis ttl = std::chrono::hours(24);
+    const Clock* clock = &SystemClock::instance();
+};
+
+template <Backend B>
+class VersionKeys {
+public:
+    explicit VersionKeys(B& backend, VersionKeyOptions options = {})
+        : backend_(backend), options_(std::move(options)) {
+        if (!options_.clock) options_.clock = &SystemClock::instance();
+        if (options_.ttl.count() <= 0) throw ConfigError("VersionKeys: ttl must be positive");
+    }
+
+    /// The current version of `base`, created if it has none. One round trip when it
+    /// exists. Throws BackendError when the store cannot be reached.
+    [[nodiscard]] std::uint64_t current(std::string_view base) {
+        const std::string key = version_key(base);
+        for (int attempt = 0; attempt < 3; ++attempt) {
+            if (auto v = parse(backend_.get(key))) return *v;
+            const std::uint64_t fresh = make_version();
+            if (backend_.set_if_absent(key, std::to_string(fresh), options_.ttl)) return fresh;
+        }
+        throw BackendError("VersionKeys: the version of a key keeps vanishing");
+    }
+
+    /// The cache key for `base` at its current version: `base:v<version>`.
+    [[nodiscard]] std::string key(std::string_view base) { return key_at(base, current(base)); }
+
+    [[nodiscard]] static std::string key_at(std::string_view base, std::uint64_t version) {
+        std::string out(base);
+        out.append(":v").append(std::to_string(version));
+        return out;
+    }
+
+    /// Moves readers of `base` to a new key; returns the new version.
+    std::uint64_t bump(std::string_view base) {
+        const std::uint64_t fresh = make_version();
+        backend_.set(version_key(base), std::to_string(fresh), options_.ttl);
+        return fresh;
+    }
+
+    /// The stored key holding the version of `base`.
+    [[nodiscard]] std::string version_key(std::string_view base) const {
+        std::string out(options_.prefix);
+        out.append(base);
+        return out;
+    }
+
+private:
+    static std::optional<std::uint64_t> parse(const std::optional<StoredValue>& v) {
+        if (!v) return std::nullopt;
+        std::uint64_t out = 0;
+        const char* end = v->bytes.data() + v->bytes.size();
+        auto [ptr, ec] = std::from_chars(v->bytes.data(), end, out);
+        if (ec != std::errc{} || ptr != end || out == 0) return std::nullopt;
+        return out;
+    }
+
+    // Milliseconds since the epoch in the high bits, 16 random bits below: increasing
+    // across bumps a millisecond apart, and unequal to every version made before.
+    std::uint64_t make_version() const {
+        const auto ms =
+            static_cast<std::uint64_t>(options_.clock->now().time_since_epoch().count());
+        return (ms << 16) | static_cast<std::uint64_t>(random_between(1, 0xFFFF));
+    }
+
+    B& backend_;
+    VersionKeyOptions options_;
+};
+
+}  // namespace larder
