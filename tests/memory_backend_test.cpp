@@ -46,7 +46,7 @@ TEST_CASE("MemoryBackend stays within its byte bound", "[memory]") {
                       larder::BackendError);
 }
 
-TEST_CASE("A scan of one-off keys does not flush the hot set (SIEVE)", "[memory]") {
+TEST_CASE("MemoryBackend: a scan of one-off keys does not flush the hot set", "[memory]") {
     larder::MemoryBackend backend({.max_entries = 1000, .shards = 1});
     for (int i = 0; i < 500; ++i) backend.set("hot" + std::to_string(i), "v", larder::no_expiry);
     for (int i = 0; i < 500; ++i) REQUIRE(backend.get("hot" + std::to_string(i)));

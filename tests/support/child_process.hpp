@@ -24,10 +24,14 @@ class ChildProcess {
 public:
     ChildProcess(const std::string& program, const std::vector<std::string>& args) {
         int fds[2];
-        if (pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
+        int in[2];
+        if (pipe2(fds, O_CLOEXEC) != 0 || pipe2(in, O_CLOEXEC) != 0) {
+            throw std::runtime_error("pipe failed");
+        }
         posix_spawn_file_actions_t actions;
         posix_spawn_file_actions_init(&actions);
         posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+        posix_spawn_file_actions_adddup2(&actions, in[0], STDIN_FILENO);
         std::vector<std::string> storage{program};
         storage.insert(storage.end(), args.begin(), args.end());
         std::vector<char*> argv;
@@ -36,9 +40,12 @@ public:
         const int rc = posix_spawn(&pid_, program.c_str(), &actions, nullptr, argv.data(), environ);
         posix_spawn_file_actions_destroy(&actions);
         close(fds[1]);
+        close(in[0]);
         out_ = fds[0];
+        in_ = in[1];
         if (rc != 0) {
             close(out_);
+            close(in_);
             throw std::runtime_error("cannot start " + program);
         }
     }
@@ -52,6 +59,18 @@ public:
             waitpid(pid_, nullptr, 0);
         }
         if (out_ >= 0) close(out_);
+        if (in_ >= 0) close(in_);
+    }
+
+    /// Sends one line to the child's stdin.
+    void write_line(const std::string& line) {
+        const std::string data = line + "\n";
+        std::size_t done = 0;
+        while (done < data.size()) {
+            const ssize_t n = ::write(in_, data.data() + done, data.size() - done);
+            if (n <= 0) throw std::runtime_error("the child closed its stdin");
+            done += static_cast<std::size_t>(n);
+        }
     }
 
     [[nodiscard]] pid_t pid() const { return pid_; }
@@ -94,6 +113,7 @@ public:
 private:
     pid_t pid_ = -1;
     int out_ = -1;
+    int in_ = -1;
     std::string buffer_;
 };
 

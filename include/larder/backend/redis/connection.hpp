@@ -415,6 +415,9 @@ public:
     /// The peer went away (EOF, reset): other idle connections to it are likely dead too.
     [[nodiscard]] bool lost() const noexcept { return lost_; }
 
+    /// The hiredis context, for a subscriber that polls the socket itself.
+    [[nodiscard]] redisContext* context() noexcept { return ctx_.get(); }
+
 private:
     void handshake() {
         const bool auth = !endpoint_.user.empty() || !endpoint_.password.empty();

@@ -1,0 +1,144 @@
+// The invalidation bus: how a write in one process reaches the in-process caches (L1) of
+// every other. A bus carries short messages on one channel to every subscriber, and tells
+// subscribers when it may have lost messages (the subscription dropped) and when it is
+// back, so that an L1 that cannot know what it missed can stop serving and start over.
+//
+// RedisBus (<larder/near/redis_bus.hpp>) uses Redis pub/sub on a dedicated connection
+// with its own thread; MemoryBus connects caches inside one process (and tests). A user
+// can write another (a message broker, a sidecar) against the InvalidationBus concept.
+#pragma once
+
+#include <concepts>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+namespace larder {
+
+/// What a subscriber hears. Handlers run on the bus's thread: keep them short.
+struct BusHandlers {
+    std::function<void(std::string_view message)> on_message;
+    /// Messages may be missed from now on.
+    std::function<void()> on_lost;
+    /// Subscribed (again). Whatever was published while lost is unknown.
+    std::function<void()> on_restored;
+};
+
+/// Keeps a subscription alive; unsubscribes when destroyed.
+class BusSubscription {
+public:
+    BusSubscription() = default;
+    explicit BusSubscription(std::function<void()> cancel) : cancel_(std::move(cancel)) {}
+    BusSubscription(BusSubscription&& other) noexcept : cancel_(std::exchange(other.cancel_, {})) {}
+    BusSubscription& operator=(BusSubscription&& other) noexcept {
+        if (this != &other) {
+            reset();
+            cancel_ = std::exchange(other.cancel_, {});
+        }
+        return *this;
+    }
+    BusSubscription(const BusSubscription&) = delete;
+    BusSubscription& operator=(const BusSubscription&) = delete;
+    ~BusSubscription() { reset(); }
+
+    void reset() {
+        if (cancel_) std::exchange(cancel_, {})();
+    }
+
+private:
+    std::function<void()> cancel_;
+};
+
+template <class B>
+concept InvalidationBus = requires(B& bus, std::string_view message, BusHandlers handlers) {
+    /// Sends to every subscriber, in every process. Throws BackendError when it cannot.
+    bus.publish(message);
+    /// on_restored is called once the subscription is live (at once when it already is).
+    { bus.subscribe(std::move(handlers)) } -> std::same_as<BusSubscription>;
+    /// Whether messages are being received right now.
+    { bus.connected() } -> std::convertible_to<bool>;
+};
+
+namespace detail {
+
+/// The subscriber list both buses share: handlers by id, fanned out under a lock.
+class Subscribers {
+public:
+    std::uint64_t add(BusHandlers handlers) {
+        std::lock_guard lock(mutex_);
+        const auto id = next_++;
+        handlers_.emplace(id, std::make_shared<BusHandlers>(std::move(handlers)));
+        return id;
+    }
+    void remove(std::uint64_t id) {
+        std::lock_guard lock(mutex_);
+        handlers_.erase(id);
+    }
+    void message(std::string_view m) {
+        each([&](BusHandlers& h) {
+            if (h.on_message) h.on_message(m);
+        });
+    }
+    void lost() {
+        each([](BusHandlers& h) {
+            if (h.on_lost) h.on_lost();
+        });
+    }
+    void restored() {
+        each([](BusHandlers& h) {
+            if (h.on_restored) h.on_restored();
+        });
+    }
+    void restored(std::uint64_t id) {
+        std::shared_ptr<BusHandlers> h;
+        {
+            std::lock_guard lock(mutex_);
+            if (auto it = handlers_.find(id); it != handlers_.end()) h = it->second;
+        }
+        if (h && h->on_restored) h->on_restored();
+    }
+
+private:
+    // Handlers are called under the lock, so that a subscription being cancelled is never
+    // called after remove() returns.
+    template <class F>
+    void each(F&& f) {
+        std::lock_guard lock(mutex_);
+        for (auto& [id, h] : handlers_) f(*h);
+    }
+
+    std::mutex mutex_;
+    std::map<std::uint64_t, std::shared_ptr<BusHandlers>> handlers_;
+    std::uint64_t next_ = 0;
+};
+
+}  // namespace detail
+
+/// A bus inside one process: publish() delivers synchronously to every subscriber.
+class MemoryBus {
+public:
+    MemoryBus() = default;
+    MemoryBus(const MemoryBus&) = delete;
+    MemoryBus& operator=(const MemoryBus&) = delete;
+
+    void publish(std::string_view message) { subscribers_.message(message); }
+
+    BusSubscription subscribe(BusHandlers handlers) {
+        const auto id = subscribers_.add(std::move(handlers));
+        subscribers_.restored(id);
+        return BusSubscription([this, id] { subscribers_.remove(id); });
+    }
+
+    [[nodiscard]] bool connected() const noexcept { return true; }
+
+private:
+    detail::Subscribers subscribers_;
+};
+
+static_assert(InvalidationBus<MemoryBus>);
+
+}  // namespace larder

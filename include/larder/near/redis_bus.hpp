@@ -1,0 +1,213 @@
+// RedisBus: the invalidation bus over Redis pub/sub. One dedicated subscriber connection
+// and one thread per bus (shared by every cache in the process that subscribes to it);
+// publishing goes through an ordinary pooled RedisBackend.
+//
+// A subscriber that loses its connection cannot know what was published meanwhile, so
+// the bus reports the loss at once (on_lost), reconnects with backoff, and reports
+// on_restored once SUBSCRIBE is confirmed again. A connection that goes silent (a network
+// partition that neither side notices) is caught by a PING every `ping_interval` whose
+// answer must come within `ping_timeout`.
+#pragma once
+
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include "larder/backend/redis.hpp"
+#include "larder/near/bus.hpp"
+
+namespace larder {
+
+struct RedisBusOptions {
+    std::string channel = "larder:invalidate";
+    /// First wait before reconnecting; doubles up to max_backoff.
+    Millis first_backoff{20};
+    Millis max_backoff{1000};
+    /// A PING on a quiet subscription, and how long its answer may take.
+    Millis ping_interval{1000};
+    Millis ping_timeout{2000};
+};
+
+class RedisBus {
+public:
+    /// `redis` says where Redis is (and how to log in); its key prefix is not used.
+    explicit RedisBus(RedisOptions redis, RedisBusOptions options = {})
+        : options_(std::move(options)),
+          endpoint_(redis_detail::Endpoint::from(redis)),
+          publisher_(publisher_options(std::move(redis))) {
+        if (options_.channel.empty()) throw ConfigError("RedisBus: the channel must not be empty");
+        if (pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) {
+            throw BackendError("RedisBus: cannot create a wake-up pipe");
+        }
+        thread_ = std::thread([this] { run(); });
+    }
+
+    RedisBus(const RedisBus&) = delete;
+    RedisBus& operator=(const RedisBus&) = delete;
+
+    ~RedisBus() {
+        stopping_.store(true);
+        wake();
+        thread_.join();
+        close(wake_[0]);
+        close(wake_[1]);
+    }
+
+    void publish(std::string_view message) { publisher_.publish(options_.channel, message); }
+
+    BusSubscription subscribe(BusHandlers handlers) {
+        const auto id = subscribers_.add(std::move(handlers));
+        if (connected_.load()) subscribers_.restored(id);
+        return BusSubscription([this, id] { subscribers_.remove(id); });
+    }
+
+    [[nodiscard]] bool connected() const noexcept { return connected_.load(); }
+
+    /// Subscriptions made so far (1 + reconnects): lets tests see a recovery.
+    [[nodiscard]] std::uint64_t subscriptions() const noexcept { return subscriptions_.load(); }
+
+    /// Blocks until connected or `timeout` passes; returns connected().
+    bool wait_connected(Millis timeout) {
+        std::unique_lock lock(state_mutex_);
+        state_cv_.wait_for(lock, timeout, [&] { return connected_.load(); });
+        return connected_.load();
+    }
+
+private:
+    static RedisOptions publisher_options(RedisOptions o) {
+        o.pool_size = 2;
+        o.key_prefix.clear();
+        return o;
+    }
+
+    void wake() const {
+        const char byte = 1;
+        [[maybe_unused]] const auto n = ::write(wake_[1], &byte, 1);
+    }
+
+    void set_connected(bool on) {
+        {
+            std::lock_guard lock(state_mutex_);
+            connected_.store(on);
+        }
+        state_cv_.notify_all();
+        if (on) {
+            subscriptions_.fetch_add(1);
+            subscribers_.restored();
+        } else {
+            subscribers_.lost();
+        }
+    }
+
+    // Sleeps up to `d`, or less when the bus is being destroyed.
+    void nap(Millis d) const {
+        pollfd p{wake_[0], POLLIN, 0};
+        ::poll(&p, 1, static_cast<int>(d.count()));
+    }
+
+    void run() {
+        Millis backoff = options_.first_backoff;
+        while (!stopping_.load()) {
+            try {
+                listen();
+                backoff = options_.first_backoff;
+            } catch (const std::exception&) {
+                // Connection refused, lost, or silent: retry below.
+            }
+            if (connected_.load()) set_connected(false);
+            if (stopping_.load()) break;
+            nap(backoff);
+            backoff = std::min(backoff * 2, options_.max_backoff);
+        }
+    }
+
+    // One subscription, until it fails or the bus stops.
+    void listen() {
+        redis_detail::Counters counters;
+        redis_detail::Connection conn(endpoint_, counters);
+        const auto reply = conn.command(redis_detail::Args{"SUBSCRIBE", options_.channel});
+        if (reply->type != REDIS_REPLY_ARRAY) throw BackendError("RedisBus: SUBSCRIBE refused");
+        set_connected(true);
+
+        redisContext* ctx = conn.context();
+        using clock = std::chrono::steady_clock;
+        auto last_traffic = clock::now();
+        auto ping_sent = last_traffic;
+        bool ping_outstanding = false;
+        while (!stopping_.load()) {
+            pollfd fds[2] = {{ctx->fd, POLLIN, 0}, {wake_[0], POLLIN, 0}};
+            const int ready = ::poll(fds, 2, static_cast<int>(options_.ping_interval.count() / 2));
+            if (ready < 0 && errno != EINTR) throw BackendError("RedisBus: poll failed");
+            if (fds[1].revents != 0) return;  // stopping
+            const auto now = clock::now();
+            if (fds[0].revents != 0) {
+                if (redisBufferRead(ctx) != REDIS_OK) throw BackendError("RedisBus: lost");
+                last_traffic = now;
+                ping_outstanding = false;
+                dispatch(ctx);
+            } else if (ping_outstanding && now - ping_sent > options_.ping_timeout) {
+                throw TimeoutError("RedisBus: the subscription went silent");
+            } else if (!ping_outstanding && now - last_traffic > options_.ping_interval) {
+                send_ping(ctx);
+                ping_sent = now;
+                ping_outstanding = true;
+            }
+        }
+    }
+
+    void dispatch(redisContext* ctx) {
+        for (;;) {
+            void* raw = nullptr;
+            if (redisGetReplyFromReader(ctx, &raw) != REDIS_OK) {
+                throw BackendError("RedisBus: protocol error");
+            }
+            if (raw == nullptr) return;
+            const redis_detail::ReplyPtr reply(static_cast<redisReply*>(raw));
+            // ["message", channel, payload]; PING answers ["pong", ""]; ignore the rest.
+            if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
+                redis_detail::text_of(*reply->element[0]) == "message") {
+                subscribers_.message(redis_detail::text_of(*reply->element[2]));
+            }
+        }
+    }
+
+    static void send_ping(redisContext* ctx) {
+        const char* argv[] = {"PING"};
+        const std::size_t lengths[] = {4};
+        if (redisAppendCommandArgv(ctx, 1, argv, lengths) != REDIS_OK) {
+            throw BackendError("RedisBus: cannot queue PING");
+        }
+        redis_detail::SigpipeGuard guard(true);
+        for (int done = 0; !done;) {
+            if (redisBufferWrite(ctx, &done) != REDIS_OK) {
+                guard.failed();
+                throw BackendError("RedisBus: lost while sending PING");
+            }
+        }
+    }
+
+    const RedisBusOptions options_;
+    const redis_detail::Endpoint endpoint_;
+    RedisBackend publisher_;
+    detail::Subscribers subscribers_;
+    std::atomic<bool> connected_{false};
+    std::atomic<bool> stopping_{false};
+    std::atomic<std::uint64_t> subscriptions_{0};
+    std::mutex state_mutex_;
+    std::condition_variable state_cv_;
+    int wake_[2] = {-1, -1};
+    std::thread thread_;  // last: starts after everything it uses exists
+};
+
+static_assert(InvalidationBus<RedisBus>);
+
+}  // namespace larder
