@@ -19,6 +19,7 @@ using namespace std::chrono_literals;
 using larder::Millis;
 using larder::test::FakeDb;
 using larder::test::Gate;
+using larder::test::options_for;
 
 namespace {
 
@@ -28,12 +29,6 @@ struct User {
     bool operator==(const User&) const = default;
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(User, id, name)
-
-template <class Fixture>
-larder::CacheAsideOptions options_for(Fixture& fx, larder::CacheAsideOptions o = {}) {
-    o.clock = fx.time_source();
-    return o;
-}
 
 struct Boom : std::runtime_error {
     using std::runtime_error::runtime_error;

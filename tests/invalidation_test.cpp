@@ -14,14 +14,9 @@ using namespace std::chrono_literals;
 using larder::Millis;
 using larder::test::FakeDb;
 using larder::test::Gate;
+using larder::test::options_for;
 
 namespace {
-
-template <class Fixture>
-larder::CacheAsideOptions options_for(Fixture& fx, larder::CacheAsideOptions o = {}) {
-    o.clock = fx.time_source();
-    return o;
-}
 
 // A loader that counts its calls and returns "<key>#<call>".
 struct CountingLoader {

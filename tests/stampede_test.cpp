@@ -10,23 +10,20 @@
 #include <vector>
 
 #include "support/backends.hpp"
+#include "support/eventually.hpp"
 #include "support/fake_db.hpp"
 
 using namespace std::chrono_literals;
 using larder::Millis;
+using larder::test::eventually;
 using larder::test::Gate;
+using larder::test::options_for;
 
 namespace {
 
 struct Boom : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
-
-template <class Fixture>
-larder::CacheAsideOptions options_for(Fixture& fx, larder::CacheAsideOptions o = {}) {
-    o.clock = fx.time_source();
-    return o;
-}
 
 // Always elects an early refresh (as long as a recompute time was recorded).
 larder::XFetch always_refresh(bool background = false) {
@@ -38,17 +35,6 @@ double seconds_of(Fn&& fn) {
     const auto start = std::chrono::steady_clock::now();
     fn();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-// Waits (bounded) until pred() holds; false if it never did.
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds bound = 5s) {
-    const auto deadline = std::chrono::steady_clock::now() + bound;
-    while (!pred()) {
-        if (std::chrono::steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 
 #include "larder/backend/memory.hpp"
 #include "larder/core/clock.hpp"
+#include "larder/policy/cache_aside.hpp"
 #include "support/catch.hpp"
 
 #if defined(LARDER_TEST_HAVE_REDIS) && defined(LARDER_TEST_HAVE_REDIS_SERVER)
@@ -35,6 +36,13 @@ struct MemoryFixture {
     void advance(Millis by) { clock.advance(by); }
     [[nodiscard]] const Clock* time_source() const { return &clock; }
 };
+
+/// CacheAside options that run on the fixture's clock.
+template <class Fixture>
+CacheAsideOptions options_for(Fixture& fx, CacheAsideOptions o = {}) {
+    o.clock = fx.time_source();
+    return o;
+}
 
 }  // namespace larder::test
 
