@@ -56,4 +56,13 @@ concept Backend = requires(B& backend, std::string_view key, std::string_view va
     { backend.increment(key, delta) } -> std::same_as<std::int64_t>;
 };
 
+/// Optional, for stores where the TTL costs extra: reads without it (StoredValue::ttl is
+/// nullopt). A policy uses them when nothing it does needs the TTL.
+template <class B>
+concept ValueOnlyReads = requires(B& backend, std::string_view key,
+                                  std::span<const std::string> keys) {
+    { backend.get_value(key) } -> std::same_as<std::optional<StoredValue>>;
+    { backend.get_many_values(keys) } -> std::same_as<std::vector<std::optional<StoredValue>>>;
+};
+
 }  // namespace larder

@@ -116,6 +116,52 @@ public:
     // scripting disabled and on read-only replicas. The two commands are not atomic, but
     // the value is whatever GET saw; a concurrent delete or expiry between them shows as
     // PTTL -2 and reads as absent, which is also what a read a moment later would see.
+    /// GET alone, for callers that do not need the TTL: one command per hit.
+    [[nodiscard]] std::optional<StoredValue> get_value(std::string_view key) {
+        const redis_detail::StoredKey k(options_.key_prefix, key);
+        return run([&](redis_detail::Connection& c) {
+            const auto value = c.command(Args{"GET", k.view()});
+            redis_detail::check(*value, "GET");
+            if (value->type == REDIS_REPLY_NIL) return std::optional<StoredValue>();
+            if (value->type != REDIS_REPLY_STRING) redis_detail::unexpected(*value, "GET");
+            return std::optional<StoredValue>(
+                StoredValue{std::string(redis_detail::text_of(*value)), std::nullopt});
+        });
+    }
+
+    /// One MGET for all keys, without TTLs.
+    [[nodiscard]] std::vector<std::optional<StoredValue>> get_many_values(
+        std::span<const std::string> keys) {
+        if (keys.empty()) return {};
+        Args mget{"MGET"};
+        std::vector<std::string> prefixed;
+        if (!options_.key_prefix.empty()) {
+            prefixed.reserve(keys.size());
+            for (const auto& k : keys) prefixed.push_back(options_.key_prefix + k);
+        }
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            mget.push(prefixed.empty() ? std::string_view(keys[i]) : prefixed[i]);
+        }
+        return run([&](redis_detail::Connection& c) {
+            const auto reply = c.command(mget);
+            redis_detail::check(*reply, "MGET");
+            if (reply->type != REDIS_REPLY_ARRAY || reply->elements != keys.size()) {
+                redis_detail::unexpected(*reply, "MGET");
+            }
+            std::vector<std::optional<StoredValue>> out;
+            out.reserve(keys.size());
+            for (std::size_t i = 0; i < keys.size(); ++i) {
+                const redisReply& v = *reply->element[i];
+                if (v.type == REDIS_REPLY_STRING) {
+                    out.push_back(StoredValue{std::string(redis_detail::text_of(v)), std::nullopt});
+                } else {
+                    out.emplace_back();
+                }
+            }
+            return out;
+        });
+    }
+
     [[nodiscard]] std::optional<StoredValue> get(std::string_view key) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
         return run([&](redis_detail::Connection& c) {
@@ -430,5 +476,6 @@ private:
 };
 
 static_assert(Backend<RedisBackend>);
+static_assert(ValueOnlyReads<RedisBackend>);
 
 }  // namespace larder

@@ -32,6 +32,18 @@ struct LeaseWait {
     Millis max_backoff{50};
 };
 
+/// Whether a guard looks at FreshHit::remaining. When neither the guard nor a grace
+/// period needs it, a hit reads the value alone (on Redis a GET, without PTTL). A guard
+/// says so with `static constexpr bool needs_remaining_ttl = false;`; the default is true.
+template <class G>
+constexpr bool needs_remaining_ttl() {
+    if constexpr (requires { G::needs_remaining_ttl; }) {
+        return G::needs_remaining_ttl;
+    } else {
+        return true;
+    }
+}
+
 template <class G>
 concept StampedeGuard = requires(G& guard, const FreshHit& hit) {
     { guard.refresh_early(hit) } -> std::same_as<bool>;
@@ -43,6 +55,7 @@ concept StampedeGuard = requires(G& guard, const FreshHit& hit) {
 
 /// No waiting, no early refresh: in-process single-flight and fenced fills only.
 struct NoGuard {
+    static constexpr bool needs_remaining_ttl = false;
     [[nodiscard]] bool refresh_early(const FreshHit&) const noexcept { return false; }
     [[nodiscard]] LeaseWait lease_wait() const noexcept { return {}; }
     [[nodiscard]] bool refresh_in_background() const noexcept { return false; }
@@ -52,6 +65,8 @@ struct NoGuard {
 template <StampedeGuard... Gs>
 class Guards {
 public:
+    static constexpr bool needs_remaining_ttl = (larder::needs_remaining_ttl<Gs>() || ...);
+
     Guards() = default;
     explicit Guards(Gs... guards) : guards_(std::move(guards)...) {}
 

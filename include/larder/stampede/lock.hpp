@@ -25,6 +25,8 @@ struct LockOptions {
 
 class Lock {
 public:
+    static constexpr bool needs_remaining_ttl = false;
+
     Lock() = default;
     explicit Lock(LockOptions options) : options_(options) {}
 

@@ -11,15 +11,18 @@
 
 namespace larder::detail {
 
-template <class T, class Default, template <class> class Matches, class... Ps>
+// The first P that Matches, else Default::type. Default is a metafunction evaluated only
+// when nothing matched, so naming a codec never asks for the default one (which may need
+// a header the user did not include).
+template <class Default, template <class> class Matches, class... Ps>
 struct first_matching {
-    using type = Default;
+    using type = typename Default::type;
 };
 
-template <class T, class Default, template <class> class Matches, class P, class... Ps>
-struct first_matching<T, Default, Matches, P, Ps...> {
-    using type = std::conditional_t<Matches<P>::value, P,
-                                    typename first_matching<T, Default, Matches, Ps...>::type>;
+template <class Default, template <class> class Matches, class P, class... Ps>
+struct first_matching<Default, Matches, P, Ps...> {
+    using type = typename std::conditional_t<Matches<P>::value, std::type_identity<P>,
+                                             first_matching<Default, Matches, Ps...>>::type;
 };
 
 template <class T>
@@ -32,16 +35,11 @@ template <class P>
 struct is_guard : std::bool_constant<StampedeGuard<P>> {};
 
 template <class T, class... Ps>
-struct default_codec_or_none {
-    using type = default_codec_t<T>;
-};
+using pick_codec_t =
+    typename first_matching<default_codec<T>, codec_for<T>::template matches, Ps...>::type;
 
 template <class T, class... Ps>
-using pick_codec_t = typename first_matching<T, typename default_codec_or_none<T>::type,
-                                             codec_for<T>::template matches, Ps...>::type;
-
-template <class T, class... Ps>
-using pick_guard_t = typename first_matching<T, NoGuard, is_guard, Ps...>::type;
+using pick_guard_t = typename first_matching<std::type_identity<NoGuard>, is_guard, Ps...>::type;
 
 /// Every component must be a codec for T or a guard: a typo is an error, not ignored.
 template <class T, class... Ps>
