@@ -1,0 +1,134 @@
+// Redis helpers shared by the benchmarks: a private redis-server (the test fixture), the
+// hand-written hiredis code a user would otherwise write (one redisContext, argv commands,
+// values copied out of the reply), and RedisOptions pointing at the private server.
+#pragma once
+
+#include <hiredis/hiredis.h>
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "../../tests/support/redis_server.hpp"
+#include "larder/backend/redis.hpp"
+
+namespace larder::bench {
+
+/// A private redis-server on a free loopback port, without persistence. Started from the
+/// main thread (it dies with the thread that started it), killed by the destructor.
+inline std::unique_ptr<test::RedisServer> start_redis_server() {
+    return std::make_unique<test::RedisServer>();
+}
+
+/// RedisBackend options for `server`. Timeouts are raised from the defaults (100 ms): on a
+/// shared 2-core machine a thread can be off the CPU that long, and a timeout then opens
+/// the circuit breaker and sends reads to the loader, which is not what these programs
+/// measure. Everything else stays at the library's defaults.
+inline RedisOptions options_for(const test::RedisServer& server, std::size_t pool_size = 8) {
+    RedisOptions o;
+    o.host = server.host();
+    o.port = server.port();
+    o.pool_size = pool_size;
+    o.command_timeout = std::chrono::seconds(1);
+    o.pool_wait_timeout = std::chrono::seconds(1);
+    return o;
+}
+
+/// One raw hiredis connection: what a hand-written get_user keeps per thread.
+class RawConnection {
+public:
+    explicit RawConnection(const test::RedisServer& server) {
+        const timeval timeout{1, 0};
+        ctx_ = redisConnectWithTimeout(server.host().c_str(), server.port(), timeout);
+        if (ctx_ == nullptr || ctx_->err != 0) {
+            const std::string why = ctx_ != nullptr ? ctx_->errstr : "out of memory";
+            if (ctx_ != nullptr) redisFree(ctx_);
+            throw std::runtime_error("raw hiredis connect failed: " + why);
+        }
+    }
+    RawConnection(const RawConnection&) = delete;
+    RawConnection& operator=(const RawConnection&) = delete;
+    ~RawConnection() { redisFree(ctx_); }
+
+    [[nodiscard]] redisContext* get() const noexcept { return ctx_; }
+
+private:
+    redisContext* ctx_ = nullptr;
+};
+
+struct ReplyFree {
+    void operator()(redisReply* r) const noexcept { freeReplyObject(r); }
+};
+using RawReply = std::unique_ptr<redisReply, ReplyFree>;
+
+/// redisCommandArgv with explicit lengths; throws on an I/O error.
+inline RawReply raw_command(redisContext* c, std::initializer_list<std::string_view> args) {
+    std::vector<const char*> argv;
+    std::vector<std::size_t> lens;
+    argv.reserve(args.size());
+    lens.reserve(args.size());
+    for (std::string_view a : args) {
+        argv.push_back(a.data());
+        lens.push_back(a.size());
+    }
+    auto* reply = static_cast<redisReply*>(
+        redisCommandArgv(c, static_cast<int>(argv.size()), argv.data(), lens.data()));
+    if (reply == nullptr) throw std::runtime_error(std::string("hiredis: ") + c->errstr);
+    return RawReply(reply);
+}
+
+/// The hand-written hit: GET, copy the bytes out (the reply is freed), done.
+inline std::string raw_get(redisContext* c, const std::string& key) {
+    const char* argv[2] = {"GET", key.data()};
+    const std::size_t lens[2] = {3, key.size()};
+    auto* reply = static_cast<redisReply*>(redisCommandArgv(c, 2, argv, lens));
+    if (reply == nullptr) throw std::runtime_error(std::string("hiredis: ") + c->errstr);
+    if (reply->type != REDIS_REPLY_STRING) {
+        freeReplyObject(reply);
+        throw std::runtime_error("raw GET: not a string reply");
+    }
+    std::string value(reply->str, reply->len);
+    freeReplyObject(reply);
+    return value;
+}
+
+/// The hand-written batch read: one MGET, every value copied out.
+class RawMget {
+public:
+    explicit RawMget(const std::vector<std::string>& keys) {
+        argv_.push_back("MGET");
+        lens_.push_back(4);
+        for (const auto& k : keys) {
+            argv_.push_back(k.data());
+            lens_.push_back(k.size());
+        }
+    }
+
+    void operator()(redisContext* c, std::vector<std::string>& out) const {
+        auto* reply = static_cast<redisReply*>(
+            redisCommandArgv(c, static_cast<int>(argv_.size()),
+                             const_cast<const char**>(argv_.data()), lens_.data()));
+        if (reply == nullptr) throw std::runtime_error(std::string("hiredis: ") + c->errstr);
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != argv_.size() - 1) {
+            freeReplyObject(reply);
+            throw std::runtime_error("raw MGET: unexpected reply");
+        }
+        out.clear();
+        for (std::size_t i = 0; i < reply->elements; ++i) {
+            const redisReply* e = reply->element[i];
+            out.emplace_back(e->type == REDIS_REPLY_STRING ? std::string(e->str, e->len)
+                                                           : std::string());
+        }
+        freeReplyObject(reply);
+    }
+
+private:
+    std::vector<const char*> argv_;
+    std::vector<std::size_t> lens_;
+};
+
+}  // namespace larder::bench
