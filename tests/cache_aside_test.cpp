@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "support/backends.hpp"
+#include "support/eventually.hpp"
 #include "support/fake_db.hpp"
 
 using namespace std::chrono_literals;
@@ -313,6 +314,42 @@ BACKEND_TEST_CASE("A read that starts after invalidate does not join an older lo
     proceed.open();
     slow.join();
     REQUIRE(cache.get("k", [&] { return db.read("k"); }) == "v2");
+}
+
+BACKEND_TEST_CASE("A read after another process's invalidate does not join an older load",
+                  "[cache_aside][concurrency][stale_set]") {
+    TestType fx;
+    FakeDb db;
+    db.write("k", "v1");
+    // Two cache objects on one store: two processes, each with its own single-flight.
+    larder::CacheAside<std::string, decltype(fx.backend)> writer(fx.backend, options_for(fx));
+    larder::CacheAside<std::string, decltype(fx.backend)> reader(fx.backend, options_for(fx));
+    Gate loaded, proceed;
+    std::thread slow([&] {
+        (void)reader.get("k", [&] {
+            auto row = db.read("k");
+            loaded.open();
+            proceed.wait();
+            return row;
+        });
+    });
+    loaded.wait();
+    writer.update("k", [&] { db.write("k", "v2"); });  // deletes the slow load's lease
+    // Started after the write returned: it finds the lease gone and loads for itself. (A
+    // reader that joined the slow load would wait for it and then get v1.)
+    std::optional<std::string> fresh;
+    std::atomic<bool> done{false};
+    std::thread late([&] {
+        fresh = reader.get("k", [&] { return db.read("k"); });
+        done = true;
+    });
+    const bool without_waiting = larder::test::eventually([&] { return done.load(); }, 2s);
+    proceed.open();
+    late.join();
+    slow.join();
+    REQUIRE(without_waiting);
+    REQUIRE(fresh == "v2");
+    REQUIRE(reader.get("k", [&] { return db.read("k"); }) == "v2");
 }
 
 BACKEND_TEST_CASE("Corrupt or foreign stored values are a counted miss", "[cache_aside][corrupt]") {

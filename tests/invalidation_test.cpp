@@ -2,12 +2,14 @@
 // resurrection when the metadata is evicted, flushed or deleted behind the cache's back.
 #include <larder/larder.hpp>
 
+#include <atomic>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "support/backends.hpp"
+#include "support/eventually.hpp"
 #include "support/fake_db.hpp"
 
 using namespace std::chrono_literals;
@@ -109,6 +111,41 @@ BACKEND_TEST_CASE("A load that raced a tag invalidation is not served afterwards
     cache.invalidate_tag("user:42");
     proceed.open();
     reader.join();
+    REQUIRE(cache.get("post:1", tags, [&] { return db.read("post:1"); }) == "v2");
+}
+
+BACKEND_TEST_CASE("A read after invalidate_tag does not join a load stamped before it",
+                  "[tags][concurrency]") {
+    TestType fx;
+    FakeDb db;
+    db.write("post:1", "v1");
+    larder::CacheAside<std::string, decltype(fx.backend)> cache(fx.backend, options_for(fx));
+    const std::vector<std::string> tags{"user:42"};
+    Gate loaded, proceed;
+    std::thread slow([&] {
+        (void)cache.get("post:1", tags, [&] {
+            auto row = db.read("post:1");
+            loaded.open();
+            proceed.wait();
+            return row;
+        });
+    });
+    loaded.wait();
+    db.write("post:1", "v2");
+    cache.invalidate_tag("user:42");
+    // A reader that joined the slow load would wait for it and then get v1.
+    std::optional<std::string> fresh;
+    std::atomic<bool> done{false};
+    std::thread late([&] {
+        fresh = cache.get("post:1", tags, [&] { return db.read("post:1"); });
+        done = true;
+    });
+    const bool without_waiting = larder::test::eventually([&] { return done.load(); }, 2s);
+    proceed.open();
+    late.join();
+    slow.join();
+    REQUIRE(without_waiting);
+    REQUIRE(fresh == "v2");
     REQUIRE(cache.get("post:1", tags, [&] { return db.read("post:1"); }) == "v2");
 }
 

@@ -135,7 +135,8 @@ public:
     template <LoaderFor<T> L>
     std::optional<T> get(std::string_view key, L&& loader) {
         const std::string full = full_key(key);
-        return get_read(full, read(full), loader, {});
+        const auto fences = flights_.fences_set();
+        return get_read(full, read(full), loader, {}, fences);
     }
 
     /// get() for an entry that carries tags: it is served only while none of its tags
@@ -145,8 +146,9 @@ public:
     std::optional<T> get(std::string_view key, std::span<const std::string> tags, L&& loader) {
         const std::string full = full_key(key);
         std::vector<TagVersion> current;
+        const auto fences = flights_.fences_set();
         Read found = read_tagged(full, tags, current);
-        return get_read(full, std::move(found), loader, current);
+        return get_read(full, std::move(found), loader, current, fences);
     }
 
     template <LoaderFor<T> L>
@@ -191,7 +193,7 @@ public:
 private:
     template <class L>
     std::optional<T> get_read(const std::string& full, Read found, L& loader,
-                              std::span<const TagVersion> tags) {
+                              std::span<const TagVersion> tags, std::uint64_t fences_before_read) {
         switch (found.state) {
             case Read::fresh:
                 stats_.add(Counter::hits);
@@ -210,7 +212,18 @@ private:
         }
         stats_.add(Counter::misses);
         const auto state = found.state;
-        auto result = flights_.run(full, [&] { return load_missing(full, loader, state, tags); });
+        // Join a load in flight only if this read saw its lease, or read before the lease
+        // was taken: a reader that should have seen the lease and did not knows an
+        // invalidation (maybe in another process) fenced that load off.
+        const std::string seen = state == Read::leased ? std::move(found.bytes) : std::string();
+        auto may_join = [&](std::string_view fence, std::uint64_t fence_number) {
+            return fence.empty() || fence_number > fences_before_read || state == Read::unknown ||
+                   fence == seen;
+        };
+        auto result = flights_.run(
+            flight_key(full, tags),
+            [&](auto& leader) { return load_missing(full, loader, state, tags, leader); },
+            may_join);
         if (result.shared) stats_.add(Counter::coalesced);
         return std::move(result.value);
     }
@@ -525,7 +538,11 @@ private:
         const auto env = envelope::parse(stored->bytes);
         if (!env) return corrupt(full, stored->bytes);
         const auto& h = env->header;
-        if (h.kind == EntryKind::lease) return Read{.state = Read::leased};
+        if (h.kind == EntryKind::lease) {
+            Read r{.state = Read::leased};
+            r.bytes = std::move(stored->bytes);  // whose lease: decides joining a load
+            return r;
+        }
 
         Read r;
         r.recompute_time = h.recompute_time;
@@ -561,9 +578,18 @@ private:
 
     // A miss, run by one caller per key in this process. Takes the lease and loads; if
     // another process holds the lease, waits as the guard says, then loads unfilled.
-    template <class L>
+    // Loads of a tagged key share a flight only when they saw the same tag versions: a
+    // read after invalidate_tag must not join a load stamped with the old ones.
+    static std::string flight_key(const std::string& full, std::span<const TagVersion> tags) {
+        if (tags.empty()) return full;
+        std::string key = full;
+        for (const auto& t : tags) key.append("\x1f").append(std::to_string(t.version));
+        return key;
+    }
+
+    template <class L, class Leader>
     std::optional<T> load_missing(const std::string& full, L& loader, typename Read::State state,
-                                  std::span<const TagVersion> tags) {
+                                  std::span<const TagVersion> tags, Leader& leader) {
         const LeaseWait wait = guard_.lease_wait();
         const auto deadline = std::chrono::steady_clock::now() + wait.max_wait;
         Millis backoff = wait.first_backoff;
@@ -572,6 +598,7 @@ private:
             if (state == Read::absent) {
                 bool contended = false;
                 if (auto lease = try_lease(full, &contended)) {
+                    leader.set_fence(*lease);
                     return load_and_fill(full, *lease, loader, tags);
                 }
                 state = contended ? Read::leased : Read::unknown;
