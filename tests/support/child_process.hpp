@@ -98,6 +98,7 @@ public:
 
     /// Waits for the child and returns its exit code (128 + signal when killed).
     int wait() {
+        if (pid_ <= 0) return -1;  // already reaped: never waitpid(-1) or kill(-1)
         int status = 0;
         waitpid(pid_, &status, 0);
         pid_ = -1;
@@ -106,6 +107,7 @@ public:
     }
 
     void kill() {
+        if (pid_ <= 0) return;
         ::kill(pid_, SIGKILL);
         wait();
     }

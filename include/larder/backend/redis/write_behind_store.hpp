@@ -1,0 +1,665 @@
+// RedisWriteBehindStore: the WriteBehindStore concept on Redis, so that write-behind data
+// outlives the process that wrote it. Every operation is one Lua script (loaded once, run
+// by EVALSHA through RedisBackend::eval), so each is atomic on the server: a put that
+// returned is in the queue, a claim moves entries as a whole, an acknowledgement removes
+// an entry only if its version is unchanged. Link with larder::redis.
+//
+// Keys (before RedisBackend's key_prefix), all under one hash tag:
+//
+//   {larder:wb:<name>}:pending      ZSET  key -> time it may be claimed (ms, server clock)
+//   {larder:wb:<name>}:processing   ZSET  key -> claim deadline
+//   {larder:wb:<name>}:values       HASH  key -> dirty copy (the envelope bytes)
+//   {larder:wb:<name>}:versions     HASH  key -> version of the dirty copy
+//   {larder:wb:<name>}:attempts     HASH  key -> failed attempts of this version
+//   {larder:wb:<name>}:errors       HASH  key -> last error
+//   {larder:wb:<name>}:since        ZSET  key -> time of its oldest write not yet flushed
+//   {larder:wb:<name>}:since_next   HASH  key -> first write during the flush in progress
+//   {larder:wb:<name>}:seq          STRING     the version counter
+//   {larder:wb:<name>}:dead, :dead_meta, :dead_errors (HASH), :dead_order (ZSET)
+//
+// None has a TTL, so volatile-* eviction policies never touch them; allkeys-* policies
+// can, and eviction_risk() says so. The cached copy lives under the user's key, in its
+// own slot: put, settle, redrive and discard_dead touch both, which works on a single
+// Redis server (with or without replicas) but not on Redis Cluster - unless the queue and
+// the cache keys share a hash tag: a name with a tag ("{lb}scores") is used as is, so a
+// cache key_prefix "{lb}user:" and the queue then live in one slot. See
+// docs/write-paths.md.
+//
+// Times are the server's (TIME inside the scripts), so flushers on several hosts agree on
+// deadlines whatever their clocks say. Versions come from an INCR that is never below the
+// server's clock in microseconds, so a Redis that lost its data cannot hand out a version
+// that an older claim still holds. Needs Redis 5 or later (scripts replicated by effect).
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "larder/backend/redis.hpp"
+#include "larder/backend/write_behind_store.hpp"
+#include "larder/core/error.hpp"
+#include "larder/core/keys.hpp"
+
+namespace larder {
+
+namespace redis_detail::write_behind_lua {
+
+// KEYS[1..13] are always the queue's keys, in this order; KEYS[14...] are user keys.
+inline constexpr std::string_view prelude = R"lua(
+local P, R, V, N, A, E, S, SEQ, D, DM, DE, DZ, NS = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
+    KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local function fmt(n) return string.format('%.0f', n) end
+local function now_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function next_version(now)
+    local v = redis.call('INCR', SEQ)
+    if v < now * 1000 then
+        v = now * 1000
+        redis.call('SET', SEQ, fmt(v))
+    end
+    return v
+end
+local function forget(k)
+    redis.call('ZREM', P, k)
+    redis.call('ZREM', R, k)
+    redis.call('HDEL', V, k)
+    redis.call('HDEL', N, k)
+    redis.call('HDEL', A, k)
+    redis.call('HDEL', E, k)
+    redis.call('ZREM', S, k)
+    redis.call('HDEL', NS, k)
+end
+local function forget_dead(k)
+    redis.call('HDEL', D, k)
+    redis.call('HDEL', DM, k)
+    redis.call('HDEL', DE, k)
+    redis.call('ZREM', DZ, k)
+end
+)lua";
+
+// ARGV: key, bytes, max_pending, 'put' | 'cas', expected. KEYS[14]: the cached copy.
+// Returns {status (1 stored, 2 conflict, 3 full), version, coalesced}.
+inline constexpr std::string_view put = R"lua(
+local k, bytes, U = ARGV[1], ARGV[2], KEYS[14]
+local dirty = redis.call('HEXISTS', V, k) == 1
+if ARGV[4] == 'cas' then
+    local cur
+    if dirty then cur = redis.call('HGET', V, k) else cur = redis.call('GET', U) end
+    if cur ~= ARGV[5] then return {2, 0, 0} end
+end
+local max_pending = tonumber(ARGV[3])
+if not dirty and max_pending > 0 and redis.call('HLEN', V) >= max_pending then
+    return {3, 0, 0}
+end
+local now = now_ms()
+local v = next_version(now)
+local in_flight = redis.call('ZSCORE', R, k)
+-- Replaced a value that will never be written: one waiting, or one that arrived during
+-- the flush in progress (the flush writes the older value, the next one only this).
+local coalesced = 0
+if dirty and (not in_flight or redis.call('HEXISTS', NS, k) == 1) then coalesced = 1 end
+redis.call('HSET', V, k, bytes)
+redis.call('HSET', N, k, fmt(v))
+redis.call('HDEL', A, k)
+redis.call('HDEL', E, k)
+if in_flight then
+    -- The first write the flush in progress does not carry: the age of the key once the
+    -- older value is acknowledged.
+    redis.call('HSETNX', NS, k, fmt(now))
+else
+    local ready = redis.call('ZSCORE', P, k)
+    if not ready or tonumber(ready) > now then redis.call('ZADD', P, fmt(now), k) end
+end
+redis.call('ZADD', S, 'NX', fmt(now), k)
+local meta = redis.call('HGET', DM, k)
+if meta then redis.call('HSET', DM, k, string.sub(meta, 1, -2) .. '1') end
+redis.call('SET', U, bytes)
+return {1, v, coalesced}
+)lua";
+
+// ARGV: key. KEYS[14]: the cached copy. Returns {} or {dirty (0/1), bytes}.
+inline constexpr std::string_view read_current = R"lua(
+local d = redis.call('HGET', V, ARGV[1])
+if d then return {1, d} end
+local c = redis.call('GET', KEYS[14])
+if c then return {0, c} end
+return {}
+)lua";
+
+// ARGV: max, claim_ttl_ms, requeue limit. Returns {requeued, then 6 fields per entry:
+// key, version, value, attempts, dirty since, last error}.
+inline constexpr std::string_view claim = R"lua(
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', R, '-inf', fmt(now), 'LIMIT', 0, ARGV[3])
+for _, k in ipairs(expired) do
+    redis.call('ZREM', R, k)
+    redis.call('HDEL', NS, k)
+    if redis.call('HEXISTS', V, k) == 1 then
+        redis.call('HINCRBY', A, k, 1)
+        redis.call('HSET', E, k, 'claim expired: the flusher holding it died or stalled')
+        redis.call('ZADD', P, fmt(now), k)
+    end
+end
+local ready = redis.call('ZRANGEBYSCORE', P, '-inf', fmt(now), 'LIMIT', 0, ARGV[1])
+local deadline = fmt(now + tonumber(ARGV[2]))
+local out = {#expired}
+for _, k in ipairs(ready) do
+    redis.call('ZREM', P, k)
+    local value = redis.call('HGET', V, k)
+    if value then
+        redis.call('ZADD', R, deadline, k)
+        out[#out + 1] = k
+        out[#out + 1] = redis.call('HGET', N, k) or '0'
+        out[#out + 1] = value
+        out[#out + 1] = redis.call('HGET', A, k) or '0'
+        out[#out + 1] = redis.call('ZSCORE', S, k) or fmt(now)
+        out[#out + 1] = redis.call('HGET', E, k) or ''
+    end
+end
+return out
+)lua";
+
+// ARGV: claim_ttl_ms, keys... Only keys still claimed are touched.
+inline constexpr std::string_view extend = R"lua(
+local deadline = fmt(now_ms() + tonumber(ARGV[1]))
+for i = 2, #ARGV do
+    if redis.call('ZSCORE', R, ARGV[i]) then redis.call('ZADD', R, deadline, ARGV[i]) end
+end
+return 0
+)lua";
+
+// ARGV: clean_ttl_ms, then per entry: op ('a' ack, 'r' retry, 'd' dead), key, version,
+// retry delay ms, error. KEYS[13 + i]: the cached copy of entry i.
+// Returns per entry 0 done, 1 superseded, 2 gone.
+inline constexpr std::string_view settle = R"lua(
+local now = now_ms()
+local clean_ttl = tonumber(ARGV[1])
+local out = {}
+local e = 0
+for i = 2, #ARGV, 5 do
+    e = e + 1
+    local op, k, ver = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    local cur = redis.call('HGET', N, k)
+    if not cur then
+        redis.call('ZREM', R, k)
+        out[e] = 2
+    elseif cur ~= ver then
+        if redis.call('ZREM', R, k) == 1 then redis.call('ZADD', P, fmt(now), k) end
+        -- Written (ack): what is still unflushed is what came after the claim.
+        local next_since = redis.call('HGET', NS, k)
+        if op == 'a' and next_since then redis.call('ZADD', S, next_since, k) end
+        redis.call('HDEL', NS, k)
+        out[e] = 1
+    else
+        local value = redis.call('HGET', V, k)
+        if op == 'a' then
+            forget(k)
+            if clean_ttl > 0 and redis.call('GET', KEYS[13 + e]) == value then
+                redis.call('PEXPIRE', KEYS[13 + e], ARGV[1])
+            end
+        elseif op == 'r' then
+            redis.call('ZREM', R, k)
+            redis.call('HDEL', NS, k)
+            redis.call('HINCRBY', A, k, 1)
+            redis.call('HSET', E, k, ARGV[i + 4])
+            redis.call('ZADD', P, fmt(now + tonumber(ARGV[i + 3])), k)
+        else
+            local attempts = tonumber(redis.call('HGET', A, k) or '0') + 1
+            local since = redis.call('ZSCORE', S, k) or fmt(now)
+            redis.call('HSET', D, k, value)
+            redis.call('HSET', DM, k, ver .. ' ' .. fmt(attempts) .. ' ' .. fmt(now) .. ' ' ..
+                since .. ' 0')
+            redis.call('HSET', DE, k, ARGV[i + 4])
+            redis.call('ZADD', DZ, fmt(now), k)
+            forget(k)
+        end
+        out[e] = 0
+    end
+end
+return out
+)lua";
+
+// ARGV: limit. Returns 4 fields per entry, oldest first: key, value, meta, error.
+inline constexpr std::string_view list_dead = R"lua(
+local ks = redis.call('ZRANGE', DZ, 0, tonumber(ARGV[1]) - 1)
+local out = {}
+for _, k in ipairs(ks) do
+    out[#out + 1] = k
+    out[#out + 1] = redis.call('HGET', D, k) or ''
+    out[#out + 1] = redis.call('HGET', DM, k) or ''
+    out[#out + 1] = redis.call('HGET', DE, k) or ''
+end
+return out
+)lua";
+
+// ARGV: key. KEYS[14]: the cached copy. Returns 1 requeued, 2 superseded, 0 not found.
+inline constexpr std::string_view redrive = R"lua(
+local k, U = ARGV[1], KEYS[14]
+local value = redis.call('HGET', D, k)
+if not value then return 0 end
+local meta = redis.call('HGET', DM, k) or ''
+forget_dead(k)
+if string.sub(meta, -1) == '1' or redis.call('HEXISTS', V, k) == 1 then return 2 end
+local now = now_ms()
+local v = next_version(now)
+redis.call('HSET', V, k, value)
+redis.call('HSET', N, k, fmt(v))
+redis.call('HDEL', A, k)
+redis.call('HDEL', E, k)
+redis.call('ZADD', P, fmt(now), k)
+redis.call('ZADD', S, 'NX', fmt(now), k)
+redis.call('SET', U, value)
+return 1
+)lua";
+
+// ARGV: key. KEYS[14]: the cached copy. Returns 1 when a dead entry was removed.
+inline constexpr std::string_view discard_dead = R"lua(
+local value = redis.call('HGET', D, ARGV[1])
+if not value then return 0 end
+forget_dead(ARGV[1])
+if redis.call('HEXISTS', V, ARGV[1]) == 0 and redis.call('GET', KEYS[14]) == value then
+    redis.call('DEL', KEYS[14])
+end
+return 1
+)lua";
+
+// Returns {dirty keys, claimed, dead, oldest dirty age ms}.
+inline constexpr std::string_view stats = R"lua(
+local now = now_ms()
+local oldest = redis.call('ZRANGE', S, 0, 0, 'WITHSCORES')
+local age = 0
+if oldest[2] then age = now - tonumber(oldest[2]) end
+if age < 0 then age = 0 end
+return {redis.call('HLEN', V), redis.call('ZCARD', R), redis.call('ZCARD', DZ), age}
+)lua";
+
+}  // namespace redis_detail::write_behind_lua
+
+class RedisWriteBehindStore {
+public:
+    /// The backend is borrowed and must outlive the store. No I/O happens here.
+    explicit RedisWriteBehindStore(RedisBackend& backend, WriteBehindStoreOptions options = {})
+        : backend_(backend),
+          name_(std::move(options.name)),
+          put_("write_behind_put", source<redis_detail::write_behind_lua::put>()),
+          read_current_("write_behind_read_current",
+                        source<redis_detail::write_behind_lua::read_current>()),
+          claim_("write_behind_claim", source<redis_detail::write_behind_lua::claim>()),
+          extend_("write_behind_extend", source<redis_detail::write_behind_lua::extend>()),
+          settle_("write_behind_settle", source<redis_detail::write_behind_lua::settle>()),
+          list_dead_("write_behind_list_dead", source<redis_detail::write_behind_lua::list_dead>()),
+          redrive_("write_behind_redrive", source<redis_detail::write_behind_lua::redrive>()),
+          discard_dead_("write_behind_discard_dead",
+                        source<redis_detail::write_behind_lua::discard_dead>()),
+          stats_("write_behind_stats", source<redis_detail::write_behind_lua::stats>()) {
+        if (name_.empty()) throw ConfigError("RedisWriteBehindStore: the name must not be empty");
+        // A name with its own hash tag is used as is (Redis Cluster: share the cache's tag).
+        const std::string base = keys::hash_tag(name_) != std::string_view(name_)
+                                     ? "larder:wb:" + name_ + ":"
+                                     : "{larder:wb:" + name_ + "}:";
+        static constexpr std::array<std::string_view, queue_key_count> roles{
+            "pending", "processing", "values",    "versions",    "attempts",   "errors",    "since",
+            "seq",     "dead",       "dead_meta", "dead_errors", "dead_order", "since_next"};
+        for (std::size_t i = 0; i < roles.size(); ++i) keys_[i] = base + std::string(roles[i]);
+    }
+
+    RedisWriteBehindStore(const RedisWriteBehindStore&) = delete;
+    RedisWriteBehindStore& operator=(const RedisWriteBehindStore&) = delete;
+
+    PutOutcome put(std::string_view key, std::string_view bytes, std::size_t max_pending) {
+        return put_impl(key, bytes, max_pending, "put", {});
+    }
+
+    PutOutcome put_if(std::string_view key, std::string_view bytes, std::string_view expected,
+                      std::size_t max_pending) {
+        return put_impl(key, bytes, max_pending, "cas", expected);
+    }
+
+    std::optional<CurrentValue> read_current(std::string_view key) {
+        const auto keys = with_user_keys({key});
+        const std::array<std::string_view, 1> args{key};
+        const RedisReply r = backend_.eval(read_current_, keys, args);
+        const auto& parts = array(r, "read_current");
+        if (parts.empty()) return std::nullopt;
+        if (parts.size() != 2) throw BackendError("redis write-behind: bad read_current reply");
+        return CurrentValue{text(parts[1], "read_current"), integer(parts[0], "read_current") == 1};
+    }
+
+    std::optional<std::string> dirty_value(std::string_view key) {
+        const std::string values = backend_.stored_key(keys_[2]);
+        const RedisReply r = backend_.command({"HGET", values, key});
+        if (r.is_nil()) return std::nullopt;
+        return text(r, "HGET");
+    }
+
+    ClaimBatch claim(std::size_t max, Millis claim_ttl) {
+        const redis_detail::Number n(static_cast<std::int64_t>(max));
+        const redis_detail::Number ttl(claim_ttl.count());
+        const redis_detail::Number requeue_limit(
+            static_cast<std::int64_t>(std::max<std::size_t>(max, 100)));
+        const std::array<std::string_view, 3> args{n.view(), ttl.view(), requeue_limit.view()};
+        const RedisReply r = backend_.eval(claim_, queue_keys(), args);
+        const auto& parts = array(r, "claim");
+        if (parts.empty() || (parts.size() - 1) % 6 != 0) {
+            throw BackendError("redis write-behind: bad claim reply");
+        }
+        ClaimBatch out;
+        out.requeued = static_cast<std::size_t>(integer(parts[0], "claim"));
+        out.entries.reserve((parts.size() - 1) / 6);
+        for (std::size_t i = 1; i < parts.size(); i += 6) {
+            ClaimedEntry e;
+            e.key = text(parts[i], "claim");
+            e.version = to_u64(text(parts[i + 1], "claim"), "version");
+            e.value = text(parts[i + 2], "claim");
+            e.attempts =
+                static_cast<std::uint32_t>(to_u64(text(parts[i + 3], "claim"), "attempts"));
+            e.dirty_since = TimePoint{Millis{to_ms(text(parts[i + 4], "claim"))}};
+            e.last_error = text(parts[i + 5], "claim");
+            out.entries.push_back(std::move(e));
+        }
+        return out;
+    }
+
+    void extend(std::span<const std::string> keys, Millis claim_ttl) {
+        if (keys.empty()) return;
+        const redis_detail::Number ttl(claim_ttl.count());
+        std::vector<std::string_view> args;
+        args.reserve(keys.size() + 1);
+        args.push_back(ttl.view());
+        for (const auto& k : keys) args.push_back(k);
+        (void)backend_.eval(extend_, queue_keys(), args);
+    }
+
+    std::vector<SettleResult> settle(std::span<const Settlement> settlements, Millis clean_ttl) {
+        std::vector<SettleResult> out;
+        out.reserve(settlements.size());
+        // Scripts take at most 255 keys: settle in chunks.
+        constexpr std::size_t chunk = 100;
+        for (std::size_t first = 0; first < settlements.size(); first += chunk) {
+            const auto part =
+                settlements.subspan(first, std::min(chunk, settlements.size() - first));
+            settle_chunk(part, clean_ttl, out);
+        }
+        return out;
+    }
+
+    std::vector<DeadRecord> list_dead(std::size_t limit) {
+        if (limit == 0) return {};
+        const redis_detail::Number n(static_cast<std::int64_t>(limit));
+        const std::array<std::string_view, 1> args{n.view()};
+        const RedisReply r = backend_.eval(list_dead_, queue_keys(), args);
+        const auto& parts = array(r, "list_dead");
+        if (parts.size() % 4 != 0) throw BackendError("redis write-behind: bad list_dead reply");
+        std::vector<DeadRecord> out;
+        for (std::size_t i = 0; i < parts.size(); i += 4) {
+            DeadRecord d;
+            d.key = text(parts[i], "list_dead");
+            d.value = text(parts[i + 1], "list_dead");
+            parse_meta(text(parts[i + 2], "list_dead"), d);
+            d.error = text(parts[i + 3], "list_dead");
+            out.push_back(std::move(d));
+        }
+        return out;
+    }
+
+    RedriveResult redrive(std::string_view key) {
+        const auto keys = with_user_keys({key});
+        const std::array<std::string_view, 1> args{key};
+        switch (integer(backend_.eval(redrive_, keys, args), "redrive")) {
+            case 1:
+                return RedriveResult::requeued;
+            case 2:
+                return RedriveResult::superseded;
+            default:
+                return RedriveResult::not_found;
+        }
+    }
+
+    bool discard_dead(std::string_view key) {
+        const auto keys = with_user_keys({key});
+        const std::array<std::string_view, 1> args{key};
+        return integer(backend_.eval(discard_dead_, keys, args), "discard_dead") == 1;
+    }
+
+    QueueStats stats() {
+        const RedisReply r =
+            backend_.eval(stats_, queue_keys(), std::span<const std::string_view>{});
+        const auto& parts = array(r, "stats");
+        if (parts.size() != 4) throw BackendError("redis write-behind: bad stats reply");
+        QueueStats s;
+        s.pending = static_cast<std::size_t>(integer(parts[0], "stats"));
+        s.processing = static_cast<std::size_t>(integer(parts[1], "stats"));
+        s.dead = static_cast<std::size_t>(integer(parts[2], "stats"));
+        s.oldest_pending_age = Millis{integer(parts[3], "stats")};
+        return s;
+    }
+
+    std::vector<std::string> pending_keys(std::size_t limit) {
+        if (limit == 0) return {};
+        const std::string since = backend_.stored_key(keys_[6]);
+        const redis_detail::Number last(static_cast<std::int64_t>(limit) - 1);
+        const RedisReply r = backend_.command({"ZRANGE", since, "0", last.view()});
+        std::vector<std::string> out;
+        for (const auto& e : array(r, "ZRANGE")) out.push_back(text(e, "ZRANGE"));
+        return out;
+    }
+
+    static constexpr bool durable = true;
+
+    /// An allkeys-* maxmemory-policy may evict the queue and unflushed cached copies.
+    EvictionRisk eviction_risk() {
+        try {
+            const RedisReply r = backend_.command({"CONFIG", "GET", "maxmemory-policy"});
+            if (r.is_array() && r.elements.size() == 2 && r.elements[1].is_string()) {
+                const std::string& policy = r.elements[1].str;
+                if (policy.starts_with("allkeys-")) {
+                    return {EvictionRisk::evicting,
+                            "Redis runs maxmemory-policy " + policy +
+                                ": under memory pressure it may evict unflushed write-behind "
+                                "data; use noeviction or a volatile-* policy"};
+                }
+                return {EvictionRisk::none, "maxmemory-policy " + policy};
+            }
+            return {EvictionRisk::unknown, "CONFIG GET maxmemory-policy gave no policy"};
+        } catch (const BackendError& e) {
+            return {EvictionRisk::unknown,
+                    std::string("could not read maxmemory-policy: ") + e.what()};
+        }
+    }
+
+    [[nodiscard]] const std::string& name() const noexcept { return name_; }
+
+    /// The Redis key of one part of the queue ("pending", "values", ...), before the
+    /// backend's key_prefix.
+    [[nodiscard]] std::string queue_key(std::string_view role) const {
+        for (const auto& k : keys_) {
+            if (k.size() > role.size() && k.ends_with(role) &&
+                k[k.size() - role.size() - 1] == ':') {
+                return k;
+            }
+        }
+        throw std::invalid_argument("RedisWriteBehindStore: no queue key '" + std::string(role) +
+                                    "'");
+    }
+
+private:
+    static constexpr std::size_t queue_key_count = 13;
+
+    /// A script's full source: the prelude, then its body. Built once, kept for the program.
+    template <const std::string_view& Body>
+    static const std::string& source() {
+        static const std::string text =
+            std::string(redis_detail::write_behind_lua::prelude) + std::string(Body);
+        return text;
+    }
+
+    [[nodiscard]] std::array<std::string_view, queue_key_count> queue_keys() const {
+        std::array<std::string_view, queue_key_count> out;
+        for (std::size_t i = 0; i < queue_key_count; ++i) out[i] = keys_[i];
+        return out;
+    }
+
+    [[nodiscard]] std::vector<std::string_view> with_user_keys(
+        std::initializer_list<std::string_view> user) const {
+        std::vector<std::string_view> out(keys_.begin(), keys_.end());
+        out.insert(out.end(), user.begin(), user.end());
+        return out;
+    }
+
+    PutOutcome put_impl(std::string_view key, std::string_view bytes, std::size_t max_pending,
+                        std::string_view mode, std::string_view expected) {
+        const auto keys = with_user_keys({key});
+        const redis_detail::Number bound(static_cast<std::int64_t>(max_pending));
+        const std::array<std::string_view, 5> args{key, bytes, bound.view(), mode, expected};
+        const RedisReply r = backend_.eval(put_, keys, args);
+        const auto& parts = array(r, "put");
+        if (parts.size() != 3) throw BackendError("redis write-behind: bad put reply");
+        PutOutcome out;
+        switch (integer(parts[0], "put")) {
+            case 1:
+                out.status = PutStatus::stored;
+                break;
+            case 2:
+                out.status = PutStatus::conflict;
+                return out;
+            case 3:
+                out.status = PutStatus::full;
+                return out;
+            default:
+                throw BackendError("redis write-behind: bad put status");
+        }
+        out.version = static_cast<std::uint64_t>(integer(parts[1], "put"));
+        out.coalesced = integer(parts[2], "put") == 1;
+        return out;
+    }
+
+    void settle_chunk(std::span<const Settlement> part, Millis clean_ttl,
+                      std::vector<SettleResult>& out) {
+        std::vector<std::string_view> keys(keys_.begin(), keys_.end());
+        // Numbers as text; reserved up front so the views below stay valid.
+        std::vector<std::string> numbers;
+        numbers.reserve(1 + 2 * part.size());
+        std::vector<std::string_view> args;
+        args.reserve(1 + 5 * part.size());
+        numbers.push_back(std::to_string(std::max<std::int64_t>(0, clean_ttl.count())));
+        args.push_back(numbers.back());
+        for (const auto& s : part) {
+            keys.push_back(s.key);
+            args.push_back(s.action == Settlement::ack     ? "a"
+                           : s.action == Settlement::retry ? "r"
+                                                           : "d");
+            args.push_back(s.key);
+            numbers.push_back(std::to_string(s.version));
+            args.push_back(numbers.back());
+            numbers.push_back(std::to_string(std::max<std::int64_t>(0, s.retry_after.count())));
+            args.push_back(numbers.back());
+            args.push_back(s.error);
+        }
+        const RedisReply r = backend_.eval(settle_, keys, args);
+        const auto& parts = array(r, "settle");
+        if (parts.size() != part.size()) throw BackendError("redis write-behind: bad settle reply");
+        for (const auto& p : parts) {
+            switch (integer(p, "settle")) {
+                case 0:
+                    out.push_back(SettleResult::done);
+                    break;
+                case 1:
+                    out.push_back(SettleResult::superseded);
+                    break;
+                default:
+                    out.push_back(SettleResult::gone);
+                    break;
+            }
+        }
+    }
+
+    // "version attempts dead_at since superseded"
+    static void parse_meta(std::string_view meta, DeadRecord& d) {
+        std::array<std::string_view, 5> f{};
+        std::size_t n = 0;
+        while (n < f.size()) {
+            const auto space = meta.find(' ');
+            f[n++] = meta.substr(0, space);
+            if (space == std::string_view::npos) break;
+            meta.remove_prefix(space + 1);
+        }
+        if (n != f.size()) throw BackendError("redis write-behind: bad dead entry metadata");
+        d.version = to_u64(f[0], "version");
+        d.attempts = static_cast<std::uint32_t>(to_u64(f[1], "attempts"));
+        d.dead_at = TimePoint{Millis{to_ms(f[2])}};
+        d.dirty_since = TimePoint{Millis{to_ms(f[3])}};
+        d.superseded = f[4] == "1";
+    }
+
+    static std::uint64_t to_u64(std::string_view s, std::string_view what) {
+        std::uint64_t v = 0;
+        auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+        if (ec != std::errc{} || end != s.data() + s.size()) {
+            throw BackendError("redis write-behind: bad " + std::string(what) + " '" +
+                               std::string(s.substr(0, 32)) + "'");
+        }
+        return v;
+    }
+
+    // Scores come back as doubles formatted by Redis ("1700000000000", or with an exponent).
+    static std::int64_t to_ms(std::string_view s) {
+        double v = 0;
+        auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+        if (ec != std::errc{}) {
+            throw BackendError("redis write-behind: bad time '" + std::string(s.substr(0, 32)) +
+                               "'");
+        }
+        return static_cast<std::int64_t>(v);
+    }
+
+    static const std::string& text(const RedisReply& r, std::string_view what) {
+        if (!r.is_string()) unexpected(what);
+        return r.str;
+    }
+
+    static std::int64_t integer(const RedisReply& r, std::string_view what) {
+        if (!r.is_integer()) unexpected(what);
+        return r.integer;
+    }
+
+    static const std::vector<RedisReply>& array(const RedisReply& r, std::string_view what) {
+        if (!r.is_array()) unexpected(what);
+        return r.elements;
+    }
+
+    [[noreturn]] static void unexpected(std::string_view what) {
+        throw BackendError("redis write-behind: unexpected reply to " + std::string(what));
+    }
+
+    RedisBackend& backend_;
+    std::string name_;
+    std::array<std::string, queue_key_count> keys_;
+    RedisScript put_;
+    RedisScript read_current_;
+    RedisScript claim_;
+    RedisScript extend_;
+    RedisScript settle_;
+    RedisScript list_dead_;
+    RedisScript redrive_;
+    RedisScript discard_dead_;
+    RedisScript stats_;
+};
+
+template <>
+struct write_behind_store_for<RedisBackend> {
+    using type = RedisWriteBehindStore;
+};
+
+static_assert(WriteBehindStore<RedisWriteBehindStore>);
+
+}  // namespace larder

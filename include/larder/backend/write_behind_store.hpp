@@ -1,0 +1,546 @@
+// The WriteBehindStore concept: the durable queue behind larder::WriteBehind, and the
+// in-memory implementation of it. A write-behind cache acknowledges a put before the
+// database has it, so the queue of unflushed values is the only copy of acknowledged data:
+// every operation here is atomic on its own, and none of them can lose a value that a put
+// acknowledged.
+//
+// The life of one key:
+//
+//   clean --put--> pending --claim--> processing --settle(ack)--> clean
+//                  ^  ^  ^                  |
+//                  |  |  '------------------+ settle(retry): not before now + backoff
+//                  |  '---------------------+ claim by anyone, once its deadline passed
+//                  '--redrive-- dead <------+ settle(dead), after max_attempts
+//
+//  - put writes the value twice, atomically: the cached copy under the key itself (no TTL,
+//    where readers find it) and the dirty copy in the queue, with a new per-key version
+//    that never repeats. The queue keeps the dirty copy, not only the cache, so an evicted
+//    cache entry cannot lose unflushed data. A put to a key that is waiting replaces its
+//    value (coalescing); a put to a key being flushed waits for that flush to settle.
+//  - claim moves ready entries into processing with a deadline, and first re-queues
+//    processing entries whose deadline passed (their flusher died or stalled), counting
+//    that as a failed attempt.
+//  - settle acknowledges, retries or dead-letters a claimed entry, but only if its version
+//    did not change meanwhile; if it did, the key is pending again with the newer value.
+//
+// Rules for implementations: keys and values are arbitrary bytes; the time base (ready
+// times, deadlines, ages) is the store's own clock; a failure of the store throws
+// larder::BackendError and leaves the queue as it was.
+#pragma once
+
+#include <algorithm>
+#include <concepts>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "larder/backend/backend.hpp"
+#include "larder/backend/memory.hpp"
+#include "larder/core/clock.hpp"
+#include "larder/core/error.hpp"
+
+namespace larder {
+
+/// What put and put_if did.
+enum class PutStatus : std::uint8_t {
+    stored,    ///< written; the key is dirty with `version`
+    conflict,  ///< put_if only: the current value was not the expected one
+    full,      ///< the key was clean and max_pending dirty keys are waiting already
+};
+
+struct PutOutcome {
+    PutStatus status = PutStatus::stored;
+    /// The key's new version (when stored): larger than every version issued before.
+    std::uint64_t version = 0;
+    /// The put replaced a value that was still waiting, which will now never be written.
+    bool coalesced = false;
+};
+
+/// The value a read-modify-write starts from: the dirty copy when the key is dirty,
+/// otherwise the cached copy.
+struct CurrentValue {
+    std::string bytes;
+    bool dirty = false;
+};
+
+/// One entry as a flusher claimed it.
+struct ClaimedEntry {
+    std::string key;
+    std::uint64_t version = 0;
+    std::string value;
+    /// Failed attempts before this one (expired claims count).
+    std::uint32_t attempts = 0;
+    /// The oldest write of the key the database has not received.
+    TimePoint dirty_since{};
+    /// The error of the last failed attempt; empty when none.
+    std::string last_error;
+};
+
+struct ClaimBatch {
+    std::vector<ClaimedEntry> entries;
+    /// Expired claims of other flushers put back in the queue by this call.
+    std::size_t requeued = 0;
+};
+
+/// How a flusher settles a claimed entry.
+struct Settlement {
+    enum Action : std::uint8_t { ack, retry, dead };
+    Action action = ack;
+    std::string key;
+    std::uint64_t version = 0;
+    /// retry: not before this much time from now.
+    Millis retry_after{0};
+    /// retry, dead: what went wrong (kept with the entry).
+    std::string error;
+};
+
+enum class SettleResult : std::uint8_t {
+    done,        ///< applied
+    superseded,  ///< the version changed: a newer value is pending, nothing else changed
+    gone,        ///< the key is no longer dirty (another flusher settled it)
+};
+
+/// A dead-lettered entry: a value the writer rejected max_attempts times.
+struct DeadRecord {
+    std::string key;
+    std::uint64_t version = 0;
+    std::string value;
+    std::uint32_t attempts = 0;
+    std::string error;
+    TimePoint dead_at{};
+    TimePoint dirty_since{};
+    /// A put to the key came after it: redrive would drop it rather than requeue it.
+    bool superseded = false;
+};
+
+enum class RedriveResult : std::uint8_t {
+    requeued,    ///< pending again, as a new write of the dead value
+    superseded,  ///< the key was written after the entry died: the entry was removed
+    not_found,   ///< no dead entry for this key
+};
+
+struct QueueStats {
+    /// Dirty keys: waiting, in backoff or being flushed.
+    std::size_t pending = 0;
+    /// Of those, claimed by a flusher right now.
+    std::size_t processing = 0;
+    /// Dead-lettered entries.
+    std::size_t dead = 0;
+    /// Age of the oldest write the database has not received, over all keys; 0 when none.
+    /// (A key rewritten during every flush is not "old": each flush brings it up to date.)
+    Millis oldest_pending_age{0};
+};
+
+/// Whether the store could drop dirty data on its own.
+struct EvictionRisk {
+    enum Level : std::uint8_t { none, evicting, unknown };
+    Level level = none;
+    std::string detail;
+};
+
+template <class S>
+concept WriteBehindStore = requires(S& store, std::string_view key, std::string_view bytes,
+                                    std::size_t n, Millis ttl, std::span<const std::string> keys,
+                                    std::span<const Settlement> settlements) {
+    /// Writes the cached copy (no TTL) and the dirty copy with a new version. A clean key
+    /// is refused (PutStatus::full) when max_pending (n; 0 = no bound) keys are dirty.
+    { store.put(key, bytes, n) } -> std::same_as<PutOutcome>;
+    /// put, only while read_current(key) still gives `expected` (compare-and-put).
+    { store.put_if(key, bytes, bytes, n) } -> std::same_as<PutOutcome>;
+    /// The dirty copy when dirty, else the cached copy, else nullopt.
+    { store.read_current(key) } -> std::same_as<std::optional<CurrentValue>>;
+    /// The dirty copy only.
+    { store.dirty_value(key) } -> std::same_as<std::optional<std::string>>;
+    /// Re-queues expired claims, then claims up to n ready entries for `ttl`.
+    { store.claim(n, ttl) } -> std::same_as<ClaimBatch>;
+    /// Pushes the deadline of these claimed keys to now + ttl (a flusher still working).
+    { store.extend(keys, ttl) } -> std::same_as<void>;
+    /// Applies each settlement if the entry's version is unchanged; results aligned.
+    /// `ttl` is given to the cached copy of an acknowledged value (0: none).
+    { store.settle(settlements, ttl) } -> std::same_as<std::vector<SettleResult>>;
+    /// Oldest first.
+    { store.list_dead(n) } -> std::same_as<std::vector<DeadRecord>>;
+    { store.redrive(key) } -> std::same_as<RedriveResult>;
+    /// Removes a dead entry (and its cached copy, unless the key was written since).
+    { store.discard_dead(key) } -> std::same_as<bool>;
+    { store.stats() } -> std::same_as<QueueStats>;
+    /// Up to n dirty keys, oldest first (what a drain that ran out of time leaves).
+    { store.pending_keys(n) } -> std::same_as<std::vector<std::string>>;
+    { store.eviction_risk() } -> std::same_as<EvictionRisk>;
+    /// true when the queue outlives the process (what is left unflushed is not lost).
+    { S::durable } -> std::convertible_to<bool>;
+};
+
+/// Where a store is named and configured; several WriteBehind objects (or processes) with
+/// the same name on the same server share one queue.
+struct WriteBehindStoreOptions {
+    std::string name = "default";
+    /// The time base of the in-memory store (Redis uses the server's clock).
+    const Clock* clock = &SystemClock::instance();
+};
+
+/// The store WriteBehind<T, B> uses on backend B. Specialized for MemoryBackend here and
+/// for RedisBackend in <larder/backend/redis/write_behind_store.hpp>; specialize it for a
+/// backend of your own with a type that satisfies WriteBehindStore and is constructible
+/// from (B&, WriteBehindStoreOptions).
+template <class B>
+struct write_behind_store_for {
+    static_assert(sizeof(B) == 0,
+                  "no WriteBehindStore for this backend: for RedisBackend include "
+                  "<larder/backend/redis/write_behind_store.hpp>; for your own backend "
+                  "specialize larder::write_behind_store_for");
+};
+
+template <class B>
+using write_behind_store_t = typename write_behind_store_for<B>::type;
+
+/// The queue in process memory, beside any backend that holds the cached copies. One
+/// mutex over the queue; the cached copy is written under it, so the cache and the queue
+/// never disagree about the latest put. Not durable past the process: what is unflushed
+/// when the process ends is lost (WriteBehind's drain reports it).
+template <Backend B>
+class MemoryWriteBehindStore {
+public:
+    explicit MemoryWriteBehindStore(B& backend, WriteBehindStoreOptions options = {})
+        : backend_(backend),
+          clock_(options.clock ? options.clock : &SystemClock::instance()),
+          name_(std::move(options.name)) {}
+
+    MemoryWriteBehindStore(const MemoryWriteBehindStore&) = delete;
+    MemoryWriteBehindStore& operator=(const MemoryWriteBehindStore&) = delete;
+
+    PutOutcome put(std::string_view key, std::string_view bytes, std::size_t max_pending) {
+        std::lock_guard lock(mutex_);
+        return put_locked(key, bytes, max_pending);
+    }
+
+    PutOutcome put_if(std::string_view key, std::string_view bytes, std::string_view expected,
+                      std::size_t max_pending) {
+        std::lock_guard lock(mutex_);
+        const auto current = read_current_locked(key);
+        if (!current || current->bytes != expected) {
+            return PutOutcome{.status = PutStatus::conflict};
+        }
+        return put_locked(key, bytes, max_pending);
+    }
+
+    std::optional<CurrentValue> read_current(std::string_view key) {
+        std::lock_guard lock(mutex_);
+        return read_current_locked(key);
+    }
+
+    std::optional<std::string> dirty_value(std::string_view key) {
+        std::lock_guard lock(mutex_);
+        auto it = entries_.find(key);
+        if (it == entries_.end()) return std::nullopt;
+        return it->second.value;
+    }
+
+    ClaimBatch claim(std::size_t max, Millis claim_ttl) {
+        std::lock_guard lock(mutex_);
+        const std::int64_t now = now_ms();
+        ClaimBatch out;
+        while (!processing_.empty() && processing_.begin()->first <= now) {
+            const std::string key = processing_.begin()->second;
+            processing_.erase(processing_.begin());
+            auto it = entries_.find(key);
+            if (it == entries_.end()) continue;
+            Entry& e = it->second;
+            e.in_flight = false;
+            e.since_next = 0;
+            ++e.attempts;
+            e.error = "claim expired: the flusher holding it died or stalled";
+            schedule(key, e, now);
+            ++out.requeued;
+        }
+        while (out.entries.size() < max && !pending_.empty() && pending_.begin()->first <= now) {
+            const std::string key = pending_.begin()->second;
+            pending_.erase(pending_.begin());
+            Entry& e = entries_.find(key)->second;
+            e.in_flight = true;
+            e.at = now + claim_ttl.count();
+            processing_.emplace(e.at, key);
+            out.entries.push_back(ClaimedEntry{key, e.version, e.value, e.attempts,
+                                               TimePoint{Millis{e.since}}, e.error});
+        }
+        return out;
+    }
+
+    void extend(std::span<const std::string> keys, Millis claim_ttl) {
+        std::lock_guard lock(mutex_);
+        const std::int64_t deadline = now_ms() + claim_ttl.count();
+        for (const auto& key : keys) {
+            auto it = entries_.find(key);
+            if (it == entries_.end() || !it->second.in_flight) continue;
+            processing_.erase({it->second.at, key});
+            it->second.at = deadline;
+            processing_.emplace(deadline, key);
+        }
+    }
+
+    std::vector<SettleResult> settle(std::span<const Settlement> settlements, Millis clean_ttl) {
+        std::lock_guard lock(mutex_);
+        const std::int64_t now = now_ms();
+        std::vector<SettleResult> out;
+        out.reserve(settlements.size());
+        for (const auto& s : settlements) {
+            auto it = entries_.find(s.key);
+            if (it == entries_.end()) {
+                out.push_back(SettleResult::gone);
+                continue;
+            }
+            Entry& e = it->second;
+            if (e.version != s.version) {
+                // A newer put came while this version was being flushed: flush that next.
+                if (e.in_flight) {
+                    unclaim(s.key, e);
+                    schedule(s.key, e, now);
+                }
+                // Written (ack): what is still unflushed is what came after the claim.
+                if (s.action == Settlement::ack && e.since_next != 0) {
+                    since_.erase({e.since, s.key});
+                    e.since = e.since_next;
+                    since_.emplace(e.since, s.key);
+                }
+                e.since_next = 0;
+                out.push_back(SettleResult::superseded);
+                continue;
+            }
+            switch (s.action) {
+                case Settlement::ack:
+                    if (clean_ttl.count() > 0) expire_clean_copy(s.key, e.value, clean_ttl);
+                    remove(it);
+                    break;
+                case Settlement::retry:
+                    unclaim(s.key, e);
+                    e.since_next = 0;
+                    ++e.attempts;
+                    e.error = s.error;
+                    schedule(s.key, e, now + std::max<std::int64_t>(0, s.retry_after.count()));
+                    break;
+                case Settlement::dead: {
+                    if (auto old = dead_.find(s.key); old != dead_.end()) {
+                        dead_order_.erase({old->second.dead_at.time_since_epoch().count(), s.key});
+                    }
+                    DeadRecord d{s.key,
+                                 e.version,
+                                 std::move(e.value),
+                                 e.attempts + 1,
+                                 s.error,
+                                 TimePoint{Millis{now}},
+                                 TimePoint{Millis{e.since}},
+                                 false};
+                    dead_[s.key] = std::move(d);
+                    dead_order_.emplace(now, s.key);
+                    remove(it);
+                    break;
+                }
+            }
+            out.push_back(SettleResult::done);
+        }
+        return out;
+    }
+
+    std::vector<DeadRecord> list_dead(std::size_t limit) {
+        std::lock_guard lock(mutex_);
+        std::vector<DeadRecord> out;
+        for (const auto& [at, key] : dead_order_) {
+            if (out.size() >= limit) break;
+            out.push_back(dead_.at(key));
+        }
+        return out;
+    }
+
+    RedriveResult redrive(std::string_view key) {
+        std::lock_guard lock(mutex_);
+        auto it = dead_.find(key);
+        if (it == dead_.end()) return RedriveResult::not_found;
+        DeadRecord d = std::move(it->second);
+        erase_dead(it);
+        if (d.superseded || entries_.contains(key)) return RedriveResult::superseded;
+        put_locked(key, d.value, 0);
+        return RedriveResult::requeued;
+    }
+
+    bool discard_dead(std::string_view key) {
+        std::lock_guard lock(mutex_);
+        auto it = dead_.find(key);
+        if (it == dead_.end()) return false;
+        const std::string value = std::move(it->second.value);
+        erase_dead(it);
+        if (!entries_.contains(key)) {
+            try {
+                backend_.compare_and_delete(key, value);
+            } catch (const BackendError&) {
+                // The cached copy stays until it is replaced; the dead entry is gone.
+            }
+        }
+        return true;
+    }
+
+    QueueStats stats() {
+        std::lock_guard lock(mutex_);
+        QueueStats s;
+        s.pending = entries_.size();
+        s.processing = processing_.size();
+        s.dead = dead_.size();
+        if (!since_.empty()) s.oldest_pending_age = Millis{now_ms() - since_.begin()->first};
+        return s;
+    }
+
+    std::vector<std::string> pending_keys(std::size_t limit) {
+        std::lock_guard lock(mutex_);
+        std::vector<std::string> out;
+        for (const auto& [since, key] : since_) {
+            if (out.size() >= limit) break;
+            out.push_back(key);
+        }
+        return out;
+    }
+
+    static constexpr bool durable = false;
+
+    /// The queue keeps its own maps and never evicts them.
+    EvictionRisk eviction_risk() const { return {}; }
+
+    [[nodiscard]] const std::string& name() const noexcept { return name_; }
+
+private:
+    struct Hash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view s) const noexcept {
+            return std::hash<std::string_view>{}(s);
+        }
+    };
+
+    struct Entry {
+        std::string value;
+        std::uint64_t version = 0;
+        std::uint32_t attempts = 0;
+        std::string error;
+        std::int64_t since = 0;       // time of the oldest write not yet flushed
+        std::int64_t since_next = 0;  // first write during the flush in progress (0: none)
+        bool in_flight = false;
+        std::int64_t at = 0;  // ready time when pending, deadline when in flight
+    };
+
+    using Entries = std::unordered_map<std::string, Entry, Hash, std::equal_to<>>;
+    using Dead = std::map<std::string, DeadRecord, std::less<>>;
+
+    std::optional<CurrentValue> read_current_locked(std::string_view key) {
+        if (auto it = entries_.find(key); it != entries_.end()) {
+            return CurrentValue{it->second.value, true};
+        }
+        if (auto cached = backend_.get(key)) return CurrentValue{std::move(cached->bytes), false};
+        return std::nullopt;
+    }
+
+    PutOutcome put_locked(std::string_view key, std::string_view bytes, std::size_t max_pending) {
+        auto it = entries_.find(key);
+        if (it == entries_.end() && max_pending > 0 && entries_.size() >= max_pending) {
+            return PutOutcome{.status = PutStatus::full};
+        }
+        // The cached copy first: if the backend refuses it (an entry too large), the queue
+        // is left as it was and the put is not acknowledged.
+        backend_.set(key, bytes, no_expiry);
+        const std::int64_t now = now_ms();
+        // Never below the clock in microseconds: a restarted process does not reissue the
+        // versions a database fenced on them has already seen.
+        last_version_ = std::max(last_version_ + 1,
+                                 static_cast<std::uint64_t>(std::max<std::int64_t>(now, 0)) * 1000);
+        PutOutcome out{.status = PutStatus::stored, .version = last_version_};
+        if (it == entries_.end()) {
+            it = entries_.emplace(std::string(key), Entry{}).first;
+            it->second.since = now;
+            since_.emplace(now, it->first);
+            it->second.at = now;
+            pending_.emplace(now, it->first);
+        } else {
+            Entry& e = it->second;
+            // Replaced a value that will never be written: one waiting, or one that arrived
+            // during the flush in progress.
+            out.coalesced = !e.in_flight || e.since_next != 0;
+            if (e.in_flight && e.since_next == 0) e.since_next = now;
+            // A key in backoff gets the new value's chance at once.
+            if (!e.in_flight && e.at > now) {
+                pending_.erase({e.at, it->first});
+                e.at = now;
+                pending_.emplace(now, it->first);
+            }
+        }
+        Entry& e = it->second;
+        e.value.assign(bytes);
+        e.version = out.version;
+        e.attempts = 0;
+        e.error.clear();
+        if (auto d = dead_.find(key); d != dead_.end()) d->second.superseded = true;
+        return out;
+    }
+
+    // A flushed value's cached copy becomes an ordinary cache entry. Best effort: without
+    // it the copy just stays longer.
+    void expire_clean_copy(const std::string& key, const std::string& value, Millis ttl) {
+        try {
+            backend_.compare_and_expire(key, value, ttl);
+        } catch (const BackendError&) {
+        }
+    }
+
+    void schedule(const std::string& key, Entry& e, std::int64_t ready_at) {
+        e.in_flight = false;
+        e.at = ready_at;
+        pending_.emplace(ready_at, key);
+    }
+
+    void unclaim(const std::string& key, Entry& e) {
+        if (!e.in_flight) {
+            pending_.erase({e.at, key});
+        } else {
+            processing_.erase({e.at, key});
+        }
+        e.in_flight = false;
+    }
+
+    void remove(typename Entries::iterator it) {
+        Entry& e = it->second;
+        unclaim(it->first, e);
+        since_.erase({e.since, it->first});
+        entries_.erase(it);
+    }
+
+    void erase_dead(typename Dead::iterator it) {
+        dead_order_.erase({it->second.dead_at.time_since_epoch().count(), it->first});
+        dead_.erase(it);
+    }
+
+    [[nodiscard]] std::int64_t now_ms() const { return clock_->now().time_since_epoch().count(); }
+
+    B& backend_;
+    const Clock* clock_;
+    std::string name_;
+    std::mutex mutex_;
+    Entries entries_;
+    std::set<std::pair<std::int64_t, std::string>> pending_;     // (ready at, key)
+    std::set<std::pair<std::int64_t, std::string>> processing_;  // (deadline, key)
+    std::set<std::pair<std::int64_t, std::string>> since_;       // (oldest unflushed write, key)
+    Dead dead_;
+    std::set<std::pair<std::int64_t, std::string>> dead_order_;  // (dead at, key)
+    std::uint64_t last_version_ = 0;
+};
+
+template <>
+struct write_behind_store_for<MemoryBackend> {
+    using type = MemoryWriteBehindStore<MemoryBackend>;
+};
+
+static_assert(WriteBehindStore<MemoryWriteBehindStore<MemoryBackend>>);
+
+}  // namespace larder

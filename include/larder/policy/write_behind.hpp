@@ -1,0 +1,959 @@
+// WriteBehind: puts go to the cache and a durable queue at once; a flusher writes them to
+// the database later, in batches, with the latest value of each key.
+//
+// What the seed's write-behind (SMEMBERS dirty; DEL dirty; write each) gets wrong, and what
+// this class does instead:
+//  - ids added between SMEMBERS and DEL are lost: here a claim is one atomic operation
+//    that moves entries into a processing set; nothing is deleted until it is written.
+//  - a crash after DEL loses the batch: claimed entries carry a deadline, and the claims
+//    of a dead flusher are re-queued by any live one. Acknowledgement follows the write.
+//  - writes the database rejected are dropped: a failed entry is retried with exponential
+//    backoff and jitter, up to max_attempts, then kept in a dead-letter list that can be
+//    listed, re-driven or discarded. One poison entry fails alone; the rest are acked.
+//  - two flushers can write an older value last: an entry is acknowledged only if its
+//    version did not change meanwhile, so a put that arrives during a flush is flushed
+//    next time; and every entry carries its version, for a database write that must be
+//    safe even against a flusher that stalled past its claim (UPDATE ... WHERE version <).
+//  - the counter lives only in the cache entry: here the queue keeps its own dirty copy,
+//    so an evicted cache entry cannot lose unflushed data, and the dirty data has no TTL.
+//
+// Durability is the store's: on RedisBackend (include
+// <larder/backend/redis/write_behind_store.hpp>) an acknowledged put survives the process
+// and, as far as Redis persistence goes, Redis itself; on MemoryBackend it lives as long
+// as the process. docs/write-paths.md states exactly what each failure can cost.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <concepts>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <iostream>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "larder/backend/backend.hpp"
+#include "larder/backend/write_behind_store.hpp"
+#include "larder/codec/raw.hpp"
+#include "larder/core/clock.hpp"
+#include "larder/core/codec.hpp"
+#include "larder/core/envelope.hpp"
+#include "larder/core/error.hpp"
+#include "larder/core/loader.hpp"
+#include "larder/core/random.hpp"
+#include "larder/core/stats.hpp"
+#include "larder/policy/cache_aside.hpp"
+#include "larder/policy/detail/components.hpp"
+#include "larder/policy/detail/write_claims.hpp"
+#include "larder/policy/detail/write_errors.hpp"
+
+namespace larder {
+
+/// One value the batch writer is asked to write.
+template <class T>
+struct DirtyEntry {
+    /// The key as given to put (without the key prefix).
+    std::string key;
+    /// The latest value put for the key.
+    T value;
+    /// Grows with every put to the key, across processes and restarts: a fencing token for
+    /// the database write (UPDATE ... SET v = ?, version = ? WHERE id = ? AND version < ?).
+    std::uint64_t version = 0;
+    /// 1 on the first try; max_attempts on the last one before the dead-letter list.
+    std::uint32_t attempt = 1;
+    /// The oldest write of the key the database has not received.
+    TimePoint dirty_since{};
+};
+
+/// A member of T that WriteBehind::increment can add to: a pointer to an integer data
+/// member (&User::score), or a callable returning a reference to one.
+template <class F, class T>
+concept IntegerFieldOf =
+    std::invocable<F&, T&> && std::is_lvalue_reference_v<std::invoke_result_t<F&, T&>> &&
+    std::integral<std::remove_cvref_t<std::invoke_result_t<F&, T&>>>;
+
+/// What the batch writer reports: by default every entry was written. Mark the entries
+/// that failed, with a message; they are retried (or dead-lettered) alone while the rest
+/// are acknowledged. A writer that throws fails the whole batch with the exception's text.
+class BatchResult {
+public:
+    struct Failure {
+        std::size_t index = 0;
+        std::string error;
+    };
+
+    /// Entry `index` of the batch was not written.
+    void fail(std::size_t index, std::string error) {
+        failures_.push_back(Failure{index, std::move(error)});
+    }
+
+    [[nodiscard]] const std::vector<Failure>& failures() const noexcept { return failures_; }
+    [[nodiscard]] bool ok() const noexcept { return failures_.empty(); }
+
+private:
+    std::vector<Failure> failures_;
+};
+
+struct RetryOptions {
+    /// Attempts per entry, the first included; after the last failure the entry is
+    /// dead-lettered. An expired claim (a flusher that died) counts as an attempt.
+    std::uint32_t max_attempts = 5;
+    /// Delay before the first retry; it doubles per attempt up to max_backoff, half of it
+    /// random (equal jitter).
+    Millis first_backoff{200};
+    Millis max_backoff = std::chrono::seconds(30);
+};
+
+/// What a put does when max_pending keys are dirty already.
+enum class WhenFull : std::uint8_t {
+    block,  ///< wake the flusher and wait up to block_timeout for room, then throw
+    fail,   ///< throw BackpressureError at once
+};
+
+/// What the constructor does when the store could evict unflushed data (Redis with an
+/// allkeys-* maxmemory-policy).
+enum class EvictionCheck : std::uint8_t { warn, refuse, ignore };
+
+struct WriteBehindOptions {
+    /// The queue's name: every WriteBehind (in any process) with the same name on the same
+    /// store shares one queue. Give each cache its own.
+    std::string name = "default";
+    /// Prepended to every key: cached copies live under key_prefix + key.
+    std::string key_prefix{};
+    /// How often the flusher thread flushes what is ready.
+    Millis interval = std::chrono::seconds(1);
+    /// false: no flusher thread; only flush() and the final drain write (for processes that
+    /// only produce, or for tests).
+    bool start_flusher = true;
+    /// Entries per batch-writer call.
+    std::size_t batch_size = 100;
+    /// Bound on the batches one flush() writes, so producers cannot keep it going forever.
+    std::size_t max_batches_per_flush = 1000;
+    /// How long a claim lasts without news from its flusher. A live flusher extends its
+    /// claims every claim_ttl / 3 while its writer runs; a dead one's are re-queued.
+    Millis claim_ttl = std::chrono::seconds(30);
+    RetryOptions retry{};
+    /// Bound on dirty keys (0: none). A put to a key that is dirty already always fits.
+    std::size_t max_pending = 0;
+    WhenFull when_full = WhenFull::block;
+    Millis block_timeout = std::chrono::seconds(1);
+    /// How long destruction (or close()) keeps flushing before it reports what is left.
+    Millis drain_timeout = std::chrono::seconds(5);
+    /// Once flushed, a cached copy becomes an ordinary cache entry with this TTL
+    /// (0: it stays without one). While dirty it never has a TTL.
+    Millis clean_ttl = std::chrono::minutes(5);
+    EvictionCheck eviction_check = EvictionCheck::warn;
+    /// How get() loads and caches misses; its key_prefix and clock are replaced by the
+    /// ones above.
+    CacheAsideOptions read{};
+    /// Warnings, dead-lettered entries and incomplete drains; called from any thread.
+    /// Empty: written to std::cerr.
+    std::function<void(std::string_view)> log{};
+    const Clock* clock = &SystemClock::instance();
+};
+
+/// What one flush did.
+struct FlushReport {
+    std::size_t batches = 0;        ///< batch-writer calls
+    std::size_t claimed = 0;        ///< entries claimed
+    std::size_t flushed = 0;        ///< written and acknowledged
+    std::size_t superseded = 0;     ///< settled while a newer value came: that one is queued
+    std::size_t retried = 0;        ///< failed, queued again with a backoff
+    std::size_t dead_lettered = 0;  ///< failed for the last time
+    std::size_t requeued = 0;       ///< expired claims of other flushers taken back
+    /// "key: message" of failed entries (the first 16).
+    std::vector<std::string> errors;
+    /// Set when the store failed; what was claimed is re-queued when its claim expires.
+    std::string store_error;
+
+    FlushReport& operator+=(const FlushReport& o) {
+        batches += o.batches;
+        claimed += o.claimed;
+        flushed += o.flushed;
+        superseded += o.superseded;
+        retried += o.retried;
+        dead_lettered += o.dead_lettered;
+        requeued += o.requeued;
+        for (const auto& e : o.errors) {
+            if (errors.size() < 16) errors.push_back(e);
+        }
+        if (!o.store_error.empty()) store_error = o.store_error;
+        return *this;
+    }
+};
+
+/// What the final drain (destruction or close()) did and left.
+struct DrainReport {
+    /// Nothing dirty is left in the queue.
+    bool complete = true;
+    /// What is left stays in the store and is flushed by the next flusher (Redis); false:
+    /// it is lost with this process (memory).
+    bool durable = false;
+    FlushReport flushed{};
+    QueueStats left{};
+    /// Up to 100 of the keys left, oldest first.
+    std::vector<std::string> keys_left;
+    /// The store could not be reached.
+    std::string error;
+
+    [[nodiscard]] std::string describe(std::string_view name = {}) const {
+        std::string out = "write-behind";
+        if (!name.empty()) out.append(" '").append(name).append("'");
+        if (complete) return out + ": drained, " + std::to_string(flushed.flushed) + " flushed";
+        out += ": drain incomplete, " + std::to_string(left.pending) + " dirty key(s) not flushed";
+        out += durable ? " (they stay in the store for the next flusher)"
+                       : " (NOT durable: they are lost with this process)";
+        if (left.dead > 0) out += ", " + std::to_string(left.dead) + " dead-lettered";
+        if (!error.empty()) out += "; store error: " + error;
+        if (!keys_left.empty()) {
+            out += "; keys:";
+            for (const auto& k : keys_left) out.append(" ").append(k);
+        }
+        return out;
+    }
+};
+
+struct WriteBehindStats {
+    /// From the store, so they count every process on the queue.
+    std::size_t pending = 0;     ///< dirty keys (waiting, in backoff or being flushed)
+    std::size_t processing = 0;  ///< of those, claimed right now
+    std::size_t dead = 0;        ///< dead-lettered entries
+    Millis oldest_pending_age{0};
+    /// false when the store could not be asked (the four fields above are then 0).
+    bool queue_known = true;
+
+    /// Counted by this object.
+    std::uint64_t puts = 0;        ///< puts, increments and updates acknowledged
+    std::uint64_t increments = 0;  ///< of those, increments and updates
+    std::uint64_t flushed = 0;     ///< entries written and acknowledged
+    std::uint64_t coalesced = 0;   ///< puts that replaced a value still waiting (a DB write saved)
+    std::uint64_t superseded = 0;  ///< entries written while a newer value came
+    std::uint64_t retried = 0;     ///< failed entries queued again
+    std::uint64_t dead_lettered = 0;    ///< entries moved to the dead-letter list
+    std::uint64_t requeued_claims = 0;  ///< expired claims of dead flushers taken back
+    std::uint64_t batches = 0;          ///< batch-writer calls
+    std::uint64_t failed_batches = 0;   ///< of those, calls that threw
+    std::uint64_t conflicts = 0;        ///< read-modify-writes that raced and went again
+    std::uint64_t rejected = 0;         ///< puts refused by backpressure
+    std::uint64_t backend_errors = 0;   ///< store failures seen by the flusher and reads
+    /// The read side (get).
+    StatsSnapshot reads{};
+};
+
+/// A dead-lettered entry, decoded.
+template <class T>
+struct DeadEntry {
+    std::string key;
+    /// nullopt when the stored bytes cannot be decoded with this cache's codec.
+    std::optional<T> value;
+    std::uint64_t version = 0;
+    std::uint32_t attempts = 0;
+    std::string error;
+    TimePoint dead_at{};
+    TimePoint dirty_since{};
+    /// The key was written after the entry died; redrive() would drop it.
+    bool superseded = false;
+};
+
+/// WriteBehind<T, Backend, Components...>: Components are an optional codec for T and an
+/// optional StampedeGuard for the read path, in any order, as for CacheAside.
+template <class T, Backend B, class... Components>
+class WriteBehind {
+    static_assert(detail::all_components_known<T, Components...>,
+                  "each component must be a Codec for T or a StampedeGuard");
+
+public:
+    using value_type = T;
+    using backend_type = B;
+    using store_type = write_behind_store_t<B>;
+    using codec_type = detail::pick_codec_t<T, Components...>;
+    using guard_type = detail::pick_guard_t<T, Components...>;
+    using Entry = DirtyEntry<T>;
+    using BatchWriter = std::function<BatchResult(std::span<const Entry>)>;
+
+    static_assert(WriteBehindStore<store_type>);
+
+    /// The backend is borrowed and must outlive this object; so must everything the batch
+    /// writer uses, since destruction flushes through it. Throws ConfigError on bad options
+    /// and, with EvictionCheck::refuse, when the store could evict unflushed data.
+    WriteBehind(B& backend, BatchWriter writer, WriteBehindOptions options = {},
+                guard_type guard = {}, codec_type codec = {})
+        : WriteBehind(backend, nullptr, std::move(writer), std::move(options), std::move(guard),
+                      std::move(codec)) {}
+
+    /// With a store shared with other WriteBehind objects (nullptr: a new one).
+    WriteBehind(B& backend, std::shared_ptr<store_type> store, BatchWriter writer,
+                WriteBehindOptions options = {}, guard_type guard = {}, codec_type codec = {})
+        : backend_(backend),
+          options_(validated(std::move(options))),
+          codec_(codec),
+          writer_(std::move(writer)),
+          store_(store ? std::move(store)
+                       : std::make_shared<store_type>(
+                             backend, WriteBehindStoreOptions{options_.name, options_.clock})),
+          keeper_(*store_, options_.claim_ttl),
+          reads_(backend, read_options(options_), std::move(guard), std::move(codec)) {
+        if (!writer_) throw ConfigError("WriteBehind: a batch writer is required");
+        check_eviction();
+        if (options_.start_flusher) flusher_ = std::thread([this] { run_flusher(); });
+    }
+
+    WriteBehind(const WriteBehind&) = delete;
+    WriteBehind& operator=(const WriteBehind&) = delete;
+
+    /// Stops the flusher and drains: flushes until nothing is dirty or drain_timeout
+    /// passes, then logs what is left (see close()).
+    ~WriteBehind() {
+        try {
+            (void)close(options_.drain_timeout);
+        } catch (...) {
+        }
+    }
+
+    // ---- reads ----------------------------------------------------------------------
+
+    /// The cached value of `key`; on a miss the dirty copy if the key is dirty (a cached
+    /// copy can be evicted, the queue's cannot), else the loader's (the database), cached
+    /// like CacheAside does. A put during the load wins over the load's fill.
+    template <LoaderFor<T> L>
+    std::optional<T> get(std::string_view key, L&& loader) {
+        std::string full = full_key(key);
+        if constexpr (std::is_copy_constructible_v<std::decay_t<L>>) {
+            // Owns its copy: a background refresh may run it after get() returns.
+            return reads_.get(key, [this, full = std::move(full),
+                                    load = std::decay_t<L>(std::forward<L>(loader))]() mutable {
+                return load_through(full, load);
+            });
+        } else {
+            return reads_.get(key, RefLoader<std::remove_reference_t<L>>{this, &full, &loader});
+        }
+    }
+
+    // ---- writes ---------------------------------------------------------------------
+
+    /// Caches `value` and queues it for the database, atomically; returns its version.
+    /// When it returns, the put is acknowledged: it reaches the database unless it is
+    /// dead-lettered (or, on a non-durable store, the process ends first). Throws
+    /// BackendError (nothing acknowledged), CodecError, BackpressureError.
+    std::uint64_t put(std::string_view key, const T& value) {
+        const std::string full = full_key(key);
+        const std::string bytes = encode(value);
+        const PutOutcome out =
+            with_room([&] { return store_->put(full, bytes, options_.max_pending); });
+        acknowledged(out, false);
+        return out.version;
+    }
+
+    /// Read-modify-write: applies `modify(T&)` to the current value (the dirty copy, the
+    /// cached copy, or the loader's when neither is there; T{} when the loader says there
+    /// is no row) and stores the result with a compare-and-put, going again when another
+    /// writer got there first. `modify` may run more than once: make it depend only on
+    /// the value. Returns the value stored.
+    template <std::invocable<T&> Modify, LoaderFor<T> L>
+    T update(std::string_view key, Modify&& modify, L&& loader) {
+        const std::string full = full_key(key);
+        for (std::uint32_t round = 0; round < max_update_rounds; ++round) {
+            if (round >= 2) {
+                // Many writers on one key: spread them out a little.
+                const auto cap = std::min<std::int64_t>(std::int64_t{1} << std::min(round, 4u), 10);
+                std::this_thread::sleep_for(Millis{random_between(0, cap)});
+            }
+            std::optional<CurrentValue> current = store_->read_current(full);
+            if (!current) {
+                // Neither dirty nor cached: load through the cache, which fills it (a
+                // compare-and-put needs something to compare with), then read again.
+                (void)get(key, loader);
+                current = store_->read_current(full);
+                if (!current) continue;
+            }
+            std::optional<T> value = base_of(full, *current, loader);
+            if (!value) continue;
+            std::invoke(modify, *value);
+            const std::string bytes = encode(*value);
+            const PutOutcome out = with_room(
+                [&] { return store_->put_if(full, bytes, current->bytes, options_.max_pending); });
+            if (out.status == PutStatus::conflict) {
+                counters_.conflicts.fetch_add(1, std::memory_order_relaxed);
+                continue;
+            }
+            acknowledged(out, true);
+            return std::move(*value);
+        }
+        throw WriteConflictError("WriteBehind: key '" + std::string(key) +
+                                 "' changed under every read-modify-write attempt");
+    }
+
+    /// The seed's update_user_score: adds `delta` to the integer member `field` (a pointer
+    /// to member, or a callable returning a reference to it) and returns its new value.
+    /// Overflow throws std::overflow_error and stores nothing.
+    template <IntegerFieldOf<T> Field, LoaderFor<T> L>
+    auto increment(std::string_view key, Field field, std::int64_t delta, L&& loader) {
+        using F = std::remove_cvref_t<std::invoke_result_t<Field&, T&>>;
+        F result{};
+        (void)update(
+            key,
+            [&](T& v) {
+                F& f = std::invoke(field, v);
+                F next{};
+                if (__builtin_add_overflow(f, delta, &next)) {
+                    throw std::overflow_error("WriteBehind::increment: the field would overflow");
+                }
+                f = next;
+                result = next;
+            },
+            std::forward<L>(loader));
+        return result;
+    }
+
+    /// increment for a cache whose values are integers.
+    template <LoaderFor<T> L>
+    T increment(std::string_view key, std::int64_t delta, L&& loader) {
+        static_assert(std::integral<T>,
+                      "increment(key, delta, loader) needs integer values; "
+                      "for a member use increment(key, &T::member, ...)");
+        return increment(
+            key, [](T& v) -> T& { return v; }, delta, std::forward<L>(loader));
+    }
+
+    // ---- flushing -------------------------------------------------------------------
+
+    /// Flushes what is ready now (claims, writes, settles batch after batch until a claim
+    /// comes back short, or max_batches_per_flush). Safe to call while the flusher thread
+    /// and other processes flush too. Entries in backoff wait for their time.
+    FlushReport flush() { return flush_ready(options_.max_batches_per_flush, std::nullopt); }
+
+    /// Stops the flusher thread and drains for at most `timeout`: flushes until nothing is
+    /// dirty, waiting out backoffs and other flushers' claims. When something is left it
+    /// is logged, and the report says whether it stays in the store (Redis) or is lost
+    /// (memory). Puts still work afterwards; only flush() writes them. Idempotent: a
+    /// second call reports an empty drain.
+    DrainReport close(Millis timeout) {
+        {
+            std::lock_guard lock(flusher_mutex_);
+            if (closed_) return DrainReport{.durable = store_type::durable};
+            closed_ = true;
+            stopping_ = true;
+        }
+        stop_requested_.store(true, std::memory_order_relaxed);  // ends the flush between batches
+        flusher_wake_.notify_all();
+        if (flusher_.joinable()) flusher_.join();
+        DrainReport report = drain(timeout);
+        if (!report.complete) log(report.describe());
+        return report;
+    }
+
+    DrainReport close() { return close(options_.drain_timeout); }
+
+    // ---- dead letters -----------------------------------------------------------------
+
+    /// Dead-lettered entries, oldest first.
+    std::vector<DeadEntry<T>> list_dead(std::size_t limit = 100) {
+        std::vector<DeadEntry<T>> out;
+        for (auto& d : store_->list_dead(limit)) {
+            DeadEntry<T> e;
+            e.key = user_key(d.key);
+            e.value = decode_value(d.value, nullptr);
+            e.version = d.version;
+            e.attempts = d.attempts;
+            e.error = std::move(d.error);
+            e.dead_at = d.dead_at;
+            e.dirty_since = d.dirty_since;
+            e.superseded = d.superseded;
+            out.push_back(std::move(e));
+        }
+        return out;
+    }
+
+    /// Queues a dead entry again as a new write of its value, with fresh attempts; unless
+    /// the key was written after it died, in which case the newer value stands and the
+    /// dead entry is removed (RedriveResult::superseded).
+    RedriveResult redrive(std::string_view key) { return store_->redrive(full_key(key)); }
+
+    /// Drops a dead entry. Its cached copy is removed too (unless the key was written
+    /// since), so reads go back to the database.
+    bool discard_dead(std::string_view key) { return store_->discard_dead(full_key(key)); }
+
+    // ---- introspection --------------------------------------------------------------
+
+    [[nodiscard]] WriteBehindStats stats() {
+        WriteBehindStats s;
+        try {
+            const QueueStats q = store_->stats();
+            s.pending = q.pending;
+            s.processing = q.processing;
+            s.dead = q.dead;
+            s.oldest_pending_age = q.oldest_pending_age;
+        } catch (const BackendError&) {
+            s.queue_known = false;
+        }
+        auto load = [](const std::atomic<std::uint64_t>& c) {
+            return c.load(std::memory_order_relaxed);
+        };
+        s.puts = load(counters_.puts);
+        s.increments = load(counters_.increments);
+        s.flushed = load(counters_.flushed);
+        s.coalesced = load(counters_.coalesced);
+        s.superseded = load(counters_.superseded);
+        s.retried = load(counters_.retried);
+        s.dead_lettered = load(counters_.dead_lettered);
+        s.requeued_claims = load(counters_.requeued_claims);
+        s.batches = load(counters_.batches);
+        s.failed_batches = load(counters_.failed_batches);
+        s.conflicts = load(counters_.conflicts);
+        s.rejected = load(counters_.rejected);
+        s.backend_errors = load(counters_.backend_errors);
+        s.reads = reads_.stats();
+        return s;
+    }
+
+    [[nodiscard]] const WriteBehindOptions& options() const noexcept { return options_; }
+    [[nodiscard]] store_type& store() noexcept { return *store_; }
+    [[nodiscard]] std::shared_ptr<store_type> shared_store() const { return store_; }
+    [[nodiscard]] B& backend() noexcept { return backend_; }
+
+    /// The key as stored: the prefix, then the caller's key.
+    [[nodiscard]] std::string full_key(std::string_view key) const {
+        std::string full;
+        full.reserve(options_.key_prefix.size() + key.size());
+        full.append(options_.key_prefix).append(key);
+        return full;
+    }
+
+private:
+    static constexpr std::uint32_t max_update_rounds = 64;
+
+    struct Counters {
+        std::atomic<std::uint64_t> puts{0}, increments{0}, flushed{0}, coalesced{0}, superseded{0},
+            retried{0}, dead_lettered{0}, requeued_claims{0}, batches{0}, failed_batches{0},
+            conflicts{0}, rejected{0}, backend_errors{0};
+    };
+
+    static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
+        c.fetch_add(n, std::memory_order_relaxed);
+    }
+
+    // A loader the caller keeps ownership of; not copyable, so CacheAside never hands it
+    // to a background refresh.
+    template <class L>
+    struct RefLoader {
+        WriteBehind* self;
+        const std::string* full;
+        L* loader;
+        RefLoader(WriteBehind* s, const std::string* f, L* l) : self(s), full(f), loader(l) {}
+        RefLoader(const RefLoader&) = delete;
+        RefLoader(RefLoader&&) = default;
+        std::optional<T> operator()() { return self->load_through(*full, *loader); }
+    };
+
+    static WriteBehindOptions validated(WriteBehindOptions o) {
+        if (!o.clock) o.clock = &SystemClock::instance();
+        auto fail = [](const char* why) { throw ConfigError(std::string("WriteBehind: ") + why); };
+        if (o.name.empty()) fail("name must not be empty");
+        if (o.interval.count() <= 0) fail("interval must be positive");
+        if (o.batch_size == 0) fail("batch_size must be positive");
+        if (o.max_batches_per_flush == 0) fail("max_batches_per_flush must be positive");
+        if (o.claim_ttl.count() < 3) fail("claim_ttl must be at least 3 ms");
+        if (o.retry.max_attempts == 0) fail("retry.max_attempts must be at least 1");
+        if (o.retry.first_backoff.count() < 0 || o.retry.max_backoff < o.retry.first_backoff) {
+            fail("retry backoffs must satisfy 0 <= first_backoff <= max_backoff");
+        }
+        if (o.block_timeout.count() < 0 || o.drain_timeout.count() < 0 || o.clean_ttl.count() < 0) {
+            fail("block_timeout, drain_timeout and clean_ttl must not be negative");
+        }
+        return o;
+    }
+
+    static CacheAsideOptions read_options(const WriteBehindOptions& o) {
+        CacheAsideOptions r = o.read;
+        r.key_prefix = o.key_prefix;
+        r.clock = o.clock;
+        return r;
+    }
+
+    void check_eviction() {
+        if (options_.eviction_check == EvictionCheck::ignore) return;
+        const EvictionRisk risk = store_->eviction_risk();
+        if (risk.level == EvictionRisk::evicting) {
+            if (options_.eviction_check == EvictionCheck::refuse) {
+                throw ConfigError("WriteBehind '" + options_.name + "': " + risk.detail);
+            }
+            log("warning: " + risk.detail);
+        } else if (risk.level == EvictionRisk::unknown) {
+            log("warning: cannot tell whether the store may evict unflushed data: " + risk.detail);
+        }
+    }
+
+    void log(const std::string& message) const {
+        if (options_.log) {
+            try {
+                options_.log(message);
+            } catch (...) {
+            }
+            return;
+        }
+        std::cerr << "larder write-behind '" << options_.name << "': " << message << '\n';
+    }
+
+    [[nodiscard]] std::string user_key(std::string_view full) const {
+        if (full.starts_with(options_.key_prefix)) full.remove_prefix(options_.key_prefix.size());
+        return std::string(full);
+    }
+
+    std::string encode(const T& value) const {
+        std::string bytes;
+        envelope::write_header(bytes, EnvelopeHeader{.kind = EntryKind::value,
+                                                     .codec = codec_type::id,
+                                                     .written_at = options_.clock->now()});
+        codec_.encode(value, bytes);
+        return bytes;
+    }
+
+    std::optional<T> decode_value(std::string_view bytes, std::string* why) const {
+        const auto env = envelope::parse(bytes);
+        if (!env || env->header.kind != EntryKind::value) {
+            if (why) *why = "not a value envelope";
+            return std::nullopt;
+        }
+        if (env->header.codec != codec_type::id) {
+            if (why) *why = "written with codec " + std::to_string(env->header.codec);
+            return std::nullopt;
+        }
+        try {
+            return codec_.template decode<T>(env->payload);
+        } catch (const std::exception& e) {
+            if (why) *why = e.what();
+            return std::nullopt;
+        }
+    }
+
+    // A miss of get(): the dirty copy if there is one, else the database.
+    template <class L>
+    std::optional<T> load_through(const std::string& full, L& loader) {
+        try {
+            if (auto dirty = store_->dirty_value(full)) {
+                if (auto v = decode_value(*dirty, nullptr)) return v;
+            }
+        } catch (const BackendError&) {
+            // The queue cannot be asked: the database's value is the best there is.
+            bump(counters_.backend_errors);
+        }
+        return std::invoke(loader);
+    }
+
+    template <class L>
+    std::optional<T> base_of(const std::string& full, const CurrentValue& current, L& loader) {
+        if (const auto env = envelope::parse(current.bytes)) {
+            switch (env->header.kind) {
+                case EntryKind::value:
+                    if (env->header.codec == codec_type::id) {
+                        try {
+                            return codec_.template decode<T>(env->payload);
+                        } catch (const CodecError&) {
+                        }
+                    }
+                    break;
+                case EntryKind::not_found:
+                    return no_row();
+                case EntryKind::lease: {
+                    // A reader is loading the key. Load it here too; the compare-and-put
+                    // against the lease then makes that reader's fill fail.
+                    std::optional<T> loaded = std::invoke(loader);
+                    if (loaded) return loaded;
+                    return no_row();
+                }
+            }
+        }
+        if (current.dirty) {
+            throw CodecError("WriteBehind: the queued value of '" + user_key(full) +
+                             "' cannot be decoded with this cache's codec");
+        }
+        // Bytes in the cache we cannot read: remove exactly them, then load afresh.
+        try {
+            backend_.compare_and_delete(full, current.bytes);
+        } catch (const BackendError&) {
+            bump(counters_.backend_errors);
+        }
+        return std::nullopt;
+    }
+
+    static std::optional<T> no_row() {
+        if constexpr (std::default_initializable<T>) {
+            return T{};
+        } else {
+            throw LoaderError("WriteBehind: no row to start from, and T has no default value");
+        }
+    }
+
+    template <class Op>
+    PutOutcome with_room(Op&& op) {
+        const auto deadline = std::chrono::steady_clock::now() + options_.block_timeout;
+        Millis nap{1};
+        for (;;) {
+            PutOutcome out = op();
+            if (out.status != PutStatus::full) return out;
+            const auto now = std::chrono::steady_clock::now();
+            if (options_.when_full == WhenFull::fail || now >= deadline) {
+                bump(counters_.rejected);
+                throw BackpressureError("WriteBehind '" + options_.name +
+                                        "': " + std::to_string(options_.max_pending) +
+                                        " keys are waiting to be flushed");
+            }
+            nudge();
+            std::this_thread::sleep_for(
+                std::min<std::chrono::steady_clock::duration>(nap, deadline - now));
+            nap = std::min(nap * 2, Millis{20});
+        }
+    }
+
+    void acknowledged(const PutOutcome& out, bool increment) {
+        bump(counters_.puts);
+        if (increment) bump(counters_.increments);
+        if (out.coalesced) bump(counters_.coalesced);
+    }
+
+    void nudge() {
+        {
+            std::lock_guard lock(flusher_mutex_);
+            nudged_ = true;
+        }
+        flusher_wake_.notify_all();
+    }
+
+    void run_flusher() {
+        std::unique_lock lock(flusher_mutex_);
+        auto last_error_log = std::chrono::steady_clock::time_point{};
+        for (;;) {
+            flusher_wake_.wait_for(lock, options_.interval, [&] { return stopping_ || nudged_; });
+            if (stopping_) return;
+            nudged_ = false;
+            lock.unlock();
+            FlushReport report;
+            try {
+                report =
+                    flush_ready(options_.max_batches_per_flush, std::nullopt, &stop_requested_);
+            } catch (const std::exception& e) {
+                report.store_error = e.what();
+            } catch (...) {
+                report.store_error = "unknown error";
+            }
+            if (!report.store_error.empty()) {
+                const auto now = std::chrono::steady_clock::now();
+                if (now - last_error_log > std::chrono::seconds(5)) {
+                    log("flush failed (will retry): " + report.store_error);
+                    last_error_log = now;
+                }
+            }
+            lock.lock();
+        }
+    }
+
+    FlushReport flush_ready(std::size_t max_batches,
+                            std::optional<std::chrono::steady_clock::time_point> deadline,
+                            const std::atomic<bool>* stop = nullptr) {
+        FlushReport report;
+        for (std::size_t b = 0; b < max_batches; ++b) {
+            if (deadline && std::chrono::steady_clock::now() >= *deadline) break;
+            if (stop && stop->load(std::memory_order_relaxed)) break;
+            ClaimBatch batch;
+            try {
+                batch = store_->claim(options_.batch_size, options_.claim_ttl);
+            } catch (const BackendError& e) {
+                bump(counters_.backend_errors);
+                report.store_error = e.what();
+                break;
+            }
+            report.requeued += batch.requeued;
+            bump(counters_.requeued_claims, batch.requeued);
+            if (batch.entries.empty()) break;
+            ++report.batches;
+            report.claimed += batch.entries.size();
+            flush_batch(batch.entries, report);
+            if (!report.store_error.empty()) break;
+            if (batch.entries.size() < options_.batch_size) break;
+        }
+        return report;
+    }
+
+    Settlement dead_letter(const ClaimedEntry& c, std::string error) const {
+        return Settlement{.action = Settlement::dead,
+                          .key = c.key,
+                          .version = c.version,
+                          .error = std::move(error)};
+    }
+
+    void flush_batch(const std::vector<ClaimedEntry>& claimed, FlushReport& report) {
+        const std::uint32_t max_attempts = options_.retry.max_attempts;
+        std::vector<Settlement> settlements;
+        settlements.reserve(claimed.size());
+        std::vector<Entry> entries;
+        std::vector<std::size_t> source;  // entries[i] is claimed[source[i]]
+        for (std::size_t i = 0; i < claimed.size(); ++i) {
+            const ClaimedEntry& c = claimed[i];
+            if (c.attempts >= max_attempts) {
+                // Its claims kept expiring: a value that kills its flusher is poison too.
+                settlements.push_back(
+                    dead_letter(c, c.last_error.empty()
+                                       ? "gave up after " + std::to_string(c.attempts) + " attempts"
+                                       : c.last_error));
+                continue;
+            }
+            std::string why;
+            std::optional<T> value = decode_value(c.value, &why);
+            if (!value) {
+                settlements.push_back(dead_letter(c, "the queued value cannot be decoded: " + why));
+                continue;
+            }
+            entries.push_back(Entry{user_key(c.key), std::move(*value), c.version, c.attempts + 1,
+                                    c.dirty_since});
+            source.push_back(i);
+        }
+
+        if (!entries.empty()) {
+            std::vector<std::optional<std::string>> failed(entries.size());
+            bool batch_failed = false;
+            std::string batch_error;
+            {
+                std::vector<std::string> keys;
+                keys.reserve(source.size());
+                for (std::size_t i : source) keys.push_back(claimed[i].key);
+                auto hold = keeper_.hold(std::move(keys));
+                bump(counters_.batches);
+                try {
+                    const BatchResult result = writer_(std::span<const Entry>(entries));
+                    for (const auto& f : result.failures()) {
+                        if (f.index < entries.size() && !failed[f.index]) {
+                            failed[f.index] = f.error.empty() ? "failed (no message)" : f.error;
+                        }
+                    }
+                } catch (const std::exception& e) {
+                    batch_failed = true;
+                    batch_error = e.what();
+                } catch (...) {
+                    batch_failed = true;
+                    batch_error = "the batch writer threw a non-standard exception";
+                }
+            }
+            if (batch_failed) {
+                bump(counters_.failed_batches);
+                if (batch_error.empty()) batch_error = "the batch writer failed";
+            }
+            for (std::size_t j = 0; j < entries.size(); ++j) {
+                const ClaimedEntry& c = claimed[source[j]];
+                if (!batch_failed && !failed[j]) {
+                    settlements.push_back(
+                        Settlement{.action = Settlement::ack, .key = c.key, .version = c.version});
+                    continue;
+                }
+                const std::string& error = batch_failed ? batch_error : *failed[j];
+                if (report.errors.size() < 16)
+                    report.errors.push_back(entries[j].key + ": " + error);
+                const std::uint32_t attempt = c.attempts + 1;
+                if (attempt >= max_attempts) {
+                    settlements.push_back(dead_letter(c, error));
+                } else {
+                    settlements.push_back(Settlement{
+                        .action = Settlement::retry,
+                        .key = c.key,
+                        .version = c.version,
+                        .retry_after = detail::retry_delay(attempt, options_.retry.first_backoff,
+                                                           options_.retry.max_backoff),
+                        .error = error});
+                }
+            }
+        }
+
+        std::vector<SettleResult> results;
+        try {
+            results = store_->settle(settlements, options_.clean_ttl);
+        } catch (const BackendError& e) {
+            // The claims run out and the entries are flushed again: written twice, never lost.
+            bump(counters_.backend_errors);
+            report.store_error = e.what();
+            return;
+        }
+        for (std::size_t k = 0; k < settlements.size() && k < results.size(); ++k) {
+            const Settlement& s = settlements[k];
+            if (results[k] == SettleResult::superseded) {
+                ++report.superseded;
+                bump(counters_.superseded);
+                continue;
+            }
+            if (results[k] != SettleResult::done) continue;
+            switch (s.action) {
+                case Settlement::ack:
+                    ++report.flushed;
+                    bump(counters_.flushed);
+                    break;
+                case Settlement::retry:
+                    ++report.retried;
+                    bump(counters_.retried);
+                    break;
+                case Settlement::dead:
+                    ++report.dead_lettered;
+                    bump(counters_.dead_lettered);
+                    log("dead-lettered '" + user_key(s.key) + "' (version " +
+                        std::to_string(s.version) + "): " + s.error);
+                    break;
+            }
+        }
+    }
+
+    DrainReport drain(Millis timeout) {
+        DrainReport out{.durable = store_type::durable};
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        for (;;) {
+            out.flushed += flush_ready(std::numeric_limits<std::size_t>::max(), deadline);
+            try {
+                out.left = store_->stats();
+            } catch (const BackendError& e) {
+                out.error = e.what();
+                break;
+            }
+            if (out.left.pending == 0) break;
+            const auto now = std::chrono::steady_clock::now();
+            if (now >= deadline) break;
+            // Entries in backoff, or claimed by another flusher: wait for them a little.
+            std::this_thread::sleep_for(
+                std::min<std::chrono::steady_clock::duration>(Millis{10}, deadline - now));
+        }
+        out.complete = out.error.empty() && out.left.pending == 0;
+        if (!out.complete) {
+            try {
+                for (auto& k : store_->pending_keys(100)) out.keys_left.push_back(user_key(k));
+            } catch (const BackendError&) {
+            }
+        }
+        return out;
+    }
+
+    B& backend_;
+    const WriteBehindOptions options_;
+    [[no_unique_address]] codec_type codec_;
+    BatchWriter writer_;
+    std::shared_ptr<store_type> store_;
+    Counters counters_;
+    detail::ClaimKeeper<store_type> keeper_;
+    CacheAside<T, B, Components...> reads_;
+
+    std::mutex flusher_mutex_;
+    std::condition_variable flusher_wake_;
+    bool stopping_ = false;
+    bool nudged_ = false;
+    bool closed_ = false;
+    std::atomic<bool> stop_requested_{false};
+    std::thread flusher_;
+};
+
+}  // namespace larder

@@ -1,0 +1,354 @@
+// WriteThrough: a put writes the database, then the cache, so reads after a write hit the
+// new value. Reads behave as CacheAside (lease-fenced fills, guards, negative caching).
+//
+// The seed's version (UPDATE; SELECT; SETEX) lets two concurrent writers leave the older
+// value cached: W1 commits, W2 commits, W2 sets, W1 sets. This class orders them:
+//
+//  1. A put first takes the key's write lease, a sibling key in the same slot
+//     (SET NX PX write_lease_ttl with a random token), so writers of one key run one at a
+//     time and their cache updates happen in their database commit order. The lease is
+//     extended every write_lease_ttl / 3 while the database write runs.
+//  2. It then replaces the cached value with its own lease marker (an envelope of kind
+//     lease). A reader that loaded before the commit cannot fill (its own lease is gone),
+//     and no new fill can start; readers with the Lock guard wait for the new value.
+//  3. It runs db_write. If that throws, the marker is removed (a miss: the row may or may
+//     not have changed) and the exception propagates.
+//  4. It stores the value by compare-and-set against its marker. If the marker is gone -
+//     an invalidate() meanwhile, or this writer stalled past its lease and another took
+//     over - it never overwrites what it cannot order: without a row version it deletes
+//     whatever is there (a miss is always safe, a stale value never is); with one (db_write
+//     returns the row's version) it replaces only a value with a lower version.
+//  5. A writer that dies between its commit and step 4 leaves its marker, which expires
+//     after write_lease_ttl: a miss, never the old value.
+//
+// See docs/write-paths.md for the guarantee, its one limit (a writer stalled longer than
+// its lease) and the tests that prove it.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <concepts>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <type_traits>
+#include <utility>
+
+#include "larder/backend/backend.hpp"
+#include "larder/codec/raw.hpp"
+#include "larder/core/clock.hpp"
+#include "larder/core/codec.hpp"
+#include "larder/core/envelope.hpp"
+#include "larder/core/error.hpp"
+#include "larder/core/keys.hpp"
+#include "larder/core/loader.hpp"
+#include "larder/core/random.hpp"
+#include "larder/core/stats.hpp"
+#include "larder/policy/cache_aside.hpp"
+#include "larder/policy/detail/components.hpp"
+#include "larder/policy/detail/lease_keeper.hpp"
+#include "larder/policy/detail/write_errors.hpp"
+
+namespace larder {
+
+struct WriteThroughOptions {
+    /// Prepended to every key, as in CacheAside.
+    std::string key_prefix{};
+    /// TTL, jitter and grace of the values put here, and how get() loads misses; its
+    /// key_prefix and clock are replaced by the ones of these options.
+    CacheAsideOptions read{};
+    /// How long a writer holds the key's write lease (and its marker) without news. It is
+    /// extended every third of this while db_write runs, so it only bounds how long a
+    /// writer that died blocks the key - and how long a stalled one keeps its order.
+    Millis write_lease_ttl = std::chrono::seconds(10);
+    /// How long a put waits for another writer of the same key before it gives up with
+    /// WriteConflictError (before its database write).
+    Millis max_lock_wait = std::chrono::seconds(10);
+    const Clock* clock = &SystemClock::instance();
+};
+
+/// What WriteThrough::put runs: a database write returning nothing, or the row's version
+/// after the write (any number that grows with every committed write of the row).
+template <class W>
+concept DatabaseWrite = std::invocable<W&> &&
+    (std::is_void_v<std::invoke_result_t<W&>> ||
+     std::convertible_to<std::invoke_result_t<W&>, std::uint64_t>);
+
+/// What a put left in the cache (the database write always happened when put returns).
+enum class WriteOutcome : std::uint8_t {
+    cached,             ///< the new value
+    kept_newer,         ///< a value with a higher row version, which stays
+    invalidated,        ///< nothing: the next read loads from the database
+    cache_unavailable,  ///< the store failed after the write; the writer's marker expires
+                        ///< after write_lease_ttl, leaving a miss
+};
+
+struct WriteThroughStats {
+    std::uint64_t puts = 0;               ///< puts whose database write succeeded
+    std::uint64_t cached = 0;             ///< ... that left their value in the cache
+    std::uint64_t kept_newer = 0;         ///< ... that found a newer version there
+    std::uint64_t invalidated = 0;        ///< ... that left a miss
+    std::uint64_t cache_unavailable = 0;  ///< ... whose cache update failed
+    std::uint64_t lock_waits = 0;         ///< puts that waited for another writer
+    std::uint64_t db_failures = 0;        ///< database writes that threw
+    std::uint64_t backend_errors = 0;     ///< store failures on the write path
+    StatsSnapshot reads{};                ///< the read side (get)
+};
+
+/// WriteThrough<T, Backend, Components...>: Components are an optional codec for T and an
+/// optional StampedeGuard, in any order, as for CacheAside.
+template <class T, Backend B, class... Components>
+class WriteThrough {
+    static_assert(detail::all_components_known<T, Components...>,
+                  "each component must be a Codec for T or a StampedeGuard");
+
+public:
+    using value_type = T;
+    using backend_type = B;
+    using codec_type = detail::pick_codec_t<T, Components...>;
+    using guard_type = detail::pick_guard_t<T, Components...>;
+
+    /// The backend is borrowed: it must outlive this object.
+    explicit WriteThrough(B& backend, WriteThroughOptions options = {}, guard_type guard = {},
+                          codec_type codec = {})
+        : backend_(backend),
+          options_(validated(std::move(options))),
+          codec_(codec),
+          keeper_(backend, options_.write_lease_ttl),
+          reads_(backend, read_options(options_), std::move(guard), std::move(codec)) {}
+
+    WriteThrough(const WriteThrough&) = delete;
+    WriteThrough& operator=(const WriteThrough&) = delete;
+
+    /// As CacheAside::get. While a put of the key runs, readers find its marker: they load
+    /// without filling, or wait for the new value with the Lock guard.
+    template <LoaderFor<T> L>
+    std::optional<T> get(std::string_view key, L&& loader) {
+        return reads_.get(key, std::forward<L>(loader));
+    }
+
+    /// Writes the database with `db_write()`, then caches `value` (see the header comment
+    /// for how concurrent writers are ordered). db_write returns void, or the row's version
+    /// after the write (any number that grows with every committed write of the row, such
+    /// as a version column bumped by the UPDATE); with a version, an older write can never
+    /// replace a newer cached value, even past the write lease.
+    ///
+    /// Throws what db_write throws (the key is then left uncached); WriteConflictError when
+    /// another writer holds the key longer than max_lock_wait (db_write did not run);
+    /// CodecError when the value cannot be encoded (db_write did not run); BackendError
+    /// only when the store failed before the database write and the old value could not be
+    /// removed after it - the entry may then stay until its TTL, as with
+    /// CacheAside::update.
+    template <DatabaseWrite DbWrite>
+    WriteOutcome put(std::string_view key, const T& value, DbWrite&& db_write) {
+        const std::string full = full_key(key);
+        std::string payload;
+        codec_.encode(value, payload);  // before anything is written: a CodecError costs nothing
+
+        const std::string lock_key = keys::sibling(full, "write");
+        const std::string marker = envelope::make_lease(random_token(), options_.clock->now());
+        bool locked = false;
+        bool fenced = false;
+        try {
+            locked = acquire(key, lock_key, marker);
+            backend_.set(full, marker, options_.write_lease_ttl);
+            fenced = true;
+        } catch (const BackendError&) {
+            bump(stats_.backend_errors);
+            if (locked) release(lock_key, marker);
+            locked = false;
+        }
+
+        std::uint64_t version = 0;
+        {
+            std::optional<typename detail::LeaseKeeper<B>::Hold> hold_lock, hold_marker;
+            if (locked) {
+                hold_lock.emplace(keeper_.hold(lock_key, marker));
+                hold_marker.emplace(keeper_.hold(full, marker));
+            }
+            try {
+                if constexpr (std::is_void_v<std::invoke_result_t<DbWrite&>>) {
+                    std::invoke(db_write);
+                } else {
+                    version = static_cast<std::uint64_t>(std::invoke(db_write));
+                }
+            } catch (...) {
+                bump(stats_.db_failures);
+                hold_lock.reset();
+                hold_marker.reset();
+                // Committed or not, nobody can tell: leave a miss.
+                if (fenced) remove_quietly(full, marker);
+                if (locked) release(lock_key, marker);
+                throw;
+            }
+        }
+        bump(stats_.puts);
+
+        if (!fenced) {
+            // No lease and no marker: the old value may be cached. Remove it; if even that
+            // fails, the caller must learn that the entry may live until its TTL.
+            backend_.del(full);
+            bump(stats_.invalidated);
+            return WriteOutcome::invalidated;
+        }
+
+        WriteOutcome outcome = WriteOutcome::cache_unavailable;
+        try {
+            outcome = finish(full, marker, envelope_of(payload, version), version);
+        } catch (const BackendError&) {
+            bump(stats_.backend_errors);
+        }
+        if (locked) release(lock_key, marker);
+        switch (outcome) {
+            case WriteOutcome::cached:
+                bump(stats_.cached);
+                break;
+            case WriteOutcome::kept_newer:
+                bump(stats_.kept_newer);
+                break;
+            case WriteOutcome::invalidated:
+                bump(stats_.invalidated);
+                break;
+            case WriteOutcome::cache_unavailable:
+                bump(stats_.cache_unavailable);
+                break;
+        }
+        return outcome;
+    }
+
+    /// Removes the cached value (and any load in flight), as CacheAside::invalidate.
+    void invalidate(std::string_view key) { reads_.invalidate(key); }
+
+    [[nodiscard]] WriteThroughStats stats() const {
+        auto load = [](const std::atomic<std::uint64_t>& c) {
+            return c.load(std::memory_order_relaxed);
+        };
+        WriteThroughStats s;
+        s.puts = load(stats_.puts);
+        s.cached = load(stats_.cached);
+        s.kept_newer = load(stats_.kept_newer);
+        s.invalidated = load(stats_.invalidated);
+        s.cache_unavailable = load(stats_.cache_unavailable);
+        s.lock_waits = load(stats_.lock_waits);
+        s.db_failures = load(stats_.db_failures);
+        s.backend_errors = load(stats_.backend_errors);
+        s.reads = reads_.stats();
+        return s;
+    }
+
+    [[nodiscard]] const WriteThroughOptions& options() const noexcept { return options_; }
+    [[nodiscard]] B& backend() noexcept { return backend_; }
+
+    /// The key as stored: the prefix, then the caller's key.
+    [[nodiscard]] std::string full_key(std::string_view key) const { return reads_.full_key(key); }
+
+private:
+    struct Counters {
+        std::atomic<std::uint64_t> puts{0}, cached{0}, kept_newer{0}, invalidated{0},
+            cache_unavailable{0}, lock_waits{0}, db_failures{0}, backend_errors{0};
+    };
+
+    static void bump(std::atomic<std::uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
+
+    static WriteThroughOptions validated(WriteThroughOptions o) {
+        if (!o.clock) o.clock = &SystemClock::instance();
+        if (o.write_lease_ttl.count() < 3) {
+            throw ConfigError("WriteThrough: write_lease_ttl must be at least 3 ms");
+        }
+        if (o.max_lock_wait.count() < 0) {
+            throw ConfigError("WriteThrough: max_lock_wait must not be negative");
+        }
+        return o;
+    }
+
+    static CacheAsideOptions read_options(const WriteThroughOptions& o) {
+        CacheAsideOptions r = o.read;
+        r.key_prefix = o.key_prefix;
+        r.clock = o.clock;
+        return r;
+    }
+
+    // Takes the key's write lease, waiting (jittered backoff) while another writer holds it.
+    bool acquire(std::string_view key, const std::string& lock_key, const std::string& marker) {
+        const auto deadline = std::chrono::steady_clock::now() + options_.max_lock_wait;
+        Millis backoff{1};
+        bool counted = false;
+        for (;;) {
+            if (backend_.set_if_absent(lock_key, marker, options_.write_lease_ttl)) return true;
+            if (!counted) {
+                bump(stats_.lock_waits);
+                counted = true;
+            }
+            const auto now = std::chrono::steady_clock::now();
+            if (now >= deadline) {
+                throw WriteConflictError("WriteThrough: another writer held key '" +
+                                         std::string(key) + "' for longer than max_lock_wait");
+            }
+            const Millis nap{random_between(backoff.count() / 2 + 1, backoff.count())};
+            std::this_thread::sleep_for(
+                std::min<std::chrono::steady_clock::duration>(nap, deadline - now));
+            backoff = std::min(backoff * 2, Millis{50});
+        }
+    }
+
+    void release(const std::string& lock_key, const std::string& marker) noexcept {
+        remove_quietly(lock_key, marker);
+    }
+
+    void remove_quietly(const std::string& key, const std::string& expected) noexcept {
+        try {
+            backend_.compare_and_delete(key, expected);
+        } catch (...) {
+            bump(stats_.backend_errors);  // it expires by itself
+        }
+    }
+
+    std::string envelope_of(const std::string& payload, std::uint64_t version) const {
+        std::string bytes;
+        bytes.reserve(envelope::header_size + payload.size());
+        envelope::write_header(bytes, EnvelopeHeader{.kind = EntryKind::value,
+                                                     .codec = codec_type::id,
+                                                     .written_at = options_.clock->now(),
+                                                     .grace = options_.read.grace,
+                                                     .version = version});
+        bytes += payload;
+        return bytes;
+    }
+
+    // Step 4: replace our marker with the value; if the marker is gone, never leave a value
+    // that cannot be ordered after ours.
+    WriteOutcome finish(const std::string& full, const std::string& marker,
+                        const std::string& bytes, std::uint64_t version) {
+        const Millis ttl = options_.read.jitter.apply(options_.read.ttl) + options_.read.grace;
+        for (int round = 0; round < 16; ++round) {
+            if (backend_.compare_and_set(full, marker, bytes, ttl)) return WriteOutcome::cached;
+            const auto current = backend_.get(full);
+            if (!current) return WriteOutcome::invalidated;
+            const auto env = envelope::parse(current->bytes);
+            if (version > 0 && env && env->header.kind == EntryKind::value &&
+                env->header.version > 0) {
+                if (env->header.version >= version) return WriteOutcome::kept_newer;
+                if (backend_.compare_and_set(full, current->bytes, bytes, ttl)) {
+                    return WriteOutcome::cached;
+                }
+                continue;
+            }
+            // Another writer's marker, a reader's lease or fill, a value without a version:
+            // nothing here can be ordered against this write. A miss is safe.
+            if (backend_.compare_and_delete(full, current->bytes)) return WriteOutcome::invalidated;
+        }
+        backend_.del(full);
+        return WriteOutcome::invalidated;
+    }
+
+    B& backend_;
+    const WriteThroughOptions options_;
+    [[no_unique_address]] codec_type codec_;
+    Counters stats_;
+    detail::LeaseKeeper<B> keeper_;
+    CacheAside<T, B, Components...> reads_;
+};
+
+}  // namespace larder

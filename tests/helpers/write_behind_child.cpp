@@ -1,0 +1,256 @@
+// A child process for the write-behind crash tests: a flusher on a real redis-server whose
+// batch writer writes a "database" shared with the parent: a directory with one file per
+// row ("<version>\n<value>", replaced atomically by rename, so a row is never half
+// written), a lock file held for the whole batch like a transaction, and an audit of every
+// write that would take a row back to an older version.
+//
+//   write_behind_child flush <port> <queue> <db_dir> <mode> <claim_ttl_ms> <fenced>
+//       Flushes every millisecond, forever; prints "ready" first. <mode>:
+//         never            just flush (the parent SIGKILLs it when it likes)
+//         before:<n>       SIGKILL itself at batch n, having claimed it, before writing
+//         middle:<n>       ... after writing half of batch n's rows
+//         after:<n>        ... after writing all of batch n's rows, before acknowledging
+//         stall            at every batch print "writing <hex key> <version>" and wait
+//                          for a line on stdin before writing; print "wrote" after
+//       Before a SIGKILL of its own it prints "dying".
+//   write_behind_child drain <port> <queue> <db_dir> <timeout_ms> <fenced>
+//       Flushes until the queue is empty; prints "drained <flushed> <requeued>", exit 0;
+//       exit 1 when the queue is still not empty after the timeout.
+//   write_behind_child dump <db_dir>
+//       Prints "<hex key> <version> <hex value>" for every row.
+//
+// <fenced> 1: a write with a version older than the row's is skipped (and noted in
+// <db_dir>/fenced), as UPDATE ... WHERE version < ? would; 0: it is written, and noted in
+// <db_dir>/regressions. Either way <db_dir>/regressions lists every time the database went
+// back to an older value.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(LARDER_TEST_HAVE_REDIS)
+#include <larder/backend/redis.hpp>
+#include <larder/backend/redis/write_behind_store.hpp>
+#include <larder/policy/write_behind.hpp>
+
+namespace {
+
+using namespace std::chrono_literals;
+using Entry = larder::DirtyEntry<std::string>;
+
+std::string hex(std::string_view bytes) {
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned char c : bytes) {
+        out.push_back(digits[c >> 4]);
+        out.push_back(digits[c & 15]);
+    }
+    return out.empty() ? "-" : out;  // an empty key still needs a file name
+}
+
+std::string read_file(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void append_line(const std::filesystem::path& path, const std::string& line) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) throw std::runtime_error("cannot open " + path.string());
+    const std::string data = line + "\n";
+    const bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size());
+    ::close(fd);
+    if (!ok) throw std::runtime_error("cannot write " + path.string());
+}
+
+class FileDb {
+public:
+    FileDb(std::filesystem::path dir, bool fenced) : dir_(std::move(dir)), fenced_(fenced) {
+        std::filesystem::create_directories(dir_);
+    }
+
+    /// Writes rows [first, last) of the batch under the database lock.
+    void write(std::span<const Entry> batch, std::size_t first, std::size_t last) {
+        const int lock = ::open((dir_ / "lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (lock < 0 || ::flock(lock, LOCK_EX) != 0) throw std::runtime_error("cannot lock the db");
+        try {
+            for (std::size_t i = first; i < last; ++i) write_row(batch[i]);
+        } catch (...) {
+            ::close(lock);
+            throw;
+        }
+        ::close(lock);  // releases the flock
+    }
+
+private:
+    void write_row(const Entry& e) {
+        const auto path = dir_ / ("row-" + hex(e.key));
+        std::uint64_t current = 0;
+        if (std::filesystem::exists(path)) current = std::stoull(read_file(path));
+        if (current > e.version) {
+            const std::string note =
+                hex(e.key) + " " + std::to_string(current) + " " + std::to_string(e.version);
+            if (fenced_) {
+                append_line(dir_ / "fenced", note);
+                return;
+            }
+            append_line(dir_ / "regressions", note);
+        }
+        const auto tmp = dir_ / (".tmp-" + std::to_string(::getpid()));
+        {
+            std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+            out << e.version << "\n" << e.value;
+            if (!out.flush()) throw std::runtime_error("cannot write a row");
+        }
+        std::filesystem::rename(tmp, path);
+    }
+
+    std::filesystem::path dir_;
+    bool fenced_;
+};
+
+larder::RedisBackend connect(int port) {
+    return larder::RedisBackend(larder::RedisOptions{.port = port,
+                                                     .connect_timeout = 2s,
+                                                     .command_timeout = 2s,
+                                                     .pool_size = 4,
+                                                     .pool_wait_timeout = 2s,
+                                                     .require_connection = true});
+}
+
+larder::WriteBehindOptions options(const std::string& queue, larder::Millis claim_ttl) {
+    larder::WriteBehindOptions o;
+    o.name = queue;
+    o.key_prefix = "k:";
+    o.start_flusher = false;
+    o.batch_size = 8;
+    o.claim_ttl = claim_ttl;
+    o.retry = {.max_attempts = 1000, .first_backoff = 1ms, .max_backoff = 10ms};
+    o.drain_timeout = 0ms;
+    o.eviction_check = larder::EvictionCheck::ignore;
+    o.log = [](std::string_view) {};
+    return o;
+}
+
+[[noreturn]] void die() {
+    std::cout << "dying" << std::endl;
+    std::raise(SIGKILL);
+    std::abort();
+}
+
+int flush_main(int port, const std::string& queue, const std::string& dir, const std::string& mode,
+               int claim_ttl_ms, bool fenced) {
+    std::string point = mode;
+    int at_batch = 0;
+    if (const auto colon = mode.find(':'); colon != std::string::npos) {
+        point = mode.substr(0, colon);
+        at_batch = std::stoi(mode.substr(colon + 1));
+    }
+    auto redis = connect(port);
+    FileDb db(dir, fenced);
+    int batch_no = 0;
+    larder::WriteBehind<std::string, larder::RedisBackend> wb(
+        redis,
+        [&](std::span<const Entry> batch) {
+            ++batch_no;
+            const bool dies_here = batch_no == at_batch;
+            if (dies_here && point == "before") die();
+            if (point == "stall") {
+                std::cout << "writing " << hex(batch[0].key) << " " << batch[0].version
+                          << std::endl;
+                std::string go;
+                std::getline(std::cin, go);
+            }
+            if (dies_here && point == "middle") {
+                db.write(batch, 0, batch.size() / 2);
+                die();
+            }
+            db.write(batch, 0, batch.size());
+            if (dies_here && point == "after") die();
+            if (point == "stall") std::cout << "wrote" << std::endl;
+            return larder::BatchResult{};
+        },
+        options(queue, larder::Millis{claim_ttl_ms}));
+    std::cout << "ready" << std::endl;
+    for (;;) {
+        (void)wb.flush();
+        std::this_thread::sleep_for(1ms);
+    }
+}
+
+int drain_main(int port, const std::string& queue, const std::string& dir, int timeout_ms,
+               bool fenced) {
+    auto redis = connect(port);
+    FileDb db(dir, fenced);
+    larder::WriteBehind<std::string, larder::RedisBackend> wb(
+        redis,
+        [&](std::span<const Entry> batch) {
+            db.write(batch, 0, batch.size());
+            return larder::BatchResult{};
+        },
+        options(queue, 30s));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    larder::FlushReport total;
+    for (;;) {
+        total += wb.flush();
+        if (wb.stats().pending == 0) break;
+        if (std::chrono::steady_clock::now() > deadline) {
+            std::cerr << "write_behind_child drain: " << wb.stats().pending << " keys left\n";
+            return 1;
+        }
+        std::this_thread::sleep_for(5ms);
+    }
+    std::cout << "drained " << total.flushed << " " << total.requeued << std::endl;
+    return 0;
+}
+
+int dump_main(const std::string& dir) {
+    for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+        const std::string name = entry.path().filename().string();
+        if (!name.starts_with("row-")) continue;
+        const std::string content = read_file(entry.path());
+        const auto nl = content.find('\n');
+        std::cout << name.substr(4) << " " << content.substr(0, nl) << " "
+                  << hex(content.substr(nl + 1)) << "\n";
+    }
+    std::cout << std::flush;
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const std::vector<std::string> args(argv + 1, argv + argc);
+    try {
+        if (args.size() == 7 && args[0] == "flush") {
+            return flush_main(std::stoi(args[1]), args[2], args[3], args[4], std::stoi(args[5]),
+                              args[6] == "1");
+        }
+        if (args.size() == 6 && args[0] == "drain") {
+            return drain_main(std::stoi(args[1]), args[2], args[3], std::stoi(args[4]),
+                              args[5] == "1");
+        }
+        if (args.size() == 2 && args[0] == "dump") return dump_main(args[1]);
+    } catch (const std::exception& e) {
+        std::cerr << "write_behind_child: " << e.what() << "\n";
+        return 3;
+    }
+    std::cerr << "usage: write_behind_child flush PORT QUEUE DIR MODE CLAIM_TTL_MS FENCED"
+                 " | drain PORT QUEUE DIR TIMEOUT_MS FENCED | dump DIR\n";
+    return 2;
+}
+#else
+int main() {
+    std::cerr << "write_behind_child: built without hiredis\n";
+    return 2;
+}
+#endif

@@ -1,0 +1,297 @@
+// Write-behind across real processes on a real redis-server (helpers/write_behind_child):
+//  - a flusher SIGKILLed at random points (mid-claim, mid-batch, between the database write
+//    and the acknowledgement), then a new flusher: every acknowledged put is in the
+//    database, at its latest value;
+//  - two flusher processes at once: no older value is ever written over a newer one;
+//  - a flusher stalled past its claim (SIGSTOP): a version-fenced database write keeps the
+//    newer value, an unfenced one does not - which is why entries carry their version.
+#include <larder/policy/write_behind.hpp>
+
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/backends.hpp"
+
+#if defined(LARDER_TEST_REDIS_BACKEND) && defined(LARDER_TEST_HELPER_WRITE_BEHIND_CHILD)
+#include <larder/backend/redis/write_behind_store.hpp>
+
+#include "support/child_process.hpp"
+
+using namespace std::chrono_literals;
+using larder::test::ChildProcess;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* helper = LARDER_TEST_HELPER_WRITE_BEHIND_CHILD;
+
+class TempDir {
+public:
+    TempDir() {
+        static std::atomic<int> counter{0};
+        path_ = fs::temp_directory_path() / ("larder-wb-" + std::to_string(::getpid()) + "-" +
+                                             std::to_string(counter.fetch_add(1)));
+        fs::create_directories(path_);
+    }
+    ~TempDir() {
+        std::error_code ec;
+        fs::remove_all(path_, ec);
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    [[nodiscard]] const fs::path& path() const { return path_; }
+    [[nodiscard]] std::string str() const { return path_.string(); }
+
+private:
+    fs::path path_;
+};
+
+std::string hex(std::string_view bytes) {
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned char c : bytes) {
+        out.push_back(digits[c >> 4]);
+        out.push_back(digits[c & 15]);
+    }
+    return out.empty() ? "-" : out;
+}
+
+int lines_in(const fs::path& file) {
+    std::ifstream in(file);
+    int n = 0;
+    for (std::string line; std::getline(in, line);) ++n;
+    return n;
+}
+
+struct DbRow {
+    std::uint64_t version = 0;
+    std::string value_hex;
+};
+
+// The child's database, by hex key.
+std::map<std::string, DbRow> dump(const TempDir& dir) {
+    ChildProcess child(helper, {"dump", dir.str()});
+    std::map<std::string, DbRow> rows;
+    while (auto line = child.read_line(10s)) {
+        std::istringstream in(*line);
+        std::string key;
+        DbRow row;
+        in >> key >> row.version >> row.value_hex;
+        rows[key] = row;
+    }
+    REQUIRE(child.wait() == 0);
+    return rows;
+}
+
+struct Drained {
+    std::size_t flushed = 0;
+    std::size_t requeued = 0;
+};
+
+// A new flusher process that flushes until the queue is empty.
+Drained drain(int port, const std::string& queue, const TempDir& dir, bool fenced) {
+    ChildProcess child(
+        helper, {"drain", std::to_string(port), queue, dir.str(), "20000", fenced ? "1" : "0"});
+    const auto line = child.read_line(30s);
+    REQUIRE(child.wait() == 0);
+    REQUIRE(line);
+    std::istringstream in(*line);
+    std::string word;
+    Drained d;
+    in >> word >> d.flushed >> d.requeued;
+    REQUIRE(word == "drained");
+    return d;
+}
+
+// This process only produces: puts are acknowledged here, flushed by the children.
+larder::WriteBehind<std::string, larder::RedisBackend> producer(larder::RedisBackend& redis,
+                                                                const std::string& queue) {
+    larder::WriteBehindOptions o;
+    o.name = queue;
+    o.key_prefix = "k:";
+    o.start_flusher = false;
+    o.drain_timeout = 0ms;
+    o.eviction_check = larder::EvictionCheck::ignore;
+    o.log = [](std::string_view) {};
+    return larder::WriteBehind<std::string, larder::RedisBackend>(
+        redis,
+        [](std::span<const larder::DirtyEntry<std::string>>) -> larder::BatchResult {
+            throw std::logic_error("the parent never flushes");
+        },
+        o);
+}
+
+void require_all_acknowledged(const std::map<std::string, DbRow>& rows,
+                              const std::map<std::string, std::string>& acknowledged) {
+    for (const auto& [key, value] : acknowledged) {
+        INFO("key " << key << ", last acknowledged value " << value);
+        const auto it = rows.find(hex(key));
+        REQUIRE(it != rows.end());
+        REQUIRE(it->second.value_hex == hex(value));
+    }
+}
+
+}  // namespace
+
+TEST_CASE("A flusher SIGKILLed at random points loses no acknowledged put",
+          "[write_behind][crash][redis][multiprocess]") {
+    larder::test::RedisServer server;
+    auto redis = larder::test::make_test_backend(server, {.command_timeout = 2s});
+    const auto seed = std::random_device{}();
+    INFO("seed " << seed);
+    std::mt19937 rng(seed);
+    auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+
+    const std::vector<std::string> points{"never", "before", "middle", "after"};
+    std::map<std::string, int> deaths;
+    std::size_t requeued = 0, rows_written = 0, puts = 0;
+    constexpr int trials = 24;
+    for (int trial = 0; trial < trials; ++trial) {
+        TempDir dir;
+        const std::string queue = "crash" + std::to_string(trial);
+        std::string mode = points[trial % points.size()];
+        if (mode != "never") mode += ":" + std::to_string(uniform(1, 6));
+        INFO("trial " << trial << ", mode " << mode);
+
+        ChildProcess flusher(
+            helper, {"flush", std::to_string(server.port()), queue, dir.str(), mode, "300", "0"});
+        REQUIRE(flusher.read_line(10s) == "ready");
+        bool alive = true;
+        auto wb = producer(redis, queue);
+        std::map<std::string, std::string> acknowledged;
+        int i = 0;
+        auto put_one = [&] {
+            const std::string key = "key" + std::to_string(uniform(0, 29));
+            const std::string value = "t" + std::to_string(trial) + "-" + std::to_string(i++);
+            wb.put(key, value);  // returned: acknowledged
+            acknowledged[key] = value;
+            ++puts;
+        };
+
+        const int kill_at = uniform(0, 399);
+        for (int n = 0; n < 400; ++n) {
+            put_one();
+            if (mode == "never" && n == kill_at) {
+                flusher.kill();  // wherever it is: claiming, writing, acknowledging, idle
+                alive = false;
+                ++deaths["SIGKILL from the parent"];
+            }
+            if (n % 50 == 0) std::this_thread::sleep_for(1ms);
+        }
+        // A flusher set to die at batch n: keep it busy until it gets there (bounded).
+        const auto deadline = std::chrono::steady_clock::now() + 5s;
+        while (alive && std::chrono::steady_clock::now() < deadline) {
+            put_one();
+            if (flusher.read_line(2ms) == "dying") {
+                REQUIRE(flusher.wait() == 128 + SIGKILL);
+                alive = false;
+                ++deaths["SIGKILL of its own, " + mode.substr(0, mode.find(':'))];
+            }
+        }
+        if (alive) {
+            flusher.kill();
+            ++deaths["SIGKILL from the parent (never reached its batch)"];
+        }
+
+        const Drained d = drain(server.port(), queue, dir, /*fenced=*/false);
+        requeued += d.requeued;
+        const auto rows = dump(dir);
+        rows_written += rows.size();
+        require_all_acknowledged(rows, acknowledged);
+        REQUIRE_FALSE(fs::exists(dir.path() / "regressions"));
+    }
+    std::ostringstream how;
+    for (const auto& [what, n] : deaths) how << "\n  " << n << " x " << what;
+    WARN(trials << " flushers killed, " << puts << " acknowledged puts, all in the database at "
+                << "their latest value; " << requeued
+                << " claims of dead flushers re-queued by the next one" << how.str());
+    REQUIRE(requeued > 0);
+}
+
+TEST_CASE("Two flusher processes at once never write an older value over a newer one",
+          "[write_behind][crash][redis][multiprocess]") {
+    larder::test::RedisServer server;
+    auto redis = larder::test::make_test_backend(server, {.command_timeout = 2s});
+    TempDir dir;
+    const std::string queue = "two";
+    // Unfenced database writes: nothing but the queue's ordering keeps an old value out.
+    ChildProcess a(helper,
+                   {"flush", std::to_string(server.port()), queue, dir.str(), "never", "500", "0"});
+    ChildProcess b(helper,
+                   {"flush", std::to_string(server.port()), queue, dir.str(), "never", "500", "0"});
+    REQUIRE(a.read_line(10s) == "ready");
+    REQUIRE(b.read_line(10s) == "ready");
+    auto wb = producer(redis, queue);
+    std::map<std::string, std::string> acknowledged;
+    for (int i = 0; i < 1500; ++i) {
+        const std::string key = "hot" + std::to_string(i % 10);
+        const std::string value = "v" + std::to_string(i);
+        wb.put(key, value);
+        acknowledged[key] = value;
+        if (i % 100 == 0) std::this_thread::sleep_for(2ms);
+    }
+    std::this_thread::sleep_for(50ms);
+    a.kill();
+    b.kill();
+    (void)drain(server.port(), queue, dir, /*fenced=*/false);
+    require_all_acknowledged(dump(dir), acknowledged);
+    const int regressions = lines_in(dir.path() / "regressions");
+    WARN("two flushers, 1500 puts on 10 keys: " << regressions
+                                                << " writes of an older value over a newer one");
+    REQUIRE(regressions == 0);
+}
+
+TEST_CASE("A flusher stalled past its claim cannot make an older value win a fenced database",
+          "[write_behind][crash][redis][multiprocess]") {
+    larder::test::RedisServer server;
+    auto redis = larder::test::make_test_backend(server, {.command_timeout = 2s});
+    for (const bool fenced : {true, false}) {
+        INFO((fenced ? "fenced" : "unfenced") << " database writes");
+        TempDir dir;
+        const std::string queue = fenced ? "stall-fenced" : "stall-plain";
+        ChildProcess stalled(helper, {"flush", std::to_string(server.port()), queue, dir.str(),
+                                      "stall", "200", fenced ? "1" : "0"});
+        REQUIRE(stalled.read_line(10s) == "ready");
+        auto wb = producer(redis, queue);
+        wb.put("k", "v1");
+        const auto writing = stalled.read_line(10s);
+        REQUIRE(writing);
+        REQUIRE(writing->starts_with("writing " + hex("k")));
+        // Stopped between claiming v1 and writing it: a GC pause, a swap storm, SIGSTOP.
+        REQUIRE(::kill(stalled.pid(), SIGSTOP) == 0);
+        wb.put("k", "v2");
+        std::this_thread::sleep_for(400ms);  // its claim (200 ms) runs out
+        const Drained d = drain(server.port(), queue, dir, fenced);
+        REQUIRE(d.requeued == 1);
+        REQUIRE(dump(dir)[hex("k")].value_hex == hex("v2"));
+        // It wakes up and writes what it claimed long ago.
+        REQUIRE(::kill(stalled.pid(), SIGCONT) == 0);
+        stalled.write_line("go");
+        REQUIRE(stalled.read_line(10s) == "wrote");
+        stalled.kill();
+        const auto rows = dump(dir);
+        if (fenced) {
+            REQUIRE(rows.at(hex("k")).value_hex == hex("v2"));
+            REQUIRE(lines_in(dir.path() / "fenced") == 1);
+            REQUIRE(lines_in(dir.path() / "regressions") == 0);
+        } else {
+            // The hazard the version exists for: without the check, the old value wins.
+            REQUIRE(rows.at(hex("k")).value_hex == hex("v1"));
+            REQUIRE(lines_in(dir.path() / "regressions") == 1);
+            WARN(
+                "unfenced: a flusher stalled past its claim wrote v1 over v2; with "
+                "UPDATE ... WHERE version < ? the write is refused");
+        }
+    }
+}
+
+#endif
