@@ -16,7 +16,11 @@
 #include "larder/core/random.hpp"
 #include "larder/core/stats.hpp"
 #include "larder/invalidate/version_keys.hpp"
+#include "larder/near/bus.hpp"
+#include "larder/near/near.hpp"
+#include "larder/near/near_cache.hpp"
 #include "larder/policy/cache_aside.hpp"
+#include "larder/policy/detail/write_paths.hpp"  // WriteThrough, WriteBehind
 #include "larder/stampede/guard.hpp"
 #include "larder/stampede/jitter.hpp"
 #include "larder/stampede/lock.hpp"

@@ -1,0 +1,283 @@
+// Near (L1 in front of a policy) and the invalidation bus: hits without round trips,
+// coherence across caches and OS processes, and what happens when the bus is lost.
+#include <larder/larder.hpp>
+#include <larder/near/near.hpp>
+
+#include <algorithm>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "support/backends.hpp"
+#include "support/eventually.hpp"
+#include "support/fake_db.hpp"
+
+using namespace std::chrono_literals;
+using larder::Millis;
+using larder::test::eventually;
+using larder::test::FakeDb;
+using larder::test::Gate;
+
+namespace {
+
+using MemoryCache = larder::CacheAside<std::string, larder::MemoryBackend>;
+
+}  // namespace
+
+TEST_CASE("An L1 hit makes no store call", "[l1][memory]") {
+    larder::MemoryBackend store;
+    larder::ChaosBackend counted(store);
+    larder::CacheAside<std::string, decltype(counted)> cache(counted);
+    larder::MemoryBus bus;
+    larder::Near near(cache, bus);
+    int loads = 0;
+    auto loader = [&] {
+        ++loads;
+        return std::optional<std::string>("v");
+    };
+    REQUIRE(near.get("k", loader) == "v");
+    const auto calls = counted.calls().total();
+    for (int i = 0; i < 100; ++i) REQUIRE(near.get("k", loader) == "v");
+    REQUIRE(counted.calls().total() == calls);
+    REQUIRE(near.l1().hits() == 100);
+    REQUIRE(loads == 1);
+}
+
+TEST_CASE("A write through one Near reaches another's L1 through the bus", "[l1][event][memory]") {
+    larder::MemoryBackend store;
+    larder::MemoryBus bus;
+    MemoryCache cache_a(store), cache_b(store);  // two "processes" sharing the store
+    larder::Near a(cache_a, bus), b(cache_b, bus);
+    FakeDb db;
+    db.write("k", "v1");
+    auto load = [&] { return db.read("k"); };
+    REQUIRE(a.get("k", load) == "v1");
+    REQUIRE(b.get("k", load) == "v1");
+    REQUIRE(b.get("k", load) == "v1");  // from b's L1
+    a.update("k", [&] { db.write("k", "v2"); });
+    REQUIRE(b.get("k", load) == "v2");
+    REQUIRE(a.get("k", load) == "v2");
+}
+
+TEST_CASE("A load that raced an invalidation does not land in L1", "[l1][event][memory]") {
+    larder::MemoryBackend store;
+    larder::MemoryBus bus;
+    MemoryCache cache(store);
+    larder::Near near(cache, bus);
+    FakeDb db;
+    db.write("k", "v1");
+    Gate loaded, proceed;
+    std::thread reader([&] {
+        (void)near.get("k", [&] {
+            auto row = db.read("k");
+            loaded.open();
+            proceed.wait();
+            return row;
+        });
+    });
+    loaded.wait();
+    near.update("k", [&] { db.write("k", "v2"); });
+    proceed.open();
+    reader.join();
+    REQUIRE(near.get("k", [&] { return db.read("k"); }) == "v2");
+}
+
+TEST_CASE("Tag invalidation reaches every L1", "[l1][tags][memory]") {
+    larder::MemoryBackend store;
+    larder::MemoryBus bus;
+    MemoryCache cache_a(store), cache_b(store);
+    larder::Near a(cache_a, bus), b(cache_b, bus);
+    FakeDb db;
+    db.write("post:1", "p1");
+    db.write("post:2", "q1");
+    auto load = [&](const char* k) { return [&db, k] { return db.read(k); }; };
+    REQUIRE(b.get("post:1", {"user:42"}, load("post:1")) == "p1");
+    REQUIRE(b.get("post:2", {"user:7"}, load("post:2")) == "q1");
+    db.write("post:1", "p2");
+    db.write("post:2", "q2");
+    a.invalidate_tag("user:42");
+    REQUIRE(b.get("post:1", {"user:42"}, load("post:1")) == "p2");
+    REQUIRE(b.get("post:2", {"user:7"}, load("post:2")) == "q1");  // other tag: still cached
+}
+
+TEST_CASE("L1 serves nothing while the bus is lost, and starts over when it is back",
+          "[l1][memory]") {
+    // A bus whose subscription can be dropped on demand.
+    class FlakyBus {
+    public:
+        void publish(std::string_view m) {
+            if (up_) inner_.publish(m);
+        }
+        larder::BusSubscription subscribe(larder::BusHandlers h) {
+            handlers_ = h;
+            return inner_.subscribe(std::move(h));
+        }
+        bool connected() const { return up_; }
+        void drop() {
+            up_ = false;
+            handlers_.on_lost();
+        }
+        void restore() {
+            up_ = true;
+            handlers_.on_restored();
+        }
+
+    private:
+        larder::MemoryBus inner_;
+        larder::BusHandlers handlers_;
+        bool up_ = true;
+    };
+    larder::MemoryBackend store;
+    FlakyBus bus;
+    MemoryCache cache(store);
+    larder::Near near(cache, bus);
+    int loads = 0;
+    auto loader = [&] { return std::optional<std::string>("v" + std::to_string(++loads)); };
+    REQUIRE(near.get("k", loader) == "v1");
+    REQUIRE(near.get("k", loader) == "v1");
+    const auto hits = near.l1().hits();
+    bus.drop();
+    store.del("k");  // a write this process never hears about
+    REQUIRE(near.get("k", loader) == "v2");
+    REQUIRE(near.get("k", loader) == "v2");  // from L2, not L1
+    REQUIRE(near.l1().hits() == hits);
+    bus.restore();
+    REQUIRE(near.get("k", loader) == "v2");
+    REQUIRE(near.get("k", loader) == "v2");
+    REQUIRE(near.l1().hits() == hits + 1);
+}
+
+#if defined(LARDER_TEST_REDIS_BACKEND)
+#include <larder/near/redis_bus.hpp>
+
+#include "support/child_process.hpp"
+
+namespace {
+
+larder::RedisOptions redis_options(const larder::test::RedisServer& server) {
+    return larder::RedisOptions{.port = server.port(), .command_timeout = 2s};
+}
+
+}  // namespace
+
+TEST_CASE("A killed subscriber connection: no stale L1 reads, then recovery",
+          "[l1][event][redis]") {
+    larder::test::RedisServer server;
+    larder::RedisBackend redis(redis_options(server));
+    larder::RedisBus bus_a(redis_options(server)), bus_b(redis_options(server));
+    larder::CacheAside<std::string, larder::RedisBackend> cache_a(redis), cache_b(redis);
+    larder::Near a(cache_a, bus_a), b(cache_b, bus_b);
+    REQUIRE(bus_a.wait_connected(5s));
+    REQUIRE(bus_b.wait_connected(5s));
+    auto db = [&] { return std::optional<std::string>(redis.get("db:k")->bytes); };
+    redis.set("db:k", "v1", larder::no_expiry);
+    REQUIRE(b.get("k", db) == "v1");
+    REQUIRE(b.get("k", db) == "v1");  // now in b's L1
+
+    server.command({"CLIENT", "KILL", "TYPE", "pubsub"});
+    // b notices at once (EOF); until it has resubscribed, its L1 serves nothing.
+    REQUIRE(eventually([&] { return !bus_b.connected() || bus_b.subscriptions() >= 2; }));
+    redis.set("db:k", "v2", larder::no_expiry);
+    a.invalidate("k");  // b may or may not hear this: it must not matter
+    REQUIRE(b.get("k", db) == "v2");
+
+    REQUIRE(eventually([&] { return bus_b.connected() && bus_b.subscriptions() >= 2; }));
+    REQUIRE(eventually([&] { return bus_a.connected(); }));
+    REQUIRE(b.get("k", db) == "v2");
+    const auto hits = b.l1().hits();
+    REQUIRE(b.get("k", db) == "v2");
+    REQUIRE(b.l1().hits() == hits + 1);  // L1 is serving again
+    redis.set("db:k", "v3", larder::no_expiry);
+    a.invalidate("k");
+    REQUIRE(eventually([&] { return b.get("k", db) == "v3"; }));
+}
+
+#if defined(LARDER_TEST_HELPER_L1_CHILD)
+TEST_CASE("A write in one process reaches another's L1: 1000 writes, propagation delay",
+          "[l1][event][redis][multiprocess]") {
+    larder::test::RedisServer server;
+    larder::RedisBackend redis(redis_options(server));
+    larder::RedisBus bus(redis_options(server));
+    larder::CacheAside<std::string, larder::RedisBackend> cache(redis);
+    larder::Near near(cache, bus);
+    REQUIRE(bus.wait_connected(5s));
+    redis.set("db:k", "0", larder::no_expiry);
+
+    larder::test::ChildProcess child(LARDER_TEST_HELPER_L1_CHILD, {std::to_string(server.port())});
+    REQUIRE(child.read_line(10s) == "ready");
+    child.write_line("get k");
+    REQUIRE(child.read_line(5s) == "0");
+
+    const int writes = 1000;
+    child.write_line("watch k " + std::to_string(writes));
+    REQUIRE(child.read_line(5s) == "watching 0");
+    std::vector<double> delays_ms;
+    for (int i = 1; i <= writes; ++i) {
+        redis.set("db:k", std::to_string(i), larder::no_expiry);
+        const auto written = std::chrono::duration_cast<std::chrono::microseconds>(
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count();
+        near.invalidate("k");
+        const auto line = child.read_line(5s);
+        REQUIRE(line);
+        std::istringstream in(*line);
+        std::string word, value;
+        long long seen_at = 0;
+        in >> word >> value >> seen_at;
+        REQUIRE(word == "seen");
+        REQUIRE(value == std::to_string(i));  // every write seen, in order, none stale
+        delays_ms.push_back(static_cast<double>(seen_at - written) / 1000.0);
+    }
+    const auto done = child.read_line(5s);
+    REQUIRE(done);
+    REQUIRE(done->rfind("done ", 0) == 0);
+    REQUIRE(std::stoll(done->substr(5)) > writes);  // the child's reads were mostly L1 hits
+    std::sort(delays_ms.begin(), delays_ms.end());
+    WARN("propagation delay over " << writes << " writes: p50 " << delays_ms[writes / 2]
+                                   << " ms, p99 " << delays_ms[writes * 99 / 100] << " ms, max "
+                                   << delays_ms.back() << " ms");
+    child.write_line("quit");
+    REQUIRE(child.wait() == 0);
+}
+
+TEST_CASE("L1 with tags and version keys across two processes",
+          "[l1][tags][version_keys][redis][multiprocess]") {
+    larder::test::RedisServer server;
+    larder::RedisBackend redis(redis_options(server));
+    larder::RedisBus bus(redis_options(server));
+    larder::CacheAside<std::string, larder::RedisBackend> cache(redis);
+    larder::Near near(cache, bus);
+    larder::VersionKeys versions(redis);
+    REQUIRE(bus.wait_connected(5s));
+    larder::test::ChildProcess child(LARDER_TEST_HELPER_L1_CHILD, {std::to_string(server.port())});
+    REQUIRE(child.read_line(10s) == "ready");
+    auto ask = [&](const std::string& command) {
+        child.write_line(command);
+        return child.read_line(5s).value_or("(no answer)");
+    };
+
+    redis.set("db:post", "p1", larder::no_expiry);
+    redis.set("db:user", "u1", larder::no_expiry);
+    REQUIRE(ask("get post user:1 category:5") == "p1");
+    REQUIRE(ask("getv user") == "u1");
+
+    redis.set("db:post", "p2", larder::no_expiry);
+    redis.set("db:user", "u2", larder::no_expiry);
+    REQUIRE(ask("get post user:1 category:5") == "p1");  // cached in the child's L1
+    near.invalidate_tag("category:5");
+    versions.bump("user");
+    // The version bump needs no message: the child's next read asks for a new key.
+    REQUIRE(ask("getv user") == "u2");
+    // The tag travels on the bus; once it arrives, the child reads p2 (never p1 after p2).
+    bool saw_new = false;
+    REQUIRE(eventually([&] {
+        const auto v = ask("get post user:1 category:5");
+        if (v == "p2") saw_new = true;
+        return saw_new && v == "p2";
+    }));
+    REQUIRE(ask("get post user:1 category:5") == "p2");
+    child.write_line("quit");
+    REQUIRE(child.wait() == 0);
+}
+#endif
+#endif
