@@ -1,0 +1,520 @@
+// larder-lab: the pieces every part of the lab shares - the options, a configuration
+// (policy x guard x invalidator x L1), the fake database, the latency histogram and the
+// interface every configuration is driven through.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <bit>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace lab {
+
+using Clock = std::chrono::steady_clock;
+using Millis = std::chrono::milliseconds;
+using Micros = std::chrono::microseconds;
+
+/// A problem the user can fix: a bad flag, a configuration that does not exist, a
+/// redis-server that does not start. main() prints it and exits with status 2.
+class UsageError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+enum class BackendKind { memory, redis };
+
+struct Options {
+    // The workload.
+    std::size_t keys = 10'000;
+    double skew = 0.99;
+    double write_ratio = 0.05;
+    std::size_t value_size = 256;
+    std::size_t threads = 8;
+    std::size_t instances = 4;
+    double duration_s = 5;
+    std::uint64_t max_ops = 0;  ///< 0: only the duration bounds the run
+    double loader_latency_ms = 2;
+    double db_write_latency_ms = -1;  ///< < 0: the same as loader_latency_ms
+    double db_write_capacity = 0;     ///< rows per second; 0: unlimited
+    std::uint64_t seed = 42;
+
+    // The cache.
+    Millis ttl{30'000};
+    Millis ttl_jitter{0};
+    Millis l1_ttl{0};  ///< 0: min(ttl, 1 s)
+    std::size_t l1_entries = 10'000;
+    double xfetch_beta = 1.0;
+    Millis lock_wait{2'000};
+    Millis flush_interval{100};
+    Millis drain_timeout{10'000};
+
+    // What to run, where, and how to report it.
+    std::vector<std::string> configs{"cache-aside"};
+    BackendKind backend = BackendKind::memory;
+    std::string redis_url;  ///< empty with BackendKind::redis: start a private server
+    bool json = false;
+    std::string svg_path;
+    bool progress = true;
+
+    [[nodiscard]] Millis effective_l1_ttl() const {
+        return l1_ttl.count() > 0 ? l1_ttl : std::min(ttl, Millis{1000});
+    }
+    [[nodiscard]] double write_latency_ms() const {
+        return db_write_latency_ms < 0 ? loader_latency_ms : db_write_latency_ms;
+    }
+};
+
+// ---- configurations -------------------------------------------------------------------
+
+enum class Invalidator {
+    event,     ///< a write deletes the key (CacheAside::update)
+    tags,      ///< entries carry an entity tag; a write invalidates the tag
+    versions,  ///< version keys: a write bumps the entity's version
+    ttl,       ///< a write does nothing to the cache: entries live out their TTL
+};
+
+struct PolicyEntry;
+
+/// A parsed configuration spec such as "cache-aside+xfetch+lock+l1".
+struct Spec {
+    const PolicyEntry* policy = nullptr;
+    bool lock = false;
+    bool xfetch = false;
+    bool l1 = false;
+    Invalidator invalidator = Invalidator::event;
+
+    /// 0 none, 1 Lock, 2 XFetch, 3 Guards<XFetch, Lock>: the index into GuardTypes.
+    [[nodiscard]] std::size_t guard_index() const { return (lock ? 1u : 0u) + (xfetch ? 2u : 0u); }
+    /// The canonical spelling: policy, guards, invalidator, l1.
+    [[nodiscard]] std::string name() const;
+};
+
+/// Parses a spec; throws UsageError naming what is wrong.
+Spec parse_spec(std::string_view text);
+/// What --list prints.
+std::string describe_configurations();
+
+// ---- the fake database ----------------------------------------------------------------
+
+/// The cache key of row `k`.
+inline std::string key_name(std::size_t k) {
+    return "k" + std::to_string(k);
+}
+
+/// Reads and writes "rows" that are just versions. A row's value is "k<id>|<version>|"
+/// padded to value_size, so whoever reads a value can tell which version it holds.
+class FakeDb {
+public:
+    struct Settings {
+        std::size_t keys = 0;
+        std::size_t value_size = 0;
+        Micros read_latency{0};
+        Micros write_latency{0};
+        double write_capacity = 0;  ///< rows per second, 0: unlimited
+    };
+
+    /// `slices`: how many 100 ms slices from `start` the per-slice counters cover; later
+    /// operations are counted in the last one.
+    FakeDb(Settings s, Clock::time_point start, std::size_t slices)
+        : settings_(s),
+          rows_(std::make_unique<std::atomic<std::uint64_t>[]>(s.keys)),
+          start_(start),
+          slices_(std::max<std::size_t>(slices, 1)),
+          slice_reads_(std::make_unique<std::atomic<std::uint64_t>[]>(slices_)),
+          slice_writes_(std::make_unique<std::atomic<std::uint64_t>[]>(slices_)) {
+        for (std::size_t i = 0; i < s.keys; ++i) rows_[i].store(1, std::memory_order_relaxed);
+        for (std::size_t i = 0; i < slices_; ++i) {
+            slice_reads_[i].store(0, std::memory_order_relaxed);
+            slice_writes_[i].store(0, std::memory_order_relaxed);
+        }
+        tokens_ = burst();
+        refilled_ = Clock::now();
+    }
+
+    /// SELECT: the row as it is now, returned after the read latency (the snapshot is
+    /// taken first, so a write that commits during the latency is not in the result).
+    [[nodiscard]] std::string read(std::size_t k) {
+        reads_.fetch_add(1, std::memory_order_relaxed);
+        slice_reads_[slice()].fetch_add(1, std::memory_order_relaxed);
+        const std::uint64_t v = rows_[k].load(std::memory_order_acquire);
+        pause(settings_.read_latency);
+        return make_value(k, v, settings_.value_size);
+    }
+
+    /// UPDATE ... SET version = version + 1: the database picks the new version, at commit
+    /// (after the write latency). Returns it.
+    std::uint64_t commit(std::size_t k) {
+        take_tokens(1);
+        pause(settings_.write_latency);
+        writes_.fetch_add(1, std::memory_order_relaxed);
+        slice_writes_[slice()].fetch_add(1, std::memory_order_relaxed);
+        return rows_[k].fetch_add(1, std::memory_order_acq_rel) + 1;
+    }
+
+    /// UPDATE ... WHERE version < ?: writes the given versions of rows in one statement
+    /// (one write latency, one capacity token per row); a row already newer is kept.
+    void write_rows(std::span<const std::pair<std::size_t, std::uint64_t>> rows) {
+        if (rows.empty()) return;
+        take_tokens(rows.size());
+        pause(settings_.write_latency);
+        for (const auto& [k, v] : rows) {
+            auto& row = rows_[k];
+            std::uint64_t cur = row.load(std::memory_order_relaxed);
+            while (cur < v && !row.compare_exchange_weak(cur, v, std::memory_order_acq_rel)) {
+            }
+        }
+        writes_.fetch_add(rows.size(), std::memory_order_relaxed);
+        slice_writes_[slice()].fetch_add(rows.size(), std::memory_order_relaxed);
+    }
+
+    [[nodiscard]] std::uint64_t version(std::size_t k) const {
+        return rows_[k].load(std::memory_order_acquire);
+    }
+    [[nodiscard]] std::uint64_t reads() const { return reads_.load(std::memory_order_relaxed); }
+    [[nodiscard]] std::uint64_t writes() const { return writes_.load(std::memory_order_relaxed); }
+    /// From `t` on, a write that would finish later fails (the lab's bound on a final
+    /// flush): what is still queued then counts as lost.
+    void refuse_writes_after(Clock::time_point t) {
+        write_deadline_ns_.store(t.time_since_epoch().count(), std::memory_order_relaxed);
+    }
+
+    /// Where slice 0 starts; call before the workload does.
+    void set_start(Clock::time_point t) { start_ = t; }
+
+    /// Reads and rows written in 100 ms slice i.
+    [[nodiscard]] std::uint64_t slice_reads(std::size_t i) const {
+        return i < slices_ ? slice_reads_[i].load(std::memory_order_relaxed) : 0;
+    }
+    [[nodiscard]] std::uint64_t slice_writes(std::size_t i) const {
+        return i < slices_ ? slice_writes_[i].load(std::memory_order_relaxed) : 0;
+    }
+    [[nodiscard]] std::size_t keys() const { return settings_.keys; }
+    [[nodiscard]] std::size_t value_size() const { return settings_.value_size; }
+
+    static std::string make_value(std::size_t k, std::uint64_t v, std::size_t size) {
+        std::string out = key_name(k);
+        out += '|';
+        out += std::to_string(v);
+        out += '|';
+        if (out.size() < size) out.append(size - out.size(), 'x');
+        return out;
+    }
+
+    struct Parsed {
+        std::size_t key = 0;
+        std::uint64_t version = 0;
+    };
+    static std::optional<Parsed> parse_value(std::string_view s) {
+        if (s.size() < 4 || s[0] != 'k') return std::nullopt;
+        Parsed p;
+        const char* end = s.data() + s.size();
+        auto [a, ea] = std::from_chars(s.data() + 1, end, p.key);
+        if (ea != std::errc{} || a == end || *a != '|') return std::nullopt;
+        auto [b, eb] = std::from_chars(a + 1, end, p.version);
+        if (eb != std::errc{} || b == end || *b != '|') return std::nullopt;
+        return p;
+    }
+
+private:
+    static void pause(Micros d) {
+        if (d.count() > 0) std::this_thread::sleep_for(d);
+    }
+
+    [[nodiscard]] std::size_t slice() const {
+        const auto i = static_cast<std::size_t>((Clock::now() - start_) / Millis{100});
+        return std::min(i, slices_ - 1);
+    }
+
+    [[nodiscard]] double burst() const {
+        return std::max(1.0, settings_.write_capacity / 10.0);  // a tenth of a second
+    }
+
+    // Token bucket with reservations: a writer that finds too few tokens takes them
+    // anyway (the balance goes negative) and sleeps until they would have been there,
+    // so writers are served in arrival order and nobody spins.
+    void take_tokens(std::size_t n) {
+        const auto deadline =
+            Clock::time_point(Clock::duration(write_deadline_ns_.load(std::memory_order_relaxed)));
+        const auto latency = std::chrono::duration_cast<Clock::duration>(settings_.write_latency);
+        if (Clock::now() + latency > deadline) {
+            throw std::runtime_error("fake database: write refused, the final flush is over time");
+        }
+        if (settings_.write_capacity <= 0) return;
+        double wait_s = 0;
+        {
+            std::lock_guard lock(bucket_mutex_);
+            const auto now = Clock::now();
+            tokens_ = std::min(
+                burst(), tokens_ + settings_.write_capacity *
+                                       std::chrono::duration<double>(now - refilled_).count());
+            refilled_ = now;
+            tokens_ -= static_cast<double>(n);
+            if (tokens_ < 0) wait_s = -tokens_ / settings_.write_capacity;
+        }
+        if (wait_s > 0) {
+            const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                                  std::chrono::duration<double>(wait_s));
+            if (until + latency > deadline) {
+                // Give the reservation back: this write never happens.
+                std::lock_guard lock(bucket_mutex_);
+                tokens_ += static_cast<double>(n);
+                throw std::runtime_error(
+                    "fake database: write refused, the final flush is over time");
+            }
+            std::this_thread::sleep_until(until);
+        }
+    }
+
+    Settings settings_;
+    std::unique_ptr<std::atomic<std::uint64_t>[]> rows_;
+    Clock::time_point start_;
+    std::size_t slices_;
+    std::unique_ptr<std::atomic<std::uint64_t>[]> slice_reads_;
+    std::unique_ptr<std::atomic<std::uint64_t>[]> slice_writes_;
+    std::atomic<std::uint64_t> reads_{0};
+    std::atomic<std::uint64_t> writes_{0};
+    std::atomic<Clock::rep> write_deadline_ns_{Clock::time_point::max().time_since_epoch().count()};
+    std::mutex bucket_mutex_;
+    double tokens_ = 0;
+    Clock::time_point refilled_;
+};
+
+// ---- what the runner drives -----------------------------------------------------------
+
+/// Counters read from the policy (and its L1) after a run.
+struct CacheCounts {
+    std::uint64_t hits = 0;  ///< L1 hits included
+    std::uint64_t misses = 0;
+    std::uint64_t l1_hits = 0;
+    std::uint64_t backend_errors = 0;
+};
+
+/// One configuration, built over a fresh store, with `instances` application
+/// processes simulated inside this one (each with its own policy object, so its own
+/// single-flight and its own L1).
+class Subject {
+public:
+    virtual ~Subject() = default;
+    /// The value of row k as the application sees it.
+    virtual std::optional<std::string> read(std::size_t instance, std::size_t k) = 0;
+    /// Writes row k through the policy's write path; returns the version of the write
+    /// once it is acknowledged (the call returned), 0 when nothing was acknowledged.
+    virtual std::uint64_t write(std::size_t instance, std::size_t k) = 0;
+    /// After the last operation: flush what is pending (write-behind). Returns notes.
+    virtual std::vector<std::string> finish() { return {}; }
+    [[nodiscard]] virtual CacheCounts counts() = 0;
+};
+
+/// What a configuration is built from.
+struct RunEnv {
+    const Options& options;
+    FakeDb& db;
+    BackendKind backend;
+    std::string redis_url;   ///< with BackendKind::redis
+    std::string key_prefix;  ///< unique per run, for a shared Redis
+    /// Messages from the library (write-behind warnings); thread-safe, bounded.
+    std::function<void(std::string_view)> log;
+};
+
+struct PolicyEntry {
+    std::string_view name;
+    std::string_view about;
+    /// Takes +tags, +versions, +ttl (its writes invalidate rather than store).
+    bool takes_invalidator;
+    std::unique_ptr<Subject> (*make)(const RunEnv&, const Spec&);
+};
+
+std::unique_ptr<Subject> make_cache_aside(const RunEnv&, const Spec&);
+std::unique_ptr<Subject> make_write_through(const RunEnv&, const Spec&);
+std::unique_ptr<Subject> make_write_behind(const RunEnv&, const Spec&);
+
+// ---- latency histogram ----------------------------------------------------------------
+
+/// Log-linear buckets of nanoseconds: exact below 32 ns, then 32 buckets per power of
+/// two (3% wide), up to 2^40 ns (18 minutes).
+struct Buckets {
+    static constexpr std::size_t sub_bits = 5;
+    static constexpr std::size_t sub = std::size_t{1} << sub_bits;
+    static constexpr std::size_t max_exp = 40;
+    static constexpr std::size_t count = sub + (max_exp - sub_bits + 1) * sub;
+
+    static std::size_t index(std::uint64_t ns) {
+        ns = std::min<std::uint64_t>(ns, (std::uint64_t{1} << (max_exp + 1)) - 1);
+        if (ns < sub) return static_cast<std::size_t>(ns);
+        const std::size_t e = static_cast<std::size_t>(std::bit_width(ns)) - 1;
+        const std::size_t s = static_cast<std::size_t>(ns >> (e - sub_bits)) & (sub - 1);
+        return sub + (e - sub_bits) * sub + s;
+    }
+    /// The middle of bucket i, in nanoseconds.
+    static double middle(std::size_t i) {
+        if (i < sub) return static_cast<double>(i);
+        const std::size_t e = (i - sub) / sub + sub_bits;
+        const std::size_t s = (i - sub) % sub;
+        const double width = static_cast<double>(std::uint64_t{1} << (e - sub_bits));
+        return static_cast<double>(sub + s) * width + width / 2;
+    }
+};
+
+class Histogram {
+public:
+    Histogram() : counts_(Buckets::count, 0) {}
+    void add(std::uint64_t ns) {
+        ++counts_[Buckets::index(ns)];
+        ++total_;
+    }
+    void add_bucket(std::size_t i, std::uint64_t n) {
+        counts_[i] += n;
+        total_ += n;
+    }
+    void merge(const Histogram& o) {
+        for (std::size_t i = 0; i < counts_.size(); ++i) counts_[i] += o.counts_[i];
+        total_ += o.total_;
+    }
+    [[nodiscard]] std::uint64_t total() const { return total_; }
+    /// The p-quantile (0 < p <= 1) in microseconds; 0 when empty.
+    [[nodiscard]] double quantile_us(double p) const {
+        if (total_ == 0) return 0;
+        const auto rank = static_cast<std::uint64_t>(std::ceil(p * static_cast<double>(total_)));
+        std::uint64_t seen = 0;
+        for (std::size_t i = 0; i < counts_.size(); ++i) {
+            seen += counts_[i];
+            if (seen >= std::max<std::uint64_t>(rank, 1)) return Buckets::middle(i) / 1000.0;
+        }
+        return Buckets::middle(counts_.size() - 1) / 1000.0;
+    }
+
+private:
+    std::vector<std::uint64_t> counts_;
+    std::uint64_t total_ = 0;
+};
+
+// ---- results --------------------------------------------------------------------------
+
+/// One 100 ms slice of a run.
+struct Sample {
+    double t_s = 0;  ///< end of the slice, seconds since the start
+    double ops_per_s = 0;
+    double read_p99_us = 0;
+    double db_reads_per_s = 0;
+    double db_writes_per_s = 0;
+};
+
+struct RunResult {
+    std::string config;
+    double seconds = 0;
+    double drain_seconds = 0;
+    std::uint64_t ops = 0;
+    std::uint64_t reads = 0;
+    std::uint64_t writes = 0;
+    Histogram read_latency;
+    Histogram write_latency;
+    CacheCounts counts;
+    std::uint64_t db_reads = 0;
+    std::uint64_t db_writes = 0;
+    std::uint64_t stale_reads = 0;
+    std::uint64_t lost_writes = 0;
+    std::uint64_t lost_rows = 0;     ///< rows with at least one lost write
+    std::uint64_t wrong_values = 0;  ///< missing, unparsable or another key's value
+    std::uint64_t read_errors = 0;
+    std::uint64_t write_errors = 0;
+    std::vector<Sample> timeline;
+    std::vector<std::string> notes;
+    bool interrupted = false;
+
+    [[nodiscard]] double throughput() const {
+        return seconds > 0 ? static_cast<double>(ops) / seconds : 0;
+    }
+    [[nodiscard]] double hit_ratio() const {
+        const auto n = counts.hits + counts.misses;
+        return n ? static_cast<double>(counts.hits) / static_cast<double>(n) : 0;
+    }
+};
+
+// ---- running ----------------------------------------------------------------------
+
+/// Zipf-distributed row ids in [0, n): row 0 is the hottest. skew 0 is uniform.
+class Zipf {
+public:
+    Zipf(std::size_t n, double skew) : cdf_(n) {
+        double sum = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+            sum += 1.0 / std::pow(static_cast<double>(i + 1), skew);
+            cdf_[i] = sum;
+        }
+        for (auto& c : cdf_) c /= sum;
+    }
+    template <class Rng>
+    std::size_t operator()(Rng& rng) const {
+        const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+        const auto it = std::lower_bound(cdf_.begin(), cdf_.end(), u);
+        return std::min<std::size_t>(static_cast<std::size_t>(it - cdf_.begin()), cdf_.size() - 1);
+    }
+
+private:
+    std::vector<double> cdf_;
+};
+
+/// Set by SIGINT / SIGTERM: the current run stops early and no further run starts.
+extern std::atomic<bool> interrupted;
+
+/// Progress on stderr: a bar redrawn in place on a terminal, a line a second otherwise.
+class Progress {
+public:
+    explicit Progress(bool enabled);
+    void update(std::string_view config, std::size_t index, std::size_t count, double fraction,
+                double ops_per_s, double elapsed_s);
+    /// A transient state ("final flush..."), shown on a terminal only.
+    void message(std::string_view config, std::string_view text);
+    void done(const RunResult& r, std::size_t index, std::size_t count);
+
+private:
+    void clear_line();
+
+    bool enabled_;
+    bool tty_;
+    bool bar_shown_ = false;
+    double last_line_s_ = -1;
+};
+
+/// Where a run's cache lives.
+struct Target {
+    BackendKind kind = BackendKind::memory;
+    std::string redis_url;
+    std::string key_prefix;
+};
+
+/// Runs one configuration on the workload and measures it.
+RunResult run_config(const Options& o, const Spec& spec, const Zipf& zipf, const Target& target,
+                     Progress& progress, std::size_t index, std::size_t count);
+
+/// "12.3k", "1.20M".
+std::string human(double v);
+
+// ---- reporting (report.cpp) -------------------------------------------------------------
+
+std::string describe_workload(const Options& o, const std::string& backend);
+/// The results as aligned text, or as a Markdown table.
+std::string render_table(const std::vector<RunResult>& results, bool markdown);
+std::string render_json(const Options& o, const std::string& backend,
+                        const std::vector<RunResult>& results);
+std::string render_svg(const Options& o, const std::string& backend,
+                       const std::vector<RunResult>& results);
+
+}  // namespace lab

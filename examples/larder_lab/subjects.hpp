@@ -1,0 +1,216 @@
+// The template half of larder-lab: the stores and the bus a configuration runs on, the
+// guard a spec names, and build_subject<Adapter>, which turns a (backend, guard) pair known
+// only at run time into one concrete Adapter<Backend, Guard> through a table of factories.
+// Each policy's adapter lives in its own .cpp (cache_aside.cpp, write_through.cpp,
+// write_behind.cpp), so they compile in parallel.
+#pragma once
+
+#include <larder/larder.hpp>
+#include <larder/near/bus.hpp>
+#include <larder/near/near.hpp>
+#if defined(LARDER_LAB_HAVE_REDIS)
+#include <larder/backend/redis.hpp>
+#include <larder/near/redis_bus.hpp>
+#endif
+
+#include <array>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "lab.hpp"
+
+namespace lab {
+
+// ---- guards ---------------------------------------------------------------------------
+
+/// Indexed by Spec::guard_index(): none, lock, xfetch, xfetch+lock.
+using GuardTypes = std::tuple<larder::NoGuard, larder::Lock, larder::XFetch,
+                              larder::Guards<larder::XFetch, larder::Lock>>;
+
+template <class G>
+G make_guard(const Options& o);
+
+template <>
+inline larder::NoGuard make_guard<larder::NoGuard>(const Options&) {
+    return {};
+}
+template <>
+inline larder::Lock make_guard<larder::Lock>(const Options& o) {
+    return larder::Lock(larder::LockOptions{.max_wait = o.lock_wait});
+}
+template <>
+inline larder::XFetch make_guard<larder::XFetch>(const Options& o) {
+    return larder::XFetch(larder::XFetchOptions{.beta = o.xfetch_beta});
+}
+template <>
+inline larder::Guards<larder::XFetch, larder::Lock>
+make_guard<larder::Guards<larder::XFetch, larder::Lock>>(const Options& o) {
+    return larder::Guards<larder::XFetch, larder::Lock>(make_guard<larder::XFetch>(o),
+                                                        make_guard<larder::Lock>(o));
+}
+
+// ---- options shared by every policy ---------------------------------------------------
+
+inline larder::CacheAsideOptions read_options(const Options& o) {
+    larder::CacheAsideOptions c;
+    c.ttl = o.ttl;
+    c.jitter.max_extra = o.ttl_jitter;
+    return c;
+}
+
+inline larder::NearCacheOptions l1_options(const Options& o) {
+    return larder::NearCacheOptions{.max_entries = o.l1_entries, .ttl = o.effective_l1_ttl()};
+}
+
+// ---- stores ---------------------------------------------------------------------------
+
+/// The cache store(s) and the invalidation bus of one run. Every simulated instance gets
+/// a backend: for memory they share one (it stands for the shared cache server); for
+/// Redis each has its own RedisBackend (its own connection pool), as separate processes
+/// would.
+template <class B>
+class Stores;
+
+template <>
+class Stores<larder::MemoryBackend> {
+public:
+    using Bus = larder::MemoryBus;
+    /// The write-behind queue lives in process memory: instances must share one object.
+    static constexpr bool queue_in_process = true;
+
+    Stores(const RunEnv& env, const Spec&)
+        : backend_(larder::MemoryBackendOptions{
+              .max_entries = std::max<std::size_t>(1'000'000, env.options.keys * 4)}) {}
+
+    larder::MemoryBackend& backend(std::size_t) { return backend_; }
+    Bus& bus() { return bus_; }
+
+private:
+    larder::MemoryBackend backend_;
+    larder::MemoryBus bus_;
+};
+
+#if defined(LARDER_LAB_HAVE_REDIS)
+inline larder::RedisOptions redis_options(const RunEnv& env) {
+    larder::RedisOptions o = larder::RedisOptions::from_url(env.redis_url);
+    o.key_prefix = env.key_prefix;
+    o.require_connection = true;
+    const std::size_t per_instance =
+        (env.options.threads + env.options.instances - 1) / env.options.instances;
+    o.pool_size = std::max<std::size_t>(8, per_instance + 4);
+    return o;
+}
+
+template <>
+class Stores<larder::RedisBackend> {
+public:
+    using Bus = larder::RedisBus;
+    static constexpr bool queue_in_process = false;
+
+    Stores(const RunEnv& env, const Spec& spec) {
+        const larder::RedisOptions o = redis_options(env);
+        for (std::size_t i = 0; i < env.options.instances; ++i) {
+            backends_.push_back(std::make_unique<larder::RedisBackend>(o));
+        }
+        // One subscriber connection stands for every instance's: messages still travel
+        // through Redis, so other instances see a write only after the pub/sub delay.
+        if (spec.l1) {
+            bus_ = std::make_unique<larder::RedisBus>(
+                o, larder::RedisBusOptions{.channel = env.key_prefix + "invalidate"});
+        }
+    }
+
+    larder::RedisBackend& backend(std::size_t i) { return *backends_[i]; }
+    Bus& bus() { return *bus_; }
+
+private:
+    std::vector<std::unique_ptr<larder::RedisBackend>> backends_;
+    std::unique_ptr<larder::RedisBus> bus_;
+};
+#endif
+
+// ---- writers that choose their version ------------------------------------------------
+
+/// Write-through and write-behind writes carry their value, and so its version, into the
+/// call. Writers of one row take turns here, so that versions reach the policy in the
+/// order they were issued (otherwise the lab, not the policy, would reorder them), and a
+/// version is used up only by a write that was acknowledged: the acknowledged versions of
+/// a row are 2, 3, ... with no gap, which is what lets the runner count lost writes from
+/// the highest one alone.
+class VersionIssuer {
+public:
+    explicit VersionIssuer(std::size_t keys) : issued_(keys, 1) {}
+
+    class Ticket {
+    public:
+        Ticket(std::mutex& m, std::uint64_t& issued)
+            : turn_(m), issued_(issued), version(issued + 1) {}
+        /// The write was acknowledged: the version is taken.
+        void acknowledged() { issued_ = version; }
+
+    private:
+        std::unique_lock<std::mutex> turn_;
+        std::uint64_t& issued_;
+
+    public:
+        const std::uint64_t version;
+    };
+    Ticket next(std::size_t k) { return Ticket(stripes_[k % stripes_.size()], issued_[k]); }
+
+private:
+    std::array<std::mutex, 1024> stripes_;
+    std::vector<std::uint64_t> issued_;
+};
+
+// ---- the factory table ----------------------------------------------------------------
+
+template <class A>
+std::unique_ptr<Subject> make_one(const RunEnv& env, const Spec& spec) {
+    return std::make_unique<A>(env, spec);
+}
+
+template <template <class, class> class Adapter, class B, std::size_t... I>
+std::unique_ptr<Subject> make_with_guard(const RunEnv& env, const Spec& spec,
+                                         std::index_sequence<I...>) {
+    using Factory = std::unique_ptr<Subject> (*)(const RunEnv&, const Spec&);
+    static constexpr std::array<Factory, sizeof...(I)> factories{
+        &make_one<Adapter<B, std::tuple_element_t<I, GuardTypes>>>...};
+    return factories.at(spec.guard_index())(env, spec);
+}
+
+/// Adapter<Backend, Guard> for the run's backend and the spec's guard.
+template <template <class, class> class Adapter>
+std::unique_ptr<Subject> build_subject(const RunEnv& env, const Spec& spec) {
+    constexpr auto guards = std::make_index_sequence<std::tuple_size_v<GuardTypes>>{};
+    switch (env.backend) {
+        case BackendKind::memory:
+            return make_with_guard<Adapter, larder::MemoryBackend>(env, spec, guards);
+        case BackendKind::redis:
+#if defined(LARDER_LAB_HAVE_REDIS)
+            return make_with_guard<Adapter, larder::RedisBackend>(env, spec, guards);
+#else
+            break;
+#endif
+    }
+    throw UsageError("this larder-lab was built without hiredis: only --backend memory");
+}
+
+/// The L1 counters of a Near, or nothing.
+template <class NearPtr>
+void add_l1(CacheCounts& c, const NearPtr& near) {
+    if (!near) return;
+    const auto h = near->l1().hits();
+    c.hits += h;
+    c.l1_hits += h;
+}
+
+inline void add_reads(CacheCounts& c, const larder::StatsSnapshot& s) {
+    c.hits += s.hits;
+    c.misses += s.misses;
+    c.backend_errors += s.backend_errors;
+}
+
+}  // namespace lab

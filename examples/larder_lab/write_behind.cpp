@@ -1,0 +1,148 @@
+// write-behind in the lab: a write stores the value in the cache and the queue
+// (WriteBehind::put, or Near::put with an L1); the instances' flushers write batches to
+// the fake database, which keeps a row only if its version is newer. finish() drains the
+// queue, after which the runner compares the database with every acknowledged write.
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <larder/policy/write_behind.hpp>
+#if defined(LARDER_LAB_HAVE_REDIS)
+#include <larder/backend/redis/write_behind_store.hpp>
+#endif
+
+#include "subjects.hpp"
+
+namespace lab {
+namespace {
+
+template <class B, class G>
+class WriteBehindSubject final : public Subject {
+    using Policy = larder::WriteBehind<std::string, B, G>;
+    using Bus = typename Stores<B>::Bus;
+    using L1 = larder::Near<Policy, Bus>;
+    using Entry = larder::DirtyEntry<std::string>;
+
+    struct Instance {  // destroyed bottom-up: the Near before its policy
+        std::unique_ptr<Policy> policy;
+        std::unique_ptr<L1> near;
+    };
+
+public:
+    WriteBehindSubject(const RunEnv& env, const Spec& spec)
+        : db_(env.db),
+          drain_timeout_(env.options.drain_timeout),
+          issuer_(env.options.keys),
+          stores_(env, spec) {
+        const Options& o = env.options;
+        larder::WriteBehindOptions w;
+        w.name = "lab";
+        w.interval = o.flush_interval;
+        w.drain_timeout = o.drain_timeout;
+        w.clean_ttl = o.ttl;
+        w.read = read_options(o);
+        w.log = env.log;
+        for (std::size_t i = 0; i < o.instances; ++i) {
+            Instance in;
+            // Every instance flushes the one queue; a queue in process memory is shared
+            // as an object, one in Redis by its name.
+            std::shared_ptr<typename Policy::store_type> store;
+            if (Stores<B>::queue_in_process && !instances_.empty()) {
+                store = instances_.front().policy->shared_store();
+            }
+            in.policy = std::make_unique<Policy>(stores_.backend(i), std::move(store),
+                                                 batch_writer(), w, make_guard<G>(o));
+            if (spec.l1) in.near = std::make_unique<L1>(*in.policy, stores_.bus(), l1_options(o));
+            instances_.push_back(std::move(in));
+        }
+    }
+
+    ~WriteBehindSubject() override {
+        for (auto& in : instances_) in.near.reset();
+        // Any instance still holding a flusher drains through the database it borrows.
+        for (auto& in : instances_) (void)in.policy->close(Millis{0});
+    }
+
+    std::optional<std::string> read(std::size_t i, std::size_t k) override {
+        Instance& in = instances_[i];
+        auto loader = [db = &db_, k] { return std::optional<std::string>(db->read(k)); };
+        const std::string key = key_name(k);
+        return in.near ? in.near->get(key, loader) : in.policy->get(key, loader);
+    }
+
+    std::uint64_t write(std::size_t i, std::size_t k) override {
+        Instance& in = instances_[i];
+        auto ticket = issuer_.next(k);
+        const std::string value = FakeDb::make_value(k, ticket.version, db_.value_size());
+        const std::string key = key_name(k);
+        if (in.near) {
+            (void)in.near->put(key, value);
+        } else {
+            (void)in.policy->put(key, value);
+        }
+        ticket.acknowledged();  // put returned
+        return ticket.version;
+    }
+
+    std::vector<std::string> finish() override {
+        std::vector<std::string> notes;
+        // One budget for the whole drain, whichever instance flushes. An incomplete drain
+        // is reported through the log (RunEnv::log).
+        const auto deadline = Clock::now() + drain_timeout_;
+        for (auto& in : instances_) {
+            const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now());
+            (void)in.policy->close(std::max(left, Millis{0}));
+        }
+        if (const auto dead = instances_.front().policy->stats().dead) {
+            notes.push_back(std::to_string(dead) + " entries dead-lettered");
+        }
+        return notes;
+    }
+
+    CacheCounts counts() override {
+        CacheCounts c;
+        for (auto& in : instances_) {
+            const auto s = in.policy->stats();
+            add_reads(c, s.reads);
+            c.backend_errors += s.backend_errors;
+            add_l1(c, in.near);
+        }
+        return c;
+    }
+
+private:
+    typename Policy::BatchWriter batch_writer() {
+        return [db = &db_](std::span<const Entry> batch) {
+            larder::BatchResult result;
+            std::vector<std::pair<std::size_t, std::uint64_t>> rows;
+            rows.reserve(batch.size());
+            for (std::size_t i = 0; i < batch.size(); ++i) {
+                const auto parsed = FakeDb::parse_value(batch[i].value);
+                if (!parsed || parsed->key >= db->keys()) {
+                    result.fail(i, "not a lab value");
+                    continue;
+                }
+                rows.emplace_back(parsed->key, parsed->version);
+            }
+            db->write_rows(rows);
+            return result;
+        };
+    }
+
+    FakeDb& db_;
+    Millis drain_timeout_;
+    VersionIssuer issuer_;
+    Stores<B> stores_;
+    std::vector<Instance> instances_;
+};
+
+}  // namespace
+
+std::unique_ptr<Subject> make_write_behind(const RunEnv& env, const Spec& spec) {
+    return build_subject<WriteBehindSubject>(env, spec);
+}
+
+}  // namespace lab
