@@ -281,11 +281,13 @@ void print_summary(const MedianReporter& r) {
             if (one && two && one->hits_per_s > 0) {
                 std::snprintf(ratio, sizeof ratio, "%.2fx", two->hits_per_s / one->hits_per_s);
             }
-            char cpu[32] = "-";
-            if (one) std::snprintf(cpu, sizeof cpu, "%.1f", one->cpu_ns_per_hit);
-            std::printf("  %-34s %9s %9s %12s %12s %8s %10s\n", l.label, cell(one, true).c_str(),
-                        cell(two, true).c_str(), cell(one, false).c_str(), cell(two, false).c_str(),
-                        ratio, cpu);
+            char cpu1[32] = "-";
+            char cpu2[32] = "-";
+            if (one) std::snprintf(cpu1, sizeof cpu1, "%.1f", one->cpu_ns_per_hit);
+            if (two) std::snprintf(cpu2, sizeof cpu2, "%.1f", two->cpu_ns_per_hit);
+            std::printf("  %-34s %9s %9s %12s %12s %8s %10s %10s\n", l.label,
+                        cell(one, true).c_str(), cell(two, true).c_str(), cell(one, false).c_str(),
+                        cell(two, false).c_str(), ratio, cpu1, cpu2);
         }
     }
     const auto one = r.median("BM_Larder_NearCache_Get", uniform, 1);
