@@ -204,13 +204,13 @@ TEST_CASE("A write in one process reaches another's L1: 1000 writes, propagation
     redis.set("db:k", "0", larder::no_expiry);
 
     larder::test::ChildProcess child(LARDER_TEST_HELPER_L1_CHILD, {std::to_string(server.port())});
-    REQUIRE(child.read_line(10s) == "ready");
+    REQUIRE(child.read_line(30s) == "ready");
     child.write_line("get k");
-    REQUIRE(child.read_line(5s) == "0");
+    REQUIRE(child.read_line(20s) == "0");
 
     const int writes = 1000;
     child.write_line("watch k " + std::to_string(writes));
-    REQUIRE(child.read_line(5s) == "watching 0");
+    REQUIRE(child.read_line(20s) == "watching 0");
     std::vector<double> delays_ms;
     for (int i = 1; i <= writes; ++i) {
         redis.set("db:k", std::to_string(i), larder::no_expiry);
@@ -218,7 +218,7 @@ TEST_CASE("A write in one process reaches another's L1: 1000 writes, propagation
                                  std::chrono::system_clock::now().time_since_epoch())
                                  .count();
         near.invalidate("k");
-        const auto line = child.read_line(5s);
+        const auto line = child.read_line(20s);
         REQUIRE(line);
         std::istringstream in(*line);
         std::string word, value;
@@ -228,7 +228,7 @@ TEST_CASE("A write in one process reaches another's L1: 1000 writes, propagation
         REQUIRE(value == std::to_string(i));  // every write seen, in order, none stale
         delays_ms.push_back(static_cast<double>(seen_at - written) / 1000.0);
     }
-    const auto done = child.read_line(5s);
+    const auto done = child.read_line(20s);
     REQUIRE(done);
     REQUIRE(done->rfind("done ", 0) == 0);
     REQUIRE(std::stoll(done->substr(5)) > writes);  // the child's reads were mostly L1 hits
@@ -250,10 +250,10 @@ TEST_CASE("L1 with tags and version keys across two processes",
     larder::VersionKeys versions(redis);
     REQUIRE(bus.wait_connected(5s));
     larder::test::ChildProcess child(LARDER_TEST_HELPER_L1_CHILD, {std::to_string(server.port())});
-    REQUIRE(child.read_line(10s) == "ready");
+    REQUIRE(child.read_line(30s) == "ready");
     auto ask = [&](const std::string& command) {
         child.write_line(command);
-        return child.read_line(5s).value_or("(no answer)");
+        return child.read_line(20s).value_or("(no answer)");
     };
 
     redis.set("db:post", "p1", larder::no_expiry);
