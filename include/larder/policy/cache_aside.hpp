@@ -111,7 +111,6 @@ public:
     using backend_type = B;
     using codec_type = detail::pick_codec_t<T, Components...>;
     using guard_type = detail::pick_guard_t<T, Components...>;
-    using Loader = std::function<std::optional<T>()>;
 
     /// The backend is borrowed: it must outlive the cache. Several caches may share it.
     explicit CacheAside(B& backend, CacheAsideOptions options = {}, guard_type guard = {},
@@ -175,7 +174,7 @@ public:
     void invalidate_tag(std::string_view tag) {
         stats_.add(Counter::invalidations);
         try {
-            backend_.set(tag_key(tag), std::to_string(new_tag_version()), tag_ttl());
+            backend_.set(tag_key(tag), std::to_string(new_tag_version()), options_.tag_ttl);
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
             throw;
@@ -530,8 +529,6 @@ private:
             static_cast<std::uint64_t>(options_.clock->now().time_since_epoch().count());
         return (ms << 16) | static_cast<std::uint64_t>(random_between(1, 0xFFFF));
     }
-
-    [[nodiscard]] Millis tag_ttl() const noexcept { return options_.tag_ttl; }
 
     Read classify(const std::string& full, std::optional<StoredValue> stored) {
         if (!stored) return Read{.state = Read::absent};
