@@ -339,22 +339,23 @@ BACKEND_TEST_CASE("Guards compose: XFetch with Lock", "[stampede][xfetch][lock]"
 
 namespace {
 
-// 4 processes x 32 threads read one key the moment it expires; the loader takes 50 ms.
+// 4 processes x 32 threads read one key the moment it expires; the loader takes 200 ms.
+// The key is written, and the instant chosen, only once every child is ready.
 long stampede_loader_calls(const larder::test::RedisServer& server, const std::string& mode) {
     server.command({"FLUSHALL"});
-    auto redis = larder::test::make_test_backend(server);
-    larder::CacheAside<std::string, larder::RedisBackend> cache(redis, {.ttl = 1500ms});
-    (void)cache.get("hot", [] { return std::optional<std::string>("warm"); });
-    const auto expires = larder::SystemClock::instance().now() + 1500ms;
-    const auto start = std::to_string((expires + 2ms).time_since_epoch().count());
-
     std::vector<std::unique_ptr<larder::test::ChildProcess>> children;
     for (int p = 0; p < 4; ++p) {
         children.push_back(std::make_unique<larder::test::ChildProcess>(
             LARDER_TEST_HELPER_STAMPEDE_CHILD,
-            std::vector<std::string>{"read", std::to_string(server.port()), mode, "hot", start,
-                                     "32"}));
+            std::vector<std::string>{"read", std::to_string(server.port()), mode, "hot", "32"}));
     }
+    for (auto& c : children) REQUIRE(c->read_line(60s) == "ready");
+    auto redis = larder::test::make_test_backend(server);
+    larder::CacheAside<std::string, larder::RedisBackend> cache(redis, {.ttl = 300ms});
+    (void)cache.get("hot", [] { return std::optional<std::string>("warm"); });
+    const auto expires = larder::SystemClock::instance().now() + 300ms;
+    const auto start = std::to_string((expires + 2ms).time_since_epoch().count());
+    for (auto& c : children) c->write_line(start);
     for (auto& c : children) REQUIRE(c->wait() == 0);
     return std::stol(server.command({"GET", "loader_calls"}));
 }

@@ -1,8 +1,10 @@
 // A child process for the multi-process stampede tests.
 //
-//   stampede_child read <port> <lock|none|naive> <key> <start_epoch_ms> <threads>
-//       threads wait for the start instant, then all read <key>; the loader takes 50 ms
-//       and counts itself in Redis (INCR loader_calls). Exit 0 when every read got a value.
+//   stampede_child read <port> <lock|none|naive> <key> <threads>
+//       connects, starts its threads, prints "ready", then reads the start instant
+//       (epoch ms) from stdin; the threads all read <key> at that instant. The loader
+//       takes 200 ms and counts itself in Redis (INCR loader_calls). Exit 0 when every
+//       read got a value.
 //   stampede_child hold <port> <key> <lease_ttl_ms>
 //       misses <key>, prints "holding" from inside the loader and never returns: a
 //       lease holder for the test to SIGKILL.
@@ -29,7 +31,8 @@ larder::RedisBackend connect(int port, std::size_t pool) {
 
 std::optional<std::string> slow_loader(larder::RedisBackend& redis) {
     redis.increment("loader_calls", 1);
-    std::this_thread::sleep_for(50ms);
+    // Long enough that every reader of a slow, loaded machine reads within it.
+    std::this_thread::sleep_for(200ms);
     return "fresh";
 }
 
@@ -41,14 +44,18 @@ std::optional<std::string> naive_get(larder::RedisBackend& redis, const std::str
     return value;
 }
 
+// Starts the threads, says "ready", and lets them all read at the instant the parent
+// sends: a parent that picks the instant only after every child is ready knows that no
+// child starts late, however slow the machine.
 template <class Read>
-int run_readers(int threads, std::int64_t start_ms, Read read) {
+int run_readers(int threads, Read read) {
     std::vector<std::thread> pool;
     std::atomic<int> failures{0};
-    const larder::TimePoint start{larder::Millis{start_ms}};
+    std::atomic<std::int64_t> start_ms{0};
     for (int t = 0; t < threads; ++t) {
         pool.emplace_back([&] {
-            std::this_thread::sleep_until(start);
+            while (start_ms.load() == 0) std::this_thread::sleep_for(1ms);
+            std::this_thread::sleep_until(larder::TimePoint{larder::Millis{start_ms.load()}});
             try {
                 if (!read()) failures.fetch_add(1);
             } catch (const std::exception& e) {
@@ -57,26 +64,28 @@ int run_readers(int threads, std::int64_t start_ms, Read read) {
             }
         });
     }
+    std::cout << "ready" << std::endl;
+    std::string line;
+    const bool got_start = static_cast<bool>(std::getline(std::cin, line));
+    start_ms.store(got_start ? std::stoll(line) : 1);
     for (auto& t : pool) t.join();
-    return failures.load() == 0 ? 0 : 1;
+    return got_start && failures.load() == 0 ? 0 : 1;
 }
 
-int read_main(int port, const std::string& mode, const std::string& key, std::int64_t start_ms,
-              int threads) {
+int read_main(int port, const std::string& mode, const std::string& key, int threads) {
     auto redis = connect(port, static_cast<std::size_t>(threads));
     if (mode == "naive") {
-        return run_readers(threads, start_ms, [&] { return naive_get(redis, key).has_value(); });
+        return run_readers(threads, [&] { return naive_get(redis, key).has_value(); });
     }
     if (mode == "lock") {
         larder::CacheAside<std::string, larder::RedisBackend, larder::Lock> cache(redis);
-        return run_readers(threads, start_ms, [&] {
+        return run_readers(threads, [&] {
             return cache.get(key, [&] { return slow_loader(redis); }).has_value();
         });
     }
     larder::CacheAside<std::string, larder::RedisBackend> cache(redis);
-    return run_readers(threads, start_ms, [&] {
-        return cache.get(key, [&] { return slow_loader(redis); }).has_value();
-    });
+    return run_readers(
+        threads, [&] { return cache.get(key, [&] { return slow_loader(redis); }).has_value(); });
 }
 
 int hold_main(int port, const std::string& key, int lease_ttl_ms) {
@@ -96,9 +105,8 @@ int hold_main(int port, const std::string& key, int lease_ttl_ms) {
 int main(int argc, char** argv) {
     const std::vector<std::string> args(argv + 1, argv + argc);
     try {
-        if (args.size() == 6 && args[0] == "read") {
-            return read_main(std::stoi(args[1]), args[2], args[3], std::stoll(args[4]),
-                             std::stoi(args[5]));
+        if (args.size() == 5 && args[0] == "read") {
+            return read_main(std::stoi(args[1]), args[2], args[3], std::stoi(args[4]));
         }
         if (args.size() == 4 && args[0] == "hold") {
             return hold_main(std::stoi(args[1]), args[2], std::stoi(args[3]));
@@ -107,7 +115,7 @@ int main(int argc, char** argv) {
         std::cerr << "stampede_child: " << e.what() << "\n";
         return 3;
     }
-    std::cerr << "usage: stampede_child read PORT MODE KEY START_MS THREADS | hold PORT KEY TTL\n";
+    std::cerr << "usage: stampede_child read PORT MODE KEY THREADS | hold PORT KEY TTL\n";
     return 2;
 }
 #else
