@@ -233,7 +233,9 @@ Row cache_row(const Settings& s, std::vector<Backend*> backends, const std::stri
             *backends[static_cast<std::size_t>(p) % backends.size()], options, make_guard()));
     }
     Run* shared = &run;
-    const auto loader = [shared] { return shared->load(); };  // copyable: may run in background
+    // Owns what it captures (a pointer to the run, which outlives the caches): may run in
+    // the background.
+    const auto loader = larder::detached([shared] { return shared->load(); });
 
     // The value is there when the readers start; the first expiry is one TTL away.
     run.start = Clock::now();

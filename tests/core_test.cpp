@@ -57,9 +57,11 @@ TEST_CASE("An envelope round-trips its header, tags and payload", "[core][envelo
     larder::EnvelopeHeader h{.kind = larder::EntryKind::value,
                              .codec = larder::codec_id::json,
                              .written_at = larder::TimePoint{larder::Millis{1'234'567'890'123}},
+                             .fresh_until = larder::TimePoint{larder::Millis{1'234'567'950'123}},
+                             .grace_until = larder::TimePoint{larder::Millis{1'234'568'010'123}},
                              .recompute_time = std::chrono::microseconds{42'000},
-                             .grace = larder::Millis{60'000},
-                             .version = 0xDEADBEEFCAFEull};
+                             .version = 0xDEADBEEFCAFEull,
+                             .nonce = 0x0123456789ABCDEFull};
     std::string bytes;
     larder::envelope::write_header(bytes, h, 2);
     larder::envelope::write_tag(bytes, "user:42", 7);
@@ -72,8 +74,10 @@ TEST_CASE("An envelope round-trips its header, tags and payload", "[core][envelo
     REQUIRE(v->header.codec == larder::codec_id::json);
     REQUIRE(v->header.written_at == h.written_at);
     REQUIRE(v->header.recompute_time == h.recompute_time);
-    REQUIRE(v->header.grace == h.grace);
+    REQUIRE(v->header.fresh_until == h.fresh_until);
+    REQUIRE(v->header.grace_until == h.grace_until);
     REQUIRE(v->header.version == h.version);
+    REQUIRE(v->header.nonce == h.nonce);
     REQUIRE(v->payload == std::string_view("pay\0load", 8));
     std::vector<std::pair<std::string, std::uint64_t>> tags;
     larder::envelope::for_each_tag(
@@ -92,16 +96,18 @@ TEST_CASE("Bytes that are not a valid envelope do not parse", "[core][envelope]"
 
     SECTION("empty and short") {
         REQUIRE_FALSE(larder::envelope::parse(""));
-        REQUIRE_FALSE(larder::envelope::parse(good.substr(0, 31)));
+        REQUIRE_FALSE(larder::envelope::parse(good.substr(0, larder::envelope::header_size - 1)));
     }
     SECTION("wrong magic") {
         auto b = good;
         b[0] = 'x';
         REQUIRE_FALSE(larder::envelope::parse(b));
     }
-    SECTION("unknown format version") {
+    SECTION("an older (v1) or unknown format version") {
         auto b = good;
-        b[2] = 2;
+        b[2] = 1;
+        REQUIRE_FALSE(larder::envelope::parse(b));
+        b[2] = 3;
         REQUIRE_FALSE(larder::envelope::parse(b));
     }
     SECTION("unknown kind") {
@@ -262,4 +268,25 @@ TEST_CASE("SingleFlight shares one execution and forgets on request", "[core][si
                           std::logic_error);
         REQUIRE(flight.run("k", [] { return 1; }).value == 1);
     }
+}
+
+TEST_CASE("The envelope bytes are those of docs/FORMAT.md's example", "[core][envelope]") {
+    const larder::TimePoint written{larder::Millis{1'700'000'000'000}};
+    std::string bytes;
+    larder::envelope::write_header(bytes, larder::EnvelopeHeader{
+                                              .kind = larder::EntryKind::value,
+                                              .codec = larder::codec_id::raw,
+                                              .written_at = written,
+                                              .fresh_until = written + std::chrono::seconds(60),
+                                              .grace_until = written + std::chrono::seconds(60),
+                                              .recompute_time = std::chrono::microseconds{1500},
+                                              .nonce = 0x0102030405060708ull,
+                                          });
+    bytes += "hi";
+    const unsigned char expected[] = {
+        0xca, 0xce, 0x02, 0x01, 0x01, 0x00, 0x00, 0x00, 0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0x00,
+        0x00, 0x60, 0x52, 0xe6, 0xcf, 0x8b, 0x01, 0x00, 0x00, 0x60, 0x52, 0xe6, 0xcf, 0x8b, 0x01,
+        0x00, 0x00, 0xdc, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 0x68, 0x69};
+    REQUIRE(bytes == std::string(reinterpret_cast<const char*>(expected), sizeof expected));
 }

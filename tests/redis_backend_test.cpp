@@ -15,6 +15,7 @@
 #include <larder/codec/raw.hpp>
 #include <larder/core/error.hpp>
 #include <larder/policy/cache_aside.hpp>
+#include <larder/stampede/lock.hpp>
 #include <larder/stampede/xfetch.hpp>
 
 #include <algorithm>
@@ -333,17 +334,18 @@ namespace {
 // Hits of one key through `cache`, and what they cost the server.
 template <class C>
 std::map<std::string, long long> commands_for_hits(const RedisServer& server, RedisBackend& backend,
-                                                   C& cache, int hits) {
+                                                   C& cache, int hits,
+                                                   std::span<const std::string> tags = {}) {
     int loads = 0;
     auto loader = [&] {
         ++loads;
         return std::optional<std::string>("value");
     };
-    REQUIRE(cache.get("user:1", loader) == "value");  // miss, lease, fill
-    REQUIRE(cache.get("user:1", loader) == "value");  // a hit, on a warm connection
+    REQUIRE(cache.get("user:1", tags, loader) == "value");  // miss, lease, fill
+    REQUIRE(cache.get("user:1", tags, loader) == "value");  // a hit, on a warm connection
     const auto trips = backend.stats().round_trips;
     const auto before = server.info_commandstats();
-    for (int i = 0; i < hits; ++i) REQUIRE(cache.get("user:1", loader) == "value");
+    for (int i = 0; i < hits; ++i) REQUIRE(cache.get("user:1", tags, loader) == "value");
     const auto after = server.info_commandstats();
     CHECK(backend.stats().round_trips - trips == static_cast<std::uint64_t>(hits));
     CHECK(loads == 1);
@@ -353,19 +355,37 @@ std::map<std::string, long long> commands_for_hits(const RedisServer& server, Re
 
 }  // namespace
 
-TEST_CASE("A CacheAside hit costs exactly one round trip", "[redis][cache_aside]") {
+// Freshness lives in the envelope, so no composition needs PTTL: a hit is one GET, a
+// tagged hit one MGET of the value and its tag versions.
+TEST_CASE("A CacheAside hit is exactly one Redis command in every composition",
+          "[redis][cache_aside]") {
     RedisServer server;
     RedisBackend backend = make_test_backend(server);
     constexpr int hits = 100;
-    SECTION("without a TTL-reading guard: one GET, as a hand-written cache would send") {
+    const std::map<std::string, long long> one_get{{"get", hits}, {"info", 1}};
+    const std::map<std::string, long long> one_mget{{"mget", hits}, {"info", 1}};
+    const std::vector<std::string> one_tag{"team:7"};
+    SECTION("no guard: one GET, as a hand-written cache would send") {
         Cache cache(backend);
-        CHECK(commands_for_hits(server, backend, cache, hits) ==
-              std::map<std::string, long long>{{"get", hits}, {"info", 1}});
+        CHECK(commands_for_hits(server, backend, cache, hits) == one_get);
     }
-    SECTION("with XFetch: GET and PTTL in one pipeline") {
+    SECTION("XFetch") {
         larder::CacheAside<std::string, RedisBackend, larder::XFetch> cache(backend);
-        CHECK(commands_for_hits(server, backend, cache, hits) ==
-              std::map<std::string, long long>{{"get", hits}, {"pttl", hits}, {"info", 1}});
+        CHECK(commands_for_hits(server, backend, cache, hits) == one_get);
+    }
+    SECTION("Guards<XFetch, Lock> with a grace period") {
+        larder::CacheAside<std::string, RedisBackend, larder::Guards<larder::XFetch, larder::Lock>>
+            cache(backend, {.grace = 60s});
+        CHECK(commands_for_hits(server, backend, cache, hits) == one_get);
+    }
+    SECTION("a tagged entry: one MGET of the value and its tag version") {
+        Cache cache(backend);
+        CHECK(commands_for_hits(server, backend, cache, hits, one_tag) == one_mget);
+    }
+    SECTION("Guards<XFetch, Lock> with one tag") {
+        larder::CacheAside<std::string, RedisBackend, larder::Guards<larder::XFetch, larder::Lock>>
+            cache(backend);
+        CHECK(commands_for_hits(server, backend, cache, hits, one_tag) == one_mget);
     }
 }
 

@@ -91,12 +91,38 @@ BACKEND_TEST_CASE("A background refresh returns the current value at once", "[st
         release->wait();
         return std::optional<std::string>("new");
     };
-    REQUIRE(cache.get("hot", loader) == "old");
-    REQUIRE(cache.get("hot", loader) == "old");  // refresh queued or running: not twice
+    REQUIRE(cache.get("hot", larder::detached(loader)) == "old");
+    REQUIRE(cache.get("hot", larder::detached(loader)) == "old");  // queued or running: not twice
     release->open();
     cache.wait_for_background_refreshes();
     REQUIRE(loads->load() == 1);
     REQUIRE(cache.get("hot", [] { return std::optional<std::string>("x"); }) == "new");
+}
+
+// 09443b1 ran a natural `[&]` loader on the background thread after get() returned: a
+// stack-use-after-return. Only a loader passed through detached() may outlive the call.
+BACKEND_TEST_CASE("A background-refreshing guard runs a by-reference loader before get returns",
+                  "[stampede][xfetch][regression]") {
+    TestType fx;
+    larder::CacheAside<std::string, decltype(fx.backend), larder::XFetch> cache(
+        fx.backend, options_for(fx, {.ttl = 10s}), always_refresh(/*background=*/true));
+    (void)cache.get("hot", [] {
+        std::this_thread::sleep_for(20ms);
+        return std::optional<std::string>("old");
+    });
+    std::optional<std::string> got;
+    {
+        int calls = 0;                    // on this scope's stack
+        std::string fresh = "refreshed";  // likewise
+        got = cache.get("hot", [&] {
+            ++calls;
+            return std::optional<std::string>(fresh);
+        });
+        REQUIRE(calls == 1);  // ran inline, while its captures were alive
+    }
+    REQUIRE(got == "refreshed");
+    cache.wait_for_background_refreshes();
+    REQUIRE(cache.get("hot", [] { return std::optional<std::string>("x"); }) == "refreshed");
 }
 
 BACKEND_TEST_CASE("Lock: another process's reader waits for the holder's value",

@@ -346,7 +346,7 @@ private:
     [[nodiscard]] std::int64_t now_ms() const { return clock_->now().time_since_epoch().count(); }
 
     static std::int64_t expiry(std::int64_t now, Millis ttl) {
-        return ttl.count() > 0 ? now + ttl.count() : 0;
+        return ttl.count() > 0 ? now + saturated(ttl).count() : 0;
     }
 
     static std::optional<Millis> remaining(const Node* n, std::int64_t now) {

@@ -201,7 +201,7 @@ public:
     /// SET key value [PX ttl]; a TTL of no_expiry (or below) stores without one.
     void set(std::string_view key, std::string_view value, Millis ttl) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
-        const redis_detail::Number px(ttl.count());
+        const redis_detail::Number px(saturated(ttl).count());
         run([&](redis_detail::Connection& c) {
             const auto reply = ttl.count() > 0
                                    ? c.command(Args{"SET", k.view(), value, "PX", px.view()})
@@ -213,7 +213,7 @@ public:
     /// SET key value NX [PX ttl]: true when this call created the key.
     bool set_if_absent(std::string_view key, std::string_view value, Millis ttl) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
-        const redis_detail::Number px(ttl.count());
+        const redis_detail::Number px(saturated(ttl).count());
         return run([&](redis_detail::Connection& c) {
             const auto reply = ttl.count() > 0
                                    ? c.command(Args{"SET", k.view(), value, "NX", "PX", px.view()})
@@ -229,7 +229,7 @@ public:
     bool compare_and_set(std::string_view key, std::string_view expected, std::string_view value,
                          Millis ttl) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
-        const redis_detail::Number px(ttl.count() > 0 ? ttl.count() : 0);
+        const redis_detail::Number px(ttl.count() > 0 ? saturated(ttl).count() : 0);
         const std::array<std::string_view, 1> keys{k.view()};
         const std::array<std::string_view, 3> args{expected, value, px.view()};
         return run_script(compare_and_set_script_, keys, args) == 1;
@@ -246,7 +246,7 @@ public:
     /// Resets the TTL only while the value still equals `expected`. A script.
     bool compare_and_expire(std::string_view key, std::string_view expected, Millis ttl) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
-        const redis_detail::Number px(ttl.count() > 0 ? ttl.count() : 0);
+        const redis_detail::Number px(ttl.count() > 0 ? saturated(ttl).count() : 0);
         const std::array<std::string_view, 1> keys{k.view()};
         const std::array<std::string_view, 2> args{expected, px.view()};
         return run_script(compare_and_expire_script_, keys, args) == 1;

@@ -14,6 +14,24 @@ using Millis = std::chrono::milliseconds;
 /// process carry timestamps that another process must be able to compare.
 using TimePoint = std::chrono::time_point<std::chrono::system_clock, Millis>;
 
+/// The longest TTL larder hands a store (about 100 years). Longer ones, Millis::max()
+/// included, are saturated to it: `now + ttl` can then never overflow, and Redis never
+/// rejects the expiry.
+inline constexpr Millis max_ttl =
+    std::chrono::duration_cast<Millis>(std::chrono::hours(24 * 36525));
+
+/// `ttl`, saturated to max_ttl.
+[[nodiscard]] constexpr Millis saturated(Millis ttl) noexcept {
+    return ttl > max_ttl ? max_ttl : ttl;
+}
+
+/// `a + b` for durations that may be huge: saturates to max_ttl instead of overflowing.
+[[nodiscard]] constexpr Millis saturated_sum(Millis a, Millis b) noexcept {
+    a = saturated(a);
+    b = saturated(b);
+    return saturated(a + b);
+}
+
 /// A source of the current time. Implementations must be thread-safe.
 class Clock {
 public:

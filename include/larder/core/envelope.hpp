@@ -28,12 +28,19 @@ struct EnvelopeHeader {
     EntryKind kind = EntryKind::value;
     std::uint8_t codec = 0;
     TimePoint written_at{};
+    /// Until when the value is fresh (the writer's clock); the epoch means "while stored".
+    TimePoint fresh_until{};
+    /// Until when the value may be served stale (fail-safe grace); the epoch means "while
+    /// stored". Never before fresh_until.
+    TimePoint grace_until{};
     /// How long the value took to compute (XFetch's delta), saturating at ~71 minutes.
     std::chrono::microseconds recompute_time{0};
-    /// How long the value stays servable past its freshness (fail-safe), in ms.
-    Millis grace{0};
     /// A writer-supplied version (write-through ordering); 0 when none.
     std::uint64_t version = 0;
+    /// Unique per write: two writes of equal values never store equal bytes, so a
+    /// compare-and-set against the bytes of one can never succeed against the other.
+    /// write_header draws a random one when this is 0.
+    std::uint64_t nonce = 0;
 };
 
 /// A parsed envelope; views into the stored bytes, so it must not outlive them.
@@ -47,8 +54,10 @@ struct EnvelopeView {
 namespace envelope {
 
 inline constexpr std::array<unsigned char, 2> magic{0xCA, 0xCE};
-inline constexpr std::uint8_t format_version = 1;
-inline constexpr std::size_t header_size = 32;
+inline constexpr std::uint8_t format_version = 2;
+inline constexpr std::size_t header_size = 56;
+/// The longest tag name a record can hold.
+inline constexpr std::size_t max_tag_size = 0xFFFF;
 
 namespace detail {
 
@@ -68,9 +77,13 @@ U get(const char* p) {
     return static_cast<U>(v);
 }
 
+inline std::int64_t ms(TimePoint t) {
+    return t.time_since_epoch().count();
+}
+
 }  // namespace detail
 
-/// Appends the 32-byte header (no tags) to `out`; the payload follows.
+/// Appends the header (no tags) to `out`; tag records, then the payload, follow.
 inline void write_header(std::string& out, const EnvelopeHeader& h, std::uint16_t tag_count = 0) {
     out.push_back(static_cast<char>(magic[0]));
     out.push_back(static_cast<char>(magic[1]));
@@ -79,17 +92,21 @@ inline void write_header(std::string& out, const EnvelopeHeader& h, std::uint16_
     out.push_back(static_cast<char>(h.codec));
     out.push_back(0);  // flags, reserved
     detail::put<std::uint16_t>(out, tag_count);
-    detail::put<std::int64_t>(out, h.written_at.time_since_epoch().count());
+    detail::put<std::int64_t>(out, detail::ms(h.written_at));
+    detail::put<std::int64_t>(out, detail::ms(h.fresh_until));
+    detail::put<std::int64_t>(out, detail::ms(h.grace_until));
     const auto us = h.recompute_time.count();
     detail::put<std::uint32_t>(
         out, static_cast<std::uint32_t>(us < 0 ? 0 : (us > 0xFFFFFFFF ? 0xFFFFFFFF : us)));
-    const auto grace = h.grace.count();
-    detail::put<std::uint32_t>(
-        out, static_cast<std::uint32_t>(grace < 0 ? 0 : (grace > 0xFFFFFFFF ? 0xFFFFFFFF : grace)));
+    detail::put<std::uint32_t>(out, 0);  // reserved
     detail::put<std::uint64_t>(out, h.version);
+    std::uint64_t nonce = h.nonce;
+    while (nonce == 0) nonce = random_token()[0];
+    detail::put<std::uint64_t>(out, nonce);
 }
 
-/// Appends one tag record; call tag_count times right after write_header.
+/// Appends one tag record; call tag_count times right after write_header. A name longer
+/// than max_tag_size cannot be recorded: callers reject it before writing anything.
 inline void write_tag(std::string& out, std::string_view name, std::uint64_t version) {
     detail::put<std::uint16_t>(out, static_cast<std::uint16_t>(name.size()));
     out.append(name);
@@ -112,9 +129,11 @@ inline void write_tag(std::string& out, std::string_view name, std::uint64_t ver
     v.header.codec = static_cast<std::uint8_t>(p[4]);
     v.tag_count = detail::get<std::uint16_t>(p + 6);
     v.header.written_at = TimePoint{Millis{detail::get<std::int64_t>(p + 8)}};
-    v.header.recompute_time = std::chrono::microseconds{detail::get<std::uint32_t>(p + 16)};
-    v.header.grace = Millis{detail::get<std::uint32_t>(p + 20)};
-    v.header.version = detail::get<std::uint64_t>(p + 24);
+    v.header.fresh_until = TimePoint{Millis{detail::get<std::int64_t>(p + 16)}};
+    v.header.grace_until = TimePoint{Millis{detail::get<std::int64_t>(p + 24)}};
+    v.header.recompute_time = std::chrono::microseconds{detail::get<std::uint32_t>(p + 32)};
+    v.header.version = detail::get<std::uint64_t>(p + 40);
+    v.header.nonce = detail::get<std::uint64_t>(p + 48);
 
     std::size_t pos = header_size;
     for (std::uint16_t i = 0; i < v.tag_count; ++i) {
@@ -145,7 +164,8 @@ void for_each_tag(const EnvelopeView& v, Fn&& fn) {
 [[nodiscard]] inline std::string make_lease(const Token& token, TimePoint now) {
     std::string out;
     out.reserve(header_size + 16);
-    write_header(out, EnvelopeHeader{.kind = EntryKind::lease, .written_at = now});
+    write_header(
+        out, EnvelopeHeader{.kind = EntryKind::lease, .written_at = now, .nonce = token[0] | 1});
     detail::put<std::uint64_t>(out, token[0]);
     detail::put<std::uint64_t>(out, token[1]);
     return out;

@@ -3,6 +3,10 @@
 // missed and returns one std::optional<T> per key, in order.
 #pragma once
 
+#include <functional>
+#include <type_traits>
+#include <utility>
+
 #include <concepts>
 #include <optional>
 #include <span>
@@ -18,5 +22,32 @@ concept LoaderFor = std::convertible_to<std::invoke_result_t<L&>, std::optional<
 template <class L, class T>
 concept BatchLoaderFor = std::convertible_to<std::invoke_result_t<L&, std::span<const std::string>>,
                                              std::vector<std::optional<T>>>;
+
+/// A loader that owns what it captures, so a cache may run it after the call that passed
+/// it has returned: an XFetch refresh in the background. Made by detached(loader).
+/// Any other loader is only ever run before get() returns, so a natural `[&]` loader is
+/// always safe; a background refresh needs this explicit promise.
+template <class F>
+class Detached {
+public:
+    explicit Detached(F f) : f_(std::move(f)) {}
+    decltype(auto) operator()() { return std::invoke(f_); }
+
+private:
+    F f_;
+};
+
+/// Wraps a loader that owns everything it captures (captures by value, or shared_ptr):
+/// with XFetch{.background = true}, an elected refresh then runs on a background thread
+/// and the reader gets the current value at once. Without it the refresh runs inline.
+template <class F>
+[[nodiscard]] Detached<std::decay_t<F>> detached(F&& f) {
+    return Detached<std::decay_t<F>>(std::forward<F>(f));
+}
+
+template <class L>
+inline constexpr bool is_detached_v = false;
+template <class F>
+inline constexpr bool is_detached_v<Detached<F>> = true;
 
 }  // namespace larder

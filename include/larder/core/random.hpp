@@ -2,7 +2,10 @@
 // thread's generator is seeded from std::random_device, never from time or a constant.
 #pragma once
 
+#include <pthread.h>
+
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <random>
 
@@ -10,12 +13,33 @@ namespace larder {
 
 namespace detail {
 
+// Bumped in every child after fork(): a child that kept its parent's generator state
+// would draw the same lease tokens, jitter and XFetch decisions as the parent and as
+// every sibling.
+inline std::atomic<std::uint64_t>& fork_generation() {
+    static std::atomic<std::uint64_t> generation{0};
+    return generation;
+}
+
+inline std::mt19937_64 seeded_rng() {
+    std::random_device device;
+    std::seed_seq seed{device(), device(), device(), device(), device(), device()};
+    return std::mt19937_64(seed);
+}
+
 inline std::mt19937_64& thread_rng() {
-    thread_local std::mt19937_64 rng = [] {
-        std::random_device device;
-        std::seed_seq seed{device(), device(), device(), device(), device(), device()};
-        return std::mt19937_64(seed);
+    static const bool registered = [] {
+        ::pthread_atfork(nullptr, nullptr,
+                         [] { fork_generation().fetch_add(1, std::memory_order_relaxed); });
+        return true;
     }();
+    (void)registered;
+    thread_local std::mt19937_64 rng = seeded_rng();
+    thread_local std::uint64_t seeded_in = fork_generation().load(std::memory_order_relaxed);
+    if (const auto now = fork_generation().load(std::memory_order_relaxed); now != seeded_in) {
+        rng = seeded_rng();
+        seeded_in = now;
+    }
     return rng;
 }
 
@@ -35,6 +59,15 @@ inline std::int64_t random_between(std::int64_t lo, std::int64_t hi) {
 
 /// 128 random bits: a lease token.
 using Token = std::array<std::uint64_t, 2>;
+
+/// 64 random bits, never 0: a tag version or a version key. Versions are compared only
+/// for equality, so they need not grow; they must never repeat, and two bumps in the
+/// same millisecond or after a clock step must not collide (see docs/invalidation.md).
+inline std::uint64_t random_version() {
+    std::uint64_t v = 0;
+    while (v == 0) v = detail::thread_rng()();
+    return v;
+}
 
 inline Token random_token() {
     auto& rng = detail::thread_rng();

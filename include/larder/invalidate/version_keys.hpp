@@ -4,8 +4,8 @@
 //
 // The seed's INCR restarts at 1 after the version key is evicted or Redis restarts, so
 // `user:42:v1` comes back and serves whatever was cached under it long ago. Here a version
-// is the current time in milliseconds with random low bits, created with SET NX when
-// missing: a version made after the old one vanished never equals any earlier one.
+// is 64 random bits, created with SET NX when missing: a version made after the old one
+// vanished never equals any earlier one (docs/invalidation.md argues the odds).
 #pragma once
 
 #include <charconv>
@@ -85,13 +85,9 @@ private:
         return out;
     }
 
-    // Milliseconds since the epoch in the high bits, 16 random bits below: increasing
-    // across bumps a millisecond apart, and unequal to every version made before.
-    std::uint64_t make_version() const {
-        const auto ms =
-            static_cast<std::uint64_t>(options_.clock->now().time_since_epoch().count());
-        return (ms << 16) | static_cast<std::uint64_t>(random_between(1, 0xFFFF));
-    }
+    // 64 random bits: only equality matters, and a version made after the old one vanished
+    // (eviction, restart, a clock step back) must never equal any earlier one.
+    static std::uint64_t make_version() { return random_version(); }
 
     B& backend_;
     VersionKeyOptions options_;

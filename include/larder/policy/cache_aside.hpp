@@ -78,32 +78,58 @@ struct CacheAsideOptions {
     const Clock* clock = &SystemClock::instance();
 };
 
+template <class T, Backend B, class... Components>
+class WriteThrough;
+template <class T, Backend B, class... Components>
+class WriteBehind;
+
 /// CacheAside<T, Backend, Components...>: Components are an optional codec for T and an
 /// optional StampedeGuard, in any order (see policy/detail/components.hpp).
+///
+/// Every read goes through one function, read(): the value (and the versions of the
+/// caller's tags) in one store command, classified by the envelope's own freshness, then
+/// admitted by the entry's own stamped tags. The first read, a lease waiter's polls, a
+/// refresh's re-read and a batch read all pass through it, so none can skip a check.
 template <class T, Backend B, class... Components>
 class CacheAside {
     static_assert(detail::all_components_known<T, Components...>,
                   "each component must be a Codec for T or a StampedeGuard");
 
+    template <class U, Backend B2, class... Cs>
+    friend class WriteThrough;
+    template <class U, Backend B2, class... Cs>
+    friend class WriteBehind;
+
     struct TagVersion {
         std::string name;
-        std::uint64_t version = 0;
+        std::uint64_t version = 0;  ///< 0: the tag has no version (yet)
     };
 
-    /// One store read, classified.
+    /// One store read, classified and admitted.
     struct Read {
         enum State {
             fresh,    ///< a value or a cached "not found", still fresh
             stale,    ///< a value past its freshness, within the grace period
-            absent,   ///< nothing there: this caller may lease and fill
+            absent,   ///< nothing usable there: this caller may lease and fill
             leased,   ///< another loader holds the key
             unknown,  ///< the store failed: load, but do not fill
         } state = absent;
         bool negative = false;     ///< the value is a cached "not found"
         std::optional<T> value{};  ///< fresh or stale value
-        std::string bytes{};       ///< the stored bytes (refreshes CAS on them)
-        Millis fresh_for{0};       ///< time left until stale
+        /// What is stored now: the value (a refresh fences on it), another loader's lease
+        /// (deciding whether to share its load), or bytes a lease may replace (expired,
+        /// corrupt, or no longer admitted); empty when nothing is stored.
+        std::string bytes{};
+        bool present = false;  ///< something is stored: `bytes` (which may be empty)
+        Millis fresh_for{0};   ///< time left until stale
         std::chrono::microseconds recompute_time{0};
+        std::vector<TagVersion> stamped{};  ///< the entry's own tags, as written
+    };
+
+    /// A value as stored: its bytes and the TTL the store keeps them for.
+    struct Entry {
+        std::string bytes;
+        Millis ttl;
     };
 
 public:
@@ -129,25 +155,26 @@ public:
     /// propagates unchanged (to every caller that shared the load), unless a stale value
     /// within the grace period can be served instead.
     ///
-    /// With a background-refreshing guard the loader may be called after get() returns,
-    /// so it must then own what it captures (copy, not reference, locals).
+    /// A loader runs before get() returns, so it may capture by reference; only a loader
+    /// wrapped in detached() may be run later by a background refresh.
     template <LoaderFor<T> L>
     std::optional<T> get(std::string_view key, L&& loader) {
-        const std::string full = full_key(key);
-        const auto fences = flights_.fences_set();
-        return get_read(full, read(full), loader, {}, fences);
+        return get(key, std::span<const std::string>(), loader);
     }
 
     /// get() for an entry that carries tags: it is served only while none of its tags
-    /// was invalidated since it was written. Pass the same tags on every read of a key.
-    /// The value and the tags' current versions are read in one round trip.
+    /// was invalidated since it was written. The value and the tags' current versions are
+    /// read in one round trip. Whatever tags a read passes, an entry is admitted by the
+    /// tags it was stored with; the tags passed here are the ones a fill stamps.
+    /// Throws ArgumentError for a tag name longer than envelope::max_tag_size.
     template <LoaderFor<T> L>
     std::optional<T> get(std::string_view key, std::span<const std::string> tags, L&& loader) {
         const std::string full = full_key(key);
-        std::vector<TagVersion> current;
-        const auto fences = flights_.fences_set();
-        Read found = read_tagged(full, tags, current);
-        return get_read(full, std::move(found), loader, current, fences);
+        const std::vector<std::string> names = checked_tags(tags);
+        const auto before = flights_.now();
+        std::vector<TagVersion> stamp;
+        Read found = read(full, names, stamp);
+        return get_read(full, std::move(found), loader, names, stamp, before);
     }
 
     template <LoaderFor<T> L>
@@ -161,20 +188,23 @@ public:
     /// warm-ups; a read-through cache needs only get().
     void set(std::string_view key, const T& value, std::span<const std::string> tags = {}) {
         const std::string full = full_key(key);
-        std::vector<TagVersion> current;
-        if (!tags.empty()) current = tag_versions(tags, true);
+        const std::vector<std::string> names = checked_tags(tags);
+        std::vector<TagVersion> stamp;
+        if (!names.empty()) stamp = tag_versions(names);
         flights_.forget(full);
-        backend_.set(full, encode(&value, std::chrono::microseconds{0}, current),
-                     options_.jitter.apply(options_.ttl) + options_.grace);
+        Entry entry = encode(&value, std::chrono::microseconds{0}, stamp);
+        backend_.set(full, entry.bytes, entry.ttl);
+        keep_tags_alive(stamp);
     }
 
     /// Invalidates every entry carrying `tag`, in O(1): the tag gets a new version, and
     /// entries stamped with the old one miss from now on. Throws BackendError when the
     /// store cannot be reached.
     void invalidate_tag(std::string_view tag) {
+        check_tag(tag);
         stats_.add(Counter::invalidations);
         try {
-            backend_.set(tag_key(tag), std::to_string(new_tag_version()), options_.tag_ttl);
+            backend_.set(tag_key(tag), std::to_string(random_version()), options_.tag_ttl);
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
             throw;
@@ -189,49 +219,11 @@ public:
         return key;
     }
 
-private:
-    template <class L>
-    std::optional<T> get_read(const std::string& full, Read found, L& loader,
-                              std::span<const TagVersion> tags, std::uint64_t fences_before_read) {
-        switch (found.state) {
-            case Read::fresh:
-                stats_.add(Counter::hits);
-                if (found.negative) stats_.add(Counter::negative_hits);
-                if (!found.negative &&
-                    guard_.refresh_early(FreshHit{found.fresh_for, found.recompute_time})) {
-                    return refresh(full, std::move(found), loader, /*early=*/true, tags);
-                }
-                return std::move(found.value);
-            case Read::stale:
-                return refresh(full, std::move(found), loader, /*early=*/false, tags);
-            case Read::absent:
-            case Read::leased:
-            case Read::unknown:
-                break;
-        }
-        stats_.add(Counter::misses);
-        const auto state = found.state;
-        // Join a load in flight only if this read saw its lease, or read before the lease
-        // was taken: a reader that should have seen the lease and did not knows an
-        // invalidation (maybe in another process) fenced that load off.
-        const std::string seen = state == Read::leased ? std::move(found.bytes) : std::string();
-        auto may_join = [&](std::string_view fence, std::uint64_t fence_number) {
-            return fence.empty() || fence_number > fences_before_read || state == Read::unknown ||
-                   fence == seen;
-        };
-        auto result = flights_.run(
-            flight_key(full, tags),
-            [&](auto& leader) { return load_missing(full, loader, state, tags, leader); },
-            may_join);
-        if (result.shared) stats_.add(Counter::coalesced);
-        return std::move(result.value);
-    }
-
-public:
-    /// Values for many keys, aligned with `keys`, from one backend read. The batch loader
-    /// is called once, with only the keys that missed (each once), and returns one
-    /// std::optional<T> per key it was given, in order. Stale values are served as they
-    /// are (no refresh); use get() for keys that need one.
+    /// Values for many keys, aligned with `keys`, from one backend read (a second only
+    /// when some entries carry tags). The batch loader is called once, with only the keys
+    /// that missed (each once), and returns one std::optional<T> per key it was given, in
+    /// order. Stale values are served as they are (no refresh); use get() for keys that
+    /// need one.
     template <BatchLoaderFor<T> BatchLoader>
     std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
                                            BatchLoader&& batch_loader) {
@@ -239,51 +231,55 @@ public:
         full.reserve(keys.size());
         for (const auto& k : keys) full.push_back(full_key(k));
 
-        std::vector<std::optional<StoredValue>> stored;
+        std::vector<Read> reads(keys.size());
         try {
-            // No refresh happens here, so the TTLs are not needed: one MGET where possible.
-            if constexpr (ValueOnlyReads<B>) {
-                stored = backend_.get_many_values(std::span<const std::string>(full));
-            } else {
-                stored = backend_.get_many(std::span<const std::string>(full));
-            }
+            auto stored = fetch_many(full);
+            for (std::size_t i = 0; i < keys.size(); ++i) reads[i] = classify(std::move(stored[i]));
+            admit(reads, {});
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
-            stored.assign(keys.size(), std::nullopt);
+            for (auto& r : reads) r = Read{.state = Read::unknown};
         }
 
         std::vector<std::optional<T>> out(keys.size());
         // Missing keys in first-seen order, each with the positions that want it.
         struct Missing {
             std::size_t first_index;
-            bool may_fill;
             std::vector<std::size_t> wanted_at;
         };
         std::vector<std::string> missing_keys;
         std::vector<Missing> missing;
         std::unordered_map<std::string_view, std::size_t> index_of;
         for (std::size_t i = 0; i < keys.size(); ++i) {
-            Read found = classify(full[i], std::move(stored[i]));
+            Read& found = reads[i];
             if (found.state == Read::fresh || found.state == Read::stale) {
                 stats_.add(found.state == Read::fresh ? Counter::hits : Counter::stale_served);
                 out[i] = std::move(found.value);
                 continue;
             }
             stats_.add(Counter::misses);
-            auto [it, fresh] = index_of.try_emplace(keys[i], missing.size());
-            if (fresh) {
+            auto [it, first] = index_of.try_emplace(keys[i], missing.size());
+            if (first) {
                 missing_keys.push_back(keys[i]);
-                missing.push_back(Missing{i, found.state == Read::absent, {}});
+                missing.push_back(Missing{i, {}});
             }
             missing[it->second].wanted_at.push_back(i);
         }
         if (missing.empty()) return out;
 
+        // Leases only where the read worked and found nothing usable: after a failed read
+        // the store is likely down, and a lease per key would be a round trip per key.
         std::vector<std::optional<std::string>> leases(missing.size());
+        std::vector<typename detail::LeaseKeeper<B>::Hold> holds;
         for (std::size_t m = 0; m < missing.size(); ++m) {
-            if (missing[m].may_fill) leases[m] = try_lease(full[missing[m].first_index]);
+            const Read& found = reads[missing[m].first_index];
+            if (found.state != Read::absent) continue;
+            const std::string& key = full[missing[m].first_index];
+            leases[m] = try_lease(key, replaced(found));
+            if (leases[m]) holds.push_back(keeper_.hold(key, *leases[m]));
         }
         auto release_all = [&] {
+            holds.clear();
             for (std::size_t m = 0; m < missing.size(); ++m) {
                 release(full[missing[m].first_index], leases[m]);
             }
@@ -305,6 +301,7 @@ public:
                               std::to_string(loaded.size()) + " values for " +
                               std::to_string(missing.size()) + " keys");
         }
+        holds.clear();
         const auto took = watch.elapsed();
         for (std::size_t m = 0; m < missing.size(); ++m) {
             const std::string& key = full[missing[m].first_index];
@@ -378,93 +375,236 @@ private:
         if (o.grace.count() < 0 || o.tag_ttl.count() < 0) {
             throw ConfigError("CacheAside: grace and tag_ttl must not be negative");
         }
+        // Durations past max_ttl mean "as long as a store keeps anything": saturated, so
+        // that no sum below can overflow.
+        o.ttl = saturated(o.ttl);
+        o.negative_ttl = saturated(o.negative_ttl);
+        o.grace = saturated(o.grace);
+        o.lease_ttl = saturated(o.lease_ttl);
+        o.tag_ttl = saturated(o.tag_ttl);
         if (o.tag_ttl.count() == 0) {
-            const auto longest_jitter =
-                o.jitter.max_extra + Millis{static_cast<Millis::rep>(
-                                         o.jitter.ratio * static_cast<double>(o.ttl.count()))};
-            o.tag_ttl = 2 * (std::max(o.ttl, o.negative_ttl) + longest_jitter + o.grace);
+            const double spread = o.jitter.ratio * static_cast<double>(o.ttl.count());
+            const Millis longest_jitter = saturated_sum(
+                o.jitter.max_extra,
+                Millis{static_cast<Millis::rep>(std::min(spread, double(max_ttl.count())))});
+            const Millis longest_entry = saturated_sum(
+                saturated_sum(std::max(o.ttl, o.negative_ttl), longest_jitter), o.grace);
+            o.tag_ttl = saturated_sum(longest_entry, longest_entry);
         }
         return o;
     }
 
-    // Whether reads can skip the TTL: nothing looks at it without a TTL-reading guard or
-    // a grace period, and on Redis it is a second command per hit.
-    [[nodiscard]] bool value_only_reads() const noexcept {
-        if constexpr (ValueOnlyReads<B>) {
-            return !needs_remaining_ttl<guard_type>() && options_.grace.count() == 0;
-        } else {
-            return false;
+    static void check_tag(std::string_view tag) {
+        if (tag.size() > envelope::max_tag_size) {
+            throw ArgumentError("CacheAside: a tag name is " + std::to_string(tag.size()) +
+                                " bytes; the longest a stored entry can carry is " +
+                                std::to_string(envelope::max_tag_size));
         }
     }
+
+    // The tags a fill stamps: checked, each once.
+    static std::vector<std::string> checked_tags(std::span<const std::string> tags) {
+        std::vector<std::string> names;
+        if (tags.empty()) return names;
+        names.reserve(tags.size());
+        for (const auto& t : tags) {
+            check_tag(t);
+            if (std::find(names.begin(), names.end(), t) == names.end()) names.push_back(t);
+        }
+        return names;
+    }
+
+    // ---- the read: one store command, classified, admitted -------------------------
 
     std::optional<StoredValue> fetch(const std::string& full) {
+        // Freshness is in the envelope, so no read needs the store's TTL.
         if constexpr (ValueOnlyReads<B>) {
-            if (value_only_reads()) return backend_.get_value(full);
+            return backend_.get_value(full);
+        } else {
+            return backend_.get(full);
         }
-        return backend_.get(full);
     }
 
-    Read read(const std::string& full) {
-        std::optional<StoredValue> stored;
+    std::vector<std::optional<StoredValue>> fetch_many(std::span<const std::string> keys) {
+        if constexpr (ValueOnlyReads<B>) {
+            return backend_.get_many_values(keys);
+        } else {
+            return backend_.get_many(keys);
+        }
+    }
+
+    // Reads `full` and the versions of `tags` in one command, then admits what is there
+    // by its own stamped tags. `stamp` receives the tags' current versions (created where
+    // missing, when a fill may follow): what a fill after this read stamps.
+    Read read(const std::string& full, std::span<const std::string> tags,
+              std::vector<TagVersion>& stamp) {
+        stamp.clear();
+        Read r;
         try {
-            stored = fetch(full);
+            if (tags.empty()) {
+                r = classify(fetch(full));
+            } else {
+                std::vector<std::string> keys;
+                keys.reserve(tags.size() + 1);
+                keys.push_back(full);
+                for (const auto& t : tags) keys.push_back(tag_key(t));
+                auto stored = fetch_many(keys);
+                for (std::size_t i = 0; i < tags.size(); ++i) {
+                    stamp.push_back(TagVersion{tags[i], parse_version(stored[i + 1])});
+                }
+                r = classify(std::move(stored[0]));
+            }
+            admit(std::span<Read>(&r, 1), stamp);
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
             return Read{.state = Read::unknown};
         }
-        return classify(full, std::move(stored));
-    }
-
-    // The value and the current versions of `tags` in one store read (get_many). A value
-    // stamped with other versions, or with other tags, was invalidated by a tag: its bytes
-    // are removed (compare-and-delete) and the read is a miss. Tags without a version get
-    // one, so that the fill can be stamped with it.
-    Read read_tagged(const std::string& full, std::span<const std::string> tags,
-                     std::vector<TagVersion>& current) {
-        std::vector<std::string> keys;
-        keys.reserve(tags.size() + 1);
-        keys.push_back(full);
-        for (const auto& t : tags) keys.push_back(tag_key(t));
-        std::vector<std::optional<StoredValue>> stored;
-        try {
-            stored = backend_.get_many(std::span<const std::string>(keys));
-        } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);
-            return Read{.state = Read::unknown};
-        }
-        bool all_known = true;
-        current.clear();
-        for (std::size_t i = 0; i < tags.size(); ++i) {
-            const auto version = parse_tag_version(stored[i + 1]);
-            all_known = all_known && version.has_value();
-            current.push_back(TagVersion{tags[i], version.value_or(0)});
-        }
-        Read r = classify(full, std::move(stored[0]));
-        if ((r.state == Read::fresh || r.state == Read::stale) &&
-            (!all_known || !stamped_with(r.bytes, current))) {
-            r = remove_invalidated(full, r.bytes);
-        }
-        if (!all_known && !create_missing_versions(current)) {
-            if (r.state == Read::absent) r.state = Read::unknown;  // cannot stamp: do not fill
+        if (r.state == Read::absent && !create_missing_versions(stamp)) {
+            r.state = Read::unknown;  // cannot stamp a fill: load, but do not fill
         }
         return r;
     }
 
-    // The current versions of `tags`, created where missing.
-    std::vector<TagVersion> tag_versions(std::span<const std::string> tags, bool throw_on_error) {
+    // The one admission check: an entry is served only while every tag it was stamped
+    // with still has the version it was stamped with. `known` holds versions read along
+    // with the values; the others are read in one more command. An entry not admitted
+    // becomes a miss whose bytes a lease may replace. Throws BackendError.
+    void admit(std::span<Read> reads, std::span<const TagVersion> known) {
+        std::vector<std::string> names;
+        auto known_version = [&](const std::string& name) -> const TagVersion* {
+            for (const auto& k : known) {
+                if (k.name == name) return &k;
+            }
+            return nullptr;
+        };
+        for (const auto& r : reads) {
+            for (const auto& t : r.stamped) {
+                if (!known_version(t.name) &&
+                    std::find(names.begin(), names.end(), t.name) == names.end()) {
+                    names.push_back(t.name);
+                }
+            }
+        }
+        std::vector<TagVersion> more;
+        if (!names.empty()) {
+            std::vector<std::string> keys;
+            keys.reserve(names.size());
+            for (const auto& n : names) keys.push_back(tag_key(n));
+            const auto stored = fetch_many(keys);
+            for (std::size_t i = 0; i < names.size(); ++i) {
+                more.push_back(TagVersion{names[i], parse_version(stored[i])});
+            }
+        }
+        for (auto& r : reads) {
+            if (r.stamped.empty() || (r.state != Read::fresh && r.state != Read::stale)) continue;
+            bool current = true;
+            for (const auto& t : r.stamped) {
+                const TagVersion* now = known_version(t.name);
+                if (!now) {
+                    for (const auto& m : more) {
+                        if (m.name == t.name) now = &m;
+                    }
+                }
+                current = current && now && now->version != 0 && now->version == t.version;
+            }
+            if (!current) {
+                r.state = Read::absent;
+                r.value.reset();
+                r.negative = false;
+            }
+        }
+    }
+
+    Read classify(std::optional<StoredValue> stored) {
+        if (!stored) return Read{.state = Read::absent};
+        Read r = classify_present(std::move(*stored));
+        r.present = true;
+        return r;
+    }
+
+    Read classify_present(StoredValue stored_value) {
+        auto* stored = &stored_value;
+        const auto env = envelope::parse(stored->bytes);
+        if (!env) return corrupt(std::move(stored->bytes));
+        const auto& h = env->header;
+        if (h.kind == EntryKind::lease) {
+            Read r{.state = Read::leased};
+            r.bytes = std::move(stored->bytes);  // whose lease: decides joining a load
+            return r;
+        }
+
+        Read r;
+        r.recompute_time = h.recompute_time;
+        const TimePoint now = options_.clock->now();
+        const bool fresh_while_stored = h.fresh_until == TimePoint{};
+        r.fresh_for = fresh_while_stored ? Millis::max() : h.fresh_until - now;
+        if (r.fresh_for.count() > 0) {
+            r.state = Read::fresh;
+        } else if (h.grace_until == TimePoint{} || now < h.grace_until) {
+            r.state = Read::stale;
+        } else {
+            // Past its grace, and the store (whose clock may lag ours) still has it.
+            r.state = Read::absent;
+            r.bytes = std::move(stored->bytes);
+            return r;
+        }
+        if (h.kind == EntryKind::not_found) {
+            r.negative = true;
+        } else {
+            if (h.codec != codec_type::id) return corrupt(std::move(stored->bytes));
+            try {
+                r.value.emplace(codec_.template decode<T>(env->payload));
+            } catch (const std::exception&) {
+                // A codec's own failure or a user's from_json throwing a standard
+                // exception: bytes this cache cannot read are a miss, never an error.
+                return corrupt(std::move(stored->bytes));
+            }
+        }
+        if (env->tag_count > 0) {
+            r.stamped.reserve(env->tag_count);
+            envelope::for_each_tag(*env, [&](std::string_view name, std::uint64_t version) {
+                r.stamped.push_back(TagVersion{std::string(name), version});
+            });
+        }
+        r.bytes = std::move(stored->bytes);
+        return r;
+    }
+
+    // Bytes we cannot read are a miss. A lease replaces them only while they are still
+    // the same bytes, so a good value written meanwhile by someone else survives.
+    Read corrupt(std::string bytes) {
+        stats_.add(Counter::corrupt_values);
+        Read r{.state = Read::absent};
+        r.bytes = std::move(bytes);
+        return r;
+    }
+
+    // ---- tags -------------------------------------------------------------------------
+
+    static std::uint64_t parse_version(const std::optional<StoredValue>& v) {
+        if (!v) return 0;
+        std::uint64_t out = 0;
+        const auto* end = v->bytes.data() + v->bytes.size();
+        auto [ptr, ec] = std::from_chars(v->bytes.data(), end, out);
+        if (ec != std::errc{} || ptr != end) return 0;
+        return out;
+    }
+
+    // The current versions of `tags`, created where missing. Throws BackendError.
+    std::vector<TagVersion> tag_versions(std::span<const std::string> tags) {
         std::vector<std::string> keys;
         for (const auto& t : tags) keys.push_back(tag_key(t));
         std::vector<TagVersion> current;
         try {
-            const auto stored = backend_.get_many(std::span<const std::string>(keys));
+            const auto stored = fetch_many(keys);
             for (std::size_t i = 0; i < tags.size(); ++i) {
-                current.push_back(TagVersion{tags[i], parse_tag_version(stored[i]).value_or(0)});
+                current.push_back(TagVersion{tags[i], parse_version(stored[i])});
             }
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
-            if (throw_on_error) throw;
+            throw;
         }
-        if (!create_missing_versions(current) && throw_on_error) {
+        if (!create_missing_versions(current)) {
             throw BackendError("CacheAside: cannot create tag versions");
         }
         return current;
@@ -475,11 +615,11 @@ private:
             if (t.version != 0) continue;
             const std::string key = tag_key(t.name);
             try {
-                const std::uint64_t fresh = new_tag_version();
+                const std::uint64_t fresh = random_version();
                 if (backend_.set_if_absent(key, std::to_string(fresh), options_.tag_ttl)) {
                     t.version = fresh;
-                } else if (auto v = parse_tag_version(backend_.get(key))) {
-                    t.version = *v;  // another writer created it first
+                } else if (const auto v = parse_version(backend_.get(key)); v != 0) {
+                    t.version = v;  // another writer created it first
                 } else {
                     return false;
                 }
@@ -491,131 +631,107 @@ private:
         return true;
     }
 
-    // Whether stored bytes carry exactly `current`'s tags at exactly those versions.
-    static bool stamped_with(const std::string& bytes, std::span<const TagVersion> current) {
-        const auto env = envelope::parse(bytes);
-        if (!env || env->tag_count != current.size()) return false;
-        bool all_match = true;
-        envelope::for_each_tag(*env, [&](std::string_view name, std::uint64_t version) {
-            bool found = false;
-            for (const auto& t : current) found = found || (t.name == name && t.version == version);
-            all_match = all_match && found;
-        });
-        return all_match;
-    }
-
-    Read remove_invalidated(const std::string& full, const std::string& bytes) {
-        try {
-            if (backend_.compare_and_delete(full, bytes)) return Read{.state = Read::absent};
-        } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);
-        }
-        return Read{.state = Read::unknown};
-    }
-
-    static std::optional<std::uint64_t> parse_tag_version(const std::optional<StoredValue>& v) {
-        if (!v) return std::nullopt;
-        std::uint64_t out = 0;
-        const auto* end = v->bytes.data() + v->bytes.size();
-        auto [ptr, ec] = std::from_chars(v->bytes.data(), end, out);
-        if (ec != std::errc{} || ptr != end || out == 0) return std::nullopt;
-        return out;
-    }
-
-    // Milliseconds since the epoch in the high bits, random low bits: a version created
-    // after the old one was evicted or flushed never equals it.
-    std::uint64_t new_tag_version() const {
-        const auto ms =
-            static_cast<std::uint64_t>(options_.clock->now().time_since_epoch().count());
-        return (ms << 16) | static_cast<std::uint64_t>(random_between(1, 0xFFFF));
-    }
-
-    Read classify(const std::string& full, std::optional<StoredValue> stored) {
-        if (!stored) return Read{.state = Read::absent};
-        const auto env = envelope::parse(stored->bytes);
-        if (!env) return corrupt(full, stored->bytes);
-        const auto& h = env->header;
-        if (h.kind == EntryKind::lease) {
-            Read r{.state = Read::leased};
-            r.bytes = std::move(stored->bytes);  // whose lease: decides joining a load
-            return r;
-        }
-
-        Read r;
-        r.recompute_time = h.recompute_time;
-        // The store's clock says how long is left; the grace part of it is not fresh.
-        const Millis left = stored->ttl ? *stored->ttl : Millis::max();
-        r.fresh_for = stored->ttl ? left - h.grace : Millis::max();
-        r.state = r.fresh_for.count() > 0 ? Read::fresh : Read::stale;
-        if (h.kind == EntryKind::not_found) {
-            r.negative = true;
-        } else {
-            if (h.codec != codec_type::id) return corrupt(full, stored->bytes);
+    // A tag outlives every entry stamped with it: each write of such an entry extends the
+    // tag's version (only that version: a newer one is left as it is) to tag_ttl, which
+    // is longer than any entry lives. A hot tag then never expires under its entries.
+    void keep_tags_alive(std::span<const TagVersion> stamp) noexcept {
+        for (const auto& t : stamp) {
             try {
-                r.value.emplace(codec_.template decode<T>(env->payload));
-            } catch (const CodecError&) {
-                return corrupt(full, stored->bytes);
+                backend_.compare_and_expire(tag_key(t.name), std::to_string(t.version),
+                                            options_.tag_ttl);
+            } catch (const BackendError&) {
+                stats_.add(Counter::backend_errors);
+            } catch (...) {
             }
         }
-        r.bytes = std::move(stored->bytes);
-        return r;
     }
 
-    // Bytes we cannot read are a miss. They are removed only if they are still the same
-    // bytes, so a good value written meanwhile by someone else survives.
-    Read corrupt(const std::string& full, const std::string& bytes) {
-        stats_.add(Counter::corrupt_values);
-        try {
-            if (backend_.compare_and_delete(full, bytes)) return Read{.state = Read::absent};
-        } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);
+    // ---- a read's outcome -------------------------------------------------------------
+
+    template <class L>
+    std::optional<T> get_read(const std::string& full, Read found, L& loader,
+                              std::span<const std::string> tags, std::vector<TagVersion>& stamp,
+                              std::uint64_t before) {
+        switch (found.state) {
+            case Read::fresh:
+                stats_.add(Counter::hits);
+                if (found.negative) stats_.add(Counter::negative_hits);
+                if (!found.negative &&
+                    guard_.refresh_early(FreshHit{found.fresh_for, found.recompute_time})) {
+                    return refresh(full, std::move(found), loader, /*early=*/true, tags);
+                }
+                return std::move(found.value);
+            case Read::stale:
+                return refresh(full, std::move(found), loader, /*early=*/false, tags);
+            case Read::absent:
+            case Read::leased:
+            case Read::unknown:
+                break;
         }
-        return Read{.state = Read::unknown};
+        stats_.add(Counter::misses);
+        const auto state = found.state;
+        // Share a load in flight only if its result was observed after this read began,
+        // or it is fenced by the very lease this read saw: a result observed earlier may
+        // predate an invalidation (maybe another process's) that returned before this
+        // read. A read that could not reach the store takes what there is: invalidations
+        // cannot have reached it either.
+        // A lease fences a load against invalidations of the key, not of its tags: the
+        // fence is the lease with the tag versions read beside it.
+        const std::string seen =
+            state == Read::leased ? fence_of(found.bytes, stamp) : std::string();
+        auto accept = [&](std::string_view fence, std::uint64_t observed) {
+            return observed > before || state == Read::unknown || (!seen.empty() && fence == seen);
+        };
+        auto result = flights_.run(
+            full,
+            [&](auto& leader) {
+                return load_missing(full, loader, std::move(found), tags, stamp, leader);
+            },
+            accept);
+        if (result.shared) stats_.add(Counter::coalesced);
+        return std::move(result.value);
     }
 
     // A miss, run by one caller per key in this process. Takes the lease and loads; if
-    // another process holds the lease, waits as the guard says, then loads unfilled.
-    // Loads of a tagged key share a flight only when they saw the same tag versions: a
-    // read after invalidate_tag must not join a load stamped with the old ones.
-    static std::string flight_key(const std::string& full, std::span<const TagVersion> tags) {
-        if (tags.empty()) return full;
-        std::string key = full;
-        for (const auto& t : tags) key.append("\x1f").append(std::to_string(t.version));
-        return key;
-    }
-
+    // another process holds the lease, waits as the guard says (each poll is a full
+    // read(), admission included), then loads unfilled.
     template <class L, class Leader>
-    std::optional<T> load_missing(const std::string& full, L& loader, typename Read::State state,
-                                  std::span<const TagVersion> tags, Leader& leader) {
+    std::optional<T> load_missing(const std::string& full, L& loader, Read found,
+                                  std::span<const std::string> tags, std::vector<TagVersion>& stamp,
+                                  Leader& leader) {
         const LeaseWait wait = guard_.lease_wait();
         const auto deadline = std::chrono::steady_clock::now() + wait.max_wait;
-        Millis backoff = wait.first_backoff;
+        Millis backoff = std::max(wait.first_backoff, Millis{1});
         bool counted_wait = false;
         for (;;) {
-            if (state == Read::absent) {
-                bool contended = false;
-                if (auto lease = try_lease(full, &contended)) {
-                    leader.set_fence(*lease);
-                    return load_and_fill(full, *lease, loader, tags);
-                }
-                state = contended ? Read::leased : Read::unknown;
+            if (found.state == Read::fresh || found.state == Read::stale) {
+                if (found.state == Read::stale) stats_.add(Counter::stale_served);
+                return std::move(found.value);
             }
-            if (state != Read::leased || std::chrono::steady_clock::now() >= deadline) break;
+            if (found.state == Read::absent) {
+                bool contended = false;
+                if (auto lease = try_lease(full, replaced(found), &contended)) {
+                    leader.set_fence(fence_of(*lease, stamp));
+                    leader.observe();
+                    return load_and_fill(full, *lease, loader, stamp);
+                }
+                if (!contended) break;       // the store failed
+                found.state = Read::leased;  // someone else got there first
+            }
+            if (found.state != Read::leased || std::chrono::steady_clock::now() >= deadline) break;
             if (!counted_wait) {
                 stats_.add(Counter::lease_waits);
                 counted_wait = true;
             }
             // Jitter keeps waiters of many processes from polling in lockstep.
             const auto nap = Millis{random_between(backoff.count() / 2 + 1, backoff.count())};
-            std::this_thread::sleep_for(nap);
-            backoff = std::min(backoff * 2, wait.max_backoff);
-            Read again = read(full);
-            if (again.state == Read::fresh || again.state == Read::stale) {
-                if (again.state == Read::stale) stats_.add(Counter::stale_served);
-                return std::move(again.value);
-            }
-            state = again.state;
+            std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+                nap, deadline - std::chrono::steady_clock::now()));
+            backoff = std::min(backoff * 2, std::max(wait.max_backoff, backoff));
+            leader.observe();
+            found = read(full, tags, stamp);
         }
+        leader.observe();
         return load_unfilled(loader);
     }
 
@@ -650,7 +766,7 @@ private:
 
     template <class L>
     std::optional<T> load_and_fill(const std::string& full, const std::string& lease, L& loader,
-                                   std::span<const TagVersion> tags) {
+                                   std::span<const TagVersion> stamp) {
         const Stopwatch watch(*options_.clock);
         std::optional<T> value;
         {
@@ -662,7 +778,7 @@ private:
                 throw;
             }
         }
-        fill(full, lease, value, watch.elapsed(), tags);
+        fill(full, lease, value, watch.elapsed(), stamp);
         return value;
     }
 
@@ -670,12 +786,13 @@ private:
     // all processes refreshes it, holding a lease on a sibling key; the rest serve it.
     template <class L>
     std::optional<T> refresh(const std::string& full, Read found, L& loader, bool early,
-                             std::span<const TagVersion> tags) {
-        if (early && guard_.refresh_in_background()) {
-            if constexpr (std::is_copy_constructible_v<std::decay_t<L>>) {
+                             std::span<const std::string> tags) {
+        if constexpr (is_detached_v<std::decay_t<L>> &&
+                      std::is_copy_constructible_v<std::decay_t<L>>) {
+            if (early && guard_.refresh_in_background()) {
                 background_.submit(full, [this, full, bytes = found.bytes, loader,
-                                          stamp = std::vector(tags.begin(), tags.end())]() mutable {
-                    (void)refresh_now(full, bytes, loader, /*early=*/true, stamp);
+                                          names = std::vector(tags.begin(), tags.end())]() mutable {
+                    (void)refresh_now(full, bytes, loader, /*early=*/true, names);
                 });
                 return std::move(found.value);
             }
@@ -692,23 +809,23 @@ private:
     template <class L>
     std::optional<std::optional<T>> refresh_now(const std::string& full, const std::string& bytes,
                                                 L& loader, bool early,
-                                                std::span<const TagVersion> tags) {
+                                                std::span<const std::string> tags) {
         const std::string lease_key = keys::sibling(full, "refresh");
-        auto lease = try_lease(lease_key);
+        auto lease = try_lease(lease_key, nullptr);
         if (!lease) return std::nullopt;
         // Another process may have refreshed and released just before this lease was
-        // taken: if the bytes changed, its value is the refresh.
-        try {
-            auto now = backend_.get(full);
-            if (!now || now->bytes != bytes) {
-                release(lease_key, lease);
-                if (!now) return std::nullopt;
-                Read current = classify(full, std::move(now));
-                if (current.state != Read::fresh || current.negative) return std::nullopt;
-                return std::optional<std::optional<T>>(std::move(current.value));
-            }
-        } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);
+        // taken: if the bytes changed, its value is the refresh. The re-read is a full
+        // read(): it also gives the tag versions this refresh stamps.
+        std::vector<TagVersion> stamp;
+        Read now = read(full, tags, stamp);
+        if (now.state == Read::unknown) {
+            release(lease_key, lease);
+            return std::nullopt;
+        }
+        if (now.bytes != bytes) {
+            release(lease_key, lease);
+            if (now.state != Read::fresh || now.negative) return std::nullopt;
+            return std::optional<std::optional<T>>(std::move(now.value));
         }
         if (early) stats_.add(Counter::early_refreshes);
         const Stopwatch watch(*options_.clock);
@@ -720,18 +837,36 @@ private:
             release(lease_key, lease);
             return std::nullopt;  // fail-safe: the caller serves what it has
         }
-        // Fenced on the old bytes: an invalidation meanwhile makes this fill fail.
-        fill(full, bytes, value, watch.elapsed(), tags);
+        // Fenced on the old bytes (unique per write: the envelope's nonce): an
+        // invalidation meanwhile makes this fill fail, even if equal bytes came back.
+        fill(full, bytes, value, watch.elapsed(), stamp);
         release(lease_key, lease);
         return std::optional<std::optional<T>>(std::move(value));
     }
 
+    static std::string fence_of(const std::string& lease, std::span<const TagVersion> stamp) {
+        std::string fence = lease;
+        for (const auto& t : stamp) envelope::detail::put<std::uint64_t>(fence, t.version);
+        return fence;
+    }
+
+    // What a lease taken after `found` replaces: the bytes found there, or nothing.
+    static const std::string* replaced(const Read& found) {
+        return found.present ? &found.bytes : nullptr;
+    }
+
     // The lease bytes when this caller now holds `key`; nullopt otherwise, with
-    // *contended set when someone else holds it (rather than the store failing).
-    std::optional<std::string> try_lease(const std::string& key, bool* contended = nullptr) {
+    // *contended set when someone else got there first (rather than the store failing).
+    // `replacing` is what the read found there (expired, corrupt or no longer admitted
+    // bytes): the lease replaces exactly those, or nothing when it is null.
+    std::optional<std::string> try_lease(const std::string& key, const std::string* replacing,
+                                         bool* contended = nullptr) {
         std::string lease = envelope::make_lease(random_token(), options_.clock->now());
         try {
-            if (backend_.set_if_absent(key, lease, options_.lease_ttl)) return lease;
+            const bool taken =
+                replacing ? backend_.compare_and_set(key, *replacing, lease, options_.lease_ttl)
+                          : backend_.set_if_absent(key, lease, options_.lease_ttl);
+            if (taken) return lease;
             if (contended) *contended = true;
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
@@ -749,48 +884,71 @@ private:
         }
     }
 
-    // The stored bytes of a value (or of "not found" when value is null).
-    std::string encode(const T* value, std::chrono::microseconds took,
-                       std::span<const TagVersion> tags) const {
+    // ---- writing an entry -------------------------------------------------------------
+
+    // The stored form of an entry: the header with its freshness, the stamp, then
+    // append(bytes) adds the payload. `kind` value or not_found. Used by every writer of
+    // entries (fills, set, and the write paths' puts), so all agree on freshness.
+    template <class Append>
+    Entry make_entry(EntryKind kind, std::chrono::microseconds took,
+                     std::span<const TagVersion> stamp, std::uint64_t version,
+                     Append&& append) const {
+        const bool is_value = kind == EntryKind::value;
+        const Millis fresh = is_value ? options_.jitter.apply(options_.ttl) : options_.negative_ttl;
+        const Millis grace = is_value ? options_.grace : Millis{0};
+        const TimePoint now = options_.clock->now();
         const EnvelopeHeader header{
-            .kind = value ? EntryKind::value : EntryKind::not_found,
-            .codec = value ? codec_type::id : std::uint8_t{0},
-            .written_at = options_.clock->now(),
+            .kind = kind,
+            .codec = is_value ? codec_type::id : std::uint8_t{0},
+            .written_at = now,
+            .fresh_until = now + fresh,
+            .grace_until = now + saturated_sum(fresh, grace),
             .recompute_time = took,
-            .grace = value ? options_.grace : Millis{0},
+            .version = version,
         };
-        std::string bytes;
-        envelope::write_header(bytes, header, static_cast<std::uint16_t>(tags.size()));
-        for (const auto& t : tags) envelope::write_tag(bytes, t.name, t.version);
-        if (value) codec_.encode(*value, bytes);
-        return bytes;
+        Entry entry{{}, saturated_sum(fresh, grace)};
+        envelope::write_header(entry.bytes, header, static_cast<std::uint16_t>(stamp.size()));
+        for (const auto& t : stamp) envelope::write_tag(entry.bytes, t.name, t.version);
+        std::forward<Append>(append)(entry.bytes);
+        return entry;
+    }
+
+    // The entry of a value (or of "not found" when value is null).
+    Entry encode(const T* value, std::chrono::microseconds took,
+                 std::span<const TagVersion> stamp) const {
+        return make_entry(value ? EntryKind::value : EntryKind::not_found, took, stamp, 0,
+                          [&](std::string& out) {
+                              if (value) codec_.encode(*value, out);
+                          });
     }
 
     // Replaces `expected` (a lease, or the value being refreshed) with the loaded value.
     void fill(const std::string& full, const std::string& expected, const std::optional<T>& value,
-              std::chrono::microseconds took, std::span<const TagVersion> tags) {
-        const Millis grace = value ? options_.grace : Millis{0};
-        std::string bytes;
+              std::chrono::microseconds took, std::span<const TagVersion> stamp) {
+        const auto held = envelope::parse(expected);
+        const bool expected_is_lease = held && held->header.kind == EntryKind::lease;
+        std::optional<Entry> entry;
         try {
-            bytes = encode(value ? &*value : nullptr, took, tags);
+            entry = encode(value ? &*value : nullptr, took, stamp);
         } catch (const std::exception&) {
             // A value the codec cannot write is served but not cached. A lease is given
             // back at once; a value being refreshed stays until its TTL.
             stats_.add(Counter::corrupt_values);
-            const auto held = envelope::parse(expected);
-            if (held && held->header.kind == EntryKind::lease) release(full, expected);
+            if (expected_is_lease) release(full, expected);
             return;
         }
-        const Millis ttl =
-            (value ? options_.jitter.apply(options_.ttl) : options_.negative_ttl) + grace;
         try {
-            if (backend_.compare_and_set(full, expected, bytes, ttl)) {
+            if (backend_.compare_and_set(full, expected, entry->bytes, entry->ttl)) {
                 stats_.add(Counter::fills);
+                keep_tags_alive(stamp);
             } else {
                 stats_.add(Counter::fills_rejected);
             }
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
+            // Give the lease back: left in place, it would keep every other process's
+            // Lock waiter waiting until lease_ttl runs out.
+            if (expected_is_lease) release(full, expected);
         }
     }
 

@@ -196,11 +196,14 @@ public:
 
         WriteOutcome outcome = WriteOutcome::cache_unavailable;
         try {
-            outcome = finish(full, marker, envelope_of(payload, version), version);
+            const auto entry = entry_of(payload, version);
+            outcome = finish(full, marker, entry.bytes, entry.ttl, version);
         } catch (const BackendError&) {
             bump(stats_.backend_errors);
         }
         if (locked) release(lock_key, marker);
+        // Readers arriving from now on must not share a load that read the old row.
+        reads_.flights_.forget(full);
         switch (outcome) {
             case WriteOutcome::cached:
                 bump(stats_.cached);
@@ -305,23 +308,16 @@ private:
         }
     }
 
-    std::string envelope_of(const std::string& payload, std::uint64_t version) const {
-        std::string bytes;
-        bytes.reserve(envelope::header_size + payload.size());
-        envelope::write_header(bytes, EnvelopeHeader{.kind = EntryKind::value,
-                                                     .codec = codec_type::id,
-                                                     .written_at = options_.clock->now(),
-                                                     .grace = options_.read.grace,
-                                                     .version = version});
-        bytes += payload;
-        return bytes;
+    // The entry of a put, with the read side's freshness (TTL, jitter, grace).
+    auto entry_of(const std::string& payload, std::uint64_t version) const {
+        return reads_.make_entry(EntryKind::value, std::chrono::microseconds{0}, {}, version,
+                                 [&](std::string& out) { out += payload; });
     }
 
     // Step 4: replace our marker with the value; if the marker is gone, never leave a value
     // that cannot be ordered after ours.
     WriteOutcome finish(const std::string& full, const std::string& marker,
-                        const std::string& bytes, std::uint64_t version) {
-        const Millis ttl = options_.read.jitter.apply(options_.read.ttl) + options_.read.grace;
+                        const std::string& bytes, Millis ttl, std::uint64_t version) {
         for (int round = 0; round < 16; ++round) {
             if (backend_.compare_and_set(full, marker, bytes, ttl)) return WriteOutcome::cached;
             const auto current = backend_.get(full);

@@ -35,12 +35,14 @@ struct TtlJitter {
         if (ratio > 0.0) ms *= 1.0 + ratio * (2.0 * unit() - 1.0);
         if (max_extra.count() > 0)
             ms += std::floor(unit() * static_cast<double>(max_extra.count()));
+        // Clamped before the conversion: a double past the integer range has no integer.
+        ms = std::min(ms, static_cast<double>(max_ttl.count()));
         const auto result = static_cast<Millis::rep>(std::llround(ms));
-        return Millis{std::max<Millis::rep>({result, floor.count(), 1})};
+        return saturated(Millis{std::max<Millis::rep>({result, floor.count(), 1})});
     }
 
     [[nodiscard]] Millis apply(Millis ttl) const {
-        if (!enabled()) return std::max(ttl, floor);
+        if (!enabled()) return saturated(std::max(ttl, floor));
         return apply(ttl, random_unit_open_closed);
     }
 };

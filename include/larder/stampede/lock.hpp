@@ -9,6 +9,7 @@
 
 #include <chrono>
 
+#include "larder/core/error.hpp"
 #include "larder/stampede/guard.hpp"
 
 namespace larder {
@@ -28,7 +29,8 @@ public:
     static constexpr bool needs_remaining_ttl = false;
 
     Lock() = default;
-    explicit Lock(LockOptions options) : options_(options) {}
+    /// Throws ConfigError unless 0 <= max_wait and 1 ms <= first_backoff <= max_backoff.
+    explicit Lock(LockOptions options) : options_(validated(options)) {}
 
     [[nodiscard]] bool refresh_early(const FreshHit&) const noexcept { return false; }
     [[nodiscard]] LeaseWait lease_wait() const noexcept {
@@ -37,6 +39,14 @@ public:
     [[nodiscard]] bool refresh_in_background() const noexcept { return false; }
 
 private:
+    static LockOptions validated(LockOptions o) {
+        if (o.max_wait.count() < 0 || o.first_backoff.count() < 1 ||
+            o.max_backoff < o.first_backoff) {
+            throw ConfigError("Lock: need max_wait >= 0 and 1 ms <= first_backoff <= max_backoff");
+        }
+        return o;
+    }
+
     LockOptions options_{};
 };
 

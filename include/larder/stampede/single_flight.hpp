@@ -3,10 +3,13 @@
 // exception. forget() detaches a key so that callers arriving after an invalidation start
 // a fresh load instead of joining one that may have read the old data.
 //
-// A leader can also publish a *fence* (CacheAside: its lease bytes), and a caller joins
-// only if what it saw agrees with it (may_join). A caller that finds the leader's lease
-// gone knows an invalidation, maybe in another process, fenced that load off, and starts
-// its own instead of sharing a value read before the write.
+// Sharing a result is safe only if it was observed after the joiner's own read began: a
+// caller that starts after an invalidation returned must never receive a value read
+// before it. So a leader marks every observation that can produce its result (a load
+// starting, a poll of the store) with a number from a counter, and a caller takes the
+// counter before its read. A caller shares a result observed after that, or one fenced by
+// a lease the caller itself saw (the leader's own lease, still there when the caller
+// read: no invalidation came between); any other result it discards, and loads itself.
 #pragma once
 
 #include <atomic>
@@ -34,12 +37,14 @@ public:
         bool shared;  ///< true when another caller's execution produced it
     };
 
-    /// What the leader's function receives: a way to publish its fence.
+    /// What the leader's function receives: a way to publish its fence and to mark the
+    /// observations its result may come from.
     class Leader {
     public:
-        void set_fence(std::string fence) {
-            call_.set_fence(std::move(fence), flight_.fences_.fetch_add(1) + 1);
-        }
+        /// The leader now holds this lease; its load is fenced by it.
+        void set_fence(std::string fence) { call_.set_fence(std::move(fence)); }
+        /// Call right before each store read or load whose result the leader may return.
+        void observe() { call_.observe(flight_.counter_.fetch_add(1) + 1); }
 
     private:
         friend class SingleFlight;
@@ -48,10 +53,9 @@ public:
         Call& call_;
     };
 
-    /// A counter of fences set so far. A caller takes it before it reads, so that
-    /// may_join can tell a fence set after its read (it could not have seen it) from one
-    /// it should have seen.
-    [[nodiscard]] std::uint64_t fences_set() const noexcept { return fences_.load(); }
+    /// The observation counter. A caller takes it before it reads the store; a result
+    /// observed at a higher number was observed after that read began.
+    [[nodiscard]] std::uint64_t now() const noexcept { return counter_.load(); }
 
     template <class Fn>
     Result run(std::string_view key, Fn&& fn) {
@@ -60,22 +64,28 @@ public:
             [](std::string_view, std::uint64_t) { return true; });
     }
 
-    /// fn(Leader&) runs when this caller leads; may_join(fence, fence_number) decides, for
-    /// a caller that finds a load in flight, whether to share it (the fence is empty until
-    /// the leader sets one; fence_number is fences_set() just after it was set). A caller
-    /// that may not join replaces it as the key's load.
-    template <class Fn, class MayJoin>
-    Result run(std::string_view key, Fn&& fn, MayJoin&& may_join) {
+    /// fn(Leader&) runs when this caller leads. A caller that finds a load in flight
+    /// shares its result if accept(fence, observation) holds for it, with the leader's
+    /// fence (empty if none) and the number of the observation that produced the result
+    /// (0 before the leader observed anything). A result it does not accept it discards,
+    /// and leads a load of its own. A leader already observing something the caller would
+    /// not accept is not joined at all.
+    template <class Fn, class Accept>
+    Result run(std::string_view key, Fn&& fn, Accept&& accept) {
         std::unique_lock lock(mutex_);
-        auto it = calls_.find(key);
-        if (it != calls_.end()) {
-            auto [fence, number] = it->second->fence();
-            if (!may_join(std::string_view(fence), number)) it = calls_.end();
-        }
-        if (it != calls_.end()) {
+        if (auto it = calls_.find(key); it != calls_.end()) {
             std::shared_ptr<Call> call = it->second;
             lock.unlock();
-            return Result{call->wait(), true};
+            auto [fence, observed] = call->fence();
+            // 0: the leader has not observed anything yet; its observations come later.
+            if (observed == 0 || accept(std::string_view(fence), observed)) {
+                auto outcome = call->wait();
+                if (accept(std::string_view(outcome.fence), outcome.observed)) {
+                    if (outcome.error) std::rethrow_exception(outcome.error);
+                    return Result{std::move(*outcome.value), true};
+                }
+            }
+            lock.lock();
         }
         auto call = std::make_shared<Call>();
         calls_.insert_or_assign(std::string(key), call);
@@ -112,21 +122,30 @@ public:
 private:
     class Call {
     public:
-        void set_fence(std::string fence, std::uint64_t number) {
+        struct Outcome {
+            std::optional<V> value;
+            std::exception_ptr error;
+            std::string fence;
+            std::uint64_t observed = 0;
+        };
+
+        void set_fence(std::string fence) {
             std::lock_guard lock(mutex_);
             fence_ = std::move(fence);
-            fence_number_ = number;
+        }
+        void observe(std::uint64_t number) {
+            std::lock_guard lock(mutex_);
+            observed_ = number;
         }
         std::pair<std::string, std::uint64_t> fence() {
             std::lock_guard lock(mutex_);
-            return {fence_, fence_number_};
+            return {fence_, observed_};
         }
 
-        V wait() {
+        Outcome wait() {
             std::unique_lock lock(mutex_);
             done_cv_.wait(lock, [&] { return done_; });
-            if (error_) std::rethrow_exception(error_);
-            return *value_;
+            return Outcome{value_, error_, fence_, observed_};
         }
 
         void finish(const std::optional<V>& value, std::exception_ptr error) {
@@ -146,7 +165,7 @@ private:
         std::optional<V> value_;
         std::exception_ptr error_;
         std::string fence_;
-        std::uint64_t fence_number_ = 0;
+        std::uint64_t observed_ = 0;
     };
 
     struct Hash {
@@ -156,7 +175,7 @@ private:
         }
     };
 
-    std::atomic<std::uint64_t> fences_{0};
+    std::atomic<std::uint64_t> counter_{0};
     mutable std::mutex mutex_;
     std::unordered_map<std::string, std::shared_ptr<Call>, Hash, std::equal_to<>> calls_;
 };
