@@ -137,6 +137,16 @@ private:
             l1_.erase(body);
         } else if (m[0] == 't') {
             drop_tag(body);
+        } else if (m[0] == 'v') {
+            // A version bumped through a policy's Events invalidator: a tag's drops the
+            // keys known under it; any other version's keys are not known here, so all go.
+            constexpr std::string_view tag_prefix = "tag\x1f";
+            if (body.starts_with(tag_prefix)) {
+                drop_tag(body.substr(tag_prefix.size()));
+            } else {
+                l1_.clear();
+                forget_all_tags();
+            }
         }
     }
 

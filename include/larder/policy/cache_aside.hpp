@@ -83,8 +83,9 @@ class WriteThrough;
 template <class T, Backend B, class... Components>
 class WriteBehind;
 
-/// CacheAside<T, Backend, Components...>: Components are an optional codec for T and an
-/// optional StampedeGuard, in any order (see policy/detail/components.hpp).
+/// CacheAside<T, Backend, Components...>: Components are an optional codec for T, an
+/// optional StampedeGuard and an optional Invalidator (default: Tags), in any order (see
+/// policy/detail/components.hpp).
 ///
 /// Every read goes through one function, read(): the value (and the versions of the
 /// caller's tags) in one store command, classified by the envelope's own freshness, then
@@ -93,7 +94,7 @@ class WriteBehind;
 template <class T, Backend B, class... Components>
 class CacheAside {
     static_assert(detail::all_components_known<T, Components...>,
-                  "each component must be a Codec for T or a StampedeGuard");
+                  "each component must be a Codec for T, a StampedeGuard or an Invalidator");
 
     template <class U, Backend B2, class... Cs>
     friend class WriteThrough;
@@ -137,15 +138,24 @@ public:
     using backend_type = B;
     using codec_type = detail::pick_codec_t<T, Components...>;
     using guard_type = detail::pick_guard_t<T, Components...>;
+    using invalidator_type = detail::pick_invalidator_t<T, Components...>;
 
     /// The backend is borrowed: it must outlive the cache. Several caches may share it.
     explicit CacheAside(B& backend, CacheAsideOptions options = {}, guard_type guard = {},
-                        codec_type codec = {})
+                        codec_type codec = {}, invalidator_type invalidator = {})
         : backend_(backend),
           options_(validated(std::move(options))),
           guard_(std::move(guard)),
           codec_(std::move(codec)),
+          invalidator_(std::move(invalidator)),
           keeper_(backend, options_.lease_ttl) {}
+
+    /// With an invalidator that needs constructing (Events<Bus>, a Ttl rule), and the
+    /// default guard and codec.
+    CacheAside(B& backend, CacheAsideOptions options,
+               invalidator_type invalidator) requires(!std::same_as<invalidator_type, guard_type>)
+        : CacheAside(backend, std::move(options), guard_type{}, codec_type{},
+                     std::move(invalidator)) {}
 
     CacheAside(const CacheAside&) = delete;
     CacheAside& operator=(const CacheAside&) = delete;
@@ -159,28 +169,25 @@ public:
     /// wrapped in detached() may be run later by a background refresh.
     template <LoaderFor<T> L>
     std::optional<T> get(std::string_view key, L&& loader) {
-        return get(key, std::span<const std::string>(), loader);
+        return get_with(key, {}, loader);
     }
 
     /// get() for an entry that carries tags: it is served only while none of its tags
     /// was invalidated since it was written. The value and the tags' current versions are
     /// read in one round trip. Whatever tags a read passes, an entry is admitted by the
     /// tags it was stored with; the tags passed here are the ones a fill stamps.
-    /// Throws ArgumentError for a tag name longer than envelope::max_tag_size.
+    /// Throws ArgumentError for a tag name longer than envelope::max_tag_size. Needs an
+    /// invalidator that stamps tags (Tags, the default).
     template <LoaderFor<T> L>
-    std::optional<T> get(std::string_view key, std::span<const std::string> tags, L&& loader) {
-        const std::string full = full_key(key);
-        const std::vector<std::string> names = checked_tags(tags);
-        const auto before = flights_.now();
-        std::vector<TagVersion> stamp;
-        Read found = read(full, names, stamp);
-        return get_read(full, std::move(found), loader, names, stamp, before);
+    std::optional<T> get(std::string_view key, std::span<const std::string> tags,
+                         L&& loader) requires TagInvalidator<invalidator_type> {
+        return get_with(key, tags, loader);
     }
 
     template <LoaderFor<T> L>
     std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags,
-                         L&& loader) {
-        return get(key, std::span<const std::string>(tags.begin(), tags.size()), loader);
+                         L&& loader) requires TagInvalidator<invalidator_type> {
+        return get_with(key, std::span<const std::string>(tags.begin(), tags.size()), loader);
     }
 
     /// Stores `value` now (replacing any value or lease: a load in flight cannot
@@ -188,34 +195,46 @@ public:
     /// warm-ups; a read-through cache needs only get().
     void set(std::string_view key, const T& value, std::span<const std::string> tags = {}) {
         const std::string full = full_key(key);
-        const std::vector<std::string> names = checked_tags(tags);
+        const std::vector<std::string> names = version_names(full, tags);
         std::vector<TagVersion> stamp;
-        if (!names.empty()) stamp = tag_versions(names);
+        if (!names.empty()) stamp = current_versions(names);
         flights_.forget(full);
-        Entry entry = encode(&value, std::chrono::microseconds{0}, stamp);
+        Entry entry = encode(full, &value, std::chrono::microseconds{0}, stamp);
         backend_.set(full, entry.bytes, entry.ttl);
-        keep_tags_alive(stamp);
+        keep_versions_alive(stamp);
     }
 
     /// Invalidates every entry carrying `tag`, in O(1): the tag gets a new version, and
     /// entries stamped with the old one miss from now on. Throws BackendError when the
     /// store cannot be reached.
-    void invalidate_tag(std::string_view tag) {
-        check_tag(tag);
+    void invalidate_tag(std::string_view tag) { invalidate_version(Tags::version_name(tag)); }
+
+    /// Gives the version `name` a new value: every entry stamped with the old one misses
+    /// from now on. invalidate_tag(t) is invalidate_version(Tags::version_name(t)); other
+    /// invalidators name their versions likewise. Throws BackendError when the store
+    /// cannot be reached.
+    void invalidate_version(std::string_view name) {
+        check_name(name);
         stats_.add(Counter::invalidations);
         try {
-            backend_.set(tag_key(tag), std::to_string(random_version()), options_.tag_ttl);
+            backend_.set(version_key(name), std::to_string(random_version()), options_.tag_ttl);
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
             throw;
         }
+        invalidator_.bumped(name);
     }
 
     /// The stored key of a tag's version.
     [[nodiscard]] std::string tag_key(std::string_view tag) const {
+        return version_key(Tags::version_name(tag));
+    }
+
+    /// The stored key of a version: the prefix, 0x1F, the name.
+    [[nodiscard]] std::string version_key(std::string_view name) const {
         std::string key;
-        key.reserve(options_.key_prefix.size() + tag.size() + 5);
-        key.append(options_.key_prefix).append("\x1ftag\x1f").append(tag);
+        key.reserve(options_.key_prefix.size() + name.size() + 1);
+        key.append(options_.key_prefix).append("\x1f").append(name);
         return key;
     }
 
@@ -327,6 +346,7 @@ public:
             stats_.add(Counter::backend_errors);
             throw;
         }
+        invalidator_.invalidated(full);
     }
 
     /// The seed's write path done in the right order: change the database, then
@@ -350,6 +370,7 @@ public:
     [[nodiscard]] const CacheAsideOptions& options() const noexcept { return options_; }
     [[nodiscard]] B& backend() noexcept { return backend_; }
     [[nodiscard]] guard_type& guard() noexcept { return guard_; }
+    [[nodiscard]] invalidator_type& invalidator() noexcept { return invalidator_; }
 
     /// The key as stored: the prefix, then the caller's key.
     [[nodiscard]] std::string full_key(std::string_view key) const {
@@ -394,24 +415,44 @@ private:
         return o;
     }
 
-    static void check_tag(std::string_view tag) {
-        if (tag.size() > envelope::max_tag_size) {
-            throw ArgumentError("CacheAside: a tag name is " + std::to_string(tag.size()) +
+    static void check_name(std::string_view name) {
+        if (name.size() > envelope::max_tag_size) {
+            throw ArgumentError("CacheAside: a tag or version name is " +
+                                std::to_string(name.size()) +
                                 " bytes; the longest a stored entry can carry is " +
                                 std::to_string(envelope::max_tag_size));
         }
     }
 
-    // The tags a fill stamps: checked, each once.
-    static std::vector<std::string> checked_tags(std::span<const std::string> tags) {
+    // The versions an entry of `key` read with `tags` depends on, as the invalidator
+    // names them: checked, each once.
+    std::vector<std::string> version_names(std::string_view full,
+                                           std::span<const std::string> tags) {
         std::vector<std::string> names;
-        if (tags.empty()) return names;
-        names.reserve(tags.size());
-        for (const auto& t : tags) {
-            check_tag(t);
-            if (std::find(names.begin(), names.end(), t) == names.end()) names.push_back(t);
+        invalidator_.versions_of(full, tags, names);
+        if (names.size() < 2) {
+            for (const auto& n : names) check_name(n);
+            return names;
         }
-        return names;
+        std::vector<std::string> unique;
+        unique.reserve(names.size());
+        for (auto& n : names) {
+            check_name(n);
+            if (std::find(unique.begin(), unique.end(), n) == unique.end()) {
+                unique.push_back(std::move(n));
+            }
+        }
+        return unique;
+    }
+
+    template <class L>
+    std::optional<T> get_with(std::string_view key, std::span<const std::string> tags, L& loader) {
+        const std::string full = full_key(key);
+        const std::vector<std::string> names = version_names(full, tags);
+        const auto before = flights_.now();
+        std::vector<TagVersion> stamp;
+        Read found = read(full, names, stamp);
+        return get_read(full, std::move(found), loader, names, stamp, before);
     }
 
     // ---- the read: one store command, classified, admitted -------------------------
@@ -447,7 +488,7 @@ private:
                 std::vector<std::string> keys;
                 keys.reserve(tags.size() + 1);
                 keys.push_back(full);
-                for (const auto& t : tags) keys.push_back(tag_key(t));
+                for (const auto& t : tags) keys.push_back(version_key(t));
                 auto stored = fetch_many(keys);
                 for (std::size_t i = 0; i < tags.size(); ++i) {
                     stamp.push_back(TagVersion{tags[i], parse_version(stored[i + 1])});
@@ -489,7 +530,7 @@ private:
         if (!names.empty()) {
             std::vector<std::string> keys;
             keys.reserve(names.size());
-            for (const auto& n : names) keys.push_back(tag_key(n));
+            for (const auto& n : names) keys.push_back(version_key(n));
             const auto stored = fetch_many(keys);
             for (std::size_t i = 0; i < names.size(); ++i) {
                 more.push_back(TagVersion{names[i], parse_version(stored[i])});
@@ -591,9 +632,10 @@ private:
     }
 
     // The current versions of `tags`, created where missing. Throws BackendError.
-    std::vector<TagVersion> tag_versions(std::span<const std::string> tags) {
+    std::vector<TagVersion> current_versions(std::span<const std::string> names) {
+        const auto& tags = names;
         std::vector<std::string> keys;
-        for (const auto& t : tags) keys.push_back(tag_key(t));
+        for (const auto& t : tags) keys.push_back(version_key(t));
         std::vector<TagVersion> current;
         try {
             const auto stored = fetch_many(keys);
@@ -613,7 +655,7 @@ private:
     bool create_missing_versions(std::vector<TagVersion>& current) {
         for (auto& t : current) {
             if (t.version != 0) continue;
-            const std::string key = tag_key(t.name);
+            const std::string key = version_key(t.name);
             try {
                 const std::uint64_t fresh = random_version();
                 if (backend_.set_if_absent(key, std::to_string(fresh), options_.tag_ttl)) {
@@ -634,10 +676,10 @@ private:
     // A tag outlives every entry stamped with it: each write of such an entry extends the
     // tag's version (only that version: a newer one is left as it is) to tag_ttl, which
     // is longer than any entry lives. A hot tag then never expires under its entries.
-    void keep_tags_alive(std::span<const TagVersion> stamp) noexcept {
+    void keep_versions_alive(std::span<const TagVersion> stamp) noexcept {
         for (const auto& t : stamp) {
             try {
-                backend_.compare_and_expire(tag_key(t.name), std::to_string(t.version),
+                backend_.compare_and_expire(version_key(t.name), std::to_string(t.version),
                                             options_.tag_ttl);
             } catch (const BackendError&) {
                 stats_.add(Counter::backend_errors);
@@ -704,6 +746,10 @@ private:
         Millis backoff = std::max(wait.first_backoff, Millis{1});
         bool counted_wait = false;
         for (;;) {
+            // Waiting on another loader's lease: a reader that saw the same lease (and tag
+            // versions) read when this leader did, with no invalidation between, and may
+            // share whatever this leader observes from now on.
+            if (found.state == Read::leased) leader.set_fence(fence_of(found.bytes, stamp));
             if (found.state == Read::fresh || found.state == Read::stale) {
                 if (found.state == Read::stale) stats_.add(Counter::stale_served);
                 return std::move(found.value);
@@ -715,8 +761,13 @@ private:
                     leader.observe();
                     return load_and_fill(full, *lease, loader, stamp);
                 }
-                if (!contended) break;       // the store failed
-                found.state = Read::leased;  // someone else got there first
+                if (!contended) break;  // the store failed
+                // Someone else got there first: read whose lease it is, so that readers
+                // who see the same lease may share this load.
+                leader.observe();
+                found = read(full, tags, stamp);
+                if (found.state == Read::absent) break;  // gone again: load, do not fill
+                continue;
             }
             if (found.state != Read::leased || std::chrono::steady_clock::now() >= deadline) break;
             if (!counted_wait) {
@@ -890,11 +941,16 @@ private:
     // append(bytes) adds the payload. `kind` value or not_found. Used by every writer of
     // entries (fills, set, and the write paths' puts), so all agree on freshness.
     template <class Append>
-    Entry make_entry(EntryKind kind, std::chrono::microseconds took,
-                     std::span<const TagVersion> stamp, std::uint64_t version,
-                     Append&& append) const {
+    Entry make_entry(std::string_view full, EntryKind kind, std::chrono::microseconds took,
+                     std::span<const TagVersion> stamp, std::uint64_t version, Append&& append) {
         const bool is_value = kind == EntryKind::value;
-        const Millis fresh = is_value ? options_.jitter.apply(options_.ttl) : options_.negative_ttl;
+        Millis ttl = options_.ttl;
+        if constexpr (TtlInvalidator<invalidator_type>) {
+            if (const auto decided = invalidator_.ttl_for(full); decided && decided->count() > 0) {
+                ttl = saturated(*decided);
+            }
+        }
+        const Millis fresh = is_value ? options_.jitter.apply(ttl) : options_.negative_ttl;
         const Millis grace = is_value ? options_.grace : Millis{0};
         const TimePoint now = options_.clock->now();
         const EnvelopeHeader header{
@@ -914,9 +970,9 @@ private:
     }
 
     // The entry of a value (or of "not found" when value is null).
-    Entry encode(const T* value, std::chrono::microseconds took,
-                 std::span<const TagVersion> stamp) const {
-        return make_entry(value ? EntryKind::value : EntryKind::not_found, took, stamp, 0,
+    Entry encode(std::string_view full, const T* value, std::chrono::microseconds took,
+                 std::span<const TagVersion> stamp) {
+        return make_entry(full, value ? EntryKind::value : EntryKind::not_found, took, stamp, 0,
                           [&](std::string& out) {
                               if (value) codec_.encode(*value, out);
                           });
@@ -929,7 +985,7 @@ private:
         const bool expected_is_lease = held && held->header.kind == EntryKind::lease;
         std::optional<Entry> entry;
         try {
-            entry = encode(value ? &*value : nullptr, took, stamp);
+            entry = encode(full, value ? &*value : nullptr, took, stamp);
         } catch (const std::exception&) {
             // A value the codec cannot write is served but not cached. A lease is given
             // back at once; a value being refreshed stays until its TTL.
@@ -940,7 +996,7 @@ private:
         try {
             if (backend_.compare_and_set(full, expected, entry->bytes, entry->ttl)) {
                 stats_.add(Counter::fills);
-                keep_tags_alive(stamp);
+                keep_versions_alive(stamp);
             } else {
                 stats_.add(Counter::fills_rejected);
             }
@@ -956,6 +1012,7 @@ private:
     CacheAsideOptions options_;
     guard_type guard_;
     [[no_unique_address]] codec_type codec_;
+    [[no_unique_address]] invalidator_type invalidator_;
     Stats stats_;
     SingleFlight<std::optional<T>> flights_;
     detail::LeaseKeeper<B> keeper_;

@@ -272,7 +272,7 @@ struct DeadEntry {
 template <class T, Backend B, class... Components>
 class WriteBehind {
     static_assert(detail::all_components_known<T, Components...>,
-                  "each component must be a Codec for T or a StampedeGuard");
+                  "each component must be a Codec for T, a StampedeGuard or an Invalidator");
 
 public:
     using value_type = T;

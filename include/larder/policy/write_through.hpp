@@ -102,22 +102,24 @@ struct WriteThroughStats {
 template <class T, Backend B, class... Components>
 class WriteThrough {
     static_assert(detail::all_components_known<T, Components...>,
-                  "each component must be a Codec for T or a StampedeGuard");
+                  "each component must be a Codec for T, a StampedeGuard or an Invalidator");
 
 public:
     using value_type = T;
     using backend_type = B;
     using codec_type = detail::pick_codec_t<T, Components...>;
     using guard_type = detail::pick_guard_t<T, Components...>;
+    using invalidator_type = detail::pick_invalidator_t<T, Components...>;
 
     /// The backend is borrowed: it must outlive this object.
     explicit WriteThrough(B& backend, WriteThroughOptions options = {}, guard_type guard = {},
-                          codec_type codec = {})
+                          codec_type codec = {}, invalidator_type invalidator = {})
         : backend_(backend),
           options_(validated(std::move(options))),
           codec_(codec),
           keeper_(backend, options_.write_lease_ttl),
-          reads_(backend, read_options(options_), std::move(guard), std::move(codec)) {}
+          reads_(backend, read_options(options_), std::move(guard), std::move(codec),
+                 std::move(invalidator)) {}
 
     WriteThrough(const WriteThrough&) = delete;
     WriteThrough& operator=(const WriteThrough&) = delete;
@@ -196,14 +198,16 @@ public:
 
         WriteOutcome outcome = WriteOutcome::cache_unavailable;
         try {
-            const auto entry = entry_of(payload, version);
+            const auto entry = entry_of(full, payload, version);
             outcome = finish(full, marker, entry.bytes, entry.ttl, version);
         } catch (const BackendError&) {
             bump(stats_.backend_errors);
         }
         if (locked) release(lock_key, marker);
-        // Readers arriving from now on must not share a load that read the old row.
+        // Readers arriving from now on must not share a load that read the old row, and
+        // the invalidator hears of the write (Events: other processes' copies go).
         reads_.flights_.forget(full);
+        reads_.invalidator_.invalidated(full);
         switch (outcome) {
             case WriteOutcome::cached:
                 bump(stats_.cached);
@@ -309,8 +313,8 @@ private:
     }
 
     // The entry of a put, with the read side's freshness (TTL, jitter, grace).
-    auto entry_of(const std::string& payload, std::uint64_t version) const {
-        return reads_.make_entry(EntryKind::value, std::chrono::microseconds{0}, {}, version,
+    auto entry_of(const std::string& full, const std::string& payload, std::uint64_t version) {
+        return reads_.make_entry(full, EntryKind::value, std::chrono::microseconds{0}, {}, version,
                                  [&](std::string& out) { out += payload; });
     }
 

@@ -1,12 +1,16 @@
-// Picks a policy's codec and guard out of its template arguments, in any order:
+// Picks a policy's codec, guard and invalidator out of its template arguments, in any order:
 //   CacheAside<User, RedisBackend>                            JSON (default), no guard
 //   CacheAside<User, RedisBackend, Guards<XFetch, Lock>>      with a guard
 //   CacheAside<User, RedisBackend, MsgPackCodec, Lock>        both
+//   CacheAside<User, RedisBackend, Lock, Invalidators<Tags, Events<RedisBus>>>
+//                                                             and invalidators (default: Tags)
 #pragma once
 
 #include <type_traits>
 
 #include "larder/core/codec.hpp"
+#include "larder/invalidate/invalidator.hpp"
+#include "larder/invalidate/tags.hpp"
 #include "larder/stampede/guard.hpp"
 
 namespace larder::detail {
@@ -41,8 +45,18 @@ using pick_codec_t =
 template <class T, class... Ps>
 using pick_guard_t = typename first_matching<std::type_identity<NoGuard>, is_guard, Ps...>::type;
 
-/// Every component must be a codec for T or a guard: a typo is an error, not ignored.
+template <class P>
+struct is_invalidator : std::bool_constant<Invalidator<P>> {};
+
+/// Tags unless another invalidator is named, so that get(key, tags, loader) works as is.
 template <class T, class... Ps>
-inline constexpr bool all_components_known = ((Codec<Ps, T> || StampedeGuard<Ps>)&&...);
+using pick_invalidator_t =
+    typename first_matching<std::type_identity<Tags>, is_invalidator, Ps...>::type;
+
+/// Every component must be a codec for T, a guard or an invalidator: a typo is an error,
+/// not ignored.
+template <class T, class... Ps>
+inline constexpr bool all_components_known = ((Codec<Ps, T> || StampedeGuard<Ps> ||
+                                               Invalidator<Ps>)&&...);
 
 }  // namespace larder::detail
