@@ -455,3 +455,16 @@ BACKEND_TEST_CASE("Write-through keys and values are arbitrary bytes", "[write_t
         REQUIRE(cache.get(k, [] { return std::optional<std::string>(); }) == value);
     }
 }
+
+TEST_CASE("A write path's read options cannot shadow its key prefix or clock",
+          "[write_through][write_behind][config]") {
+    larder::MemoryBackend store;
+    larder::ManualClock clock;
+    using WT = larder::WriteThrough<std::string, larder::MemoryBackend>;
+    REQUIRE_THROWS_AS(WT(store, {.key_prefix = "a:", .read = {.key_prefix = "b:"}}),
+                      larder::ConfigError);
+    REQUIRE_THROWS_AS(WT(store, {.read = {.clock = &clock}}), larder::ConfigError);
+    // Agreeing copies, or none, are fine.
+    REQUIRE_NOTHROW(WT(store, {.key_prefix = "a:", .read = {.key_prefix = "a:"}}));
+    REQUIRE_NOTHROW(WT(store, {.read = {.ttl = std::chrono::seconds(5)}, .clock = &clock}));
+}

@@ -155,8 +155,8 @@ struct WriteBehindOptions {
     /// (0: it stays without one). While dirty it never has a TTL.
     Millis clean_ttl = std::chrono::minutes(5);
     EvictionCheck eviction_check = EvictionCheck::warn;
-    /// How get() loads and caches misses; its key_prefix and clock are replaced by the
-    /// ones above.
+    /// How get() loads and caches misses. Leave its key_prefix and clock unset: the ones
+    /// above are the policy's (a conflicting value is a ConfigError).
     CacheAsideOptions read{};
     /// Warnings, dead-lettered entries and incomplete drains; called from any thread.
     /// Empty: written to std::cerr.
@@ -576,6 +576,14 @@ private:
     }
 
     static CacheAsideOptions read_options(const WriteBehindOptions& o) {
+        // One key prefix and one clock per policy: the read options' own copies must be
+        // left alone (or agree), never silently overridden.
+        const bool prefix_conflicts = !o.read.key_prefix.empty() && o.read.key_prefix != o.key_prefix;
+        const bool clock_conflicts = o.read.clock && o.read.clock != &SystemClock::instance() &&
+                                     o.read.clock != o.clock;
+        if (prefix_conflicts || clock_conflicts) {
+            throw ConfigError("WriteBehind: set key_prefix and clock on the WriteBehindOptions, not on .read");
+        }
         CacheAsideOptions r = o.read;
         r.key_prefix = o.key_prefix;
         r.clock = o.clock;

@@ -56,8 +56,9 @@ namespace larder {
 struct WriteThroughOptions {
     /// Prepended to every key, as in CacheAside.
     std::string key_prefix{};
-    /// TTL, jitter and grace of the values put here, and how get() loads misses; its
-    /// key_prefix and clock are replaced by the ones of these options.
+    /// TTL, jitter and grace of the values put here, and how get() loads misses. Leave its
+    /// key_prefix and clock unset: the ones above are the policy's (a conflicting value is
+    /// a ConfigError).
     CacheAsideOptions read{};
     /// How long a writer holds the key's write lease (and its marker) without news. It is
     /// extended every third of this while db_write runs, so it only bounds how long a
@@ -271,6 +272,14 @@ private:
     }
 
     static CacheAsideOptions read_options(const WriteThroughOptions& o) {
+        // One key prefix and one clock per policy: the read options' own copies must be
+        // left alone (or agree), never silently overridden.
+        const bool prefix_conflicts = !o.read.key_prefix.empty() && o.read.key_prefix != o.key_prefix;
+        const bool clock_conflicts = o.read.clock && o.read.clock != &SystemClock::instance() &&
+                                     o.read.clock != o.clock;
+        if (prefix_conflicts || clock_conflicts) {
+            throw ConfigError("WriteThrough: set key_prefix and clock on the WriteThroughOptions, not on .read");
+        }
         CacheAsideOptions r = o.read;
         r.key_prefix = o.key_prefix;
         r.clock = o.clock;
