@@ -68,8 +68,8 @@ public:
     /// shares its result if accept(fence, observation) holds for it, with the leader's
     /// fence (empty if none) and the number of the observation that produced the result
     /// (0 before the leader observed anything). A result it does not accept it discards,
-    /// and leads a load of its own. A leader already observing something the caller would
-    /// not accept is not joined at all.
+    /// and leads a load of its own. A leader that already published a fence the caller
+    /// would not accept is not joined at all.
     template <class Fn, class Accept>
     Result run(std::string_view key, Fn&& fn, Accept&& accept) {
         std::unique_lock lock(mutex_);
@@ -77,8 +77,10 @@ public:
             std::shared_ptr<Call> call = it->second;
             lock.unlock();
             auto [fence, observed] = call->fence();
-            // 0: the leader has not observed anything yet; its observations come later.
-            if (observed == 0 || accept(std::string_view(fence), observed)) {
+            // Skip the wait only for a leader that is surely of no use: it has observed
+            // and published a fence this caller does not accept. One that has not yet
+            // published its fence may still publish an acceptable one.
+            if (observed == 0 || fence.empty() || accept(std::string_view(fence), observed)) {
                 auto outcome = call->wait();
                 if (accept(std::string_view(outcome.fence), outcome.observed)) {
                     if (outcome.error) std::rethrow_exception(outcome.error);
