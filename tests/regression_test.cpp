@@ -933,3 +933,176 @@ TEST_CASE("A forked child draws different random tokens than its parent",
     CHECK(child.token != parent.token);
     CHECK(child.number != parent.number);
 }
+
+// =======================================================================================
+// Found by review after the read path was unified: where two features meet
+// =======================================================================================
+
+namespace {
+std::string entity_of(std::string_view key) {
+    return std::string(key.substr(0, key.find('/')));
+}
+}  // namespace
+
+// get_many filled entries without the invalidator's versions, so invalidate_version did
+// not reach them.
+BACKEND_TEST_CASE("get_many stamps the invalidator's versions on its fills",
+                  "[regression][cache_aside][batch][invalidator]") {
+    TestType fx;
+    using larder::EntityVersions;
+    larder::CacheAside<std::string, decltype(fx.backend), EntityVersions> cache(
+        fx.backend, options_for(fx), EntityVersions(entity_of));
+    std::string db = "v1";
+    const std::vector<std::string> keys{"user:1/profile"};
+    auto batch = [&](std::span<const std::string> missing) {
+        return std::vector<std::optional<std::string>>(missing.size(), db);
+    };
+    REQUIRE(cache.get_many(keys, batch)[0] == "v1");
+    db = "v2";
+    cache.invalidate_version(EntityVersions::version_name("user:1"));
+    REQUIRE(cache.get("user:1/profile", [&] { return std::optional<std::string>(db); }) == "v2");
+    REQUIRE(cache.get_many(keys, batch)[0] == "v2");
+}
+
+// A refresh by a reader that passed no tags (or other tags) re-stamped the entry with the
+// reader's tags only, so invalidate_tag of the entry's own tag no longer reached it.
+TEST_CASE("A refresh keeps the entry's own tags, whatever tags the refreshing reader passes",
+          "[regression][stampede][fail_safe][tags][memory]") {
+    larder::test::MemoryFixture fx;
+    larder::CacheAside<std::string, larder::MemoryBackend> cache(
+        fx.backend, options_for(fx, {.ttl = 5s, .grace = 60s}));
+    const std::vector<std::string> t{"t"};
+    std::string db = "v1";
+    auto load = [&] { return std::optional<std::string>(db); };
+    REQUIRE(cache.get("k", t, load) == "v1");
+    fx.advance(6s);  // stale: the next read refreshes
+    db = "v2";
+    REQUIRE(cache.get("k", load) == "v2");  // refreshed by a reader without tags
+    db = "v3";
+    cache.invalidate_tag("t");
+    REQUIRE(cache.get("k", t, load) == "v3");
+    REQUIRE(cache.get("k", load) == "v3");
+}
+
+// A refresh fenced only on the old bytes: a tag bump during its load does not change
+// them, so the refresh stored the value it loaded before the bump (a stale set).
+TEST_CASE("A refresh racing invalidate_tag cannot store what it loaded before the bump",
+          "[regression][stampede][fail_safe][tags][memory]") {
+    larder::test::MemoryFixture fx;
+    larder::CacheAside<std::string, larder::MemoryBackend> reader(
+        fx.backend, options_for(fx, {.ttl = 5s, .grace = 60s}));
+    larder::CacheAside<std::string, larder::MemoryBackend> writer(fx.backend, options_for(fx));
+    const std::vector<std::string> t{"t"};
+    std::string db = "v1";
+    REQUIRE(reader.get("k", t, [&] { return std::optional<std::string>(db); }) == "v1");
+    fx.advance(6s);
+    Gate loading, release;
+    std::thread refresher([&] {
+        (void)reader.get("k", [&] {
+            auto row = std::optional<std::string>(db);  // v1: read before the write below
+            loading.open();
+            release.wait();
+            return row;
+        });
+    });
+    loading.wait();
+    db = "v2";
+    writer.invalidate_tag("t");
+    release.open();
+    refresher.join();
+    REQUIRE(reader.get("k", t, [&] { return std::optional<std::string>(db); }) == "v2");
+}
+
+// WriteThrough's put stored its value without the invalidator's versions.
+BACKEND_TEST_CASE("WriteThrough's put is stamped with the invalidator's versions",
+                  "[regression][write_through][invalidator]") {
+    TestType fx;
+    using larder::EntityVersions;
+    larder::WriteThrough<std::string, decltype(fx.backend), EntityVersions> cache(
+        fx.backend, {.clock = fx.time_source()}, {}, {}, EntityVersions(entity_of));
+    (void)cache.put("user:1/name", "ada", [] {});
+    REQUIRE(cache.get("user:1/name", [] { return std::optional<std::string>("db"); }) == "ada");
+    cache.invalidate_version(EntityVersions::version_name("user:1"));
+    REQUIRE(cache.get("user:1/name", [] { return std::optional<std::string>("db"); }) == "db");
+}
+
+// A WriteThrough put whose cache update failed left its marker; a reader in another
+// process that loaded the old row while the put's database write ran was fenced by that
+// marker, and a read starting after put returned saw the same marker and shared the old
+// value. A writer's marker is no fence for readers.
+TEST_CASE("A writer's marker seen by two readers is no reason to share a load",
+          "[regression][write_through][single_flight][memory]") {
+    larder::test::MemoryFixture fx;
+    larder::ChaosBackend writer_store(fx.backend);
+    larder::CacheAside<std::string, larder::MemoryBackend> readers(fx.backend, options_for(fx));
+    larder::WriteThrough<std::string, decltype(writer_store)> writer(writer_store,
+                                                                     {.clock = &fx.clock});
+    std::atomic<int> db{1};
+    auto row = [&] { return std::optional<std::string>("v" + std::to_string(db.load())); };
+    Gate in_db, loaded, go;
+    std::thread w([&] {
+        (void)writer.put("k", "v2", [&] {
+            in_db.open();
+            loaded.wait();
+            db = 2;
+            writer_store.fail_all(true);  // the cache update after the commit fails
+        });
+        writer_store.fail_all(false);
+    });
+    in_db.wait();  // the marker is stored, the database not yet written
+    std::thread a([&] {
+        (void)readers.get("k", [&] {
+            auto old = row();  // v1
+            loaded.open();
+            go.wait();
+            return old;
+        });
+    });
+    w.join();  // put has returned
+    std::optional<std::string> got;
+    std::thread b([&] { got = readers.get("k", row); });
+    const bool b_done = larder::test::eventually([&] { return got.has_value(); }, 2s);
+    go.open();
+    a.join();
+    b.join();
+    CHECK(b_done);
+    REQUIRE(got == "v2");
+}
+
+// Tag names past 65,535 bytes, and long keys under EntityVersions, are ordinary input.
+BACKEND_TEST_CASE("Long tag names and long entity names are served like any other",
+                  "[regression][tags][invalidator]") {
+    TestType fx;
+    larder::CacheAside<std::string, decltype(fx.backend)> cache(fx.backend, options_for(fx));
+    const std::vector<std::string> tags{std::string(65'535, 't')};
+    REQUIRE(cache.get("k", tags, [] { return std::optional<std::string>("a"); }) == "a");
+    REQUIRE(cache.get("k", tags, [] { return std::optional<std::string>("b"); }) == "a");
+    cache.invalidate_tag(tags[0]);
+    REQUIRE(cache.get("k", tags, [] { return std::optional<std::string>("c"); }) == "c");
+
+    using larder::EntityVersions;
+    larder::CacheAside<std::string, decltype(fx.backend), EntityVersions> by_entity(
+        fx.backend, options_for(fx));
+    const std::string long_key(70'000, 'k');
+    REQUIRE(by_entity.get(long_key, [] { return std::optional<std::string>("x"); }) == "x");
+    REQUIRE(by_entity.get(long_key, [] { return std::optional<std::string>("y"); }) == "x");
+}
+
+// A hostile fresh_until (INT64_MIN) overflowed the subtraction that computed freshness
+// (UBSan) and the value was served as fresh.
+TEST_CASE("A hostile fresh_until is not fresh, and computing it does not overflow",
+          "[regression][cache_aside][corrupt][memory]") {
+    larder::test::MemoryFixture fx;
+    larder::CacheAside<std::string, larder::MemoryBackend> cache(fx.backend, options_for(fx));
+    std::string bytes;
+    larder::envelope::write_header(
+        bytes,
+        larder::EnvelopeHeader{
+            .codec = larder::codec_id::raw,
+            .fresh_until = larder::TimePoint{Millis{std::numeric_limits<std::int64_t>::min()}},
+            .grace_until = larder::TimePoint{Millis{1}},
+        });
+    bytes += "planted";
+    fx.raw_set("k", bytes);
+    REQUIRE(cache.get("k", [] { return std::optional<std::string>("loaded"); }) == "loaded");
+}

@@ -41,13 +41,15 @@ struct EnvelopeHeader {
     /// compare-and-set against the bytes of one can never succeed against the other.
     /// write_header draws a random one when this is 0.
     std::uint64_t nonce = 0;
+    /// Bit flags; see envelope::flag_*.
+    std::uint8_t flags = 0;
 };
 
 /// A parsed envelope; views into the stored bytes, so it must not outlive them.
 struct EnvelopeView {
     EnvelopeHeader header;
     std::uint16_t tag_count = 0;
-    std::string_view tags{};     ///< tag_count records of {u16 length, name, u64 version}
+    std::string_view tags{};     ///< tag_count records of {u32 length, name, u64 version}
     std::string_view payload{};  ///< the codec's bytes (a lease's token)
 };
 
@@ -56,8 +58,9 @@ namespace envelope {
 inline constexpr std::array<unsigned char, 2> magic{0xCA, 0xCE};
 inline constexpr std::uint8_t format_version = 2;
 inline constexpr std::size_t header_size = 56;
-/// The longest tag name a record can hold.
-inline constexpr std::size_t max_tag_size = 0xFFFF;
+/// A lease taken by a writer (WriteThrough's marker), not by a loader: seeing it proves
+/// nothing about writes, since the write it fences is in progress.
+inline constexpr std::uint8_t flag_write_marker = 0x01;
 
 namespace detail {
 
@@ -90,7 +93,7 @@ inline void write_header(std::string& out, const EnvelopeHeader& h, std::uint16_
     out.push_back(static_cast<char>(format_version));
     out.push_back(static_cast<char>(h.kind));
     out.push_back(static_cast<char>(h.codec));
-    out.push_back(0);  // flags, reserved
+    out.push_back(static_cast<char>(h.flags));
     detail::put<std::uint16_t>(out, tag_count);
     detail::put<std::int64_t>(out, detail::ms(h.written_at));
     detail::put<std::int64_t>(out, detail::ms(h.fresh_until));
@@ -105,10 +108,9 @@ inline void write_header(std::string& out, const EnvelopeHeader& h, std::uint16_
     detail::put<std::uint64_t>(out, nonce);
 }
 
-/// Appends one tag record; call tag_count times right after write_header. A name longer
-/// than max_tag_size cannot be recorded: callers reject it before writing anything.
+/// Appends one tag record; call tag_count times right after write_header.
 inline void write_tag(std::string& out, std::string_view name, std::uint64_t version) {
-    detail::put<std::uint16_t>(out, static_cast<std::uint16_t>(name.size()));
+    detail::put<std::uint32_t>(out, static_cast<std::uint32_t>(name.size()));
     out.append(name);
     detail::put<std::uint64_t>(out, version);
 }
@@ -127,6 +129,7 @@ inline void write_tag(std::string& out, std::string_view name, std::uint64_t ver
     if (kind < 1 || kind > 3) return std::nullopt;
     v.header.kind = static_cast<EntryKind>(kind);
     v.header.codec = static_cast<std::uint8_t>(p[4]);
+    v.header.flags = static_cast<std::uint8_t>(p[5]);
     v.tag_count = detail::get<std::uint16_t>(p + 6);
     v.header.written_at = TimePoint{Millis{detail::get<std::int64_t>(p + 8)}};
     v.header.fresh_until = TimePoint{Millis{detail::get<std::int64_t>(p + 16)}};
@@ -137,10 +140,10 @@ inline void write_tag(std::string& out, std::string_view name, std::uint64_t ver
 
     std::size_t pos = header_size;
     for (std::uint16_t i = 0; i < v.tag_count; ++i) {
-        if (bytes.size() - pos < 2) return std::nullopt;
-        const std::size_t len = detail::get<std::uint16_t>(p + pos);
-        if (bytes.size() - pos - 2 < len + 8) return std::nullopt;
-        pos += 2 + len + 8;
+        if (bytes.size() - pos < 4) return std::nullopt;
+        const std::size_t len = detail::get<std::uint32_t>(p + pos);
+        if (bytes.size() - pos - 4 < len + 8) return std::nullopt;
+        pos += 4 + len + 8;
     }
     v.tags = bytes.substr(header_size, pos - header_size);
     v.payload = bytes.substr(pos);
@@ -153,19 +156,22 @@ template <class Fn>
 void for_each_tag(const EnvelopeView& v, Fn&& fn) {
     const char* p = v.tags.data();
     for (std::uint16_t i = 0; i < v.tag_count; ++i) {
-        const std::size_t len = detail::get<std::uint16_t>(p);
-        fn(std::string_view(p + 2, len), detail::get<std::uint64_t>(p + 2 + len));
-        p += 2 + len + 8;
+        const std::size_t len = detail::get<std::uint32_t>(p);
+        fn(std::string_view(p + 4, len), detail::get<std::uint64_t>(p + 4 + len));
+        p += 4 + len + 8;
     }
 }
 
 /// The bytes of a lease: a header of kind lease and the holder's token. Unique per holder,
 /// so compare-and-set / compare-and-delete against them fence out everybody else.
-[[nodiscard]] inline std::string make_lease(const Token& token, TimePoint now) {
+[[nodiscard]] inline std::string make_lease(const Token& token, TimePoint now,
+                                            std::uint8_t flags = 0) {
     std::string out;
     out.reserve(header_size + 16);
     write_header(
-        out, EnvelopeHeader{.kind = EntryKind::lease, .written_at = now, .nonce = token[0] | 1});
+        out,
+        EnvelopeHeader{
+            .kind = EntryKind::lease, .written_at = now, .nonce = token[0] | 1, .flags = flags});
     detail::put<std::uint64_t>(out, token[0]);
     detail::put<std::uint64_t>(out, token[1]);
     return out;

@@ -55,11 +55,4 @@ public:
     using Error::Error;
 };
 
-/// An argument a call cannot accept, such as a tag name longer than the stored format
-/// can hold. Thrown before anything is read or written.
-class ArgumentError : public Error {
-public:
-    using Error::Error;
-};
-
 }  // namespace larder

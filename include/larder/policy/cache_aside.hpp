@@ -176,8 +176,7 @@ public:
     /// was invalidated since it was written. The value and the tags' current versions are
     /// read in one round trip. Whatever tags a read passes, an entry is admitted by the
     /// tags it was stored with; the tags passed here are the ones a fill stamps.
-    /// Throws ArgumentError for a tag name longer than envelope::max_tag_size. Needs an
-    /// invalidator that stamps tags (Tags, the default).
+    /// Needs an invalidator that stamps tags (Tags, the default).
     template <LoaderFor<T> L>
     std::optional<T> get(std::string_view key, std::span<const std::string> tags,
                          L&& loader) requires TagInvalidator<invalidator_type> {
@@ -214,7 +213,6 @@ public:
     /// invalidators name their versions likewise. Throws BackendError when the store
     /// cannot be reached.
     void invalidate_version(std::string_view name) {
-        check_name(name);
         stats_.add(Counter::invalidations);
         try {
             backend_.set(version_key(name), std::to_string(random_version()), options_.tag_ttl);
@@ -250,15 +248,43 @@ public:
         full.reserve(keys.size());
         for (const auto& k : keys) full.push_back(full_key(k));
 
+        // The versions each key depends on (none with Tags alone: get_many takes no tags),
+        // read in the same command as the values.
+        std::vector<std::vector<std::string>> names_of(keys.size());
+        std::vector<TagVersion> known;
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            names_of[i] = version_names(full[i], {});
+            for (const auto& n : names_of[i]) {
+                const bool seen = std::any_of(known.begin(), known.end(),
+                                              [&](const TagVersion& k) { return k.name == n; });
+                if (!seen) known.push_back(TagVersion{n, 0});
+            }
+        }
         std::vector<Read> reads(keys.size());
+        bool read_failed = false;
         try {
-            auto stored = fetch_many(full);
+            std::vector<std::string> read_keys = full;
+            for (const auto& k : known) read_keys.push_back(version_key(k.name));
+            auto stored = fetch_many(read_keys);
+            for (std::size_t j = 0; j < known.size(); ++j) {
+                known[j].version = parse_version(stored[keys.size() + j]);
+            }
             for (std::size_t i = 0; i < keys.size(); ++i) reads[i] = classify(std::move(stored[i]));
-            admit(reads, {});
+            admit(reads, known);
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
+            read_failed = true;
             for (auto& r : reads) r = Read{.state = Read::unknown};
         }
+        auto stamp_of = [&](std::size_t i) {
+            std::vector<TagVersion> stamp;
+            for (const auto& n : names_of[i]) {
+                for (const auto& k : known) {
+                    if (k.name == n) stamp.push_back(k);
+                }
+            }
+            return stamp;
+        };
 
         std::vector<std::optional<T>> out(keys.size());
         // Missing keys in first-seen order, each with the positions that want it.
@@ -290,7 +316,10 @@ public:
         // the store is likely down, and a lease per key would be a round trip per key.
         std::vector<std::optional<std::string>> leases(missing.size());
         std::vector<typename detail::LeaseKeeper<B>::Hold> holds;
-        for (std::size_t m = 0; m < missing.size(); ++m) {
+        // A fill must be stamped: versions that do not exist yet are created first, or
+        // nothing is filled.
+        const bool can_stamp = !read_failed && create_missing_versions(known);
+        for (std::size_t m = 0; m < missing.size() && can_stamp; ++m) {
             const Read& found = reads[missing[m].first_index];
             if (found.state != Read::absent) continue;
             const std::string& key = full[missing[m].first_index];
@@ -324,7 +353,7 @@ public:
         const auto took = watch.elapsed();
         for (std::size_t m = 0; m < missing.size(); ++m) {
             const std::string& key = full[missing[m].first_index];
-            if (leases[m]) fill(key, *leases[m], loaded[m], took, {});
+            if (leases[m]) fill(key, *leases[m], loaded[m], took, stamp_of(missing[m].first_index));
             const auto& at = missing[m].wanted_at;
             for (std::size_t j = 0; j + 1 < at.size(); ++j) out[at[j]] = loaded[m];
             out[at.back()] = std::move(loaded[m]);
@@ -415,29 +444,16 @@ private:
         return o;
     }
 
-    static void check_name(std::string_view name) {
-        if (name.size() > envelope::max_tag_size) {
-            throw ArgumentError("CacheAside: a tag or version name is " +
-                                std::to_string(name.size()) +
-                                " bytes; the longest a stored entry can carry is " +
-                                std::to_string(envelope::max_tag_size));
-        }
-    }
-
     // The versions an entry of `key` read with `tags` depends on, as the invalidator
-    // names them: checked, each once.
+    // names them, each once.
     std::vector<std::string> version_names(std::string_view full,
                                            std::span<const std::string> tags) {
         std::vector<std::string> names;
         invalidator_.versions_of(full, tags, names);
-        if (names.size() < 2) {
-            for (const auto& n : names) check_name(n);
-            return names;
-        }
+        if (names.size() < 2) return names;
         std::vector<std::string> unique;
         unique.reserve(names.size());
         for (auto& n : names) {
-            check_name(n);
             if (std::find(unique.begin(), unique.end(), n) == unique.end()) {
                 unique.push_back(std::move(n));
             }
@@ -578,7 +594,10 @@ private:
         r.recompute_time = h.recompute_time;
         const TimePoint now = options_.clock->now();
         const bool fresh_while_stored = h.fresh_until == TimePoint{};
-        r.fresh_for = fresh_while_stored ? Millis::max() : h.fresh_until - now;
+        // Compared before subtracting: a hostile fresh_until must not overflow.
+        r.fresh_for = fresh_while_stored    ? Millis::max()
+                      : h.fresh_until > now ? h.fresh_until - now
+                                            : Millis{0};
         if (r.fresh_for.count() > 0) {
             r.state = Read::fresh;
         } else if (h.grace_until == TimePoint{} || now < h.grace_until) {
@@ -720,7 +739,7 @@ private:
         // A lease fences a load against invalidations of the key, not of its tags: the
         // fence is the lease with the tag versions read beside it.
         const std::string seen =
-            state == Read::leased ? fence_of(found.bytes, stamp) : std::string();
+            state == Read::leased ? lease_fence(found.bytes, stamp).value_or("") : std::string();
         auto accept = [&](std::string_view fence, std::uint64_t observed) {
             return observed > before || state == Read::unknown || (!seen.empty() && fence == seen);
         };
@@ -749,7 +768,7 @@ private:
             // Waiting on another loader's lease: a reader that saw the same lease (and tag
             // versions) read when this leader did, with no invalidation between, and may
             // share whatever this leader observes from now on.
-            if (found.state == Read::leased) leader.set_fence(fence_of(found.bytes, stamp));
+            if (found.state == Read::leased) leader.set_fence(waiting_fence(found.bytes, stamp));
             if (found.state == Read::fresh || found.state == Read::stale) {
                 if (found.state == Read::stale) stats_.add(Counter::stale_served);
                 return std::move(found.value);
@@ -837,7 +856,17 @@ private:
     // all processes refreshes it, holding a lease on a sibling key; the rest serve it.
     template <class L>
     std::optional<T> refresh(const std::string& full, Read found, L& loader, bool early,
-                             std::span<const std::string> tags) {
+                             std::span<const std::string> caller_names) {
+        // A refresh stamps the versions the entry carries as well as the caller's: a
+        // reader passing fewer tags must not strip the entry of its own, and a bump of one
+        // of them during the load must fence this fill.
+        std::vector<std::string> names(caller_names.begin(), caller_names.end());
+        for (const auto& t : found.stamped) {
+            if (std::find(names.begin(), names.end(), t.name) == names.end()) {
+                names.push_back(t.name);
+            }
+        }
+        const std::span<const std::string> tags(names);
         if constexpr (is_detached_v<std::decay_t<L>> &&
                       std::is_copy_constructible_v<std::decay_t<L>>) {
             if (early && guard_.refresh_in_background()) {
@@ -869,7 +898,7 @@ private:
         // read(): it also gives the tag versions this refresh stamps.
         std::vector<TagVersion> stamp;
         Read now = read(full, tags, stamp);
-        if (now.state == Read::unknown) {
+        if (now.state == Read::unknown || !create_missing_versions(stamp)) {
             release(lease_key, lease);
             return std::nullopt;
         }
@@ -893,6 +922,22 @@ private:
         fill(full, bytes, value, watch.elapsed(), stamp);
         release(lease_key, lease);
         return std::optional<std::optional<T>>(std::move(value));
+    }
+
+    // The fence a lease found in the store gives: a loader's lease, with the tag versions
+    // read beside it. A writer's marker gives none: the write it fences is under way, so
+    // two readers seeing it prove nothing about what either may load.
+    static std::optional<std::string> lease_fence(const std::string& lease,
+                                                  std::span<const TagVersion> stamp) {
+        const auto env = envelope::parse(lease);
+        if (!env || (env->header.flags & envelope::flag_write_marker) != 0) return std::nullopt;
+        return fence_of(lease, stamp);
+    }
+
+    // What a leader waiting on `lease` publishes: its fence, or for a writer's marker one
+    // that matches nothing, so that readers do not wait for a load they could not share.
+    static std::string waiting_fence(const std::string& lease, std::span<const TagVersion> stamp) {
+        return lease_fence(lease, stamp).value_or(std::string(1, '\0'));
     }
 
     static std::string fence_of(const std::string& lease, std::span<const TagVersion> stamp) {

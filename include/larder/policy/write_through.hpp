@@ -105,6 +105,8 @@ class WriteThrough {
     static_assert(detail::all_components_known<T, Components...>,
                   "each component must be a Codec for T, a StampedeGuard or an Invalidator");
 
+    using Reads = CacheAside<T, B, Components...>;
+
 public:
     using value_type = T;
     using backend_type = B;
@@ -151,11 +153,19 @@ public:
         codec_.encode(value, payload);  // before anything is written: a CodecError costs nothing
 
         const std::string lock_key = keys::sibling(full, "write");
-        const std::string marker = envelope::make_lease(random_token(), options_.clock->now());
+        const std::string marker = envelope::make_lease(random_token(), options_.clock->now(),
+                                                        envelope::flag_write_marker);
         bool locked = false;
         bool fenced = false;
+        // The versions the invalidator says this key depends on, read before the database
+        // write: a bump during it leaves the put's value stamped with the old version, so
+        // it is never served.
+        std::vector<typename Reads::TagVersion> stamp;
         try {
             locked = acquire(key, lock_key, marker);
+            if (auto names = reads_.version_names(full, {}); !names.empty()) {
+                stamp = reads_.current_versions(names);
+            }
             backend_.set(full, marker, options_.write_lease_ttl);
             fenced = true;
         } catch (const BackendError&) {
@@ -199,7 +209,7 @@ public:
 
         WriteOutcome outcome = WriteOutcome::cache_unavailable;
         try {
-            const auto entry = entry_of(full, payload, version);
+            const auto entry = entry_of(full, payload, version, stamp);
             outcome = finish(full, marker, entry.bytes, entry.ttl, version);
         } catch (const BackendError&) {
             bump(stats_.backend_errors);
@@ -212,6 +222,7 @@ public:
         switch (outcome) {
             case WriteOutcome::cached:
                 bump(stats_.cached);
+                reads_.keep_versions_alive(stamp);
                 break;
             case WriteOutcome::kept_newer:
                 bump(stats_.kept_newer);
@@ -228,6 +239,20 @@ public:
 
     /// Removes the cached value (and any load in flight), as CacheAside::invalidate.
     void invalidate(std::string_view key) { reads_.invalidate(key); }
+
+    // The rest of the read side, as CacheAside's.
+    template <LoaderFor<T> L>
+    std::optional<T> get(std::string_view key, std::span<const std::string> tags,
+                         L&& loader) requires TagInvalidator<invalidator_type> {
+        return reads_.get(key, tags, std::forward<L>(loader));
+    }
+    template <BatchLoaderFor<T> BatchLoader>
+    std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
+                                           BatchLoader&& batch_loader) {
+        return reads_.get_many(keys, std::forward<BatchLoader>(batch_loader));
+    }
+    void invalidate_tag(std::string_view tag) { reads_.invalidate_tag(tag); }
+    void invalidate_version(std::string_view name) { reads_.invalidate_version(name); }
 
     [[nodiscard]] WriteThroughStats stats() const {
         auto load = [](const std::atomic<std::uint64_t>& c) {
@@ -274,11 +299,13 @@ private:
     static CacheAsideOptions read_options(const WriteThroughOptions& o) {
         // One key prefix and one clock per policy: the read options' own copies must be
         // left alone (or agree), never silently overridden.
-        const bool prefix_conflicts = !o.read.key_prefix.empty() && o.read.key_prefix != o.key_prefix;
-        const bool clock_conflicts = o.read.clock && o.read.clock != &SystemClock::instance() &&
-                                     o.read.clock != o.clock;
+        const bool prefix_conflicts =
+            !o.read.key_prefix.empty() && o.read.key_prefix != o.key_prefix;
+        const bool clock_conflicts =
+            o.read.clock && o.read.clock != &SystemClock::instance() && o.read.clock != o.clock;
         if (prefix_conflicts || clock_conflicts) {
-            throw ConfigError("WriteThrough: set key_prefix and clock on the WriteThroughOptions, not on .read");
+            throw ConfigError(
+                "WriteThrough: set key_prefix and clock on the WriteThroughOptions, not on .read");
         }
         CacheAsideOptions r = o.read;
         r.key_prefix = o.key_prefix;
@@ -322,9 +349,10 @@ private:
     }
 
     // The entry of a put, with the read side's freshness (TTL, jitter, grace).
-    auto entry_of(const std::string& full, const std::string& payload, std::uint64_t version) {
-        return reads_.make_entry(full, EntryKind::value, std::chrono::microseconds{0}, {}, version,
-                                 [&](std::string& out) { out += payload; });
+    auto entry_of(const std::string& full, const std::string& payload, std::uint64_t version,
+                  std::span<const typename Reads::TagVersion> stamp) {
+        return reads_.make_entry(full, EntryKind::value, std::chrono::microseconds{0}, stamp,
+                                 version, [&](std::string& out) { out += payload; });
     }
 
     // Step 4: replace our marker with the value; if the marker is gone, never leave a value
@@ -357,7 +385,7 @@ private:
     [[no_unique_address]] codec_type codec_;
     Counters stats_;
     detail::LeaseKeeper<B> keeper_;
-    CacheAside<T, B, Components...> reads_;
+    Reads reads_;
 };
 
 }  // namespace larder
