@@ -78,6 +78,27 @@ struct CacheAsideOptions {
     const Clock* clock = &SystemClock::instance();
 };
 
+namespace detail {
+
+// A write path's read options: its own key prefix and clock, which the read options'
+// copies must leave alone (or agree with), never be silently overridden by.
+inline CacheAsideOptions read_options_of(const CacheAsideOptions& read, const std::string& prefix,
+                                         const Clock* clock, const std::string& policy) {
+    const bool prefix_conflicts = !read.key_prefix.empty() && read.key_prefix != prefix;
+    const bool clock_conflicts =
+        read.clock && read.clock != &SystemClock::instance() && read.clock != clock;
+    if (prefix_conflicts || clock_conflicts) {
+        throw ConfigError(policy + ": set key_prefix and clock on the " + policy +
+                          "Options, not on .read");
+    }
+    CacheAsideOptions r = read;
+    r.key_prefix = prefix;
+    r.clock = clock;
+    return r;
+}
+
+}  // namespace detail
+
 template <class T, Backend B, class... Components>
 class WriteThrough;
 template <class T, Backend B, class... Components>

@@ -576,20 +576,7 @@ private:
     }
 
     static CacheAsideOptions read_options(const WriteBehindOptions& o) {
-        // One key prefix and one clock per policy: the read options' own copies must be
-        // left alone (or agree), never silently overridden.
-        const bool prefix_conflicts =
-            !o.read.key_prefix.empty() && o.read.key_prefix != o.key_prefix;
-        const bool clock_conflicts =
-            o.read.clock && o.read.clock != &SystemClock::instance() && o.read.clock != o.clock;
-        if (prefix_conflicts || clock_conflicts) {
-            throw ConfigError(
-                "WriteBehind: set key_prefix and clock on the WriteBehindOptions, not on .read");
-        }
-        CacheAsideOptions r = o.read;
-        r.key_prefix = o.key_prefix;
-        r.clock = o.clock;
-        return r;
+        return detail::read_options_of(o.read, o.key_prefix, o.clock, "WriteBehind");
     }
 
     void check_eviction() {
