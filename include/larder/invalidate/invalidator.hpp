@@ -3,6 +3,7 @@
 // stampede guards do: CacheAside<User, RedisBackend, Lock, Invalidators<Tags, Events<Bus>>>.
 //
 // A policy's read path asks its invalidator two things, and tells it two:
+// Every hook gets the key as stored: the policy's prefix, then the caller's key.
 //  - versions_of(key, tags, names): the *version names* an entry of `key`, read with
 //    `tags`, depends on. Their current versions are read in the same store command as the
 //    value (one MGET), stamped on every fill, and checked on every read: an entry is
