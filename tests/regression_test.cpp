@@ -1060,8 +1060,12 @@ TEST_CASE("A writer's marker seen by two readers is no reason to share a load",
     });
     w.join();  // put has returned
     std::optional<std::string> got;
-    std::thread b([&] { got = readers.get("k", row); });
-    const bool b_done = larder::test::eventually([&] { return got.has_value(); }, 2s);
+    std::atomic<bool> b_returned{false};
+    std::thread b([&] {
+        got = readers.get("k", row);
+        b_returned = true;
+    });
+    const bool b_done = larder::test::eventually([&] { return b_returned.load(); }, 2s);
     go.open();
     a.join();
     b.join();
