@@ -114,7 +114,7 @@ void sustained(benchmark::State& state, const char* what, Op op) {
         ThrottledDb db;
         larder::WriteBehindOptions o;
         o.name = "bench" + std::to_string(++run_number);
-        o.key_prefix = "bench:";
+        o.cache.key_prefix = "bench:";
         o.interval = flush_interval;
         o.batch_size = 500;
         o.max_pending = keys == 0 ? 20'000 : 0;

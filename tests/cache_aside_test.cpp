@@ -171,7 +171,7 @@ BACKEND_TEST_CASE("invalidate and update make the next read load again", "[cache
     larder::CacheAside<std::string, decltype(fx.backend)> cache(fx.backend, options_for(fx));
     auto loader = [&] { return db.read("k"); };
     REQUIRE(cache.get("k", loader) == "v1");
-    cache.update("k", [&] { db.write("k", "v2"); });
+    cache.invalidate_after("k", [&] { db.write("k", "v2"); });
     REQUIRE(cache.get("k", loader) == "v2");
     db.write("k", "v3");
     REQUIRE(cache.get("k", loader) == "v2");
@@ -180,7 +180,7 @@ BACKEND_TEST_CASE("invalidate and update make the next read load again", "[cache
     REQUIRE(cache.stats().invalidations == 2);
 
     SECTION("a DB write that throws invalidates nothing") {
-        REQUIRE_THROWS_AS(cache.update("k", [] { throw Boom("db down"); }), Boom);
+        REQUIRE_THROWS_AS(cache.invalidate_after("k", [] { throw Boom("db down"); }), Boom);
         REQUIRE(cache.stats().invalidations == 2);
         REQUIRE(cache.get("k", [] { return std::optional<std::string>("other"); }) == "v3");
     }
@@ -308,7 +308,7 @@ BACKEND_TEST_CASE("A read that starts after invalidate does not join an older lo
         });
     });
     loaded.wait();
-    cache.update("k", [&] { db.write("k", "v2"); });
+    cache.invalidate_after("k", [&] { db.write("k", "v2"); });
     // The old load is still running; a new reader must see v2, not wait for v1.
     REQUIRE(cache.get("k", [&] { return db.read("k"); }) == "v2");
     proceed.open();
@@ -334,7 +334,7 @@ BACKEND_TEST_CASE("A read after another process's invalidate does not join an ol
         });
     });
     loaded.wait();
-    writer.update("k", [&] { db.write("k", "v2"); });  // deletes the slow load's lease
+    writer.invalidate_after("k", [&] { db.write("k", "v2"); });  // deletes the slow load's lease
     // Started after the write returned: it finds the lease gone and loads for itself. (A
     // reader that joined the slow load would wait for it and then get v1.)
     std::optional<std::string> fresh;

@@ -189,9 +189,44 @@ TEST_CASE("WriteThrough's put tells its invalidator",
     RecordingBus bus;
     using Inv = larder::Events<RecordingBus>;
     larder::WriteThrough<std::string, larder::MemoryBackend, Inv> cache(
-        fx.backend, {.key_prefix = "app:", .clock = &fx.clock}, {}, {}, Inv(bus));
+        fx.backend, {.cache = {.key_prefix = "app:", .clock = &fx.clock}}, {}, {}, Inv(bus));
     (void)cache.put("k", "v", [] {});
     REQUIRE(bus.messages == std::vector<std::string>{"kapp:k"});
+}
+
+TEST_CASE("WriteBehind's puts tell its invalidator, and a bump reaches their flushed copies",
+          "[invalidator][events][write_behind][memory]") {
+    larder::test::MemoryFixture fx;
+    RecordingBus bus;
+    using Inv = larder::Invalidators<larder::EntityVersions, larder::Events<RecordingBus>>;
+    std::vector<std::string> flushed;
+    larder::WriteBehind<std::string, larder::MemoryBackend, Inv> cache(
+        fx.backend,
+        [&](std::span<const larder::DirtyEntry<std::string>> batch) {
+            for (const auto& e : batch) flushed.push_back(e.key);
+            return larder::BatchResult{};
+        },
+        {.start_flusher = false, .cache = {.key_prefix = "app:", .clock = &fx.clock}}, {}, {},
+        Inv(larder::EntityVersions(
+                [](std::string_view key) { return std::string(key.substr(0, key.find('/'))); }),
+            larder::Events<RecordingBus>(bus)));
+    (void)cache.put("acme/k", "v1");
+    (void)cache.modify(
+        "acme/k", [](std::string& v) { v += "+"; },
+        [] { return std::optional<std::string>("db"); });
+    REQUIRE(bus.messages == std::vector<std::string>{"kapp:acme/k", "kapp:acme/k"});
+    REQUIRE(cache.flush().claimed == 1);
+    int loads = 0;
+    auto load = [&] {
+        ++loads;
+        return std::optional<std::string>("from db");
+    };
+    REQUIRE(cache.get("acme/k", load) == "v1+");
+    REQUIRE(loads == 0);
+    // The flushed copy carries acme's version: bumping it retires the copy.
+    cache.invalidate_version(larder::EntityVersions::version_name("app:acme"));
+    REQUIRE(cache.get("acme/k", load) == "from db");
+    REQUIRE(loads == 1);
 }
 
 TEST_CASE("Near drops the keys of a tag bumped through another process's Events",

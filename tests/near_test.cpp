@@ -54,7 +54,7 @@ TEST_CASE("A write through one Near reaches another's L1 through the bus", "[l1]
     REQUIRE(a.get("k", load) == "v1");
     REQUIRE(b.get("k", load) == "v1");
     REQUIRE(b.get("k", load) == "v1");  // from b's L1
-    a.update("k", [&] { db.write("k", "v2"); });
+    a.invalidate_after("k", [&] { db.write("k", "v2"); });
     REQUIRE(b.get("k", load) == "v2");
     REQUIRE(a.get("k", load) == "v2");
 }
@@ -76,7 +76,7 @@ TEST_CASE("A load that raced an invalidation does not land in L1", "[l1][event][
         });
     });
     loaded.wait();
-    near.update("k", [&] { db.write("k", "v2"); });
+    near.invalidate_after("k", [&] { db.write("k", "v2"); });
     proceed.open();
     reader.join();
     REQUIRE(near.get("k", [&] { return db.read("k"); }) == "v2");

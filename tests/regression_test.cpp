@@ -394,7 +394,7 @@ BACKEND_TEST_CASE("A get after put returned does not join a load that read befor
     db.write("k", "v1");
     Tap<B> tap(fx.backend);
     larder::WriteThroughOptions o;
-    o.clock = fx.time_source();
+    o.cache.clock = fx.time_source();
     larder::WriteThrough<std::string, Tap<B>> cache(tap, o);
 
     Gate loaded, release;
@@ -1019,7 +1019,7 @@ BACKEND_TEST_CASE("WriteThrough's put is stamped with the invalidator's versions
     TestType fx;
     using larder::EntityVersions;
     larder::WriteThrough<std::string, decltype(fx.backend), EntityVersions> cache(
-        fx.backend, {.clock = fx.time_source()}, {}, {}, EntityVersions(entity_of));
+        fx.backend, {.cache = {.clock = fx.time_source()}}, {}, {}, EntityVersions(entity_of));
     (void)cache.put("user:1/name", "ada", [] {});
     REQUIRE(cache.get("user:1/name", [] { return std::optional<std::string>("db"); }) == "ada");
     cache.invalidate_version(EntityVersions::version_name("user:1"));
@@ -1035,8 +1035,8 @@ TEST_CASE("A writer's marker seen by two readers is no reason to share a load",
     larder::test::MemoryFixture fx;
     larder::ChaosBackend writer_store(fx.backend);
     larder::CacheAside<std::string, larder::MemoryBackend> readers(fx.backend, options_for(fx));
-    larder::WriteThrough<std::string, decltype(writer_store)> writer(writer_store,
-                                                                     {.clock = &fx.clock});
+    larder::WriteThrough<std::string, decltype(writer_store)> writer(
+        writer_store, {.cache = {.clock = &fx.clock}});
     std::atomic<int> db{1};
     auto row = [&] { return std::optional<std::string>("v" + std::to_string(db.load())); };
     Gate in_db, loaded, go;

@@ -117,7 +117,7 @@ larder::WriteBehind<std::string, larder::RedisBackend> producer(larder::RedisBac
                                                                 const std::string& queue) {
     larder::WriteBehindOptions o;
     o.name = queue;
-    o.key_prefix = "k:";
+    o.cache.key_prefix = "k:";
     o.start_flusher = false;
     o.drain_timeout = 0ms;
     o.eviction_check = larder::EvictionCheck::ignore;

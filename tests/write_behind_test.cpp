@@ -118,9 +118,9 @@ template <class Fixture>
 larder::WriteBehindOptions manual(Fixture& fx, Log& log, std::string name = "test") {
     larder::WriteBehindOptions o;
     o.name = std::move(name);
-    o.key_prefix = "wb:";
+    o.cache.key_prefix = "wb:";
     o.start_flusher = false;
-    o.clock = fx.time_source();
+    o.cache.clock = fx.time_source();
     o.retry = {.max_attempts = 5, .first_backoff = 1ms, .max_backoff = 4ms};
     o.drain_timeout = 2s;
     o.log = [&log](std::string_view line) { log.add(line); };
@@ -335,7 +335,7 @@ TEST_CASE("MemoryBackend's SIEVE evicts cached copies, never queued ones",
     Table<std::string> db;
     larder::WriteBehindOptions o;
     o.start_flusher = false;
-    o.clock = &clock;
+    o.cache.clock = &clock;
     o.log = [&log](std::string_view line) { log.add(line); };
     larder::WriteBehind<std::string, larder::MemoryBackend> wb(store, writer_for(db), o);
     for (int i = 0; i < 100; ++i) wb.put("k" + std::to_string(i), "v" + std::to_string(i));
@@ -675,7 +675,7 @@ BACKEND_TEST_CASE("Backpressure: a bound on dirty keys, failing or blocking with
         wb.put("c", "1");
         REQUIRE_THROWS_AS(wb.put("d", "1"), larder::BackpressureError);
         wb.put("a", "2");  // a dirty key always fits: it adds nothing
-        REQUIRE_THROWS_AS(wb.update(
+        REQUIRE_THROWS_AS(wb.modify(
                               "e", [](std::string& v) { v += "!"; }, no_row),
                           larder::BackpressureError);
         REQUIRE(wb.stats().rejected >= 1);

@@ -57,7 +57,7 @@ private:
 
 template <class Fixture>
 larder::WriteThroughOptions wt_options(Fixture& fx, larder::WriteThroughOptions o = {}) {
-    o.clock = fx.time_source();
+    o.cache.clock = fx.time_source();
     return o;
 }
 
@@ -92,7 +92,7 @@ BACKEND_TEST_CASE("put writes the database, then the cache; reads then hit", "[w
     TestType fx;
     VersionedDb db;
     larder::WriteThrough<std::string, decltype(fx.backend)> users(
-        fx.backend, wt_options(fx, {.key_prefix = "user:"}));
+        fx.backend, wt_options(fx, {.cache = {.key_prefix = "user:"}}));
     const std::string full = users.full_key("42");
     bool lease_during_write = false;
     const auto outcome = users.put("42", "Ada", [&] {
@@ -124,7 +124,8 @@ BACKEND_TEST_CASE("Racing writers never leave the cache older than the database"
     for (const bool with_versions : {false, true}) {
         VersionedDb db;
         larder::WriteThrough<std::string, decltype(fx.backend)> cache(
-            fx.backend, wt_options(fx, {.key_prefix = with_versions ? "versioned:" : "plain:"}));
+            fx.backend,
+            wt_options(fx, {.cache = {.key_prefix = with_versions ? "versioned:" : "plain:"}}));
         constexpr int keys = 3;
         std::atomic<bool> writing{true};
         std::vector<std::thread> threads;
@@ -456,15 +457,26 @@ BACKEND_TEST_CASE("Write-through keys and values are arbitrary bytes", "[write_t
     }
 }
 
-TEST_CASE("A write path's read options cannot shadow its key prefix or clock",
-          "[write_through][write_behind][config]") {
-    larder::MemoryBackend store;
+TEST_CASE("A write path has one set of cache options, for its puts and its reads alike",
+          "[write_through][config]") {
     larder::ManualClock clock;
-    using WT = larder::WriteThrough<std::string, larder::MemoryBackend>;
-    REQUIRE_THROWS_AS(WT(store, {.key_prefix = "a:", .read = {.key_prefix = "b:"}}),
-                      larder::ConfigError);
-    REQUIRE_THROWS_AS(WT(store, {.read = {.clock = &clock}}), larder::ConfigError);
-    // Agreeing copies, or none, are fine.
-    REQUIRE_NOTHROW(WT(store, {.key_prefix = "a:", .read = {.key_prefix = "a:"}}));
-    REQUIRE_NOTHROW(WT(store, {.read = {.ttl = std::chrono::seconds(5)}, .clock = &clock}));
+    larder::MemoryBackend store({.clock = &clock});
+    VersionedDb db;
+    larder::WriteThrough<std::string, larder::MemoryBackend> cache(
+        store, {.cache = {.key_prefix = "a:", .ttl = std::chrono::seconds(5), .clock = &clock}});
+    REQUIRE(cache.put("k", "v1", [&] { db.commit("k", "v1"); }) == larder::WriteOutcome::cached);
+    // Stored under the one prefix, read back under it.
+    REQUIRE(store.get("a:k").has_value());
+    REQUIRE_FALSE(store.get("k").has_value());
+    int loads = 0;
+    auto load = [&] {
+        ++loads;
+        return db.read("k");
+    };
+    REQUIRE(cache.get("k", load) == "v1");
+    REQUIRE(loads == 0);
+    // The put's freshness is the cache's TTL, on the cache's clock.
+    clock.advance(std::chrono::seconds(6));
+    REQUIRE(cache.get("k", load) == "v1");
+    REQUIRE(loads == 1);
 }

@@ -74,9 +74,9 @@ public:
         switch (invalidator_) {
             case Invalidator::event:
                 if (in.near) {
-                    in.near->update(key, commit);
+                    in.near->invalidate_after(key, commit);
                 } else {
-                    in.policy->update(key, commit);
+                    in.policy->invalidate_after(key, commit);
                 }
                 break;
             case Invalidator::tags:

@@ -84,7 +84,7 @@ struct Options {
 // ---- configurations -------------------------------------------------------------------
 
 enum class Invalidator {
-    event,     ///< a write deletes the key (CacheAside::update)
+    event,     ///< a write deletes the key (CacheAside::invalidate_after)
     tags,      ///< entries carry an entity tag; a write invalidates the tag
     versions,  ///< version keys: a write bumps the entity's version
     ttl,       ///< a write does nothing to the cache: entries live out their TTL

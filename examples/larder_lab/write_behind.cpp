@@ -43,7 +43,7 @@ public:
         w.interval = o.flush_interval;
         w.drain_timeout = o.drain_timeout;
         w.clean_ttl = o.ttl;
-        w.read = read_options(o);
+        w.cache = read_options(o);
         w.log = env.log;
         for (std::size_t i = 0; i < o.instances; ++i) {
             Instance in;

@@ -266,13 +266,14 @@ Run run_write_behind(const std::string& name, B& backend, Database& db,
                      const std::vector<Update>& updates, const Config& config) {
     larder::WriteBehindOptions options;
     options.name = "leaderboard";
-    options.key_prefix = "user:";
+    options.cache.key_prefix = "user:";
     options.interval = std::chrono::milliseconds(config.interval_ms);
     options.batch_size = 500;
     options.drain_timeout = std::chrono::seconds(30);
     // The database was just re-seeded behind the cache's back (a previous run may have left
     // cached players in Redis): start from what the database says.
-    for (int id = 1; id <= config.users; ++id) backend.del(options.key_prefix + std::to_string(id));
+    for (int id = 1; id <= config.users; ++id)
+        backend.del(options.cache.key_prefix + std::to_string(id));
     larder::WriteBehind<User, B> scores(
         backend,
         [&db](std::span<const larder::DirtyEntry<User>> batch) { return db.write_scores(batch); },

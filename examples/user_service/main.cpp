@@ -226,7 +226,7 @@ Result run_cached(const char* name, Backend& backend, const std::vector<Op>& ops
         return users.get(std::to_string(id), [&] { return db.select_user(id); });
     };
     auto update_user = [&](std::int64_t id, std::int64_t score) {
-        users.update(std::to_string(id), [&] { db.update_score(id, score); });
+        users.invalidate_after(std::to_string(id), [&] { db.update_score(id, score); });
     };
     Result r = run(name, ops, db, get_user, update_user);
     const auto s = users.stats();

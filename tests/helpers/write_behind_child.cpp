@@ -130,7 +130,7 @@ larder::RedisBackend connect(int port) {
 larder::WriteBehindOptions options(const std::string& queue, larder::Millis claim_ttl) {
     larder::WriteBehindOptions o;
     o.name = queue;
-    o.key_prefix = "k:";
+    o.cache.key_prefix = "k:";
     o.start_flusher = false;
     o.batch_size = 8;
     o.claim_ttl = claim_ttl;

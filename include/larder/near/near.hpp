@@ -93,8 +93,9 @@ public:
         announce(full);
     }
 
+    /// The database write, then invalidate (as CacheAside::invalidate_after).
     template <std::invocable DbWrite>
-    void update(std::string_view key, DbWrite&& db_write) {
+    void invalidate_after(std::string_view key, DbWrite&& db_write) {
         std::invoke(db_write);
         invalidate(key);
     }

@@ -54,10 +54,11 @@
 #include "larder/core/loader.hpp"
 #include "larder/core/random.hpp"
 #include "larder/core/stats.hpp"
-#include "larder/policy/cache_aside.hpp"
 #include "larder/policy/detail/components.hpp"
+#include "larder/policy/detail/read_path.hpp"
 #include "larder/policy/detail/write_claims.hpp"
 #include "larder/policy/detail/write_errors.hpp"
+#include "larder/policy/options.hpp"
 
 namespace larder {
 
@@ -130,8 +131,6 @@ struct WriteBehindOptions {
     /// The queue's name: every WriteBehind (in any process) with the same name on the same
     /// store shares one queue. Give each cache its own.
     std::string name = "default";
-    /// Prepended to every key: cached copies live under key_prefix + key.
-    std::string key_prefix{};
     /// How often the flusher thread flushes what is ready.
     Millis interval = std::chrono::seconds(1);
     /// false: no flusher thread; only flush() and the final drain write (for processes that
@@ -155,13 +154,12 @@ struct WriteBehindOptions {
     /// (0: it stays without one). While dirty it never has a TTL.
     Millis clean_ttl = std::chrono::minutes(5);
     EvictionCheck eviction_check = EvictionCheck::warn;
-    /// How get() loads and caches misses. Leave its key_prefix and clock unset: the ones
-    /// above are the policy's (a conflicting value is a ConfigError).
-    CacheAsideOptions read{};
+    /// The cache side, as CacheAside's: cached copies live under cache.key_prefix + key,
+    /// and get() loads and caches misses with these TTLs.
+    CacheAsideOptions cache{};
     /// Warnings, dead-lettered entries and incomplete drains; called from any thread.
     /// Empty: written to std::cerr.
     std::function<void(std::string_view)> log{};
-    const Clock* clock = &SystemClock::instance();
 };
 
 /// What one flush did.
@@ -235,8 +233,8 @@ struct WriteBehindStats {
     bool queue_known = true;
 
     /// Counted by this object.
-    std::uint64_t puts = 0;        ///< puts, increments and updates acknowledged
-    std::uint64_t increments = 0;  ///< of those, increments and updates
+    std::uint64_t puts = 0;        ///< puts, increments and modifications acknowledged
+    std::uint64_t increments = 0;  ///< of those, increments and modifications
     std::uint64_t flushed = 0;     ///< entries written and acknowledged
     std::uint64_t coalesced = 0;   ///< puts that replaced a value still waiting (a DB write saved)
     std::uint64_t superseded = 0;  ///< entries written while a newer value came
@@ -267,19 +265,21 @@ struct DeadEntry {
     bool superseded = false;
 };
 
-/// WriteBehind<T, Backend, Components...>: Components are an optional codec for T and an
-/// optional StampedeGuard for the read path, in any order, as for CacheAside.
+/// WriteBehind<T, Backend, Components...>: Components are an optional codec for T, an
+/// optional StampedeGuard and an optional Invalidator, in any order, as for CacheAside.
+/// The read verbs are the read path's, as CacheAside's, except that a miss of a dirty key
+/// (its cached copy evicted) is served from the queue; the write verbs are put, modify
+/// and increment.
 template <class T, Backend B, class... Components>
-class WriteBehind {
-    static_assert(detail::all_components_known<T, Components...>,
-                  "each component must be a Codec for T, a StampedeGuard or an Invalidator");
+class WriteBehind : public detail::ReadPath<T, B, Components...> {
+    using Base = detail::ReadPath<T, B, Components...>;
+    using TagVersion = typename Base::TagVersion;
 
 public:
-    using value_type = T;
-    using backend_type = B;
+    using typename Base::codec_type;
+    using typename Base::guard_type;
+    using typename Base::invalidator_type;
     using store_type = write_behind_store_t<B>;
-    using codec_type = detail::pick_codec_t<T, Components...>;
-    using guard_type = detail::pick_guard_t<T, Components...>;
     using Entry = DirtyEntry<T>;
     using BatchWriter = std::function<BatchResult(std::span<const Entry>)>;
 
@@ -289,22 +289,23 @@ public:
     /// writer uses, since destruction flushes through it. Throws ConfigError on bad options
     /// and, with EvictionCheck::refuse, when the store could evict unflushed data.
     WriteBehind(B& backend, BatchWriter writer, WriteBehindOptions options = {},
-                guard_type guard = {}, codec_type codec = {})
+                guard_type guard = {}, codec_type codec = {}, invalidator_type invalidator = {})
         : WriteBehind(backend, nullptr, std::move(writer), std::move(options), std::move(guard),
-                      std::move(codec)) {}
+                      std::move(codec), std::move(invalidator)) {}
 
     /// With a store shared with other WriteBehind objects (nullptr: a new one).
     WriteBehind(B& backend, std::shared_ptr<store_type> store, BatchWriter writer,
-                WriteBehindOptions options = {}, guard_type guard = {}, codec_type codec = {})
-        : backend_(backend),
-          options_(validated(std::move(options))),
-          codec_(codec),
+                WriteBehindOptions options = {}, guard_type guard = {}, codec_type codec = {},
+                invalidator_type invalidator = {})
+        : Base(backend, options.cache, std::move(guard), codec, std::move(invalidator)),
+          backend_(backend),
+          options_(validated(std::move(options), this->cache_options())),
+          codec_(std::move(codec)),
           writer_(std::move(writer)),
           store_(store ? std::move(store)
                        : std::make_shared<store_type>(
-                             backend, WriteBehindStoreOptions{options_.name, options_.clock})),
-          keeper_(*store_, options_.claim_ttl),
-          reads_(backend, read_options(options_), std::move(guard), std::move(codec)) {
+                             backend, WriteBehindStoreOptions{options_.name, clock()})),
+          keeper_(*store_, options_.claim_ttl) {
         if (!writer_) throw ConfigError("WriteBehind: a batch writer is required");
         check_eviction();
         if (options_.start_flusher) flusher_ = std::thread([this] { run_flusher(); });
@@ -324,21 +325,35 @@ public:
 
     // ---- reads ----------------------------------------------------------------------
 
-    /// The cached value of `key`; on a miss the dirty copy if the key is dirty (a cached
-    /// copy can be evicted, the queue's cannot), else the loader's (the database), cached
-    /// like CacheAside does. A put during the load wins over the load's fill.
+    /// As the read path's get, except that a miss of a dirty key (its cached copy
+    /// evicted) is served from the queue, not from the loader (the database is behind).
+    /// A put during a load wins over the load's fill.
     template <LoaderFor<T> L>
     std::optional<T> get(std::string_view key, L&& loader) {
-        std::string full = full_key(key);
-        if constexpr (std::is_copy_constructible_v<std::decay_t<L>>) {
-            // Owns its copy: a background refresh may run it after get() returns.
-            return reads_.get(key, [this, full = std::move(full),
-                                    load = std::decay_t<L>(std::forward<L>(loader))]() mutable {
-                return load_through(full, load);
-            });
-        } else {
-            return reads_.get(key, RefLoader<std::remove_reference_t<L>>{this, &full, &loader});
-        }
+        const std::string full = this->full_key(key);
+        return Base::get(key, through(full, loader));
+    }
+
+    template <LoaderFor<T> L>
+    std::optional<T> get(std::string_view key, std::span<const std::string> tags,
+                         L&& loader) requires TagInvalidator<invalidator_type> {
+        const std::string full = this->full_key(key);
+        return Base::get(key, tags, through(full, loader));
+    }
+
+    template <LoaderFor<T> L>
+    std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags,
+                         L&& loader) requires TagInvalidator<invalidator_type> {
+        return get(key, std::span<const std::string>(tags.begin(), tags.size()), loader);
+    }
+
+    /// As the read path's get_many; keys that missed are served from the queue where dirty.
+    template <BatchLoaderFor<T> BatchLoader>
+    std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
+                                           BatchLoader&& batch_loader) {
+        return Base::get_many(keys, [&](std::span<const std::string> missed) {
+            return load_many_through(missed, batch_loader);
+        });
     }
 
     // ---- writes ---------------------------------------------------------------------
@@ -348,23 +363,25 @@ public:
     /// dead-lettered (or, on a non-durable store, the process ends first). Throws
     /// BackendError (nothing acknowledged), CodecError, BackpressureError.
     std::uint64_t put(std::string_view key, const T& value) {
-        const std::string full = full_key(key);
-        const std::string bytes = encode(value);
+        const std::string full = this->full_key(key);
+        const auto stamp = this->versions_for_write(full);
+        const std::string bytes = encode(value, stamp);
         const PutOutcome out =
             with_room([&] { return store_->put(full, bytes, options_.max_pending); });
         acknowledged(out, false);
+        this->written(full, stamp, /*cached=*/true);
         return out.version;
     }
 
-    /// Read-modify-write: applies `modify(T&)` to the current value (the dirty copy, the
+    /// Read-modify-write: applies `change(T&)` to the current value (the dirty copy, the
     /// cached copy, or the loader's when neither is there; T{} when the loader says there
     /// is no row) and stores the result with a compare-and-put, going again when another
-    /// writer got there first. `modify` may run more than once: make it depend only on
+    /// writer got there first. `change` may run more than once: make it depend only on
     /// the value. Returns the value stored.
-    template <std::invocable<T&> Modify, LoaderFor<T> L>
-    T update(std::string_view key, Modify&& modify, L&& loader) {
-        const std::string full = full_key(key);
-        for (std::uint32_t round = 0; round < max_update_rounds; ++round) {
+    template <std::invocable<T&> Change, LoaderFor<T> L>
+    T modify(std::string_view key, Change&& change, L&& loader) {
+        const std::string full = this->full_key(key);
+        for (std::uint32_t round = 0; round < max_modify_rounds; ++round) {
             if (round >= 2) {
                 // Many writers on one key: spread them out a little.
                 const auto cap = std::min<std::int64_t>(std::int64_t{1} << std::min(round, 4u), 10);
@@ -380,8 +397,9 @@ public:
             }
             std::optional<T> value = base_of(full, *current, loader);
             if (!value) continue;
-            std::invoke(modify, *value);
-            const std::string bytes = encode(*value);
+            std::invoke(change, *value);
+            const auto stamp = this->versions_for_write(full);
+            const std::string bytes = encode(*value, stamp);
             const PutOutcome out = with_room(
                 [&] { return store_->put_if(full, bytes, current->bytes, options_.max_pending); });
             if (out.status == PutStatus::conflict) {
@@ -389,6 +407,7 @@ public:
                 continue;
             }
             acknowledged(out, true);
+            this->written(full, stamp, /*cached=*/true);
             return std::move(*value);
         }
         throw WriteConflictError("WriteBehind: key '" + std::string(key) +
@@ -402,7 +421,7 @@ public:
     auto increment(std::string_view key, Field field, std::int64_t delta, L&& loader) {
         using F = std::remove_cvref_t<std::invoke_result_t<Field&, T&>>;
         F result{};
-        (void)update(
+        (void)modify(
             key,
             [&](T& v) {
                 F& f = std::invoke(field, v);
@@ -479,11 +498,11 @@ public:
     /// Queues a dead entry again as a new write of its value, with fresh attempts; unless
     /// the key was written after it died, in which case the newer value stands and the
     /// dead entry is removed (RedriveResult::superseded).
-    RedriveResult redrive(std::string_view key) { return store_->redrive(full_key(key)); }
+    RedriveResult redrive(std::string_view key) { return store_->redrive(this->full_key(key)); }
 
     /// Drops a dead entry. Its cached copy is removed too (unless the key was written
     /// since), so reads go back to the database.
-    bool discard_dead(std::string_view key) { return store_->discard_dead(full_key(key)); }
+    bool discard_dead(std::string_view key) { return store_->discard_dead(this->full_key(key)); }
 
     // ---- introspection --------------------------------------------------------------
 
@@ -514,25 +533,16 @@ public:
         s.conflicts = load(counters_.conflicts);
         s.rejected = load(counters_.rejected);
         s.backend_errors = load(counters_.backend_errors);
-        s.reads = reads_.stats();
+        s.reads = this->read_stats();
         return s;
     }
 
     [[nodiscard]] const WriteBehindOptions& options() const noexcept { return options_; }
     [[nodiscard]] store_type& store() noexcept { return *store_; }
     [[nodiscard]] std::shared_ptr<store_type> shared_store() const { return store_; }
-    [[nodiscard]] B& backend() noexcept { return backend_; }
-
-    /// The key as stored: the prefix, then the caller's key.
-    [[nodiscard]] std::string full_key(std::string_view key) const {
-        std::string full;
-        full.reserve(options_.key_prefix.size() + key.size());
-        full.append(options_.key_prefix).append(key);
-        return full;
-    }
 
 private:
-    static constexpr std::uint32_t max_update_rounds = 64;
+    static constexpr std::uint32_t max_modify_rounds = 64;
 
     struct Counters {
         std::atomic<std::uint64_t> puts{0}, increments{0}, flushed{0}, coalesced{0}, superseded{0},
@@ -544,21 +554,22 @@ private:
         c.fetch_add(n, std::memory_order_relaxed);
     }
 
-    // A loader the caller keeps ownership of; not copyable, so CacheAside never hands it
-    // to a background refresh.
+    // The loader a read path's miss runs: the dirty copy first, then `loader`. A detached
+    // loader stays detached (it owns its copy, so a background refresh may run it); any
+    // other is borrowed, and so never outlives the get() that passed it.
     template <class L>
-    struct RefLoader {
-        WriteBehind* self;
-        const std::string* full;
-        L* loader;
-        RefLoader(WriteBehind* s, const std::string* f, L* l) : self(s), full(f), loader(l) {}
-        RefLoader(const RefLoader&) = delete;
-        RefLoader(RefLoader&&) = default;
-        std::optional<T> operator()() { return self->load_through(*full, *loader); }
-    };
+    auto through(const std::string& full, L& loader) {
+        if constexpr (is_detached_v<std::decay_t<L>>) {
+            return detached(
+                [this, full, load = loader]() mutable { return load_through(full, load); });
+        } else {
+            return [this, &full, &loader] { return load_through(full, loader); };
+        }
+    }
 
-    static WriteBehindOptions validated(WriteBehindOptions o) {
-        if (!o.clock) o.clock = &SystemClock::instance();
+    // `cache` as the read path validated it (clock set, durations saturated).
+    static WriteBehindOptions validated(WriteBehindOptions o, const CacheAsideOptions& cache) {
+        o.cache = cache;
         auto fail = [](const char* why) { throw ConfigError(std::string("WriteBehind: ") + why); };
         if (o.name.empty()) fail("name must not be empty");
         if (o.interval.count() <= 0) fail("interval must be positive");
@@ -575,9 +586,7 @@ private:
         return o;
     }
 
-    static CacheAsideOptions read_options(const WriteBehindOptions& o) {
-        return detail::read_options_of(o.read, o.key_prefix, o.clock, "WriteBehind");
-    }
+    [[nodiscard]] const Clock* clock() const noexcept { return options_.cache.clock; }
 
     void check_eviction() {
         if (options_.eviction_check == EvictionCheck::ignore) return;
@@ -604,15 +613,21 @@ private:
     }
 
     [[nodiscard]] std::string user_key(std::string_view full) const {
-        if (full.starts_with(options_.key_prefix)) full.remove_prefix(options_.key_prefix.size());
+        const std::string& prefix = options_.cache.key_prefix;
+        if (full.starts_with(prefix)) full.remove_prefix(prefix.size());
         return std::string(full);
     }
 
-    std::string encode(const T& value) const {
+    // A dirty copy: fresh while stored (it has no TTL until flushed), stamped with the
+    // versions it depends on, so that a bump after the put reaches its clean copy too.
+    std::string encode(const T& value, std::span<const TagVersion> stamp) const {
         std::string bytes;
-        envelope::write_header(bytes, EnvelopeHeader{.kind = EntryKind::value,
-                                                     .codec = codec_type::id,
-                                                     .written_at = options_.clock->now()});
+        envelope::write_header(
+            bytes,
+            EnvelopeHeader{
+                .kind = EntryKind::value, .codec = codec_type::id, .written_at = clock()->now()},
+            static_cast<std::uint16_t>(stamp.size()));
+        for (const auto& t : stamp) envelope::write_tag(bytes, t.name, t.version);
         codec_.encode(value, bytes);
         return bytes;
     }
@@ -647,6 +662,39 @@ private:
             bump(counters_.backend_errors);
         }
         return std::invoke(loader);
+    }
+
+    // A miss of get_many(): dirty copies where there are some, the database for the rest.
+    template <class BatchLoader>
+    std::vector<std::optional<T>> load_many_through(std::span<const std::string> keys,
+                                                    BatchLoader& batch_loader) {
+        std::vector<std::optional<T>> out(keys.size());
+        std::vector<std::string> rest;
+        std::vector<std::size_t> rest_at;
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            try {
+                if (auto dirty = store_->dirty_value(this->full_key(keys[i]))) {
+                    if (auto v = decode_value(*dirty, nullptr)) {
+                        out[i] = std::move(v);
+                        continue;
+                    }
+                }
+            } catch (const BackendError&) {
+                bump(counters_.backend_errors);
+            }
+            rest.push_back(keys[i]);
+            rest_at.push_back(i);
+        }
+        if (rest.empty()) return out;
+        std::vector<std::optional<T>> loaded =
+            std::invoke(batch_loader, std::span<const std::string>(rest));
+        if (loaded.size() != rest.size()) {
+            throw LoaderError("get_many: the batch loader returned " +
+                              std::to_string(loaded.size()) + " values for " +
+                              std::to_string(rest.size()) + " keys");
+        }
+        for (std::size_t j = 0; j < rest.size(); ++j) out[rest_at[j]] = std::move(loaded[j]);
+        return out;
     }
 
     template <class L>
@@ -942,7 +990,6 @@ private:
     std::shared_ptr<store_type> store_;
     Counters counters_;
     detail::ClaimKeeper<store_type> keeper_;
-    CacheAside<T, B, Components...> reads_;
 
     std::mutex flusher_mutex_;
     std::condition_variable flusher_wake_;

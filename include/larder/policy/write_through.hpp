@@ -46,20 +46,18 @@
 #include "larder/core/loader.hpp"
 #include "larder/core/random.hpp"
 #include "larder/core/stats.hpp"
-#include "larder/policy/cache_aside.hpp"
 #include "larder/policy/detail/components.hpp"
 #include "larder/policy/detail/lease_keeper.hpp"
+#include "larder/policy/detail/read_path.hpp"
 #include "larder/policy/detail/write_errors.hpp"
+#include "larder/policy/options.hpp"
 
 namespace larder {
 
 struct WriteThroughOptions {
-    /// Prepended to every key, as in CacheAside.
-    std::string key_prefix{};
-    /// TTL, jitter and grace of the values put here, and how get() loads misses. Leave its
-    /// key_prefix and clock unset: the ones above are the policy's (a conflicting value is
-    /// a ConfigError).
-    CacheAsideOptions read{};
+    /// The cache side, as CacheAside's: key prefix, clock, and the TTL, jitter and grace
+    /// of the values put here as well as of those get() loads.
+    CacheAsideOptions cache{};
     /// How long a writer holds the key's write lease (and its marker) without news. It is
     /// extended every third of this while db_write runs, so it only bounds how long a
     /// writer that died blocks the key - and how long a stalled one keeps its order.
@@ -67,7 +65,6 @@ struct WriteThroughOptions {
     /// How long a put waits for another writer of the same key before it gives up with
     /// WriteConflictError (before its database write).
     Millis max_lock_wait = std::chrono::seconds(10);
-    const Clock* clock = &SystemClock::instance();
 };
 
 /// What WriteThrough::put runs: a database write returning nothing, or the row's version
@@ -98,41 +95,32 @@ struct WriteThroughStats {
     StatsSnapshot reads{};                ///< the read side (get)
 };
 
-/// WriteThrough<T, Backend, Components...>: Components are an optional codec for T and an
-/// optional StampedeGuard, in any order, as for CacheAside.
+/// WriteThrough<T, Backend, Components...>: Components are an optional codec for T, an
+/// optional StampedeGuard and an optional Invalidator, in any order, as for CacheAside.
+/// The read verbs are the read path's, as CacheAside's: while a put of a key runs,
+/// readers find its marker and load without filling, or wait for the new value with the
+/// Lock guard. The write verb is put.
 template <class T, Backend B, class... Components>
-class WriteThrough {
-    static_assert(detail::all_components_known<T, Components...>,
-                  "each component must be a Codec for T, a StampedeGuard or an Invalidator");
-
-    using Reads = CacheAside<T, B, Components...>;
+class WriteThrough : public detail::ReadPath<T, B, Components...> {
+    using Base = detail::ReadPath<T, B, Components...>;
+    using TagVersion = typename Base::TagVersion;
 
 public:
-    using value_type = T;
-    using backend_type = B;
-    using codec_type = detail::pick_codec_t<T, Components...>;
-    using guard_type = detail::pick_guard_t<T, Components...>;
-    using invalidator_type = detail::pick_invalidator_t<T, Components...>;
+    using typename Base::codec_type;
+    using typename Base::guard_type;
+    using typename Base::invalidator_type;
 
     /// The backend is borrowed: it must outlive this object.
     explicit WriteThrough(B& backend, WriteThroughOptions options = {}, guard_type guard = {},
                           codec_type codec = {}, invalidator_type invalidator = {})
-        : backend_(backend),
-          options_(validated(std::move(options))),
-          codec_(codec),
-          keeper_(backend, options_.write_lease_ttl),
-          reads_(backend, read_options(options_), std::move(guard), std::move(codec),
-                 std::move(invalidator)) {}
+        : Base(backend, options.cache, std::move(guard), codec, std::move(invalidator)),
+          backend_(backend),
+          options_(validated(std::move(options), this->cache_options())),
+          codec_(std::move(codec)),
+          keeper_(backend, options_.write_lease_ttl) {}
 
     WriteThrough(const WriteThrough&) = delete;
     WriteThrough& operator=(const WriteThrough&) = delete;
-
-    /// As CacheAside::get. While a put of the key runs, readers find its marker: they load
-    /// without filling, or wait for the new value with the Lock guard.
-    template <LoaderFor<T> L>
-    std::optional<T> get(std::string_view key, L&& loader) {
-        return reads_.get(key, std::forward<L>(loader));
-    }
 
     /// Writes the database with `db_write()`, then caches `value` (see the header comment
     /// for how concurrent writers are ordered). db_write returns void, or the row's version
@@ -148,24 +136,22 @@ public:
     /// CacheAside::update.
     template <DatabaseWrite DbWrite>
     WriteOutcome put(std::string_view key, const T& value, DbWrite&& db_write) {
-        const std::string full = full_key(key);
+        const std::string full = this->full_key(key);
         std::string payload;
         codec_.encode(value, payload);  // before anything is written: a CodecError costs nothing
 
         const std::string lock_key = keys::sibling(full, "write");
-        const std::string marker = envelope::make_lease(random_token(), options_.clock->now(),
+        const std::string marker = envelope::make_lease(random_token(), options_.cache.clock->now(),
                                                         envelope::flag_write_marker);
         bool locked = false;
         bool fenced = false;
         // The versions the invalidator says this key depends on, read before the database
         // write: a bump during it leaves the put's value stamped with the old version, so
         // it is never served.
-        std::vector<typename Reads::TagVersion> stamp;
+        std::vector<TagVersion> stamp;
         try {
             locked = acquire(key, lock_key, marker);
-            if (auto names = reads_.version_names(full, {}); !names.empty()) {
-                stamp = reads_.current_versions(names);
-            }
+            stamp = this->versions_for_write(full);
             backend_.set(full, marker, options_.write_lease_ttl);
             fenced = true;
         } catch (const BackendError&) {
@@ -215,14 +201,10 @@ public:
             bump(stats_.backend_errors);
         }
         if (locked) release(lock_key, marker);
-        // Readers arriving from now on must not share a load that read the old row, and
-        // the invalidator hears of the write (Events: other processes' copies go).
-        reads_.flights_.forget(full);
-        reads_.invalidator_.invalidated(full);
+        this->written(full, stamp, outcome == WriteOutcome::cached);
         switch (outcome) {
             case WriteOutcome::cached:
                 bump(stats_.cached);
-                reads_.keep_versions_alive(stamp);
                 break;
             case WriteOutcome::kept_newer:
                 bump(stats_.kept_newer);
@@ -237,23 +219,6 @@ public:
         return outcome;
     }
 
-    /// Removes the cached value (and any load in flight), as CacheAside::invalidate.
-    void invalidate(std::string_view key) { reads_.invalidate(key); }
-
-    // The rest of the read side, as CacheAside's.
-    template <LoaderFor<T> L>
-    std::optional<T> get(std::string_view key, std::span<const std::string> tags,
-                         L&& loader) requires TagInvalidator<invalidator_type> {
-        return reads_.get(key, tags, std::forward<L>(loader));
-    }
-    template <BatchLoaderFor<T> BatchLoader>
-    std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
-                                           BatchLoader&& batch_loader) {
-        return reads_.get_many(keys, std::forward<BatchLoader>(batch_loader));
-    }
-    void invalidate_tag(std::string_view tag) { reads_.invalidate_tag(tag); }
-    void invalidate_version(std::string_view name) { reads_.invalidate_version(name); }
-
     [[nodiscard]] WriteThroughStats stats() const {
         auto load = [](const std::atomic<std::uint64_t>& c) {
             return c.load(std::memory_order_relaxed);
@@ -267,15 +232,11 @@ public:
         s.lock_waits = load(stats_.lock_waits);
         s.db_failures = load(stats_.db_failures);
         s.backend_errors = load(stats_.backend_errors);
-        s.reads = reads_.stats();
+        s.reads = this->read_stats();
         return s;
     }
 
     [[nodiscard]] const WriteThroughOptions& options() const noexcept { return options_; }
-    [[nodiscard]] B& backend() noexcept { return backend_; }
-
-    /// The key as stored: the prefix, then the caller's key.
-    [[nodiscard]] std::string full_key(std::string_view key) const { return reads_.full_key(key); }
 
 private:
     struct Counters {
@@ -285,8 +246,9 @@ private:
 
     static void bump(std::atomic<std::uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
 
-    static WriteThroughOptions validated(WriteThroughOptions o) {
-        if (!o.clock) o.clock = &SystemClock::instance();
+    // `cache` as the read path validated it (clock set, durations saturated).
+    static WriteThroughOptions validated(WriteThroughOptions o, const CacheAsideOptions& cache) {
+        o.cache = cache;
         if (o.write_lease_ttl.count() < 3) {
             throw ConfigError("WriteThrough: write_lease_ttl must be at least 3 ms");
         }
@@ -294,10 +256,6 @@ private:
             throw ConfigError("WriteThrough: max_lock_wait must not be negative");
         }
         return o;
-    }
-
-    static CacheAsideOptions read_options(const WriteThroughOptions& o) {
-        return detail::read_options_of(o.read, o.key_prefix, o.clock, "WriteThrough");
     }
 
     // Takes the key's write lease, waiting (jittered backoff) while another writer holds it.
@@ -337,9 +295,9 @@ private:
 
     // The entry of a put, with the read side's freshness (TTL, jitter, grace).
     auto entry_of(const std::string& full, const std::string& payload, std::uint64_t version,
-                  std::span<const typename Reads::TagVersion> stamp) {
-        return reads_.make_entry(full, EntryKind::value, std::chrono::microseconds{0}, stamp,
-                                 version, [&](std::string& out) { out += payload; });
+                  std::span<const TagVersion> stamp) {
+        return this->make_entry(full, EntryKind::value, std::chrono::microseconds{0}, stamp,
+                                version, [&](std::string& out) { out += payload; });
     }
 
     // Step 4: replace our marker with the value; if the marker is gone, never leave a value
@@ -372,7 +330,6 @@ private:
     [[no_unique_address]] codec_type codec_;
     Counters stats_;
     detail::LeaseKeeper<B> keeper_;
-    Reads reads_;
 };
 
 }  // namespace larder

@@ -1,0 +1,1036 @@
+// The read path every policy shares: CacheAside, WriteThrough and WriteBehind derive from
+// ReadPath, so get, tagged get, get_many and the invalidations are one piece of code, and
+// the policies differ only in their write verbs.
+//
+// Every read goes through one function, read(): the value (and the versions its
+// invalidator names) in one store command, classified by the envelope's own freshness,
+// then admitted by the entry's own stamped versions. The first read, a lease waiter's
+// polls, a refresh's re-read and a batch read all pass through it, so none can skip a
+// check. What follows a read is decided in one place too:
+//  - fresh: served (and maybe refreshed early, as the guard says);
+//  - stale (within grace): one caller across all processes refreshes, the rest serve it;
+//  - absent: one caller per process (single-flight) leases the key, loads and fills by
+//    compare-and-set against its lease;
+//  - leased by another loader: wait as the guard says, polling with read();
+//  - unknown (the store failed): load, and do not fill.
+#pragma once
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <concepts>
+#include <functional>
+#include <initializer_list>
+#include <limits>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "larder/backend/backend.hpp"
+#include "larder/codec/raw.hpp"
+#include "larder/core/clock.hpp"
+#include "larder/core/codec.hpp"
+#include "larder/core/envelope.hpp"
+#include "larder/core/error.hpp"
+#include "larder/core/keys.hpp"
+#include "larder/core/loader.hpp"
+#include "larder/core/random.hpp"
+#include "larder/core/stats.hpp"
+#include "larder/policy/detail/background.hpp"
+#include "larder/policy/detail/components.hpp"
+#include "larder/policy/detail/lease_keeper.hpp"
+#include "larder/policy/options.hpp"
+#include "larder/stampede/guard.hpp"
+#include "larder/stampede/single_flight.hpp"
+
+namespace larder::detail {
+
+template <class T, Backend B, class... Components>
+class ReadPath {
+    static_assert(all_components_known<T, Components...>,
+                  "each component must be a Codec for T, a StampedeGuard or an Invalidator");
+
+public:
+    using value_type = T;
+    using backend_type = B;
+    using codec_type = pick_codec_t<T, Components...>;
+    using guard_type = pick_guard_t<T, Components...>;
+    using invalidator_type = pick_invalidator_t<T, Components...>;
+
+    /// The backend is borrowed: it must outlive the cache. Several caches may share it.
+    explicit ReadPath(B& backend, CacheAsideOptions options = {}, guard_type guard = {},
+                      codec_type codec = {}, invalidator_type invalidator = {})
+        : backend_(backend),
+          options_(validated(std::move(options))),
+          guard_(std::move(guard)),
+          codec_(std::move(codec)),
+          invalidator_(std::move(invalidator)),
+          keeper_(backend, options_.lease_ttl) {}
+
+    /// With an invalidator that needs constructing (Events<Bus>, a Ttl rule), and the
+    /// default guard and codec.
+    ReadPath(B& backend, CacheAsideOptions options,
+             invalidator_type invalidator) requires(!std::same_as<invalidator_type, guard_type>)
+        : ReadPath(backend, std::move(options), guard_type{}, codec_type{},
+                   std::move(invalidator)) {}
+
+    ReadPath(const ReadPath&) = delete;
+    ReadPath& operator=(const ReadPath&) = delete;
+
+    /// The cached value of `key`, or the loader's. `loader()` returns std::optional<T>:
+    /// nullopt means "no such row" and is cached for negative_ttl. The loader's exception
+    /// propagates unchanged (to every caller that shared the load), unless a stale value
+    /// within the grace period can be served instead.
+    ///
+    /// A loader runs before get() returns, so it may capture by reference; only a loader
+    /// wrapped in detached() may be run later by a background refresh.
+    template <LoaderFor<T> L>
+    std::optional<T> get(std::string_view key, L&& loader) {
+        return get_with(key, {}, loader);
+    }
+
+    /// get() for an entry that carries tags: it is served only while none of its tags
+    /// was invalidated since it was written. The value and the tags' current versions are
+    /// read in one round trip. Whatever tags a read passes, an entry is admitted by the
+    /// tags it was stored with; the tags passed here are the ones a fill stamps.
+    /// Needs an invalidator that stamps tags (Tags, the default).
+    template <LoaderFor<T> L>
+    std::optional<T> get(std::string_view key, std::span<const std::string> tags,
+                         L&& loader) requires TagInvalidator<invalidator_type> {
+        return get_with(key, tags, loader);
+    }
+
+    template <LoaderFor<T> L>
+    std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags,
+                         L&& loader) requires TagInvalidator<invalidator_type> {
+        return get_with(key, std::span<const std::string>(tags.begin(), tags.size()), loader);
+    }
+
+    /// Invalidates every entry carrying `tag`, in O(1): the tag gets a new version, and
+    /// entries stamped with the old one miss from now on. Throws BackendError when the
+    /// store cannot be reached.
+    void invalidate_tag(std::string_view tag) { invalidate_version(Tags::version_name(tag)); }
+
+    /// Gives the version `name` a new value: every entry stamped with the old one misses
+    /// from now on. invalidate_tag(t) is invalidate_version(Tags::version_name(t)); other
+    /// invalidators name their versions likewise. Throws BackendError when the store
+    /// cannot be reached.
+    void invalidate_version(std::string_view name) {
+        stats_.add(Counter::invalidations);
+        try {
+            backend_.set(version_key(name), std::to_string(random_version()), options_.tag_ttl);
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);
+            throw;
+        }
+        invalidator_.bumped(name);
+    }
+
+    /// The stored key of a tag's version.
+    [[nodiscard]] std::string tag_key(std::string_view tag) const {
+        return version_key(Tags::version_name(tag));
+    }
+
+    /// The stored key of a version: the prefix, 0x1F, the name.
+    [[nodiscard]] std::string version_key(std::string_view name) const {
+        std::string key;
+        key.reserve(options_.key_prefix.size() + name.size() + 1);
+        key.append(options_.key_prefix).append("\x1f").append(name);
+        return key;
+    }
+
+    /// Values for many keys, aligned with `keys`, from one backend read (a second only
+    /// when some entries carry tags). The batch loader is called once, with only the keys
+    /// that missed (each once), and returns one std::optional<T> per key it was given, in
+    /// order. Stale values are served as they are (no refresh); use get() for keys that
+    /// need one.
+    template <BatchLoaderFor<T> BatchLoader>
+    std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
+                                           BatchLoader&& batch_loader) {
+        std::vector<std::string> full;
+        full.reserve(keys.size());
+        for (const auto& k : keys) full.push_back(full_key(k));
+
+        // The versions each key depends on (none with Tags alone: get_many takes no tags),
+        // read in the same command as the values.
+        std::vector<std::vector<std::string>> names_of(keys.size());
+        std::vector<TagVersion> known;
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            names_of[i] = version_names(full[i], {});
+            for (const auto& n : names_of[i]) {
+                const bool seen = std::any_of(known.begin(), known.end(),
+                                              [&](const TagVersion& k) { return k.name == n; });
+                if (!seen) known.push_back(TagVersion{n, 0});
+            }
+        }
+        std::vector<Read> reads(keys.size());
+        bool read_failed = false;
+        try {
+            std::vector<std::string> read_keys = full;
+            for (const auto& k : known) read_keys.push_back(version_key(k.name));
+            auto stored = fetch_many(read_keys);
+            for (std::size_t j = 0; j < known.size(); ++j) {
+                known[j].version = parse_version(stored[keys.size() + j]);
+            }
+            for (std::size_t i = 0; i < keys.size(); ++i) reads[i] = classify(std::move(stored[i]));
+            admit(reads, known);
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);
+            read_failed = true;
+            for (auto& r : reads) r = Read{.state = Read::unknown};
+        }
+        auto stamp_of = [&](std::size_t i) {
+            std::vector<TagVersion> stamp;
+            for (const auto& n : names_of[i]) {
+                for (const auto& k : known) {
+                    if (k.name == n) stamp.push_back(k);
+                }
+            }
+            return stamp;
+        };
+
+        std::vector<std::optional<T>> out(keys.size());
+        // Missing keys in first-seen order, each with the positions that want it.
+        struct Missing {
+            std::size_t first_index;
+            std::vector<std::size_t> wanted_at;
+        };
+        std::vector<std::string> missing_keys;
+        std::vector<Missing> missing;
+        std::unordered_map<std::string_view, std::size_t> index_of;
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            Read& found = reads[i];
+            if (found.state == Read::fresh || found.state == Read::stale) {
+                stats_.add(found.state == Read::fresh ? Counter::hits : Counter::stale_served);
+                out[i] = std::move(found.value);
+                continue;
+            }
+            stats_.add(Counter::misses);
+            auto [it, first] = index_of.try_emplace(keys[i], missing.size());
+            if (first) {
+                missing_keys.push_back(keys[i]);
+                missing.push_back(Missing{i, {}});
+            }
+            missing[it->second].wanted_at.push_back(i);
+        }
+        if (missing.empty()) return out;
+
+        // Leases only where the read worked and found nothing usable: after a failed read
+        // the store is likely down, and a lease per key would be a round trip per key.
+        std::vector<std::optional<std::string>> leases(missing.size());
+        std::vector<typename LeaseKeeper<B>::Hold> holds;
+        // A fill must be stamped: versions that do not exist yet are created first, or
+        // nothing is filled.
+        const bool can_stamp = !read_failed && create_missing_versions(known);
+        for (std::size_t m = 0; m < missing.size() && can_stamp; ++m) {
+            const Read& found = reads[missing[m].first_index];
+            if (found.state != Read::absent) continue;
+            const std::string& key = full[missing[m].first_index];
+            leases[m] = try_lease(key, replaced(found));
+            if (leases[m]) holds.push_back(keeper_.hold(key, *leases[m]));
+        }
+        auto release_all = [&] {
+            holds.clear();
+            for (std::size_t m = 0; m < missing.size(); ++m) {
+                release(full[missing[m].first_index], leases[m]);
+            }
+        };
+
+        std::vector<std::optional<T>> loaded;
+        const Stopwatch watch(*options_.clock);
+        stats_.add(Counter::loads);
+        try {
+            loaded = std::invoke(batch_loader, std::span<const std::string>(missing_keys));
+        } catch (...) {
+            stats_.add(Counter::load_errors);
+            release_all();
+            throw;
+        }
+        if (loaded.size() != missing.size()) {
+            release_all();
+            throw LoaderError("get_many: the batch loader returned " +
+                              std::to_string(loaded.size()) + " values for " +
+                              std::to_string(missing.size()) + " keys");
+        }
+        holds.clear();
+        const auto took = watch.elapsed();
+        for (std::size_t m = 0; m < missing.size(); ++m) {
+            const std::string& key = full[missing[m].first_index];
+            if (leases[m]) fill(key, *leases[m], loaded[m], took, stamp_of(missing[m].first_index));
+            const auto& at = missing[m].wanted_at;
+            for (std::size_t j = 0; j + 1 < at.size(); ++j) out[at[j]] = loaded[m];
+            out[at.back()] = std::move(loaded[m]);
+        }
+        return out;
+    }
+
+    /// Removes the cached value, and any lease on it, so that no load that started
+    /// before this call can fill the key afterwards. Throws BackendError when the store
+    /// could not be reached: the caller learns the entry may stay until its TTL.
+    void invalidate(std::string_view key) {
+        const std::string full = full_key(key);
+        stats_.add(Counter::invalidations);
+        // New readers must not join a load that may have read the old row.
+        flights_.forget(full);
+        try {
+            backend_.del(full);
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);
+            throw;
+        }
+        invalidator_.invalidated(full);
+    }
+
+    [[nodiscard]] B& backend() noexcept { return backend_; }
+    [[nodiscard]] guard_type& guard() noexcept { return guard_; }
+    [[nodiscard]] invalidator_type& invalidator() noexcept { return invalidator_; }
+
+    /// The key as stored: the prefix, then the caller's key.
+    [[nodiscard]] std::string full_key(std::string_view key) const {
+        std::string full;
+        full.reserve(options_.key_prefix.size() + key.size());
+        full.append(options_.key_prefix).append(key);
+        return full;
+    }
+
+    /// Waits until no background refresh is queued or running.
+    void wait_for_background_refreshes() { background_.drain(); }
+
+    /// Leases extended by the keeper so far (a slow loader keeps its lease).
+    [[nodiscard]] std::uint64_t lease_extensions() const { return keeper_.extensions(); }
+
+protected:
+    struct TagVersion {
+        std::string name;
+        std::uint64_t version = 0;  ///< 0: the tag has no version (yet)
+    };
+
+    /// A value as stored: its bytes and the TTL the store keeps them for.
+    struct Entry {
+        std::string bytes;
+        Millis ttl;
+    };
+
+    /// Stores `value` now (replacing any value or lease: a load in flight cannot
+    /// overwrite it), with the current versions of `tags`. For write-through paths and
+    /// warm-ups; a read-through cache needs only get().
+    void set(std::string_view key, const T& value, std::span<const std::string> tags = {}) {
+        const std::string full = full_key(key);
+        const std::vector<std::string> names = version_names(full, tags);
+        std::vector<TagVersion> stamp;
+        if (!names.empty()) stamp = current_versions(names);
+        Entry entry = encode(full, &value, std::chrono::microseconds{0}, stamp);
+        backend_.set(full, entry.bytes, entry.ttl);
+        written(full, stamp, /*cached=*/true);
+    }
+
+    [[nodiscard]] StatsSnapshot read_stats() const {
+        StatsSnapshot s = stats_.snapshot();
+        if constexpr (requires(const B& b) {
+                          { b.evictions() } -> std::convertible_to<std::uint64_t>;
+                      }) {
+            s.evictions = backend_.evictions();
+        }
+        return s;
+    }
+
+    [[nodiscard]] const CacheAsideOptions& cache_options() const noexcept { return options_; }
+
+    // ---- for the write paths ------------------------------------------------------------
+
+    // The current versions of what an entry of `full` depends on, created where missing:
+    // read before a write path's database write, so that a bump during the write leaves
+    // the written value stamped with the old version (and never served). Throws
+    // BackendError.
+    std::vector<TagVersion> versions_for_write(const std::string& full) {
+        const std::vector<std::string> names = version_names(full, {});
+        if (names.empty()) return {};
+        return current_versions(names);
+    }
+
+    // A write path wrote `full` (stamped with `stamp`; `cached`: its value is there now).
+    // Readers from now on must not share a load that read the old row, the invalidator
+    // hears of the write (Events: other processes' copies go), and the versions the value
+    // carries are kept alive.
+    void written(const std::string& full, std::span<const TagVersion> stamp, bool cached) {
+        flights_.forget(full);
+        invalidator_.invalidated(full);
+        if (cached) keep_versions_alive(stamp);
+    }
+
+    // The stored form of an entry: the header with its freshness, the stamp, then
+    // append(bytes) adds the payload. `kind` value or not_found. Used by every writer of
+    // entries (fills, set, and the write paths' puts), so all agree on freshness.
+    template <class Append>
+    Entry make_entry(std::string_view full, EntryKind kind, std::chrono::microseconds took,
+                     std::span<const TagVersion> stamp, std::uint64_t version, Append&& append) {
+        const bool is_value = kind == EntryKind::value;
+        Millis ttl = options_.ttl;
+        if constexpr (TtlInvalidator<invalidator_type>) {
+            if (const auto decided = invalidator_.ttl_for(full); decided && decided->count() > 0) {
+                ttl = saturated(*decided);
+            }
+        }
+        const Millis fresh = is_value ? options_.jitter.apply(ttl) : options_.negative_ttl;
+        const Millis grace = is_value ? options_.grace : Millis{0};
+        const TimePoint now = options_.clock->now();
+        const EnvelopeHeader header{
+            .kind = kind,
+            .codec = is_value ? codec_type::id : std::uint8_t{0},
+            .written_at = now,
+            .fresh_until = now + fresh,
+            .grace_until = now + saturated_sum(fresh, grace),
+            .recompute_time = took,
+            .version = version,
+        };
+        Entry entry{{}, saturated_sum(fresh, grace)};
+        envelope::write_header(entry.bytes, header, static_cast<std::uint16_t>(stamp.size()));
+        for (const auto& t : stamp) envelope::write_tag(entry.bytes, t.name, t.version);
+        std::forward<Append>(append)(entry.bytes);
+        return entry;
+    }
+
+private:
+    /// One store read, classified and admitted.
+    struct Read {
+        enum State {
+            fresh,    ///< a value or a cached "not found", still fresh
+            stale,    ///< a value past its freshness, within the grace period
+            absent,   ///< nothing usable there: this caller may lease and fill
+            leased,   ///< another loader holds the key
+            unknown,  ///< the store failed: load, but do not fill
+        } state = absent;
+        bool negative = false;     ///< the value is a cached "not found"
+        std::optional<T> value{};  ///< fresh or stale value
+        /// What is stored now: the value (a refresh fences on it), another loader's lease
+        /// (deciding whether to share its load), or bytes a lease may replace (expired,
+        /// corrupt, or no longer admitted); empty when nothing is stored.
+        std::string bytes{};
+        bool present = false;  ///< something is stored: `bytes` (which may be empty)
+        Millis fresh_for{0};   ///< time left until stale
+        std::chrono::microseconds recompute_time{0};
+        std::vector<TagVersion> stamped{};  ///< the entry's own tags, as written
+    };
+
+    static CacheAsideOptions validated(CacheAsideOptions o) {
+        if (!o.clock) o.clock = &SystemClock::instance();
+        o.jitter.validate();
+        if (o.ttl.count() <= 0 || o.negative_ttl.count() <= 0 || o.lease_ttl.count() <= 0) {
+            throw ConfigError("larder: ttl, negative_ttl and lease_ttl must be positive");
+        }
+        if (o.grace.count() < 0 || o.tag_ttl.count() < 0) {
+            throw ConfigError("larder: grace and tag_ttl must not be negative");
+        }
+        // Durations past max_ttl mean "as long as a store keeps anything": saturated, so
+        // that no sum below can overflow.
+        o.ttl = saturated(o.ttl);
+        o.negative_ttl = saturated(o.negative_ttl);
+        o.grace = saturated(o.grace);
+        o.lease_ttl = saturated(o.lease_ttl);
+        o.tag_ttl = saturated(o.tag_ttl);
+        if (o.tag_ttl.count() == 0) {
+            const double spread = o.jitter.ratio * static_cast<double>(o.ttl.count());
+            const Millis longest_jitter = saturated_sum(
+                o.jitter.max_extra,
+                Millis{static_cast<Millis::rep>(std::min(spread, double(max_ttl.count())))});
+            const Millis longest_entry = saturated_sum(
+                saturated_sum(std::max(o.ttl, o.negative_ttl), longest_jitter), o.grace);
+            o.tag_ttl = saturated_sum(longest_entry, longest_entry);
+        }
+        return o;
+    }
+
+    // The versions an entry of `key` read with `tags` depends on, as the invalidator
+    // names them, each once.
+    std::vector<std::string> version_names(std::string_view full,
+                                           std::span<const std::string> tags) {
+        std::vector<std::string> names;
+        invalidator_.versions_of(full, tags, names);
+        if (names.size() < 2) return names;
+        std::vector<std::string> unique;
+        unique.reserve(names.size());
+        for (auto& n : names) {
+            if (std::find(unique.begin(), unique.end(), n) == unique.end()) {
+                unique.push_back(std::move(n));
+            }
+        }
+        return unique;
+    }
+
+    template <class L>
+    std::optional<T> get_with(std::string_view key, std::span<const std::string> tags, L& loader) {
+        const std::string full = full_key(key);
+        const std::vector<std::string> names = version_names(full, tags);
+        const auto before = flights_.now();
+        std::vector<TagVersion> stamp;
+        Read found = read(full, names, stamp);
+        return get_read(full, std::move(found), loader, names, stamp, before);
+    }
+
+    // ---- the read: one store command, classified, admitted -------------------------
+
+    std::optional<StoredValue> fetch(const std::string& full) {
+        // Freshness is in the envelope, so no read needs the store's TTL.
+        if constexpr (ValueOnlyReads<B>) {
+            return backend_.get_value(full);
+        } else {
+            return backend_.get(full);
+        }
+    }
+
+    std::vector<std::optional<StoredValue>> fetch_many(std::span<const std::string> keys) {
+        if constexpr (ValueOnlyReads<B>) {
+            return backend_.get_many_values(keys);
+        } else {
+            return backend_.get_many(keys);
+        }
+    }
+
+    // Reads `full` and the versions of `tags` in one command, then admits what is there
+    // by its own stamped tags. `stamp` receives the tags' current versions (created where
+    // missing, when a fill may follow): what a fill after this read stamps.
+    Read read(const std::string& full, std::span<const std::string> tags,
+              std::vector<TagVersion>& stamp) {
+        stamp.clear();
+        Read r;
+        try {
+            if (tags.empty()) {
+                r = classify(fetch(full));
+            } else {
+                std::vector<std::string> keys;
+                keys.reserve(tags.size() + 1);
+                keys.push_back(full);
+                for (const auto& t : tags) keys.push_back(version_key(t));
+                auto stored = fetch_many(keys);
+                for (std::size_t i = 0; i < tags.size(); ++i) {
+                    stamp.push_back(TagVersion{tags[i], parse_version(stored[i + 1])});
+                }
+                r = classify(std::move(stored[0]));
+            }
+            admit(std::span<Read>(&r, 1), stamp);
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);
+            return Read{.state = Read::unknown};
+        }
+        if (r.state == Read::absent && !create_missing_versions(stamp)) {
+            r.state = Read::unknown;  // cannot stamp a fill: load, but do not fill
+        }
+        return r;
+    }
+
+    // The one admission check: an entry is served only while every tag it was stamped
+    // with still has the version it was stamped with. `known` holds versions read along
+    // with the values; the others are read in one more command. An entry not admitted
+    // becomes a miss whose bytes a lease may replace. Throws BackendError.
+    void admit(std::span<Read> reads, std::span<const TagVersion> known) {
+        std::vector<std::string> names;
+        auto known_version = [&](const std::string& name) -> const TagVersion* {
+            for (const auto& k : known) {
+                if (k.name == name) return &k;
+            }
+            return nullptr;
+        };
+        for (const auto& r : reads) {
+            for (const auto& t : r.stamped) {
+                if (!known_version(t.name) &&
+                    std::find(names.begin(), names.end(), t.name) == names.end()) {
+                    names.push_back(t.name);
+                }
+            }
+        }
+        std::vector<TagVersion> more;
+        if (!names.empty()) {
+            std::vector<std::string> keys;
+            keys.reserve(names.size());
+            for (const auto& n : names) keys.push_back(version_key(n));
+            const auto stored = fetch_many(keys);
+            for (std::size_t i = 0; i < names.size(); ++i) {
+                more.push_back(TagVersion{names[i], parse_version(stored[i])});
+            }
+        }
+        for (auto& r : reads) {
+            if (r.stamped.empty() || (r.state != Read::fresh && r.state != Read::stale)) continue;
+            bool current = true;
+            for (const auto& t : r.stamped) {
+                const TagVersion* now = known_version(t.name);
+                if (!now) {
+                    for (const auto& m : more) {
+                        if (m.name == t.name) now = &m;
+                    }
+                }
+                current = current && now && now->version != 0 && now->version == t.version;
+            }
+            if (!current) {
+                r.state = Read::absent;
+                r.value.reset();
+                r.negative = false;
+            }
+        }
+    }
+
+    Read classify(std::optional<StoredValue> stored) {
+        if (!stored) return Read{.state = Read::absent};
+        Read r = classify_present(std::move(*stored));
+        r.present = true;
+        return r;
+    }
+
+    Read classify_present(StoredValue stored_value) {
+        auto* stored = &stored_value;
+        const auto env = envelope::parse(stored->bytes);
+        if (!env) return corrupt(std::move(stored->bytes));
+        const auto& h = env->header;
+        if (h.kind == EntryKind::lease) {
+            Read r{.state = Read::leased};
+            r.bytes = std::move(stored->bytes);  // whose lease: decides joining a load
+            return r;
+        }
+
+        Read r;
+        r.recompute_time = h.recompute_time;
+        const TimePoint now = options_.clock->now();
+        const bool fresh_while_stored = h.fresh_until == TimePoint{};
+        // Compared before subtracting: a hostile fresh_until must not overflow.
+        r.fresh_for = fresh_while_stored    ? Millis::max()
+                      : h.fresh_until > now ? h.fresh_until - now
+                                            : Millis{0};
+        if (r.fresh_for.count() > 0) {
+            r.state = Read::fresh;
+        } else if (h.grace_until == TimePoint{} || now < h.grace_until) {
+            r.state = Read::stale;
+        } else {
+            // Past its grace, and the store (whose clock may lag ours) still has it.
+            r.state = Read::absent;
+            r.bytes = std::move(stored->bytes);
+            return r;
+        }
+        if (h.kind == EntryKind::not_found) {
+            r.negative = true;
+        } else {
+            if (h.codec != codec_type::id) return corrupt(std::move(stored->bytes));
+            try {
+                r.value.emplace(codec_.template decode<T>(env->payload));
+            } catch (const std::exception&) {
+                // A codec's own failure or a user's from_json throwing a standard
+                // exception: bytes this cache cannot read are a miss, never an error.
+                return corrupt(std::move(stored->bytes));
+            }
+        }
+        if (env->tag_count > 0) {
+            r.stamped.reserve(env->tag_count);
+            envelope::for_each_tag(*env, [&](std::string_view name, std::uint64_t version) {
+                r.stamped.push_back(TagVersion{std::string(name), version});
+            });
+        }
+        r.bytes = std::move(stored->bytes);
+        return r;
+    }
+
+    // Bytes we cannot read are a miss. A lease replaces them only while they are still
+    // the same bytes, so a good value written meanwhile by someone else survives.
+    Read corrupt(std::string bytes) {
+        stats_.add(Counter::corrupt_values);
+        Read r{.state = Read::absent};
+        r.bytes = std::move(bytes);
+        return r;
+    }
+
+    // ---- tags -------------------------------------------------------------------------
+
+    static std::uint64_t parse_version(const std::optional<StoredValue>& v) {
+        if (!v) return 0;
+        std::uint64_t out = 0;
+        const auto* end = v->bytes.data() + v->bytes.size();
+        auto [ptr, ec] = std::from_chars(v->bytes.data(), end, out);
+        if (ec != std::errc{} || ptr != end) return 0;
+        return out;
+    }
+
+    // The current versions of `tags`, created where missing. Throws BackendError.
+    std::vector<TagVersion> current_versions(std::span<const std::string> names) {
+        const auto& tags = names;
+        std::vector<std::string> keys;
+        for (const auto& t : tags) keys.push_back(version_key(t));
+        std::vector<TagVersion> current;
+        try {
+            const auto stored = fetch_many(keys);
+            for (std::size_t i = 0; i < tags.size(); ++i) {
+                current.push_back(TagVersion{tags[i], parse_version(stored[i])});
+            }
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);
+            throw;
+        }
+        if (!create_missing_versions(current)) {
+            throw BackendError("larder: cannot create tag versions");
+        }
+        return current;
+    }
+
+    bool create_missing_versions(std::vector<TagVersion>& current) {
+        for (auto& t : current) {
+            if (t.version != 0) continue;
+            const std::string key = version_key(t.name);
+            try {
+                const std::uint64_t fresh = random_version();
+                if (backend_.set_if_absent(key, std::to_string(fresh), options_.tag_ttl)) {
+                    t.version = fresh;
+                } else if (const auto v = parse_version(backend_.get(key)); v != 0) {
+                    t.version = v;  // another writer created it first
+                } else {
+                    return false;
+                }
+            } catch (const BackendError&) {
+                stats_.add(Counter::backend_errors);
+                return false;
+            }
+        }
+        return true;
+    }
+
+    // A tag outlives every entry stamped with it: each write of such an entry extends the
+    // tag's version (only that version: a newer one is left as it is) to tag_ttl, which
+    // is longer than any entry lives. A hot tag then never expires under its entries.
+    void keep_versions_alive(std::span<const TagVersion> stamp) noexcept {
+        for (const auto& t : stamp) {
+            try {
+                backend_.compare_and_expire(version_key(t.name), std::to_string(t.version),
+                                            options_.tag_ttl);
+            } catch (const BackendError&) {
+                stats_.add(Counter::backend_errors);
+            } catch (...) {
+            }
+        }
+    }
+
+    // ---- a read's outcome -------------------------------------------------------------
+
+    template <class L>
+    std::optional<T> get_read(const std::string& full, Read found, L& loader,
+                              std::span<const std::string> tags, std::vector<TagVersion>& stamp,
+                              std::uint64_t before) {
+        switch (found.state) {
+            case Read::fresh:
+                stats_.add(Counter::hits);
+                if (found.negative) stats_.add(Counter::negative_hits);
+                if (!found.negative &&
+                    guard_.refresh_early(FreshHit{found.fresh_for, found.recompute_time})) {
+                    return refresh(full, std::move(found), loader, /*early=*/true, tags);
+                }
+                return std::move(found.value);
+            case Read::stale:
+                return refresh(full, std::move(found), loader, /*early=*/false, tags);
+            case Read::absent:
+            case Read::leased:
+            case Read::unknown:
+                break;
+        }
+        stats_.add(Counter::misses);
+        const auto state = found.state;
+        // Share a load in flight only if its result was observed after this read began,
+        // or it is fenced by the very lease this read saw: a result observed earlier may
+        // predate an invalidation (maybe another process's) that returned before this
+        // read. A read that could not reach the store takes what there is: invalidations
+        // cannot have reached it either.
+        // A lease fences a load against invalidations of the key, not of its tags: the
+        // fence is the lease with the tag versions read beside it.
+        const std::string seen =
+            state == Read::leased ? lease_fence(found.bytes, stamp).value_or("") : std::string();
+        auto accept = [&](std::string_view fence, std::uint64_t observed) {
+            return observed > before || state == Read::unknown || (!seen.empty() && fence == seen);
+        };
+        auto result = flights_.run(
+            full,
+            [&](auto& leader) {
+                return load_missing(full, loader, std::move(found), tags, stamp, leader);
+            },
+            accept);
+        if (result.shared) stats_.add(Counter::coalesced);
+        return std::move(result.value);
+    }
+
+    // A miss, run by one caller per key in this process. Takes the lease and loads; if
+    // another process holds the lease, waits as the guard says (each poll is a full
+    // read(), admission included), then loads unfilled.
+    template <class L, class Leader>
+    std::optional<T> load_missing(const std::string& full, L& loader, Read found,
+                                  std::span<const std::string> tags, std::vector<TagVersion>& stamp,
+                                  Leader& leader) {
+        const LeaseWait wait = guard_.lease_wait();
+        const auto deadline = std::chrono::steady_clock::now() + wait.max_wait;
+        Millis backoff = std::max(wait.first_backoff, Millis{1});
+        bool counted_wait = false;
+        for (;;) {
+            // Waiting on another loader's lease: a reader that saw the same lease (and tag
+            // versions) read when this leader did, with no invalidation between, and may
+            // share whatever this leader observes from now on.
+            if (found.state == Read::leased) leader.set_fence(waiting_fence(found.bytes, stamp));
+            if (found.state == Read::fresh || found.state == Read::stale) {
+                if (found.state == Read::stale) stats_.add(Counter::stale_served);
+                return std::move(found.value);
+            }
+            if (found.state == Read::absent) {
+                bool contended = false;
+                if (auto lease = try_lease(full, replaced(found), &contended)) {
+                    leader.set_fence(fence_of(*lease, stamp));
+                    leader.observe();
+                    return load_and_fill(full, *lease, loader, stamp);
+                }
+                if (!contended) break;  // the store failed
+                // Someone else got there first: read whose lease it is, so that readers
+                // who see the same lease may share this load.
+                leader.observe();
+                found = read(full, tags, stamp);
+                if (found.state == Read::absent) break;  // gone again: load, do not fill
+                continue;
+            }
+            if (found.state != Read::leased || std::chrono::steady_clock::now() >= deadline) break;
+            if (!counted_wait) {
+                stats_.add(Counter::lease_waits);
+                counted_wait = true;
+            }
+            // Jitter keeps waiters of many processes from polling in lockstep.
+            const auto nap = Millis{random_between(backoff.count() / 2 + 1, backoff.count())};
+            std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+                nap, deadline - std::chrono::steady_clock::now()));
+            backoff = std::min(backoff * 2, std::max(wait.max_backoff, backoff));
+            leader.observe();
+            found = read(full, tags, stamp);
+        }
+        leader.observe();
+        return load_unfilled(loader);
+    }
+
+    // Times a recompute. The longer of the monotonic clock and the cache's clock: real
+    // time in production, and in tests the time a loader spends on a ManualClock.
+    class Stopwatch {
+    public:
+        explicit Stopwatch(const Clock& clock)
+            : clock_(clock), steady_(std::chrono::steady_clock::now()), start_(clock.now()) {}
+        [[nodiscard]] std::chrono::microseconds elapsed() const {
+            using std::chrono::duration_cast, std::chrono::microseconds;
+            return std::max(duration_cast<microseconds>(std::chrono::steady_clock::now() - steady_),
+                            duration_cast<microseconds>(clock_.now() - start_));
+        }
+
+    private:
+        const Clock& clock_;
+        std::chrono::steady_clock::time_point steady_;
+        TimePoint start_;
+    };
+
+    template <class L>
+    std::optional<T> load_unfilled(L& loader) {
+        stats_.add(Counter::loads);
+        try {
+            return std::invoke(loader);
+        } catch (...) {
+            stats_.add(Counter::load_errors);
+            throw;
+        }
+    }
+
+    template <class L>
+    std::optional<T> load_and_fill(const std::string& full, const std::string& lease, L& loader,
+                                   std::span<const TagVersion> stamp) {
+        const Stopwatch watch(*options_.clock);
+        std::optional<T> value;
+        {
+            auto hold = keeper_.hold(full, lease);
+            try {
+                value = load_unfilled(loader);
+            } catch (...) {
+                release(full, lease);
+                throw;
+            }
+        }
+        fill(full, lease, value, watch.elapsed(), stamp);
+        return value;
+    }
+
+    // A value is there (fresh and elected for early refresh, or stale): one caller across
+    // all processes refreshes it, holding a lease on a sibling key; the rest serve it.
+    template <class L>
+    std::optional<T> refresh(const std::string& full, Read found, L& loader, bool early,
+                             std::span<const std::string> caller_names) {
+        // A refresh stamps the versions the entry carries as well as the caller's: a
+        // reader passing fewer tags must not strip the entry of its own, and a bump of one
+        // of them during the load must fence this fill.
+        std::vector<std::string> names(caller_names.begin(), caller_names.end());
+        for (const auto& t : found.stamped) {
+            if (std::find(names.begin(), names.end(), t.name) == names.end()) {
+                names.push_back(t.name);
+            }
+        }
+        const std::span<const std::string> tags(names);
+        if constexpr (is_detached_v<std::decay_t<L>> &&
+                      std::is_copy_constructible_v<std::decay_t<L>>) {
+            if (early && guard_.refresh_in_background()) {
+                background_.submit(full, [this, full, bytes = found.bytes, loader,
+                                          names = std::vector(tags.begin(), tags.end())]() mutable {
+                    (void)refresh_now(full, bytes, loader, /*early=*/true, names);
+                });
+                return std::move(found.value);
+            }
+        }
+        if (auto refreshed = refresh_now(full, found.bytes, loader, early, tags)) {
+            return std::move(*refreshed);
+        }
+        if (found.state == Read::stale) stats_.add(Counter::stale_served);
+        return std::move(found.value);
+    }
+
+    // Refreshes the value stored as `bytes`. nullopt when this caller did not refresh
+    // (someone else holds the refresh lease, or the loader failed); otherwise the new value.
+    template <class L>
+    std::optional<std::optional<T>> refresh_now(const std::string& full, const std::string& bytes,
+                                                L& loader, bool early,
+                                                std::span<const std::string> tags) {
+        const std::string lease_key = keys::sibling(full, "refresh");
+        auto lease = try_lease(lease_key, nullptr);
+        if (!lease) return std::nullopt;
+        // Another process may have refreshed and released just before this lease was
+        // taken: if the bytes changed, its value is the refresh. The re-read is a full
+        // read(): it also gives the tag versions this refresh stamps.
+        std::vector<TagVersion> stamp;
+        Read now = read(full, tags, stamp);
+        if (now.state == Read::unknown || !create_missing_versions(stamp)) {
+            release(lease_key, lease);
+            return std::nullopt;
+        }
+        if (now.bytes != bytes) {
+            release(lease_key, lease);
+            if (now.state != Read::fresh || now.negative) return std::nullopt;
+            return std::optional<std::optional<T>>(std::move(now.value));
+        }
+        if (early) stats_.add(Counter::early_refreshes);
+        const Stopwatch watch(*options_.clock);
+        std::optional<T> value;
+        try {
+            auto hold = keeper_.hold(lease_key, *lease);
+            value = load_unfilled(loader);
+        } catch (...) {
+            release(lease_key, lease);
+            return std::nullopt;  // fail-safe: the caller serves what it has
+        }
+        // Fenced on the old bytes (unique per write: the envelope's nonce): an
+        // invalidation meanwhile makes this fill fail, even if equal bytes came back.
+        fill(full, bytes, value, watch.elapsed(), stamp);
+        release(lease_key, lease);
+        return std::optional<std::optional<T>>(std::move(value));
+    }
+
+    // The fence a lease found in the store gives: a loader's lease, with the tag versions
+    // read beside it. A writer's marker gives none: the write it fences is under way, so
+    // two readers seeing it prove nothing about what either may load.
+    static std::optional<std::string> lease_fence(const std::string& lease,
+                                                  std::span<const TagVersion> stamp) {
+        const auto env = envelope::parse(lease);
+        if (!env || (env->header.flags & envelope::flag_write_marker) != 0) return std::nullopt;
+        return fence_of(lease, stamp);
+    }
+
+    // What a leader waiting on `lease` publishes: its fence, or for a writer's marker one
+    // that matches nothing, so that readers do not wait for a load they could not share.
+    static std::string waiting_fence(const std::string& lease, std::span<const TagVersion> stamp) {
+        return lease_fence(lease, stamp).value_or(std::string(1, '\0'));
+    }
+
+    static std::string fence_of(const std::string& lease, std::span<const TagVersion> stamp) {
+        std::string fence = lease;
+        for (const auto& t : stamp) envelope::detail::put<std::uint64_t>(fence, t.version);
+        return fence;
+    }
+
+    // What a lease taken after `found` replaces: the bytes found there, or nothing.
+    static const std::string* replaced(const Read& found) {
+        return found.present ? &found.bytes : nullptr;
+    }
+
+    // The lease bytes when this caller now holds `key`; nullopt otherwise, with
+    // *contended set when someone else got there first (rather than the store failing).
+    // `replacing` is what the read found there (expired, corrupt or no longer admitted
+    // bytes): the lease replaces exactly those, or nothing when it is null.
+    std::optional<std::string> try_lease(const std::string& key, const std::string* replacing,
+                                         bool* contended = nullptr) {
+        std::string lease = envelope::make_lease(random_token(), options_.clock->now());
+        try {
+            const bool taken =
+                replacing ? backend_.compare_and_set(key, *replacing, lease, options_.lease_ttl)
+                          : backend_.set_if_absent(key, lease, options_.lease_ttl);
+            if (taken) return lease;
+            if (contended) *contended = true;
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);
+        }
+        return std::nullopt;
+    }
+
+    void release(const std::string& key, const std::optional<std::string>& lease) noexcept {
+        if (!lease) return;
+        try {
+            backend_.compare_and_delete(key, *lease);
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);  // the lease expires by itself
+        } catch (...) {
+        }
+    }
+
+    // The entry of a value (or of "not found" when value is null).
+    Entry encode(std::string_view full, const T* value, std::chrono::microseconds took,
+                 std::span<const TagVersion> stamp) {
+        return make_entry(full, value ? EntryKind::value : EntryKind::not_found, took, stamp, 0,
+                          [&](std::string& out) {
+                              if (value) codec_.encode(*value, out);
+                          });
+    }
+
+    // Replaces `expected` (a lease, or the value being refreshed) with the loaded value.
+    void fill(const std::string& full, const std::string& expected, const std::optional<T>& value,
+              std::chrono::microseconds took, std::span<const TagVersion> stamp) {
+        const auto held = envelope::parse(expected);
+        const bool expected_is_lease = held && held->header.kind == EntryKind::lease;
+        std::optional<Entry> entry;
+        try {
+            entry = encode(full, value ? &*value : nullptr, took, stamp);
+        } catch (const std::exception&) {
+            // A value the codec cannot write is served but not cached. A lease is given
+            // back at once; a value being refreshed stays until its TTL.
+            stats_.add(Counter::corrupt_values);
+            if (expected_is_lease) release(full, expected);
+            return;
+        }
+        try {
+            if (backend_.compare_and_set(full, expected, entry->bytes, entry->ttl)) {
+                stats_.add(Counter::fills);
+                keep_versions_alive(stamp);
+            } else {
+                stats_.add(Counter::fills_rejected);
+            }
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);
+            // Give the lease back: left in place, it would keep every other process's
+            // Lock waiter waiting until lease_ttl runs out.
+            if (expected_is_lease) release(full, expected);
+        }
+    }
+
+    B& backend_;
+    CacheAsideOptions options_;
+    guard_type guard_;
+    [[no_unique_address]] codec_type codec_;
+    [[no_unique_address]] invalidator_type invalidator_;
+    Stats stats_;
+    SingleFlight<std::optional<T>> flights_;
+    LeaseKeeper<B> keeper_;
+    // Last: destroyed first, so no background refresh outlives the members it uses.
+    BackgroundWorker background_;
+};
+
+}  // namespace larder::detail

@@ -1,0 +1,37 @@
+// The options every policy's cache side takes: CacheAside's own, and the `cache` member
+// of WriteThroughOptions and WriteBehindOptions (one key prefix, one clock, one TTL for
+// reads and writes alike).
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include "larder/core/clock.hpp"
+#include "larder/stampede/jitter.hpp"
+
+namespace larder {
+
+struct CacheAsideOptions {
+    /// Prepended to every key: a namespace, so several caches can share one store.
+    std::string key_prefix{};
+    /// How long a loaded value stays fresh.
+    Millis ttl = std::chrono::minutes(5);
+    /// How long a "not found" stays cached; shorter, so a new row shows up soon.
+    Millis negative_ttl = std::chrono::seconds(30);
+    /// Spreads expiries of entries written together.
+    TtlJitter jitter{};
+    /// Fail-safe: how long a value is kept past its freshness. While one reader refreshes
+    /// it the others get it at once, and when the loader fails it is served instead of
+    /// the error (counted as stale_served). 0 turns it off.
+    Millis grace{0};
+    /// How long a loader holds the key. A running loader's lease is extended every
+    /// lease_ttl / 3, so this bounds only how long a crashed holder blocks the key.
+    Millis lease_ttl = std::chrono::seconds(10);
+    /// How long a tag's version lives once created. 0: twice the longest an entry can
+    /// live. An entry whose tag version expired misses (never resurrects); so this only
+    /// bounds the memory of tags nobody uses any more.
+    Millis tag_ttl{0};
+    const Clock* clock = &SystemClock::instance();
+};
+
+}  // namespace larder
