@@ -49,6 +49,13 @@ public:
     using Error::Error;
 };
 
+/// A load took longer than the hard timeout, and no stale value was at hand. The load
+/// goes on in the background and fills the cache when it ends.
+class LoadTimeoutError : public Error {
+public:
+    using Error::Error;
+};
+
 /// Options that cannot work together, detected at construction.
 class ConfigError : public Error {
 public:

@@ -1,37 +1,74 @@
-// What a cache calls on a miss. A loader is anything callable with no arguments that
-// returns std::optional<T> (nullopt: no such row); a batch loader takes the keys that
-// missed and returns one std::optional<T> per key, in order.
+// What a cache calls on a miss. A loader is anything callable that returns
+// std::optional<T> (nullopt: no such row), with no arguments or with a LoadContext& in
+// which it may decide about the entry it loaded (adaptive caching). A batch loader takes
+// the keys that missed and returns one std::optional<T> per key, in order.
 #pragma once
 
-#include <functional>
-#include <type_traits>
-#include <utility>
-
 #include <concepts>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
+
+#include "larder/core/clock.hpp"
 
 namespace larder {
 
+/// What a loader may decide about the entry it loads, known only once it has loaded
+/// (a row's team, whether the row is worth caching). A loader that takes a LoadContext&
+/// gets one, filled with what the call asked for; what it leaves there is what the cache
+/// stores.
+struct LoadContext {
+    /// How long the loaded value (or "not found") stays fresh. Unset: the call's ttl, else
+    /// the cache's (negative_ttl for "not found"). Must be positive.
+    std::optional<Millis> ttl{};
+    /// Tags of the entry, besides those the read passed: the entry is retired when any of
+    /// them is invalidated. Needs a tag invalidator (Tags, the default). A bump of any
+    /// version of this cache during the load makes the fill a counted rejection (the
+    /// load may have read the row before the change); see docs/adaptive.md.
+    std::vector<std::string> tags{};
+    /// false: the value is returned to the callers, and nothing is cached.
+    bool cache = true;
+};
+
 template <class L, class T>
-concept LoaderFor = std::convertible_to<std::invoke_result_t<L&>, std::optional<T>>;
+concept LoaderFor = std::convertible_to<std::invoke_result_t<L&>, std::optional<T>> ||
+    std::convertible_to<std::invoke_result_t<L&, LoadContext&>, std::optional<T>>;
+
+/// Whether a loader takes a LoadContext&.
+template <class L>
+inline constexpr bool is_adaptive_loader_v = std::invocable<L&, LoadContext&>;
+
+/// Calls a loader with the context if it takes one.
+template <class T, class L>
+std::optional<T> call_loader(L& loader, LoadContext& context) {
+    if constexpr (is_adaptive_loader_v<L>) {
+        return std::invoke(loader, context);
+    } else {
+        return std::invoke(loader);
+    }
+}
 
 template <class L, class T>
 concept BatchLoaderFor = std::convertible_to<std::invoke_result_t<L&, std::span<const std::string>>,
                                              std::vector<std::optional<T>>>;
 
 /// A loader that owns what it captures, so a cache may run it after the call that passed
-/// it has returned: an XFetch refresh in the background. Made by detached(loader).
-/// Any other loader is only ever run before get() returns, so a natural `[&]` loader is
-/// always safe; a background refresh needs this explicit promise.
+/// it has returned: an XFetch refresh in the background, or a load its caller stopped
+/// waiting for (loader timeouts). Made by detached(loader). Any other loader is only ever
+/// run before get() returns, so a natural `[&]` loader is always safe; running it later
+/// needs this explicit promise.
 template <class F>
 class Detached {
 public:
     explicit Detached(F f) : f_(std::move(f)) {}
-    decltype(auto) operator()() { return std::invoke(f_); }
+    template <class... Args>
+    requires std::invocable<F&, Args...> decltype(auto) operator()(Args&&... args) {
+        return std::invoke(f_, std::forward<Args>(args)...);
+    }
 
 private:
     F f_;

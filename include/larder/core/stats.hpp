@@ -25,6 +25,7 @@ struct StatsSnapshot {
     std::uint64_t backend_errors = 0;   ///< store operations that failed or timed out
     std::uint64_t fills = 0;            ///< values written to the cache after a load
     std::uint64_t fills_rejected = 0;   ///< fills fenced off by a concurrent invalidation
+    std::uint64_t not_cached = 0;       ///< loads whose loader said not to cache them
     std::uint64_t lease_waits = 0;      ///< reads that found another loader's lease
     std::uint64_t coalesced = 0;        ///< callers that shared another caller's load
     std::uint64_t early_refreshes = 0;  ///< probabilistic refreshes before expiry
@@ -45,6 +46,7 @@ enum class Counter : std::size_t {
     backend_errors,
     fills,
     fills_rejected,
+    not_cached,
     lease_waits,
     coalesced,
     early_refreshes,
@@ -79,6 +81,7 @@ public:
         s.backend_errors = get(Counter::backend_errors);
         s.fills = get(Counter::fills);
         s.fills_rejected = get(Counter::fills_rejected);
+        s.not_cached = get(Counter::not_cached);
         s.lease_waits = get(Counter::lease_waits);
         s.coalesced = get(Counter::coalesced);
         s.early_refreshes = get(Counter::early_refreshes);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <optional>
 #include <string>
 
 #include "larder/core/clock.hpp"
@@ -31,7 +32,27 @@ struct CacheAsideOptions {
     /// live. An entry whose tag version expired misses (never resurrects); so this only
     /// bounds the memory of tags nobody uses any more.
     Millis tag_ttl{0};
+    /// Loader timeouts (0: none). They apply to loaders wrapped in detached(), which own
+    /// what they capture: a load its caller stopped waiting for goes on in the background
+    /// and fills when it ends. get() with any other loader while a timeout is set throws
+    /// ConfigError (the loader would outlive the call).
+    /// soft_timeout: with a stale value at hand (grace, or an early refresh), a loader
+    /// slower than this lets the caller return that value.
+    Millis soft_timeout{0};
+    /// hard_timeout: bounds every caller's wait for a load (its own, or another loader's
+    /// lease); past it, the caller gets the value at hand, or LoadTimeoutError.
+    Millis hard_timeout{0};
     const Clock* clock = &SystemClock::instance();
+};
+
+/// Per-call overrides of a cache's options: get(key, loader, {.ttl = 10s}). Unset fields
+/// are the cache's. A loader taking a LoadContext& can still decide the TTL itself.
+struct CallOptions {
+    std::optional<Millis> ttl{};
+    std::optional<Millis> negative_ttl{};
+    std::optional<Millis> grace{};
+    std::optional<Millis> soft_timeout{};
+    std::optional<Millis> hard_timeout{};
 };
 
 }  // namespace larder

@@ -321,6 +321,8 @@ public:
             (void)close(options_.drain_timeout);
         } catch (...) {
         }
+        // Loads and refreshes still running call back into this object (the dirty copy).
+        this->wait_for_loads();
     }
 
     // ---- reads ----------------------------------------------------------------------
@@ -329,22 +331,23 @@ public:
     /// evicted) is served from the queue, not from the loader (the database is behind).
     /// A put during a load wins over the load's fill.
     template <LoaderFor<T> L>
-    std::optional<T> get(std::string_view key, L&& loader) {
+    std::optional<T> get(std::string_view key, L&& loader, const CallOptions& call = {}) {
         const std::string full = this->full_key(key);
-        return Base::get(key, through(full, loader));
+        return Base::get(key, through(full, loader), call);
     }
 
     template <LoaderFor<T> L>
-    std::optional<T> get(std::string_view key, std::span<const std::string> tags,
-                         L&& loader) requires TagInvalidator<invalidator_type> {
+    std::optional<T> get(std::string_view key, std::span<const std::string> tags, L&& loader,
+                         const CallOptions& call = {}) requires TagInvalidator<invalidator_type> {
         const std::string full = this->full_key(key);
-        return Base::get(key, tags, through(full, loader));
+        return Base::get(key, tags, through(full, loader), call);
     }
 
     template <LoaderFor<T> L>
     std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags,
-                         L&& loader) requires TagInvalidator<invalidator_type> {
-        return get(key, std::span<const std::string>(tags.begin(), tags.size()), loader);
+                         L&& loader,
+                         const CallOptions& call = {}) requires TagInvalidator<invalidator_type> {
+        return get(key, std::span<const std::string>(tags.begin(), tags.size()), loader, call);
     }
 
     /// As the read path's get_many; keys that missed are served from the queue where dirty.
@@ -554,18 +557,33 @@ private:
         c.fetch_add(n, std::memory_order_relaxed);
     }
 
-    // The loader a read path's miss runs: the dirty copy first, then `loader`. A detached
-    // loader stays detached (it owns its copy, so a background refresh may run it); any
-    // other is borrowed, and so never outlives the get() that passed it.
+    // The loader a read path's miss runs: the dirty copy first, then `loader`, which gets
+    // the load's context if it takes one. A detached loader stays detached (it owns its
+    // copy, so a background refresh may run it); any other is borrowed, and so never
+    // outlives the get() that passed it.
     template <class L>
     auto through(const std::string& full, L& loader) {
         if constexpr (is_detached_v<std::decay_t<L>>) {
-            return detached(
-                [this, full, load = loader]() mutable { return load_through(full, load); });
+            return detached(Through<std::string, std::decay_t<L>>{this, full, loader});
         } else {
-            return [this, &full, &loader] { return load_through(full, loader); };
+            return Through<const std::string&, L&>{this, full, loader};
         }
     }
+
+    template <class Key, class L>
+    struct Through {
+        WriteBehind* self;
+        Key full;
+        L loader;
+        std::optional<T> operator()() requires(!is_adaptive_loader_v<std::remove_reference_t<L>>) {
+            LoadContext unused;
+            return self->load_through(full, loader, unused);
+        }
+        std::optional<T> operator()(LoadContext& context) requires
+            is_adaptive_loader_v<std::remove_reference_t<L>> {
+            return self->load_through(full, loader, context);
+        }
+    };
 
     // `cache` as the read path validated it (clock set, durations saturated).
     static WriteBehindOptions validated(WriteBehindOptions o, const CacheAsideOptions& cache) {
@@ -652,7 +670,7 @@ private:
 
     // A miss of get(): the dirty copy if there is one, else the database.
     template <class L>
-    std::optional<T> load_through(const std::string& full, L& loader) {
+    std::optional<T> load_through(const std::string& full, L& loader, LoadContext& context) {
         try {
             if (auto dirty = store_->dirty_value(full)) {
                 if (auto v = decode_value(*dirty, nullptr)) return v;
@@ -661,7 +679,7 @@ private:
             // The queue cannot be asked: the database's value is the best there is.
             bump(counters_.backend_errors);
         }
-        return std::invoke(loader);
+        return call_loader<T>(loader, context);
     }
 
     // A miss of get_many(): dirty copies where there are some, the database for the rest.
@@ -714,7 +732,8 @@ private:
                 case EntryKind::lease: {
                     // A reader is loading the key. Load it here too; the compare-and-put
                     // against the lease then makes that reader's fill fail.
-                    std::optional<T> loaded = std::invoke(loader);
+                    LoadContext unused;  // nothing loaded here is cached as loaded
+                    std::optional<T> loaded = call_loader<T>(loader, unused);
                     if (loaded) return loaded;
                     return no_row();
                 }

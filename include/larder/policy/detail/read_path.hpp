@@ -45,6 +45,7 @@
 #include "larder/policy/detail/background.hpp"
 #include "larder/policy/detail/components.hpp"
 #include "larder/policy/detail/lease_keeper.hpp"
+#include "larder/policy/detail/load_threads.hpp"
 #include "larder/policy/options.hpp"
 #include "larder/stampede/guard.hpp"
 #include "larder/stampede/single_flight.hpp"
@@ -83,16 +84,20 @@ public:
     ReadPath(const ReadPath&) = delete;
     ReadPath& operator=(const ReadPath&) = delete;
 
-    /// The cached value of `key`, or the loader's. `loader()` returns std::optional<T>:
-    /// nullopt means "no such row" and is cached for negative_ttl. The loader's exception
-    /// propagates unchanged (to every caller that shared the load), unless a stale value
-    /// within the grace period can be served instead.
+    /// The cached value of `key`, or the loader's. The loader returns std::optional<T>:
+    /// nullopt means "no such row" and is cached for negative_ttl. A loader taking a
+    /// LoadContext& may set the entry's TTL and tags, or ask not to cache it (adaptive
+    /// caching). The loader's exception propagates unchanged (to every caller that shared
+    /// the load), unless a stale value within the grace period can be served instead.
+    /// `call` overrides the cache's options for this call.
     ///
     /// A loader runs before get() returns, so it may capture by reference; only a loader
-    /// wrapped in detached() may be run later by a background refresh.
+    /// wrapped in detached() may be run later: by a background refresh, or past a loader
+    /// timeout. Throws LoadTimeoutError past the hard timeout with no stale value at hand,
+    /// and ConfigError when a timeout is set and the loader is not detached.
     template <LoaderFor<T> L>
-    std::optional<T> get(std::string_view key, L&& loader) {
-        return get_with(key, {}, loader);
+    std::optional<T> get(std::string_view key, L&& loader, const CallOptions& call = {}) {
+        return get_with(key, {}, loader, call);
     }
 
     /// get() for an entry that carries tags: it is served only while none of its tags
@@ -101,15 +106,17 @@ public:
     /// tags it was stored with; the tags passed here are the ones a fill stamps.
     /// Needs an invalidator that stamps tags (Tags, the default).
     template <LoaderFor<T> L>
-    std::optional<T> get(std::string_view key, std::span<const std::string> tags,
-                         L&& loader) requires TagInvalidator<invalidator_type> {
-        return get_with(key, tags, loader);
+    std::optional<T> get(std::string_view key, std::span<const std::string> tags, L&& loader,
+                         const CallOptions& call = {}) requires TagInvalidator<invalidator_type> {
+        return get_with(key, tags, loader, call);
     }
 
     template <LoaderFor<T> L>
     std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags,
-                         L&& loader) requires TagInvalidator<invalidator_type> {
-        return get_with(key, std::span<const std::string>(tags.begin(), tags.size()), loader);
+                         L&& loader,
+                         const CallOptions& call = {}) requires TagInvalidator<invalidator_type> {
+        return get_with(key, std::span<const std::string>(tags.begin(), tags.size()), loader,
+                        call);
     }
 
     /// Invalidates every entry carrying `tag`, in O(1): the tag gets a new version, and
@@ -124,6 +131,10 @@ public:
     void invalidate_version(std::string_view name) {
         stats_.add(Counter::invalidations);
         try {
+            // The bump counter first, then the version: a load that chose its tags only
+            // after loading, and reads their versions then, sees the counter moved if it
+            // could see the new version (docs/adaptive.md).
+            backend_.set(version_key(bumps_name), std::to_string(random_version()), no_expiry);
             backend_.set(version_key(name), std::to_string(random_version()), options_.tag_ttl);
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
@@ -317,6 +328,17 @@ protected:
         Millis ttl;
     };
 
+    /// What one call or load decides of an entry's times; unset: the cache's.
+    struct EntryTimes {
+        std::optional<Millis> ttl{};
+        std::optional<Millis> negative_ttl{};
+        std::optional<Millis> grace{};
+    };
+
+    /// The version whose value every invalidation changes before it bumps another: what
+    /// a load that chose its tags after loading checks (add_loader_tags).
+    static constexpr std::string_view bumps_name = "\x1e" "bumps";
+
     /// Stores `value` now (replacing any value or lease: a load in flight cannot
     /// overwrite it), with the current versions of `tags`. For write-through paths and
     /// warm-ups; a read-through cache needs only get().
@@ -341,6 +363,13 @@ protected:
     }
 
     [[nodiscard]] const CacheAsideOptions& cache_options() const noexcept { return options_; }
+
+    // Waits until no background refresh or timed-out load runs: a derived policy whose
+    // loaders call back into it waits in its destructor.
+    void wait_for_loads() {
+        background_.drain();
+        loads_.wait_idle();
+    }
 
     // ---- for the write paths ------------------------------------------------------------
 
@@ -369,16 +398,21 @@ protected:
     // entries (fills, set, and the write paths' puts), so all agree on freshness.
     template <class Append>
     Entry make_entry(std::string_view full, EntryKind kind, std::chrono::microseconds took,
-                     std::span<const TagVersion> stamp, std::uint64_t version, Append&& append) {
+                     std::span<const TagVersion> stamp, std::uint64_t version, Append&& append,
+                     const EntryTimes& times = {}) {
         const bool is_value = kind == EntryKind::value;
-        Millis ttl = options_.ttl;
+        Millis ttl = times.ttl.value_or(options_.ttl);
         if constexpr (TtlInvalidator<invalidator_type>) {
-            if (const auto decided = invalidator_.ttl_for(full); decided && decided->count() > 0) {
-                ttl = saturated(*decided);
+            if (!times.ttl) {
+                if (const auto decided = invalidator_.ttl_for(full);
+                    decided && decided->count() > 0) {
+                    ttl = saturated(*decided);
+                }
             }
         }
-        const Millis fresh = is_value ? options_.jitter.apply(ttl) : options_.negative_ttl;
-        const Millis grace = is_value ? options_.grace : Millis{0};
+        const Millis fresh = is_value ? options_.jitter.apply(ttl)
+                                      : times.negative_ttl.value_or(options_.negative_ttl);
+        const Millis grace = is_value ? times.grace.value_or(options_.grace) : Millis{0};
         const TimePoint now = options_.clock->now();
         const EnvelopeHeader header{
             .kind = kind,
@@ -416,6 +450,7 @@ private:
         Millis fresh_for{0};   ///< time left until stale
         std::chrono::microseconds recompute_time{0};
         std::vector<TagVersion> stamped{};  ///< the entry's own tags, as written
+        std::uint64_t bumps = 0;            ///< the bump counter, when read with it
     };
 
     static CacheAsideOptions validated(CacheAsideOptions o) {
@@ -464,13 +499,15 @@ private:
     }
 
     template <class L>
-    std::optional<T> get_with(std::string_view key, std::span<const std::string> tags, L& loader) {
+    std::optional<T> get_with(std::string_view key, std::span<const std::string> tags, L& loader,
+                              const CallOptions& options) {
+        const Call call = resolve(options, is_detached_v<std::decay_t<L>>);
         const std::string full = full_key(key);
         const std::vector<std::string> names = version_names(full, tags);
         const auto before = flights_.now();
         std::vector<TagVersion> stamp;
-        Read found = read(full, names, stamp);
-        return get_read(full, std::move(found), loader, names, stamp, before);
+        Read found = read(full, names, stamp, is_adaptive_loader_v<L>);
+        return get_read(full, std::move(found), loader, names, stamp, before, call);
     }
 
     // ---- the read: one store command, classified, admitted -------------------------
@@ -494,23 +531,27 @@ private:
 
     // Reads `full` and the versions of `tags` in one command, then admits what is there
     // by its own stamped tags. `stamp` receives the tags' current versions (created where
-    // missing, when a fill may follow): what a fill after this read stamps.
+    // missing, when a fill may follow): what a fill after this read stamps. `with_bumps`
+    // (for a loader that may choose tags) reads the bump counter in the same command.
     Read read(const std::string& full, std::span<const std::string> tags,
-              std::vector<TagVersion>& stamp) {
+              std::vector<TagVersion>& stamp, bool with_bumps = false) {
         stamp.clear();
         Read r;
+        std::uint64_t bumps = 0;
         try {
-            if (tags.empty()) {
+            if (tags.empty() && !with_bumps) {
                 r = classify(fetch(full));
             } else {
                 std::vector<std::string> keys;
-                keys.reserve(tags.size() + 1);
+                keys.reserve(tags.size() + 2);
                 keys.push_back(full);
                 for (const auto& t : tags) keys.push_back(version_key(t));
+                if (with_bumps) keys.push_back(version_key(bumps_name));
                 auto stored = fetch_many(keys);
                 for (std::size_t i = 0; i < tags.size(); ++i) {
                     stamp.push_back(TagVersion{tags[i], parse_version(stored[i + 1])});
                 }
+                if (with_bumps) bumps = parse_version(stored.back());
                 r = classify(std::move(stored[0]));
             }
             admit(std::span<Read>(&r, 1), stamp);
@@ -518,8 +559,15 @@ private:
             stats_.add(Counter::backend_errors);
             return Read{.state = Read::unknown};
         }
+        r.bumps = bumps;
         if (r.state == Read::absent && !create_missing_versions(stamp)) {
             r.state = Read::unknown;  // cannot stamp a fill: load, but do not fill
+        }
+        if (with_bumps && r.bumps == 0) {
+            // A counter that does not exist cannot show a bump: create it first. (Without
+            // it, a fill with tags its loader chose is given up.)
+            std::vector<TagVersion> counter{TagVersion{std::string(bumps_name), 0}};
+            if (create_missing_versions(counter, no_expiry)) r.bumps = counter[0].version;
         }
         return r;
     }
@@ -674,12 +722,16 @@ private:
     }
 
     bool create_missing_versions(std::vector<TagVersion>& current) {
+        return create_missing_versions(current, options_.tag_ttl);
+    }
+
+    bool create_missing_versions(std::vector<TagVersion>& current, Millis ttl) {
         for (auto& t : current) {
             if (t.version != 0) continue;
             const std::string key = version_key(t.name);
             try {
                 const std::uint64_t fresh = random_version();
-                if (backend_.set_if_absent(key, std::to_string(fresh), options_.tag_ttl)) {
+                if (backend_.set_if_absent(key, std::to_string(fresh), ttl)) {
                     t.version = fresh;
                 } else if (const auto v = parse_version(backend_.get(key)); v != 0) {
                     t.version = v;  // another writer created it first
@@ -711,21 +763,62 @@ private:
 
     // ---- a read's outcome -------------------------------------------------------------
 
+    using SteadyTime = std::chrono::steady_clock::time_point;
+    static constexpr SteadyTime no_deadline = SteadyTime::max();
+
+    // What one get() asks, resolved against the cache's options.
+    struct Call {
+        EntryTimes times{};          ///< the call's TTL and grace
+        Millis soft_timeout{0};      ///< 0: none
+        SteadyTime deadline = no_deadline;  ///< the hard timeout's instant
+        SteadyTime soft_deadline = no_deadline;
+    };
+
+    Call resolve(const CallOptions& o, bool detached_loader) const {
+        auto checked = [](std::optional<Millis> d, bool zero_ok, const char* what) {
+            if (d && (d->count() < 0 || (!zero_ok && d->count() == 0))) {
+                throw ConfigError(std::string("larder: the call's ") + what +
+                                  (zero_ok ? " must not be negative" : " must be positive"));
+            }
+            return d ? std::optional<Millis>(saturated(*d)) : std::nullopt;
+        };
+        Call call;
+        call.times.ttl = checked(o.ttl, false, "ttl");
+        call.times.negative_ttl = checked(o.negative_ttl, false, "negative_ttl");
+        call.times.grace = checked(o.grace, true, "grace");
+        const Millis soft = checked(o.soft_timeout, true, "soft_timeout").value_or(options_.soft_timeout);
+        const Millis hard = checked(o.hard_timeout, true, "hard_timeout").value_or(options_.hard_timeout);
+        if (soft.count() == 0 && hard.count() == 0) return call;
+        if (!detached_loader) {
+            throw ConfigError(
+                "larder: a loader timeout lets the load outlive the call, so the loader must own "
+                "what it captures: wrap it in larder::detached()");
+        }
+        const SteadyTime now = std::chrono::steady_clock::now();
+        if (hard.count() > 0) call.deadline = now + hard;
+        // With a value at hand, a caller waits the shorter of the two.
+        const Millis at_hand = soft.count() > 0 && hard.count() > 0 ? std::min(soft, hard)
+                               : soft.count() > 0                  ? soft
+                                                                   : hard;
+        call.soft_deadline = now + at_hand;
+        return call;
+    }
+
     template <class L>
     std::optional<T> get_read(const std::string& full, Read found, L& loader,
                               std::span<const std::string> tags, std::vector<TagVersion>& stamp,
-                              std::uint64_t before) {
+                              std::uint64_t before, const Call& call) {
         switch (found.state) {
             case Read::fresh:
                 stats_.add(Counter::hits);
                 if (found.negative) stats_.add(Counter::negative_hits);
                 if (!found.negative &&
                     guard_.refresh_early(FreshHit{found.fresh_for, found.recompute_time})) {
-                    return refresh(full, std::move(found), loader, /*early=*/true, tags);
+                    return refresh(full, std::move(found), loader, /*early=*/true, tags, call);
                 }
                 return std::move(found.value);
             case Read::stale:
-                return refresh(full, std::move(found), loader, /*early=*/false, tags);
+                return refresh(full, std::move(found), loader, /*early=*/false, tags, call);
             case Read::absent:
             case Read::leased:
             case Read::unknown:
@@ -748,7 +841,7 @@ private:
         auto result = flights_.run(
             full,
             [&](auto& leader) {
-                return load_missing(full, loader, std::move(found), tags, stamp, leader);
+                return load_missing(full, loader, std::move(found), tags, stamp, leader, call);
             },
             accept);
         if (result.shared) stats_.add(Counter::coalesced);
@@ -757,13 +850,13 @@ private:
 
     // A miss, run by one caller per key in this process. Takes the lease and loads; if
     // another process holds the lease, waits as the guard says (each poll is a full
-    // read(), admission included), then loads unfilled.
+    // read(), admission included), then loads unfilled. The hard timeout bounds it all.
     template <class L, class Leader>
     std::optional<T> load_missing(const std::string& full, L& loader, Read found,
                                   std::span<const std::string> tags, std::vector<TagVersion>& stamp,
-                                  Leader& leader) {
+                                  Leader& leader, const Call& call) {
         const LeaseWait wait = guard_.lease_wait();
-        const auto deadline = std::chrono::steady_clock::now() + wait.max_wait;
+        const auto deadline = std::min(call.deadline, std::chrono::steady_clock::now() + wait.max_wait);
         Millis backoff = std::max(wait.first_backoff, Millis{1});
         bool counted_wait = false;
         for (;;) {
@@ -780,13 +873,13 @@ private:
                 if (auto lease = try_lease(full, replaced(found), &contended)) {
                     leader.set_fence(fence_of(*lease, stamp));
                     leader.observe();
-                    return load_and_fill(full, *lease, loader, stamp);
+                    return load_and_fill(full, *lease, loader, stamp, found.bumps, call);
                 }
                 if (!contended) break;  // the store failed
                 // Someone else got there first: read whose lease it is, so that readers
                 // who see the same lease may share this load.
                 leader.observe();
-                found = read(full, tags, stamp);
+                found = read(full, tags, stamp, is_adaptive_loader_v<L>);
                 if (found.state == Read::absent) break;  // gone again: load, do not fill
                 continue;
             }
@@ -801,10 +894,10 @@ private:
                 nap, deadline - std::chrono::steady_clock::now()));
             backoff = std::min(backoff * 2, std::max(wait.max_backoff, backoff));
             leader.observe();
-            found = read(full, tags, stamp);
+            found = read(full, tags, stamp, is_adaptive_loader_v<L>);
         }
         leader.observe();
-        return load_unfilled(loader);
+        return load_unfilled(loader, call);
     }
 
     // Times a recompute. The longer of the monotonic clock and the cache's clock: real
@@ -825,40 +918,106 @@ private:
         TimePoint start_;
     };
 
+    // One loader call, counted, with what it left in its context checked.
     template <class L>
-    std::optional<T> load_unfilled(L& loader) {
+    std::optional<T> call_checked(L& loader, LoadContext& context) {
         stats_.add(Counter::loads);
         try {
-            return std::invoke(loader);
+            std::optional<T> value = call_loader<T>(loader, context);
+            if (context.ttl && context.ttl->count() <= 0) {
+                throw LoaderError("larder: a loader set a TTL that is not positive");
+            }
+            if (!context.tags.empty() && !TagInvalidator<invalidator_type>) {
+                throw LoaderError("larder: a loader set tags, but the cache has no tag invalidator");
+            }
+            return value;
         } catch (...) {
             stats_.add(Counter::load_errors);
             throw;
         }
     }
 
-    template <class L>
-    std::optional<T> load_and_fill(const std::string& full, const std::string& lease, L& loader,
-                                   std::span<const TagVersion> stamp) {
-        const Stopwatch watch(*options_.clock);
-        std::optional<T> value;
-        {
-            auto hold = keeper_.hold(full, lease);
-            try {
-                value = load_unfilled(loader);
-            } catch (...) {
-                release(full, lease);
-                throw;
+    // Runs the loader, then finish(value or nullptr on error, context, took) exactly once.
+    // With no deadline, on this thread: returns the value or rethrows the loader's
+    // exception. With one, on a thread of its own (the loader is detached: it owns what it
+    // captures), waited for until `until`: nullopt when it still runs then; it goes on
+    // alone, and finish runs when it ends.
+    template <class L, class Finish>
+    std::optional<std::optional<T>> run_loader(L& loader, SteadyTime until, Finish finish) {
+        if constexpr (is_detached_v<std::decay_t<L>> &&
+                      std::is_copy_constructible_v<std::decay_t<L>>) {
+            if (until != no_deadline) {
+                if (std::chrono::steady_clock::now() >= until) {
+                    finish(nullptr, LoadContext{}, std::chrono::microseconds{0});
+                    return std::nullopt;
+                }
+                auto outcome = std::make_shared<LoadOutcome<std::optional<T>>>();
+                loads_.start([this, outcome, load = std::decay_t<L>(loader),
+                              finish = std::move(finish)]() mutable {
+                    LoadContext context;
+                    const Stopwatch watch(*options_.clock);
+                    std::optional<T> value;
+                    std::exception_ptr error;
+                    try {
+                        value = call_checked(load, context);
+                    } catch (...) {
+                        error = std::current_exception();
+                    }
+                    finish(error ? nullptr : &value, context, watch.elapsed());
+                    outcome->set(std::move(value), std::move(error));
+                });
+                if (!outcome->wait_until(until)) return std::nullopt;
+                return outcome->take();
             }
         }
-        fill(full, lease, value, watch.elapsed(), stamp);
+        LoadContext context;
+        const Stopwatch watch(*options_.clock);
+        std::optional<T> value;
+        try {
+            value = call_checked(loader, context);
+        } catch (...) {
+            finish(nullptr, context, watch.elapsed());
+            throw;
+        }
+        finish(&value, context, watch.elapsed());
         return value;
+    }
+
+    template <class L>
+    std::optional<T> load_unfilled(L& loader, const Call& call) {
+        auto loaded = run_loader(loader, call.deadline,
+                                 [](const std::optional<T>*, const LoadContext&,
+                                    std::chrono::microseconds) noexcept {});
+        if (!loaded) throw LoadTimeoutError("larder: the load took longer than hard_timeout");
+        return std::move(*loaded);
+    }
+
+    template <class L>
+    std::optional<T> load_and_fill(const std::string& full, const std::string& lease, L& loader,
+                                   std::span<const TagVersion> stamp, std::uint64_t bumps,
+                                   const Call& call) {
+        auto finish = [this, full, lease, bumps, times = call.times,
+                       stamp = std::vector<TagVersion>(stamp.begin(), stamp.end()),
+                       hold = keeper_.hold(full, lease)](const std::optional<T>* value,
+                                                         const LoadContext& context,
+                                                         std::chrono::microseconds took) mutable {
+            { auto done = std::move(hold); }  // the lease is no longer extended
+            if (!value) {
+                release(full, lease);
+                return;
+            }
+            fill(full, lease, *value, took, stamp, context, times, bumps);
+        };
+        auto loaded = run_loader(loader, call.deadline, std::move(finish));
+        if (!loaded) throw LoadTimeoutError("larder: the load took longer than hard_timeout");
+        return std::move(*loaded);
     }
 
     // A value is there (fresh and elected for early refresh, or stale): one caller across
     // all processes refreshes it, holding a lease on a sibling key; the rest serve it.
     template <class L>
     std::optional<T> refresh(const std::string& full, Read found, L& loader, bool early,
-                             std::span<const std::string> caller_names) {
+                             std::span<const std::string> caller_names, const Call& call) {
         // A refresh stamps the versions the entry carries as well as the caller's: a
         // reader passing fewer tags must not strip the entry of its own, and a bump of one
         // of them during the load must fence this fill.
@@ -868,18 +1027,19 @@ private:
                 names.push_back(t.name);
             }
         }
-        const std::span<const std::string> tags(names);
         if constexpr (is_detached_v<std::decay_t<L>> &&
                       std::is_copy_constructible_v<std::decay_t<L>>) {
             if (early && guard_.refresh_in_background()) {
-                background_.submit(full, [this, full, bytes = found.bytes, loader,
-                                          names = std::vector(tags.begin(), tags.end())]() mutable {
-                    (void)refresh_now(full, bytes, loader, /*early=*/true, names);
+                Call background = call;  // nobody waits for it
+                background.deadline = background.soft_deadline = no_deadline;
+                background_.submit(full, [this, full, bytes = found.bytes, loader, names,
+                                          background]() mutable {
+                    (void)refresh_now(full, bytes, loader, /*early=*/true, names, background);
                 });
                 return std::move(found.value);
             }
         }
-        if (auto refreshed = refresh_now(full, found.bytes, loader, early, tags)) {
+        if (auto refreshed = refresh_now(full, found.bytes, loader, early, names, call)) {
             return std::move(*refreshed);
         }
         if (found.state == Read::stale) stats_.add(Counter::stale_served);
@@ -887,11 +1047,13 @@ private:
     }
 
     // Refreshes the value stored as `bytes`. nullopt when this caller did not refresh
-    // (someone else holds the refresh lease, or the loader failed); otherwise the new value.
+    // (someone else holds the refresh lease, the loader failed, or it was slower than
+    // the soft timeout: it then fills when it ends); otherwise the new value.
     template <class L>
     std::optional<std::optional<T>> refresh_now(const std::string& full, const std::string& bytes,
                                                 L& loader, bool early,
-                                                std::span<const std::string> tags) {
+                                                std::span<const std::string> tags,
+                                                const Call& call) {
         const std::string lease_key = keys::sibling(full, "refresh");
         auto lease = try_lease(lease_key, nullptr);
         if (!lease) return std::nullopt;
@@ -899,7 +1061,7 @@ private:
         // taken: if the bytes changed, its value is the refresh. The re-read is a full
         // read(): it also gives the tag versions this refresh stamps.
         std::vector<TagVersion> stamp;
-        Read now = read(full, tags, stamp);
+        Read now = read(full, tags, stamp, is_adaptive_loader_v<L>);
         if (now.state == Read::unknown || !create_missing_versions(stamp)) {
             release(lease_key, lease);
             return std::nullopt;
@@ -910,20 +1072,24 @@ private:
             return std::optional<std::optional<T>>(std::move(now.value));
         }
         if (early) stats_.add(Counter::early_refreshes);
-        const Stopwatch watch(*options_.clock);
-        std::optional<T> value;
-        try {
-            auto hold = keeper_.hold(lease_key, *lease);
-            value = load_unfilled(loader);
-        } catch (...) {
-            release(lease_key, lease);
-            return std::nullopt;  // fail-safe: the caller serves what it has
-        }
         // Fenced on the old bytes (unique per write: the envelope's nonce): an
         // invalidation meanwhile makes this fill fail, even if equal bytes came back.
-        fill(full, bytes, value, watch.elapsed(), stamp);
-        release(lease_key, lease);
-        return std::optional<std::optional<T>>(std::move(value));
+        auto finish = [this, full, bytes, lease_key, lease = *lease, bumps = now.bumps,
+                       times = call.times, stamp = std::move(stamp),
+                       hold = keeper_.hold(lease_key, *lease)](const std::optional<T>* value,
+                                                               const LoadContext& context,
+                                                               std::chrono::microseconds took) mutable {
+            { auto done = std::move(hold); }
+            if (value) fill(full, bytes, *value, took, stamp, context, times, bumps);
+            release(lease_key, std::optional<std::string>(lease));
+        };
+        try {
+            auto loaded = run_loader(loader, call.soft_deadline, std::move(finish));
+            if (!loaded) return std::nullopt;  // the value at hand is served meanwhile
+            return std::optional<std::optional<T>>(std::move(*loaded));
+        } catch (...) {
+            return std::nullopt;  // fail-safe: the caller serves what it has
+        }
     }
 
     // The fence a lease found in the store gives: a loader's lease, with the tag versions
@@ -984,41 +1150,92 @@ private:
 
     // The entry of a value (or of "not found" when value is null).
     Entry encode(std::string_view full, const T* value, std::chrono::microseconds took,
-                 std::span<const TagVersion> stamp) {
-        return make_entry(full, value ? EntryKind::value : EntryKind::not_found, took, stamp, 0,
-                          [&](std::string& out) {
-                              if (value) codec_.encode(*value, out);
-                          });
+                 std::span<const TagVersion> stamp, const EntryTimes& times = {}) {
+        return make_entry(
+            full, value ? EntryKind::value : EntryKind::not_found, took, stamp, 0,
+            [&](std::string& out) {
+                if (value) codec_.encode(*value, out);
+            },
+            times);
     }
 
-    // Replaces `expected` (a lease, or the value being refreshed) with the loaded value.
+    // Replaces `expected` (a lease, or the value being refreshed) with the loaded value,
+    // as the loader's context says: its TTL, its tags, or not at all. `bumps` is the bump
+    // counter read before the load (0: not read).
     void fill(const std::string& full, const std::string& expected, const std::optional<T>& value,
-              std::chrono::microseconds took, std::span<const TagVersion> stamp) {
+              std::chrono::microseconds took, std::span<const TagVersion> stamp,
+              const LoadContext& context = {}, EntryTimes times = {}, std::uint64_t bumps = 0) {
         const auto held = envelope::parse(expected);
         const bool expected_is_lease = held && held->header.kind == EntryKind::lease;
+        // A fill that does not happen gives a lease back at once; a value being refreshed
+        // stays until its TTL.
+        auto give_up = [&](Counter why) {
+            stats_.add(why);
+            if (expected_is_lease) release(full, expected);
+        };
+        if (!context.cache) return give_up(Counter::not_cached);
+        std::vector<TagVersion> stamped(stamp.begin(), stamp.end());
+        if (!context.tags.empty() && !add_loader_tags(full, context.tags, stamped, bumps)) {
+            return give_up(Counter::fills_rejected);
+        }
+        if (context.ttl) times.ttl = times.negative_ttl = saturated(*context.ttl);
         std::optional<Entry> entry;
         try {
-            entry = encode(full, value ? &*value : nullptr, took, stamp);
+            entry = encode(full, value ? &*value : nullptr, took, stamped, times);
         } catch (const std::exception&) {
-            // A value the codec cannot write is served but not cached. A lease is given
-            // back at once; a value being refreshed stays until its TTL.
-            stats_.add(Counter::corrupt_values);
-            if (expected_is_lease) release(full, expected);
-            return;
+            return give_up(Counter::corrupt_values);  // served, but not cached
         }
         try {
             if (backend_.compare_and_set(full, expected, entry->bytes, entry->ttl)) {
                 stats_.add(Counter::fills);
-                keep_versions_alive(stamp);
+                keep_versions_alive(stamped);
             } else {
                 stats_.add(Counter::fills_rejected);
             }
         } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);
             // Give the lease back: left in place, it would keep every other process's
             // Lock waiter waiting until lease_ttl runs out.
-            if (expected_is_lease) release(full, expected);
+            give_up(Counter::backend_errors);
         }
+    }
+
+    // Adds to `stamp` the versions of tags a loader chose once it had loaded. They were
+    // not read before the load, so they are read now - and then the bump counter, which
+    // every invalidation moves before it bumps a version. If the counter is still what
+    // it was before the load, no version was bumped since, and the versions read are the
+    // ones the load saw; otherwise the fill is given up (the load may have read the row
+    // before a change whose bump this read already sees).
+    bool add_loader_tags(const std::string& full, std::span<const std::string> tags,
+                         std::vector<TagVersion>& stamp, std::uint64_t bumps_before) {
+        if (bumps_before == 0) return false;
+        std::vector<std::string> names;
+        invalidator_.versions_of(full, tags, names);
+        std::vector<TagVersion> added;
+        auto has = [](const std::vector<TagVersion>& in, const std::string& name) {
+            return std::any_of(in.begin(), in.end(),
+                               [&](const TagVersion& t) { return t.name == name; });
+        };
+        for (auto& n : names) {
+            if (!has(stamp, n) && !has(added, n)) added.push_back(TagVersion{std::move(n), 0});
+        }
+        if (added.empty()) return true;
+        try {
+            std::vector<std::string> keys;
+            keys.reserve(added.size());
+            for (const auto& t : added) keys.push_back(version_key(t.name));
+            const auto stored = fetch_many(keys);
+            for (std::size_t i = 0; i < added.size(); ++i) {
+                added[i].version = parse_version(stored[i]);
+            }
+            // Created before the counter is read: a bump racing the creation shows there.
+            if (!create_missing_versions(added)) return false;
+            if (parse_version(fetch(version_key(bumps_name))) != bumps_before) return false;
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);
+            return false;
+        }
+        stamp.insert(stamp.end(), added.begin(), added.end());
+        return true;
     }
 
     B& backend_;
@@ -1029,7 +1246,8 @@ private:
     Stats stats_;
     SingleFlight<std::optional<T>> flights_;
     LeaseKeeper<B> keeper_;
-    // Last: destroyed first, so no background refresh outlives the members it uses.
+    // Last: destroyed first, so no load or refresh outlives the members it uses.
+    LoadThreads loads_;
     BackgroundWorker background_;
 };
 
