@@ -5,13 +5,15 @@
 //  - A miss goes to the policy (and so to the shared store and the database); the value
 //    is kept in L1 only if no invalidation of that key arrived meanwhile (a generation
 //    check), so a value read before a write cannot land in L1 after it.
-//  - Every write through Near (invalidate, update, invalidate_tag, and a policy's put)
+//  - Every write through Near (invalidate, invalidate_after, invalidate_tag, a policy's put)
 //    removes the key from this process's L1 and publishes it on the bus; every other
 //    process removes it from its own L1 when the message arrives.
 //  - While the bus subscription is lost, L1 serves nothing (it cannot know what it
 //    missed); when the subscription is back, L1 starts again from empty.
 //
-// Version keys need no message: a bump changes the key readers ask for.
+// A version bump (invalidate_tag, or a policy's Events invalidator) drops the keys whose
+// stored entries are stamped with that version, as the policy reported them on the read
+// that filled L1; keys whose versions it could not report are dropped by every bump.
 #pragma once
 
 #include <map>
@@ -25,8 +27,10 @@
 #include <vector>
 
 #include "larder/core/loader.hpp"
+#include "larder/invalidate/tags.hpp"
 #include "larder/near/bus.hpp"
 #include "larder/near/near_cache.hpp"
+#include "larder/policy/options.hpp"
 
 namespace larder {
 
@@ -46,7 +50,7 @@ public:
             .on_restored =
                 [this] {
                     l1_.clear();
-                    forget_all_tags();
+                    forget_all_versions();
                     l1_.enable();
                 },
         });
@@ -57,32 +61,21 @@ public:
     ~Near() { subscription_.reset(); }  // no handler may run once members start to go
 
     template <LoaderFor<T> L>
-    std::optional<T> get(std::string_view key, L&& loader) {
-        const std::string full = policy_.full_key(key);
-        if (auto hit = l1_.get(full)) return hit;
-        const auto generation = l1_.generation(full);
-        auto value = policy_.get(key, loader);
-        if (value) l1_.put_if_generation(full, *value, generation);
-        return value;
+    std::optional<T> get(std::string_view key, L&& loader, const CallOptions& call = {}) {
+        return read_through(key, {}, loader, call);
     }
 
     template <LoaderFor<T> L>
-    std::optional<T> get(std::string_view key, std::span<const std::string> tags, L&& loader) {
-        const std::string full = policy_.full_key(key);
-        if (auto hit = l1_.get(full)) return hit;
-        // Known under its tags before the load starts, so a tag message arriving during
-        // the load erases the key, which moves its generation: no stale put below.
-        remember_tags(full, tags);
-        const auto generation = l1_.generation(full);
-        auto value = policy_.get(key, tags, loader);
-        if (value) l1_.put_if_generation(full, *value, generation);
-        return value;
+    std::optional<T> get(std::string_view key, std::span<const std::string> tags, L&& loader,
+                         const CallOptions& call = {}) {
+        return read_through(key, tags, loader, call);
     }
 
     template <LoaderFor<T> L>
     std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags,
-                         L&& loader) {
-        return get(key, std::span<const std::string>(tags.begin(), tags.size()), loader);
+                         L&& loader, const CallOptions& call = {}) {
+        return read_through(key, std::span<const std::string>(tags.begin(), tags.size()), loader,
+                            call);
     }
 
     /// The policy's invalidate, then every process's L1.
@@ -102,8 +95,9 @@ public:
 
     void invalidate_tag(std::string_view tag) {
         policy_.invalidate_tag(tag);
-        drop_tag(tag);
-        bus_.publish(std::string("t") += tag);
+        const std::string name = Tags::version_name(tag);
+        drop_version(name);
+        bus_.publish(std::string("v") += name);
     }
 
     /// A write-through or write-behind policy's put: the policy stores the value, then
@@ -131,66 +125,102 @@ public:
 private:
     void announce(const std::string& full) { bus_.publish(std::string("k") += full); }
 
+    // L1 keeps a value only if no message about it arrived since before its read (a
+    // generation check). During the read the key counts as depending on every version,
+    // so any version message moves its generation; then it is indexed under the versions
+    // the stored entry is stamped with, as the policy reports them.
+    template <class L>
+    std::optional<T> read_through(std::string_view key, std::span<const std::string> tags,
+                                  L& loader, const CallOptions& call) {
+        const std::string full = policy_.full_key(key);
+        if (auto hit = l1_.get(full)) return hit;
+        begin_read(full);
+        const auto generation = l1_.generation(full);
+        typename Policy::Served served;
+        std::optional<T> value;
+        try {
+            value = policy_.get_served(key, tags, loader, call, served);
+        } catch (...) {
+            end_read(full, nullptr, false);
+            throw;
+        }
+        end_read(full, served.known ? &served.names : nullptr, value.has_value());
+        if (value) l1_.put_if_generation(full, *value, generation);
+        return value;
+    }
+
     void on_message(std::string_view m) {
         if (m.empty()) return;
         const std::string_view body = m.substr(1);
         if (m[0] == 'k') {
             l1_.erase(body);
-        } else if (m[0] == 't') {
-            drop_tag(body);
         } else if (m[0] == 'v') {
-            // A version bumped through a policy's Events invalidator: a tag's drops the
-            // keys known under it; any other version's keys are not known here, so all go.
-            constexpr std::string_view tag_prefix = "tag\x1f";
-            if (body.starts_with(tag_prefix)) {
-                drop_tag(body.substr(tag_prefix.size()));
-            } else {
-                l1_.clear();
-                forget_all_tags();
-            }
+            drop_version(body);  // invalidate_tag, or a policy's Events invalidator
         }
     }
 
-    // Which L1 keys carry which tag, so a tag message drops exactly those. Touched on
-    // misses and invalidations only, never on a hit.
-    void remember_tags(const std::string& full, std::span<const std::string> tags) {
-        if (tags.empty()) return;
-        std::lock_guard lock(tags_mutex_);
+    // Which L1 keys depend on which version, so a version message drops exactly those;
+    // the keys whose versions are not known and the keys being read, which every version
+    // message drops. Touched on misses and invalidations only, never on a hit.
+    void begin_read(const std::string& full) {
+        std::lock_guard lock(index_mutex_);
+        ++reading_[full];
+    }
+
+    // `names` null: unknown. `stored`: the value goes to L1.
+    void end_read(const std::string& full, const std::vector<std::string>* names, bool stored) {
+        std::lock_guard lock(index_mutex_);
+        if (auto it = reading_.find(full); it != reading_.end() && --it->second == 0) {
+            reading_.erase(it);
+        }
+        if (!stored) return;
         // L1 evicts without telling this index; past a bound, start both over (safe: a
         // miss) rather than let the index grow.
-        if (tagged_keys_ > 4 * l1_.capacity() + 1024) {
-            keys_by_tag_.clear();
-            tagged_keys_ = 0;
+        if (indexed_ > 4 * l1_.capacity() + 1024) {
+            keys_by_version_.clear();
+            unknown_.clear();
+            indexed_ = 0;
             l1_.clear();
         }
-        for (const auto& t : tags) tagged_keys_ += keys_by_tag_[t].insert(full).second ? 1 : 0;
+        if (!names) {
+            indexed_ += unknown_.insert(full).second ? 1 : 0;
+            return;
+        }
+        for (const auto& n : *names) indexed_ += keys_by_version_[n].insert(full).second ? 1 : 0;
     }
 
-    void drop_tag(std::string_view tag) {
-        std::set<std::string> keys;
+    void drop_version(std::string_view name) {
+        std::vector<std::string> keys;
         {
-            std::lock_guard lock(tags_mutex_);
-            if (auto it = keys_by_tag_.find(std::string(tag)); it != keys_by_tag_.end()) {
-                keys = std::move(it->second);
-                keys_by_tag_.erase(it);
+            std::lock_guard lock(index_mutex_);
+            if (auto it = keys_by_version_.find(std::string(name)); it != keys_by_version_.end()) {
+                keys.assign(it->second.begin(), it->second.end());
+                indexed_ -= std::min(indexed_, it->second.size());
+                keys_by_version_.erase(it);
             }
-            tagged_keys_ -= std::min(tagged_keys_, keys.size());
+            keys.insert(keys.end(), unknown_.begin(), unknown_.end());
+            indexed_ -= std::min(indexed_, unknown_.size());
+            unknown_.clear();
+            for (const auto& [k, readers] : reading_) keys.push_back(k);
         }
         for (const auto& k : keys) l1_.erase(k);
     }
 
-    void forget_all_tags() {
-        std::lock_guard lock(tags_mutex_);
-        keys_by_tag_.clear();
-        tagged_keys_ = 0;
+    void forget_all_versions() {
+        std::lock_guard lock(index_mutex_);
+        keys_by_version_.clear();
+        unknown_.clear();
+        indexed_ = 0;
     }
 
     Policy& policy_;
     Bus& bus_;
     NearCache<T> l1_;
-    std::mutex tags_mutex_;
-    std::map<std::string, std::set<std::string>> keys_by_tag_;
-    std::size_t tagged_keys_ = 0;
+    std::mutex index_mutex_;
+    std::map<std::string, std::set<std::string>> keys_by_version_;
+    std::set<std::string> unknown_;
+    std::map<std::string, int> reading_;
+    std::size_t indexed_ = 0;
     BusSubscription subscription_;  // last: gone first
 };
 

@@ -350,6 +350,14 @@ public:
         return get(key, std::span<const std::string>(tags.begin(), tags.size()), loader, call);
     }
 
+    template <LoaderFor<T> L>
+    std::optional<T> get_served(std::string_view key, std::span<const std::string> tags,
+                                L&& loader, const CallOptions& call,
+                                typename Base::Served& served) {
+        const std::string full = this->full_key(key);
+        return Base::get_served(key, tags, through(full, loader), call, served);
+    }
+
     /// As the read path's get_many; keys that missed are served from the queue where dirty.
     template <BatchLoaderFor<T> BatchLoader>
     std::vector<std::optional<T>> get_many(std::span<const std::string> keys,

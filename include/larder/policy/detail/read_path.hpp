@@ -119,6 +119,22 @@ public:
                         call);
     }
 
+    /// Which versions the value a read returned is stamped with in the store: what a
+    /// cache in front of the policy (Near's L1) must drop it on. `known` is false when
+    /// the read cannot tell (it shared another caller's load, its loader chose tags, or
+    /// the value was not stored).
+    struct Served {
+        bool known = false;
+        std::vector<std::string> names{};
+    };
+
+    /// get(key, tags, loader, call) that also says what the value is stamped with.
+    template <LoaderFor<T> L>
+    std::optional<T> get_served(std::string_view key, std::span<const std::string> tags,
+                                L&& loader, const CallOptions& call, Served& served) {
+        return get_with(key, tags, loader, call, &served);
+    }
+
     /// Invalidates every entry carrying `tag`, in O(1): the tag gets a new version, and
     /// entries stamped with the old one miss from now on. Throws BackendError when the
     /// store cannot be reached.
@@ -500,14 +516,14 @@ private:
 
     template <class L>
     std::optional<T> get_with(std::string_view key, std::span<const std::string> tags, L& loader,
-                              const CallOptions& options) {
+                              const CallOptions& options, Served* served = nullptr) {
         const Call call = resolve(options, is_detached_v<std::decay_t<L>>);
         const std::string full = full_key(key);
         const std::vector<std::string> names = version_names(full, tags);
         const auto before = flights_.now();
         std::vector<TagVersion> stamp;
         Read found = read(full, names, stamp, is_adaptive_loader_v<L>);
-        return get_read(full, std::move(found), loader, names, stamp, before, call);
+        return get_read(full, std::move(found), loader, names, stamp, before, call, served);
     }
 
     // ---- the read: one store command, classified, admitted -------------------------
@@ -807,18 +823,21 @@ private:
     template <class L>
     std::optional<T> get_read(const std::string& full, Read found, L& loader,
                               std::span<const std::string> tags, std::vector<TagVersion>& stamp,
-                              std::uint64_t before, const Call& call) {
+                              std::uint64_t before, const Call& call, Served* served) {
         switch (found.state) {
             case Read::fresh:
                 stats_.add(Counter::hits);
                 if (found.negative) stats_.add(Counter::negative_hits);
                 if (!found.negative &&
                     guard_.refresh_early(FreshHit{found.fresh_for, found.recompute_time})) {
-                    return refresh(full, std::move(found), loader, /*early=*/true, tags, call);
+                    return refresh(full, std::move(found), loader, /*early=*/true, tags, call,
+                                   served);
                 }
+                report(served, found.stamped);
                 return std::move(found.value);
             case Read::stale:
-                return refresh(full, std::move(found), loader, /*early=*/false, tags, call);
+                return refresh(full, std::move(found), loader, /*early=*/false, tags, call,
+                               served);
             case Read::absent:
             case Read::leased:
             case Read::unknown:
@@ -841,11 +860,30 @@ private:
         auto result = flights_.run(
             full,
             [&](auto& leader) {
-                return load_missing(full, loader, std::move(found), tags, stamp, leader, call);
+                return load_missing(full, loader, std::move(found), tags, stamp, leader, call,
+                                    served);
             },
             accept);
-        if (result.shared) stats_.add(Counter::coalesced);
+        if (result.shared) {
+            stats_.add(Counter::coalesced);
+            if (served) served->known = false;  // whatever the leader's run reported
+        }
         return std::move(result.value);
+    }
+
+    static void report(Served* served, std::span<const TagVersion> stamped) {
+        if (!served) return;
+        served->known = true;
+        served->names.clear();
+        for (const auto& t : stamped) served->names.push_back(t.name);
+    }
+
+    // A value this caller loads is stamped with `stamp` - and, if its loader may choose
+    // tags, with more that nobody knows yet.
+    template <class L>
+    static void report_load(Served* served, std::span<const TagVersion> stamp) {
+        report(served, stamp);
+        if (served && is_adaptive_loader_v<L>) served->known = false;
     }
 
     // A miss, run by one caller per key in this process. Takes the lease and loads; if
@@ -854,7 +892,7 @@ private:
     template <class L, class Leader>
     std::optional<T> load_missing(const std::string& full, L& loader, Read found,
                                   std::span<const std::string> tags, std::vector<TagVersion>& stamp,
-                                  Leader& leader, const Call& call) {
+                                  Leader& leader, const Call& call, Served* served) {
         const LeaseWait wait = guard_.lease_wait();
         const auto deadline = std::min(call.deadline, std::chrono::steady_clock::now() + wait.max_wait);
         Millis backoff = std::max(wait.first_backoff, Millis{1});
@@ -866,6 +904,7 @@ private:
             if (found.state == Read::leased) leader.set_fence(waiting_fence(found.bytes, stamp));
             if (found.state == Read::fresh || found.state == Read::stale) {
                 if (found.state == Read::stale) stats_.add(Counter::stale_served);
+                report(served, found.stamped);
                 return std::move(found.value);
             }
             if (found.state == Read::absent) {
@@ -873,6 +912,7 @@ private:
                 if (auto lease = try_lease(full, replaced(found), &contended)) {
                     leader.set_fence(fence_of(*lease, stamp));
                     leader.observe();
+                    report_load<L>(served, stamp);
                     return load_and_fill(full, *lease, loader, stamp, found.bumps, call);
                 }
                 if (!contended) break;  // the store failed
@@ -897,6 +937,7 @@ private:
             found = read(full, tags, stamp, is_adaptive_loader_v<L>);
         }
         leader.observe();
+        if (served) served->known = false;  // not stored: nothing to be stamped with
         return load_unfilled(loader, call);
     }
 
@@ -1017,7 +1058,8 @@ private:
     // all processes refreshes it, holding a lease on a sibling key; the rest serve it.
     template <class L>
     std::optional<T> refresh(const std::string& full, Read found, L& loader, bool early,
-                             std::span<const std::string> caller_names, const Call& call) {
+                             std::span<const std::string> caller_names, const Call& call,
+                             Served* served) {
         // A refresh stamps the versions the entry carries as well as the caller's: a
         // reader passing fewer tags must not strip the entry of its own, and a bump of one
         // of them during the load must fence this fill.
@@ -1034,15 +1076,18 @@ private:
                 background.deadline = background.soft_deadline = no_deadline;
                 background_.submit(full, [this, full, bytes = found.bytes, loader, names,
                                           background]() mutable {
-                    (void)refresh_now(full, bytes, loader, /*early=*/true, names, background);
+                    (void)refresh_now(full, bytes, loader, /*early=*/true, names, background,
+                                      nullptr);
                 });
+                report(served, found.stamped);
                 return std::move(found.value);
             }
         }
-        if (auto refreshed = refresh_now(full, found.bytes, loader, early, names, call)) {
+        if (auto refreshed = refresh_now(full, found.bytes, loader, early, names, call, served)) {
             return std::move(*refreshed);
         }
         if (found.state == Read::stale) stats_.add(Counter::stale_served);
+        report(served, found.stamped);
         return std::move(found.value);
     }
 
@@ -1053,7 +1098,7 @@ private:
     std::optional<std::optional<T>> refresh_now(const std::string& full, const std::string& bytes,
                                                 L& loader, bool early,
                                                 std::span<const std::string> tags,
-                                                const Call& call) {
+                                                const Call& call, Served* served) {
         const std::string lease_key = keys::sibling(full, "refresh");
         auto lease = try_lease(lease_key, nullptr);
         if (!lease) return std::nullopt;
@@ -1069,9 +1114,11 @@ private:
         if (now.bytes != bytes) {
             release(lease_key, lease);
             if (now.state != Read::fresh || now.negative) return std::nullopt;
+            report(served, now.stamped);
             return std::optional<std::optional<T>>(std::move(now.value));
         }
         if (early) stats_.add(Counter::early_refreshes);
+        report_load<L>(served, stamp);
         // Fenced on the old bytes (unique per write: the envelope's nonce): an
         // invalidation meanwhile makes this fill fail, even if equal bytes came back.
         auto finish = [this, full, bytes, lease_key, lease = *lease, bumps = now.bumps,
