@@ -281,3 +281,42 @@ TEST_CASE("L1 with tags and version keys across two processes",
 }
 #endif
 #endif
+
+// L1 used to index a key under the tags its read passed; the stored entry's own tags
+// decide in L2, so a key read without them (or with a loader that chose them) stayed in
+// L1 after its tag was invalidated in another process.
+TEST_CASE("An L1 copy goes when any tag its stored entry carries is invalidated",
+          "[l1][tags][regression][memory]") {
+    larder::MemoryBackend store;
+    larder::MemoryBus bus;
+    MemoryCache cache_a(store), cache_b(store);
+    larder::Near a(cache_a, bus), b(cache_b, bus);
+    FakeDb db;
+    db.write("post:1", "v1");
+    db.write("post:2", "w1");
+    auto load = [&](const char* k) { return [&db, k] { return db.read(k); }; };
+    // post:1 is stored with its tag by one reader; b reads it without tags.
+    REQUIRE(a.get("post:1", {"user:42"}, load("post:1")) == "v1");
+    REQUIRE(b.get("post:1", load("post:1")) == "v1");
+    // post:2's loader chooses its tag.
+    auto adaptive = [&](larder::LoadContext& ctx) {
+        ctx.tags.push_back("user:42");
+        return db.read("post:2");
+    };
+    REQUIRE(b.get("post:2", adaptive) == "w1");
+    REQUIRE(b.get("post:1", load("post:1")) == "v1");  // from b's L1
+    REQUIRE(b.get("post:2", adaptive) == "w1");
+    const auto l1_hits = b.l1().hits();
+    REQUIRE(l1_hits == 2);
+    db.write("post:1", "v2");
+    db.write("post:2", "w2");
+    a.invalidate_tag("user:42");
+    REQUIRE(b.get("post:1", load("post:1")) == "v2");
+    REQUIRE(b.get("post:2", adaptive) == "w2");
+    // An untagged key that carries no tag is not dropped by the bump.
+    db.write("plain", "p1");
+    REQUIRE(b.get("plain", load("plain")) == "p1");
+    a.invalidate_tag("user:42");
+    REQUIRE(b.get("plain", load("plain")) == "p1");
+    REQUIRE(b.l1().hits() == l1_hits + 1);
+}

@@ -66,7 +66,8 @@ class Detached {
 public:
     explicit Detached(F f) : f_(std::move(f)) {}
     template <class... Args>
-    requires std::invocable<F&, Args...> decltype(auto) operator()(Args&&... args) {
+    requires std::invocable<F&, Args...>
+    decltype(auto) operator()(Args&&... args) {
         return std::invoke(f_, std::forward<Args>(args)...);
     }
 

@@ -72,8 +72,8 @@ public:
     }
 
     template <LoaderFor<T> L>
-    std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags,
-                         L&& loader, const CallOptions& call = {}) {
+    std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags, L&& loader,
+                         const CallOptions& call = {}) {
         return read_through(key, std::span<const std::string>(tags.begin(), tags.size()), loader,
                             call);
     }

@@ -344,16 +344,14 @@ public:
     }
 
     template <LoaderFor<T> L>
-    std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags,
-                         L&& loader,
+    std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags, L&& loader,
                          const CallOptions& call = {}) requires TagInvalidator<invalidator_type> {
         return get(key, std::span<const std::string>(tags.begin(), tags.size()), loader, call);
     }
 
     template <LoaderFor<T> L>
-    std::optional<T> get_served(std::string_view key, std::span<const std::string> tags,
-                                L&& loader, const CallOptions& call,
-                                typename Base::Served& served) {
+    std::optional<T> get_served(std::string_view key, std::span<const std::string> tags, L&& loader,
+                                const CallOptions& call, typename Base::Served& served) {
         const std::string full = this->full_key(key);
         return Base::get_served(key, tags, through(full, loader), call, served);
     }

@@ -112,11 +112,9 @@ public:
     }
 
     template <LoaderFor<T> L>
-    std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags,
-                         L&& loader,
+    std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags, L&& loader,
                          const CallOptions& call = {}) requires TagInvalidator<invalidator_type> {
-        return get_with(key, std::span<const std::string>(tags.begin(), tags.size()), loader,
-                        call);
+        return get_with(key, std::span<const std::string>(tags.begin(), tags.size()), loader, call);
     }
 
     /// Which versions the value a read returned is stamped with in the store: what a
@@ -130,8 +128,8 @@ public:
 
     /// get(key, tags, loader, call) that also says what the value is stamped with.
     template <LoaderFor<T> L>
-    std::optional<T> get_served(std::string_view key, std::span<const std::string> tags,
-                                L&& loader, const CallOptions& call, Served& served) {
+    std::optional<T> get_served(std::string_view key, std::span<const std::string> tags, L&& loader,
+                                const CallOptions& call, Served& served) {
         return get_with(key, tags, loader, call, &served);
     }
 
@@ -353,7 +351,9 @@ protected:
 
     /// The version whose value every invalidation changes before it bumps another: what
     /// a load that chose its tags after loading checks (add_loader_tags).
-    static constexpr std::string_view bumps_name = "\x1e" "bumps";
+    static constexpr std::string_view bumps_name =
+        "\x1e"
+        "bumps";
 
     /// Stores `value` now (replacing any value or lease: a load in flight cannot
     /// overwrite it), with the current versions of `tags`. For write-through paths and
@@ -784,8 +784,8 @@ private:
 
     // What one get() asks, resolved against the cache's options.
     struct Call {
-        EntryTimes times{};          ///< the call's TTL and grace
-        Millis soft_timeout{0};      ///< 0: none
+        EntryTimes times{};                 ///< the call's TTL and grace
+        Millis soft_timeout{0};             ///< 0: none
         SteadyTime deadline = no_deadline;  ///< the hard timeout's instant
         SteadyTime soft_deadline = no_deadline;
     };
@@ -802,8 +802,10 @@ private:
         call.times.ttl = checked(o.ttl, false, "ttl");
         call.times.negative_ttl = checked(o.negative_ttl, false, "negative_ttl");
         call.times.grace = checked(o.grace, true, "grace");
-        const Millis soft = checked(o.soft_timeout, true, "soft_timeout").value_or(options_.soft_timeout);
-        const Millis hard = checked(o.hard_timeout, true, "hard_timeout").value_or(options_.hard_timeout);
+        const Millis soft =
+            checked(o.soft_timeout, true, "soft_timeout").value_or(options_.soft_timeout);
+        const Millis hard =
+            checked(o.hard_timeout, true, "hard_timeout").value_or(options_.hard_timeout);
         if (soft.count() == 0 && hard.count() == 0) return call;
         if (!detached_loader) {
             throw ConfigError(
@@ -814,8 +816,8 @@ private:
         if (hard.count() > 0) call.deadline = now + hard;
         // With a value at hand, a caller waits the shorter of the two.
         const Millis at_hand = soft.count() > 0 && hard.count() > 0 ? std::min(soft, hard)
-                               : soft.count() > 0                  ? soft
-                                                                   : hard;
+                               : soft.count() > 0                   ? soft
+                                                                    : hard;
         call.soft_deadline = now + at_hand;
         return call;
     }
@@ -836,8 +838,7 @@ private:
                 report(served, found.stamped);
                 return std::move(found.value);
             case Read::stale:
-                return refresh(full, std::move(found), loader, /*early=*/false, tags, call,
-                               served);
+                return refresh(full, std::move(found), loader, /*early=*/false, tags, call, served);
             case Read::absent:
             case Read::leased:
             case Read::unknown:
@@ -894,7 +895,8 @@ private:
                                   std::span<const std::string> tags, std::vector<TagVersion>& stamp,
                                   Leader& leader, const Call& call, Served* served) {
         const LeaseWait wait = guard_.lease_wait();
-        const auto deadline = std::min(call.deadline, std::chrono::steady_clock::now() + wait.max_wait);
+        const auto deadline =
+            std::min(call.deadline, std::chrono::steady_clock::now() + wait.max_wait);
         Millis backoff = std::max(wait.first_backoff, Millis{1});
         bool counted_wait = false;
         for (;;) {
@@ -969,7 +971,8 @@ private:
                 throw LoaderError("larder: a loader set a TTL that is not positive");
             }
             if (!context.tags.empty() && !TagInvalidator<invalidator_type>) {
-                throw LoaderError("larder: a loader set tags, but the cache has no tag invalidator");
+                throw LoaderError(
+                    "larder: a loader set tags, but the cache has no tag invalidator");
             }
             return value;
         } catch (...) {
@@ -1026,9 +1029,9 @@ private:
 
     template <class L>
     std::optional<T> load_unfilled(L& loader, const Call& call) {
-        auto loaded = run_loader(loader, call.deadline,
-                                 [](const std::optional<T>*, const LoadContext&,
-                                    std::chrono::microseconds) noexcept {});
+        auto loaded = run_loader(
+            loader, call.deadline,
+            [](const std::optional<T>*, const LoadContext&, std::chrono::microseconds) noexcept {});
         if (!loaded) throw LoadTimeoutError("larder: the load took longer than hard_timeout");
         return std::move(*loaded);
     }
@@ -1074,11 +1077,11 @@ private:
             if (early && guard_.refresh_in_background()) {
                 Call background = call;  // nobody waits for it
                 background.deadline = background.soft_deadline = no_deadline;
-                background_.submit(full, [this, full, bytes = found.bytes, loader, names,
-                                          background]() mutable {
-                    (void)refresh_now(full, bytes, loader, /*early=*/true, names, background,
-                                      nullptr);
-                });
+                background_.submit(
+                    full, [this, full, bytes = found.bytes, loader, names, background]() mutable {
+                        (void)refresh_now(full, bytes, loader, /*early=*/true, names, background,
+                                          nullptr);
+                    });
                 report(served, found.stamped);
                 return std::move(found.value);
             }
@@ -1097,8 +1100,8 @@ private:
     template <class L>
     std::optional<std::optional<T>> refresh_now(const std::string& full, const std::string& bytes,
                                                 L& loader, bool early,
-                                                std::span<const std::string> tags,
-                                                const Call& call, Served* served) {
+                                                std::span<const std::string> tags, const Call& call,
+                                                Served* served) {
         const std::string lease_key = keys::sibling(full, "refresh");
         auto lease = try_lease(lease_key, nullptr);
         if (!lease) return std::nullopt;
@@ -1123,9 +1126,9 @@ private:
         // invalidation meanwhile makes this fill fail, even if equal bytes came back.
         auto finish = [this, full, bytes, lease_key, lease = *lease, bumps = now.bumps,
                        times = call.times, stamp = std::move(stamp),
-                       hold = keeper_.hold(lease_key, *lease)](const std::optional<T>* value,
-                                                               const LoadContext& context,
-                                                               std::chrono::microseconds took) mutable {
+                       hold = keeper_.hold(lease_key, *lease)](
+                          const std::optional<T>* value, const LoadContext& context,
+                          std::chrono::microseconds took) mutable {
             { auto done = std::move(hold); }
             if (value) fill(full, bytes, *value, took, stamp, context, times, bumps);
             release(lease_key, std::optional<std::string>(lease));
