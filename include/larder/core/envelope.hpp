@@ -6,6 +6,7 @@
 #pragma once
 
 #include <array>
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -64,20 +65,33 @@ inline constexpr std::uint8_t flag_write_marker = 0x01;
 
 namespace detail {
 
+// Little-endian on the wire whatever the host; one copy on a little-endian host.
 template <class U>
 void put(std::string& out, U v) {
-    for (std::size_t i = 0; i < sizeof(U); ++i) {
-        out.push_back(static_cast<char>(static_cast<std::uint64_t>(v) >> (8 * i) & 0xFF));
+    if constexpr (std::endian::native == std::endian::little) {
+        char bytes[sizeof(U)];
+        std::memcpy(bytes, &v, sizeof(U));
+        out.append(bytes, sizeof(U));
+    } else {
+        for (std::size_t i = 0; i < sizeof(U); ++i) {
+            out.push_back(static_cast<char>(static_cast<std::uint64_t>(v) >> (8 * i) & 0xFF));
+        }
     }
 }
 
 template <class U>
 U get(const char* p) {
-    std::uint64_t v = 0;
-    for (std::size_t i = 0; i < sizeof(U); ++i) {
-        v |= static_cast<std::uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+    if constexpr (std::endian::native == std::endian::little) {
+        U v;
+        std::memcpy(&v, p, sizeof(U));
+        return v;
+    } else {
+        std::uint64_t v = 0;
+        for (std::size_t i = 0; i < sizeof(U); ++i) {
+            v |= static_cast<std::uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+        }
+        return static_cast<U>(v);
     }
-    return static_cast<U>(v);
 }
 
 inline std::int64_t ms(TimePoint t) {

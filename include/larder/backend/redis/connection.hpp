@@ -12,6 +12,7 @@
 #include <hiredis/hiredis.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -22,6 +23,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <memory>
 #include <span>
@@ -352,11 +354,7 @@ public:
 
     /// Queues a command; nothing is sent until the next receive().
     void append(const Args& args) {
-        if (redisAppendCommandArgv(ctx_.get(), static_cast<int>(args.size()), args.argv(),
-                                   args.lengths()) != REDIS_OK) {
-            broken_ = true;
-            throw BackendError("redis: cannot queue a command: " + std::string(ctx_->errstr));
-        }
+        append_resp(outgoing_, args);
         ++pending_;
         unflushed_ = true;
     }
@@ -364,19 +362,15 @@ public:
     /// The next reply; the first call after append() sends everything queued. Throws
     /// TimeoutError or ConnectionError on I/O failure; error replies are returned.
     [[nodiscard]] ReplyPtr receive() {
-        void* raw = nullptr;
-        int rc = REDIS_OK;
-        int saved_errno = 0;
-        {
-            SigpipeGuard guard(unflushed_);
-            rc = redisGetReply(ctx_.get(), &raw);
-            saved_errno = errno;
-            if (rc != REDIS_OK) guard.failed();
-        }
         if (unflushed_) {
             unflushed_ = false;
             Counters::bump(counters_.round_trips);
+            send_outgoing();
         }
+        // hiredis's own output buffer stays empty, so it only reads here.
+        void* raw = nullptr;
+        const int rc = redisGetReply(ctx_.get(), &raw);
+        const int saved_errno = errno;
         if (rc != REDIS_OK || raw == nullptr) fail(saved_errno);
         --pending_;
         return ReplyPtr(static_cast<redisReply*>(raw));
@@ -450,6 +444,56 @@ private:
         }
     }
 
+    // Commands as RESP, written here rather than by hiredis 0.14, whose sds formatting
+    // was the largest part of a hit's client instructions (docs/performance.md).
+    static void append_resp(std::string& out, const Args& args) {
+        const char** argv = args.argv();
+        const std::size_t* lengths = args.lengths();
+        std::size_t bytes = 16;
+        for (std::size_t i = 0; i < args.size(); ++i) bytes += lengths[i] + 24;
+        out.reserve(out.size() + bytes);
+        auto number = [&out](char kind, std::size_t n) {
+            char digits[24];
+            const auto end = std::to_chars(digits, digits + sizeof digits, n).ptr;
+            out.push_back(kind);
+            out.append(digits, end);
+            out.append("\r\n", 2);
+        };
+        number('*', args.size());
+        for (std::size_t i = 0; i < args.size(); ++i) {
+            number('$', lengths[i]);
+            out.append(argv[i], lengths[i]);
+            out.append("\r\n", 2);
+        }
+    }
+
+    // Sends what append() queued. MSG_NOSIGNAL: a peer that went away is EPIPE, not a
+    // SIGPIPE that would kill the process (a library must not change its disposition).
+    void send_outgoing() {
+        const int fd = ctx_->fd;
+        std::size_t sent = 0;
+        while (sent < outgoing_.size()) {
+            const ssize_t n =
+                ::send(fd, outgoing_.data() + sent, outgoing_.size() - sent, MSG_NOSIGNAL);
+            if (n >= 0) {
+                sent += static_cast<std::size_t>(n);
+                continue;
+            }
+            if (errno == EINTR) continue;
+            const int err = errno;
+            outgoing_.clear();
+            broken_ = true;
+            if (err == EAGAIN || err == EWOULDBLOCK) {
+                throw TimeoutError("redis: " + endpoint_.describe() + " took no command within " +
+                                   std::to_string(endpoint_.command_timeout.count()) + " ms");
+            }
+            lost_ = err == EPIPE || err == ECONNRESET || err == ENOTCONN;
+            throw ConnectionError("redis: cannot send to " + endpoint_.describe() + ": " +
+                                  std::strerror(err));
+        }
+        outgoing_.clear();
+    }
+
     [[noreturn]] void fail(int saved_errno) {
         broken_ = true;
         const int err = ctx_->err;
@@ -468,6 +512,7 @@ private:
     const Endpoint& endpoint_;  // owned by the backend, which outlives its connections
     Counters& counters_;
     std::unique_ptr<redisContext, ContextDeleter> ctx_;
+    std::string outgoing_;  // commands appended, not yet sent
     std::size_t pending_ = 0;
     bool unflushed_ = false;
     bool broken_ = false;

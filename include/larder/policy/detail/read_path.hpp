@@ -197,9 +197,13 @@ public:
         std::vector<Read> reads(keys.size());
         bool read_failed = false;
         try {
-            std::vector<std::string> read_keys = full;
-            for (const auto& k : known) read_keys.push_back(version_key(k.name));
-            auto stored = fetch_many(read_keys);
+            std::vector<std::string> with_versions;
+            if (!known.empty()) {
+                with_versions.reserve(full.size() + known.size());
+                with_versions = full;
+                for (const auto& k : known) with_versions.push_back(version_key(k.name));
+            }
+            auto stored = fetch_many(known.empty() ? full : with_versions);
             for (std::size_t j = 0; j < known.size(); ++j) {
                 known[j].version = parse_version(stored[keys.size() + j]);
             }
