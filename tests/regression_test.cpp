@@ -1110,3 +1110,48 @@ TEST_CASE("A hostile fresh_until is not fresh, and computing it does not overflo
     fx.raw_set("k", bytes);
     REQUIRE(cache.get("k", [] { return std::optional<std::string>("loaded"); }) == "loaded");
 }
+
+// A read that could not reach the store used to join any load in flight, even one that
+// read the row before another process's invalidate() returned. It now waits for that load
+// and joins the next.
+TEST_CASE("A read that cannot reach the store does not join a load older than itself",
+          "[regression][single_flight][memory]") {
+    larder::test::MemoryFixture fx;
+    larder::ChaosBackend flaky(fx.backend);
+    larder::CacheAside<std::string, decltype(flaky)> a(flaky, options_for(fx));
+    larder::CacheAside<std::string, larder::MemoryBackend> b(fx.backend, options_for(fx));
+    FakeDb db;
+    db.write("k", "v1");
+    flaky.fail_all(true);  // process A cannot reach the store
+    Gate read_v1, proceed;
+    std::atomic<int> loads{0};
+    std::optional<std::string> first;
+    std::thread old_load([&] {
+        first = a.get("k", [&] {
+            auto row = db.read("k");
+            if (loads++ == 0) {
+                read_v1.open();
+                proceed.wait();
+            }
+            return row;
+        });
+    });
+    read_v1.wait();
+    b.invalidate_after("k", [&] { db.write("k", "v2"); });  // process B
+    std::optional<std::string> second;
+    std::thread new_read([&] {
+        second = a.get("k", [&] {
+            ++loads;
+            return db.read("k");
+        });
+    });
+    // Let the new read find the old load in flight (after its miss it joins at once).
+    REQUIRE(eventually([&] { return a.stats().misses == 2; }));
+    std::this_thread::sleep_for(20ms);
+    proceed.open();
+    old_load.join();
+    new_read.join();
+    REQUIRE(first == "v1");
+    REQUIRE(second == "v2");
+    REQUIRE(loads == 2);
+}

@@ -853,14 +853,14 @@ private:
         // Share a load in flight only if its result was observed after this read began,
         // or it is fenced by the very lease this read saw: a result observed earlier may
         // predate an invalidation (maybe another process's) that returned before this
-        // read. A read that could not reach the store takes what there is: invalidations
-        // cannot have reached it either.
+        // read. That holds for a read that could not reach the store too: it waits for
+        // the load in flight and then joins the next one.
         // A lease fences a load against invalidations of the key, not of its tags: the
         // fence is the lease with the tag versions read beside it.
         const std::string seen =
             state == Read::leased ? lease_fence(found.bytes, stamp).value_or("") : std::string();
         auto accept = [&](std::string_view fence, std::uint64_t observed) {
-            return observed > before || state == Read::unknown || (!seen.empty() && fence == seen);
+            return observed > before || (!seen.empty() && fence == seen);
         };
         auto result = flights_.run(
             full,
