@@ -63,6 +63,10 @@ concept BatchLoaderFor = std::convertible_to<std::invoke_result_t<L&, std::span<
 /// needs this explicit promise.
 template <class F>
 class Detached {
+    static_assert(std::is_copy_constructible_v<F>,
+                  "a detached loader is copied to run after the call (a background refresh, a "
+                  "timed-out load): it must be copyable; hold move-only state in a shared_ptr");
+
 public:
     explicit Detached(F f) : f_(std::move(f)) {}
     template <class... Args>

@@ -144,8 +144,17 @@ private:
             end_read(full, nullptr, false);
             throw;
         }
-        end_read(full, served.known ? &served.names : nullptr, value.has_value());
-        if (value) l1_.put_if_generation(full, *value, generation);
+        // Kept only what L2 may keep, and never longer than it stays fresh there.
+        const bool keep =
+            value && served.cacheable && (!served.fresh_for || served.fresh_for->count() > 0);
+        end_read(full, served.known ? &served.names : nullptr, keep);
+        if (keep) {
+            if (served.fresh_for) {
+                l1_.put_if_generation(full, *value, generation, *served.fresh_for);
+            } else {
+                l1_.put_if_generation(full, *value, generation);
+            }
+        }
         return value;
     }
 

@@ -397,10 +397,30 @@ public:
                 std::this_thread::sleep_for(Millis{random_between(0, cap)});
             }
             std::optional<CurrentValue> current = store_->read_current(full);
+            if (current && !current->dirty && this->retired(current->bytes)) {
+                // A cached copy no read would serve (retired by an invalidation, or past
+                // its freshness) is no base to build on: drop exactly it, and load afresh.
+                try {
+                    backend_.compare_and_delete(full, current->bytes);
+                } catch (const BackendError&) {
+                    bump(counters_.backend_errors);
+                    continue;
+                }
+                current.reset();
+            }
             if (!current) {
                 // Neither dirty nor cached: load through the cache, which fills it (a
-                // compare-and-put needs something to compare with), then read again.
-                (void)get(key, loader);
+                // compare-and-put needs something to compare with), then read again. The
+                // fill is needed even if the loader says not to cache (the put replaces
+                // it at once), and a timeout has nothing to wait for here.
+                (void)get(
+                    key,
+                    [&](LoadContext& context) {
+                        std::optional<T> value = call_loader<T>(loader, context);
+                        context.cache = true;
+                        return value;
+                    },
+                    CallOptions{.soft_timeout = Millis{0}, .hard_timeout = Millis{0}});
                 current = store_->read_current(full);
                 if (!current) continue;
             }

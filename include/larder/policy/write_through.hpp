@@ -177,9 +177,11 @@ public:
                 bump(stats_.db_failures);
                 hold_lock.reset();
                 hold_marker.reset();
-                // Committed or not, nobody can tell: leave a miss.
+                // Committed or not, nobody can tell: leave a miss, here and (through the
+                // invalidator) in other processes' copies.
                 if (fenced) remove_quietly(full, marker);
                 if (locked) release(lock_key, marker);
+                this->written(full, stamp, /*cached=*/false);
                 throw;
             }
         }
@@ -187,7 +189,9 @@ public:
 
         if (!fenced) {
             // No lease and no marker: the old value may be cached. Remove it; if even that
-            // fails, the caller must learn that the entry may live until its TTL.
+            // fails, the caller must learn that the entry may live until its TTL. Other
+            // processes' copies go either way.
+            this->written(full, stamp, /*cached=*/false);
             backend_.del(full);
             bump(stats_.invalidated);
             return WriteOutcome::invalidated;

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -24,6 +25,8 @@
 #include <string_view>
 #include <unordered_map>
 #include <utility>
+
+#include "larder/core/error.hpp"
 
 namespace larder {
 
@@ -69,9 +72,12 @@ public:
     /// fence (empty if none) and the number of the observation that produced the result
     /// (0 before the leader observed anything). A result it does not accept it discards,
     /// and leads a load of its own. A leader that already published a fence the caller
-    /// would not accept is not joined at all.
+    /// would not accept is not joined at all. A caller that waits for another's load past
+    /// `deadline` throws LoadTimeoutError.
     template <class Fn, class Accept>
-    Result run(std::string_view key, Fn&& fn, Accept&& accept) {
+    Result run(std::string_view key, Fn&& fn, Accept&& accept,
+               std::chrono::steady_clock::time_point deadline =
+                   std::chrono::steady_clock::time_point::max()) {
         std::unique_lock lock(mutex_);
         if (auto it = calls_.find(key); it != calls_.end()) {
             std::shared_ptr<Call> call = it->second;
@@ -81,7 +87,7 @@ public:
             // and published a fence this caller does not accept. One that has not yet
             // published its fence may still publish an acceptable one.
             if (observed == 0 || fence.empty() || accept(std::string_view(fence), observed)) {
-                auto outcome = call->wait();
+                auto outcome = call->wait_until(deadline);
                 if (accept(std::string_view(outcome.fence), outcome.observed)) {
                     if (outcome.error) std::rethrow_exception(outcome.error);
                     return Result{std::move(*outcome.value), true};
@@ -144,9 +150,13 @@ private:
             return {fence_, observed_};
         }
 
-        Outcome wait() {
+        Outcome wait_until(std::chrono::steady_clock::time_point deadline) {
             std::unique_lock lock(mutex_);
-            done_cv_.wait(lock, [&] { return done_; });
+            if (deadline == std::chrono::steady_clock::time_point::max()) {
+                done_cv_.wait(lock, [&] { return done_; });
+            } else if (!done_cv_.wait_until(lock, deadline, [&] { return done_; })) {
+                throw LoadTimeoutError("larder: the shared load took longer than hard_timeout");
+            }
             return Outcome{value_, error_, fence_, observed_};
         }
 

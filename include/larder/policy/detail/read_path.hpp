@@ -124,6 +124,10 @@ public:
     struct Served {
         bool known = false;
         std::vector<std::string> names{};
+        /// false: the loader said not to cache the value.
+        bool cacheable = true;
+        /// How long the value stays fresh, when the read can tell (0: it is stale).
+        std::optional<Millis> fresh_for{};
     };
 
     /// get(key, tags, loader, call) that also says what the value is stamped with.
@@ -401,6 +405,18 @@ protected:
         const std::vector<std::string> names = version_names(full, {});
         if (names.empty()) return {};
         return current_versions(names);
+    }
+
+    // Whether `bytes` are an entry (a value or a "not found") that a read would not serve
+    // as fresh now: past its freshness, or stamped with a version since bumped. Leases and
+    // bytes that are no entry are not. Throws BackendError.
+    bool retired(const std::string& bytes) {
+        const auto env = envelope::parse(bytes);
+        if (!env || env->header.kind == EntryKind::lease) return false;
+        Read r = classify(StoredValue{bytes, std::nullopt});
+        if (r.state != Read::fresh) return true;
+        admit(std::span<Read>(&r, 1), {});
+        return r.state != Read::fresh;
     }
 
     // A write path wrote `full` (stamped with `stamp`; `cached`: its value is there now).
@@ -753,11 +769,21 @@ private:
                 const std::uint64_t fresh = random_version();
                 if (backend_.set_if_absent(key, std::to_string(fresh), ttl)) {
                     t.version = fresh;
-                } else if (const auto v = parse_version(backend_.get(key)); v != 0) {
+                    continue;
+                }
+                const auto stored = backend_.get(key);
+                if (const auto v = parse_version(stored); v != 0) {
                     t.version = v;  // another writer created it first
-                } else {
+                    continue;
+                }
+                if (!stored) return false;  // gone again meanwhile: next time
+                // Bytes that are no version: no entry can be stamped with them, so
+                // replacing them (only them) is a bump, and the version works again.
+                stats_.add(Counter::corrupt_values);
+                if (!backend_.compare_and_set(key, stored->bytes, std::to_string(fresh), ttl)) {
                     return false;
                 }
+                t.version = fresh;
             } catch (const BackendError&) {
                 stats_.add(Counter::backend_errors);
                 return false;
@@ -785,6 +811,12 @@ private:
 
     using SteadyTime = std::chrono::steady_clock::time_point;
     static constexpr SteadyTime no_deadline = SteadyTime::max();
+
+    // What a load returned, and what its loader decided about it.
+    struct Loaded {
+        std::optional<T> value;
+        LoadContext context;
+    };
 
     // What one get() asks, resolved against the cache's options.
     struct Call {
@@ -839,7 +871,7 @@ private:
                     return refresh(full, std::move(found), loader, /*early=*/true, tags, call,
                                    served);
                 }
-                report(served, found.stamped);
+                report(served, found);
                 return std::move(found.value);
             case Read::stale:
                 return refresh(full, std::move(found), loader, /*early=*/false, tags, call, served);
@@ -857,8 +889,9 @@ private:
         // the load in flight and then joins the next one.
         // A lease fences a load against invalidations of the key, not of its tags: the
         // fence is the lease with the tag versions read beside it.
-        const std::string seen =
-            state == Read::leased ? lease_fence(found.bytes, stamp).value_or("") : std::string();
+        const std::string seen = state == Read::leased
+                                     ? lease_fence(found.bytes, stamp, found.bumps).value_or("")
+                                     : std::string();
         auto accept = [&](std::string_view fence, std::uint64_t observed) {
             return observed > before || (!seen.empty() && fence == seen);
         };
@@ -868,7 +901,7 @@ private:
                 return load_missing(full, loader, std::move(found), tags, stamp, leader, call,
                                     served);
             },
-            accept);
+            accept, call.deadline);
         if (result.shared) {
             stats_.add(Counter::coalesced);
             if (served) served->known = false;  // whatever the leader's run reported
@@ -876,11 +909,40 @@ private:
         return std::move(result.value);
     }
 
-    static void report(Served* served, std::span<const TagVersion> stamped) {
+    static void report(Served* served, std::span<const TagVersion> stamped,
+                       std::optional<Millis> fresh_for = std::nullopt) {
         if (!served) return;
         served->known = true;
         served->names.clear();
         for (const auto& t : stamped) served->names.push_back(t.name);
+        served->fresh_for = fresh_for;
+    }
+
+    static void report(Served* served, const Read& found) {
+        report(served, found.stamped, found.state == Read::fresh ? found.fresh_for : Millis{0});
+    }
+
+    // The value at hand is served while a refresh may replace its entry with one stamped
+    // with `names` (the entry's own and the caller's) - and more, if the loader may choose
+    // tags: a copy kept elsewhere must go on a bump of any of them.
+    template <class L>
+    static void report_refreshing(Served* served, const Read& found,
+                                  std::span<const std::string> names) {
+        report(served, found);
+        if (!served) return;
+        served->names.assign(names.begin(), names.end());
+        if (is_adaptive_loader_v<L>) served->known = false;
+    }
+
+    // What this caller's load decided about its entry: whether it may be kept at all, and
+    // for how long (when the loader or the call said).
+    static void report_loaded(Served* served, const Loaded& loaded, const Call& call) {
+        if (!served) return;
+        served->cacheable = loaded.context.cache;
+        served->fresh_for = loaded.context.ttl
+                                ? std::optional<Millis>(saturated(*loaded.context.ttl))
+                            : loaded.value ? call.times.ttl
+                                           : call.times.negative_ttl;
     }
 
     // A value this caller loads is stamped with `stamp` - and, if its loader may choose
@@ -907,19 +969,20 @@ private:
             // Waiting on another loader's lease: a reader that saw the same lease (and tag
             // versions) read when this leader did, with no invalidation between, and may
             // share whatever this leader observes from now on.
-            if (found.state == Read::leased) leader.set_fence(waiting_fence(found.bytes, stamp));
+            if (found.state == Read::leased)
+                leader.set_fence(waiting_fence(found.bytes, stamp, found.bumps));
             if (found.state == Read::fresh || found.state == Read::stale) {
                 if (found.state == Read::stale) stats_.add(Counter::stale_served);
-                report(served, found.stamped);
+                report(served, found);
                 return std::move(found.value);
             }
             if (found.state == Read::absent) {
                 bool contended = false;
                 if (auto lease = try_lease(full, replaced(found), &contended)) {
-                    leader.set_fence(fence_of(*lease, stamp));
+                    leader.set_fence(fence_of(*lease, stamp, found.bumps));
                     leader.observe();
                     report_load<L>(served, stamp);
-                    return load_and_fill(full, *lease, loader, stamp, found.bumps, call);
+                    return load_and_fill(full, *lease, loader, stamp, found.bumps, call, served);
                 }
                 if (!contended) break;  // the store failed
                 // Someone else got there first: read whose lease it is, so that readers
@@ -944,7 +1007,7 @@ private:
         }
         leader.observe();
         if (served) served->known = false;  // not stored: nothing to be stamped with
-        return load_unfilled(loader, call);
+        return load_unfilled(loader, call, served);
     }
 
     // Times a recompute. The longer of the monotonic clock and the cache's clock: real
@@ -991,15 +1054,14 @@ private:
     // captures), waited for until `until`: nullopt when it still runs then; it goes on
     // alone, and finish runs when it ends.
     template <class L, class Finish>
-    std::optional<std::optional<T>> run_loader(L& loader, SteadyTime until, Finish finish) {
-        if constexpr (is_detached_v<std::decay_t<L>> &&
-                      std::is_copy_constructible_v<std::decay_t<L>>) {
+    std::optional<Loaded> run_loader(L& loader, SteadyTime until, Finish finish) {
+        if constexpr (is_detached_v<std::decay_t<L>>) {
             if (until != no_deadline) {
                 if (std::chrono::steady_clock::now() >= until) {
                     finish(nullptr, LoadContext{}, std::chrono::microseconds{0});
                     return std::nullopt;
                 }
-                auto outcome = std::make_shared<LoadOutcome<std::optional<T>>>();
+                auto outcome = std::make_shared<LoadOutcome<Loaded>>();
                 loads_.start([this, outcome, load = std::decay_t<L>(loader),
                               finish = std::move(finish)]() mutable {
                     LoadContext context;
@@ -1012,7 +1074,7 @@ private:
                         error = std::current_exception();
                     }
                     finish(error ? nullptr : &value, context, watch.elapsed());
-                    outcome->set(std::move(value), std::move(error));
+                    outcome->set(Loaded{std::move(value), std::move(context)}, std::move(error));
                 });
                 if (!outcome->wait_until(until)) return std::nullopt;
                 return outcome->take();
@@ -1028,22 +1090,23 @@ private:
             throw;
         }
         finish(&value, context, watch.elapsed());
-        return value;
+        return Loaded{std::move(value), std::move(context)};
     }
 
     template <class L>
-    std::optional<T> load_unfilled(L& loader, const Call& call) {
+    std::optional<T> load_unfilled(L& loader, const Call& call, Served* served) {
         auto loaded = run_loader(
             loader, call.deadline,
             [](const std::optional<T>*, const LoadContext&, std::chrono::microseconds) noexcept {});
         if (!loaded) throw LoadTimeoutError("larder: the load took longer than hard_timeout");
-        return std::move(*loaded);
+        report_loaded(served, *loaded, call);
+        return std::move(loaded->value);
     }
 
     template <class L>
     std::optional<T> load_and_fill(const std::string& full, const std::string& lease, L& loader,
                                    std::span<const TagVersion> stamp, std::uint64_t bumps,
-                                   const Call& call) {
+                                   const Call& call, Served* served) {
         auto finish = [this, full, lease, bumps, times = call.times,
                        stamp = std::vector<TagVersion>(stamp.begin(), stamp.end()),
                        hold = keeper_.hold(full, lease)](const std::optional<T>* value,
@@ -1058,7 +1121,8 @@ private:
         };
         auto loaded = run_loader(loader, call.deadline, std::move(finish));
         if (!loaded) throw LoadTimeoutError("larder: the load took longer than hard_timeout");
-        return std::move(*loaded);
+        report_loaded(served, *loaded, call);
+        return std::move(loaded->value);
     }
 
     // A value is there (fresh and elected for early refresh, or stale): one caller across
@@ -1076,8 +1140,7 @@ private:
                 names.push_back(t.name);
             }
         }
-        if constexpr (is_detached_v<std::decay_t<L>> &&
-                      std::is_copy_constructible_v<std::decay_t<L>>) {
+        if constexpr (is_detached_v<std::decay_t<L>>) {
             if (early && guard_.refresh_in_background()) {
                 Call background = call;  // nobody waits for it
                 background.deadline = background.soft_deadline = no_deadline;
@@ -1086,7 +1149,7 @@ private:
                         (void)refresh_now(full, bytes, loader, /*early=*/true, names, background,
                                           nullptr);
                     });
-                report(served, found.stamped);
+                report_refreshing<L>(served, found, names);
                 return std::move(found.value);
             }
         }
@@ -1094,7 +1157,7 @@ private:
             return std::move(*refreshed);
         }
         if (found.state == Read::stale) stats_.add(Counter::stale_served);
-        report(served, found.stamped);
+        report_refreshing<L>(served, found, names);
         return std::move(found.value);
     }
 
@@ -1121,7 +1184,7 @@ private:
         if (now.bytes != bytes) {
             release(lease_key, lease);
             if (now.state != Read::fresh || now.negative) return std::nullopt;
-            report(served, now.stamped);
+            report(served, now);
             return std::optional<std::optional<T>>(std::move(now.value));
         }
         if (early) stats_.add(Counter::early_refreshes);
@@ -1140,31 +1203,38 @@ private:
         try {
             auto loaded = run_loader(loader, call.soft_deadline, std::move(finish));
             if (!loaded) return std::nullopt;  // the value at hand is served meanwhile
-            return std::optional<std::optional<T>>(std::move(*loaded));
+            report_loaded(served, *loaded, call);
+            return std::optional<std::optional<T>>(std::move(loaded->value));
         } catch (...) {
             return std::nullopt;  // fail-safe: the caller serves what it has
         }
     }
 
     // The fence a lease found in the store gives: a loader's lease, with the tag versions
-    // read beside it. A writer's marker gives none: the write it fences is under way, so
-    // two readers seeing it prove nothing about what either may load.
+    // and (for a loader that may choose tags) the bump counter read beside it: two readers
+    // with equal fences saw no invalidation between them. A writer's marker gives none:
+    // the write it fences is under way, so two readers seeing it prove nothing about what
+    // either may load.
     static std::optional<std::string> lease_fence(const std::string& lease,
-                                                  std::span<const TagVersion> stamp) {
+                                                  std::span<const TagVersion> stamp,
+                                                  std::uint64_t bumps) {
         const auto env = envelope::parse(lease);
         if (!env || (env->header.flags & envelope::flag_write_marker) != 0) return std::nullopt;
-        return fence_of(lease, stamp);
+        return fence_of(lease, stamp, bumps);
     }
 
     // What a leader waiting on `lease` publishes: its fence, or for a writer's marker one
     // that matches nothing, so that readers do not wait for a load they could not share.
-    static std::string waiting_fence(const std::string& lease, std::span<const TagVersion> stamp) {
-        return lease_fence(lease, stamp).value_or(std::string(1, '\0'));
+    static std::string waiting_fence(const std::string& lease, std::span<const TagVersion> stamp,
+                                     std::uint64_t bumps) {
+        return lease_fence(lease, stamp, bumps).value_or(std::string(1, '\0'));
     }
 
-    static std::string fence_of(const std::string& lease, std::span<const TagVersion> stamp) {
+    static std::string fence_of(const std::string& lease, std::span<const TagVersion> stamp,
+                                std::uint64_t bumps) {
         std::string fence = lease;
         for (const auto& t : stamp) envelope::detail::put<std::uint64_t>(fence, t.version);
+        envelope::detail::put<std::uint64_t>(fence, bumps);
         return fence;
     }
 
