@@ -18,7 +18,7 @@ namespace larder {
 
 /// What a guard sees of a fresh hit.
 struct FreshHit {
-    /// Time until the value stops being fresh, from the store's clock.
+    /// Time until the value stops being fresh, from the envelope (the writer's clock).
     Millis remaining{0};
     /// How long the value took to compute (XFetch's delta), from its envelope.
     std::chrono::microseconds recompute_time{0};
@@ -32,18 +32,6 @@ struct LeaseWait {
     Millis max_backoff{50};
 };
 
-/// Whether a guard looks at FreshHit::remaining. When neither the guard nor a grace
-/// period needs it, a hit reads the value alone (on Redis a GET, without PTTL). A guard
-/// says so with `static constexpr bool needs_remaining_ttl = false;`; the default is true.
-template <class G>
-constexpr bool needs_remaining_ttl() {
-    if constexpr (requires { G::needs_remaining_ttl; }) {
-        return G::needs_remaining_ttl;
-    } else {
-        return true;
-    }
-}
-
 template <class G>
 concept StampedeGuard = requires(G& guard, const FreshHit& hit) {
     { guard.refresh_early(hit) } -> std::same_as<bool>;
@@ -55,7 +43,6 @@ concept StampedeGuard = requires(G& guard, const FreshHit& hit) {
 
 /// No waiting, no early refresh: in-process single-flight and fenced fills only.
 struct NoGuard {
-    static constexpr bool needs_remaining_ttl = false;
     [[nodiscard]] bool refresh_early(const FreshHit&) const noexcept { return false; }
     [[nodiscard]] LeaseWait lease_wait() const noexcept { return {}; }
     [[nodiscard]] bool refresh_in_background() const noexcept { return false; }
@@ -65,8 +52,6 @@ struct NoGuard {
 template <StampedeGuard... Gs>
 class Guards {
 public:
-    static constexpr bool needs_remaining_ttl = (larder::needs_remaining_ttl<Gs>() || ...);
-
     Guards() = default;
     explicit Guards(Gs... guards) : guards_(std::move(guards)...) {}
 

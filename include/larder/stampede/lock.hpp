@@ -26,8 +26,6 @@ struct LockOptions {
 
 class Lock {
 public:
-    static constexpr bool needs_remaining_ttl = false;
-
     Lock() = default;
     /// Throws ConfigError unless 0 <= max_wait and 1 ms <= first_backoff <= max_backoff.
     explicit Lock(LockOptions options) : options_(validated(options)) {}
