@@ -109,13 +109,24 @@ public:
     {
         const std::string full = policy_.full_key(key);
         l1_.erase(full);
-        if constexpr (std::is_void_v<decltype(policy_.put(key, std::forward<Args>(args)...))>) {
-            policy_.put(key, std::forward<Args>(args)...);
-            announce(full);
-        } else {
-            decltype(auto) result = policy_.put(key, std::forward<Args>(args)...);
-            announce(full);
-            return result;
+        // Erased again once the write is done, or has failed (maybe having committed): a
+        // read of the old value racing the write must not stay in L1, here or elsewhere.
+        try {
+            if constexpr (std::is_void_v<decltype(policy_.put(key, std::forward<Args>(args)...))>) {
+                policy_.put(key, std::forward<Args>(args)...);
+                forget(full);
+            } else {
+                decltype(auto) result = policy_.put(key, std::forward<Args>(args)...);
+                forget(full);
+                return result;
+            }
+        } catch (...) {
+            l1_.erase(full);
+            try {
+                announce(full);
+            } catch (...) {
+            }
+            throw;
         }
     }
 
@@ -124,6 +135,11 @@ public:
 
 private:
     void announce(const std::string& full) { bus_.publish(std::string("k") += full); }
+
+    void forget(const std::string& full) {
+        l1_.erase(full);
+        announce(full);
+    }
 
     // L1 keeps a value only if no message about it arrived since before its read (a
     // generation check). During the read the key counts as depending on every version,

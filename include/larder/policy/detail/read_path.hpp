@@ -904,7 +904,12 @@ private:
             accept, call.deadline);
         if (result.shared) {
             stats_.add(Counter::coalesced);
-            if (served) served->known = false;  // whatever the leader's run reported
+            // What the leader's load decided (its loader's context) is not known here:
+            // nothing to keep in a copy elsewhere.
+            if (served) {
+                served->known = false;
+                served->cacheable = false;
+            }
         }
         return std::move(result.value);
     }
