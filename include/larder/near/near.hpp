@@ -78,24 +78,34 @@ public:
                             call);
     }
 
-    /// The policy's invalidate, then every process's L1.
+    /// The policy's invalidate, then every process's L1 - even when the policy's part
+    /// fails (its error is rethrown): L1 copies go whatever the store did.
     void invalidate(std::string_view key) {
         const std::string full = policy_.full_key(key);
         l1_.erase(full);
-        policy_.invalidate(key);
-        announce(full);
+        always_then(full, [&] { policy_.invalidate(key); });
     }
 
-    /// The database write, then invalidate (as CacheAside::invalidate_after).
+    /// The database write, then invalidate (as CacheAside::invalidate_after). A db_write
+    /// that throws may have committed: the L1 copies go all the same.
     template <std::invocable DbWrite>
     void invalidate_after(std::string_view key, DbWrite&& db_write) {
-        std::invoke(db_write);
-        invalidate(key);
+        const std::string full = policy_.full_key(key);
+        always_then(full, [&] {
+            std::invoke(db_write);
+            policy_.invalidate(key);
+        });
     }
 
     void invalidate_tag(std::string_view tag) {
-        policy_.invalidate_tag(tag);
         const std::string name = Tags::version_name(tag);
+        try {
+            policy_.invalidate_tag(tag);
+        } catch (...) {
+            drop_version(name);
+            publish_quietly(std::string("v") += name);
+            throw;
+        }
         drop_version(name);
         bus_.publish(std::string("v") += name);
     }
@@ -122,10 +132,7 @@ public:
             }
         } catch (...) {
             l1_.erase(full);
-            try {
-                announce(full);
-            } catch (...) {
-            }
+            publish_quietly(std::string("k") += full);
             throw;
         }
     }
@@ -139,6 +146,27 @@ private:
     void forget(const std::string& full) {
         l1_.erase(full);
         announce(full);
+    }
+
+    // Runs `write`, then drops `full` from every L1, also when `write` throws.
+    template <class Write>
+    void always_then(const std::string& full, Write&& write) {
+        try {
+            std::invoke(write);
+        } catch (...) {
+            l1_.erase(full);
+            publish_quietly(std::string("k") += full);
+            throw;
+        }
+        forget(full);
+    }
+
+    // On a path that rethrows another error: the bus's own failure must not replace it.
+    void publish_quietly(const std::string& message) noexcept {
+        try {
+            bus_.publish(message);
+        } catch (...) {
+        }
     }
 
     // L1 keeps a value only if no message about it arrived since before its read (a

@@ -423,6 +423,8 @@ public:
                     CallOptions{.soft_timeout = Millis{0}, .hard_timeout = Millis{0}});
                 current = store_->read_current(full);
                 if (!current) continue;
+                // Retired already (a bump during the load): drop it next round.
+                if (!current->dirty && this->retired(current->bytes)) continue;
             }
             std::optional<T> value = base_of(full, *current, loader);
             if (!value) continue;

@@ -179,7 +179,15 @@ public:
                 hold_marker.reset();
                 // Committed or not, nobody can tell: leave a miss, here and (through the
                 // invalidator) in other processes' copies.
-                if (fenced) remove_quietly(full, marker);
+                if (fenced) {
+                    remove_quietly(full, marker);
+                } else {
+                    try {
+                        backend_.del(full);  // the old value, unfenced: a best effort
+                    } catch (...) {
+                        bump(stats_.backend_errors);
+                    }
+                }
                 if (locked) release(lock_key, marker);
                 this->written(full, stamp, /*cached=*/false);
                 throw;
@@ -190,9 +198,14 @@ public:
         if (!fenced) {
             // No lease and no marker: the old value may be cached. Remove it; if even that
             // fails, the caller must learn that the entry may live until its TTL. Other
-            // processes' copies go either way.
+            // processes' copies go either way, once the shared copy is gone (or not).
+            try {
+                backend_.del(full);
+            } catch (...) {
+                this->written(full, stamp, /*cached=*/false);
+                throw;
+            }
             this->written(full, stamp, /*cached=*/false);
-            backend_.del(full);
             bump(stats_.invalidated);
             return WriteOutcome::invalidated;
         }

@@ -429,6 +429,18 @@ protected:
         if (cached) keep_versions_alive(stamp);
     }
 
+    // A value's TTL before jitter: the call's (or loader's), else the invalidator's, else
+    // the cache's.
+    Millis value_ttl(std::string_view full, const EntryTimes& times) {
+        if (times.ttl) return *times.ttl;
+        if constexpr (TtlInvalidator<invalidator_type>) {
+            if (const auto decided = invalidator_.ttl_for(full); decided && decided->count() > 0) {
+                return saturated(*decided);
+            }
+        }
+        return options_.ttl;
+    }
+
     // The stored form of an entry: the header with its freshness, the stamp, then
     // append(bytes) adds the payload. `kind` value or not_found. Used by every writer of
     // entries (fills, set, and the write paths' puts), so all agree on freshness.
@@ -437,16 +449,7 @@ protected:
                      std::span<const TagVersion> stamp, std::uint64_t version, Append&& append,
                      const EntryTimes& times = {}) {
         const bool is_value = kind == EntryKind::value;
-        Millis ttl = times.ttl.value_or(options_.ttl);
-        if constexpr (TtlInvalidator<invalidator_type>) {
-            if (!times.ttl) {
-                if (const auto decided = invalidator_.ttl_for(full);
-                    decided && decided->count() > 0) {
-                    ttl = saturated(*decided);
-                }
-            }
-        }
-        const Millis fresh = is_value ? options_.jitter.apply(ttl)
+        const Millis fresh = is_value ? options_.jitter.apply(value_ttl(full, times))
                                       : times.negative_ttl.value_or(options_.negative_ttl);
         const Millis grace = is_value ? times.grace.value_or(options_.grace) : Millis{0};
         const TimePoint now = options_.clock->now();
@@ -596,6 +599,7 @@ private:
             return Read{.state = Read::unknown};
         }
         r.bumps = bumps;
+        if (r.state == Read::leased && !with_bumps) r.bumps = read_bumps();
         if (r.state == Read::absent && !create_missing_versions(stamp)) {
             r.state = Read::unknown;  // cannot stamp a fill: load, but do not fill
         }
@@ -606,6 +610,19 @@ private:
             if (create_missing_versions(counter, no_expiry)) r.bumps = counter[0].version;
         }
         return r;
+    }
+
+    // The bump counter now (0: none, or unreadable). Part of a lease's fence: two readers
+    // that saw the same lease, versions and counter saw no invalidation between them, of
+    // the tags they passed or of any other (an entry may carry tags its readers do not).
+    std::uint64_t read_bumps() noexcept {
+        try {
+            return parse_version(fetch(version_key(bumps_name)));
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);
+        } catch (...) {
+        }
+        return 0;
     }
 
     // The one admission check: an entry is served only while every tag it was stamped
@@ -895,13 +912,22 @@ private:
         auto accept = [&](std::string_view fence, std::uint64_t observed) {
             return observed > before || (!seen.empty() && fence == seen);
         };
-        auto result = flights_.run(
-            full,
-            [&](auto& leader) {
-                return load_missing(full, loader, std::move(found), tags, stamp, leader, call,
-                                    served);
-            },
-            accept, call.deadline);
+        bool led = false;
+        auto lead = [&](auto& leader) {
+            led = true;
+            return load_missing(full, loader, std::move(found), tags, stamp, leader, call, served);
+        };
+        auto result = [&] {
+            for (int attempt = 0;; ++attempt) {
+                try {
+                    return flights_.run(full, lead, accept, call.deadline);
+                } catch (const LoadTimeoutError&) {
+                    // Another caller's timeout, shared: a caller without one of its own
+                    // goes on (joins the next load, or leads it).
+                    if (led || call.deadline != no_deadline || attempt >= 3) throw;
+                }
+            }
+        }();
         if (result.shared) {
             stats_.add(Counter::coalesced);
             // What the leader's load decided (its loader's context) is not known here:
@@ -940,14 +966,20 @@ private:
     }
 
     // What this caller's load decided about its entry: whether it may be kept at all, and
-    // for how long (when the loader or the call said).
-    static void report_loaded(Served* served, const Loaded& loaded, const Call& call) {
+    // the shortest it stays fresh (jitter at its lowest).
+    void report_loaded(Served* served, const std::string& full, const Loaded& loaded,
+                       const Call& call) {
         if (!served) return;
         served->cacheable = loaded.context.cache;
-        served->fresh_for = loaded.context.ttl
-                                ? std::optional<Millis>(saturated(*loaded.context.ttl))
-                            : loaded.value ? call.times.ttl
-                                           : call.times.negative_ttl;
+        EntryTimes times = call.times;
+        if (loaded.context.ttl) times.ttl = times.negative_ttl = saturated(*loaded.context.ttl);
+        if (!loaded.value) {
+            served->fresh_for = times.negative_ttl.value_or(options_.negative_ttl);
+            return;
+        }
+        const Millis ttl = value_ttl(full, times);
+        served->fresh_for = Millis{static_cast<Millis::rep>(static_cast<double>(ttl.count()) *
+                                                            (1.0 - options_.jitter.ratio))};
     }
 
     // A value this caller loads is stamped with `stamp` - and, if its loader may choose
@@ -984,6 +1016,9 @@ private:
             if (found.state == Read::absent) {
                 bool contended = false;
                 if (auto lease = try_lease(full, replaced(found), &contended)) {
+                    // The counter as this load begins: readers who find this lease and
+                    // read the same counter may share the load.
+                    if (!is_adaptive_loader_v<L>) found.bumps = read_bumps();
                     leader.set_fence(fence_of(*lease, stamp, found.bumps));
                     leader.observe();
                     report_load<L>(served, stamp);
@@ -1011,8 +1046,10 @@ private:
             found = read(full, tags, stamp, is_adaptive_loader_v<L>);
         }
         leader.observe();
-        if (served) served->known = false;  // not stored: nothing to be stamped with
-        return load_unfilled(loader, call, served);
+        std::optional<T> value = load_unfilled(loader, call);
+        // Not stored: a copy elsewhere (L1) could not be told when the row changes.
+        if (served) served->known = served->cacheable = false;
+        return value;
     }
 
     // Times a recompute. The longer of the monotonic clock and the cache's clock: real
@@ -1099,12 +1136,11 @@ private:
     }
 
     template <class L>
-    std::optional<T> load_unfilled(L& loader, const Call& call, Served* served) {
+    std::optional<T> load_unfilled(L& loader, const Call& call) {
         auto loaded = run_loader(
             loader, call.deadline,
             [](const std::optional<T>*, const LoadContext&, std::chrono::microseconds) noexcept {});
         if (!loaded) throw LoadTimeoutError("larder: the load took longer than hard_timeout");
-        report_loaded(served, *loaded, call);
         return std::move(loaded->value);
     }
 
@@ -1126,7 +1162,7 @@ private:
         };
         auto loaded = run_loader(loader, call.deadline, std::move(finish));
         if (!loaded) throw LoadTimeoutError("larder: the load took longer than hard_timeout");
-        report_loaded(served, *loaded, call);
+        report_loaded(served, full, *loaded, call);
         return std::move(loaded->value);
     }
 
@@ -1208,7 +1244,7 @@ private:
         try {
             auto loaded = run_loader(loader, call.soft_deadline, std::move(finish));
             if (!loaded) return std::nullopt;  // the value at hand is served meanwhile
-            report_loaded(served, *loaded, call);
+            report_loaded(served, full, *loaded, call);
             return std::optional<std::optional<T>>(std::move(loaded->value));
         } catch (...) {
             return std::nullopt;  // fail-safe: the caller serves what it has
