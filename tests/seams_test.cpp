@@ -459,3 +459,272 @@ TEST_CASE("Near::put that throws still drops the key from every L1",
                       std::runtime_error);
     REQUIRE(n2.get("k", load) == "v2");
 }
+
+// ---- second review --------------------------------------------------------------------
+// Each test below failed on 2ca13b2 and passes after 810ce60.
+
+// Before: L1 kept a loaded value for its own ttl (5 s), past the cache's ttl (100 ms),
+// and served it after the cache itself had reloaded the row.
+TEST_CASE("Near keeps an L1 copy no longer than the cache's own ttl", "[regression][l1][memory]") {
+    larder::ManualClock clock;
+    larder::MemoryBackend store({.clock = &clock});
+    larder::MemoryBus bus;
+    MemoryCache cache(store, {.ttl = 100ms, .clock = &clock});
+    larder::Near near(cache, bus, {.ttl = 5s, .clock = &clock});
+    int loads = 0;
+    auto load = [&]() -> Str { return "v" + std::to_string(++loads); };
+    REQUIRE(near.get("k", load) == "v1");
+    REQUIRE(near.get("k", load) == "v1");  // from L1
+    clock.advance(1s);                     // ten times the cache's ttl, well within L1's
+    const auto got = near.get("k", load);
+    INFO("Near after 1 s got " << describe(got));
+    REQUIRE(got == "v2");
+    REQUIRE(loads == 2);
+}
+
+// Before: a Near write (invalidate_after, invalidate_tag) whose store call failed threw
+// before telling anyone, so other processes' L1 kept the old value; and a value loaded
+// while the store was down (so not stored) was kept in L1 and served from there.
+TEST_CASE("Near's failed invalidations still drop other L1 copies; an unstored load is not kept",
+          "[regression][l1][chaos][memory]") {
+    using Chaos = larder::ChaosBackend<larder::MemoryBackend>;
+    larder::ManualClock clock;
+    larder::MemoryBackend store({.clock = &clock});
+    Chaos chaos(store);
+    larder::MemoryBus bus;
+    larder::CacheAside<std::string, Chaos> pa(chaos, {.clock = &clock});  // process A
+    larder::CacheAside<std::string, Chaos> pb(chaos, {.clock = &clock});  // process B
+    larder::Near a(pa, bus, {.ttl = 1h, .clock = &clock});
+    larder::Near b(pb, bus, {.ttl = 1h, .clock = &clock});
+    FakeDb db;
+    db.write("k", "v1");
+    db.write("t", "v1");
+    auto load_k = [&]() -> Str { return db.read("k"); };
+    auto load_t = [&]() -> Str { return db.read("t"); };
+
+    SECTION("invalidate_after and invalidate_tag throw, and B's L1 drops its copies") {
+        REQUIRE(b.get("k", load_k) == "v1");           // stored, and in B's L1
+        REQUIRE(b.get("t", {"tag"}, load_t) == "v1");  // likewise, tagged
+        chaos.fail_all(true);                          // the store goes down
+        REQUIRE_THROWS_AS(a.invalidate_after("k", [&] { db.write("k", "v2"); }),
+                          larder::BackendError);
+        db.write("t", "v2");
+        REQUIRE_THROWS_AS(a.invalidate_tag("tag"), larder::BackendError);
+        REQUIRE(db.read("k") == "v2");
+        const auto k = b.get("k", load_k);
+        const auto t = b.get("t", {"tag"}, load_t);
+        INFO("B read k=" << describe(k) << " t=" << describe(t));
+        CHECK(k == "v2");
+        CHECK(t == "v2");
+    }
+    SECTION("a value loaded while the store is down is not kept in L1") {
+        int loads = 0;
+        auto counted = [&]() -> Str { return "v" + std::to_string(++loads); };
+        chaos.fail_all(true);
+        REQUIRE(b.get("j", counted) == "v1");  // loaded, not stored
+        chaos.fail_all(false);
+        REQUIRE(b.get("j", counted) == "v2");  // loads again
+        REQUIRE(loads == 2);
+    }
+}
+
+// Before: a lease fence without the bump counter let a read that began after
+// invalidate_tag(t) returned - neither reader passing t, the lease's holder in another
+// process filling with t - share a load (waited out, unfilled) that read the old row.
+TEST_CASE("A read after invalidate_tag does not share an untagged load that read the row before",
+          "[regression][single_flight][tags][memory]") {
+    larder::test::MemoryFixture fx;
+    FakeDb db;
+    using Locked = larder::CacheAside<std::string, larder::MemoryBackend, larder::Lock>;
+    MemoryCache x(fx.backend, options_for(fx));  // process X: holds the lease, fills with t
+    MemoryCache w(fx.backend, options_for(fx));  // a writer process
+    Locked y(fx.backend, options_for(fx), larder::Lock({.max_wait = 0ms}));  // process Y
+    db.write("k", "v1");
+    Gate x_loading, x_release, r1_loaded, r1_release;
+    std::thread tx([&] {
+        (void)x.get("k", {"t"}, [&]() -> Str {
+            x_loading.open();
+            x_release.wait();
+            return db.read("k");
+        });
+    });
+    x_loading.wait();  // X holds the lease on k
+    Str r1, r2;
+    std::thread t1([&] {
+        r1 = y.get("k", [&]() -> Str {
+            auto row = db.read("k");
+            r1_loaded.open();
+            r1_release.wait();
+            return row;
+        });
+    });
+    r1_loaded.wait();  // R1 found the lease held, and loads (unfilled): it read v1
+    db.write("k", "v2");
+    w.invalidate_tag("t");  // returned: nobody may be served v1 from now on
+    std::atomic<bool> done{false};
+    std::thread t2([&] {
+        r2 = y.get("k", [&]() -> Str { return db.read("k"); });
+        done = true;
+    });
+    // R2 must not need R1 to finish: it loads for itself.
+    const bool without_r1 = eventually([&] { return done.load(); }, 5s);
+    r1_release.open();
+    t1.join();
+    t2.join();
+    x_release.open();
+    tx.join();
+    CHECK(without_r1);
+    INFO("R1 got " << describe(r1) << ", R2 (after invalidate_tag) got " << describe(r2));
+    REQUIRE(r1 == "v1");
+    REQUIRE(r2 == "v2");
+}
+
+// Before: a put whose store failed before the database write (so unfenced) published the
+// key to other processes before it deleted the old value, and when db_write committed and
+// then threw it did not delete it at all: the old value stayed readable after put.
+TEST_CASE(
+    "WriteThrough::put with a failed store leaves no old value readable after it returns or throws",
+    "[regression][write_through][event][l1][memory]") {
+    using Chaos = larder::ChaosBackend<larder::MemoryBackend>;
+    using Inv = larder::Events<larder::MemoryBus>;
+    larder::ManualClock clock;
+    larder::MemoryBackend store({.clock = &clock});
+    Chaos chaos(store);
+    larder::MemoryBus bus;
+    larder::WriteThroughOptions o;
+    o.cache = {.clock = &clock};
+    larder::WriteThrough<std::string, Chaos, Inv> writer(chaos, o, {}, {}, Inv(bus));  // process 1
+    MemoryCache policy2(store, {.clock = &clock});                                     // process 2
+    larder::Near near2(policy2, bus, {.ttl = 1h, .clock = &clock});
+    FakeDb db;
+    db.write("k", "v1");
+    auto load = [&]() -> Str { return db.read("k"); };
+    REQUIRE(near2.get("k", load) == "v1");  // L2 and process 2's L1 hold v1
+
+    // When process 2 hears of k, it reads k again before put goes on (MemoryBus delivers
+    // on the publisher's thread, after Near's own subscriber dropped its copy).
+    Gate heard, reread;
+    std::atomic<bool> armed{false};
+    auto sub = bus.subscribe({.on_message = [&](std::string_view m) {
+        if (armed.exchange(false) && !m.empty() && m.front() == 'k') {
+            heard.open();
+            reread.wait();
+        }
+    }});
+    Str during;
+    std::thread reader([&] {
+        heard.wait();
+        during = near2.get("k", load);
+        reread.open();
+    });
+    chaos.fail_next(1);  // the store fails before the database write: no marker
+    armed = true;
+    SECTION("db_write returns") {
+        CHECK(writer.put("k", "v2", [&] { db.write("k", "v2"); }) ==
+              larder::WriteOutcome::invalidated);
+    }
+    SECTION("db_write commits, then throws") {
+        CHECK_THROWS_AS(writer.put("k", "v2",
+                                   [&] {
+                                       db.write("k", "v2");
+                                       throw std::runtime_error("commit ack lost");
+                                   }),
+                        std::runtime_error);
+    }
+    if (armed.exchange(false)) heard.open();  // nothing was published: let the reader go
+    reader.join();
+    REQUIRE(db.read("k") == "v2");
+    const auto near_after = near2.get("k", load);
+    const auto l2_after = policy2.get("k", load);
+    INFO("process 2 read " << describe(during) << " when it heard of k; after put: Near "
+                           << describe(near_after) << ", policy " << describe(l2_after));
+    REQUIRE(l2_after == "v2");
+    REQUIRE(near_after == "v2");
+}
+
+// Before: a caller with no timeout that joined a load whose leader had a hard_timeout
+// was thrown the leader's LoadTimeoutError.
+TEST_CASE("A joiner without a timeout does not get the leader's LoadTimeoutError",
+          "[regression][single_flight][timeout][memory]") {
+    larder::test::MemoryFixture fx;
+    MemoryCache cache(fx.backend, options_for(fx));
+    SlowRow slow;  // the leader's: waits until the test opens its gate
+    slow.gate = std::make_shared<Gate>();
+    enum class Outcome { pending, timed_out, returned, other };
+    std::atomic<Outcome> leader_outcome{Outcome::pending};
+    std::thread leader([&] {
+        try {
+            (void)cache.get("k", larder::detached(slow), {.hard_timeout = 300ms});
+            leader_outcome = Outcome::returned;
+        } catch (const larder::LoadTimeoutError&) {
+            leader_outcome = Outcome::timed_out;
+        } catch (...) {
+            leader_outcome = Outcome::other;
+        }
+    });
+    const bool leading = eventually([&] { return *slow.calls == 1; });
+
+    std::atomic<Outcome> outcome{Outcome::pending};
+    std::string joiner_got;
+    SlowRow mine{.value = "mine"};  // no timeout, never waits
+    std::thread joiner([&] {
+        try {
+            const auto v = cache.get("k", mine);
+            joiner_got = v.value_or("nullopt");
+            outcome = Outcome::returned;
+        } catch (const larder::LoadTimeoutError&) {
+            outcome = Outcome::timed_out;
+        } catch (...) {
+            outcome = Outcome::other;
+        }
+    });
+    leader.join();      // the leader gives up at its hard timeout...
+    slow.gate->open();  // ...then its detached load may finish
+    joiner.join();
+    REQUIRE(leading);
+    REQUIRE(leader_outcome.load() == Outcome::timed_out);
+    INFO("the joiner got " << joiner_got);
+    REQUIRE(outcome.load() == Outcome::returned);
+    REQUIRE((joiner_got == "mine" || joiner_got == "row"));
+}
+
+// Before: with EntityVersions, a bump while modify's own loader ran left modify building
+// on the copy that load filled (retired by the bump): the change was applied to the old row.
+TEST_CASE("WriteBehind::modify does not build on a copy retired while its own load ran",
+          "[regression][write_behind][entity][memory]") {
+    larder::test::MemoryFixture fx;
+    FakeDb db;
+    using WB = larder::WriteBehind<std::string, larder::MemoryBackend, larder::EntityVersions>;
+    WB wb(
+        fx.backend,
+        [&](std::span<const larder::DirtyEntry<std::string>> entries) {
+            for (const auto& e : entries) db.write(e.key, e.value);
+            return larder::BatchResult{};
+        },
+        wb_options(fx), {}, {}, larder::EntityVersions{});
+    db.write("k", "A");
+    Gate loaded, go;
+    std::atomic<int> calls{0};
+    auto load = [&]() -> Str {
+        auto row = db.read("k");
+        if (++calls == 1) {
+            loaded.open();
+            go.wait();
+        }
+        return row;
+    };
+    std::string got;
+    std::thread t([&] {
+        got = wb.modify(
+            "k", [](std::string& v) { v += "+x"; }, load);
+    });
+    loaded.wait();       // modify's load read "A"
+    db.write("k", "C");  // another service changes the row, then retires the entity
+    wb.invalidate_version(larder::EntityVersions::version_name(wb.full_key("k")));
+    go.open();
+    t.join();
+    (void)wb.flush();
+    INFO("modify returned " << got << ", db holds " << describe(db.read("k")));
+    REQUIRE(got == "C+x");
+    REQUIRE(db.read("k") == "C+x");
+}
