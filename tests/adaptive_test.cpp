@@ -22,23 +22,11 @@ using larder::test::eventually;
 using larder::test::FakeDb;
 using larder::test::Gate;
 using larder::test::options_for;
+using larder::test::SlowRow;
 
 namespace {
 
 using Str = std::optional<std::string>;
-
-// A loader that owns what it captures (a timed-out load outlives the call): counts its
-// calls, and waits at `gate` when one is set.
-struct SlowRow {
-    std::shared_ptr<std::atomic<int>> calls = std::make_shared<std::atomic<int>>(0);
-    std::shared_ptr<Gate> gate{};
-    std::string value = "row";
-    Str operator()() const {
-        ++*calls;
-        if (gate) gate->wait();
-        return value;
-    }
-};
 
 }  // namespace
 

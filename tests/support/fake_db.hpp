@@ -5,6 +5,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -61,6 +62,19 @@ private:
     std::mutex mutex_;
     std::condition_variable cv_;
     bool open_ = false;
+};
+
+/// A loader that owns what it captures (detached(SlowRow{...}) may outlive the call that
+/// passed it: a timed-out load): counts its calls, and waits at `gate` when one is set.
+struct SlowRow {
+    std::shared_ptr<std::atomic<int>> calls = std::make_shared<std::atomic<int>>(0);
+    std::shared_ptr<Gate> gate{};
+    std::string value = "row";
+    std::optional<std::string> operator()() const {
+        ++*calls;
+        if (gate) gate->wait();
+        return value;
+    }
 };
 
 }  // namespace larder::test
