@@ -25,6 +25,13 @@ public:
     using BackendError::BackendError;
 };
 
+/// A write was sent but its reply never came: the store may or may not have applied it.
+/// Retrying is safe only where the write is idempotent; reading back tells which.
+class OutcomeUnknownError : public TimeoutError {
+public:
+    using TimeoutError::TimeoutError;
+};
+
 /// Could not connect or authenticate.
 class ConnectionError : public BackendError {
 public:
@@ -39,6 +46,13 @@ public:
 
 /// Bytes that are not a value this cache wrote with this codec.
 class CodecError : public Error {
+public:
+    using Error::Error;
+};
+
+/// A value larger than the cache's max_value_bytes where it cannot just go uncached (a
+/// write-behind put: the value would be acknowledged but could never be queued).
+class ValueTooLargeError : public Error {
 public:
     using Error::Error;
 };

@@ -26,6 +26,7 @@ struct StatsSnapshot {
     std::uint64_t fills = 0;            ///< values written to the cache after a load
     std::uint64_t fills_rejected = 0;   ///< fills fenced off by a concurrent invalidation
     std::uint64_t not_cached = 0;       ///< loads whose loader said not to cache them
+    std::uint64_t too_large = 0;        ///< loaded values over max_value_bytes, not cached
     std::uint64_t lease_waits = 0;      ///< reads that found another loader's lease
     std::uint64_t coalesced = 0;        ///< callers that shared another caller's load
     std::uint64_t early_refreshes = 0;  ///< probabilistic refreshes before expiry
@@ -47,6 +48,7 @@ enum class Counter : std::size_t {
     fills,
     fills_rejected,
     not_cached,
+    too_large,
     lease_waits,
     coalesced,
     early_refreshes,
@@ -82,6 +84,7 @@ public:
         s.fills = get(Counter::fills);
         s.fills_rejected = get(Counter::fills_rejected);
         s.not_cached = get(Counter::not_cached);
+        s.too_large = get(Counter::too_large);
         s.lease_waits = get(Counter::lease_waits);
         s.coalesced = get(Counter::coalesced);
         s.early_refreshes = get(Counter::early_refreshes);

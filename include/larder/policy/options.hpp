@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <optional>
 #include <string>
 
@@ -42,6 +43,11 @@ struct CacheAsideOptions {
     /// hard_timeout: bounds every caller's wait for a load (its own, or another loader's
     /// lease); past it, the caller gets the value at hand, or LoadTimeoutError.
     Millis hard_timeout{0};
+    /// The largest encoded entry written to the store. A loaded value over it is served
+    /// but not cached (counted as too_large); a write-behind put over it is refused with
+    /// ValueTooLargeError. Large values cost the store's memory and time on every call
+    /// that carries them, and a call's timeout must cover them (docs/security.md).
+    std::size_t max_value_bytes = std::size_t{8} << 20;
     const Clock* clock = &SystemClock::instance();
 };
 
