@@ -135,8 +135,8 @@ TEST_CASE("A loader's bad context is a LoaderError, and the lease is given back"
                                     return "v";
                                 }),
                       larder::LoaderError);
-    REQUIRE_FALSE(fx.backend.get("k").has_value());
-    REQUIRE_FALSE(fx.backend.get("u:k").has_value());
+    REQUIRE_FALSE(fx.backend.get(cache.full_key("k")).has_value());
+    REQUIRE_FALSE(fx.backend.get(untagged.full_key("k")).has_value());
     REQUIRE(cache.get("k", [] { return Str("v"); }) == "v");
 }
 
@@ -276,7 +276,7 @@ TEST_CASE("Destroying a cache waits for a load that outlived its call", "[timeou
     destroyed = true;
     opener.join();
     REQUIRE_FALSE(destroyed_before_load_ended.load());
-    REQUIRE(fx.backend.get("k").has_value());  // the load filled before the cache went
+    REQUIRE(fx.backend.get(larder::keys::Namespace("").entry("k")).has_value());  // filled before the cache went
 }
 
 // ---- every policy -------------------------------------------------------------------
@@ -311,7 +311,7 @@ TEST_CASE("Write paths read with adaptive loaders and per-call options",
     REQUIRE(loads == 5);
     // A dirty key is served from the queue, not loaded, whatever the loader.
     (void)wb.put("d", "dirty");
-    fx.backend.del("wb:d");  // its cached copy evicted
+    REQUIRE(fx.backend.del(wb.full_key("d")));  // its cached copy evicted
     REQUIRE(wb.get("d", load) == "dirty");
     REQUIRE(loads == 5);
 }

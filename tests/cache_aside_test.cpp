@@ -138,7 +138,7 @@ BACKEND_TEST_CASE("Not found is cached for the shorter negative TTL", "[cache_as
     REQUIRE_FALSE(cache.get("ghost", loader));
     REQUIRE(calls == 1);
     REQUIRE(cache.stats().negative_hits == 1);
-    const auto stored = fx.backend.get("ghost");
+    const auto stored = fx.backend.get(cache.full_key("ghost"));
     REQUIRE(stored);
     REQUIRE(stored->ttl);
     REQUIRE(*stored->ttl <= 200ms);
@@ -155,7 +155,7 @@ TEST_CASE("The stored TTL carries the configured jitter", "[cache_aside][jitter]
     for (int i = 0; i < 400; ++i) {
         const std::string key = "k" + std::to_string(i);
         (void)cache.get(key, [] { return std::optional<std::string>("v"); });
-        const auto ttl = *fx.backend.get(key)->ttl;
+        const auto ttl = *fx.backend.get(cache.full_key(key))->ttl;
         lo = std::min(lo, ttl);
         hi = std::max(hi, ttl);
     }
@@ -381,7 +381,7 @@ BACKEND_TEST_CASE("Corrupt or foreign stored values are a counted miss", "[cache
     std::uint64_t corrupt = 0;
     for (const auto& [name, bytes] : cases) {
         INFO(name);
-        fx.raw_set("2", bytes);
+        fx.raw_set(cache.full_key("2"), bytes);
         REQUIRE(cache.get("2", loader) == bob);
         REQUIRE(cache.stats().corrupt_values == ++corrupt);
         // The bad bytes were removed and replaced by a good fill: the next read hits.
@@ -406,7 +406,7 @@ BACKEND_TEST_CASE("Keys with hostile bytes round-trip through the cache", "[cach
     }
     for (const auto& key : keys) {
         REQUIRE(cache.get(key, [] { return std::optional<std::string>("wrong"); }) == "v:" + key);
-        REQUIRE(fx.backend.get("app:" + key));
+        REQUIRE(fx.backend.get("app:k:" + key));  // docs/FORMAT.md, "Keys"
     }
     REQUIRE(cache.stats().hits == keys.size());
 }

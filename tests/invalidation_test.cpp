@@ -176,7 +176,7 @@ BACKEND_TEST_CASE("Version keys move readers to a new key on a bump", "[version_
     REQUIRE(versions.key("user:42") != old_key);
     REQUIRE(read() == "v2");
     // The old key is left to its TTL, as the seed says: no delete needed.
-    REQUIRE(fx.backend.get(old_key));
+    REQUIRE(fx.backend.get(cache.full_key(old_key)));
 }
 
 BACKEND_TEST_CASE("A deleted version key never brings an old value back", "[version_keys]") {

@@ -171,7 +171,7 @@ TEST_CASE("Events publishes every invalidation and bump; a failing bus fails no 
     REQUIRE(cache.get("k", tags, [] { return std::optional<std::string>("v"); }) == "v");
     cache.invalidate("k");
     cache.invalidate_tag("team:7");
-    REQUIRE(bus.messages == std::vector<std::string>{"kapp:k", "vtag\x1fteam:7"});
+    REQUIRE(bus.messages == std::vector<std::string>{"kapp:k:k", "vapp:m:v\x1ftag\x1fteam:7"});
 
     bus.fail = true;
     REQUIRE_NOTHROW(cache.invalidate("k"));
@@ -191,7 +191,7 @@ TEST_CASE("WriteThrough's put tells its invalidator",
     larder::WriteThrough<std::string, larder::MemoryBackend, Inv> cache(
         fx.backend, {.cache = {.key_prefix = "app:", .clock = &fx.clock}}, {}, {}, Inv(bus));
     (void)cache.put("k", "v", [] {});
-    REQUIRE(bus.messages == std::vector<std::string>{"kapp:k"});
+    REQUIRE(bus.messages == std::vector<std::string>{"kapp:k:k"});
 }
 
 TEST_CASE("WriteBehind's puts tell its invalidator, and a bump reaches their flushed copies",
@@ -214,7 +214,7 @@ TEST_CASE("WriteBehind's puts tell its invalidator, and a bump reaches their flu
     (void)cache.modify(
         "acme/k", [](std::string& v) { v += "+"; },
         [] { return std::optional<std::string>("db"); });
-    REQUIRE(bus.messages == std::vector<std::string>{"kapp:acme/k", "kapp:acme/k"});
+    REQUIRE(bus.messages == std::vector<std::string>{"kapp:k:acme/k", "kapp:k:acme/k"});
     REQUIRE(cache.flush().claimed == 1);
     int loads = 0;
     auto load = [&] {
@@ -224,7 +224,7 @@ TEST_CASE("WriteBehind's puts tell its invalidator, and a bump reaches their flu
     REQUIRE(cache.get("acme/k", load) == "v1+");
     REQUIRE(loads == 0);
     // The flushed copy carries acme's version: bumping it retires the copy.
-    cache.invalidate_version(larder::EntityVersions::version_name("app:acme"));
+    cache.invalidate_version(larder::EntityVersions::version_name("acme"));
     REQUIRE(cache.get("acme/k", load) == "from db");
     REQUIRE(loads == 1);
 }

@@ -137,7 +137,7 @@ TEST_CASE("L1 serves nothing while the bus is lost, and starts over when it is b
     REQUIRE(near.get("k", loader) == "v1");
     const auto hits = near.l1().hits();
     bus.drop();
-    store.del("k");  // a write this process never hears about
+    store.del(cache.full_key("k"));  // a write this process never hears about
     REQUIRE(near.get("k", loader) == "v2");
     REQUIRE(near.get("k", loader) == "v2");  // from L2, not L1
     REQUIRE(near.l1().hits() == hits);

@@ -518,7 +518,7 @@ BACKEND_TEST_CASE("A fill that fails with a store error gives its lease back",
     tap.fail_next(Op::compare_and_set);
     REQUIRE(x.get("k", [] { return std::optional<std::string>("x's"); }) == "x's");
     REQUIRE(tap.injected() == 1);  // the fill's compare-and-set failed
-    CHECK_FALSE(holds_lease(fx.backend, "k"));
+    CHECK_FALSE(holds_lease(fx.backend, x.full_key("k")));
 
     std::optional<std::string> got;
     std::atomic<bool> done{false};
@@ -528,7 +528,8 @@ BACKEND_TEST_CASE("A fill that fails with a store error gives its lease back",
     });
     // Within a few seconds, not at max_wait (30 s) nor at the lease TTL (10 s).
     const bool prompt = eventually([&] { return done.load(); }, 5s);
-    if (!prompt) (void)fx.backend.del("k");  // end a failing run now instead of at max_wait
+    if (!prompt)
+        (void)fx.backend.del(x.full_key("k"));  // end a failing run now instead of at max_wait
     ty.join();
     REQUIRE(prompt);
     REQUIRE(got == "y's");
@@ -628,7 +629,7 @@ BACKEND_TEST_CASE("A jittered huge ttl is rejected at construction or is not 1 m
     fx.advance(20ms);
     int gone = 0;
     for (const auto& k : keys) {
-        if (!fx.backend.get(k)) ++gone;
+        if (!fx.backend.get(cache->full_key(k))) ++gone;
     }
     INFO(gone << " of 32 entries were gone 20 ms after they were written");
     REQUIRE(gone == 0);
@@ -691,7 +692,7 @@ TEST_CASE("A refresh cannot overwrite an equal value written after it started",
         fx.backend, options_for(fx, {.ttl = 5s, .grace = 60s}));
     cache.set("k", "v");
     fx.advance(6s);  // stale: past its freshness, within its grace
-    const std::string bytes = fx.backend.get("k")->bytes;
+    const std::string bytes = fx.backend.get(cache.full_key("k"))->bytes;
 
     Gate refreshing, release;
     std::thread refresher([&] {
@@ -704,7 +705,7 @@ TEST_CASE("A refresh cannot overwrite an equal value written after it started",
     refreshing.wait();  // the refresh of v is elected and loading
     cache.invalidate("k");
     cache.set("k", "v");
-    const bool equal_bytes = fx.backend.get("k")->bytes == bytes;
+    const bool equal_bytes = fx.backend.get(cache.full_key("k"))->bytes == bytes;
     release.open();
     refresher.join();
     INFO("the rewritten bytes are " << (equal_bytes ? "equal" : "not equal") << " to the old");
@@ -873,13 +874,19 @@ TEST_CASE("keys::sibling hashes to its key's Redis Cluster slot", "[regression][
     REQUIRE(cluster_slot("foo{hash_tag}") == 2515);
 
     const std::vector<std::string> keys{
-        "user:1", "{user:1}:profile", "app:{tenant}:x", "user}1", "a{}b", "}{x"};
-    for (const auto& key : keys) {
-        const std::string sib = larder::keys::sibling(key, "role");
-        INFO("key '" << printable(key) << "' (slot " << cluster_slot(key) << "), sibling '"
-                     << printable(sib) << "' (slot " << cluster_slot(sib) << ")");
-        CHECK(cluster_slot(sib) == cluster_slot(key));
-        CHECK(larder::keys::slot(key) == cluster_slot(key));
+        "user:1", "{user:1}:profile", "app:{tenant}:x", "user}1", "a{}b", "}{x", ""};
+    for (const std::string prefix : {"", "app", "{tenant}:", "a}b:"}) {
+        const larder::keys::Namespace ns(prefix);
+        for (const auto& key : keys) {
+            const std::string entry = ns.entry(key);
+            const std::string sib = ns.sibling(key, "role");
+            INFO("entry '" << printable(entry) << "' (slot " << cluster_slot(entry)
+                           << "), sibling '" << printable(sib) << "' (slot " << cluster_slot(sib)
+                           << ")");
+            CHECK(cluster_slot(sib) == cluster_slot(entry));
+            CHECK(larder::keys::slot(entry) == cluster_slot(entry));
+            CHECK_FALSE(ns.key_of(sib));  // a sibling is never an entry
+        }
     }
     const auto& table = larder::keys::detail::tags_by_slot();
     for (std::size_t s = 0; s < table.size(); ++s) {
@@ -1107,7 +1114,7 @@ TEST_CASE("A hostile fresh_until is not fresh, and computing it does not overflo
             .grace_until = larder::TimePoint{Millis{1}},
         });
     bytes += "planted";
-    fx.raw_set("k", bytes);
+    fx.raw_set(cache.full_key("k"), bytes);
     REQUIRE(cache.get("k", [] { return std::optional<std::string>("loaded"); }) == "loaded");
 }
 

@@ -220,7 +220,7 @@ BACKEND_TEST_CASE("Lease theft: an expired holder's release cannot remove the ne
                               Boom);
         });
         a_loading.wait();
-        fx.backend.del("k");  // A's lease is gone, as if it had expired
+        fx.backend.del(a.full_key("k"));  // A's lease is gone, as if it had expired
         std::thread tb([&] {
             (void)b.get("k", [&] {
                 b_loading.open();
@@ -231,7 +231,7 @@ BACKEND_TEST_CASE("Lease theft: an expired holder's release cannot remove the ne
         b_loading.wait();
         a_fail.open();  // A throws and releases: it must not touch B's lease
         ta.join();
-        const auto held = larder::envelope::parse(fx.backend.get("k")->bytes);
+        const auto held = larder::envelope::parse(fx.backend.get(a.full_key("k"))->bytes);
         REQUIRE(held->header.kind == larder::EntryKind::lease);
         b_release.open();
         tb.join();

@@ -115,7 +115,7 @@ BACKEND_TEST_CASE("put writes the database, then the cache; reads then hit", "[w
     REQUIRE(s.puts == 1);
     REQUIRE(s.cached == 1);
     // The write lease is released.
-    REQUIRE_FALSE(fx.backend.get(larder::keys::sibling(full, "write")));
+    REQUIRE_FALSE(fx.backend.get(users.keys().sibling("42", "write")));
 }
 
 BACKEND_TEST_CASE("Racing writers never leave the cache older than the database",
@@ -344,7 +344,7 @@ BACKEND_TEST_CASE("Row versions: a writer that lost its lease never replaces a n
     VersionedDb db;
     larder::WriteThrough<std::string, decltype(fx.backend)> cache(fx.backend, wt_options(fx));
     const std::string full = cache.full_key("k");
-    const std::string lock_key = larder::keys::sibling(full, "write");
+    const std::string lock_key = cache.keys().sibling("k", "write");
     // A writer stalls inside its write for longer than its lease: its lease and marker
     // expire (deleted here), and another writer does a whole put meanwhile.
     auto lose_lease_while = [&](auto&& other_writer) {
@@ -425,7 +425,7 @@ BACKEND_TEST_CASE("A key held too long by another writer: give up before the dat
     VersionedDb db;
     larder::WriteThrough<std::string, decltype(fx.backend)> cache(
         fx.backend, wt_options(fx, {.write_lease_ttl = 300ms, .max_lock_wait = 50ms}));
-    const std::string lock_key = larder::keys::sibling(cache.full_key("k"), "write");
+    const std::string lock_key = cache.keys().sibling("k", "write");
     fx.backend.set(lock_key, "a live writer", 10s);
     bool wrote = false;
     REQUIRE_THROWS_AS(cache.put("k", "v", [&] { wrote = true; }), larder::WriteConflictError);
@@ -466,8 +466,8 @@ TEST_CASE("A write path has one set of cache options, for its puts and its reads
         store, {.cache = {.key_prefix = "a:", .ttl = std::chrono::seconds(5), .clock = &clock}});
     REQUIRE(cache.put("k", "v1", [&] { db.commit("k", "v1"); }) == larder::WriteOutcome::cached);
     // Stored under the one prefix, read back under it.
-    REQUIRE(store.get("a:k").has_value());
-    REQUIRE_FALSE(store.get("k").has_value());
+    REQUIRE(store.get("a:k:k").has_value());  // docs/FORMAT.md, "Keys"
+    REQUIRE_FALSE(store.get("k:k").has_value());
     int loads = 0;
     auto load = [&] {
         ++loads;

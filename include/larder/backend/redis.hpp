@@ -30,6 +30,7 @@
 #include "larder/backend/redis/url.hpp"
 #include "larder/core/clock.hpp"
 #include "larder/core/error.hpp"
+#include "larder/core/keys.hpp"
 
 namespace larder {
 
@@ -360,6 +361,8 @@ private:
         if (o.connect_timeout.count() <= 0) fail("connect_timeout must be positive");
         if (o.command_timeout.count() <= 0) fail("command_timeout must be positive");
         if (o.pool_size == 0) fail("pool_size must be at least 1");
+        // A tenant's prefix ends in a separator, so "tB" cannot reach the keys of "tB:".
+        o.key_prefix = keys::Namespace(o.key_prefix).prefix();
         if (o.pool_wait_timeout.count() < 0) fail("pool_wait_timeout must not be negative");
         if (o.reconnect_backoff.count() < 0) fail("reconnect_backoff must not be negative");
         if (o.breaker.failure_threshold > 0 && o.breaker.cool_down.count() <= 0) {

@@ -57,7 +57,7 @@ struct EnvelopeView {
 namespace envelope {
 
 inline constexpr std::array<unsigned char, 2> magic{0xCA, 0xCE};
-inline constexpr std::uint8_t format_version = 2;
+inline constexpr std::uint8_t format_version = 3;
 inline constexpr std::size_t header_size = 56;
 /// A lease taken by a writer (WriteThrough's marker), not by a loader: seeing it proves
 /// nothing about writes, since the write it fences is in progress.

@@ -1,12 +1,15 @@
-// Key helpers shared by the strategies: the Redis Cluster hash-slot rule, and sibling
-// keys (a refresh lease, a write lease) that live in the same slot as the key they serve,
-// so one script or one cluster node can touch both.
+// Key helpers shared by the strategies: the Redis Cluster hash-slot rule, and a cache's
+// key layout (Namespace): callers' entries and larder's own keys apart, and sibling keys
+// (a refresh lease, a write lease) in the same slot as the entry they serve.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
+
+#include "larder/core/error.hpp"
 
 namespace larder::keys {
 
@@ -66,26 +69,76 @@ inline const std::array<std::string, 16384>& tags_by_slot() {
 
 }  // namespace detail
 
-/// A key for metadata about `key` (a refresh lease, a version) that hashes to the same
-/// Redis Cluster slot and differs from every other key's sibling:
-///  - a key with a hash tag keeps it: `key` + 0x1F + role;
-///  - a key without one becomes the tag: `{key}` + 0x1F + role;
-///  - a key that cannot be a tag (it holds a '}', so `{key}` would cut it short) gets a
-///    short tag of the same slot in front: `{t}key` + 0x1F + role.
-[[nodiscard]] inline std::string sibling(std::string_view key, std::string_view role) {
-    std::string out;
-    if (hash_tag(key) != key) {
-        out.reserve(key.size() + role.size() + 1);
-        out.append(key).append("\x1f").append(role);
-    } else if (key.find('}') == std::string_view::npos) {
-        out.reserve(key.size() + role.size() + 3);
-        out.append("{").append(key).append("}\x1f").append(role);
-    } else {
-        const std::string& tag = detail::tags_by_slot()[slot(key)];
-        out.reserve(tag.size() + key.size() + role.size() + 3);
-        out.append("{").append(tag).append("}").append(key).append("\x1f").append(role);
+/// A cache's part of a store (docs/FORMAT.md, "Keys"). Every key larder writes for a
+/// cache starts with the cache's prefix, which always ends in ':' (one is added when it
+/// does not), and then either
+///  - `k:` and the caller's key, as it is: an entry; or
+///  - `m:`, a role, 0x1F and a name: larder's own keys (versions, refresh and write
+///    leases, version keys).
+/// So no caller key, whatever its bytes, equals or addresses a key larder uses for itself,
+/// and two caches with distinct prefixes that are not nested (neither prefix plus `k:`
+/// starts the other) never touch each other's keys.
+class Namespace {
+public:
+    Namespace() = default;
+
+    /// Throws ConfigError for a prefix with a '{' that does not open a complete,
+    /// non-empty hash tag: the slot of every key after it would be the caller's to choose.
+    explicit Namespace(std::string_view prefix) : prefix_(prefix) {
+        if (prefix_.find('{') != std::string::npos && hash_tag(prefix_) == prefix_) {
+            throw ConfigError(
+                "larder: a key prefix's '{' must open a complete, non-empty hash tag");
+        }
+        if (!prefix_.empty() && prefix_.back() != ':') prefix_.push_back(':');
+        tagged_ = hash_tag(prefix_) != std::string_view(prefix_);
     }
-    return out;
-}
+
+    /// The prefix, ending in ':' (or empty).
+    [[nodiscard]] const std::string& prefix() const noexcept { return prefix_; }
+
+    /// The stored key of the caller's `key`.
+    [[nodiscard]] std::string entry(std::string_view key) const {
+        std::string out;
+        out.reserve(prefix_.size() + 2 + key.size());
+        out.append(prefix_).append(entries).append(key);
+        return out;
+    }
+
+    /// The caller's key of a stored entry key; nullopt for any other key.
+    [[nodiscard]] std::optional<std::string_view> key_of(std::string_view stored) const {
+        if (!stored.starts_with(prefix_)) return std::nullopt;
+        stored.remove_prefix(prefix_.size());
+        if (!stored.starts_with(entries)) return std::nullopt;
+        return stored.substr(entries.size());
+    }
+
+    /// One of larder's own keys: `role` names what it is (no 0x1F in it), `name` which.
+    [[nodiscard]] std::string meta(std::string_view role, std::string_view name) const {
+        std::string out;
+        out.reserve(prefix_.size() + 3 + role.size() + name.size());
+        out.append(prefix_).append(metadata).append(role).append("\x1f").append(name);
+        return out;
+    }
+
+    /// A key of larder's about the entry of `key` (a refresh lease, a write lease) that
+    /// hashes to the entry's Redis Cluster slot, so one script or one node can touch both.
+    /// With a hash tag in the prefix every key of the cache shares its slot already;
+    /// otherwise a two-byte tag of the entry's slot goes in front of the caller's key.
+    [[nodiscard]] std::string sibling(std::string_view key, std::string_view role) const {
+        if (tagged_) return meta(role, key);
+        const std::string& tag = detail::tags_by_slot()[slot(entry(key))];
+        std::string name;
+        name.reserve(tag.size() + 2 + key.size());
+        name.append("{").append(tag).append("}").append(key);
+        return meta(role, name);
+    }
+
+private:
+    static constexpr std::string_view entries = "k:";
+    static constexpr std::string_view metadata = "m:";
+
+    std::string prefix_{};
+    bool tagged_ = false;
+};
 
 }  // namespace larder::keys

@@ -26,7 +26,7 @@ namespace larder {
 
 class EntityVersions {
 public:
-    /// Maps a stored key (prefix included) to its entity's name.
+    /// Maps a caller's key (without the cache's prefix) to its entity's name.
     using Entity = std::function<std::string(std::string_view key)>;
 
     /// Every key is its own entity.

@@ -1,7 +1,7 @@
 // Events<Bus>: every invalidation made through the policy is published on an invalidation
 // bus, for whoever keeps copies the store cannot reach (an L1 of its own, another
-// service's cache). Messages are the ones Near understands: "k" + stored key for a key,
-// "v" + version name for a bumped version. Publishing is best effort: a bus that cannot
+// service's cache). Messages are the ones Near understands: "k" + the stored key of an
+// invalidated entry, "v" + the stored key of a bumped version (bus.hpp). Publishing is best effort: a bus that cannot
 // publish (BackendError) does not fail the write that already happened.
 #pragma once
 
@@ -27,7 +27,7 @@ public:
 
     void versions_of(std::string_view, std::span<const std::string>, std::vector<std::string>&) {}
     void invalidated(std::string_view key) { publish('k', key); }
-    void bumped(std::string_view name) { publish('v', name); }
+    void bumped(std::string_view version_key) { publish('v', version_key); }
 
     /// Messages the bus refused.
     [[nodiscard]] std::uint64_t failed() const noexcept { return failed_.load(); }

@@ -3,7 +3,8 @@
 // stampede guards do: CacheAside<User, RedisBackend, Lock, Invalidators<Tags, Events<Bus>>>.
 //
 // A policy's read path asks its invalidator two things, and tells it two:
-// Every hook gets the key as stored: the policy's prefix, then the caller's key.
+// The rules (versions_of, ttl_for) get the caller's key, without the cache's prefix; the
+// notices (invalidated, bumped) get keys as stored, to pass on to other processes.
 //  - versions_of(key, tags, names): the *version names* an entry of `key`, read with
 //    `tags`, depends on. Their current versions are read in the same store command as the
 //    value (one MGET), stamped on every fill, and checked on every read: an entry is
@@ -11,10 +12,11 @@
 //    own stamp decides, whatever a later reader passes.
 //  - ttl_for(key) (optional): how long an entry of `key` stays fresh, when the invalidator
 //    has a say; the policy's `ttl` option otherwise.
-//  - invalidated(key): the policy removed `key` from the store (invalidate, update, a
-//    write path's put). An invalidator may tell others (publish on a bus).
-//  - bumped(name): the policy gave version `name` a new value (invalidate_tag,
-//    invalidate_version). Likewise.
+//  - invalidated(key): the policy removed the entry stored as `key` from the store
+//    (invalidate, update, a write path's put). An invalidator may tell others (publish
+//    on a bus).
+//  - bumped(version_key): the policy gave a version a new value (invalidate_tag,
+//    invalidate_version); the argument is the version's stored key. Likewise.
 //
 // A version name is namespaced by its invalidator ("tag\x1f<tag>", "ver\x1f<entity>");
 // the policy stores it under its own key prefix and bumps it to 64 random bits, so a

@@ -23,8 +23,10 @@
 namespace larder {
 
 struct VersionKeyOptions {
-    /// Prepended to the version keys (not to the keys they return).
-    std::string prefix = "ver:";
+    /// The namespace of the version keys (not of the keys they return): a version key is
+    /// `<prefix>m:ver` 0x1F `<base>` (docs/FORMAT.md), so no cache key can be one. Use the
+    /// prefix of the cache the keys are for.
+    std::string prefix{};
     /// How long a version lives without a bump; keep it longer than the entries' TTL (a
     /// version that expires only moves readers to a new key: safe, a miss).
     Millis ttl = std::chrono::hours(24);
@@ -35,7 +37,7 @@ template <Backend B>
 class VersionKeys {
 public:
     explicit VersionKeys(B& backend, VersionKeyOptions options = {})
-        : backend_(backend), options_(std::move(options)) {
+        : backend_(backend), options_(std::move(options)), keys_(options_.prefix) {
         if (!options_.clock) options_.clock = &SystemClock::instance();
         if (options_.ttl.count() <= 0) throw ConfigError("VersionKeys: ttl must be positive");
     }
@@ -70,9 +72,7 @@ public:
 
     /// The stored key holding the version of `base`.
     [[nodiscard]] std::string version_key(std::string_view base) const {
-        std::string out(options_.prefix);
-        out.append(base);
-        return out;
+        return keys_.meta("ver", base);
     }
 
 private:
@@ -91,6 +91,7 @@ private:
 
     B& backend_;
     VersionKeyOptions options_;
+    keys::Namespace keys_;
 };
 
 }  // namespace larder

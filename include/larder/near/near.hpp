@@ -7,7 +7,8 @@
 //    check), so a value read before a write cannot land in L1 after it.
 //  - Every write through Near (invalidate, invalidate_after, invalidate_tag, a policy's put)
 //    removes the key from this process's L1 and publishes it on the bus; every other
-//    process removes it from its own L1 when the message arrives.
+//    process removes it from its own L1 when the message arrives. A message the bus
+//    cannot carry does not fail the write (it happened); it is counted (bus_errors).
 //  - While the bus subscription is lost, L1 serves nothing (it cannot know what it
 //    missed); when the subscription is back, L1 starts again from empty.
 //
@@ -16,6 +17,7 @@
 // that filled L1; keys whose versions it could not report are dropped by every bump.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -103,11 +105,11 @@ public:
             policy_.invalidate_tag(tag);
         } catch (...) {
             drop_version(name);
-            publish_quietly(std::string("v") += name);
+            publish_after_write(std::string("v") += policy_.version_key(name));
             throw;
         }
         drop_version(name);
-        bus_.publish(std::string("v") += name);
+        publish_after_write(std::string("v") += policy_.version_key(name));
     }
 
     /// A write-through or write-behind policy's put: the policy stores the value, then
@@ -132,7 +134,7 @@ public:
             }
         } catch (...) {
             l1_.erase(full);
-            publish_quietly(std::string("k") += full);
+            publish_after_write(std::string("k") += full);
             throw;
         }
     }
@@ -140,12 +142,26 @@ public:
     [[nodiscard]] Policy& policy() noexcept { return policy_; }
     [[nodiscard]] NearCache<T>& l1() noexcept { return l1_; }
 
-private:
-    void announce(const std::string& full) { bus_.publish(std::string("k") += full); }
+    /// Messages a write could not publish (the write itself succeeded or failed on its
+    /// own): other processes' L1 copies of those keys may last until their L1 TTL.
+    [[nodiscard]] std::uint64_t bus_errors() const noexcept { return bus_errors_.load(); }
 
+private:
     void forget(const std::string& full) {
         l1_.erase(full);
-        announce(full);
+        publish_after_write(std::string("k") += full);
+    }
+
+    // The write has happened: a bus that cannot carry the news must not make it look
+    // failed (a caller would retry a write that succeeded). It is counted instead; the
+    // other processes' L1s are then bounded by their TTL - and a bus that cannot publish
+    // has usually lost their subscriptions too, which turns those L1s off.
+    void publish_after_write(const std::string& message) noexcept {
+        try {
+            bus_.publish(message);
+        } catch (...) {
+            bus_errors_.fetch_add(1, std::memory_order_relaxed);
+        }
     }
 
     // Runs `write`, then drops `full` from every L1, also when `write` throws.
@@ -155,18 +171,10 @@ private:
             std::invoke(write);
         } catch (...) {
             l1_.erase(full);
-            publish_quietly(std::string("k") += full);
+            publish_after_write(std::string("k") += full);
             throw;
         }
         forget(full);
-    }
-
-    // On a path that rethrows another error: the bus's own failure must not replace it.
-    void publish_quietly(const std::string& message) noexcept {
-        try {
-            bus_.publish(message);
-        } catch (...) {
-        }
     }
 
     // L1 keeps a value only if no message about it arrived since before its read (a
@@ -202,13 +210,16 @@ private:
         return value;
     }
 
+    // "k" + an entry's stored key, or "v" + a version's stored key (bus.hpp). Keys of
+    // other caches on the same bus are not this L1's business.
     void on_message(std::string_view m) {
         if (m.empty()) return;
         const std::string_view body = m.substr(1);
         if (m[0] == 'k') {
-            l1_.erase(body);
+            if (policy_.keys().key_of(body)) l1_.erase(body);
         } else if (m[0] == 'v') {
-            drop_version(body);  // invalidate_tag, or a policy's Events invalidator
+            // invalidate_tag, or a policy's Events invalidator
+            if (const auto name = policy_.version_name_of(body)) drop_version(*name);
         }
     }
 
@@ -274,6 +285,7 @@ private:
     std::set<std::string> unknown_;
     std::map<std::string, int> reading_;
     std::size_t indexed_ = 0;
+    std::atomic<std::uint64_t> bus_errors_{0};
     BusSubscription subscription_;  // last: gone first
 };
 

@@ -6,7 +6,13 @@
 // the bus reports the loss at once (on_lost), reconnects with backoff, and reports
 // on_restored once SUBSCRIBE is confirmed again. A connection that goes silent (a network
 // partition that neither side notices) is caught by a PING every `ping_interval` whose
-// answer must come within `ping_timeout`.
+// answer must come within `ping_timeout`. A SUBSCRIBE that Redis refuses (an ACL without
+// the channel) is reported through on_error and refusals(), then retried at max_backoff.
+//
+// Tenants: the channel and every message carry the RedisOptions key prefix. The channel
+// is `<prefix><channel>`, so an ACL of `&<prefix>*` admits it; a message "k<key>" goes out
+// as "k<prefix><key>" - the entry's full stored key - and a message of another prefix that
+// arrives on the same channel is dropped.
 #pragma once
 
 #include <fcntl.h>
@@ -16,6 +22,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
+#include <iostream>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -23,12 +31,17 @@
 #include <thread>
 
 #include "larder/backend/redis.hpp"
+#include "larder/core/keys.hpp"
 #include "larder/near/bus.hpp"
 
 namespace larder {
 
 struct RedisBusOptions {
+    /// After the key prefix: the channel is `<key prefix><channel>`.
     std::string channel = "larder:invalidate";
+    /// Told (on the bus's thread) why a subscription failed or was refused; by default
+    /// the reason goes to stderr. Keep it short; it must not throw.
+    std::function<void(std::string_view)> on_error{};
     /// First wait before reconnecting; doubles up to max_backoff.
     Millis first_backoff{20};
     Millis max_backoff{1000};
@@ -39,9 +52,11 @@ struct RedisBusOptions {
 
 class RedisBus {
 public:
-    /// `redis` says where Redis is (and how to log in); its key prefix is not used.
+    /// `redis` says where Redis is, how to log in, and the tenant's key prefix.
     explicit RedisBus(RedisOptions redis, RedisBusOptions options = {})
         : options_(std::move(options)),
+          prefix_(keys::Namespace(redis.key_prefix).prefix()),
+          channel_(prefix_ + options_.channel),
           endpoint_(redis_detail::Endpoint::from(redis)),
           publisher_(publisher_options(std::move(redis))) {
         if (options_.channel.empty()) throw ConfigError("RedisBus: the channel must not be empty");
@@ -62,7 +77,27 @@ public:
         close(wake_[1]);
     }
 
-    void publish(std::string_view message) { publisher_.publish(options_.channel, message); }
+    /// Throws BackendError when Redis cannot be reached or refuses (an ACL without the
+    /// channel).
+    void publish(std::string_view message) {
+        if (message.empty()) return;
+        std::string wire;
+        wire.reserve(message.size() + prefix_.size());
+        wire.append(message.substr(0, 1)).append(prefix_).append(message.substr(1));
+        publisher_.publish(channel_, wire);
+    }
+
+    /// The channel as subscribed: the key prefix, then RedisBusOptions::channel.
+    [[nodiscard]] const std::string& channel() const noexcept { return channel_; }
+
+    /// Subscriptions Redis refused (an ACL without the channel): each was reported.
+    [[nodiscard]] std::uint64_t refusals() const noexcept { return refusals_.load(); }
+
+    /// Why the last subscription attempt failed; empty once subscribed.
+    [[nodiscard]] std::string last_error() const {
+        std::lock_guard lock(state_mutex_);
+        return last_error_;
+    }
 
     BusSubscription subscribe(BusHandlers handlers) {
         const auto id = subscribers_.add(std::move(handlers));
@@ -98,6 +133,7 @@ private:
         {
             std::lock_guard lock(state_mutex_);
             connected_.store(on);
+            if (on) last_error_.clear();
         }
         state_cv_.notify_all();
         if (on) {
@@ -120,8 +156,15 @@ private:
             try {
                 listen();
                 backoff = options_.first_backoff;
-            } catch (const std::exception&) {
+            } catch (const SubscribeRefused& e) {
+                // Not a network fault: it lasts until someone changes the ACL.
+                refusals_.fetch_add(1);
+                report(e.what());
+                backoff = options_.max_backoff;
+            } catch (const std::exception& e) {
                 // Connection refused, lost, or silent: retry below.
+                std::lock_guard lock(state_mutex_);
+                last_error_ = e.what();
             }
             if (connected_.load()) set_connected(false);
             if (stopping_.load()) break;
@@ -134,8 +177,13 @@ private:
     void listen() {
         redis_detail::Counters counters;
         redis_detail::Connection conn(endpoint_, counters);
-        const auto reply = conn.command(redis_detail::Args{"SUBSCRIBE", options_.channel});
-        if (reply->type != REDIS_REPLY_ARRAY) throw BackendError("RedisBus: SUBSCRIBE refused");
+        const auto reply = conn.command(redis_detail::Args{"SUBSCRIBE", channel_});
+        if (reply->type != REDIS_REPLY_ARRAY) {
+            std::string why = "RedisBus: SUBSCRIBE " + channel_ + " refused";
+            if (reply->type == REDIS_REPLY_ERROR)
+                why += ": " + std::string(redis_detail::text_of(*reply));
+            throw SubscribeRefused(why);
+        }
         set_connected(true);
 
         redisContext* ctx = conn.context();
@@ -175,8 +223,33 @@ private:
             // ["message", channel, payload]; PING answers ["pong", ""]; ignore the rest.
             if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
                 redis_detail::text_of(*reply->element[0]) == "message") {
-                subscribers_.message(redis_detail::text_of(*reply->element[2]));
+                deliver(redis_detail::text_of(*reply->element[2]));
             }
+        }
+    }
+
+    // "<kind><prefix><key>" on the wire; subscribers hear "<kind><key>".
+    void deliver(std::string_view wire) {
+        if (wire.empty() || !wire.substr(1).starts_with(prefix_)) return;  // another tenant's
+        if (prefix_.empty()) return subscribers_.message(wire);
+        std::string message;
+        message.reserve(wire.size() - prefix_.size());
+        message.append(wire.substr(0, 1)).append(wire.substr(1 + prefix_.size()));
+        subscribers_.message(message);
+    }
+
+    void report(const std::string& why) {
+        {
+            std::lock_guard lock(state_mutex_);
+            last_error_ = why;
+        }
+        if (!options_.on_error) {
+            std::cerr << "larder: " << why << '\n';
+            return;
+        }
+        try {
+            options_.on_error(why);
+        } catch (...) {
         }
     }
 
@@ -195,14 +268,23 @@ private:
         }
     }
 
+    class SubscribeRefused : public BackendError {
+    public:
+        using BackendError::BackendError;
+    };
+
     const RedisBusOptions options_;
+    const std::string prefix_;
+    const std::string channel_;
     const redis_detail::Endpoint endpoint_;
     RedisBackend publisher_;
     detail::Subscribers subscribers_;
     std::atomic<bool> connected_{false};
     std::atomic<bool> stopping_{false};
     std::atomic<std::uint64_t> subscriptions_{0};
-    std::mutex state_mutex_;
+    std::atomic<std::uint64_t> refusals_{0};
+    mutable std::mutex state_mutex_;
+    std::string last_error_;
     std::condition_variable state_cv_;
     int wake_[2] = {-1, -1};
     std::thread thread_;  // last: starts after everything it uses exists

@@ -659,9 +659,7 @@ private:
     }
 
     [[nodiscard]] std::string user_key(std::string_view full) const {
-        const std::string& prefix = options_.cache.key_prefix;
-        if (full.starts_with(prefix)) full.remove_prefix(prefix.size());
-        return std::string(full);
+        return std::string(this->caller_key(full));
     }
 
     // A dirty copy: fresh while stored (it has no TTL until flushed), stamped with the

@@ -140,7 +140,7 @@ public:
         std::string payload;
         codec_.encode(value, payload);  // before anything is written: a CodecError costs nothing
 
-        const std::string lock_key = keys::sibling(full, "write");
+        const std::string lock_key = this->keys().sibling(key, "write");
         const std::string marker = envelope::make_lease(random_token(), options_.cache.clock->now(),
                                                         envelope::flag_write_marker);
         bool locked = false;
@@ -213,7 +213,12 @@ public:
         WriteOutcome outcome = WriteOutcome::cache_unavailable;
         try {
             const auto entry = entry_of(full, payload, version, stamp);
-            outcome = finish(full, marker, entry.bytes, entry.ttl, version);
+            if (entry.bytes.size() > options_.cache.max_value_bytes) {
+                remove_quietly(full, marker);  // in the database, not in the cache
+                outcome = WriteOutcome::invalidated;
+            } else {
+                outcome = finish(full, marker, entry.bytes, entry.ttl, version);
+            }
         } catch (const BackendError&) {
             bump(stats_.backend_errors);
         }

@@ -69,8 +69,10 @@ struct RedisOptions {
     Millis reconnect_backoff{50};
     /// SO_KEEPALIVE on TCP connections, so a peer that vanished is noticed on idle ones.
     bool tcp_keepalive = true;
-    /// Prepended to every key (not to channel names): several applications can share one
-    /// Redis. Use a hash tag, e.g. "{app}:", only if all keys must share one Cluster slot.
+    /// Prepended to every key and to RedisBus's channel: several applications (tenants)
+    /// can share one Redis, each limited by an ACL to `~<prefix>* &<prefix>*`. A ':' is
+    /// added when it does not end in one. Use a hash tag, e.g. "{app}:", only if all keys
+    /// must share one Cluster slot (docs/security.md).
     std::string key_prefix{};
     /// true: connect, authenticate and PING in the constructor and throw ConnectionError
     /// if that fails. false: construct anyway and connect on first use.

@@ -69,6 +69,7 @@ public:
                       codec_type codec = {}, invalidator_type invalidator = {})
         : backend_(backend),
           options_(validated(std::move(options))),
+          keys_(options_.key_prefix),
           guard_(std::move(guard)),
           codec_(std::move(codec)),
           invalidator_(std::move(invalidator)),
@@ -158,7 +159,7 @@ public:
             stats_.add(Counter::backend_errors);
             throw;
         }
-        invalidator_.bumped(name);
+        invalidator_.bumped(version_key(name));
     }
 
     /// The stored key of a tag's version.
@@ -166,12 +167,16 @@ public:
         return version_key(Tags::version_name(tag));
     }
 
-    /// The stored key of a version: the prefix, 0x1F, the name.
+    /// The stored key of a version (docs/FORMAT.md, "Keys").
     [[nodiscard]] std::string version_key(std::string_view name) const {
-        std::string key;
-        key.reserve(options_.key_prefix.size() + name.size() + 1);
-        key.append(options_.key_prefix).append("\x1f").append(name);
-        return key;
+        return keys_.meta(version_role, name);
+    }
+
+    /// The version name a stored version key holds; nullopt for any other key.
+    [[nodiscard]] std::optional<std::string_view> version_name_of(std::string_view stored) const {
+        const std::string none = keys_.meta(version_role, "");
+        if (!stored.starts_with(none)) return std::nullopt;
+        return stored.substr(none.size());
     }
 
     /// Values for many keys, aligned with `keys`, from one backend read (a second only
@@ -324,12 +329,15 @@ public:
     [[nodiscard]] guard_type& guard() noexcept { return guard_; }
     [[nodiscard]] invalidator_type& invalidator() noexcept { return invalidator_; }
 
-    /// The key as stored: the prefix, then the caller's key.
-    [[nodiscard]] std::string full_key(std::string_view key) const {
-        std::string full;
-        full.reserve(options_.key_prefix.size() + key.size());
-        full.append(options_.key_prefix).append(key);
-        return full;
+    /// The key as stored: the prefix, `k:`, then the caller's key (docs/FORMAT.md).
+    [[nodiscard]] std::string full_key(std::string_view key) const { return keys_.entry(key); }
+
+    /// This cache's key layout: its entries, its own keys, and their siblings.
+    [[nodiscard]] const keys::Namespace& keys() const noexcept { return keys_; }
+
+    /// The caller's key of a stored entry key (what invalidators' rules see).
+    [[nodiscard]] std::string_view caller_key(std::string_view full) const noexcept {
+        return keys_.key_of(full).value_or(full);
     }
 
     /// Waits until no background refresh is queued or running.
@@ -359,19 +367,28 @@ protected:
 
     /// The version whose value every invalidation changes before it bumps another: what
     /// a load that chose its tags after loading checks (add_loader_tags).
+    static constexpr std::string_view version_role = "v";
+
     static constexpr std::string_view bumps_name =
         "\x1e"
         "bumps";
 
     /// Stores `value` now (replacing any value or lease: a load in flight cannot
     /// overwrite it), with the current versions of `tags`. For write-through paths and
-    /// warm-ups; a read-through cache needs only get().
+    /// warm-ups; a read-through cache needs only get(). A value over max_value_bytes
+    /// removes the key instead (counted as too_large).
     void set(std::string_view key, const T& value, std::span<const std::string> tags = {}) {
         const std::string full = full_key(key);
         const std::vector<std::string> names = version_names(full, tags);
         std::vector<TagVersion> stamp;
         if (!names.empty()) stamp = current_versions(names);
         Entry entry = encode(full, &value, std::chrono::microseconds{0}, stamp);
+        if (entry.bytes.size() > options_.max_value_bytes) {
+            stats_.add(Counter::too_large);
+            backend_.del(full);  // what was cached is older than `value`
+            written(full, stamp, /*cached=*/false);
+            return;
+        }
         backend_.set(full, entry.bytes, entry.ttl);
         written(full, stamp, /*cached=*/true);
     }
@@ -434,7 +451,8 @@ protected:
     Millis value_ttl(std::string_view full, const EntryTimes& times) {
         if (times.ttl) return *times.ttl;
         if constexpr (TtlInvalidator<invalidator_type>) {
-            if (const auto decided = invalidator_.ttl_for(full); decided && decided->count() > 0) {
+            if (const auto decided = invalidator_.ttl_for(caller_key(full));
+                decided && decided->count() > 0) {
                 return saturated(*decided);
             }
         }
@@ -494,6 +512,7 @@ private:
 
     static CacheAsideOptions validated(CacheAsideOptions o) {
         if (!o.clock) o.clock = &SystemClock::instance();
+        o.key_prefix = keys::Namespace(o.key_prefix).prefix();
         o.jitter.validate();
         if (o.ttl.count() <= 0 || o.negative_ttl.count() <= 0 || o.lease_ttl.count() <= 0) {
             throw ConfigError("larder: ttl, negative_ttl and lease_ttl must be positive");
@@ -525,7 +544,7 @@ private:
     std::vector<std::string> version_names(std::string_view full,
                                            std::span<const std::string> tags) {
         std::vector<std::string> names;
-        invalidator_.versions_of(full, tags, names);
+        invalidator_.versions_of(caller_key(full), tags, names);
         if (names.size() < 2) return names;
         std::vector<std::string> unique;
         unique.reserve(names.size());
@@ -1099,10 +1118,8 @@ private:
     std::optional<Loaded> run_loader(L& loader, SteadyTime until, Finish finish) {
         if constexpr (is_detached_v<std::decay_t<L>>) {
             if (until != no_deadline) {
-                if (std::chrono::steady_clock::now() >= until) {
-                    finish(nullptr, LoadContext{}, std::chrono::microseconds{0});
-                    return std::nullopt;
-                }
+                // Started even when the deadline has passed already (a slow machine): the
+                // caller stops waiting at once, and the fill still serves the next reader.
                 auto outcome = std::make_shared<LoadOutcome<Loaded>>();
                 loads_.start([this, outcome, load = std::decay_t<L>(loader),
                               finish = std::move(finish)]() mutable {
@@ -1210,7 +1227,7 @@ private:
                                                 L& loader, bool early,
                                                 std::span<const std::string> tags, const Call& call,
                                                 Served* served) {
-        const std::string lease_key = keys::sibling(full, "refresh");
+        const std::string lease_key = keys_.sibling(caller_key(full), "refresh");
         auto lease = try_lease(lease_key, nullptr);
         if (!lease) return std::nullopt;
         // Another process may have refreshed and released just before this lease was
@@ -1350,6 +1367,17 @@ private:
         } catch (const std::exception&) {
             return give_up(Counter::corrupt_values);  // served, but not cached
         }
+        if (entry->bytes.size() > options_.max_value_bytes) {
+            // Served, not cached. A value it was to replace goes too: left, it would be
+            // served stale in its place.
+            stats_.add(Counter::too_large);
+            try {
+                (void)backend_.compare_and_delete(full, expected);
+            } catch (const BackendError&) {
+                stats_.add(Counter::backend_errors);
+            }
+            return;
+        }
         try {
             if (backend_.compare_and_set(full, expected, entry->bytes, entry->ttl)) {
                 stats_.add(Counter::fills);
@@ -1374,7 +1402,7 @@ private:
                          std::vector<TagVersion>& stamp, std::uint64_t bumps_before) {
         if (bumps_before == 0) return false;
         std::vector<std::string> names;
-        invalidator_.versions_of(full, tags, names);
+        invalidator_.versions_of(caller_key(full), tags, names);
         std::vector<TagVersion> added;
         auto has = [](const std::vector<TagVersion>& in, const std::string& name) {
             return std::any_of(in.begin(), in.end(),
@@ -1405,6 +1433,7 @@ private:
 
     B& backend_;
     CacheAsideOptions options_;
+    keys::Namespace keys_;
     guard_type guard_;
     [[no_unique_address]] codec_type codec_;
     [[no_unique_address]] invalidator_type invalidator_;
