@@ -1128,6 +1128,7 @@ TEST_CASE("An allkeys-* maxmemory-policy is warned about, or refused", "[write_b
     larder::WriteBehindOptions o;
     o.start_flusher = false;
     o.log = [&log](std::string_view line) { log.add(line); };
+    o.eviction_check = larder::EvictionCheck::warn;  // opt-in: it needs CONFIG GET
     { larder::WriteBehind<std::string, larder::RedisBackend> wb(redis, writer_for(db), o); }
     REQUIRE(log.contains("allkeys-lru"));
     o.eviction_check = larder::EvictionCheck::refuse;

@@ -14,6 +14,10 @@
 //     SO_LINGER 0); the proxy keeps accepting new connections afterwards.
 //   * set_delay(d) holds every chunk read after the call for d before writing it on, in both
 //     directions (added latency, not a bandwidth limit; order is always preserved).
+//   * hold_replies(true) models a reply lost after its request arrived: requests still reach
+//     the server, nothing comes back on any connection. hold_replies_after(n) does that per
+//     connection once more than n bytes of replies came through it since the call (a large
+//     reply is held, small ones pass). A held connection stays held until it closes.
 // All controls are thread-safe and synchronous: when they return, the forwarding thread has
 // applied them, so e.g. nothing sent after blackhole(true) returns is forwarded.
 //
@@ -80,6 +84,9 @@ struct Connection {
     int upstream = -1;
     bool connecting = true;
     bool failed = false;
+    bool held = false;             // replies are no longer forwarded (hold_replies_after)
+    std::size_t reply_bytes = 0;   // read from upstream since the last hold_replies_after()
+    std::uint64_t hold_epoch = 0;  // the hold_replies_after() call reply_bytes counts from
     Direction to_upstream;
     Direction to_client;
 };
@@ -160,6 +167,18 @@ public:
         apply([&] { blackholed_ = on; });
     }
 
+    void hold_replies(bool on) {
+        apply([&] { hold_all_ = on; });
+    }
+
+    // 0: off.
+    void hold_replies_after(std::size_t bytes) {
+        apply([&] {
+            hold_after_ = bytes;
+            ++hold_epoch_;
+        });
+    }
+
     bool blackholed() const {
         const std::lock_guard<std::mutex> lock(mutex_);
         return blackholed_;
@@ -192,6 +211,9 @@ private:
         bool blackholed = false;
         std::chrono::milliseconds delay{0};
         bool drop = false;
+        bool hold_all = false;
+        std::size_t hold_after = 0;
+        std::uint64_t hold_epoch = 0;
     };
 
     void resolve_upstream() {
@@ -278,6 +300,9 @@ private:
                 }
                 settings.blackholed = blackholed_;
                 settings.delay = delay_;
+                settings.hold_all = hold_all_;
+                settings.hold_after = hold_after_;
+                settings.hold_epoch = hold_epoch_;
                 settings.drop = drops_requested_ != drops_done;
                 drops_done = drops_requested_;
                 if (settings.drop) {
@@ -295,7 +320,9 @@ private:
                 for (auto& conn : connections_) {
                     if (!conn->connecting && !conn->failed) {
                         flush(*conn, conn->to_upstream, conn->upstream, now);
-                        flush(*conn, conn->to_client, conn->client, now);
+                        if (!settings.hold_all && !conn->held) {
+                            flush(*conn, conn->to_client, conn->client, now);
+                        }
                     }
                 }
             }
@@ -314,7 +341,8 @@ private:
                 fds.push_back(watch(conn->client, conn->to_upstream, conn->to_client, false,
                                     settings.blackholed));
                 fds.push_back(watch(conn->upstream, conn->to_client, conn->to_upstream,
-                                    conn->connecting, settings.blackholed));
+                                    conn->connecting, settings.blackholed,
+                                    settings.hold_all || conn->held));
                 if (!settings.blackholed) {
                     for (const Direction* dir : {&conn->to_upstream, &conn->to_client}) {
                         if (!dir->queue.empty() && dir->queue.front().due > now) {
@@ -356,14 +384,15 @@ private:
 
     // `source` is the direction this fd feeds, `sink` the one it drains.
     static pollfd watch(int fd, const Direction& source, const Direction& sink, bool connecting,
-                        bool blackholed) {
+                        bool blackholed, bool not_reading = false) {
         pollfd pfd{fd, 0, 0};
         if (connecting) {
             pfd.events = POLLOUT;
             return pfd;
         }
         if (!blackholed) {
-            if (!source.source_eof && source.queued_bytes < detail::proxy::max_buffered_bytes) {
+            if (!not_reading && !source.source_eof &&
+                source.queued_bytes < detail::proxy::max_buffered_bytes) {
                 pfd.events |= POLLIN;
             }
             if (sink.write_blocked) {
@@ -406,8 +435,22 @@ private:
         if ((client_events & (POLLIN | POLLHUP)) != 0) {
             receive(conn, conn.client, conn.to_upstream, settings.delay, now);
         }
+        if (settings.hold_all || conn.held) {
+            // Not reading replies: a hang-up upstream would otherwise be reported forever.
+            if ((upstream_events & POLLHUP) != 0) conn.failed = true;
+            return;
+        }
         if (!conn.failed && (upstream_events & (POLLIN | POLLHUP)) != 0) {
+            const std::size_t before = conn.to_client.queued_bytes;
             receive(conn, conn.upstream, conn.to_client, settings.delay, now);
+            if (settings.hold_after > 0) {
+                if (conn.hold_epoch != settings.hold_epoch) {
+                    conn.hold_epoch = settings.hold_epoch;
+                    conn.reply_bytes = 0;
+                }
+                conn.reply_bytes += conn.to_client.queued_bytes - before;
+                if (conn.reply_bytes > settings.hold_after) conn.held = true;
+            }
         }
         // POLLOUT needs no handling here: the next flush() retries blocked writes.
     }
@@ -527,6 +570,9 @@ private:
     std::condition_variable applied_cv_;
     bool stopping_ = false;
     bool blackholed_ = false;
+    bool hold_all_ = false;
+    std::size_t hold_after_ = 0;
+    std::uint64_t hold_epoch_ = 0;
     std::chrono::milliseconds delay_{0};
     std::uint64_t drops_requested_ = 0;
     std::uint64_t generation_requested_ = 0;

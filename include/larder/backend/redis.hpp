@@ -39,6 +39,9 @@ struct RedisBackendStats {
     std::uint64_t round_trips = 0;       ///< requests sent; a pipeline counts once
     std::uint64_t errors = 0;            ///< calls that threw BackendError (not fast fails)
     std::uint64_t timeouts = 0;          ///< of those, TimeoutErrors
+    /// Of those, timeouts while the reply was arriving (a large exchange, not a sick
+    /// server): not counted by the circuit breaker.
+    std::uint64_t payload_timeouts = 0;
     std::uint64_t connects = 0;          ///< connections opened
     std::uint64_t connect_failures = 0;  ///< connection attempts that failed
     std::uint64_t breaker_opens = 0;     ///< times the circuit breaker opened
@@ -203,7 +206,7 @@ public:
     void set(std::string_view key, std::string_view value, Millis ttl) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
         const redis_detail::Number px(saturated(ttl).count());
-        run([&](redis_detail::Connection& c) {
+        run_write([&](redis_detail::Connection& c) {
             const auto reply = ttl.count() > 0
                                    ? c.command(Args{"SET", k.view(), value, "PX", px.view()})
                                    : c.command(Args{"SET", k.view(), value});
@@ -215,7 +218,7 @@ public:
     bool set_if_absent(std::string_view key, std::string_view value, Millis ttl) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
         const redis_detail::Number px(saturated(ttl).count());
-        return run([&](redis_detail::Connection& c) {
+        return run_write([&](redis_detail::Connection& c) {
             const auto reply = ttl.count() > 0
                                    ? c.command(Args{"SET", k.view(), value, "NX", "PX", px.view()})
                                    : c.command(Args{"SET", k.view(), value, "NX"});
@@ -290,11 +293,13 @@ public:
         Args args;
         for (std::string_view a : argv) args.push(a);
         const std::string name(argv.front().substr(0, 32));
-        return run([&](redis_detail::Connection& c) {
-            const auto reply = c.command(args);
-            redis_detail::check(*reply, name);
-            return redis_detail::to_reply(*reply);
-        });
+        return run(
+            [&](redis_detail::Connection& c) {
+                const auto reply = c.command(args);
+                redis_detail::check(*reply, name);
+                return redis_detail::to_reply(*reply);
+            },
+            redis_detail::reads_only(argv) ? Effect::read : Effect::write);
     }
 
     RedisReply command(std::initializer_list<std::string_view> argv) {
@@ -311,9 +316,11 @@ public:
         prefixed.reserve(keys.size());
         for (std::string_view k : keys) prefixed.push_back(stored_key(k));
         std::vector<std::string_view> views(prefixed.begin(), prefixed.end());
-        return run([&](redis_detail::Connection& c) {
-            return redis_detail::to_reply(*script.run(c, views, args, counters_));
-        });
+        return run(
+            [&](redis_detail::Connection& c) {
+                return redis_detail::to_reply(*script.run(c, views, args, counters_));
+            },
+            script.writes() ? Effect::write : Effect::read);
     }
 
     RedisReply eval(RedisScript& script, std::initializer_list<std::string_view> keys,
@@ -332,6 +339,7 @@ public:
         s.round_trips = load(counters_.round_trips);
         s.errors = load(counters_.errors);
         s.timeouts = load(counters_.timeouts);
+        s.payload_timeouts = load(counters_.payload_timeouts);
         s.connects = load(counters_.connects);
         s.connect_failures = load(counters_.connect_failures);
         s.breaker_opens = breaker_.opens();
@@ -350,6 +358,10 @@ public:
 private:
     using Args = redis_detail::Args;
     using Counters = redis_detail::Counters;
+
+    /// Whether a call can change data: a write whose reply never came has an unknown
+    /// outcome (OutcomeUnknownError), a read that timed out simply failed.
+    enum class Effect : std::uint8_t { read, write };
 
     static RedisOptions validated(RedisOptions o) {
         auto fail = [](const std::string& why) { throw ConfigError("RedisOptions: " + why); };
@@ -385,9 +397,12 @@ private:
     // Every call goes through here: breaker, pool, accounting. A failure that says the
     // server is unwell (I/O error, timeout, failed connect, LOADING...) counts against the
     // breaker; an error reply about the request itself (wrong type, rejected script) does
-    // not, since the server answered it.
+    // not, since the server answered it. Nor does a timeout that came while replies were
+    // arriving: the server was answering, and what ran out was the time for the size of
+    // the exchange (a large value), which says nothing about the server or other callers.
     template <class F>
-    auto run(F&& body) -> std::invoke_result_t<F&, redis_detail::Connection&> {
+    auto run(F&& body, Effect effect = Effect::read)
+        -> std::invoke_result_t<F&, redis_detail::Connection&> {
         using Result = std::invoke_result_t<F&, redis_detail::Connection&>;
         using Ticket = redis_detail::CircuitBreaker::Ticket;
         Ticket ticket;
@@ -397,15 +412,26 @@ private:
             Counters::bump(counters_.short_circuited);
             throw;
         }
+        bool answering = false;  // a timeout came while replies were arriving
         try {
             auto lease = pool_.borrow();
-            if constexpr (std::is_void_v<Result>) {
-                body(*lease);
-                breaker_.succeeded(ticket);
-            } else {
-                Result result = body(*lease);
-                breaker_.succeeded(ticket);
-                return result;
+            try {
+                if constexpr (std::is_void_v<Result>) {
+                    body(*lease);
+                    breaker_.succeeded(ticket);
+                } else {
+                    Result result = body(*lease);
+                    breaker_.succeeded(ticket);
+                    return result;
+                }
+            } catch (const TimeoutError& e) {
+                answering = lease->reply_started();
+                if (effect == Effect::write && lease->request_sent() &&
+                    dynamic_cast<const OutcomeUnknownError*>(&e) == nullptr) {
+                    throw OutcomeUnknownError(std::string(e.what()) +
+                                              " (the write was sent: it may have been applied)");
+                }
+                throw;
             }
         } catch (const redis_detail::PoolExhausted&) {
             Counters::bump(counters_.errors);
@@ -423,7 +449,12 @@ private:
         } catch (const TimeoutError& e) {
             Counters::bump(counters_.errors);
             Counters::bump(counters_.timeouts);
-            breaker_.failed(ticket, e.what());
+            if (answering) {
+                Counters::bump(counters_.payload_timeouts);
+                breaker_.succeeded(ticket);
+            } else {
+                breaker_.failed(ticket, e.what());
+            }
             throw;
         } catch (const BackendError& e) {
             Counters::bump(counters_.errors);
@@ -435,17 +466,27 @@ private:
         }
     }
 
-    std::int64_t run_script(redis_detail::Script& script, std::span<const std::string_view> keys,
-                            std::span<const std::string_view> args) {
-        return run([&](redis_detail::Connection& c) {
-            const auto reply = script.run(c, keys, args, counters_);
-            if (reply->type != REDIS_REPLY_INTEGER) redis_detail::unexpected(*reply, script.name());
-            return static_cast<std::int64_t>(reply->integer);
-        });
+    template <class F>
+    auto run_write(F&& body) -> std::invoke_result_t<F&, redis_detail::Connection&> {
+        return run(std::forward<F>(body), Effect::write);
     }
 
+    std::int64_t run_script(redis_detail::Script& script, std::span<const std::string_view> keys,
+                            std::span<const std::string_view> args) {
+        return run(
+            [&](redis_detail::Connection& c) {
+                const auto reply = script.run(c, keys, args, counters_);
+                if (reply->type != REDIS_REPLY_INTEGER) {
+                    redis_detail::unexpected(*reply, script.name());
+                }
+                return static_cast<std::int64_t>(reply->integer);
+            },
+            script.writes() ? Effect::write : Effect::read);
+    }
+
+    // DEL, INCRBY, PUBLISH: all writes.
     std::int64_t integer_command(const Args& args, std::string_view what) {
-        return run([&](redis_detail::Connection& c) {
+        return run_write([&](redis_detail::Connection& c) {
             const auto reply = c.command(args);
             redis_detail::check(*reply, what);
             if (reply->type != REDIS_REPLY_INTEGER) redis_detail::unexpected(*reply, what);

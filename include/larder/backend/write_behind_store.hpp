@@ -88,6 +88,27 @@ struct ClaimBatch {
     std::vector<ClaimedEntry> entries;
     /// Expired claims of other flushers put back in the queue by this call.
     std::size_t requeued = 0;
+    /// Keys whose expired claims used up max_attempts: dead-lettered by this call.
+    std::vector<std::string> dead_lettered;
+};
+
+/// How a claim is bounded and who makes it.
+struct ClaimOptions {
+    /// An expired claim counts as a failed attempt; one that brings an entry's failed
+    /// attempts to this is dead-lettered by the claim itself, not re-queued: the store's
+    /// count decides, so an entry whose claims never reach their flusher (a reply that
+    /// always times out) cannot circle forever. 0: no bound.
+    std::uint32_t max_attempts = 0;
+    /// The claim stops taking entries once their values pass this many bytes (it always
+    /// takes at least one), so one huge value travels alone and cannot drag a whole batch
+    /// into its fate. 0: no bound.
+    std::size_t max_bytes = 0;
+    /// Names this claim (0: anonymous), so the caller can release it if the reply is lost.
+    std::uint64_t token = 0;
+    /// Tokens of this caller's earlier claims whose replies never came: whatever they
+    /// took is released first, counted as a failed attempt, and may be taken again now
+    /// rather than when those claims expire.
+    std::span<const std::uint64_t> lost{};
 };
 
 /// How a flusher settles a claimed entry.
@@ -141,7 +162,9 @@ struct QueueStats {
 
 /// Whether the store could drop dirty data on its own.
 struct EvictionRisk {
-    enum Level : std::uint8_t { none, evicting, unknown };
+    /// unknown: the store answered but did not say; could_not_run: the check was refused
+    /// or failed (on Redis, CONFIG GET needs the @admin commands).
+    enum Level : std::uint8_t { none, evicting, unknown, could_not_run };
     Level level = none;
     std::string detail;
 };
@@ -149,7 +172,8 @@ struct EvictionRisk {
 template <class S>
 concept WriteBehindStore = requires(S& store, std::string_view key, std::string_view bytes,
                                     std::size_t n, Millis ttl, std::span<const std::string> keys,
-                                    std::span<const Settlement> settlements) {
+                                    std::span<const Settlement> settlements,
+                                    const ClaimOptions& claim_options) {
     /// Writes the cached copy (no TTL) and the dirty copy with a new version. A clean key
     /// is refused (PutStatus::full) when max_pending (n; 0 = no bound) keys are dirty.
     { store.put(key, bytes, n) } -> std::same_as<PutOutcome>;
@@ -159,7 +183,9 @@ concept WriteBehindStore = requires(S& store, std::string_view key, std::string_
     { store.read_current(key) } -> std::same_as<std::optional<CurrentValue>>;
     /// The dirty copy only.
     { store.dirty_value(key) } -> std::same_as<std::optional<std::string>>;
-    /// Re-queues expired claims, then claims up to n ready entries for `ttl`.
+    /// Re-queues expired and lost claims (dead-lettering those at max_attempts), then
+    /// claims up to n ready entries for `ttl`. claim(n, ttl) has no bounds and no token.
+    { store.claim(n, ttl, claim_options) } -> std::same_as<ClaimBatch>;
     { store.claim(n, ttl) } -> std::same_as<ClaimBatch>;
     /// Pushes the deadline of these claimed keys to now + ttl (a flusher still working).
     { store.extend(keys, ttl) } -> std::same_as<void>;
@@ -174,6 +200,8 @@ concept WriteBehindStore = requires(S& store, std::string_view key, std::string_
     { store.stats() } -> std::same_as<QueueStats>;
     /// Up to n dirty keys, oldest first (what a drain that ran out of time leaves).
     { store.pending_keys(n) } -> std::same_as<std::vector<std::string>>;
+    /// Asks whether the store could drop dirty data. Never called by WriteBehind on its
+    /// own (on Redis it needs CONFIG GET, which a tenant's ACL may refuse).
     { store.eviction_risk() } -> std::same_as<EvictionRisk>;
     /// true when the queue outlives the process (what is left unflushed is not lost).
     { S::durable } -> std::convertible_to<bool>;
@@ -244,28 +272,45 @@ public:
         return it->second.value;
     }
 
-    ClaimBatch claim(std::size_t max, Millis claim_ttl) {
+    ClaimBatch claim(std::size_t max, Millis claim_ttl, const ClaimOptions& options = {}) {
         std::lock_guard lock(mutex_);
         const std::int64_t now = now_ms();
         ClaimBatch out;
+        // Lost claims first: the caller never saw what they took.
+        if (!options.lost.empty()) {
+            std::vector<std::string> lost;
+            for (const auto& [at, key] : processing_) {
+                const Entry& e = entries_.find(key)->second;
+                if (e.token != 0 && std::find(options.lost.begin(), options.lost.end(), e.token) !=
+                                        options.lost.end()) {
+                    lost.push_back(key);
+                }
+            }
+            for (const auto& key : lost) {
+                auto it = entries_.find(key);
+                processing_.erase({it->second.at, key});
+                release(it, now, "its claim's reply was lost (a timeout)", options, out);
+            }
+        }
         while (!processing_.empty() && processing_.begin()->first <= now) {
             const std::string key = processing_.begin()->second;
             processing_.erase(processing_.begin());
             auto it = entries_.find(key);
             if (it == entries_.end()) continue;
-            Entry& e = it->second;
-            e.in_flight = false;
-            e.since_next = 0;
-            ++e.attempts;
-            e.error = "claim expired: the flusher holding it died or stalled";
-            schedule(key, e, now);
-            ++out.requeued;
+            release(it, now, "claim expired: the flusher holding it died or stalled", options, out);
         }
+        std::size_t bytes = 0;
         while (out.entries.size() < max && !pending_.empty() && pending_.begin()->first <= now) {
             const std::string key = pending_.begin()->second;
-            pending_.erase(pending_.begin());
             Entry& e = entries_.find(key)->second;
+            if (options.max_bytes > 0 && !out.entries.empty() &&
+                bytes + e.value.size() > options.max_bytes) {
+                break;
+            }
+            bytes += e.value.size();
+            pending_.erase(pending_.begin());
             e.in_flight = true;
+            e.token = options.token;
             e.at = now + claim_ttl.count();
             processing_.emplace(e.at, key);
             out.entries.push_back(ClaimedEntry{key, e.version, e.value, e.attempts,
@@ -326,23 +371,9 @@ public:
                     e.error = s.error;
                     schedule(s.key, e, now + std::max<std::int64_t>(0, s.retry_after.count()));
                     break;
-                case Settlement::dead: {
-                    if (auto old = dead_.find(s.key); old != dead_.end()) {
-                        dead_order_.erase({old->second.dead_at.time_since_epoch().count(), s.key});
-                    }
-                    DeadRecord d{s.key,
-                                 e.version,
-                                 std::move(e.value),
-                                 e.attempts + 1,
-                                 s.error,
-                                 TimePoint{Millis{now}},
-                                 TimePoint{Millis{e.since}},
-                                 false};
-                    dead_[s.key] = std::move(d);
-                    dead_order_.emplace(now, s.key);
-                    remove(it);
+                case Settlement::dead:
+                    bury(it, now, s.error, e.attempts + 1);
                     break;
-                }
             }
             out.push_back(SettleResult::done);
         }
@@ -424,6 +455,7 @@ private:
     struct Entry {
         std::string value;
         std::uint64_t version = 0;
+        std::uint64_t token = 0;  // the claim holding it, while in flight
         std::uint32_t attempts = 0;
         std::string error;
         std::int64_t since = 0;       // time of the oldest write not yet flushed
@@ -492,6 +524,46 @@ private:
             backend_.compare_and_expire(key, value, ttl);
         } catch (const BackendError&) {
         }
+    }
+
+    // A claim that ended without news (expired, or its reply lost) is a failed attempt;
+    // the last one allowed dead-letters the entry. `it` is no longer in processing_.
+    void release(typename Entries::iterator it, std::int64_t now, const char* why,
+                 const ClaimOptions& options, ClaimBatch& out) {
+        const std::string key = it->first;
+        Entry& e = it->second;
+        e.in_flight = false;
+        e.since_next = 0;
+        e.token = 0;
+        ++e.attempts;
+        e.error = why;
+        if (options.max_attempts > 0 && e.attempts >= options.max_attempts) {
+            bury(it, now, "gave up after " + std::to_string(e.attempts) + " attempts: " + why,
+                 e.attempts);
+            out.dead_lettered.push_back(key);
+            return;
+        }
+        schedule(key, e, now);
+        ++out.requeued;
+    }
+
+    void bury(typename Entries::iterator it, std::int64_t now, std::string error,
+              std::uint32_t attempts) {
+        const std::string key = it->first;
+        Entry& e = it->second;
+        if (auto old = dead_.find(key); old != dead_.end()) {
+            dead_order_.erase({old->second.dead_at.time_since_epoch().count(), key});
+        }
+        dead_[key] = DeadRecord{key,
+                                e.version,
+                                std::move(e.value),
+                                attempts,
+                                std::move(error),
+                                TimePoint{Millis{now}},
+                                TimePoint{Millis{e.since}},
+                                false};
+        dead_order_.emplace(now, key);
+        remove(it);
     }
 
     void schedule(const std::string& key, Entry& e, std::int64_t ready_at) {

@@ -123,8 +123,10 @@ enum class WhenFull : std::uint8_t {
     fail,   ///< throw BackpressureError at once
 };
 
-/// What the constructor does when the store could evict unflushed data (Redis with an
-/// allkeys-* maxmemory-policy).
+/// What the constructor does about the store evicting unflushed data (Redis with an
+/// allkeys-* maxmemory-policy). ignore: nothing, no I/O (the default: on Redis the check
+/// needs CONFIG GET, an @admin command a tenant's ACL refuses; call check_eviction() where
+/// it is allowed). warn, refuse: run check_eviction() and log, or throw ConfigError.
 enum class EvictionCheck : std::uint8_t { warn, refuse, ignore };
 
 struct WriteBehindOptions {
@@ -138,6 +140,10 @@ struct WriteBehindOptions {
     bool start_flusher = true;
     /// Entries per batch-writer call.
     std::size_t batch_size = 100;
+    /// Bound on the bytes of the values one claim carries (it always carries at least one
+    /// entry; 0: no bound). A huge value then travels alone, so if its claim's reply times
+    /// out, no other entry waits for that claim to expire.
+    std::size_t batch_bytes = std::size_t{16} << 20;
     /// Bound on the batches one flush() writes, so producers cannot keep it going forever.
     std::size_t max_batches_per_flush = 1000;
     /// How long a claim lasts without news from its flusher. A live flusher extends its
@@ -153,7 +159,7 @@ struct WriteBehindOptions {
     /// Once flushed, a cached copy becomes an ordinary cache entry with this TTL
     /// (0: it stays without one). While dirty it never has a TTL.
     Millis clean_ttl = std::chrono::minutes(5);
-    EvictionCheck eviction_check = EvictionCheck::warn;
+    EvictionCheck eviction_check = EvictionCheck::ignore;
     /// The cache side, as CacheAside's: cached copies live under cache.key_prefix + key,
     /// and get() loads and caches misses with these TTLs.
     CacheAsideOptions cache{};
@@ -171,6 +177,9 @@ struct FlushReport {
     std::size_t retried = 0;        ///< failed, queued again with a backoff
     std::size_t dead_lettered = 0;  ///< failed for the last time
     std::size_t requeued = 0;       ///< expired claims of other flushers taken back
+    /// Claims whose reply never came (a timeout): what they took is released by the next
+    /// claim, as a failed attempt, and the flush goes on past them.
+    std::size_t lost_claims = 0;
     /// "key: message" of failed entries (the first 16).
     std::vector<std::string> errors;
     /// Set when the store failed; what was claimed is re-queued when its claim expires.
@@ -184,6 +193,7 @@ struct FlushReport {
         retried += o.retried;
         dead_lettered += o.dead_lettered;
         requeued += o.requeued;
+        lost_claims += o.lost_claims;
         for (const auto& e : o.errors) {
             if (errors.size() < 16) errors.push_back(e);
         }
@@ -307,7 +317,7 @@ public:
                              backend, WriteBehindStoreOptions{options_.name, clock()})),
           keeper_(*store_, options_.claim_ttl) {
         if (!writer_) throw ConfigError("WriteBehind: a batch writer is required");
-        check_eviction();
+        check_eviction_at_start();
         if (options_.start_flusher) flusher_ = std::thread([this] { run_flusher(); });
     }
 
@@ -375,6 +385,9 @@ public:
         const std::string full = this->full_key(key);
         const auto stamp = this->versions_for_write(full);
         const std::string bytes = encode(value, stamp);
+        check_size(key, bytes);
+        // OutcomeUnknownError (a TimeoutError) when the reply was lost: the put may be
+        // queued. Retrying it is safe: the latest put of a key wins.
         const PutOutcome out =
             with_room([&] { return store_->put(full, bytes, options_.max_pending); });
         acknowledged(out, false);
@@ -431,8 +444,19 @@ public:
             std::invoke(change, *value);
             const auto stamp = this->versions_for_write(full);
             const std::string bytes = encode(*value, stamp);
-            const PutOutcome out = with_room(
-                [&] { return store_->put_if(full, bytes, current->bytes, options_.max_pending); });
+            check_size(key, bytes);
+            PutOutcome out;
+            try {
+                out = with_room([&] {
+                    return store_->put_if(full, bytes, current->bytes, options_.max_pending);
+                });
+            } catch (const OutcomeUnknownError&) {
+                // The change may be queued: a caller retrying an increment would count it
+                // twice. Our bytes carry a nonce no other write has, so finding them in
+                // the store proves it applied; anything else stays unknown.
+                if (!applied(full, bytes)) throw;
+                out = PutOutcome{.status = PutStatus::stored};
+            }
             if (out.status == PutStatus::conflict) {
                 counters_.conflicts.fetch_add(1, std::memory_order_relaxed);
                 continue;
@@ -475,6 +499,20 @@ public:
                       "for a member use increment(key, &T::member, ...)");
         return increment(
             key, [](T& v) -> T& { return v; }, delta, std::forward<L>(loader));
+    }
+
+    // ---- eviction ---------------------------------------------------------------------
+
+    /// Asks the store whether it could evict unflushed data (on Redis: CONFIG GET
+    /// maxmemory-policy, an @admin command). Never run unless called, or unless
+    /// eviction_check is warn or refuse. A refused or failed check is
+    /// EvictionRisk::could_not_run, with the reason in `detail`; it does not throw.
+    EvictionRisk check_eviction() {
+        try {
+            return store_->eviction_risk();
+        } catch (const std::exception& e) {
+            return {EvictionRisk::could_not_run, e.what()};
+        }
     }
 
     // ---- flushing -------------------------------------------------------------------
@@ -581,7 +619,7 @@ private:
             conflicts{0}, rejected{0}, backend_errors{0};
     };
 
-    static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
+    static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {
         c.fetch_add(n, std::memory_order_relaxed);
     }
 
@@ -634,16 +672,40 @@ private:
 
     [[nodiscard]] const Clock* clock() const noexcept { return options_.cache.clock; }
 
-    void check_eviction() {
+    void check_eviction_at_start() {
         if (options_.eviction_check == EvictionCheck::ignore) return;
-        const EvictionRisk risk = store_->eviction_risk();
+        const EvictionRisk risk = check_eviction();
         if (risk.level == EvictionRisk::evicting) {
             if (options_.eviction_check == EvictionCheck::refuse) {
                 throw ConfigError("WriteBehind '" + options_.name + "': " + risk.detail);
             }
             log("warning: " + risk.detail);
-        } else if (risk.level == EvictionRisk::unknown) {
+        } else if (risk.level != EvictionRisk::none) {
             log("warning: cannot tell whether the store may evict unflushed data: " + risk.detail);
+        }
+    }
+
+    // An entry the store would carry on every call and every flush: refused before
+    // anything is written, so nothing is acknowledged and nothing queued is lost.
+    void check_size(std::string_view key, const std::string& bytes) {
+        const std::size_t max = options_.cache.max_value_bytes;
+        if (max > 0 && bytes.size() > max) {
+            bump(counters_.rejected);
+            throw ValueTooLargeError("WriteBehind '" + options_.name + "': the value of '" +
+                                     std::string(key) + "' is " + std::to_string(bytes.size()) +
+                                     " bytes encoded, over max_value_bytes (" +
+                                     std::to_string(max) + ")");
+        }
+    }
+
+    // After a write whose reply was lost: whether the store holds exactly these bytes (a
+    // write's nonce makes them unique). A failed read-back proves nothing.
+    bool applied(const std::string& full, const std::string& bytes) {
+        try {
+            const auto current = store_->read_current(full);
+            return current && current->bytes == bytes;
+        } catch (const BackendError&) {
+            return false;
         }
     }
 
@@ -853,12 +915,31 @@ private:
                             std::optional<std::chrono::steady_clock::time_point> deadline,
                             const std::atomic<bool>* stop = nullptr) {
         FlushReport report;
+        unsigned lost_timeouts = 0;  // claims in a row whose reply never came
         for (std::size_t b = 0; b < max_batches; ++b) {
             if (deadline && std::chrono::steady_clock::now() >= *deadline) break;
             if (stop && stop->load(std::memory_order_relaxed)) break;
             ClaimBatch batch;
+            std::vector<std::uint64_t> lost = lost_claims();
+            const std::uint64_t token = random_token()[0] | 1;
             try {
-                batch = store_->claim(options_.batch_size, options_.claim_ttl);
+                batch = store_->claim(options_.batch_size, options_.claim_ttl,
+                                      ClaimOptions{.max_attempts = options_.retry.max_attempts,
+                                                   .max_bytes = options_.batch_bytes,
+                                                   .token = token,
+                                                   .lost = lost});
+                forget_lost_claims(lost);
+                lost_timeouts = 0;
+            } catch (const TimeoutError& e) {
+                // The claim may have run: what it took is held under `token` until the
+                // next claim releases it. The rest of the queue is not behind it, so go on
+                // - unless the store keeps timing out, which is no longer about one entry.
+                bump(counters_.backend_errors);
+                remember_lost_claim(token);
+                ++report.lost_claims;
+                report.store_error = e.what();
+                if (++lost_timeouts >= 2) break;
+                continue;
             } catch (const BackendError& e) {
                 bump(counters_.backend_errors);
                 report.store_error = e.what();
@@ -866,14 +947,47 @@ private:
             }
             report.requeued += batch.requeued;
             bump(counters_.requeued_claims, batch.requeued);
-            if (batch.entries.empty()) break;
+            for (const auto& k : batch.dead_lettered) {
+                ++report.dead_lettered;
+                bump(counters_.dead_lettered);
+                log("dead-lettered '" + user_key(k) + "' after " +
+                    std::to_string(options_.retry.max_attempts) +
+                    " attempts whose claims never reached a flusher");
+            }
+            if (batch.entries.empty()) {
+                report.store_error.clear();  // the store answered: a lost claim is history
+                break;
+            }
             ++report.batches;
             report.claimed += batch.entries.size();
+            report.store_error.clear();
             flush_batch(batch.entries, report);
             if (!report.store_error.empty()) break;
             if (batch.entries.size() < options_.batch_size) break;
         }
         return report;
+    }
+
+    // Tokens of this object's claims whose replies were lost, for the next claim to
+    // release. Bounded: a claim older than the last few has expired by the time it would
+    // be named, and expiry releases it just the same.
+    std::vector<std::uint64_t> lost_claims() {
+        std::lock_guard lock(lost_mutex_);
+        return lost_;
+    }
+
+    void remember_lost_claim(std::uint64_t token) {
+        std::lock_guard lock(lost_mutex_);
+        if (lost_.size() >= 32) lost_.erase(lost_.begin());
+        lost_.push_back(token);
+    }
+
+    void forget_lost_claims(const std::vector<std::uint64_t>& released) {
+        if (released.empty()) return;
+        std::lock_guard lock(lost_mutex_);
+        std::erase_if(lost_, [&](std::uint64_t t) {
+            return std::find(released.begin(), released.end(), t) != released.end();
+        });
     }
 
     Settlement dead_letter(const ClaimedEntry& c, std::string error) const {
@@ -1042,6 +1156,8 @@ private:
     bool nudged_ = false;
     bool closed_ = false;
     std::atomic<bool> stop_requested_{false};
+    std::mutex lost_mutex_;
+    std::vector<std::uint64_t> lost_;  // see lost_claims()
     std::thread flusher_;
 };
 

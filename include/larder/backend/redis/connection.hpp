@@ -16,6 +16,7 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
@@ -66,6 +67,7 @@ struct Counters {
     std::atomic<std::uint64_t> round_trips{0};
     std::atomic<std::uint64_t> errors{0};
     std::atomic<std::uint64_t> timeouts{0};
+    std::atomic<std::uint64_t> payload_timeouts{0};
     std::atomic<std::uint64_t> connects{0};
     std::atomic<std::uint64_t> connect_failures{0};
     std::atomic<std::uint64_t> short_circuited{0};
@@ -85,6 +87,27 @@ struct Counters {
     const std::string_view word = error.substr(0, error.find(' '));
     return word == "LOADING" || word == "BUSY" || word == "MASTERDOWN" || word == "CLUSTERDOWN" ||
            word == "TRYAGAIN";
+}
+
+// Commands RedisBackend::command may send that never change data: their timeout is a plain
+// TimeoutError. Any other command that timed out after it was sent may have been applied.
+[[nodiscard]] inline bool reads_only(std::span<const std::string_view> argv) noexcept {
+    static constexpr std::array<std::string_view, 26> reads{
+        "GET",    "MGET",   "STRLEN", "GETRANGE", "EXISTS",  "TYPE",     "TTL",
+        "PTTL",   "HGET",   "HMGET",  "HLEN",     "HEXISTS", "HGETALL",  "HKEYS",
+        "ZRANGE", "ZCARD",  "ZSCORE", "ZRANK",    "SCARD",   "SMEMBERS", "SISMEMBER",
+        "LLEN",   "LRANGE", "PING",   "SCAN",     "DBSIZE"};
+    if (argv.empty()) return false;
+    const std::string_view verb = argv.front();
+    for (std::string_view r : reads) {
+        if (verb.size() == r.size() &&
+            std::equal(verb.begin(), verb.end(), r.begin(), [](char a, char b) {
+                return (a >= 'a' && a <= 'z' ? static_cast<char>(a - 'a' + 'A') : a) == b;
+            })) {
+            return true;
+        }
+    }
+    return false;
 }
 
 [[nodiscard]] inline bool means_unauthenticated(std::string_view error) noexcept {
@@ -235,6 +258,7 @@ struct Endpoint {
     int db = 0;
     Millis connect_timeout{200};
     Millis command_timeout{100};
+    std::size_t min_throughput_bytes_per_second = 0;
     bool tcp_keepalive = true;
 
     [[nodiscard]] static Endpoint from(const RedisOptions& o) {
@@ -246,7 +270,19 @@ struct Endpoint {
                         .db = o.db,
                         .connect_timeout = o.connect_timeout,
                         .command_timeout = o.command_timeout,
+                        .min_throughput_bytes_per_second = o.min_throughput_bytes_per_second,
                         .tcp_keepalive = o.tcp_keepalive};
+    }
+
+    /// The wait allowed for each I/O step of a round trip that sends `bytes`: a large
+    /// request takes the server longer to read and to apply, and must not time out for
+    /// that alone. Saturates rather than overflowing.
+    [[nodiscard]] Millis timeout_for(std::size_t bytes) const noexcept {
+        if (min_throughput_bytes_per_second == 0) return command_timeout;
+        const std::size_t per_ms = std::max<std::size_t>(min_throughput_bytes_per_second / 1000, 1);
+        const std::size_t extra = bytes / per_ms;
+        constexpr std::size_t cap = std::size_t{24} * 3600 * 1000;  // a day: beyond any use
+        return command_timeout + Millis{static_cast<std::int64_t>(std::min(extra, cap))};
     }
 
     /// host:port or unix:path, for messages (never the credentials).
@@ -365,6 +401,9 @@ public:
         if (unflushed_) {
             unflushed_ = false;
             Counters::bump(counters_.round_trips);
+            request_sent_ = false;
+            replies_received_ = 0;
+            use_timeout(endpoint_.timeout_for(outgoing_.size()));
             send_outgoing();
         }
         // hiredis's own output buffer stays empty, so it only reads here.
@@ -373,6 +412,7 @@ public:
         const int saved_errno = errno;
         if (rc != REDIS_OK || raw == nullptr) fail(saved_errno);
         --pending_;
+        ++replies_received_;
         return ReplyPtr(static_cast<redisReply*>(raw));
     }
 
@@ -408,6 +448,17 @@ public:
 
     /// The peer went away (EOF, reset): other idle connections to it are likely dead too.
     [[nodiscard]] bool lost() const noexcept { return lost_; }
+
+    /// After a failed round trip: some of its bytes reached the socket, so the server may
+    /// have run its commands (a write's outcome is then unknown, not "not applied").
+    [[nodiscard]] bool request_sent() const noexcept { return request_sent_; }
+
+    /// After a failed round trip: part of its replies had arrived when it failed. The
+    /// server was answering; what timed out was the size of the exchange, not the server.
+    [[nodiscard]] bool reply_started() const noexcept { return reply_started_; }
+
+    /// The wait allowed for each I/O step of the last round trip.
+    [[nodiscard]] Millis current_timeout() const noexcept { return current_timeout_; }
 
     /// The hiredis context, for a subscriber that polls the socket itself.
     [[nodiscard]] redisContext* context() noexcept { return ctx_.get(); }
@@ -477,6 +528,7 @@ private:
                 ::send(fd, outgoing_.data() + sent, outgoing_.size() - sent, MSG_NOSIGNAL);
             if (n >= 0) {
                 sent += static_cast<std::size_t>(n);
+                if (n > 0) request_sent_ = true;
                 continue;
             }
             if (errno == EINTR) continue;
@@ -494,8 +546,28 @@ private:
         outgoing_.clear();
     }
 
+    // Sets the socket's per-wait timeouts, only when they change: a round trip that sends
+    // more than min_throughput allows in command_timeout gets longer, the next small one
+    // goes back to command_timeout.
+    void use_timeout(Millis timeout) {
+        if (timeout == current_timeout_) return;
+        if (redisSetTimeout(ctx_.get(), to_timeval(timeout)) != REDIS_OK) {
+            broken_ = true;
+            throw ConnectionError("redis: cannot configure the socket to " + endpoint_.describe() +
+                                  ": " + ctx_->errstr);
+        }
+        current_timeout_ = timeout;
+    }
+
     [[noreturn]] void fail(int saved_errno) {
         broken_ = true;
+        const redisReader* reader = ctx_->reader;
+        // Unparsed bytes, or the root of a reply being built (an array whose first elements
+        // came): part of a reply arrived. (ridx says nothing: hiredis sets it up on every
+        // read attempt, data or not.)
+        reply_started_ =
+            replies_received_ > 0 ||
+            (reader != nullptr && (reader->len > reader->pos || reader->reply != nullptr));
         const int err = ctx_->err;
         if (is_timeout(err, saved_errno)) {
             throw TimeoutError("redis: no reply from " + endpoint_.describe() + " within " +
@@ -517,6 +589,10 @@ private:
     bool unflushed_ = false;
     bool broken_ = false;
     bool lost_ = false;
+    Millis current_timeout_ = endpoint_.command_timeout;  // what the socket is set to
+    bool request_sent_ = false;         // this round trip handed bytes to the socket
+    std::size_t replies_received_ = 0;  // replies of this round trip read so far
+    bool reply_started_ = false;        // set by fail()
 };
 
 }  // namespace larder::redis_detail

@@ -59,6 +59,12 @@ struct RedisOptions {
     /// Bounds each wait for the socket while sending or receiving. A cache that answers
     /// slower than this is worse than no cache: the caller's loader is typically a few ms.
     Millis command_timeout{100};
+    /// The slowest transfer a call is expected to survive, in bytes per second: a call that
+    /// sends N bytes waits up to command_timeout + N / this for each step of its I/O, so a
+    /// large value is not reported as a timeout merely for being large (docs/redis.md,
+    /// "Large values and timeouts"). Replies are not known in advance and are not scaled.
+    /// 0: no scaling, command_timeout bounds every call.
+    std::size_t min_throughput_bytes_per_second = std::size_t{8} << 20;
     /// Connections kept open; a redisContext is not thread-safe, so this is also the
     /// number of calls that can be in flight at once.
     std::size_t pool_size = 8;

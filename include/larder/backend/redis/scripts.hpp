@@ -60,7 +60,10 @@ return 1
 
 class Script {
 public:
-    Script(std::string_view name, std::string_view source) : name_(name), source_(source) {}
+    /// `writes`: whether the script can change data. A timeout after a writing script was
+    /// sent is OutcomeUnknownError (it may have run); after a read-only one, TimeoutError.
+    Script(std::string_view name, std::string_view source, bool writes = true)
+        : name_(name), source_(source), writes_(writes) {}
 
     Script(const Script&) = delete;
     Script& operator=(const Script&) = delete;
@@ -91,6 +94,7 @@ public:
 
     [[nodiscard]] std::string_view name() const noexcept { return name_; }
     [[nodiscard]] std::string_view source() const noexcept { return source_; }
+    [[nodiscard]] bool writes() const noexcept { return writes_; }
 
 private:
     [[nodiscard]] Args load_args() const { return Args{"SCRIPT", "LOAD", source_}; }
@@ -146,6 +150,7 @@ private:
 
     const std::string_view name_;
     const std::string_view source_;
+    const bool writes_;
     std::mutex mutex_;
     std::atomic<bool> known_{false};
     std::string sha_;  // written once, before known_ becomes true; never changed after

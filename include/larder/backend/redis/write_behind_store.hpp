@@ -14,11 +14,12 @@
 //   {larder:wb:<name>}:errors       HASH  key -> last error
 //   {larder:wb:<name>}:since        ZSET  key -> time of its oldest write not yet flushed
 //   {larder:wb:<name>}:since_next   HASH  key -> first write during the flush in progress
+//   {larder:wb:<name>}:owners       HASH  key -> token of the claim holding it
 //   {larder:wb:<name>}:seq          STRING     the version counter
 //   {larder:wb:<name>}:dead, :dead_meta, :dead_errors (HASH), :dead_order (ZSET)
 //
 // None has a TTL, so volatile-* eviction policies never touch them; allkeys-* policies
-// can, and eviction_risk() says so. The cached copy lives under the user's key, in its
+// can, and eviction_risk() says so when asked. The cached copy lives under the user's key, in its
 // own slot: put, settle, redrive and discard_dead touch both, which works on a single
 // Redis server (with or without replicas) but not on Redis Cluster - unless the queue and
 // the cache keys share a hash tag: a name with a tag ("{lb}scores") is used as is, so a
@@ -52,10 +53,11 @@ namespace larder {
 
 namespace redis_detail::write_behind_lua {
 
-// KEYS[1..13] are always the queue's keys, in this order; KEYS[14...] are user keys.
+// KEYS[1..14] are always the queue's keys, in this order; KEYS[15...] are user keys.
 inline constexpr std::string_view prelude = R"lua(
-local P, R, V, N, A, E, S, SEQ, D, DM, DE, DZ, NS = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
-    KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local P, R, V, N, A, E, S, SEQ, D, DM, DE, DZ, NS, O = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
+    KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13],
+    KEYS[14]
 local function fmt(n) return string.format('%.0f', n) end
 local function now_ms()
     local t = redis.call('TIME')
@@ -78,6 +80,17 @@ local function forget(k)
     redis.call('HDEL', E, k)
     redis.call('ZREM', S, k)
     redis.call('HDEL', NS, k)
+    redis.call('HDEL', O, k)
+end
+-- Moves a dirty entry to the dead letters; `attempts` counts every failed one.
+local function bury(k, attempts, now, err)
+    local since = redis.call('ZSCORE', S, k) or fmt(now)
+    redis.call('HSET', D, k, redis.call('HGET', V, k))
+    redis.call('HSET', DM, k, (redis.call('HGET', N, k) or '0') .. ' ' .. fmt(attempts) .. ' ' ..
+        fmt(now) .. ' ' .. since .. ' 0')
+    redis.call('HSET', DE, k, err)
+    redis.call('ZADD', DZ, fmt(now), k)
+    forget(k)
 end
 local function forget_dead(k)
     redis.call('HDEL', D, k)
@@ -87,10 +100,10 @@ local function forget_dead(k)
 end
 )lua";
 
-// ARGV: key, bytes, max_pending, 'put' | 'cas', expected. KEYS[14]: the cached copy.
+// ARGV: key, bytes, max_pending, 'put' | 'cas', expected. KEYS[15]: the cached copy.
 // Returns {status (1 stored, 2 conflict, 3 full), version, coalesced}.
 inline constexpr std::string_view put = R"lua(
-local k, bytes, U = ARGV[1], ARGV[2], KEYS[14]
+local k, bytes, U = ARGV[1], ARGV[2], KEYS[15]
 local dirty = redis.call('HEXISTS', V, k) == 1
 if ARGV[4] == 'cas' then
     local cur
@@ -127,37 +140,67 @@ redis.call('SET', U, bytes)
 return {1, v, coalesced}
 )lua";
 
-// ARGV: key. KEYS[14]: the cached copy. Returns {} or {dirty (0/1), bytes}.
+// ARGV: key. KEYS[15]: the cached copy. Returns {} or {dirty (0/1), bytes}.
 inline constexpr std::string_view read_current = R"lua(
 local d = redis.call('HGET', V, ARGV[1])
 if d then return {1, d} end
-local c = redis.call('GET', KEYS[14])
+local c = redis.call('GET', KEYS[15])
 if c then return {0, c} end
 return {}
 )lua";
 
-// ARGV: max, claim_ttl_ms, requeue limit. Returns {requeued, then 6 fields per entry:
-// key, version, value, attempts, dirty since, last error}.
+// ARGV: max, claim_ttl_ms, requeue limit, max_attempts (0: none), max_bytes (0: none),
+// token ('0': none), then tokens of lost claims. Returns {requeued, dead-lettered keys
+// (an array), then 6 fields per entry: key, version, value, attempts, dirty since, last
+// error}.
 inline constexpr std::string_view claim = R"lua(
 local now = now_ms()
-local expired = redis.call('ZRANGEBYSCORE', R, '-inf', fmt(now), 'LIMIT', 0, ARGV[3])
-for _, k in ipairs(expired) do
+local max_attempts, max_bytes, token = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local requeued, dead = 0, {}
+-- A claim that ended without news is a failed attempt; the store's count decides, so an
+-- entry whose claims never reach a flusher is dead-lettered here, not re-queued forever.
+local function release(k, why)
     redis.call('ZREM', R, k)
     redis.call('HDEL', NS, k)
+    redis.call('HDEL', O, k)
     if redis.call('HEXISTS', V, k) == 1 then
-        redis.call('HINCRBY', A, k, 1)
-        redis.call('HSET', E, k, 'claim expired: the flusher holding it died or stalled')
-        redis.call('ZADD', P, fmt(now), k)
+        local attempts = redis.call('HINCRBY', A, k, 1)
+        if max_attempts > 0 and attempts >= max_attempts then
+            bury(k, attempts, now, 'gave up after ' .. fmt(attempts) .. ' attempts: ' .. why)
+            dead[#dead + 1] = k
+        else
+            redis.call('HSET', E, k, why)
+            redis.call('ZADD', P, fmt(now), k)
+            requeued = requeued + 1
+        end
     end
+end
+if #ARGV > 6 then
+    local lost = {}
+    for i = 7, #ARGV do lost[ARGV[i]] = true end
+    for _, k in ipairs(redis.call('ZRANGE', R, 0, -1)) do
+        local owner = redis.call('HGET', O, k)
+        if owner and lost[owner] then release(k, "its claim's reply was lost (a timeout)") end
+    end
+end
+local expired = redis.call('ZRANGEBYSCORE', R, '-inf', fmt(now), 'LIMIT', 0, ARGV[3])
+for _, k in ipairs(expired) do
+    release(k, 'claim expired: the flusher holding it died or stalled')
 end
 local ready = redis.call('ZRANGEBYSCORE', P, '-inf', fmt(now), 'LIMIT', 0, ARGV[1])
 local deadline = fmt(now + tonumber(ARGV[2]))
-local out = {#expired}
+local out = {requeued, dead}
+local bytes = 0
 for _, k in ipairs(ready) do
+    -- Measured before it is read: a value that would overflow the claim stays queued.
+    local size = redis.call('HSTRLEN', V, k)
+    if max_bytes > 0 and #out > 2 and bytes + size > max_bytes then break end
+    bytes = bytes + size
     redis.call('ZREM', P, k)
     local value = redis.call('HGET', V, k)
     if value then
         redis.call('ZADD', R, deadline, k)
+        if token ~= '0' then redis.call('HSET', O, k, token) end
         out[#out + 1] = k
         out[#out + 1] = redis.call('HGET', N, k) or '0'
         out[#out + 1] = value
@@ -179,7 +222,7 @@ return 0
 )lua";
 
 // ARGV: clean_ttl_ms, then per entry: op ('a' ack, 'r' retry, 'd' dead), key, version,
-// retry delay ms, error. KEYS[13 + i]: the cached copy of entry i.
+// retry delay ms, error. KEYS[14 + i]: the cached copy of entry i.
 // Returns per entry 0 done, 1 superseded, 2 gone.
 inline constexpr std::string_view settle = R"lua(
 local now = now_ms()
@@ -194,6 +237,7 @@ for i = 2, #ARGV, 5 do
         redis.call('ZREM', R, k)
         out[e] = 2
     elseif cur ~= ver then
+        redis.call('HDEL', O, k)
         if redis.call('ZREM', R, k) == 1 then redis.call('ZADD', P, fmt(now), k) end
         -- Written (ack): what is still unflushed is what came after the claim.
         local next_since = redis.call('HGET', NS, k)
@@ -204,24 +248,18 @@ for i = 2, #ARGV, 5 do
         local value = redis.call('HGET', V, k)
         if op == 'a' then
             forget(k)
-            if clean_ttl > 0 and redis.call('GET', KEYS[13 + e]) == value then
-                redis.call('PEXPIRE', KEYS[13 + e], ARGV[1])
+            if clean_ttl > 0 and redis.call('GET', KEYS[14 + e]) == value then
+                redis.call('PEXPIRE', KEYS[14 + e], ARGV[1])
             end
         elseif op == 'r' then
             redis.call('ZREM', R, k)
             redis.call('HDEL', NS, k)
+            redis.call('HDEL', O, k)
             redis.call('HINCRBY', A, k, 1)
             redis.call('HSET', E, k, ARGV[i + 4])
             redis.call('ZADD', P, fmt(now + tonumber(ARGV[i + 3])), k)
         else
-            local attempts = tonumber(redis.call('HGET', A, k) or '0') + 1
-            local since = redis.call('ZSCORE', S, k) or fmt(now)
-            redis.call('HSET', D, k, value)
-            redis.call('HSET', DM, k, ver .. ' ' .. fmt(attempts) .. ' ' .. fmt(now) .. ' ' ..
-                since .. ' 0')
-            redis.call('HSET', DE, k, ARGV[i + 4])
-            redis.call('ZADD', DZ, fmt(now), k)
-            forget(k)
+            bury(k, tonumber(redis.call('HGET', A, k) or '0') + 1, now, ARGV[i + 4])
         end
         out[e] = 0
     end
@@ -242,9 +280,9 @@ end
 return out
 )lua";
 
-// ARGV: key. KEYS[14]: the cached copy. Returns 1 requeued, 2 superseded, 0 not found.
+// ARGV: key. KEYS[15]: the cached copy. Returns 1 requeued, 2 superseded, 0 not found.
 inline constexpr std::string_view redrive = R"lua(
-local k, U = ARGV[1], KEYS[14]
+local k, U = ARGV[1], KEYS[15]
 local value = redis.call('HGET', D, k)
 if not value then return 0 end
 local meta = redis.call('HGET', DM, k) or ''
@@ -262,13 +300,13 @@ redis.call('SET', U, value)
 return 1
 )lua";
 
-// ARGV: key. KEYS[14]: the cached copy. Returns 1 when a dead entry was removed.
+// ARGV: key. KEYS[15]: the cached copy. Returns 1 when a dead entry was removed.
 inline constexpr std::string_view discard_dead = R"lua(
 local value = redis.call('HGET', D, ARGV[1])
 if not value then return 0 end
 forget_dead(ARGV[1])
-if redis.call('HEXISTS', V, ARGV[1]) == 0 and redis.call('GET', KEYS[14]) == value then
-    redis.call('DEL', KEYS[14])
+if redis.call('HEXISTS', V, ARGV[1]) == 0 and redis.call('GET', KEYS[15]) == value then
+    redis.call('DEL', KEYS[15])
 end
 return 1
 )lua";
@@ -293,23 +331,25 @@ public:
           name_(std::move(options.name)),
           put_("write_behind_put", source<redis_detail::write_behind_lua::put>()),
           read_current_("write_behind_read_current",
-                        source<redis_detail::write_behind_lua::read_current>()),
+                        source<redis_detail::write_behind_lua::read_current>(), false),
           claim_("write_behind_claim", source<redis_detail::write_behind_lua::claim>()),
           extend_("write_behind_extend", source<redis_detail::write_behind_lua::extend>()),
           settle_("write_behind_settle", source<redis_detail::write_behind_lua::settle>()),
-          list_dead_("write_behind_list_dead", source<redis_detail::write_behind_lua::list_dead>()),
+          list_dead_("write_behind_list_dead", source<redis_detail::write_behind_lua::list_dead>(),
+                     false),
           redrive_("write_behind_redrive", source<redis_detail::write_behind_lua::redrive>()),
           discard_dead_("write_behind_discard_dead",
                         source<redis_detail::write_behind_lua::discard_dead>()),
-          stats_("write_behind_stats", source<redis_detail::write_behind_lua::stats>()) {
+          stats_("write_behind_stats", source<redis_detail::write_behind_lua::stats>(), false) {
         if (name_.empty()) throw ConfigError("RedisWriteBehindStore: the name must not be empty");
         // A name with its own hash tag is used as is (Redis Cluster: share the cache's tag).
         const std::string base = keys::hash_tag(name_) != std::string_view(name_)
                                      ? "larder:wb:" + name_ + ":"
                                      : "{larder:wb:" + name_ + "}:";
         static constexpr std::array<std::string_view, queue_key_count> roles{
-            "pending", "processing", "values",    "versions",    "attempts",   "errors",    "since",
-            "seq",     "dead",       "dead_meta", "dead_errors", "dead_order", "since_next"};
+            "pending",     "processing", "values",     "versions", "attempts",
+            "errors",      "since",      "seq",        "dead",     "dead_meta",
+            "dead_errors", "dead_order", "since_next", "owners"};
         for (std::size_t i = 0; i < roles.size(); ++i) keys_[i] = base + std::string(roles[i]);
     }
 
@@ -342,21 +382,33 @@ public:
         return text(r, "HGET");
     }
 
-    ClaimBatch claim(std::size_t max, Millis claim_ttl) {
+    ClaimBatch claim(std::size_t max, Millis claim_ttl, const ClaimOptions& options = {}) {
         const redis_detail::Number n(static_cast<std::int64_t>(max));
         const redis_detail::Number ttl(claim_ttl.count());
         const redis_detail::Number requeue_limit(
             static_cast<std::int64_t>(std::max<std::size_t>(max, 100)));
-        const std::array<std::string_view, 3> args{n.view(), ttl.view(), requeue_limit.view()};
+        const redis_detail::Number max_attempts(static_cast<std::int64_t>(options.max_attempts));
+        const redis_detail::Number max_bytes(static_cast<std::int64_t>(
+            std::min<std::size_t>(options.max_bytes, std::size_t{1} << 50)));
+        std::vector<std::string> tokens;  // the claim's token, then the lost ones
+        tokens.reserve(1 + options.lost.size());
+        tokens.push_back(std::to_string(options.token));
+        for (std::uint64_t t : options.lost) tokens.push_back(std::to_string(t));
+        std::vector<std::string_view> args{n.view(), ttl.view(), requeue_limit.view(),
+                                           max_attempts.view(), max_bytes.view()};
+        args.insert(args.end(), tokens.begin(), tokens.end());
         const RedisReply r = backend_.eval(claim_, queue_keys(), args);
         const auto& parts = array(r, "claim");
-        if (parts.empty() || (parts.size() - 1) % 6 != 0) {
+        if (parts.size() < 2 || (parts.size() - 2) % 6 != 0) {
             throw BackendError("redis write-behind: bad claim reply");
         }
         ClaimBatch out;
         out.requeued = static_cast<std::size_t>(integer(parts[0], "claim"));
-        out.entries.reserve((parts.size() - 1) / 6);
-        for (std::size_t i = 1; i < parts.size(); i += 6) {
+        for (const auto& k : array(parts[1], "claim")) {
+            out.dead_lettered.push_back(text(k, "claim"));
+        }
+        out.entries.reserve((parts.size() - 2) / 6);
+        for (std::size_t i = 2; i < parts.size(); i += 6) {
             ClaimedEntry e;
             e.key = text(parts[i], "claim");
             e.version = to_u64(text(parts[i + 1], "claim"), "version");
@@ -457,6 +509,8 @@ public:
     static constexpr bool durable = true;
 
     /// An allkeys-* maxmemory-policy may evict the queue and unflushed cached copies.
+    /// Sends CONFIG GET maxmemory-policy, an @admin command that a tenant's ACL usually
+    /// refuses (and records in ACL LOG): so it runs only when asked, never on its own.
     EvictionRisk eviction_risk() {
         try {
             const RedisReply r = backend_.command({"CONFIG", "GET", "maxmemory-policy"});
@@ -472,7 +526,7 @@ public:
             }
             return {EvictionRisk::unknown, "CONFIG GET maxmemory-policy gave no policy"};
         } catch (const BackendError& e) {
-            return {EvictionRisk::unknown,
+            return {EvictionRisk::could_not_run,
                     std::string("could not read maxmemory-policy: ") + e.what()};
         }
     }
@@ -493,7 +547,7 @@ public:
     }
 
 private:
-    static constexpr std::size_t queue_key_count = 13;
+    static constexpr std::size_t queue_key_count = 14;
 
     /// A script's full source: the prelude, then its body. Built once, kept for the program.
     template <const std::string_view& Body>
