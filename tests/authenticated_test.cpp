@@ -41,7 +41,9 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(User, id, name, admin)
 const std::string secret_1(32, '\x11');
 const std::string secret_2(32, '\x22');
 
-AuthenticationOptions keys_1() { return {.keys = {MacKey{1, secret_1}}, .write_key_id = 1}; }
+AuthenticationOptions keys_1() {
+    return {.keys = {MacKey{1, secret_1}}, .write_key_id = 1};
+}
 
 // A loader that counts its calls and returns the database's row.
 struct Db {
@@ -216,8 +218,8 @@ BACKEND_TEST_CASE("Rotation: key 1's values read while key 2 writes, rejected on
     REQUIRE(db.calls == 1);
 
     // Key 2 added as the write key; key 1 still accepted.
-    Authenticated<B> both(fx.backend, {.keys = {MacKey{1, secret_1}, MacKey{2, secret_2}},
-                                       .write_key_id = 2});
+    Authenticated<B> both(fx.backend,
+                          {.keys = {MacKey{1, secret_1}, MacKey{2, secret_2}}, .write_key_id = 2});
     {
         larder::CacheAside<User, Authenticated<B>> users(both, larder::test::options_for(fx));
         REQUIRE(users.get("42", db.loader(forged)) == alice);
@@ -326,8 +328,10 @@ TEST_CASE("The example of docs/authenticated-entries.md runs, and the page shows
         REQUIRE(e != std::string::npos);
         return text.substr(from, e - from);
     };
-    const std::string source = read(std::string(LARDER_TEST_SOURCE_DIR) + "/authenticated_test.cpp");
-    const std::string doc = read(std::string(LARDER_TEST_SOURCE_DIR) + "/../docs/authenticated-entries.md");
+    const std::string source =
+        read(std::string(LARDER_TEST_SOURCE_DIR) + "/authenticated_test.cpp");
+    const std::string doc =
+        read(std::string(LARDER_TEST_SOURCE_DIR) + "/../docs/authenticated-entries.md");
     REQUIRE(between(doc, "```cpp", "```") ==
             between(source, "// doc-example-begin", "// doc-example-end"));
 }

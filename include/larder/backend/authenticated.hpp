@@ -143,8 +143,9 @@ public:
     }
 
     bool compare_and_delete(std::string_view key, std::string_view expected) {
-        return compare(key, expected,
-                       [&](std::string_view stored) { return inner_.compare_and_delete(key, stored); });
+        return compare(key, expected, [&](std::string_view stored) {
+            return inner_.compare_and_delete(key, stored);
+        });
     }
 
     bool compare_and_expire(std::string_view key, std::string_view expected, Millis ttl) {
@@ -171,8 +172,9 @@ public:
             const char* end = current->bytes.data() + current->bytes.size();
             const auto [ptr, ec] = std::from_chars(current->bytes.data(), end, value);
             if (ec != std::errc{} || ptr != end || current->bytes.empty()) {
-                throw BackendError("Authenticated::increment: the value of the key is not a "
-                                   "sealed integer");
+                throw BackendError(
+                    "Authenticated::increment: the value of the key is not a "
+                    "sealed integer");
             }
             if ((delta > 0 && value > std::numeric_limits<std::int64_t>::max() - delta) ||
                 (delta < 0 && value < std::numeric_limits<std::int64_t>::min() - delta)) {
@@ -194,19 +196,17 @@ public:
         return v;
     }
 
-    std::vector<std::optional<StoredValue>> get_many_values(std::span<const std::string> keys)
-        requires ValueOnlyReads<B> {
+    std::vector<std::optional<StoredValue>> get_many_values(
+        std::span<const std::string> keys) requires ValueOnlyReads<B> {
         auto out = inner_.get_many_values(keys);
         open_all(keys, out);
         return out;
     }
 
-    [[nodiscard]] std::uint64_t evictions() const noexcept
-        requires requires(const B& b) {
-            { b.evictions() } -> std::convertible_to<std::uint64_t>;
-        } {
-        return inner_.evictions();
+    [[nodiscard]] std::uint64_t evictions() const noexcept requires requires(const B& b) {
+        { b.evictions() } -> std::convertible_to<std::uint64_t>;
     }
+    { return inner_.evictions(); }
 
     // ---- sealing, for the write-behind store decorator and for tools ------------------
 
@@ -271,9 +271,8 @@ private:
         char header[12];
         auth_detail::put_u32(header, id);
         auth_detail::put_u64(header + 4, bound.size());
-        return k.mac(std::array<std::string_view, 4>{auth_detail::domain,
-                                                     std::string_view(header, sizeof header),
-                                                     bound, payload});
+        return k.mac(std::array<std::string_view, 4>{
+            auth_detail::domain, std::string_view(header, sizeof header), bound, payload});
     }
 
     std::string seal_with(std::size_t key_index, std::string_view key,

@@ -99,9 +99,8 @@ public:
     [[nodiscard]] HmacTag mac(const std::array<std::string_view, N>& parts) const {
         EVP_MAC_CTX* ctx = context();
         for (std::string_view p : parts) {
-            if (!p.empty() &&
-                EVP_MAC_update(ctx, reinterpret_cast<const unsigned char*>(p.data()), p.size()) !=
-                    1) {
+            if (!p.empty() && EVP_MAC_update(ctx, reinterpret_cast<const unsigned char*>(p.data()),
+                                             p.size()) != 1) {
                 throw Error("larder: EVP_MAC_update failed");
             }
         }
