@@ -5,7 +5,7 @@
 #   larder_ensure_packages "${LARDER_TEST_PACKAGES[@]}"
 
 # Packages needed to configure and build larder with its examples.
-LARDER_DEMO_PACKAGES=(g++ cmake make libhiredis-dev nlohmann-json3-dev catch2 libsqlite3-dev pkg-config)
+LARDER_DEMO_PACKAGES=(g++ cmake make libhiredis-dev libssl-dev nlohmann-json3-dev catch2 libsqlite3-dev pkg-config)
 # ... plus what the test suite needs (the [redis] tests start their own redis-server).
 LARDER_TEST_PACKAGES=("${LARDER_DEMO_PACKAGES[@]}" redis-server redis-tools)
 
