@@ -68,7 +68,7 @@ BACKEND_TEST_CASE("A planted value with a valid envelope is a corrupt miss, repl
     // The attacker: an ordinary cache on the same store, writing admin: true.
     larder::CacheAside<User, B> attacker(fx.backend, larder::test::options_for(fx));
     attacker.set("42", forged);
-    const std::string planted = fx.backend.get("42")->bytes;
+    const std::string planted = fx.backend.get(attacker.full_key("42"))->bytes;
 
     Authenticated<B> auth(fx.backend, keys_1());
     larder::CacheAside<User, Authenticated<B>> users(auth, larder::test::options_for(fx));
@@ -79,7 +79,7 @@ BACKEND_TEST_CASE("A planted value with a valid envelope is a corrupt miss, repl
     REQUIRE(auth.auth_stats().rejected_reads >= 1);
 
     // The planted bytes were replaced by the loaded row: a hit now.
-    REQUIRE(fx.backend.get("42")->bytes != planted);
+    REQUIRE(fx.backend.get(attacker.full_key("42"))->bytes != planted);
     REQUIRE(users.get("42", db.loader(forged)) == alice);
     REQUIRE(db.calls == 1);
 }
@@ -92,9 +92,9 @@ BACKEND_TEST_CASE("A planted \"not found\" without TTL is replaced by the row, w
     larder::CacheAside<User, B> attacker(fx.backend, larder::test::options_for(fx));
     Db nobody;
     REQUIRE_FALSE(attacker.get("42", nobody.loader(std::nullopt)));
-    const std::string not_found = fx.backend.get("42")->bytes;
-    fx.raw_set("42", not_found);
-    REQUIRE_FALSE(fx.backend.get("42")->ttl);
+    const std::string not_found = fx.backend.get(attacker.full_key("42"))->bytes;
+    fx.raw_set(attacker.full_key("42"), not_found);
+    REQUIRE_FALSE(fx.backend.get(attacker.full_key("42"))->ttl);
 
     Authenticated<B> auth(fx.backend, keys_1());
     larder::CacheAside<User, Authenticated<B>> users(auth, larder::test::options_for(fx));
@@ -103,7 +103,7 @@ BACKEND_TEST_CASE("A planted \"not found\" without TTL is replaced by the row, w
     REQUIRE(db.calls == 1);
     REQUIRE(users.stats().negative_hits == 0);
     REQUIRE(users.stats().corrupt_values == 1);
-    const auto stored = fx.backend.get("42");
+    const auto stored = fx.backend.get(attacker.full_key("42"));
     REQUIRE(stored);
     REQUIRE(stored->bytes != not_found);
     REQUIRE(stored->ttl);  // the replacement expires like any entry
@@ -117,11 +117,11 @@ BACKEND_TEST_CASE("A planted lease does not make a Lock reader wait: it loads an
     using B = decltype(fx.backend);
     // A lease no loader holds, without a TTL: on an undecorated store every Lock reader
     // waits max_wait on it, loads without filling, and the next reader waits again.
-    fx.raw_set("42", larder::envelope::make_lease(larder::random_token(), fx.time_source()->now()));
-
     Authenticated<B> auth(fx.backend, keys_1());
     larder::CacheAside<User, Authenticated<B>, larder::Lock> users(
         auth, larder::test::options_for(fx), larder::Lock({.max_wait = 2s}));
+    fx.raw_set(users.full_key("42"),
+               larder::envelope::make_lease(larder::random_token(), fx.time_source()->now()));
     Db db;
     REQUIRE(users.get("42", db.loader(alice)) == alice);
     REQUIRE(db.calls == 1);
@@ -132,8 +132,8 @@ BACKEND_TEST_CASE("A planted lease does not make a Lock reader wait: it loads an
     // The key holds the loaded value: the next reader hits.
     REQUIRE(users.get("42", db.loader(forged)) == alice);
     REQUIRE(db.calls == 1);
-    REQUIRE(auth.get("42"));
-    REQUIRE(larder::envelope::parse(auth.get("42")->bytes)->header.kind ==
+    REQUIRE(auth.get(users.full_key("42")));
+    REQUIRE(larder::envelope::parse(auth.get(users.full_key("42"))->bytes)->header.kind ==
             larder::EntryKind::value);
 }
 
@@ -186,7 +186,7 @@ BACKEND_TEST_CASE("A planted write-behind entry with key ../../etc never reaches
     // straight into the shared queue (what an attacker with store access can do).
     larder::CacheAside<User, B> attacker(fx.backend, larder::test::options_for(fx));
     attacker.set("x", forged);
-    const std::string envelope = fx.backend.get("x")->bytes;
+    const std::string envelope = fx.backend.get(attacker.full_key("x"))->bytes;
     REQUIRE(wb.store().inner().put("../../etc", envelope, 0).status == larder::PutStatus::stored);
     wb.put("42", alice);
 
@@ -302,7 +302,7 @@ int run_example() {
     auto account = accounts.get("7", [] { return std::optional<Account>(Account{7, false}); });
 
     // Bytes written behind the cache's back fail verification: a miss, then replaced.
-    store.set("7", "planted", larder::no_expiry);
+    store.set(accounts.full_key("7"), "planted", larder::no_expiry);
     account = accounts.get("7", [] { return std::optional<Account>(Account{7, false}); });
     return account && !account->admin && accounts.stats().corrupt_values == 1 ? 0 : 1;
 }

@@ -79,9 +79,9 @@ TEST_CASE("A write-behind put over max_value_bytes throws ValueTooLargeError and
     const auto stats = wb.stats();
     REQUIRE(stats.pending == 1);
     REQUIRE(stats.puts == 1);
-    REQUIRE_FALSE(backend.get("wb:big").has_value());
-    REQUIRE_FALSE(wb.store().dirty_value("wb:big").has_value());
-    REQUIRE(wb.store().dirty_value("wb:grows").has_value());
+    REQUIRE_FALSE(backend.get(wb.full_key("big")).has_value());
+    REQUIRE_FALSE(wb.store().dirty_value(wb.full_key("big")).has_value());
+    REQUIRE(wb.store().dirty_value(wb.full_key("grows")).has_value());
     wb.flush();
     REQUIRE(rows.rows() == std::map<std::string, std::string>{{"grows", "small"}});
 }
@@ -128,7 +128,7 @@ TEST_CASE(
     REQUIRE(q.pending == 0);
     const auto dead = store.list_dead(10);
     REQUIRE(dead.size() == 1);
-    REQUIRE(dead[0].key == "poison");
+    REQUIRE(dead[0].key == wb.full_key("poison"));
     REQUIRE(dead[0].attempts == 3);
     REQUIRE(dead[0].value.size() > poison.size());  // the envelope, kept whole
     REQUIRE(total.lost_claims >= 3);

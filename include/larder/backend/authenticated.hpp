@@ -366,14 +366,22 @@ public:
         return v;
     }
 
-    ClaimBatch claim(std::size_t max, Millis claim_ttl) {
+    ClaimBatch claim(std::size_t max, Millis claim_ttl) { return claim(max, claim_ttl, {}); }
+
+    ClaimBatch claim(std::size_t max, Millis claim_ttl, const ClaimOptions& options) {
         ClaimBatch out;
+        ClaimOptions round_options = options;
         // A batch thinned by rejected entries is topped up, so that planted entries do not
-        // make a flusher that stops at a short batch fall behind.
+        // make a flusher that stops at a short batch fall behind. The top-ups carry the
+        // same token (one claim to release if a reply is lost), and lost claims are
+        // released by the first round only.
         for (int round = 0; round < 4 && out.entries.size() < max; ++round) {
             const std::size_t want = max - out.entries.size();
-            ClaimBatch batch = inner_.claim(want, claim_ttl);
+            ClaimBatch batch = inner_.claim(want, claim_ttl, round_options);
+            round_options.lost = {};
             out.requeued += batch.requeued;
+            out.dead_lettered.insert(out.dead_lettered.end(), batch.dead_lettered.begin(),
+                                     batch.dead_lettered.end());
             const std::size_t got = batch.entries.size();
             std::vector<Settlement> rejected;
             for (auto& e : batch.entries) {

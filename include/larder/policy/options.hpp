@@ -46,7 +46,8 @@ struct CacheAsideOptions {
     /// The largest encoded entry written to the store. A loaded value over it is served
     /// but not cached (counted as too_large); a write-behind put over it is refused with
     /// ValueTooLargeError. Large values cost the store's memory and time on every call
-    /// that carries them, and a call's timeout must cover them (docs/security.md).
+    /// that carries them, and a call's timeout must cover them (docs/security.md). 0: no
+    /// limit.
     std::size_t max_value_bytes = std::size_t{8} << 20;
     const Clock* clock = &SystemClock::instance();
 };

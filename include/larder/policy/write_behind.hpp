@@ -160,7 +160,7 @@ struct WriteBehindOptions {
     /// (0: it stays without one). While dirty it never has a TTL.
     Millis clean_ttl = std::chrono::minutes(5);
     EvictionCheck eviction_check = EvictionCheck::ignore;
-    /// The cache side, as CacheAside's: cached copies live under cache.key_prefix + key,
+    /// The cache side, as CacheAside's: cached copies live under the cache's entry keys,
     /// and get() loads and caches misses with these TTLs.
     CacheAsideOptions cache{};
     /// Warnings, dead-lettered entries and incomplete drains; called from any thread.
@@ -1013,13 +1013,20 @@ private:
                                        : c.last_error));
                 continue;
             }
+            // Only this cache's own puts queue keys of its namespace: anything else was
+            // planted in the store, and never reaches the writer.
+            const auto key = this->keys().key_of(c.key);
+            if (!key) {
+                settlements.push_back(dead_letter(c, "the queued key is not one of this cache's"));
+                continue;
+            }
             std::string why;
             std::optional<T> value = decode_value(c.value, &why);
             if (!value) {
                 settlements.push_back(dead_letter(c, "the queued value cannot be decoded: " + why));
                 continue;
             }
-            entries.push_back(Entry{user_key(c.key), std::move(*value), c.version, c.attempts + 1,
+            entries.push_back(Entry{std::string(*key), std::move(*value), c.version, c.attempts + 1,
                                     c.dirty_since});
             source.push_back(i);
         }

@@ -213,7 +213,7 @@ public:
         WriteOutcome outcome = WriteOutcome::cache_unavailable;
         try {
             const auto entry = entry_of(full, payload, version, stamp);
-            if (entry.bytes.size() > options_.cache.max_value_bytes) {
+            if (this->too_large(entry.bytes.size())) {
                 remove_quietly(full, marker);  // in the database, not in the cache
                 outcome = WriteOutcome::invalidated;
             } else {

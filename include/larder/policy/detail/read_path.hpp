@@ -335,6 +335,11 @@ public:
     /// This cache's key layout: its entries, its own keys, and their siblings.
     [[nodiscard]] const keys::Namespace& keys() const noexcept { return keys_; }
 
+    /// Over max_value_bytes (0: no limit): served, never cached.
+    [[nodiscard]] bool too_large(std::size_t bytes) const noexcept {
+        return options_.max_value_bytes != 0 && bytes > options_.max_value_bytes;
+    }
+
     /// The caller's key of a stored entry key (what invalidators' rules see).
     [[nodiscard]] std::string_view caller_key(std::string_view full) const noexcept {
         return keys_.key_of(full).value_or(full);
@@ -383,7 +388,7 @@ protected:
         std::vector<TagVersion> stamp;
         if (!names.empty()) stamp = current_versions(names);
         Entry entry = encode(full, &value, std::chrono::microseconds{0}, stamp);
-        if (entry.bytes.size() > options_.max_value_bytes) {
+        if (too_large(entry.bytes.size())) {
             stats_.add(Counter::too_large);
             backend_.del(full);  // what was cached is older than `value`
             written(full, stamp, /*cached=*/false);
@@ -1367,7 +1372,7 @@ private:
         } catch (const std::exception&) {
             return give_up(Counter::corrupt_values);  // served, but not cached
         }
-        if (entry->bytes.size() > options_.max_value_bytes) {
+        if (too_large(entry->bytes.size())) {
             // Served, not cached. A value it was to replace goes too: left, it would be
             // served stale in its place.
             stats_.add(Counter::too_large);
