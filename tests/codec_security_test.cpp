@@ -116,7 +116,7 @@ const Doc fresh_doc{"fresh", nlohmann::json{{"ok", true}}};
 
 }  // namespace
 
-TEST_CASE("MessagePack nested 100,000 levels deep is a corrupt miss through CacheAside",
+TEST_CASE("MessagePack nested 100000 levels deep is a corrupt miss through CacheAside",
           "[security][codec]") {
     larder::test::MemoryFixture fx;
     larder::CacheAside<Doc, larder::MemoryBackend, larder::MsgPackCodec> cache(fx.backend,
@@ -128,7 +128,7 @@ TEST_CASE("MessagePack nested 100,000 levels deep is a corrupt miss through Cach
                          fresh_doc);
 }
 
-TEST_CASE("JSON nested 100,000 levels deep is a corrupt miss through CacheAside",
+TEST_CASE("JSON nested 100000 levels deep is a corrupt miss through CacheAside",
           "[security][codec]") {
     larder::test::MemoryFixture fx;
     larder::CacheAside<Doc, larder::MemoryBackend, larder::JsonCodec> cache(fx.backend,
@@ -136,8 +136,9 @@ TEST_CASE("JSON nested 100,000 levels deep is a corrupt miss through CacheAside"
     require_corrupt_miss(fx, cache, larder::codec_id::json, deep_json_doc(100'000), fresh_doc);
 }
 
-TEMPLATE_TEST_CASE("A document exactly max_depth deep decodes; one level deeper is a corrupt miss",
-                   "[security][codec]", larder::JsonCodec, larder::MsgPackCodec) {
+TEMPLATE_TEST_CASE(
+    "A document exactly max_depth deep decodes and one level deeper is a corrupt miss",
+    "[security][codec]", larder::JsonCodec, larder::MsgPackCodec) {
     larder::test::MemoryFixture fx;
     larder::CacheAside<Doc, larder::MemoryBackend, TestType> cache(fx.backend, options_for(fx));
     const std::size_t limit = TestType{}.limits.max_depth;
@@ -196,7 +197,7 @@ TEST_CASE("RawCodec applies the size limit it is given", "[security][codec]") {
     REQUIRE(cache.get("ok", [] { return std::optional<std::string>(); }) == std::string(1024, 'r'));
 }
 
-TEST_CASE("1e300 read into an int field is a corrupt miss, not a converted value",
+TEST_CASE("1e300 read into an int field is a corrupt miss and not a converted value",
           "[security][codec]") {
     larder::test::MemoryFixture fx;
     const Counter fresh{7, "fresh"};
