@@ -115,6 +115,10 @@ void run_corpus(const std::filesystem::path& path) {
         std::ifstream in(file, std::ios::binary);
         run(std::string(std::istreambuf_iterator<char>(in), {}));
     };
+    if (!std::filesystem::exists(path)) {
+        std::fprintf(stderr, "no such corpus file or directory: %s\n", path.c_str());
+        std::exit(2);
+    }
     if (std::filesystem::is_directory(path)) {
         for (const auto& entry : std::filesystem::directory_iterator(path)) {
             if (entry.is_regular_file()) run_file(entry.path());
