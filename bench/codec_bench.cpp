@@ -3,7 +3,10 @@
 // json::to_msgpack / json::from_msgpack). Raw stores a pre-serialized string of the
 // JSON's size (what a user who serializes by hand caches).
 // Encode appends to a reused buffer, as a fill appends after the envelope header; decode
-// reads from a view of the stored bytes, as a hit does.
+// reads from a view of the stored bytes, as a hit does. The codecs decode under their
+// DecodeLimits (depth, size, float range); the hand-written peers have no limits, so the
+// decode ratios are the limits' cost on a hit. The Reject benchmarks time the refusal of
+// a 100 KB payload nested 100,000 deep, which the peers cannot survive at all.
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -15,6 +18,7 @@
 #include "larder/codec/json.hpp"
 #include "larder/codec/msgpack.hpp"
 #include "larder/codec/raw.hpp"
+#include "larder/core/error.hpp"
 #include "support/report.hpp"
 
 namespace {
@@ -103,6 +107,28 @@ void BM_Decode_Raw(benchmark::State& s) {
     decode_loop<larder::RawCodec, std::string>(s, raw_value());
 }
 
+template <class Codec>
+void reject_loop(benchmark::State& state, const std::string& bytes) {
+    const Codec codec;
+    for (auto _ : state) {
+        try {
+            benchmark::DoNotOptimize(codec.template decode<User>(std::string_view(bytes)));
+            state.SkipWithError("a 100,000-deep payload decoded");
+            break;
+        } catch (const larder::CodecError&) {
+        }
+    }
+    larder::bench::report_ops(state);
+}
+void BM_Reject_Json_Deep(benchmark::State& s) {
+    static const std::string bytes = std::string(100'000, '[') + std::string(100'000, ']');
+    reject_loop<larder::JsonCodec>(s, bytes);
+}
+void BM_Reject_MsgPack_Deep(benchmark::State& s) {
+    static const std::string bytes = std::string(100'000, '\x91') + '\xc0';
+    reject_loop<larder::MsgPackCodec>(s, bytes);
+}
+
 // The hand-written peers: what get_user/update_user over hiredis do with nlohmann today.
 void BM_Peer_Encode_NlohmannDump(benchmark::State& state) {
     for (auto _ : state) {
@@ -146,6 +172,8 @@ BENCHMARK(BM_Encode_Raw);
 BENCHMARK(BM_Decode_Json);
 BENCHMARK(BM_Decode_MsgPack);
 BENCHMARK(BM_Decode_Raw);
+BENCHMARK(BM_Reject_Json_Deep);
+BENCHMARK(BM_Reject_MsgPack_Deep);
 
 }  // namespace
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "larder/codec/detail/bounded_dom.hpp"
 #include "larder/core/codec.hpp"
 #include "larder/core/error.hpp"
 
@@ -19,8 +20,13 @@ concept NlohmannSerializable = requires(nlohmann::json& j, const T& value) {
 };
 }  // namespace detail
 
+/// JSON text. decode refuses (CodecError) what exceeds `limits`; a cache that needs other
+/// limits holds a configured instance: CacheAside<T, B, JsonCodec>(store, {}, {},
+/// JsonCodec{.limits = {.max_depth = 32}}).
 struct JsonCodec {
     static constexpr std::uint8_t id = codec_id::json;
+
+    DecodeLimits limits{};
 
     template <class T>
     void encode(const T& value, std::string& out) const {
@@ -34,7 +40,10 @@ struct JsonCodec {
     template <class T>
     [[nodiscard]] T decode(std::string_view bytes) const {
         try {
-            return nlohmann::json::parse(bytes).template get<T>();
+            const nlohmann::json doc =
+                detail::parse_bounded(bytes, nlohmann::json::input_format_t::json, limits, "json");
+            detail::check_fits<T>(doc);
+            return doc.template get<T>();
         } catch (const nlohmann::json::exception& e) {
             throw CodecError(std::string("json: ") + e.what());
         }

@@ -6,13 +6,17 @@
 #include <string>
 #include <string_view>
 
+#include "larder/codec/detail/bounded_dom.hpp"
 #include "larder/core/codec.hpp"
 #include "larder/core/error.hpp"
 
 namespace larder {
 
+/// MessagePack. decode refuses (CodecError) what exceeds `limits`, as JsonCodec does.
 struct MsgPackCodec {
     static constexpr std::uint8_t id = codec_id::msgpack;
+
+    DecodeLimits limits{};
 
     template <class T>
     void encode(const T& value, std::string& out) const {
@@ -27,7 +31,10 @@ struct MsgPackCodec {
     template <class T>
     [[nodiscard]] T decode(std::string_view bytes) const {
         try {
-            return nlohmann::json::from_msgpack(bytes.begin(), bytes.end()).template get<T>();
+            const nlohmann::json doc = detail::parse_bounded(
+                bytes, nlohmann::json::input_format_t::msgpack, limits, "msgpack");
+            detail::check_fits<T>(doc);
+            return doc.template get<T>();
         } catch (const nlohmann::json::exception& e) {
             throw CodecError(std::string("msgpack: ") + e.what());
         }

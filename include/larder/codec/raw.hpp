@@ -2,15 +2,22 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <string_view>
 
 #include "larder/core/codec.hpp"
+#include "larder/core/error.hpp"
 
 namespace larder {
 
 struct RawCodec {
     static constexpr std::uint8_t id = codec_id::raw;
+
+    /// Largest payload decode accepts. Unlimited by default: raw bytes have no structure
+    /// to amplify, and the copy decode makes is the size of bytes the store already
+    /// handed over. A cache that wants a bound anyway sets one (CodecError beyond it).
+    std::size_t max_bytes = std::numeric_limits<std::size_t>::max();
 
     template <detail::RawBytes T>
     void encode(const T& value, std::string& out) const {
@@ -19,6 +26,10 @@ struct RawCodec {
 
     template <detail::RawBytes T>
     [[nodiscard]] T decode(std::string_view bytes) const {
+        if (bytes.size() > max_bytes) {
+            throw CodecError("raw: " + std::to_string(bytes.size()) +
+                             " bytes, over the decode limit of " + std::to_string(max_bytes));
+        }
         if constexpr (std::same_as<T, std::string>) {
             return T(bytes);
         } else {
