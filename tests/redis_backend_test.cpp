@@ -565,7 +565,7 @@ TEST_CASE("Redis URLs parse into options", "[redis][url]") {
         {"redis://10.0.0.5:7000/", "10.0.0.5", 7000, "", "", "", 0},
         {"REDIS://Cache.Example.COM", "Cache.Example.COM", 6379, "", "", "", 0},
         {"redis://:pass@host", "host", 6379, "", "", "pass", 0},
-        {"redis://user@host", "host", 6379, "", "user", "", 0},
+        {"redis://pass@host", "host", 6379, "", "", "pass", 0},
         {"redis://user:pa%40ss%3A%2F@host:1/15", "host", 1, "", "user", "pa@ss:/", 15},
         {"redis://u:p@ss@host", "host", 6379, "", "u", "p@ss", 0},
         {"redis://[::1]:7001/3", "::1", 7001, "", "", "", 3},

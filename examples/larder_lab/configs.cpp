@@ -117,7 +117,7 @@ std::string Spec::name() const {
 }
 
 Spec parse_spec(std::string_view text) {
-    const std::string quoted = "'" + std::string(text) + "'";
+    const std::string quoted = shown(text, word_chars);
     std::vector<std::string_view> parts;
     for (std::size_t start = 0;;) {
         const std::size_t plus = text.find('+', start);
@@ -136,8 +136,8 @@ Spec parse_spec(std::string_view text) {
         if (p.name == parts.front()) spec.policy = &p;
     }
     if (!spec.policy) {
-        throw UsageError("configuration " + quoted + ": unknown policy '" +
-                         std::string(parts.front()) + "' (policies: " + policy_names() +
+        throw UsageError("configuration " + quoted + ": unknown policy " +
+                         shown(parts.front(), word_chars) + " (policies: " + policy_names() +
                          "; see --list)");
     }
     std::vector<std::string_view> seen;
@@ -149,8 +149,8 @@ Spec parse_spec(std::string_view text) {
             if (c.name == part) found = &c;
         }
         if (!found) {
-            throw UsageError("configuration " + quoted + ": unknown component '" +
-                             std::string(part) + "' (components: " + component_names() +
+            throw UsageError("configuration " + quoted + ": unknown component " +
+                             shown(part, word_chars) + " (components: " + component_names() +
                              "; see --list)");
         }
         if (std::find(seen.begin(), seen.end(), part) != seen.end()) {

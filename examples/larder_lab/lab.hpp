@@ -38,6 +38,22 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+/// An argument as a message may repeat it: quoted when every character is in `alphabet`
+/// (the characters a valid value of that flag is made of), else only described. Arguments
+/// can be URLs with a password, or a password that slid into the wrong place (a flag with
+/// its value forgotten, a URL without --backend), and messages end up in CI logs.
+inline std::string shown(std::string_view arg, std::string_view alphabet) {
+    if (!arg.empty() && arg.size() <= 48 &&
+        arg.find_first_not_of(alphabet) == std::string_view::npos) {
+        return "'" + std::string(arg) + "'";
+    }
+    return "a value not repeated here, as it may hold a password";
+}
+
+/// The alphabets of shown(): numbers, and words (configurations, backend names, flags).
+inline constexpr std::string_view number_chars = "0123456789.eE+-";
+inline constexpr std::string_view word_chars = "abcdefghijklmnopqrstuvwxyz-+,";
+
 enum class BackendKind { memory, redis };
 
 struct Options {

@@ -39,8 +39,8 @@ std::uint64_t whole(std::string_view flag, std::string_view v, std::uint64_t lo,
     const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
     if (v.empty() || ec != std::errc{} || end != v.data() + v.size() || out < lo || out > hi) {
         throw UsageError(std::string(flag) + ": expected a whole number from " +
-                         std::to_string(lo) + " to " + std::to_string(hi) + ", got '" +
-                         std::string(v) + "'");
+                         std::to_string(lo) + " to " + std::to_string(hi) + ", got " +
+                         shown(v, number_chars));
     }
     return out;
 }
@@ -53,8 +53,8 @@ double number(std::string_view flag, std::string_view v, double lo, double hi) {
     if (s.empty() || end != s.c_str() + s.size() || errno != 0 || !(out >= lo && out <= hi)) {
         std::ostringstream range;
         range << lo << " to " << hi;
-        throw UsageError(std::string(flag) + ": expected a number from " + range.str() + ", got '" +
-                         s + "'");
+        throw UsageError(std::string(flag) + ": expected a number from " + range.str() + ", got " +
+                         shown(s, number_chars));
     }
     return out;
 }
@@ -69,8 +69,8 @@ std::vector<std::string> split_commas(std::string_view flag, std::string_view v)
         const std::size_t comma = v.find(',', start);
         const auto part = v.substr(start, comma == std::string_view::npos ? comma : comma - start);
         if (part.empty()) {
-            throw UsageError(std::string(flag) + ": an empty configuration in '" + std::string(v) +
-                             "' (write e.g. cache-aside,cache-aside+lock)");
+            throw UsageError(std::string(flag) + ": an empty configuration in " +
+                             shown(v, word_chars) + " (write e.g. cache-aside,cache-aside+lock)");
         }
         out.emplace_back(part);
         if (comma == std::string_view::npos) break;
@@ -134,11 +134,10 @@ const Flag flags[] = {
              return;
          }
          throw UsageError(std::string(f) +
-                          ": expected memory, redis, or a redis:// or unix:// "
-                          "URL, got '" +
-                          std::string(v) + "'");
+                          ": expected memory, redis, or a redis:// or unix:// URL, got " +
+                          shown(v, word_chars));
 #else
-         throw UsageError(std::string(f) + " " + std::string(v) +
+         throw UsageError(std::string(f) + " " + shown(v, word_chars) +
                           ": this larder-lab was built without hiredis; only memory is available");
 #endif
      }},
@@ -262,7 +261,15 @@ Cli parse(int argc, char** argv) {
         for (const auto& f : flags) {
             if (f.name == arg) flag = &f;
         }
-        if (!flag) throw UsageError("unknown argument '" + std::string(argv[i]) + "'");
+        if (!flag) {
+            // A flag's name is repeated (its value is not: --pass=...); anything else may be
+            // a URL or a password given without its flag.
+            throw UsageError(arg.starts_with("-")
+                                 ? "unknown flag " + shown(arg, word_chars)
+                                 : "argument " + std::to_string(i) + " is not a flag; got " +
+                                       shown(arg, word_chars) +
+                                       " (a Redis URL goes after --backend)");
+        }
         std::string_view value;
         if (!flag->value.empty()) {
             if (inline_value) {

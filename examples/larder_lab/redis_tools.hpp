@@ -2,6 +2,7 @@
 // run's keys from a server given by URL. Built only with hiredis (LARDER_LAB_HAVE_REDIS).
 #pragma once
 
+#include <larder/backend/redis/connection.hpp>
 #include <larder/backend/redis/options.hpp>
 
 #include <arpa/inet.h>
@@ -67,10 +68,13 @@ inline Context connect(const larder::RedisOptions& o, Millis timeout,
     redisSetTimeout(c.get(), tv);
     auto answer = [&](const Reply& r) -> std::string {
         if (!r) return c->errstr[0] ? c->errstr : "no reply";
-        if (r->type == REDIS_REPLY_ERROR) return std::string(r->str, r->len);
+        if (r->type == REDIS_REPLY_ERROR) {
+            return larder::redis_detail::without({r->str, r->len}, o.password);
+        }
         return {};
     };
-    if (!o.password.empty()) {
+    // As RedisBackend does: a user without a password still authenticates (a nopass user).
+    if (!o.user.empty() || !o.password.empty()) {
         auto r = o.user.empty() ? command(c.get(), {"AUTH", o.password})
                                 : command(c.get(), {"AUTH", o.user, o.password});
         if (auto why = answer(r); !why.empty()) return fail("AUTH: " + why);

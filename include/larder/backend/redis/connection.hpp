@@ -115,6 +115,19 @@ struct Counters {
     return word == "NOAUTH" || word == "WRONGPASS";
 }
 
+/// `text` with every occurrence of `secret` replaced by "***". For the reply to AUTH: Redis
+/// itself never repeats the password, but a proxy in front of it, or a module, may.
+[[nodiscard]] inline std::string without(std::string_view text, std::string_view secret) {
+    std::string out;
+    for (std::size_t at = 0;;) {
+        const auto hit = secret.empty() ? std::string_view::npos : text.find(secret, at);
+        out.append(text.substr(at, hit == std::string_view::npos ? hit : hit - at));
+        if (hit == std::string_view::npos) return out;
+        out.append("***");
+        at = hit + secret.size();
+    }
+}
+
 /// Throws the exception an error reply stands for; returns for any other reply.
 inline void check(const redisReply& r, std::string_view what) {
     if (r.type != REDIS_REPLY_ERROR) return;
@@ -482,7 +495,7 @@ private:
             const std::string as =
                 endpoint_.user.empty() ? "" : " as user '" + endpoint_.user + "'";
             throw ConnectionError("redis: authentication failed at " + endpoint_.describe() + as +
-                                  ": " + std::string(text_of(*auth_reply)));
+                                  ": " + without(text_of(*auth_reply), endpoint_.password));
         }
         if (select_reply && select_reply->type == REDIS_REPLY_ERROR) {
             const std::string_view text = text_of(*select_reply);

@@ -86,8 +86,10 @@ struct RedisOptions {
     CircuitBreakerOptions breaker{};
 
     /// Address, credentials and database from a URL, everything else from the defaults:
-    /// redis://[user[:password]@]host[:port][/db] or unix://[user[:password]@]/path[?db=N].
-    /// User and password may be percent-encoded. Throws ConfigError on a malformed URL.
+    /// redis://[[user]:password@]host[:port][/db] or unix://[[user]:password@]/path[?db=N].
+    /// A userinfo without ':' is the password (redis://s3cret@host, as redis-cli reads it).
+    /// User and password may be percent-encoded. Throws ConfigError on a malformed URL,
+    /// whose message never repeats the URL; print a URL with larder::redact_url.
     [[nodiscard]] static RedisOptions from_url(std::string_view url) {
         redis_detail::UrlParts parts = redis_detail::parse_url(url);
         RedisOptions options;

@@ -1,6 +1,11 @@
-// Parsing of Redis connection URLs: redis://[user[:password]@]host[:port][/db] and
-// unix://[user[:password]@]/path/to/socket[?db=N]. Kept apart from the options so that the
-// grammar and its error messages can be read (and tested) on their own.
+// Parsing of Redis connection URLs: redis://[[user]:password@]host[:port][/db] and
+// unix://[[user]:password@]/path/to/socket[?db=N], and redact_url, which makes any such URL
+// safe to print. Kept apart from the options so that the grammar and its error messages can
+// be read (and tested) on their own.
+//
+// A URL usually carries a password, so no message here repeats any part of a URL that could
+// hold one: not the URL, not its userinfo, not a query parameter or scheme that is not
+// plainly a word.
 #pragma once
 
 #include <charconv>
@@ -66,12 +71,27 @@ inline int parse_decimal(std::string_view s, long long max, std::string_view wha
     return static_cast<int>(value);
 }
 
+// "user:password" is an ACL user, ":password" a password alone, and a userinfo without ':'
+// is a password too, as redis-cli and Lettuce read it (docs/redis.md, "URLs"): read as a
+// user name, a password would be sent as one and printed in "authentication failed as user".
 inline void split_userinfo(std::string_view userinfo, UrlParts& out) {
     const auto colon = userinfo.find(':');
-    out.user = percent_decode(userinfo.substr(0, colon), "user name");
-    if (colon != std::string_view::npos) {
-        out.password = percent_decode(userinfo.substr(colon + 1), "password");
+    if (colon == std::string_view::npos) {
+        out.password = percent_decode(userinfo, "password");
+        return;
     }
+    out.user = percent_decode(userinfo.substr(0, colon), "user name");
+    out.password = percent_decode(userinfo.substr(colon + 1), "password");
+}
+
+// A scheme is named in a message only when it is plainly a word (http, tcp, redis-sentinel),
+// never text that could be a piece of a password a malformed URL put in the wrong place.
+inline bool word_scheme(std::string_view s) {
+    if (s.empty() || s.size() > 16) return false;
+    for (char c : s) {
+        if (!((c >= 'a' && c <= 'z') || c == '+' || c == '-' || c == '.')) return false;
+    }
+    return true;
 }
 
 inline std::optional<int> parse_query(std::string_view query) {
@@ -83,7 +103,8 @@ inline std::optional<int> parse_query(std::string_view query) {
         if (param.empty()) continue;
         const auto eq = param.find('=');
         const std::string_view name = param.substr(0, eq);
-        if (name != "db") bad_url("unknown parameter '" + std::string(name.substr(0, 32)) + "'");
+        // Not named: in a URL that lost its host and '@', the "query" is part of a password.
+        if (name != "db") bad_url("unknown query parameter (db=N is the only one)");
         if (eq == std::string_view::npos) bad_url("db needs a value");
         if (db) bad_url("db given twice");
         db = parse_decimal(param.substr(eq + 1), INT_MAX, "db");
@@ -98,10 +119,6 @@ inline bool valid_host_char(char c) {
 }
 
 inline void parse_authority(std::string_view authority, UrlParts& out) {
-    if (const auto at = authority.rfind('@'); at != std::string_view::npos) {
-        split_userinfo(authority.substr(0, at), out);
-        authority = authority.substr(at + 1);
-    }
     std::string ipv6;
     std::string_view host;
     std::string_view port;
@@ -158,22 +175,37 @@ inline std::string lower(std::string_view s) {
     return out;
 }
 
-/// Throws ConfigError on anything it does not understand, rather than guessing.
-inline UrlParts parse_url(std::string_view url) {
-    const auto scheme_end = url.find("://");
-    if (scheme_end == std::string_view::npos) bad_url("missing scheme");
-    const std::string scheme = lower(url.substr(0, scheme_end));
-    std::string_view rest = url.substr(scheme_end + 3);
+// Splits "path?query" and refuses a fragment; called only on what follows the userinfo.
+inline std::string_view split_query(std::string_view& rest) {
     if (rest.find('#') != std::string_view::npos) bad_url("fragments are not allowed");
     std::string_view query;
     if (const auto q = rest.find('?'); q != std::string_view::npos) {
         query = rest.substr(q + 1);
         rest = rest.substr(0, q);
     }
+    return query;
+}
+
+/// Throws ConfigError on anything it does not understand, rather than guessing.
+///
+/// The userinfo ends at the LAST '@' (at the last "@/" for unix://), before any query or
+/// path is looked at: a password may then hold a raw '@', '?', '/', '#' or ':' and still
+/// parse, instead of leaking into the query, the path or the host where a message would
+/// name it. No part of the URL after that '@' can contain one, since neither a host, a
+/// port, a database number nor db=N has an '@'.
+inline UrlParts parse_url(std::string_view url) {
+    const auto scheme_end = url.find("://");
+    if (scheme_end == std::string_view::npos) bad_url("missing scheme");
+    const std::string scheme = lower(url.substr(0, scheme_end));
+    std::string_view rest = url.substr(scheme_end + 3);
 
     UrlParts out;
-    const std::optional<int> query_db = parse_query(query);
     if (scheme == "redis") {
+        if (const auto at = rest.rfind('@'); at != std::string_view::npos) {
+            split_userinfo(rest.substr(0, at), out);
+            rest = rest.substr(at + 1);
+        }
+        const std::optional<int> query_db = parse_query(split_query(rest));
         const auto slash = rest.find('/');
         parse_authority(rest.substr(0, slash), out);
         std::string_view path = slash == std::string_view::npos ? "" : rest.substr(slash + 1);
@@ -188,24 +220,95 @@ inline UrlParts parse_url(std::string_view url) {
             out.db = query_db;
         }
     } else if (scheme == "unix") {
-        std::string_view path = rest;
         if (rest.empty() || rest.front() != '/') {
-            const auto at = rest.rfind('@');
-            if (at == std::string_view::npos || at + 1 >= rest.size() || rest[at + 1] != '/') {
+            const auto at = rest.rfind("@/");
+            if (at == std::string_view::npos) {
                 bad_url("a unix socket URL needs an absolute path: unix:///path/to/redis.sock");
             }
             split_userinfo(rest.substr(0, at), out);
-            path = rest.substr(at + 1);
+            rest = rest.substr(at + 1);
         }
-        out.unix_socket = percent_decode(path, "socket path");
+        const std::optional<int> query_db = parse_query(split_query(rest));
+        out.unix_socket = percent_decode(rest, "socket path");
         if (out.unix_socket.size() < 2) bad_url("missing socket path");
         out.db = query_db;
     } else if (scheme == "rediss") {
         bad_url("TLS (rediss://) is not supported");
     } else {
-        bad_url("unsupported scheme '" + scheme.substr(0, 16) + "'");
+        bad_url(word_scheme(scheme) ? "unsupported scheme '" + scheme + "'"
+                                    : std::string("unsupported scheme"));
     }
     return out;
 }
 
 }  // namespace larder::redis_detail
+
+namespace larder {
+
+/// `url` with its password replaced by "***", for logs and messages: the user name, host,
+/// port, path and db stay, so the line still says where and as whom.
+///
+///   redis://app:s3cret@cache:6379/2  ->  redis://app:***@cache:6379/2
+///   redis://:s3cret@cache            ->  redis://:***@cache
+///   redis://s3cret@cache             ->  redis://:***@cache   (no ':': a password, as parsed)
+///   unix://app:s3cret@/run/redis.sock?db=1  ->  unix://app:***@/run/redis.sock?db=1
+///
+/// It takes any text, well-formed or not, and only ever removes: the userinfo is found as
+/// the parser finds it (up to the last '@'); without an '@', a "port" that is not digits is
+/// replaced (a URL that lost its host); every query parameter other than db=N and any
+/// fragment are replaced too, since other clients' URLs carry e.g. ?password=.
+[[nodiscard]] inline std::string redact_url(std::string_view url) {
+    std::string out;
+    out.reserve(url.size() + 4);
+    std::string_view rest = url;
+    if (const auto sep = url.find("://"); sep != std::string_view::npos) {
+        out.append(url.substr(0, sep + 3));
+        rest = url.substr(sep + 3);
+    }
+    if (const auto at = rest.rfind('@'); at != std::string_view::npos) {
+        const std::string_view userinfo = rest.substr(0, at);
+        const auto colon = userinfo.find(':');
+        if (colon != std::string_view::npos) out.append(userinfo.substr(0, colon));
+        out.append(":***@");
+        rest = rest.substr(at + 1);
+    } else {
+        // No '@': "redis://user:s3cret" or "redis://:s3cret" lost their host, and what looks
+        // like a port is the password. A port is digits; anything else there is hidden.
+        const std::string_view authority = rest.substr(0, rest.find_first_of("/?#"));
+        const auto colon = authority.rfind(':');
+        const auto bracket = authority.rfind(']');
+        if (colon != std::string_view::npos &&
+            (bracket == std::string_view::npos || colon > bracket) &&
+            authority.find_first_not_of("0123456789", colon + 1) != std::string_view::npos) {
+            out.append(authority.substr(0, colon + 1));
+            out.append("***");
+            rest = rest.substr(authority.size());
+        }
+    }
+    std::string_view fragment;
+    if (const auto hash = rest.find('#'); hash != std::string_view::npos) {
+        fragment = rest.substr(hash);
+        rest = rest.substr(0, hash);
+    }
+    const auto q = rest.find('?');
+    out.append(rest.substr(0, q));
+    if (q != std::string_view::npos) {
+        std::string_view query = rest.substr(q + 1);
+        char sep = '?';
+        while (!query.empty()) {
+            const auto amp = query.find('&');
+            const std::string_view param = query.substr(0, amp);
+            query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+            if (param.empty()) continue;
+            out.push_back(sep);
+            sep = '&';
+            const bool db = param.size() > 3 && param.substr(0, 3) == "db=" &&
+                            param.find_first_not_of("0123456789", 3) == std::string_view::npos;
+            out.append(db ? param : std::string_view("***"));
+        }
+    }
+    if (!fragment.empty()) out.append("#***");
+    return out;
+}
+
+}  // namespace larder
