@@ -64,7 +64,7 @@ TEST_CASE("Under a tenant ACL every policy, guard, invalidator and the L1 run un
                                          larder::Events<larder::RedisBus>>;
         larder::CacheAside<std::string, larder::RedisBackend,
                            larder::Guards<larder::XFetch, larder::Lock>, Inv>
-            cache(redis, {.key_prefix = "c", .grace = 1h}, {}, {},
+            cache(redis, {.key_prefix = "c:", .grace = 1h}, {}, {},
                   Inv(larder::Tags{}, larder::EntityVersions{},
                       larder::Events<larder::RedisBus>(bus)));
         larder::Near near(cache, bus);
@@ -83,7 +83,7 @@ TEST_CASE("Under a tenant ACL every policy, guard, invalidator and the L1 run un
     }
     {
         larder::WriteThrough<std::string, larder::RedisBackend> wt(redis,
-                                                                   {.cache = {.key_prefix = "w"}});
+                                                                   {.cache = {.key_prefix = "w:"}});
         REQUIRE(wt.put("k", "v", [] {}) == larder::WriteOutcome::cached);
         REQUIRE(wt.get("k", row) == "v");
         REQUIRE(wt.stats().backend_errors == 0);
@@ -98,7 +98,7 @@ TEST_CASE("Under a tenant ACL every policy, guard, invalidator and the L1 run un
                 for (const auto& e : batch) db[e.key] = e.value;
                 return larder::BatchResult{};
             },
-            {.start_flusher = false, .cache = {.key_prefix = "b"}});
+            {.start_flusher = false, .cache = {.key_prefix = "b:"}});
         REQUIRE(wb.put("k", "queued") > 0);
         REQUIRE(wb.flush().flushed == 1);
         REQUIRE(wb.get("k", row) == "queued");
@@ -106,7 +106,7 @@ TEST_CASE("Under a tenant ACL every policy, guard, invalidator and the L1 run un
         REQUIRE(db.at("k") == "queued");
     }
     {
-        larder::VersionKeys<larder::RedisBackend> versions(redis, {.prefix = "v"});
+        larder::VersionKeys<larder::RedisBackend> versions(redis, {.prefix = "v:"});
         const auto first = versions.current("user");
         REQUIRE(versions.bump("user") != first);
     }

@@ -98,7 +98,7 @@ std::string encoded(const Codec& codec, const Doc& doc) {
 template <class Cache, class T>
 void require_corrupt_miss(larder::test::MemoryFixture& fx, Cache& cache, std::uint8_t codec,
                           std::string_view payload, const T& fresh) {
-    fx.raw_set("k", envelope_with(codec, payload));
+    fx.raw_set(cache.full_key("k"), envelope_with(codec, payload));
     const auto corrupt_before = cache.stats().corrupt_values;
     int loads = 0;
     auto loader = [&] {
@@ -145,7 +145,7 @@ TEMPLATE_TEST_CASE(
     REQUIRE(limit == 128);  // the documented default
 
     const Doc at_limit{"at", nested_body(limit)};
-    fx.raw_set("k", envelope_with(TestType::id, encoded(TestType{}, at_limit)));
+    fx.raw_set(cache.full_key("k"), envelope_with(TestType::id, encoded(TestType{}, at_limit)));
     REQUIRE(cache.get("k", [] { return std::optional<Doc>(); }) == at_limit);
     REQUIRE(cache.stats().corrupt_values == 0);
 
@@ -160,7 +160,8 @@ TEST_CASE("A codec instance's own depth limit is the one its cache applies", "[s
         fx.backend, options_for(fx), {}, shallow);
 
     const Doc four{"four", nested_body(4)};
-    fx.raw_set("k", envelope_with(larder::codec_id::msgpack, encoded(shallow, four)));
+    fx.raw_set(cache.full_key("k"),
+               envelope_with(larder::codec_id::msgpack, encoded(shallow, four)));
     REQUIRE(cache.get("k", [] { return std::optional<Doc>(); }) == four);
     require_corrupt_miss(fx, cache, larder::codec_id::msgpack,
                          encoded(shallow, Doc{"five", nested_body(5)}), fresh_doc);
@@ -183,7 +184,7 @@ TEMPLATE_TEST_CASE("A value over the codec's size limit is a corrupt miss", "[se
     const Doc big{std::string(limit - 64, 'y'), nullptr};
     const std::string fits = encoded(TestType{}, big);
     REQUIRE(fits.size() <= limit);
-    fx.raw_set("big", envelope_with(TestType::id, fits));
+    fx.raw_set(cache.full_key("big"), envelope_with(TestType::id, fits));
     REQUIRE(cache.get("big", [] { return std::optional<Doc>(); }) == big);
 }
 
@@ -193,7 +194,7 @@ TEST_CASE("RawCodec applies the size limit it is given", "[security][codec]") {
         fx.backend, options_for(fx), {}, larder::RawCodec{.max_bytes = 1024});
     require_corrupt_miss(fx, cache, larder::codec_id::raw, std::string(1025, 'r'),
                          std::string("fresh"));
-    fx.raw_set("ok", envelope_with(larder::codec_id::raw, std::string(1024, 'r')));
+    fx.raw_set(cache.full_key("ok"), envelope_with(larder::codec_id::raw, std::string(1024, 'r')));
     REQUIRE(cache.get("ok", [] { return std::optional<std::string>(); }) == std::string(1024, 'r'));
 }
 
@@ -239,7 +240,7 @@ TEMPLATE_TEST_CASE("A number that does not fit an arithmetic value type is a cor
          {std::pair{nlohmann::json(2147483647), 2147483647}, std::pair{nlohmann::json(-3.9), -3},
           std::pair{nlohmann::json(-2147483648.5), -2147483647 - 1}}) {
         INFO(value.dump());
-        fx.raw_set("ok", envelope_with(TestType::id, payload_of<TestType>(value)));
+        fx.raw_set(cache.full_key("ok"), envelope_with(TestType::id, payload_of<TestType>(value)));
         REQUIRE(cache.get("ok", [] { return std::optional<int>(); }) == want);
         cache.invalidate("ok");
     }

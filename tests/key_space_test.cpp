@@ -96,16 +96,16 @@ TEST_CASE("No caller key reaches a key larder keeps for itself", "[security][key
     larder::RedisBackend redis(tenant(server, "t:"));
     using Plain = larder::CacheAside<std::string, larder::RedisBackend>;
     Plain plain(redis);  // no prefix: the case where the caller's key is the whole key
-    Plain tagged(redis, {.key_prefix = "c", .grace = 1h});
+    Plain tagged(redis, {.key_prefix = "c:", .grace = 1h});
     larder::CacheAside<std::string, larder::RedisBackend, larder::EntityVersions> entities(
-        redis, {.key_prefix = "e"});
+        redis, {.key_prefix = "e:"});
     larder::WriteThrough<std::string, larder::RedisBackend> wt(
-        redis, {.cache = {.key_prefix = "wt"}, .max_lock_wait = 20ms});
+        redis, {.cache = {.key_prefix = "wt:"}, .max_lock_wait = 20ms});
     Rows db;
     larder::WriteBehind<std::string, larder::RedisBackend> wb(
         redis, [&](auto batch) { return db.write(batch); },
-        {.start_flusher = false, .cache = {.key_prefix = "wb"}});
-    larder::VersionKeys<larder::RedisBackend> versions(redis, {.prefix = "c"});
+        {.start_flusher = false, .cache = {.key_prefix = "wb:"}});
+    larder::VersionKeys<larder::RedisBackend> versions(redis, {.prefix = "c:"});
 
     // larder's own keys, of every kind: tag versions and the bump counter, an entity
     // version, a version key, a write-behind queue, and refresh and write leases.
@@ -183,23 +183,34 @@ TEST_CASE("No caller key reaches a key larder keeps for itself", "[security][key
     }
 }
 
-BACKEND_TEST_CASE("A prefix without a separator does not reach the keys of one with it",
+BACKEND_TEST_CASE("A prefix must end in ':', and one cache's keys cannot spell another's",
                   "[security][keys]") {
     TestType fx;
-    larder::CacheAside<std::string, decltype(fx.backend)> bare(
-        fx.backend, options_for(fx, {.key_prefix = "tB"}));
-    larder::CacheAside<std::string, decltype(fx.backend)> tenant_b(
-        fx.backend, options_for(fx, {.key_prefix = "tB:"}));
+    using Cache = larder::CacheAside<std::string, decltype(fx.backend)>;
+    // "tB" and "tB:" would otherwise be one namespace, or reach each other's keys.
+    REQUIRE_THROWS_AS(Cache(fx.backend, options_for(fx, {.key_prefix = "tB"})),
+                      larder::ConfigError);
+    Cache outer(fx.backend, options_for(fx, {.key_prefix = "tB:"}));
+    Cache inner(fx.backend, options_for(fx, {.key_prefix = "tB:x:"}));
     int loads = 0;
     auto load = [&] {
         ++loads;
-        return Str("b's row");
+        return Str("inner's row");
     };
-    REQUIRE(tenant_b.get("k", load) == "b's row");
-    bare.invalidate(":k");  // "tB" + ":k" spelled "tB:k"
-    bare.set(":k", "planted");
-    REQUIRE(tenant_b.get("k", load) == "b's row");
+    REQUIRE(inner.get("k", load) == "inner's row");
+    for (const std::string key : {"x:k", "x:k:k", ":x:k:k", "k:k", "x:m:v\x1f", "k"}) {
+        outer.invalidate(key);
+        outer.set(key, "planted");
+    }
+    REQUIRE(inner.get("k", load) == "inner's row");
     REQUIRE(loads == 1);
+}
+
+TEST_CASE("A Redis tenant's prefix must end in ':'", "[security][keys][redis]") {
+    larder::RedisOptions o;
+    o.key_prefix = "tB";
+    REQUIRE_THROWS_AS(larder::RedisBackend(o), larder::ConfigError);
+    REQUIRE_THROWS_AS(larder::RedisBus(o), larder::ConfigError);
 }
 
 TEST_CASE("A prefix with a '{' that opens no hash tag is refused", "[security][keys][memory]") {
@@ -243,7 +254,7 @@ TEST_CASE("A bus message carries the entry's full stored key, tenant prefix incl
     larder::RedisBus bus(tenant(server, "app:"));
     // A listener without a prefix on the tenant's channel hears the wire as it is.
     larder::RedisBus wire(tenant(server, ""), {.channel = "app:larder:invalidate"});
-    larder::CacheAside<std::string, larder::RedisBackend> cache(store, {.key_prefix = "users"});
+    larder::CacheAside<std::string, larder::RedisBackend> cache(store, {.key_prefix = "users:"});
     std::vector<std::string> heard, raw;
     std::mutex heard_mutex;
     auto record = [&](std::vector<std::string>& into) {

@@ -130,8 +130,20 @@ public:
         inner_.set(key, seal(key, value), ttl);
     }
 
+    /// Bytes that fail verification count as absent: a planted lease or sibling (which
+    /// callers take with set_if_absent and never read) would otherwise block its key for
+    /// good. They are replaced only by a compare-and-set on exactly those bytes.
     bool set_if_absent(std::string_view key, std::string_view value, Millis ttl) {
-        return inner_.set_if_absent(key, seal(key, value), ttl);
+        const std::string sealed = seal(key, value);
+        for (int attempt = 0; attempt < 3; ++attempt) {
+            if (inner_.set_if_absent(key, sealed, ttl)) return true;
+            const auto held = inner_.get(key);
+            if (!held) continue;  // gone meanwhile: try again
+            if (verify(key, held->bytes)) return false;
+            rejected_reads_.fetch_add(1, std::memory_order_relaxed);
+            if (inner_.compare_and_set(key, held->bytes, sealed, ttl)) return true;
+        }
+        return false;
     }
 
     bool compare_and_set(std::string_view key, std::string_view expected, std::string_view value,

@@ -36,9 +36,9 @@ namespace larder {
 
 /// What one RedisBackend has done since it was built. A plain value: copy it, subtract two.
 struct RedisBackendStats {
-    std::uint64_t round_trips = 0;       ///< requests sent; a pipeline counts once
-    std::uint64_t errors = 0;            ///< calls that threw BackendError (not fast fails)
-    std::uint64_t timeouts = 0;          ///< of those, TimeoutErrors
+    std::uint64_t round_trips = 0;  ///< requests sent; a pipeline counts once
+    std::uint64_t errors = 0;       ///< calls that threw BackendError (not fast fails)
+    std::uint64_t timeouts = 0;     ///< of those, TimeoutErrors
     /// Of those, timeouts while the reply was arriving (a large exchange, not a sick
     /// server): not counted by the circuit breaker.
     std::uint64_t payload_timeouts = 0;
@@ -373,8 +373,12 @@ private:
         if (o.connect_timeout.count() <= 0) fail("connect_timeout must be positive");
         if (o.command_timeout.count() <= 0) fail("command_timeout must be positive");
         if (o.pool_size == 0) fail("pool_size must be at least 1");
-        // A tenant's prefix ends in a separator, so "tB" cannot reach the keys of "tB:".
-        o.key_prefix = keys::Namespace(o.key_prefix).prefix();
+        // A tenant's prefix ends in a separator, so that "tB" cannot reach the keys of "tB:".
+        try {
+            (void)keys::Namespace(o.key_prefix);
+        } catch (const ConfigError& e) {
+            fail(std::string("key_prefix: ") + e.what());
+        }
         if (o.pool_wait_timeout.count() < 0) fail("pool_wait_timeout must not be negative");
         if (o.reconnect_backoff.count() < 0) fail("reconnect_backoff must not be negative");
         if (o.breaker.failure_threshold > 0 && o.breaker.cool_down.count() <= 0) {
@@ -428,6 +432,13 @@ private:
                 answering = lease->reply_started();
                 if (effect == Effect::write && lease->request_sent() &&
                     dynamic_cast<const OutcomeUnknownError*>(&e) == nullptr) {
+                    throw OutcomeUnknownError(std::string(e.what()) +
+                                              " (the write was sent: it may have been applied)");
+                }
+                throw;
+            } catch (const ConnectionError& e) {
+                // A connection lost after the request went out: the server may have run it.
+                if (effect == Effect::write && lease->request_sent()) {
                     throw OutcomeUnknownError(std::string(e.what()) +
                                               " (the write was sent: it may have been applied)");
                 }

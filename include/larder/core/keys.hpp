@@ -70,26 +70,29 @@ inline const std::array<std::string, 16384>& tags_by_slot() {
 }  // namespace detail
 
 /// A cache's part of a store (docs/FORMAT.md, "Keys"). Every key larder writes for a
-/// cache starts with the cache's prefix, which always ends in ':' (one is added when it
-/// does not), and then either
+/// cache starts with the cache's prefix, which ends in ':' (or is empty), and then either
 ///  - `k:` and the caller's key, as it is: an entry; or
 ///  - `m:`, a role, 0x1F and a name: larder's own keys (versions, refresh and write
 ///    leases, version keys).
 /// So no caller key, whatever its bytes, equals or addresses a key larder uses for itself,
-/// and two caches with distinct prefixes that are not nested (neither prefix plus `k:`
-/// starts the other) never touch each other's keys.
+/// and two caches with distinct prefixes never touch each other's keys as long as neither
+/// prefix starts with the other followed by `k:` or `m:`.
 class Namespace {
 public:
     Namespace() = default;
 
-    /// Throws ConfigError for a prefix with a '{' that does not open a complete,
-    /// non-empty hash tag: the slot of every key after it would be the caller's to choose.
+    /// Throws ConfigError for a non-empty prefix that does not end in ':', and for one
+    /// with a '{' that does not open a complete, non-empty hash tag: the slot of every key after it
+    /// would be the caller's to choose.
     explicit Namespace(std::string_view prefix) : prefix_(prefix) {
         if (prefix_.find('{') != std::string::npos && hash_tag(prefix_) == prefix_) {
             throw ConfigError(
                 "larder: a key prefix's '{' must open a complete, non-empty hash tag");
         }
-        if (!prefix_.empty() && prefix_.back() != ':') prefix_.push_back(':');
+        // Not added silently: "tB" and "tB:" would then be one namespace.
+        if (!prefix_.empty() && prefix_.back() != ':') {
+            throw ConfigError("larder: a key prefix must end in ':' (or be empty)");
+        }
         tagged_ = hash_tag(prefix_) != std::string_view(prefix_);
     }
 

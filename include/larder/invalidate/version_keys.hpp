@@ -47,9 +47,16 @@ public:
     [[nodiscard]] std::uint64_t current(std::string_view base) {
         const std::string key = version_key(base);
         for (int attempt = 0; attempt < 3; ++attempt) {
-            if (auto v = parse(backend_.get(key))) return *v;
+            const auto stored = backend_.get(key);
+            if (auto v = parse(stored)) return *v;
             const std::uint64_t fresh = make_version();
-            if (backend_.set_if_absent(key, std::to_string(fresh), options_.ttl)) return fresh;
+            // Bytes that are not a version (planted, or damaged) are replaced, but only
+            // exactly those: a version written meanwhile by another process survives.
+            if (stored ? backend_.compare_and_set(key, stored->bytes, std::to_string(fresh),
+                                                  options_.ttl)
+                       : backend_.set_if_absent(key, std::to_string(fresh), options_.ttl)) {
+                return fresh;
+            }
         }
         throw BackendError("VersionKeys: the version of a key keeps vanishing");
     }

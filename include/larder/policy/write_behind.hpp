@@ -131,8 +131,10 @@ enum class EvictionCheck : std::uint8_t { warn, refuse, ignore };
 
 struct WriteBehindOptions {
     /// The queue's name: every WriteBehind (in any process) with the same name on the same
-    /// store shares one queue. Give each cache its own.
-    std::string name = "default";
+    /// store shares one queue, which belongs to one cache prefix (a flusher dead-letters
+    /// keys of any other). Empty: named after cache.key_prefix ("users:" gives "users",
+    /// no prefix "default"), so caches with distinct prefixes get distinct queues. No ':'.
+    std::string name{};
     /// How often the flusher thread flushes what is ready.
     Millis interval = std::chrono::seconds(1);
     /// false: no flusher thread; only flush() and the final drain write (for processes that
@@ -426,15 +428,22 @@ public:
                 // compare-and-put needs something to compare with), then read again. The
                 // fill is needed even if the loader says not to cache (the put replaces
                 // it at once), and a timeout has nothing to wait for here.
+                std::optional<T> loaded;
                 (void)get(
                     key,
                     [&](LoadContext& context) {
                         std::optional<T> value = call_loader<T>(loader, context);
                         context.cache = true;
+                        loaded = value;
                         return value;
                     },
                     CallOptions{.soft_timeout = Millis{0}, .hard_timeout = Millis{0}});
                 current = store_->read_current(full);
+                if (!current && loaded && this->too_large(encode(*loaded, {}).size())) {
+                    // The row cannot be cached, so there is nothing to fence the change on.
+                    throw ValueTooLargeError("WriteBehind '" + options_.name + "': the row of '" +
+                                             std::string(key) + "' is over max_value_bytes");
+                }
                 if (!current) continue;
                 // Retired already (a bump during the load): drop it next round.
                 if (!current->dirty && this->retired(current->bytes)) continue;
@@ -651,11 +660,30 @@ private:
         }
     };
 
+    // The prefix without its last ':', with '%' and ':' escaped: distinct prefixes, distinct
+    // names.
+    static std::string queue_name_for(std::string_view prefix) {
+        if (prefix.empty()) return "default";
+        prefix.remove_suffix(1);
+        std::string name;
+        for (const char c : prefix) {
+            if (c == '%') {
+                name += "%25";
+            } else if (c == ':') {
+                name += "%3A";
+            } else {
+                name += c;
+            }
+        }
+        return name;
+    }
+
     // `cache` as the read path validated it (clock set, durations saturated).
     static WriteBehindOptions validated(WriteBehindOptions o, const CacheAsideOptions& cache) {
         o.cache = cache;
         auto fail = [](const char* why) { throw ConfigError(std::string("WriteBehind: ") + why); };
-        if (o.name.empty()) fail("name must not be empty");
+        if (o.name.empty()) o.name = queue_name_for(cache.key_prefix);
+        if (o.name.find(':') != std::string::npos) fail("name must not contain ':'");
         if (o.interval.count() <= 0) fail("interval must be positive");
         if (o.batch_size == 0) fail("batch_size must be positive");
         if (o.max_batches_per_flush == 0) fail("max_batches_per_flush must be positive");

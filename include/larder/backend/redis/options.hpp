@@ -76,8 +76,8 @@ struct RedisOptions {
     /// SO_KEEPALIVE on TCP connections, so a peer that vanished is noticed on idle ones.
     bool tcp_keepalive = true;
     /// Prepended to every key and to RedisBus's channel: several applications (tenants)
-    /// can share one Redis, each limited by an ACL to `~<prefix>* &<prefix>*`. A ':' is
-    /// added when it does not end in one. Use a hash tag, e.g. "{app}:", only if all keys
+    /// can share one Redis, each limited by an ACL to `~<prefix>* &<prefix>*`. Empty, or
+    /// ending in ':'. Use a hash tag, e.g. "{app}:", only if all keys
     /// must share one Cluster slot (docs/security.md).
     std::string key_prefix{};
     /// true: connect, authenticate and PING in the constructor and throw ConnectionError

@@ -342,6 +342,11 @@ public:
                         source<redis_detail::write_behind_lua::discard_dead>()),
           stats_("write_behind_stats", source<redis_detail::write_behind_lua::stats>(), false) {
         if (name_.empty()) throw ConfigError("RedisWriteBehindStore: the name must not be empty");
+        // With no ':' in the name, no cache prefix (which ends in ':') followed by k: or m:
+        // can spell a queue key (docs/FORMAT.md, "Keys").
+        if (name_.find(':') != std::string::npos) {
+            throw ConfigError("RedisWriteBehindStore: the name must not contain ':'");
+        }
         // A name with its own hash tag is used as is (Redis Cluster: share the cache's tag).
         const std::string base = keys::hash_tag(name_) != std::string_view(name_)
                                      ? "larder:wb:" + name_ + ":"

@@ -517,7 +517,7 @@ private:
 
     static CacheAsideOptions validated(CacheAsideOptions o) {
         if (!o.clock) o.clock = &SystemClock::instance();
-        o.key_prefix = keys::Namespace(o.key_prefix).prefix();
+        (void)keys::Namespace(o.key_prefix);  // throws ConfigError on a bad prefix
         o.jitter.validate();
         if (o.ttl.count() <= 0 || o.negative_ttl.count() <= 0 || o.lease_ttl.count() <= 0) {
             throw ConfigError("larder: ttl, negative_ttl and lease_ttl must be positive");
