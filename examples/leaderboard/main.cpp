@@ -270,14 +270,13 @@ Run run_write_behind(const std::string& name, B& backend, Database& db,
     options.interval = std::chrono::milliseconds(config.interval_ms);
     options.batch_size = 500;
     options.drain_timeout = std::chrono::seconds(30);
-    // The database was just re-seeded behind the cache's back (a previous run may have left
-    // cached players in Redis): start from what the database says.
-    for (int id = 1; id <= config.users; ++id)
-        backend.del(options.cache.key_prefix + std::to_string(id));
     larder::WriteBehind<User, B> scores(
         backend,
         [&db](std::span<const larder::DirtyEntry<User>> batch) { return db.write_scores(batch); },
         options);
+    // The database was just re-seeded behind the cache's back (a previous run may have left
+    // cached players in Redis): start from what the database says.
+    for (int id = 1; id <= config.users; ++id) backend.del(scores.full_key(std::to_string(id)));
 
     Run r{name};
     r.cached = true;
