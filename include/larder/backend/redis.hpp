@@ -436,13 +436,6 @@ private:
                                               " (the write was sent: it may have been applied)");
                 }
                 throw;
-            } catch (const ConnectionError& e) {
-                // A connection lost after the request went out: the server may have run it.
-                if (effect == Effect::write && lease->request_sent()) {
-                    throw OutcomeUnknownError(std::string(e.what()) +
-                                              " (the write was sent: it may have been applied)");
-                }
-                throw;
             }
         } catch (const redis_detail::PoolExhausted&) {
             Counters::bump(counters_.errors);
