@@ -276,7 +276,8 @@ TEST_CASE("Destroying a cache waits for a load that outlived its call", "[timeou
     destroyed = true;
     opener.join();
     REQUIRE_FALSE(destroyed_before_load_ended.load());
-    REQUIRE(fx.backend.get(larder::keys::Namespace("").entry("k")).has_value());  // filled before the cache went
+    REQUIRE(fx.backend.get(larder::keys::Namespace("").entry("k"))
+                .has_value());  // filled before the cache went
 }
 
 // ---- every policy -------------------------------------------------------------------

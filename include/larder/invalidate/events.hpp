@@ -1,8 +1,8 @@
 // Events<Bus>: every invalidation made through the policy is published on an invalidation
 // bus, for whoever keeps copies the store cannot reach (an L1 of its own, another
 // service's cache). Messages are the ones Near understands: "k" + the stored key of an
-// invalidated entry, "v" + the stored key of a bumped version (bus.hpp). Publishing is best effort: a bus that cannot
-// publish (BackendError) does not fail the write that already happened.
+// invalidated entry, "v" + the stored key of a bumped version (bus.hpp). Publishing is best effort:
+// a bus that cannot publish (BackendError) does not fail the write that already happened.
 #pragma once
 
 #include <atomic>
