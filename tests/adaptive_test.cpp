@@ -239,13 +239,18 @@ BACKEND_TEST_CASE("The hard timeout bounds a Lock waiter's wait", "[timeout][loc
     Cache holder(fx.backend, options_for(fx), larder::Lock(larder::LockOptions{.max_wait = 1h}));
     Cache waiter(fx.backend, options_for(fx), larder::Lock(larder::LockOptions{.max_wait = 1h}));
     Gate loading, release;
-    std::thread t([&] {
+    std::jthread t([&] {
         (void)holder.get("k", [&] {
             loading.open();
             release.wait();
             return Str("held");
         });
     });
+    // A failed assertion below still lets the holder finish before `t` joins.
+    struct Release {
+        Gate& gate;
+        ~Release() { gate.open(); }
+    } released{release};
     loading.wait();
     SlowRow unused;
     REQUIRE_THROWS_AS(waiter.get("k", larder::detached(unused), {.hard_timeout = 50ms}),

@@ -1069,6 +1069,11 @@ private:
             leader.observe();
             found = read(full, tags, stamp, is_adaptive_loader_v<L>);
         }
+        // Time ran out while another caller held the lease: no time is left to load in.
+        if (std::chrono::steady_clock::now() >= call.deadline) {
+            throw LoadTimeoutError(
+                "larder: hard_timeout passed while another caller was loading the key");
+        }
         leader.observe();
         std::optional<T> value = load_unfilled(loader, call);
         // Not stored: a copy elsewhere (L1) could not be told when the row changes.
