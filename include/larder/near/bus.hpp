@@ -3,6 +3,11 @@
 // subscribers when it may have lost messages (the subscription dropped) and when it is
 // back, so that an L1 that cannot know what it missed can stop serving and start over.
 //
+// Messages (what Near understands; a bus may carry others, which are ignored):
+//   "k" + a stored key   the key changed: an entry's, or a version key's
+//   "v" + a version key  a tag's or entity's version was bumped
+//   "*"                  anything may have changed (the store was flushed)
+//
 // RedisBus (<larder/near/redis_bus.hpp>) uses Redis pub/sub on a dedicated connection
 // with its own thread; MemoryBus connects caches inside one process (and tests). A user
 // can write another (a message broker, a sidecar) against the InvalidationBus concept.

@@ -210,16 +210,26 @@ private:
         return value;
     }
 
-    // "k" + an entry's stored key, or "v" + a version's stored key (bus.hpp). Keys of
-    // other caches on the same bus are not this L1's business.
+    // The bus's vocabulary (bus.hpp). Keys of other caches on the same bus are not this
+    // L1's business.
     void on_message(std::string_view m) {
         if (m.empty()) return;
         const std::string_view body = m.substr(1);
         if (m[0] == 'k') {
-            if (policy_.keys().key_of(body)) l1_.erase(body);
+            // A stored key changed: an entry's, or (from server-assisted tracking, which
+            // does not know what a key is for) a version's.
+            if (policy_.keys().key_of(body)) {
+                l1_.erase(body);
+            } else if (const auto name = policy_.version_name_of(body)) {
+                drop_version(*name);
+            }
         } else if (m[0] == 'v') {
             // invalidate_tag, or a policy's Events invalidator
             if (const auto name = policy_.version_name_of(body)) drop_version(*name);
+        } else if (m == "*") {
+            // Everything may have changed (a flush of the store).
+            l1_.clear();
+            forget_all_versions();
         }
     }
 
