@@ -267,7 +267,7 @@ TEST_CASE("Generations are per hash bucket: other keys' erases rarely fence a fi
         cache.put(other, i);
         if (cache.generation("user:1") != g) ++fenced;
     }
-    REQUIRE(fenced == 0);  // the hash is fixed, so this holds on every run
+    REQUIRE(fenced <= 2);  // each shares user:1's bucket with probability 1/16,384
     REQUIRE(cache.put_if_generation("user:1", 1, g));
     REQUIRE(cache.get("user:1") == 1);
 }

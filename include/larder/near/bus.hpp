@@ -71,15 +71,34 @@ concept InvalidationBus = requires(B& bus, std::string_view message, BusHandlers
 
 namespace detail {
 
-/// The subscriber list both buses share: handlers by id, fanned out under a lock.
+/// The subscriber list the buses share: handlers by id, fanned out under a lock. The
+/// connection state changes under the same lock (transition), so a subscriber added while
+/// it changes hears either "restored" at once or the change itself - never neither, which
+/// would leave an L1 that missed a drop serving, or a live one disabled for good.
 class Subscribers {
 public:
-    std::uint64_t add(BusHandlers handlers) {
+    /// Adds the handlers, and calls on_restored at once if `live()` (read under the lock).
+    template <class Live>
+    std::uint64_t add(BusHandlers handlers, Live&& live) {
         std::lock_guard lock(mutex_);
         const auto id = next_++;
-        handlers_.emplace(id, std::make_shared<BusHandlers>(std::move(handlers)));
+        auto h = std::make_shared<BusHandlers>(std::move(handlers));
+        handlers_.emplace(id, h);
+        if (live() && h->on_restored) h->on_restored();
         return id;
     }
+
+    /// Runs `change` (the bus's state becomes `restored`), then tells every subscriber.
+    template <class Change>
+    void transition(Change&& change, bool restored) {
+        std::lock_guard lock(mutex_);
+        change();
+        for (auto& [id, h] : handlers_) {
+            auto& handler = restored ? h->on_restored : h->on_lost;
+            if (handler) handler();
+        }
+    }
+
     void remove(std::uint64_t id) {
         std::lock_guard lock(mutex_);
         handlers_.erase(id);
@@ -88,24 +107,6 @@ public:
         each([&](BusHandlers& h) {
             if (h.on_message) h.on_message(m);
         });
-    }
-    void lost() {
-        each([](BusHandlers& h) {
-            if (h.on_lost) h.on_lost();
-        });
-    }
-    void restored() {
-        each([](BusHandlers& h) {
-            if (h.on_restored) h.on_restored();
-        });
-    }
-    void restored(std::uint64_t id) {
-        std::shared_ptr<BusHandlers> h;
-        {
-            std::lock_guard lock(mutex_);
-            if (auto it = handlers_.find(id); it != handlers_.end()) h = it->second;
-        }
-        if (h && h->on_restored) h->on_restored();
     }
 
 private:
@@ -117,7 +118,9 @@ private:
         for (auto& [id, h] : handlers_) f(*h);
     }
 
-    std::mutex mutex_;
+    // Recursive: a handler may publish on the same bus (Near sends its outbox when the
+    // bus is back), and a bus in one process delivers that message right away.
+    std::recursive_mutex mutex_;
     std::map<std::uint64_t, std::shared_ptr<BusHandlers>> handlers_;
     std::uint64_t next_ = 0;
 };
@@ -134,8 +137,7 @@ public:
     void publish(std::string_view message) { subscribers_.message(message); }
 
     BusSubscription subscribe(BusHandlers handlers) {
-        const auto id = subscribers_.add(std::move(handlers));
-        subscribers_.restored(id);
+        const auto id = subscribers_.add(std::move(handlers), [] { return true; });
         return BusSubscription([this, id] { subscribers_.remove(id); });
     }
 

@@ -1,14 +1,16 @@
 // Near<Policy, Bus>: a typed in-process cache (L1, a NearCache of objects) in front of any
-// policy, kept coherent across processes by an invalidation bus.
+// policy, kept coherent across processes by an invalidation bus (docs/l1.md).
 //
 //  - A hit in L1 decodes nothing and makes no round trip.
 //  - A miss goes to the policy (and so to the shared store and the database); the value
 //    is kept in L1 only if no invalidation of that key arrived meanwhile (a generation
-//    check), so a value read before a write cannot land in L1 after it.
-//  - Every write through Near (invalidate, invalidate_after, invalidate_tag, a policy's put)
-//    removes the key from this process's L1 and publishes it on the bus; every other
-//    process removes it from its own L1 when the message arrives. A message the bus
-//    cannot carry does not fail the write (it happened); it is counted (bus_errors).
+//    check), so a value read before a write cannot land in L1 after it, and never longer
+//    than the entry it copied stays fresh in the store.
+//  - Every write through Near (every policy's verbs: invalidate, invalidate_after,
+//    invalidate_tag, put, modify, increment) goes to the policy first, then removes the key
+//    from this process's L1, then publishes it on the bus; every other process removes it
+//    from its own L1 when the message arrives. A message the bus cannot carry does not fail
+//    the write (it happened): it waits in an outbox and goes out when the bus is back.
 //  - While the bus subscription is lost, L1 serves nothing (it cannot know what it
 //    missed); when the subscription is back, L1 starts again from empty.
 //
@@ -54,6 +56,7 @@ public:
                     l1_.clear();
                     forget_all_versions();
                     l1_.enable();
+                    send_outbox();
                 },
         });
     }
@@ -80,101 +83,176 @@ public:
                             call);
     }
 
-    /// The policy's invalidate, then every process's L1 - even when the policy's part
-    /// fails (its error is rethrown): L1 copies go whatever the store did.
-    void invalidate(std::string_view key) {
-        const std::string full = policy_.full_key(key);
-        l1_.erase(full);
-        always_then(full, [&] { policy_.invalidate(key); });
+    /// Values for many keys, aligned with `keys`: L1's copies, and the policy's get_many
+    /// for the rest. What the policy returns is not kept in L1: a batch read reports
+    /// neither the versions nor the freshness of each entry, which an L1 copy needs.
+    template <class BatchLoader>
+    std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
+                                           BatchLoader&& batch_loader) requires
+        requires(Policy& p) {
+        p.get_many(keys, batch_loader);
+    }
+    {
+        std::vector<std::optional<T>> out(keys.size());
+        std::vector<std::string> missed;
+        std::vector<std::size_t> at;
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            if ((out[i] = l1_.get(policy_.full_key(keys[i])))) continue;
+            missed.push_back(keys[i]);
+            at.push_back(i);
+        }
+        if (missed.empty()) return out;
+        auto loaded = policy_.get_many(std::span<const std::string>(missed), batch_loader);
+        for (std::size_t m = 0; m < at.size(); ++m) out[at[m]] = std::move(loaded[m]);
+        return out;
     }
 
-    /// The database write, then invalidate (as CacheAside::invalidate_after). A db_write
-    /// that throws may have committed: the L1 copies go all the same.
+    // ---- writes: the store first, then this process's L1, then every other one --------
+    //
+    // In that order: a local reader that read the old value before the write reached the
+    // store cannot keep it in L1 afterwards (the erase after the write fails its fill), and
+    // when the call returns, no read in this process sees the old value. A write that
+    // throws may have happened (a timeout after sending, a database commit before the
+    // failure): the L1 copies go all the same, and the error is rethrown.
+
+    void invalidate(std::string_view key) {
+        write(key, [&] { policy_.invalidate(key); });
+    }
+
+    /// The database write, then invalidate (as CacheAside::invalidate_after).
     template <std::invocable DbWrite>
     void invalidate_after(std::string_view key, DbWrite&& db_write) {
-        const std::string full = policy_.full_key(key);
-        always_then(full, [&] {
+        write(key, [&] {
             std::invoke(db_write);
             policy_.invalidate(key);
         });
     }
 
-    void invalidate_tag(std::string_view tag) {
-        const std::string name = Tags::version_name(tag);
-        try {
-            policy_.invalidate_tag(tag);
-        } catch (...) {
-            drop_version(name);
-            publish_after_write(std::string("v") += policy_.version_key(name));
-            throw;
-        }
-        drop_version(name);
-        publish_after_write(std::string("v") += policy_.version_key(name));
+    void invalidate_tag(std::string_view tag) { invalidate_version(Tags::version_name(tag)); }
+
+    /// Bumps a version (a tag's, or an entity's with EntityVersions): every entry stamped
+    /// with it goes, here and in every L1.
+    void invalidate_version(std::string_view name) {
+        struct After {
+            Near& near;
+            std::string name;
+            ~After() {
+                try {
+                    near.drop_version(name);
+                } catch (...) {
+                    near.l1_.clear();  // out of memory: drop everything rather than guess
+                }
+                near.announce(std::string("v") += near.policy_.version_key(name));
+            }
+        } after{*this, std::string(name)};
+        policy_.invalidate_version(name);
     }
 
-    /// A write-through or write-behind policy's put: the policy stores the value, then
-    /// every process's L1 forgets the key.
+    /// A write-through or write-behind policy's put.
     template <class... Args>
     decltype(auto) put(std::string_view key, Args&&... args) requires requires(Policy& p) {
         p.put(key, std::forward<Args>(args)...);
     }
     {
-        const std::string full = policy_.full_key(key);
-        l1_.erase(full);
-        // Erased again once the write is done, or has failed (maybe having committed): a
-        // read of the old value racing the write must not stay in L1, here or elsewhere.
-        try {
-            if constexpr (std::is_void_v<decltype(policy_.put(key, std::forward<Args>(args)...))>) {
-                policy_.put(key, std::forward<Args>(args)...);
-                forget(full);
-            } else {
-                decltype(auto) result = policy_.put(key, std::forward<Args>(args)...);
-                forget(full);
-                return result;
-            }
-        } catch (...) {
-            l1_.erase(full);
-            publish_after_write(std::string("k") += full);
-            throw;
-        }
+        return write(
+            key, [&]() -> decltype(auto) { return policy_.put(key, std::forward<Args>(args)...); });
+    }
+
+    /// A write-behind policy's read-modify-write.
+    template <class... Args>
+    decltype(auto) modify(std::string_view key, Args&&... args) requires requires(Policy& p) {
+        p.modify(key, std::forward<Args>(args)...);
+    }
+    {
+        return write(key, [&]() -> decltype(auto) {
+            return policy_.modify(key, std::forward<Args>(args)...);
+        });
+    }
+
+    /// A write-behind policy's increment (of a field, or of an integer value).
+    template <class... Args>
+    decltype(auto) increment(std::string_view key, Args&&... args) requires requires(Policy& p) {
+        p.increment(key, std::forward<Args>(args)...);
+    }
+    {
+        return write(key, [&]() -> decltype(auto) {
+            return policy_.increment(key, std::forward<Args>(args)...);
+        });
     }
 
     [[nodiscard]] Policy& policy() noexcept { return policy_; }
     [[nodiscard]] NearCache<T>& l1() noexcept { return l1_; }
 
-    /// Messages a write could not publish (the write itself succeeded or failed on its
-    /// own): other processes' L1 copies of those keys may last until their L1 TTL.
+    /// Messages a write could not publish at once (the write itself succeeded or failed
+    /// on its own); each waits in the outbox until the bus takes it.
     [[nodiscard]] std::uint64_t bus_errors() const noexcept { return bus_errors_.load(); }
 
+    /// Messages waiting to be published again.
+    [[nodiscard]] std::size_t unsent() const noexcept { return outbox_size_.load(); }
+
 private:
-    void forget(const std::string& full) {
-        l1_.erase(full);
-        publish_after_write(std::string("k") += full);
+    // Runs the policy's write of `key`, then drops the key from this L1 and announces it,
+    // also when the write throws.
+    template <class Op>
+    decltype(auto) write(std::string_view key, Op&& op) {
+        struct After {
+            Near& near;
+            std::string full;
+            ~After() {
+                near.l1_.erase(full);
+                near.announce(std::string("k") += full);
+            }
+        } after{*this, policy_.full_key(key)};
+        return std::invoke(op);
     }
 
     // The write has happened: a bus that cannot carry the news must not make it look
-    // failed (a caller would retry a write that succeeded). It is counted instead; the
-    // other processes' L1s are then bounded by their TTL - and a bus that cannot publish
-    // has usually lost their subscriptions too, which turns those L1s off.
-    void publish_after_write(const std::string& message) noexcept {
+    // failed (a caller would retry a write that succeeded). The message waits in an outbox
+    // and goes out with the next message or when the bus is back; meanwhile the other
+    // processes' L1s are bounded by their TTL - and a bus that cannot publish has usually
+    // lost their subscriptions too, which turns those L1s off. Invalidations are
+    // idempotent and commute, so a late one in any order is as good as a timely one.
+    void announce(std::string message) noexcept {
+        send_outbox();
         try {
             bus_.publish(message);
         } catch (...) {
             bus_errors_.fetch_add(1, std::memory_order_relaxed);
+            keep(std::move(message));
         }
     }
 
-    // Runs `write`, then drops `full` from every L1, also when `write` throws.
-    template <class Write>
-    void always_then(const std::string& full, Write&& write) {
+    void keep(std::string message) noexcept {
         try {
-            std::invoke(write);
+            std::lock_guard lock(outbox_mutex_);
+            if (outbox_.size() >= max_outbox) {
+                // Too much missed to say which: every L1 starts over.
+                outbox_.assign(1, std::string("*"));
+            } else {
+                outbox_.push_back(std::move(message));
+            }
+            outbox_size_.store(outbox_.size(), std::memory_order_release);
         } catch (...) {
-            l1_.erase(full);
-            publish_after_write(std::string("k") += full);
-            throw;
+            // Out of memory: nothing left to do but rely on the other L1s' TTL.
         }
-        forget(full);
+    }
+
+    void send_outbox() noexcept {
+        if (outbox_size_.load(std::memory_order_acquire) == 0) return;
+        std::vector<std::string> pending;
+        {
+            std::lock_guard lock(outbox_mutex_);
+            pending.swap(outbox_);
+            outbox_size_.store(0, std::memory_order_release);
+        }
+        for (std::size_t i = 0; i < pending.size(); ++i) {
+            try {
+                bus_.publish(pending[i]);
+            } catch (...) {
+                for (; i < pending.size(); ++i) keep(std::move(pending[i]));
+                return;
+            }
+        }
     }
 
     // L1 keeps a value only if no message about it arrived since before its read (a
@@ -248,14 +326,9 @@ private:
             reading_.erase(it);
         }
         if (!stored) return;
-        // L1 evicts without telling this index; past a bound, start both over (safe: a
-        // miss) rather than let the index grow.
-        if (indexed_ > 4 * l1_.capacity() + 1024) {
-            keys_by_version_.clear();
-            unknown_.clear();
-            indexed_ = 0;
-            l1_.clear();
-        }
+        // L1 evicts without telling this index: when it has doubled, drop the keys L1 no
+        // longer holds (amortized constant work per read; the hot set stays).
+        if (indexed_ > prune_at_) prune();
         if (!names) {
             indexed_ += unknown_.insert(full).second ? 1 : 0;
             return;
@@ -280,6 +353,33 @@ private:
         for (const auto& k : keys) l1_.erase(k);
     }
 
+    // Under index_mutex_. A key L1 does not hold may still be on its way in (indexed by
+    // end_read, its put not yet made): erasing it fails that fill, so nothing enters L1
+    // unindexed.
+    void prune() {
+        auto drop_absent = [&](std::set<std::string>& keys) {
+            for (auto it = keys.begin(); it != keys.end();) {
+                if (l1_.contains(*it)) {
+                    ++it;
+                } else {
+                    l1_.erase(*it);
+                    it = keys.erase(it);
+                }
+            }
+        };
+        indexed_ = 0;
+        for (auto it = keys_by_version_.begin(); it != keys_by_version_.end();) {
+            drop_absent(it->second);
+            indexed_ += it->second.size();
+            it = it->second.empty() ? keys_by_version_.erase(it) : std::next(it);
+        }
+        drop_absent(unknown_);
+        indexed_ += unknown_.size();
+        prune_at_ = std::max(2 * indexed_, min_prune_at());
+    }
+
+    [[nodiscard]] std::size_t min_prune_at() const noexcept { return 4 * l1_.capacity() + 1024; }
+
     void forget_all_versions() {
         std::lock_guard lock(index_mutex_);
         keys_by_version_.clear();
@@ -295,6 +395,11 @@ private:
     std::set<std::string> unknown_;
     std::map<std::string, int> reading_;
     std::size_t indexed_ = 0;
+    std::size_t prune_at_ = min_prune_at();
+    static constexpr std::size_t max_outbox = 4096;
+    std::mutex outbox_mutex_;
+    std::vector<std::string> outbox_;
+    std::atomic<std::size_t> outbox_size_{0};
     std::atomic<std::uint64_t> bus_errors_{0};
     BusSubscription subscription_;  // last: gone first
 };

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -64,15 +65,17 @@ namespace detail {
     return w;
 }
 
-/// A fixed, unseeded 64-bit string hash (8 bytes per step, murmur3's finalizer), so that
-/// bucket and generation placement is the same in every run. Short tails are read with
-/// overlapping loads instead of byte by byte; with the length mixed in first, the words
-/// read still determine the string.
-[[nodiscard]] inline std::uint64_t near_hash(std::string_view s) noexcept {
+/// A 64-bit string hash (8 bytes per step, murmur3's finalizer), seeded per cache so that
+/// keys chosen to share a bucket in one process do not in another: colliding keys would
+/// build long chains and, sharing a bucket's generation, keep a target key's fills
+/// failing. Short tails are read with overlapping loads instead of byte by byte; with the
+/// length mixed in first, the words read still determine the string.
+[[nodiscard]] inline std::uint64_t near_hash(std::string_view s,
+                                             std::uint64_t seed = 0x243F6A8885A308D3ull) noexcept {
     constexpr std::uint64_t m = 0x9E3779B97F4A7C15ull;
     const char* p = s.data();
     const std::size_t n = s.size();
-    std::uint64_t h = 0x243F6A8885A308D3ull ^ (static_cast<std::uint64_t>(n) * m);
+    std::uint64_t h = seed ^ (static_cast<std::uint64_t>(n) * m);
     auto step = [&h](std::uint64_t w) {
         h = (h ^ w) * m;
         h ^= h >> 32;
@@ -95,6 +98,19 @@ namespace detail {
     h *= 0xc4ceb9fe1a85ec53ull;
     h ^= h >> 33;
     return h;
+}
+
+/// A seed no other process can predict: the address space layout and the time, mixed.
+[[nodiscard]] inline std::uint64_t near_random_seed(const void* salt) noexcept {
+    static std::atomic<std::uint64_t> counter{0};
+    std::uint64_t x =
+        static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(salt)) ^
+        static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+        (counter.fetch_add(1, std::memory_order_relaxed) << 48);
+    x += 0x9E3779B97F4A7C15ull;  // splitmix64
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
 }
 
 /// Key equality without a call into memcmp for keys up to 16 bytes (most cache keys).
@@ -145,7 +161,9 @@ class NearCache {
 
 public:
     explicit NearCache(NearCacheOptions options = {})
-        : clock_(options.clock), ttl_ms_(options.ttl.count()) {
+        : clock_(options.clock),
+          ttl_ms_(options.ttl.count()),
+          seed_(detail::near_random_seed(this)) {
         if (options.max_entries == 0) throw ConfigError("NearCache: max_entries must be positive");
         if (options.ttl.count() <= 0) throw ConfigError("NearCache: ttl must be positive");
 
@@ -212,14 +230,27 @@ public:
     }
 
     /// As put(), but the entry lives min(ttl, options.ttl): pass L2's remaining TTL so that
-    /// L1 never outlives the entry it copied. A ttl <= 0 stores nothing.
+    /// L1 never outlives the entry it copied. A ttl <= 0 stores nothing and acts as erase():
+    /// the old value is no more current than the new one.
     void put(std::string_view key, T value, Millis ttl) {
+        if (ttl.count() <= 0) {
+            (void)erase(key);
+            return;
+        }
         (void)store(key, std::move(value), std::min(ttl.count(), ttl_ms_), nullptr);
     }
 
     /// The generation to pass to put_if_generation(), read before loading the value.
     [[nodiscard]] std::uint64_t generation(std::string_view key) const noexcept {
-        return generation_of(detail::near_hash(key) & bucket_mask_);
+        return generation_of(hash(key) & bucket_mask_);
+    }
+
+    /// Whether a live entry is held (and served: the cache is enabled). Not counted as a
+    /// hit or a miss, and does not mark the entry as visited.
+    [[nodiscard]] bool contains(std::string_view key) const {
+        const detail::EpochGuard guard;
+        const Node* n = enabled_.load(std::memory_order_relaxed) ? find(hash(key), key) : nullptr;
+        return n != nullptr && n->expires_at > now_ms();
     }
 
     /// Stores value only if nothing invalidated the key since `generation` was read: no
@@ -236,7 +267,7 @@ public:
 
     /// Removes the key and fails every fill of it in flight. True if a live entry was removed.
     bool erase(std::string_view key) {
-        const std::uint64_t h = detail::near_hash(key);
+        const std::uint64_t h = hash(key);
         const std::size_t b = h & bucket_mask_;
         const std::int64_t now = now_ms();
         Shard& s = shard_of(b);
@@ -372,6 +403,10 @@ private:
         return n;
     }
 
+    [[nodiscard]] std::uint64_t hash(std::string_view key) const noexcept {
+        return detail::near_hash(key, seed_);
+    }
+
     [[nodiscard]] std::int64_t now_ms() const noexcept {
         return clock_ ? clock_->now().time_since_epoch().count() : detail::coarse_monotonic_ms();
     }
@@ -379,7 +414,7 @@ private:
     // The hit path. Inside the caller's read section; counts the hit or the miss.
     [[nodiscard]] const Node* lookup(std::string_view key,
                                      const detail::EpochGuard& guard) const noexcept {
-        const std::uint64_t h = detail::near_hash(key);
+        const std::uint64_t h = hash(key);
         const std::int64_t now = now_ms();
         const Node* n = enabled_.load(std::memory_order_relaxed) ? find(h, key) : nullptr;
         if (n == nullptr || n->expires_at <= now) {
@@ -424,11 +459,15 @@ private:
     bool store(std::string_view key, T&& value, std::int64_t ttl_ms,
                const std::uint64_t* expected_generation) {
         if (ttl_ms <= 0 || !enabled_.load(std::memory_order_relaxed)) return false;
-        const std::uint64_t h = detail::near_hash(key);
+        const std::uint64_t h = hash(key);
         const std::size_t b = h & bucket_mask_;
         const std::int64_t now = now_ms();
+        // Saturated: a TTL of Millis::max() means "as long as the cache's own ttl allows".
+        const std::int64_t expires = ttl_ms > std::numeric_limits<std::int64_t>::max() - now
+                                         ? std::numeric_limits<std::int64_t>::max()
+                                         : now + ttl_ms;
         // Built before taking the lock: copying the key and moving T may allocate.
-        auto node = std::make_unique<Node>(h, key, std::move(value), now + ttl_ms);
+        auto node = std::make_unique<Node>(h, key, std::move(value), expires);
 
         Shard& s = shard_of(b);
         std::lock_guard lock(s.mutex);
@@ -470,13 +509,16 @@ private:
 
     // SIEVE (Zhang et al., NSDI 2024): the hand walks from the oldest entry towards the
     // newest, clearing visited bits, and evicts the first entry that was not visited since
-    // the hand last passed it. Expired entries go first.
+    // the hand last passed it. Expired entries go first. Readers may set bits again behind
+    // the hand, so after two full passes the entry under the hand goes anyway: the bound
+    // on entries holds whatever the readers do.
     bool evict_one(Shard& s, std::int64_t now) {
-        for (std::size_t steps = 0; steps <= 2 * s.held + 1; ++steps) {
+        for (std::size_t steps = 0;; ++steps) {
             if (!s.hand) s.hand = s.oldest;
             Node* n = s.hand;
             if (!n) return false;
-            if (n->expires_at <= now || !n->visited.load(std::memory_order_relaxed)) {
+            if (n->expires_at <= now || !n->visited.load(std::memory_order_relaxed) ||
+                steps > 2 * s.held) {
                 if (n->expires_at > now) s.evictions.fetch_add(1, std::memory_order_relaxed);
                 remove(s, n);
                 return true;
@@ -484,7 +526,6 @@ private:
             n->visited.store(false, std::memory_order_relaxed);
             s.hand = n->newer;
         }
-        return false;
     }
 
     // Reclaims expired entries a few at a time, so memory is returned without a thread.
@@ -593,6 +634,7 @@ private:
     // Read on every hit; written only at construction (and enabled_ by disable/enable).
     const Clock* clock_;
     std::int64_t ttl_ms_;
+    std::uint64_t seed_;
     std::size_t bucket_mask_ = 0;
     unsigned shard_shift_ = 0;
     std::unique_ptr<std::atomic<Node*>[]> buckets_;

@@ -100,8 +100,7 @@ public:
     }
 
     BusSubscription subscribe(BusHandlers handlers) {
-        const auto id = subscribers_.add(std::move(handlers));
-        if (connected_.load()) subscribers_.restored(id);
+        const auto id = subscribers_.add(std::move(handlers), [this] { return connected_.load(); });
         return BusSubscription([this, id] { subscribers_.remove(id); });
     }
 
@@ -110,11 +109,11 @@ public:
     /// Subscriptions made so far (1 + reconnects): lets tests see a recovery.
     [[nodiscard]] std::uint64_t subscriptions() const noexcept { return subscriptions_.load(); }
 
-    /// Blocks until connected or `timeout` passes; returns connected().
+    /// Blocks until connected and every subscriber has been told so, or `timeout` passes;
+    /// returns whether that happened.
     bool wait_connected(Millis timeout) {
         std::unique_lock lock(state_mutex_);
-        state_cv_.wait_for(lock, timeout, [&] { return connected_.load(); });
-        return connected_.load();
+        return state_cv_.wait_for(lock, timeout, [&] { return announced_; });
     }
 
 private:
@@ -130,18 +129,21 @@ private:
     }
 
     void set_connected(bool on) {
+        subscribers_.transition(
+            [&] {
+                std::lock_guard lock(state_mutex_);
+                connected_.store(on);
+                if (on) {
+                    last_error_.clear();
+                    subscriptions_.fetch_add(1);
+                }
+            },
+            on);
         {
             std::lock_guard lock(state_mutex_);
-            connected_.store(on);
-            if (on) last_error_.clear();
+            announced_ = on;  // every subscriber has heard it
         }
         state_cv_.notify_all();
-        if (on) {
-            subscriptions_.fetch_add(1);
-            subscribers_.restored();
-        } else {
-            subscribers_.lost();
-        }
     }
 
     // Sleeps up to `d`, or less when the bus is being destroyed.
@@ -285,6 +287,7 @@ private:
     std::atomic<std::uint64_t> refusals_{0};
     mutable std::mutex state_mutex_;
     std::string last_error_;
+    bool announced_ = false;
     std::condition_variable state_cv_;
     int wake_[2] = {-1, -1};
     std::thread thread_;  // last: starts after everything it uses exists

@@ -33,6 +33,8 @@
 // LARDER_EPOCH_NO_MEMBARRIER to always use the exchange.
 #pragma once
 
+#include <pthread.h>
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -167,8 +169,26 @@ private:
 #endif
     }
 
+    // After fork() the child has one thread, the one that forked: every other slot belongs
+    // to a thread that does not exist there, and one pinned in a read section at the fork
+    // would stop the child's epoch for good (nothing ever freed again).
+    static void release_slots_after_fork() noexcept {
+        EpochSlot* own = epoch_thread_state.slot;
+        for (EpochSlot* s = global_epoch_domain_slots(); s; s = s->next) {
+            if (s == own) continue;
+            s->epoch.store(0, std::memory_order_relaxed);
+            s->in_use.store(false, std::memory_order_relaxed);
+        }
+    }
+
+    static EpochSlot* global_epoch_domain_slots() noexcept;
+
     EpochSlot* claim_slot() {
         (void)asymmetric_mode();
+        static const bool fork_handler = [] {
+            return pthread_atfork(nullptr, nullptr, &release_slots_after_fork) == 0;
+        }();
+        (void)fork_handler;
         // Constructed on the first call in each thread; its destructor runs at thread exit.
         // A read from a thread_local destructor that runs after it claims a slot again,
         // which then stays taken: one slot lost, never an unsafe free (it reads 0 when idle).
@@ -209,6 +229,10 @@ inline constinit EpochDomain global_epoch_domain{};
 
 inline EpochDomain& EpochDomain::global() noexcept {
     return global_epoch_domain;
+}
+
+inline EpochSlot* EpochDomain::global_epoch_domain_slots() noexcept {
+    return global_epoch_domain.slots_.load(std::memory_order_acquire);
 }
 
 /// A read section. Nodes reachable when it starts stay allocated until it ends. Cost: two
