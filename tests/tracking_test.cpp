@@ -343,6 +343,54 @@ TEST_CASE("A foreign tag bump drops the L1 entries stamped with that tag",
     REQUIRE(rig.near.get("post", {"user:42"}, from_db("p2")) == "p2");
 }
 
+TEST_CASE("CLIENT TRACKING refused by an ACL: reported, retried, and L1 stays off",
+          "[tracking][l1][redis][acl]") {
+    RedisServer server({
+        .acl_file_contents = "user default on nopass ~* &* +@all\n"
+                             "user app on >app-pw ~* &* +@all -client|tracking\n",
+    });
+    larder::RedisBackend backend(larder::RedisOptions{
+        .port = server.port(), .user = "app", .password = "app-pw", .command_timeout = 2s});
+    std::mutex mutex;
+    std::vector<std::string> reported;
+    larder::RedisTrackingBus bus(backend,
+                                 {.max_backoff = 50ms, .on_error = [&](std::string_view why) {
+                                      std::lock_guard lock(mutex);
+                                      reported.emplace_back(why);
+                                  }});
+    Cache cache(backend);
+    larder::Near near(cache, bus);
+    REQUIRE(eventually([&] { return bus.refusals() >= 2; }));
+    REQUIRE_FALSE(bus.connected());
+    {
+        std::lock_guard lock(mutex);
+        REQUIRE(reported.size() >= 2);
+        REQUIRE(reported.front().find("CLIENT TRACKING") != std::string::npos);
+    }
+    // The cache works; L1 serves nothing, and the pool was never asked to track.
+    REQUIRE(near.get("k", from_db("v")) == "v");
+    REQUIRE(near.get("k", from_db("other")) == "v");
+    REQUIRE(near.l1().hits() == 0);
+    REQUIRE(backend.stats().tracking_redirects == 0);
+}
+
+TEST_CASE("A silent subscriber is noticed within ping_interval + ping_timeout",
+          "[tracking][l1][redis]") {
+    RedisServer server;
+    larder::RedisBackend backend(tenant_options(server));
+    larder::RedisTrackingBus bus(backend, {.ping_interval = 100ms, .ping_timeout = 200ms});
+    Cache cache(backend);
+    larder::Near near(cache, bus);
+    REQUIRE(bus.wait_connected(5s));
+    REQUIRE(near.l1().enabled());
+    server.pause();  // accepts nothing, answers nothing, closes nothing
+    REQUIRE(eventually([&] { return !bus.connected(); }, 3s));
+    REQUIRE_FALSE(near.l1().enabled());
+    server.resume();
+    REQUIRE(eventually([&] { return bus.connected() && near.l1().enabled(); }, 10s));
+    REQUIRE(bus.subscriptions() >= 2);
+}
+
 #if defined(LARDER_TEST_HELPER_L1_CHILD)
 namespace {
 
