@@ -102,6 +102,10 @@ struct Rig {
             heard.emplace(m);
         }});
         if (!bus.wait_connected(5s)) throw std::runtime_error("bus not connected");
+        // Near enables L1 in on_restored, which runs just after the bus reports connected.
+        if (!eventually([&] { return near.l1().enabled(); })) {
+            throw std::runtime_error("L1 not enabled");
+        }
     }
 
     // Broadcast mode hears the writes that made the test's entries, a moment later: waits
@@ -382,7 +386,7 @@ TEST_CASE("A silent subscriber is noticed within ping_interval + ping_timeout",
     Cache cache(backend);
     larder::Near near(cache, bus);
     REQUIRE(bus.wait_connected(5s));
-    REQUIRE(near.l1().enabled());
+    REQUIRE(eventually([&] { return near.l1().enabled(); }));  // on_restored runs just after
     server.pause();  // accepts nothing, answers nothing, closes nothing
     REQUIRE(eventually([&] { return !bus.connected(); }, 3s));
     REQUIRE_FALSE(near.l1().enabled());
