@@ -13,6 +13,7 @@
 #include <larder/near/redis_tracking_bus.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <initializer_list>
 #include <mutex>
@@ -20,6 +21,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/child_process.hpp"
@@ -299,6 +301,41 @@ TEST_CASE("A lost subscriber turns L1 off; after it is back the pool follows it"
     REQUIRE(rig.raw({"SET", rig.stored("k"), rig.envelope_of("v3")}) == "OK");
     REQUIRE(eventually([&] { return !rig.in_l1("k"); }));
     REQUIRE(rig.near.get("k", from_db("loader")) == "v3");
+}
+
+// The reconnect ordering under load: readers on several pooled connections fill L1 while
+// the subscriber is replaced; a fill through a connection still redirected to the dead
+// subscriber would keep its value past the next write.
+TEST_CASE("Concurrent readers across subscriber reconnects: every write is seen",
+          "[tracking][l1][redis]") {
+    Rig rig;
+    rig.write_entry("k", "0");
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> readers;
+    struct Joiner {
+        std::atomic<bool>& stop;
+        std::vector<std::thread>& threads;
+        ~Joiner() {
+            stop.store(true);
+            for (auto& t : threads) t.join();
+        }
+    } joiner{stop, readers};
+    for (int t = 0; t < 3; ++t) {
+        readers.emplace_back([&] {
+            while (!stop.load()) (void)rig.near.get("k", from_db("loader"));
+        });
+    }
+    for (int i = 1; i <= 10; ++i) {
+        const auto subscriptions = rig.bus.subscriptions();
+        REQUIRE(rig.raw({"CLIENT", "KILL", "TYPE", "pubsub"}) == "1");
+        REQUIRE(eventually(
+            [&] { return rig.bus.connected() && rig.bus.subscriptions() > subscriptions; }));
+        std::this_thread::sleep_for(20ms);  // the readers fill L1 again
+        const std::string v = std::to_string(i);
+        REQUIRE(rig.raw({"SET", rig.stored("k"), rig.envelope_of(v)}) == "OK");
+        REQUIRE(eventually([&] { return rig.near.get("k", from_db("loader")) == v; }));
+    }
+    REQUIRE(rig.near.l1().hits() > 0);
 }
 
 TEST_CASE("A restarted Redis: L1 off, then on again and hearing writes", "[tracking][l1][redis]") {
