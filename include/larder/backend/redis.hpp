@@ -9,8 +9,11 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <initializer_list>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -47,11 +50,41 @@ struct RedisBackendStats {
     std::uint64_t breaker_opens = 0;     ///< times the circuit breaker opened
     std::uint64_t short_circuited = 0;   ///< calls refused by the open breaker, without I/O
     std::uint64_t script_loads = 0;      ///< scripts (re)loaded: first use, after NOSCRIPT
+    /// CLIENT TRACKING commands sent to point a pooled connection at a RedisTrackingBus's
+    /// subscriber (or to stop tracking): one per connection per subscriber (re)connect.
+    std::uint64_t tracking_redirects = 0;
+    /// Of those, refused by Redis (an ACL without CLIENT): the call threw BackendError.
+    std::uint64_t tracking_refusals = 0;
 
     friend bool operator==(const RedisBackendStats&, const RedisBackendStats&) = default;
 };
 
 namespace redis_detail {
+
+/// Where the reads of a RedisBackend are to be tracked (Redis client-side caching, default
+/// mode): the client id of a RedisTrackingBus's subscriber connection, and an epoch that
+/// moves whenever that id does. Every pooled connection remembers the epoch it was last
+/// pointed at; one that is behind sends CLIENT TRACKING on REDIRECT <id> before its next
+/// command. client_id is written before epoch (release), so whoever sees an epoch sees
+/// that id or a later one.
+struct TrackingRedirect {
+    std::atomic<std::int64_t> client_id{0};
+    /// 0: no subscriber yet (nothing to redirect to).
+    std::atomic<std::uint64_t> epoch{0};
+
+    /// Points every connection at `id` (they follow on their next use).
+    void retarget(std::int64_t id) noexcept {
+        client_id.store(id, std::memory_order_relaxed);
+        epoch.store(next_epoch(), std::memory_order_release);
+    }
+
+    /// Epochs are unique in the process, so a connection that followed one redirect never
+    /// mistakes another's epoch for its own.
+    static std::uint64_t next_epoch() noexcept {
+        static std::atomic<std::uint64_t> last{0};
+        return last.fetch_add(1, std::memory_order_relaxed) + 1;
+    }
+};
 
 /// The key as stored: prefix + key, without a copy when there is no prefix.
 class StoredKey {
@@ -345,10 +378,31 @@ public:
         s.breaker_opens = breaker_.opens();
         s.short_circuited = load(counters_.short_circuited);
         s.script_loads = load(counters_.script_loads);
+        s.tracking_redirects = load(counters_.tracking_redirects);
+        s.tracking_refusals = load(counters_.tracking_refusals);
         return s;
     }
 
     [[nodiscard]] const RedisOptions& options() const noexcept { return options_; }
+
+    /// Server-assisted tracking of this backend's reads (RedisTrackingBus, keys_read mode):
+    /// from now on every pooled connection, before its next command, points its tracking
+    /// at `redirect`'s client id whenever redirect's epoch has moved. nullptr detaches (the
+    /// connections then turn tracking off on their next use). A backend serves at most one
+    /// such bus: attaching a second is a ConfigError.
+    void redirect_tracking(std::shared_ptr<redis_detail::TrackingRedirect> redirect) {
+        std::lock_guard lock(redirect_mutex_);
+        if (redirect && redirect_owner_) {
+            throw ConfigError(
+                "RedisBackend: its reads are tracked for another RedisTrackingBus already (one "
+                "backend serves at most one bus in keys_read mode)");
+        }
+        // A call in flight may still hold the old pointer: the object is kept until this
+        // backend goes (one small object per bus ever attached).
+        if (redirect_owner_) retired_redirects_.push_back(std::move(redirect_owner_));
+        redirect_owner_ = std::move(redirect);
+        redirect_.store(redirect_owner_.get(), std::memory_order_release);
+    }
 
     /// The key as Redis sees it: key_prefix + key.
     [[nodiscard]] std::string stored_key(std::string_view key) const {
@@ -419,6 +473,7 @@ private:
         bool answering = false;  // a timeout came while replies were arriving
         try {
             auto lease = pool_.borrow();
+            follow_tracking(*lease);
             try {
                 if constexpr (std::is_void_v<Result>) {
                     body(*lease);
@@ -468,6 +523,35 @@ private:
             breaker_.abandoned(ticket);
             throw;
         }
+    }
+
+    // Before a connection's command: point its tracking at the subscriber of the
+    // RedisTrackingBus this backend serves, when that has moved since the connection last
+    // looked (a new connection, a subscriber reconnect), or turn it off once no bus is
+    // attached. Outside the body's try, so a write's outcome is never muddled by it: a
+    // failure here happened before the write was sent. One extra round trip per
+    // connection per subscriber (re)connect; on every other call, two atomic loads.
+    void follow_tracking(redis_detail::Connection& c) {
+        const redis_detail::TrackingRedirect* r = redirect_.load(std::memory_order_acquire);
+        if (r == nullptr) {
+            if (c.tracking_epoch() == 0) return;
+            send_tracking(c, Args{"CLIENT", "TRACKING", "off"});
+            c.set_tracking_epoch(0);
+            return;
+        }
+        const std::uint64_t epoch = r->epoch.load(std::memory_order_acquire);
+        if (epoch == 0 || epoch == c.tracking_epoch()) return;
+        const redis_detail::Number id(r->client_id.load(std::memory_order_relaxed));
+        send_tracking(c, Args{"CLIENT", "TRACKING", "on", "REDIRECT", id.view()});
+        c.set_tracking_epoch(epoch);
+    }
+
+    void send_tracking(redis_detail::Connection& c, const Args& args) {
+        Counters::bump(counters_.tracking_redirects);
+        const auto reply = c.command(args);
+        if (reply->type == REDIS_REPLY_ERROR) Counters::bump(counters_.tracking_refusals);
+        redis_detail::check(*reply, "CLIENT TRACKING");
+        if (reply->type != REDIS_REPLY_STATUS) redis_detail::unexpected(*reply, "CLIENT TRACKING");
     }
 
     template <class F>
@@ -521,6 +605,10 @@ private:
     redis_detail::Script compare_and_set_script_;
     redis_detail::Script compare_and_delete_script_;
     redis_detail::Script compare_and_expire_script_;
+    std::atomic<redis_detail::TrackingRedirect*> redirect_{nullptr};
+    std::mutex redirect_mutex_;
+    std::shared_ptr<redis_detail::TrackingRedirect> redirect_owner_;
+    std::vector<std::shared_ptr<redis_detail::TrackingRedirect>> retired_redirects_;
 };
 
 static_assert(Backend<RedisBackend>);

@@ -72,6 +72,8 @@ struct Counters {
     std::atomic<std::uint64_t> connect_failures{0};
     std::atomic<std::uint64_t> short_circuited{0};
     std::atomic<std::uint64_t> script_loads{0};
+    std::atomic<std::uint64_t> tracking_redirects{0};
+    std::atomic<std::uint64_t> tracking_refusals{0};
 
     static void bump(std::atomic<std::uint64_t>& c) noexcept {
         c.fetch_add(1, std::memory_order_relaxed);
@@ -476,6 +478,11 @@ public:
     /// The hiredis context, for a subscriber that polls the socket itself.
     [[nodiscard]] redisContext* context() noexcept { return ctx_.get(); }
 
+    /// Server-assisted tracking (RedisTrackingBus): the epoch of the redirect this
+    /// connection was last pointed at with CLIENT TRACKING; 0 when it does not track.
+    [[nodiscard]] std::uint64_t tracking_epoch() const noexcept { return tracking_epoch_; }
+    void set_tracking_epoch(std::uint64_t epoch) noexcept { tracking_epoch_ = epoch; }
+
 private:
     void handshake() {
         const bool auth = !endpoint_.user.empty() || !endpoint_.password.empty();
@@ -606,6 +613,7 @@ private:
     bool request_sent_ = false;         // this round trip handed bytes to the socket
     std::size_t replies_received_ = 0;  // replies of this round trip read so far
     bool reply_started_ = false;        // set by fail()
+    std::uint64_t tracking_epoch_ = 0;  // see tracking_epoch()
 };
 
 }  // namespace larder::redis_detail
