@@ -9,11 +9,14 @@
 //   "*"                  anything may have changed (the store was flushed)
 //
 // RedisBus (<larder/near/redis_bus.hpp>) uses Redis pub/sub on a dedicated connection
-// with its own thread; MemoryBus connects caches inside one process (and tests). A user
+// with its own thread; RedisTrackingBus (<larder/near/redis_tracking_bus.hpp>) has Redis
+// itself report every write to a key, by anyone (client-side caching); MemoryBus connects caches inside one process (and tests). A user
 // can write another (a message broker, a sidecar) against the InvalidationBus concept.
 #pragma once
 
+#include <atomic>
 #include <concepts>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -123,6 +126,72 @@ private:
     std::recursive_mutex mutex_;
     std::map<std::uint64_t, std::shared_ptr<BusHandlers>> handlers_;
     std::uint64_t next_ = 0;
+};
+
+/// The state a bus that listens on a thread of its own shares with its callers: the
+/// subscribers, whether the subscription is live, why it last failed, how often it was made.
+class ListenerState {
+public:
+    BusSubscription subscribe(BusHandlers handlers) {
+        const auto id = subscribers_.add(std::move(handlers), [this] { return connected_.load(); });
+        return BusSubscription([this, id] { subscribers_.remove(id); });
+    }
+
+    /// The listener's thread: the subscription is live (or lost), and every subscriber
+    /// hears it before wait_connected() returns. `also` runs first, under the same lock.
+    template <class Also>
+    void set_connected(bool on, Also&& also) {
+        subscribers_.transition(
+            [&] {
+                also();
+                std::lock_guard lock(mutex_);
+                connected_.store(on);
+                if (on) {
+                    last_error_.clear();
+                    subscriptions_.fetch_add(1);
+                }
+            },
+            on);
+        {
+            std::lock_guard lock(mutex_);
+            announced_ = on;
+        }
+        cv_.notify_all();
+    }
+    void set_connected(bool on) {
+        set_connected(on, [] {});
+    }
+
+    void message(std::string_view m) { subscribers_.message(m); }
+
+    void set_error(std::string why) {
+        std::lock_guard lock(mutex_);
+        last_error_ = std::move(why);
+    }
+
+    [[nodiscard]] std::string last_error() const {
+        std::lock_guard lock(mutex_);
+        return last_error_;
+    }
+
+    [[nodiscard]] bool connected() const noexcept { return connected_.load(); }
+    [[nodiscard]] std::uint64_t subscriptions() const noexcept { return subscriptions_.load(); }
+
+    /// Until live and every subscriber has been told so, or `timeout`; whether that happened.
+    template <class Duration>
+    bool wait_connected(Duration timeout) {
+        std::unique_lock lock(mutex_);
+        return cv_.wait_for(lock, timeout, [&] { return announced_; });
+    }
+
+private:
+    Subscribers subscribers_;
+    std::atomic<bool> connected_{false};
+    std::atomic<std::uint64_t> subscriptions_{0};
+    mutable std::mutex mutex_;
+    std::string last_error_;
+    bool announced_ = false;
+    std::condition_variable cv_;
 };
 
 }  // namespace detail

@@ -94,27 +94,20 @@ public:
     [[nodiscard]] std::uint64_t refusals() const noexcept { return refusals_.load(); }
 
     /// Why the last subscription attempt failed; empty once subscribed.
-    [[nodiscard]] std::string last_error() const {
-        std::lock_guard lock(state_mutex_);
-        return last_error_;
-    }
+    [[nodiscard]] std::string last_error() const { return state_.last_error(); }
 
     BusSubscription subscribe(BusHandlers handlers) {
-        const auto id = subscribers_.add(std::move(handlers), [this] { return connected_.load(); });
-        return BusSubscription([this, id] { subscribers_.remove(id); });
+        return state_.subscribe(std::move(handlers));
     }
 
-    [[nodiscard]] bool connected() const noexcept { return connected_.load(); }
+    [[nodiscard]] bool connected() const noexcept { return state_.connected(); }
 
     /// Subscriptions made so far (1 + reconnects): lets tests see a recovery.
-    [[nodiscard]] std::uint64_t subscriptions() const noexcept { return subscriptions_.load(); }
+    [[nodiscard]] std::uint64_t subscriptions() const noexcept { return state_.subscriptions(); }
 
     /// Blocks until connected and every subscriber has been told so, or `timeout` passes;
     /// returns whether that happened.
-    bool wait_connected(Millis timeout) {
-        std::unique_lock lock(state_mutex_);
-        return state_cv_.wait_for(lock, timeout, [&] { return announced_; });
-    }
+    bool wait_connected(Millis timeout) { return state_.wait_connected(timeout); }
 
 private:
     static RedisOptions publisher_options(RedisOptions o) {
@@ -126,24 +119,6 @@ private:
     void wake() const {
         const char byte = 1;
         [[maybe_unused]] const auto n = ::write(wake_[1], &byte, 1);
-    }
-
-    void set_connected(bool on) {
-        subscribers_.transition(
-            [&] {
-                std::lock_guard lock(state_mutex_);
-                connected_.store(on);
-                if (on) {
-                    last_error_.clear();
-                    subscriptions_.fetch_add(1);
-                }
-            },
-            on);
-        {
-            std::lock_guard lock(state_mutex_);
-            announced_ = on;  // every subscriber has heard it
-        }
-        state_cv_.notify_all();
     }
 
     // Sleeps up to `d`, or less when the bus is being destroyed.
@@ -165,10 +140,9 @@ private:
                 backoff = options_.max_backoff;
             } catch (const std::exception& e) {
                 // Connection refused, lost, or silent: retry below.
-                std::lock_guard lock(state_mutex_);
-                last_error_ = e.what();
+                state_.set_error(e.what());
             }
-            if (connected_.load()) set_connected(false);
+            if (state_.connected()) state_.set_connected(false);
             if (stopping_.load()) break;
             nap(backoff);
             backoff = std::min(backoff * 2, options_.max_backoff);
@@ -186,7 +160,7 @@ private:
                 why += ": " + std::string(redis_detail::text_of(*reply));
             throw SubscribeRefused(why);
         }
-        set_connected(true);
+        state_.set_connected(true);
 
         redisContext* ctx = conn.context();
         using clock = std::chrono::steady_clock;
@@ -233,18 +207,15 @@ private:
     // "<kind><prefix><key>" on the wire; subscribers hear "<kind><key>".
     void deliver(std::string_view wire) {
         if (wire.empty() || !wire.substr(1).starts_with(prefix_)) return;  // another tenant's
-        if (prefix_.empty()) return subscribers_.message(wire);
+        if (prefix_.empty()) return state_.message(wire);
         std::string message;
         message.reserve(wire.size() - prefix_.size());
         message.append(wire.substr(0, 1)).append(wire.substr(1 + prefix_.size()));
-        subscribers_.message(message);
+        state_.message(message);
     }
 
     void report(const std::string& why) {
-        {
-            std::lock_guard lock(state_mutex_);
-            last_error_ = why;
-        }
+        state_.set_error(why);
         if (!options_.on_error) {
             std::cerr << "larder: " << why << '\n';
             return;
@@ -280,15 +251,9 @@ private:
     const std::string channel_;
     const redis_detail::Endpoint endpoint_;
     RedisBackend publisher_;
-    detail::Subscribers subscribers_;
-    std::atomic<bool> connected_{false};
+    detail::ListenerState state_;
     std::atomic<bool> stopping_{false};
-    std::atomic<std::uint64_t> subscriptions_{0};
     std::atomic<std::uint64_t> refusals_{0};
-    mutable std::mutex state_mutex_;
-    std::string last_error_;
-    bool announced_ = false;
-    std::condition_variable state_cv_;
     int wake_[2] = {-1, -1};
     std::thread thread_;  // last: starts after everything it uses exists
 };

@@ -117,19 +117,14 @@ public:
     void publish(std::string_view) noexcept {}
 
     BusSubscription subscribe(BusHandlers handlers) {
-        const auto id = subscribers_.add(std::move(handlers));
-        if (connected_.load()) subscribers_.restored(id);
-        return BusSubscription([this, id] { subscribers_.remove(id); });
+        return state_.subscribe(std::move(handlers));
     }
 
-    [[nodiscard]] bool connected() const noexcept { return connected_.load(); }
+    [[nodiscard]] bool connected() const noexcept { return state_.connected(); }
 
-    /// Blocks until connected or `timeout` passes; returns connected().
-    bool wait_connected(Millis timeout) {
-        std::unique_lock lock(state_mutex_);
-        state_cv_.wait_for(lock, timeout, [&] { return connected_.load(); });
-        return connected_.load();
-    }
+    /// Blocks until connected and every subscriber has been told so, or `timeout` passes;
+    /// returns whether that happened.
+    bool wait_connected(Millis timeout) { return state_.wait_connected(timeout); }
 
     [[nodiscard]] TrackingMode mode() const noexcept { return options_.mode; }
 
@@ -139,16 +134,13 @@ public:
     }
 
     /// Subscriptions made so far (1 + reconnects): lets tests see a recovery.
-    [[nodiscard]] std::uint64_t subscriptions() const noexcept { return subscriptions_.load(); }
+    [[nodiscard]] std::uint64_t subscriptions() const noexcept { return state_.subscriptions(); }
 
     /// Attempts Redis refused (an ACL without CLIENT or the channel): each was reported.
     [[nodiscard]] std::uint64_t refusals() const noexcept { return refusals_.load(); }
 
     /// Why the last attempt failed; empty once subscribed.
-    [[nodiscard]] std::string last_error() const {
-        std::lock_guard lock(state_mutex_);
-        return last_error_;
-    }
+    [[nodiscard]] std::string last_error() const { return state_.last_error(); }
 
     /// Invalidation messages received from Redis (one may name several keys).
     [[nodiscard]] std::uint64_t messages() const noexcept { return messages_.load(); }
@@ -208,22 +200,6 @@ private:
         [[maybe_unused]] const auto n = ::write(wake_[1], &byte, 1);
     }
 
-    void set_connected(bool on) {
-        {
-            std::lock_guard lock(state_mutex_);
-            connected_.store(on);
-            if (on) last_error_.clear();
-        }
-        state_cv_.notify_all();
-        if (on) {
-            subscriptions_.fetch_add(1);
-            subscribers_.restored();
-        } else {
-            client_id_.store(0);
-            subscribers_.lost();
-        }
-    }
-
     // Sleeps up to `d`, or less when the bus is being destroyed.
     void nap(Millis d) const {
         pollfd p{wake_[0], POLLIN, 0};
@@ -243,11 +219,10 @@ private:
                 backoff = options_.max_backoff;
             } catch (const std::exception& e) {
                 // Connection refused, lost, or silent: retry below.
-                std::lock_guard lock(state_mutex_);
-                last_error_ = e.what();
+                state_.set_error(e.what());
             }
             // on_lost first: L1 stops serving before anything else happens.
-            if (connected_.load()) set_connected(false);
+            if (state_.connected()) state_.set_connected(false, [&] { client_id_.store(0); });
             if (stopping_.load()) break;
             nap(backoff);
             backoff = std::min(backoff * 2, options_.max_backoff);
@@ -303,7 +278,7 @@ private:
         // it fills from runs on a connection that first compares its epoch with this one
         // and, being behind, redirects to this subscriber: whatever it read is tracked here.
         if (redirect_) redirect_->retarget(id);
-        set_connected(true);
+        state_.set_connected(true);
 
         redisContext* ctx = conn.context();
         using clock = std::chrono::steady_clock;
@@ -349,7 +324,7 @@ private:
             if (payload.type == REDIS_REPLY_NIL) {
                 // FLUSHALL / FLUSHDB: every key may have changed.
                 flushes_.fetch_add(1, std::memory_order_relaxed);
-                subscribers_.message("*");
+                state_.message("*");
             } else if (payload.type == REDIS_REPLY_ARRAY) {
                 for (std::size_t i = 0; i < payload.elements; ++i) {
                     deliver(redis_detail::text_of(*payload.element[i]));
@@ -366,14 +341,11 @@ private:
         stored.remove_prefix(prefix_.size());
         message_.assign("k").append(stored);
         keys_.fetch_add(1, std::memory_order_relaxed);
-        subscribers_.message(message_);
+        state_.message(message_);
     }
 
     void report(const std::string& why) {
-        {
-            std::lock_guard lock(state_mutex_);
-            last_error_ = why;
-        }
+        state_.set_error(why);
         if (!options_.on_error) {
             std::cerr << "larder: " << why << '\n';
             return;
@@ -410,19 +382,14 @@ private:
     const redis_detail::Endpoint endpoint_;
     RedisBackend& backend_;
     std::shared_ptr<redis_detail::TrackingRedirect> redirect_;  // keys_read only
-    detail::Subscribers subscribers_;
+    detail::ListenerState state_;
     std::string message_;  // reused by deliver(), on the bus's thread
-    std::atomic<bool> connected_{false};
     std::atomic<bool> stopping_{false};
     std::atomic<std::int64_t> client_id_{0};
-    std::atomic<std::uint64_t> subscriptions_{0};
     std::atomic<std::uint64_t> refusals_{0};
     std::atomic<std::uint64_t> messages_{0};
     std::atomic<std::uint64_t> keys_{0};
     std::atomic<std::uint64_t> flushes_{0};
-    mutable std::mutex state_mutex_;
-    std::string last_error_;
-    std::condition_variable state_cv_;
     int wake_[2] = {-1, -1};
     std::thread thread_;  // last: starts after everything it uses exists
 };
