@@ -31,6 +31,7 @@ using larder::test::Gate;
 namespace {
 
 using Str = std::optional<std::string>;
+using State = larder::detail::Subscribers::State;
 using MemoryCache = larder::CacheAside<std::string, larder::MemoryBackend>;
 using MemoryWriteBehind = larder::WriteBehind<std::string, larder::MemoryBackend>;
 
@@ -56,7 +57,7 @@ public:
 
     void fail_publishing(bool on) { failing_ = on; }
     void set_connected(bool on) {
-        subscribers_.transition([&] { connected_ = on; }, on);
+        subscribers_.transition([&] { connected_ = on; }, on ? State::restored : State::lost);
     }
 
 private:
@@ -245,7 +246,7 @@ TEST_CASE("A subscriber added while the bus drops hears the drop after its resto
                             // The drop starts while the subscription is being made.
                             dropper = std::thread([&] {
                                 inside = true;
-                                subscribers.transition([&] { connected = false; }, false);
+                                subscribers.transition([&] { connected = false; }, State::lost);
                             });
                             while (!inside.load()) std::this_thread::yield();
                             std::this_thread::sleep_for(20ms);

@@ -192,6 +192,63 @@ TEST_CASE("A killed subscriber connection: no stale L1 reads, then recovery",
     REQUIRE(eventually([&] { return b.get("k", db) == "v3"; }));
 }
 
+// Reconnect without a cold herd: a subscriber that comes back replays what it missed
+// from the bus's log, drops just those keys, and keeps serving the rest from L1.
+TEST_CASE("A reconnect replays what it missed and keeps the rest of L1", "[l1][event][redis]") {
+    larder::test::RedisServer server;
+    larder::RedisBackend redis(redis_options(server));
+    larder::RedisBus bus_a(redis_options(server));
+    larder::RedisBus bus_b(redis_options(server), {.first_backoff = 1s});  // slow to return
+    larder::CacheAside<std::string, larder::RedisBackend> cache_a(redis), cache_b(redis);
+    larder::Near a(cache_a, bus_a), b(cache_b, bus_b, {.ttl = 1h});
+    REQUIRE(bus_a.wait_connected(5s));
+    REQUIRE(bus_b.wait_connected(5s));
+    auto db = [&](const char* k) {
+        return [&redis, k] { return std::optional<std::string>(redis.get(k)->bytes); };
+    };
+    redis.set("db:hot", "h1", larder::no_expiry);
+    redis.set("db:k", "v1", larder::no_expiry);
+    a.invalidate("warm-up");  // the log has a message before the loss
+    REQUIRE(eventually([&] { return bus_b.connected(); }));
+    REQUIRE(b.get("hot", db("db:hot")) == "h1");
+    REQUIRE(b.get("k", db("db:k")) == "v1");
+
+    server.command({"CLIENT", "KILL", "TYPE", "pubsub"});
+    REQUIRE(eventually([&] { return !bus_b.connected(); }));
+    redis.set("db:k", "v2", larder::no_expiry);
+    a.invalidate("k");                        // published while b is away
+    REQUIRE(b.get("k", db("db:k")) == "v2");  // L1 serves nothing meanwhile
+
+    REQUIRE(eventually([&] { return bus_b.subscriptions() >= 2 && b.l1().enabled(); }, 10s));
+    REQUIRE(bus_b.resumes() == 1);
+    REQUIRE(bus_b.replayed() >= 1);
+    REQUIRE_FALSE(b.l1().contains(cache_b.full_key("k")));  // the missed write dropped it
+    const auto hits = b.l1().hits();
+    REQUIRE(b.get("hot", db("db:hot")) == "h1");
+    REQUIRE(b.l1().hits() == hits + 1);  // kept across the reconnect: no cold start
+    REQUIRE(b.get("k", db("db:k")) == "v2");
+}
+
+TEST_CASE("A reconnect that missed more than the log holds starts L1 over", "[l1][event][redis]") {
+    larder::test::RedisServer server;
+    larder::RedisBackend redis(redis_options(server));
+    larder::RedisBus bus_a(redis_options(server), {.replay_log = 2});
+    larder::RedisBus bus_b(redis_options(server), {.first_backoff = 1s, .replay_log = 2});
+    larder::CacheAside<std::string, larder::RedisBackend> cache_a(redis), cache_b(redis);
+    larder::Near a(cache_a, bus_a), b(cache_b, bus_b, {.ttl = 1h});
+    REQUIRE(bus_a.wait_connected(5s));
+    REQUIRE(bus_b.wait_connected(5s));
+    REQUIRE(b.get("hot", [] { return std::optional<std::string>("h"); }) == "h");
+
+    server.command({"CLIENT", "KILL", "TYPE", "pubsub"});
+    REQUIRE(eventually([&] { return !bus_b.connected(); }));
+    for (int i = 0; i < 5; ++i) a.invalidate("other" + std::to_string(i));  // 3 fall out
+
+    REQUIRE(eventually([&] { return bus_b.subscriptions() >= 2 && b.l1().enabled(); }, 10s));
+    REQUIRE(bus_b.resumes() == 0);
+    REQUIRE_FALSE(b.l1().contains(cache_b.full_key("hot")));  // it cannot know: cleared
+}
+
 #if defined(LARDER_TEST_HELPER_L1_CHILD)
 TEST_CASE("A write in one process reaches another's L1: 1000 writes, propagation delay",
           "[l1][event][redis][multiprocess]") {

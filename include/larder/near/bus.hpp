@@ -10,8 +10,9 @@
 //
 // RedisBus (<larder/near/redis_bus.hpp>) uses Redis pub/sub on a dedicated connection
 // with its own thread; RedisTrackingBus (<larder/near/redis_tracking_bus.hpp>) has Redis
-// itself report every write to a key, by anyone (client-side caching); MemoryBus connects caches inside one process (and tests). A user
-// can write another (a message broker, a sidecar) against the InvalidationBus concept.
+// itself report every write to a key, by anyone (client-side caching); MemoryBus connects caches
+// inside one process (and tests). A user can write another (a message broker, a sidecar) against
+// the InvalidationBus concept.
 #pragma once
 
 #include <atomic>
@@ -35,6 +36,10 @@ struct BusHandlers {
     std::function<void()> on_lost;
     /// Subscribed (again). Whatever was published while lost is unknown.
     std::function<void()> on_restored;
+    /// Subscribed again, and every message published while lost has been delivered (a bus
+    /// that keeps a log replays it): what a subscriber held is as good as before the loss.
+    /// Unset, on_restored is called instead.
+    std::function<void()> on_resumed{};
 };
 
 /// Keeps a subscription alive; unsubscribes when destroyed.
@@ -91,13 +96,17 @@ public:
         return id;
     }
 
-    /// Runs `change` (the bus's state becomes `restored`), then tells every subscriber.
+    enum class State { lost, restored, resumed };
+
+    /// Runs `change` (the bus's state becomes `state`), then tells every subscriber.
     template <class Change>
-    void transition(Change&& change, bool restored) {
+    void transition(Change&& change, State state) {
         std::lock_guard lock(mutex_);
         change();
         for (auto& [id, h] : handlers_) {
-            auto& handler = restored ? h->on_restored : h->on_lost;
+            const auto& handler = state == State::lost                       ? h->on_lost
+                                  : state == State::resumed && h->on_resumed ? h->on_resumed
+                                                                             : h->on_restored;
             if (handler) handler();
         }
     }
@@ -139,8 +148,10 @@ public:
 
     /// The listener's thread: the subscription is live (or lost), and every subscriber
     /// hears it before wait_connected() returns. `also` runs first, under the same lock.
+    /// `resumed`: nothing published while it was lost went unheard (a replayed log).
     template <class Also>
-    void set_connected(bool on, Also&& also) {
+    void set_connected(bool on, Also&& also, bool resumed = false) {
+        using State = Subscribers::State;
         subscribers_.transition(
             [&] {
                 also();
@@ -151,7 +162,9 @@ public:
                     subscriptions_.fetch_add(1);
                 }
             },
-            on);
+            !on       ? State::lost
+            : resumed ? State::resumed
+                      : State::restored);
         {
             std::lock_guard lock(mutex_);
             announced_ = on;

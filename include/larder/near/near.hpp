@@ -12,7 +12,8 @@
 //    from its own L1 when the message arrives. A message the bus cannot carry does not fail
 //    the write (it happened): it waits in an outbox and goes out when the bus is back.
 //  - While the bus subscription is lost, L1 serves nothing (it cannot know what it
-//    missed); when the subscription is back, L1 starts again from empty.
+//    missed); when the subscription is back, L1 starts again from empty - unless the bus
+//    replayed everything missed meanwhile (RedisBus's log), which keeps the hot set.
 //
 // A version bump (invalidate_tag, or a policy's Events invalidator) drops the keys whose
 // stored entries are stamped with that version, as the policy reported them on the read
@@ -47,15 +48,22 @@ public:
     /// Both are borrowed and must outlive this object.
     Near(Policy& policy, Bus& bus, NearCacheOptions options = {})
         : policy_(policy), bus_(bus), l1_(options) {
-        l1_.disable();  // until the bus confirms the subscription
+        l1_.suspend();  // until the bus confirms the subscription
         subscription_ = bus_.subscribe(BusHandlers{
             .on_message = [this](std::string_view m) { on_message(m); },
-            .on_lost = [this] { l1_.disable(); },
+            // Kept, not served: the bus may come back having missed nothing.
+            .on_lost = [this] { l1_.suspend(); },
             .on_restored =
                 [this] {
                     l1_.clear();
                     forget_all_versions();
                     l1_.enable();
+                    send_outbox();
+                },
+            // Every message missed meanwhile was replayed (and applied): no cold start.
+            .on_resumed =
+                [this] {
+                    l1_.resume();
                     send_outbox();
                 },
         });

@@ -303,6 +303,22 @@ public:
         enabled_.store(true, std::memory_order_release);
     }
 
+    /// Stops serving and storing, like disable(), but keeps what it holds (erase() still
+    /// removes entries): for a subscription that may come back with nothing missed.
+    /// Fills that started before fail.
+    void suspend() {
+        std::lock_guard admin(admin_mutex_);
+        enabled_.store(false, std::memory_order_release);
+        clears_.fetch_add(1, std::memory_order_acq_rel);
+    }
+
+    /// Serves again what suspend() kept (and erase() left); fills that started before fail.
+    void resume() {
+        std::lock_guard admin(admin_mutex_);
+        clears_.fetch_add(1, std::memory_order_acq_rel);
+        enabled_.store(true, std::memory_order_release);
+    }
+
     [[nodiscard]] bool enabled() const noexcept { return enabled_.load(std::memory_order_acquire); }
 
     /// Entries held, counting expired ones not reclaimed yet.

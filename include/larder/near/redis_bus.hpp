@@ -3,9 +3,11 @@
 // publishing goes through an ordinary pooled RedisBackend.
 //
 // A subscriber that loses its connection cannot know what was published meanwhile, so
-// the bus reports the loss at once (on_lost), reconnects with backoff, and reports
-// on_restored once SUBSCRIBE is confirmed again. A connection that goes silent (a network
-// partition that neither side notices) is caught by a PING every `ping_interval` whose
+// the bus reports the loss at once (on_lost), reconnects with backoff, and once SUBSCRIBE
+// is confirmed again replays what it missed from a log kept beside the channel (every
+// message carries a sequence number): on_resumed when the log held all of it, so that
+// L1s keep their hot set; on_restored (start over) when it did not. A connection that goes silent
+// (a network partition that neither side notices) is caught by a PING every `ping_interval` whose
 // answer must come within `ping_timeout`. A SUBSCRIBE that Redis refuses (an ACL without
 // the channel) is reported through on_error and refusals(), then retried at max_backoff.
 //
@@ -26,6 +28,7 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -48,6 +51,11 @@ struct RedisBusOptions {
     /// A PING on a quiet subscription, and how long its answer may take.
     Millis ping_interval{1000};
     Millis ping_timeout{2000};
+    /// Messages kept in Redis (a sorted set beside the channel) so that a subscriber that
+    /// reconnects can replay what it missed and keep its L1 (no cold start in every process
+    /// at once). 0: none; a reconnect then starts every L1 over, as does a gap longer than
+    /// the log.
+    std::size_t replay_log = 10'000;
 };
 
 class RedisBus {
@@ -57,6 +65,8 @@ public:
         : options_(std::move(options)),
           prefix_(keys::Namespace(redis.key_prefix).prefix()),
           channel_(prefix_ + options_.channel),
+          seq_key_(channel_ + ":seq"),
+          log_key_(channel_ + ":log"),
           endpoint_(redis_detail::Endpoint::from(redis)),
           publisher_(publisher_options(std::move(redis))) {
         if (options_.channel.empty()) throw ConfigError("RedisBus: the channel must not be empty");
@@ -84,8 +94,18 @@ public:
         std::string wire;
         wire.reserve(message.size() + prefix_.size());
         wire.append(message.substr(0, 1)).append(prefix_).append(message.substr(1));
-        publisher_.publish(channel_, wire);
+        if (options_.replay_log == 0) {
+            publisher_.publish(channel_, wire);
+            return;
+        }
+        const std::string keep = std::to_string(options_.replay_log);
+        (void)publisher_.eval(publish_logged_, {seq_key_, log_key_}, {wire, channel_, keep});
     }
+
+    /// Messages replayed from the log after reconnects, and reconnects that needed no
+    /// fresh start (every missed message was still in the log).
+    [[nodiscard]] std::uint64_t replayed() const noexcept { return replayed_.load(); }
+    [[nodiscard]] std::uint64_t resumes() const noexcept { return resumes_.load(); }
 
     /// The channel as subscribed: the key prefix, then RedisBusOptions::channel.
     [[nodiscard]] const std::string& channel() const noexcept { return channel_; }
@@ -160,7 +180,8 @@ private:
                 why += ": " + std::string(redis_detail::text_of(*reply));
             throw SubscribeRefused(why);
         }
-        state_.set_connected(true);
+        state_.set_connected(
+            true, [] {}, catch_up());
 
         redisContext* ctx = conn.context();
         using clock = std::chrono::steady_clock;
@@ -204,8 +225,55 @@ private:
         }
     }
 
-    // "<kind><prefix><key>" on the wire; subscribers hear "<kind><key>".
+    // Just subscribed: replays from the log what this bus missed since its last message,
+    // before any message of the new subscription is read (those follow, duplicates
+    // included, which is harmless: invalidations are idempotent). True if nothing missed
+    // is unknown: the log holds every sequence number after the last one seen.
+    bool catch_up() {
+        if (options_.replay_log == 0) return false;
+        auto current = [&] {
+            const auto seq = publisher_.command({"GET", seq_key_});
+            return seq.is_string() ? std::strtoull(seq.str.c_str(), nullptr, 10) : 0;
+        };
+        try {
+            if (!last_seq_) {
+                // First subscription: L1 starts empty anyway; count from here.
+                last_seq_ = current();
+                return false;
+            }
+            const std::string after = "(" + std::to_string(*last_seq_);
+            const auto missed = publisher_.command({"ZRANGEBYSCORE", log_key_, after, "+inf"});
+            if (missed.elements.empty()) return current() == *last_seq_;
+            std::uint64_t expected = *last_seq_ + 1;
+            for (const auto& m : missed.elements) {
+                if (sequence_of(m.str) != expected++) return false;  // trimmed: a gap
+            }
+            for (const auto& m : missed.elements) {
+                replayed_.fetch_add(1, std::memory_order_relaxed);
+                deliver(m.str);
+            }
+            resumes_.fetch_add(1, std::memory_order_relaxed);
+            return true;
+        } catch (const Error&) {
+            last_seq_.reset();  // the log cannot be read: start over, and count afresh
+            return false;
+        }
+    }
+
+    // "#<seq>:" in front of a logged message; 0 when there is none.
+    static std::uint64_t sequence_of(std::string_view wire) {
+        if (!wire.starts_with('#')) return 0;
+        const auto colon = wire.find(':');
+        if (colon == std::string_view::npos) return 0;
+        return std::strtoull(std::string(wire.substr(1, colon - 1)).c_str(), nullptr, 10);
+    }
+
+    // ["#<seq>:"]"<kind><prefix><key>" on the wire; subscribers hear "<kind><key>".
     void deliver(std::string_view wire) {
+        if (const auto seq = sequence_of(wire)) {
+            if (last_seq_) last_seq_ = std::max(*last_seq_, seq);
+            wire.remove_prefix(wire.find(':') + 1);
+        }
         if (wire.empty() || !wire.substr(1).starts_with(prefix_)) return;  // another tenant's
         if (prefix_.empty()) return state_.message(wire);
         std::string message;
@@ -249,11 +317,25 @@ private:
     const RedisBusOptions options_;
     const std::string prefix_;
     const std::string channel_;
+    const std::string seq_key_;
+    const std::string log_key_;
     const redis_detail::Endpoint endpoint_;
     RedisBackend publisher_;
     detail::ListenerState state_;
     std::atomic<bool> stopping_{false};
     std::atomic<std::uint64_t> refusals_{0};
+    std::atomic<std::uint64_t> replayed_{0};
+    std::atomic<std::uint64_t> resumes_{0};
+    std::optional<std::uint64_t> last_seq_;  // the last heard; the bus's thread only
+    RedisScript publish_logged_{"bus_publish", R"lua(
+local seq = redis.call('INCR', KEYS[1])
+local m = '#' .. string.format('%d', seq) .. ':' .. ARGV[1]
+redis.call('ZADD', KEYS[2], seq, m)
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1) end
+redis.call('PUBLISH', ARGV[2], m)
+return seq
+)lua"};
     int wake_[2] = {-1, -1};
     std::thread thread_;  // last: starts after everything it uses exists
 };
