@@ -480,3 +480,70 @@ TEST_CASE("A child forked while another thread reads still frees what it replace
     REQUIRE(WIFEXITED(status));
     REQUIRE(WEXITSTATUS(status) == 0);
 }
+
+// Before: a "*" message (a flush) cleared L1 before the tag index: a read that took its
+// generation after the clear and indexed its key before the index was emptied kept its L1
+// copy unindexed, and a later bump of its tag left it there.
+TEST_CASE("A flush message racing tagged fills leaves no copy a tag bump would miss",
+          "[regression][l1][tags][memory]") {
+    larder::MemoryBackend store;
+    larder::MemoryBus bus;
+    MemoryCache cache(store);
+    larder::Near near(cache, bus, {.max_entries = 20'000});
+    std::atomic<bool> stop{false};
+    std::thread flusher([&] {
+        while (!stop.load()) {
+            bus.publish("*");
+            std::this_thread::yield();
+        }
+    });
+    const int keys = 5000;
+    for (int i = 0; i < keys; ++i) {
+        const std::string k = "k" + std::to_string(i);
+        (void)near.get(k, {"A"}, [k] { return Str(k); });
+    }
+    stop = true;
+    flusher.join();
+    near.invalidate_tag("A");
+    int left = 0;
+    for (int i = 0; i < keys; ++i)
+        left += near.l1().contains(cache.full_key("k" + std::to_string(i)));
+    REQUIRE(left == 0);
+}
+
+// Before: a value served while its refresh failed slowly was kept in L1 for the freshness
+// it had before the refresh, counted from the L1 put: 30 s later, past L2's own expiry.
+TEST_CASE("An L1 copy's freshness is counted from the read, not from the L1 put",
+          "[regression][l1][xfetch][memory]") {
+    larder::ManualClock clock;
+    larder::MemoryBackend store({.clock = &clock});
+    larder::CacheAside<std::string, larder::MemoryBackend, larder::XFetch> cache(
+        store, {.ttl = 10s, .clock = &clock},
+        larder::XFetch({.beta = 1.0, .random = [] { return 1e-300; }}));  // always early
+    larder::MemoryBus bus;
+    larder::Near near(cache, bus, {.ttl = 60s, .clock = &clock});
+    const auto full = cache.full_key("k");
+    REQUIRE(near.get("k", [&] {
+        clock.advance(1s);
+        return Str("v1");
+    }) == "v1");
+    near.l1().erase(full);  // evicted from L1; L2 still fresh
+    clock.advance(8s);      // 2 s of freshness left: XFetch elects an early refresh
+    const auto got = near.get("k", [&]() -> Str {
+        clock.advance(30s);  // the database is slow, then fails
+        throw std::runtime_error("database down");
+    });
+    REQUIRE(got == "v1");                     // the value at hand is served
+    REQUIRE_FALSE(near.l1().contains(full));  // but its freshness ran out during the read
+}
+
+TEST_CASE("CacheAside::set through Near drops every L1 copy", "[l1][memory]") {
+    larder::MemoryBackend store;
+    larder::MemoryBus bus;
+    MemoryCache c1(store), c2(store);
+    larder::Near n1(c1, bus), n2(c2, bus);
+    REQUIRE(n2.get("k", [] { return Str("v1"); }) == "v1");
+    n1.set("k", "v2");
+    REQUIRE_FALSE(n2.l1().contains(c2.full_key("k")));
+    REQUIRE(n2.get("k", [] { return Str("loader"); }) == "v2");
+}

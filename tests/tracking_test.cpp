@@ -573,3 +573,42 @@ TEST_CASE("The example of docs/tracking.md runs, and the page shows it verbatim"
 }
 
 #endif
+
+// Before: Redis forgets what it tracked for a connection that closes, and nothing told L1:
+// after CLIENT KILL of the pooled connections, a raw write to a key L1 held was never
+// reported, and L1 served the old value until its TTL.
+TEST_CASE("keys_read: pooled connections the server closed take L1's copies with them",
+          "[regression][tracking][l1][redis]") {
+    Rig rig;
+    rig.write_entry("k", "v1");
+    fill_l1(rig, "k", "v1");
+    const std::string v2 = rig.envelope_of("v2");
+    REQUIRE(rig.raw({"CLIENT", "KILL", "TYPE", "normal"}) != "0");
+    REQUIRE(rig.raw({"SET", rig.stored("k"), v2}) == "OK");
+    REQUIRE(eventually([&] { return !rig.in_l1("k"); }));
+    REQUIRE(rig.bus.untracked_closes() >= 1);
+    REQUIRE(rig.near.get("k", from_db("loader")) == "v2");
+}
+
+// Before: while the subscriber was away, every new pooled connection first redirected its
+// tracking to the dead subscriber's id, which Redis refuses: every command failed, writes
+// included, until the subscriber was back.
+TEST_CASE("keys_read: while the subscriber is away, new connections still serve commands",
+          "[regression][tracking][l1][redis]") {
+    Rig rig({.first_backoff = 10s, .max_backoff = 10s});  // it stays away for the test
+    rig.write_entry("k", "v1");
+    fill_l1(rig, "k", "v1");
+    REQUIRE(rig.raw({"CLIENT", "KILL", "TYPE", "pubsub"}) != "0");
+    REQUIRE(eventually([&] { return !rig.bus.connected(); }));
+    REQUIRE(rig.raw({"CLIENT", "KILL", "TYPE", "normal"}) != "0");
+    REQUIRE(eventually([&] {
+        try {
+            rig.near.invalidate("k");
+            return true;
+        } catch (const larder::BackendError&) {
+            return false;  // the first call may meet a killed connection
+        }
+    }));
+    REQUIRE(rig.backend.stats().tracking_refusals == 0);
+    REQUIRE(rig.near.get("k", from_db("v2")) == "v2");
+}

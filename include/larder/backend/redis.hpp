@@ -61,31 +61,6 @@ struct RedisBackendStats {
 
 namespace redis_detail {
 
-/// Where the reads of a RedisBackend are to be tracked (Redis client-side caching, default
-/// mode): the client id of a RedisTrackingBus's subscriber connection, and an epoch that
-/// moves whenever that id does. Every pooled connection remembers the epoch it was last
-/// pointed at; one that is behind sends CLIENT TRACKING on REDIRECT <id> before its next
-/// command. client_id is written before epoch (release), so whoever sees an epoch sees
-/// that id or a later one.
-struct TrackingRedirect {
-    std::atomic<std::int64_t> client_id{0};
-    /// 0: no subscriber yet (nothing to redirect to).
-    std::atomic<std::uint64_t> epoch{0};
-
-    /// Points every connection at `id` (they follow on their next use).
-    void retarget(std::int64_t id) noexcept {
-        client_id.store(id, std::memory_order_relaxed);
-        epoch.store(next_epoch(), std::memory_order_release);
-    }
-
-    /// Epochs are unique in the process, so a connection that followed one redirect never
-    /// mistakes another's epoch for its own.
-    static std::uint64_t next_epoch() noexcept {
-        static std::atomic<std::uint64_t> last{0};
-        return last.fetch_add(1, std::memory_order_relaxed) + 1;
-    }
-};
-
 /// The key as stored: prefix + key, without a copy when there is no prefix.
 class StoredKey {
 public:
@@ -404,6 +379,10 @@ public:
         redirect_.store(redirect_owner_.get(), std::memory_order_release);
     }
 
+    /// Closes the idle pooled connections whose server hung up, at once rather than on
+    /// their next use (RedisTrackingBus asks every ping_interval / 2). Returns how many.
+    std::size_t close_hung_up_connections() noexcept { return pool_.close_hung_up_idle(); }
+
     /// The key as Redis sees it: key_prefix + key.
     [[nodiscard]] std::string stored_key(std::string_view key) const {
         return options_.key_prefix + std::string(key);
@@ -535,15 +514,23 @@ private:
         const redis_detail::TrackingRedirect* r = redirect_.load(std::memory_order_acquire);
         if (r == nullptr) {
             if (c.tracking_epoch() == 0) return;
+            c.set_tracking(0, nullptr);  // from here on its closing concerns no bus
             send_tracking(c, Args{"CLIENT", "TRACKING", "off"});
-            c.set_tracking_epoch(0);
             return;
         }
         const std::uint64_t epoch = r->epoch.load(std::memory_order_acquire);
         if (epoch == 0 || epoch == c.tracking_epoch()) return;
-        const redis_detail::Number id(r->client_id.load(std::memory_order_relaxed));
+        const std::int64_t client = r->client_id.load(std::memory_order_acquire);
+        if (client == 0) return;  // the subscriber is away: follow once it is back
+        std::shared_ptr<redis_detail::TrackingRedirect> owner;
+        {
+            std::lock_guard lock(redirect_mutex_);
+            if (redirect_owner_.get() == r) owner = redirect_owner_;
+        }
+        if (!owner) return;  // detached meanwhile: the next call turns tracking off
+        const redis_detail::Number id(client);
         send_tracking(c, Args{"CLIENT", "TRACKING", "on", "REDIRECT", id.view()});
-        c.set_tracking_epoch(epoch);
+        c.set_tracking(epoch, std::move(owner));
     }
 
     void send_tracking(redis_detail::Connection& c, const Args& args) {

@@ -7,7 +7,7 @@
 //    check), so a value read before a write cannot land in L1 after it, and never longer
 //    than the entry it copied stays fresh in the store.
 //  - Every write through Near (every policy's verbs: invalidate, invalidate_after,
-//    invalidate_tag, put, modify, increment) goes to the policy first, then removes the key
+//    invalidate_tag, invalidate_version, set, put, modify, increment) goes to the policy first, then removes the key
 //    from this process's L1, then publishes it on the bus; every other process removes it
 //    from its own L1 when the message arrives. A message the bus cannot carry does not fail
 //    the write (it happened): it waits in an outbox and goes out when the bus is back.
@@ -156,6 +156,16 @@ public:
         policy_.invalidate_version(name);
     }
 
+    /// CacheAside's set: stores a value the caller already has.
+    template <class... Args>
+    decltype(auto) set(std::string_view key, Args&&... args) requires requires(Policy& p) {
+        p.set(key, std::forward<Args>(args)...);
+    }
+    {
+        return write(
+            key, [&]() -> decltype(auto) { return policy_.set(key, std::forward<Args>(args)...); });
+    }
+
     /// A write-through or write-behind policy's put.
     template <class... Args>
     decltype(auto) put(std::string_view key, Args&&... args) requires requires(Policy& p) {
@@ -274,6 +284,7 @@ private:
         if (auto hit = l1_.get(full)) return hit;
         begin_read(full);
         const auto generation = l1_.generation(full);
+        const auto started = l1_.now();
         typename Policy::Served served;
         std::optional<T> value;
         try {
@@ -282,13 +293,16 @@ private:
             end_read(full, nullptr, false);
             throw;
         }
-        // Kept only what L2 may keep, and never longer than it stays fresh there.
-        const bool keep =
-            value && served.cacheable && (!served.fresh_for || served.fresh_for->count() > 0);
+        // Kept only what L2 may keep, and never longer than it stays fresh there: the
+        // freshness was measured during the read, so what the read took (a slow refresh
+        // that failed, a slow round trip) is taken off.
+        std::optional<Millis> fresh_for = served.fresh_for;
+        if (fresh_for) *fresh_for -= std::max(Millis{0}, l1_.now() - started);
+        const bool keep = value && served.cacheable && (!fresh_for || fresh_for->count() > 0);
         end_read(full, served.known ? &served.names : nullptr, keep);
         if (keep) {
-            if (served.fresh_for) {
-                l1_.put_if_generation(full, *value, generation, *served.fresh_for);
+            if (fresh_for) {
+                l1_.put_if_generation(full, *value, generation, *fresh_for);
             } else {
                 l1_.put_if_generation(full, *value, generation);
             }
@@ -313,9 +327,11 @@ private:
             // invalidate_tag, or a policy's Events invalidator
             if (const auto name = policy_.version_name_of(body)) drop_version(*name);
         } else if (m == "*") {
-            // Everything may have changed (a flush of the store).
-            l1_.clear();
+            // Everything may have changed (a flush of the store). The index first: a read
+            // that indexes its key between the two must also have read its generation
+            // before the clear, so its fill fails; one that reads it after keeps its entry.
             forget_all_versions();
+            l1_.clear();
         }
     }
 

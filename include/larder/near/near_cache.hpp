@@ -321,6 +321,9 @@ public:
 
     [[nodiscard]] bool enabled() const noexcept { return enabled_.load(std::memory_order_acquire); }
 
+    /// The time on the cache's clock (entries expire by it), as milliseconds since its epoch.
+    [[nodiscard]] Millis now() const noexcept { return Millis{now_ms()}; }
+
     /// Entries held, counting expired ones not reclaimed yet.
     [[nodiscard]] std::size_t size() const noexcept {
         std::size_t n = 0;

@@ -91,10 +91,19 @@ public:
           backend_(backend) {
         if (options_.mode == TrackingMode::keys_read) {
             redirect_ = std::make_shared<redis_detail::TrackingRedirect>();
+            // A pooled connection that closes takes what Redis tracked for it along: a
+            // write to a key only it read would never be reported, so L1 starts over.
+            redirect_->on_untracked([this] {
+                untracked_.fetch_add(1, std::memory_order_relaxed);
+                state_.message("*");
+            });
             backend_.redirect_tracking(redirect_);
         }
         if (pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) {
-            if (redirect_) backend_.redirect_tracking(nullptr);
+            if (redirect_) {
+                redirect_->on_untracked(nullptr);
+                backend_.redirect_tracking(nullptr);
+            }
             throw BackendError("RedisTrackingBus: cannot create a wake-up pipe");
         }
         thread_ = std::thread([this] { run(); });
@@ -104,6 +113,7 @@ public:
     RedisTrackingBus& operator=(const RedisTrackingBus&) = delete;
 
     ~RedisTrackingBus() {
+        if (redirect_) redirect_->on_untracked(nullptr);  // connections may outlive the bus
         stopping_.store(true);
         wake();
         thread_.join();
@@ -148,6 +158,8 @@ public:
     [[nodiscard]] std::uint64_t keys_invalidated() const noexcept { return keys_.load(); }
     /// Flushes (FLUSHALL, FLUSHDB) delivered as "*".
     [[nodiscard]] std::uint64_t flushes() const noexcept { return flushes_.load(); }
+    /// Pooled connections that closed while tracking (keys_read): each started L1 over.
+    [[nodiscard]] std::uint64_t untracked_closes() const noexcept { return untracked_.load(); }
 
     /// The subscriber's client id while connected (0 otherwise).
     [[nodiscard]] std::int64_t client_id() const noexcept { return client_id_.load(); }
@@ -222,7 +234,12 @@ private:
                 state_.set_error(e.what());
             }
             // on_lost first: L1 stops serving before anything else happens.
-            if (state_.connected()) state_.set_connected(false, [&] { client_id_.store(0); });
+            if (state_.connected()) {
+                state_.set_connected(false, [&] {
+                    client_id_.store(0);
+                    if (redirect_) redirect_->suspend();
+                });
+            }
             if (stopping_.load()) break;
             nap(backoff);
             backoff = std::min(backoff * 2, options_.max_backoff);
@@ -290,6 +307,9 @@ private:
             const int ready = ::poll(fds, 2, static_cast<int>(options_.ping_interval.count() / 2));
             if (ready < 0 && errno != EINTR) throw BackendError("RedisTrackingBus: poll failed");
             if (fds[1].revents != 0) return;  // stopping
+            // keys_read: a pooled connection the server closed while idle took what it
+            // tracked along; closing it here starts L1 over within ping_interval / 2.
+            if (redirect_) backend_.close_hung_up_connections();
             const auto now = clock::now();
             if (fds[0].revents != 0) {
                 if (redisBufferRead(ctx) != REDIS_OK) throw BackendError("RedisTrackingBus: lost");
@@ -386,6 +406,7 @@ private:
     std::string message_;  // reused by deliver(), on the bus's thread
     std::atomic<bool> stopping_{false};
     std::atomic<std::int64_t> client_id_{0};
+    std::atomic<std::uint64_t> untracked_{0};
     std::atomic<std::uint64_t> refusals_{0};
     std::atomic<std::uint64_t> messages_{0};
     std::atomic<std::uint64_t> keys_{0};

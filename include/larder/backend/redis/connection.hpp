@@ -10,6 +10,7 @@
 
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -25,8 +26,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <initializer_list>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -368,6 +371,57 @@ private:
            (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK || saved_errno == ETIMEDOUT);
 }
 
+/// Where the reads of a RedisBackend are to be tracked (Redis client-side caching, default
+/// mode): the client id of a RedisTrackingBus's subscriber connection, and an epoch that
+/// moves whenever that id does. Every pooled connection remembers the epoch it was last
+/// pointed at; one that is behind sends CLIENT TRACKING on REDIRECT <id> before its next
+/// command. client_id is written before epoch (release), so whoever sees an epoch sees
+/// that id or a later one (or 0: the subscriber is away).
+struct TrackingRedirect {
+    std::atomic<std::int64_t> client_id{0};
+    /// 0: no subscriber yet (nothing to redirect to).
+    std::atomic<std::uint64_t> epoch{0};
+
+    /// Points every connection at `id` (they follow on their next use).
+    void retarget(std::int64_t id) noexcept {
+        client_id.store(id, std::memory_order_relaxed);
+        epoch.store(next_epoch(), std::memory_order_release);
+    }
+
+    /// The subscriber is gone: connections stop following until the next retarget. Redis
+    /// refuses a redirect to a client that no longer exists, which would fail every command
+    /// of a new connection meanwhile; and nothing they read matters while L1 is off.
+    void suspend() noexcept { client_id.store(0, std::memory_order_release); }
+
+    /// Epochs are unique in the process, so a connection that followed one redirect never
+    /// mistakes another's epoch for its own.
+    static std::uint64_t next_epoch() noexcept {
+        static std::atomic<std::uint64_t> last{0};
+        return last.fetch_add(1, std::memory_order_relaxed) + 1;
+    }
+
+    /// Who hears that a tracking connection closed (the bus; nullptr when it goes).
+    void on_untracked(std::function<void()> listener) {
+        std::lock_guard lock(mutex_);
+        listener_ = std::move(listener);
+    }
+
+    /// A tracking connection closed: Redis forgets what it tracked for it, so a later
+    /// write to a key only it read will never be reported.
+    void untracked() noexcept {
+        std::lock_guard lock(mutex_);
+        if (!listener_) return;
+        try {
+            listener_();
+        } catch (...) {
+        }
+    }
+
+private:
+    std::mutex mutex_;
+    std::function<void()> listener_;
+};
+
 class Connection {
 public:
     /// Connects, authenticates and selects the database. Throws ConnectionError (or
@@ -475,13 +529,30 @@ public:
     /// The wait allowed for each I/O step of the last round trip.
     [[nodiscard]] Millis current_timeout() const noexcept { return current_timeout_; }
 
+    /// Idle and yet readable: nothing was asked, so what is there is the end of the
+    /// stream (the server closed it) or an error. Never blocks.
+    [[nodiscard]] bool hung_up() const noexcept {
+        pollfd p{ctx_->fd, POLLIN, 0};
+        return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR)) != 0;
+    }
+
     /// The hiredis context, for a subscriber that polls the socket itself.
     [[nodiscard]] redisContext* context() noexcept { return ctx_.get(); }
 
     /// Server-assisted tracking (RedisTrackingBus): the epoch of the redirect this
     /// connection was last pointed at with CLIENT TRACKING; 0 when it does not track.
     [[nodiscard]] std::uint64_t tracking_epoch() const noexcept { return tracking_epoch_; }
-    void set_tracking_epoch(std::uint64_t epoch) noexcept { tracking_epoch_ = epoch; }
+
+    /// Now tracking for `redirect` at `epoch` (0 and nullptr: not tracking). A tracking
+    /// connection that closes tells `redirect`.
+    void set_tracking(std::uint64_t epoch, std::shared_ptr<TrackingRedirect> redirect) noexcept {
+        tracking_epoch_ = epoch;
+        tracking_ = std::move(redirect);
+    }
+
+    ~Connection() {
+        if (tracking_ && tracking_epoch_ != 0) tracking_->untracked();
+    }
 
 private:
     void handshake() {
@@ -614,6 +685,7 @@ private:
     std::size_t replies_received_ = 0;  // replies of this round trip read so far
     bool reply_started_ = false;        // set by fail()
     std::uint64_t tracking_epoch_ = 0;  // see tracking_epoch()
+    std::shared_ptr<TrackingRedirect> tracking_;
 };
 
 }  // namespace larder::redis_detail

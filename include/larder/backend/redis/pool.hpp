@@ -124,6 +124,32 @@ public:
         return Lease(this, std::move(conn));
     }
 
+    /// Closes the idle connections whose server hung up (killed by CLIENT KILL, an idle
+    /// `timeout`, a restart): a tracking connection that closes must be noticed before it
+    /// is next used, since Redis forgot what it tracked. Never blocks. Returns how many.
+    std::size_t close_hung_up_idle() noexcept {
+        std::vector<std::unique_ptr<Connection>> closing;
+        {
+            std::lock_guard lock(mutex_);
+            try {
+                closing.reserve(idle_.size());
+            } catch (...) {
+                return 0;
+            }
+            for (auto it = idle_.begin(); it != idle_.end();) {
+                if (!(*it)->hung_up()) {
+                    ++it;
+                    continue;
+                }
+                closing.push_back(std::move(*it));
+                it = idle_.erase(it);
+                --open_;
+            }
+        }
+        if (!closing.empty()) available_.notify_all();
+        return closing.size();  // closed here, outside the lock
+    }
+
     /// Connections open now, borrowed or idle.
     [[nodiscard]] std::size_t open_count() const {
         std::lock_guard lock(mutex_);
