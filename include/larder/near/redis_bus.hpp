@@ -271,7 +271,10 @@ private:
     // ["#<seq>:"]"<kind><prefix><key>" on the wire; subscribers hear "<kind><key>".
     void deliver(std::string_view wire) {
         if (const auto seq = sequence_of(wire)) {
-            if (last_seq_) last_seq_ = std::max(*last_seq_, seq);
+            // The latest, not the largest: the script numbers and publishes in one step, so
+            // the channel's order is the log's - and after the counter was reset (a flush,
+            // a restart without persistence) the latest is where the log continues.
+            if (last_seq_) last_seq_ = seq;
             wire.remove_prefix(wire.find(':') + 1);
         }
         if (wire.empty() || !wire.substr(1).starts_with(prefix_)) return;  // another tenant's
