@@ -54,7 +54,8 @@ struct RedisBusOptions {
     /// Messages kept in Redis (a sorted set beside the channel) so that a subscriber that
     /// reconnects can replay what it missed and keep its L1 (no cold start in every process
     /// at once). 0: none; a reconnect then starts every L1 over, as does a gap longer than
-    /// the log.
+    /// the log. Messages are numbered either way, so buses that disagree on this stay
+    /// correct (a gap is seen as one).
     std::size_t replay_log = 10'000;
 };
 
@@ -94,10 +95,8 @@ public:
         std::string wire;
         wire.reserve(message.size() + prefix_.size());
         wire.append(message.substr(0, 1)).append(prefix_).append(message.substr(1));
-        if (options_.replay_log == 0) {
-            publisher_.publish(channel_, wire);
-            return;
-        }
+        // Numbered even without a log: a subscriber that keeps one must see a gap where a
+        // message it could not replay went out.
         const std::string keep = std::to_string(options_.replay_log);
         (void)publisher_.eval(publish_logged_, {seq_key_, log_key_}, {wire, channel_, keep});
     }
@@ -333,9 +332,12 @@ private:
     RedisScript publish_logged_{"bus_publish", R"lua(
 local seq = redis.call('INCR', KEYS[1])
 local m = '#' .. string.format('%d', seq) .. ':' .. ARGV[1]
-redis.call('ZADD', KEYS[2], seq, m)
-local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
-if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1) end
+local keep = tonumber(ARGV[3])
+if keep > 0 then
+    redis.call('ZADD', KEYS[2], seq, m)
+    local over = redis.call('ZCARD', KEYS[2]) - keep
+    if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1) end
+end
 redis.call('PUBLISH', ARGV[2], m)
 return seq
 )lua"};
