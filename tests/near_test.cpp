@@ -229,6 +229,37 @@ TEST_CASE("A reconnect replays what it missed and keeps the rest of L1", "[l1][e
     REQUIRE(b.get("k", db("db:k")) == "v2");
 }
 
+// Before: the numbers began again after a flush (or a restart without persistence), and a
+// subscriber that had heard number 1 took the new number 1 for one it had heard: it
+// resumed, kept its L1, and never dropped the key that new message named.
+TEST_CASE("A reconnect after the bus's counter began again starts L1 over",
+          "[regression][l1][event][redis]") {
+    larder::test::RedisServer server;
+    larder::RedisBackend redis(redis_options(server));
+    larder::RedisBus bus_a(redis_options(server));
+    larder::RedisBus bus_b(redis_options(server), {.first_backoff = 1s});
+    larder::CacheAside<std::string, larder::RedisBackend> cache_a(redis), cache_b(redis);
+    larder::Near a(cache_a, bus_a), b(cache_b, bus_b, {.ttl = 1h});
+    REQUIRE(bus_a.wait_connected(5s));
+    REQUIRE(bus_b.wait_connected(5s));
+    a.invalidate("warm-up");  // number 1 of the first epoch; b hears it
+    REQUIRE(eventually([&] { return bus_b.connected(); }));
+    std::this_thread::sleep_for(100ms);
+    int version = 1;
+    auto load = [&] { return std::optional<std::string>("v" + std::to_string(version)); };
+    REQUIRE(b.get("k", load) == "v1");
+
+    server.command({"CLIENT", "KILL", "TYPE", "pubsub"});
+    REQUIRE(eventually([&] { return !bus_b.connected(); }));
+    server.command({"FLUSHALL"});  // the counter and the log go with everything else
+    version = 2;
+    a.invalidate("k");  // number 1 again, in a new epoch
+
+    REQUIRE(eventually([&] { return bus_b.subscriptions() >= 2 && b.l1().enabled(); }, 10s));
+    REQUIRE(bus_b.resumes() == 0);
+    REQUIRE(b.get("k", load) == "v2");
+}
+
 TEST_CASE("A reconnect that missed more than the log holds starts L1 over", "[l1][event][redis]") {
     larder::test::RedisServer server;
     larder::RedisBackend redis(redis_options(server));

@@ -35,6 +35,7 @@
 
 #include "larder/backend/redis.hpp"
 #include "larder/core/keys.hpp"
+#include "larder/core/random.hpp"
 #include "larder/near/bus.hpp"
 
 namespace larder {
@@ -98,7 +99,9 @@ public:
         // Numbered even without a log: a subscriber that keeps one must see a gap where a
         // message it could not replay went out.
         const std::string keep = std::to_string(options_.replay_log);
-        (void)publisher_.eval(publish_logged_, {seq_key_, log_key_}, {wire, channel_, keep});
+        // A new epoch, should this message find the counter gone: never one used before.
+        const std::string epoch = std::to_string(random_version());
+        (void)publisher_.eval(publish_logged_, {seq_key_, log_key_}, {wire, channel_, keep, epoch});
     }
 
     /// Messages replayed from the log after reconnects, and reconnects that needed no
@@ -224,29 +227,53 @@ private:
         }
     }
 
+    // Where a message stands: the lifetime of the counter (an epoch a publisher draws when
+    // it finds none, so a flush or a restart without persistence starts a new one) and
+    // its number in it.
+    struct Position {
+        std::string epoch;
+        std::uint64_t seq = 0;
+    };
+
+    // "#<epoch>.<seq>:" in front of a numbered message.
+    static std::optional<Position> position_of(std::string_view wire) {
+        if (!wire.starts_with('#')) return std::nullopt;
+        const auto dot = wire.find('.');
+        const auto colon = wire.find(':');
+        if (dot == std::string_view::npos || colon == std::string_view::npos || colon < dot) {
+            return std::nullopt;
+        }
+        return Position{
+            std::string(wire.substr(1, dot - 1)),
+            std::strtoull(std::string(wire.substr(dot + 1, colon - dot - 1)).c_str(), nullptr, 10)};
+    }
+
     // Just subscribed: replays from the log what this bus missed since its last message,
     // before any message of the new subscription is read (those follow, duplicates
     // included, which is harmless: invalidations are idempotent). True if nothing missed
-    // is unknown: the log holds every sequence number after the last one seen.
+    // is unknown: the counter is in the same epoch, and the log holds every number after
+    // the last one heard.
     bool catch_up() {
         if (options_.replay_log == 0) return false;
-        auto current = [&] {
-            const auto seq = publisher_.command({"GET", seq_key_});
-            return seq.is_string() ? std::strtoull(seq.str.c_str(), nullptr, 10) : 0;
-        };
         try {
-            if (!last_seq_) {
-                // First subscription: L1 starts empty anyway; count from here.
-                last_seq_ = current();
-                return false;
+            const auto now = publisher_.command({"HMGET", seq_key_, "epoch", "seq"});
+            Position current;
+            if (now.elements.size() == 2) {
+                current.epoch = now.elements[0].str;
+                current.seq = std::strtoull(now.elements[1].str.c_str(), nullptr, 10);
             }
-            const std::string after = "(" + std::to_string(*last_seq_);
+            const std::optional<Position> last = std::exchange(heard_, current);
+            // First subscription, or the counter began again: L1 starts over.
+            if (!last || last->epoch != current.epoch) return false;
+            const std::string after = "(" + std::to_string(last->seq);
             const auto missed = publisher_.command({"ZRANGEBYSCORE", log_key_, after, "+inf"});
-            if (missed.elements.empty()) return current() == *last_seq_;
-            std::uint64_t expected = *last_seq_ + 1;
+            std::uint64_t expected = last->seq + 1;
             for (const auto& m : missed.elements) {
-                if (sequence_of(m.str) != expected++) return false;  // trimmed: a gap
+                const auto at = position_of(m.str);
+                if (!at || at->epoch != last->epoch || at->seq != expected++) return false;
             }
+            // Nothing numbered after the last message heard may be missing from the log.
+            if (expected <= current.seq) return false;
             for (const auto& m : missed.elements) {
                 replayed_.fetch_add(1, std::memory_order_relaxed);
                 deliver(m.str);
@@ -254,26 +281,17 @@ private:
             resumes_.fetch_add(1, std::memory_order_relaxed);
             return true;
         } catch (const Error&) {
-            last_seq_.reset();  // the log cannot be read: start over, and count afresh
+            heard_.reset();  // the log cannot be read: start over
             return false;
         }
     }
 
-    // "#<seq>:" in front of a logged message; 0 when there is none.
-    static std::uint64_t sequence_of(std::string_view wire) {
-        if (!wire.starts_with('#')) return 0;
-        const auto colon = wire.find(':');
-        if (colon == std::string_view::npos) return 0;
-        return std::strtoull(std::string(wire.substr(1, colon - 1)).c_str(), nullptr, 10);
-    }
-
-    // ["#<seq>:"]"<kind><prefix><key>" on the wire; subscribers hear "<kind><key>".
+    // ["#<epoch>.<seq>:"]"<kind><prefix><key>" on the wire; subscribers hear "<kind><key>".
     void deliver(std::string_view wire) {
-        if (const auto seq = sequence_of(wire)) {
+        if (auto at = position_of(wire)) {
             // The latest, not the largest: the script numbers and publishes in one step, so
-            // the channel's order is the log's - and after the counter was reset (a flush,
-            // a restart without persistence) the latest is where the log continues.
-            if (last_seq_) last_seq_ = seq;
+            // the channel's order is the log's, and a new epoch is where it continues.
+            if (heard_) heard_ = std::move(*at);
             wire.remove_prefix(wire.find(':') + 1);
         }
         if (wire.empty() || !wire.substr(1).starts_with(prefix_)) return;  // another tenant's
@@ -328,10 +346,15 @@ private:
     std::atomic<std::uint64_t> refusals_{0};
     std::atomic<std::uint64_t> replayed_{0};
     std::atomic<std::uint64_t> resumes_{0};
-    std::optional<std::uint64_t> last_seq_;  // the last heard; the bus's thread only
+    std::optional<Position> heard_;  // the last message heard; the bus's thread only
     RedisScript publish_logged_{"bus_publish", R"lua(
-local seq = redis.call('INCR', KEYS[1])
-local m = '#' .. string.format('%d', seq) .. ':' .. ARGV[1]
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+    epoch = ARGV[4]
+    redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local m = '#' .. epoch .. '.' .. string.format('%d', seq) .. ':' .. ARGV[1]
 local keep = tonumber(ARGV[3])
 if keep > 0 then
     redis.call('ZADD', KEYS[2], seq, m)
