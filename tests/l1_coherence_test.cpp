@@ -35,23 +35,17 @@ using State = larder::detail::Subscribers::State;
 using MemoryCache = larder::CacheAside<std::string, larder::MemoryBackend>;
 using MemoryWriteBehind = larder::WriteBehind<std::string, larder::MemoryBackend>;
 
-// A bus that can refuse to publish, and lose and regain its subscription, on demand.
+// A bus in one process (as MemoryBus: delivers at once) that can refuse to publish, and
+// lose and regain its subscription, on demand.
 class SwitchableBus {
 public:
     void publish(std::string_view message) {
         if (failing_) throw larder::BackendError("SwitchableBus: publishing fails");
-        inner_.publish(message);
+        subscribers_.message(message);
     }
     larder::BusSubscription subscribe(larder::BusHandlers handlers) {
         const auto id = subscribers_.add(std::move(handlers), [this] { return connected_.load(); });
-        auto forward = inner_.subscribe(larder::BusHandlers{
-            .on_message = [this](std::string_view m) { subscribers_.message(m); },
-        });
-        return larder::BusSubscription(
-            [this, id, f = std::make_shared<larder::BusSubscription>(std::move(forward))] {
-                f->reset();
-                subscribers_.remove(id);
-            });
+        return larder::BusSubscription([this, id] { subscribers_.remove(id); });
     }
     [[nodiscard]] bool connected() const { return connected_; }
 
@@ -61,7 +55,6 @@ public:
     }
 
 private:
-    larder::MemoryBus inner_;
     larder::detail::Subscribers subscribers_;
     std::atomic<bool> failing_{false};
     std::atomic<bool> connected_{true};
