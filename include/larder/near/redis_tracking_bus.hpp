@@ -226,8 +226,9 @@ private:
                 backoff = options_.first_backoff;
             } catch (const Refused& e) {
                 // Not a network fault: it lasts until someone changes the ACL.
-                refusals_.fetch_add(1);
+                // Reported before counted: whoever sees the count sees the reason too.
                 report(e.what());
+                refusals_.fetch_add(1);
                 backoff = options_.max_backoff;
             } catch (const std::exception& e) {
                 // Connection refused, lost, or silent: retry below.
