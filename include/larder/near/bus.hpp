@@ -20,6 +20,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -180,6 +181,21 @@ public:
     void set_error(std::string why) {
         std::lock_guard lock(mutex_);
         last_error_ = std::move(why);
+    }
+
+    /// Why the subscription failed or was refused: kept for last_error(), and told to
+    /// `on_error` (stderr when unset). `on_error` must not throw; if it does, it is ignored.
+    void report(const std::string& why,
+                const std::function<void(std::string_view)>& on_error) noexcept {
+        try {
+            set_error(why);
+            if (on_error) {
+                on_error(why);
+            } else {
+                std::cerr << "larder: " << why << '\n';
+            }
+        } catch (...) {
+        }
     }
 
     [[nodiscard]] std::string last_error() const {

@@ -25,7 +25,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
-#include <iostream>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -205,7 +204,7 @@ private:
             } else if (ping_outstanding && now - ping_sent > options_.ping_timeout) {
                 throw TimeoutError("RedisBus: the subscription went silent");
             } else if (!ping_outstanding && now - last_traffic > options_.ping_interval) {
-                send_ping(ctx);
+                redis_detail::send_ping(ctx, "RedisBus");
                 ping_sent = now;
                 ping_outstanding = true;
             }
@@ -303,32 +302,7 @@ private:
         state_.message(message);
     }
 
-    void report(const std::string& why) {
-        state_.set_error(why);
-        if (!options_.on_error) {
-            std::cerr << "larder: " << why << '\n';
-            return;
-        }
-        try {
-            options_.on_error(why);
-        } catch (...) {
-        }
-    }
-
-    static void send_ping(redisContext* ctx) {
-        const char* argv[] = {"PING"};
-        const std::size_t lengths[] = {4};
-        if (redisAppendCommandArgv(ctx, 1, argv, lengths) != REDIS_OK) {
-            throw BackendError("RedisBus: cannot queue PING");
-        }
-        redis_detail::SigpipeGuard guard(true);
-        for (int done = 0; !done;) {
-            if (redisBufferWrite(ctx, &done) != REDIS_OK) {
-                guard.failed();
-                throw BackendError("RedisBus: lost while sending PING");
-            }
-        }
-    }
+    void report(const std::string& why) { state_.report(why, options_.on_error); }
 
     class SubscribeRefused : public BackendError {
     public:

@@ -422,6 +422,23 @@ private:
     std::function<void()> listener_;
 };
 
+/// Sends a PING on a subscribed connection without waiting for its answer (a subscriber
+/// reads that with everything else). Throws BackendError naming `who` if it cannot.
+inline void send_ping(redisContext* ctx, const char* who) {
+    const char* argv[] = {"PING"};
+    const std::size_t lengths[] = {4};
+    if (redisAppendCommandArgv(ctx, 1, argv, lengths) != REDIS_OK) {
+        throw BackendError(std::string(who) + ": cannot queue PING");
+    }
+    SigpipeGuard guard(true);
+    for (int done = 0; !done;) {
+        if (redisBufferWrite(ctx, &done) != REDIS_OK) {
+            guard.failed();
+            throw BackendError(std::string(who) + ": lost while sending PING");
+        }
+    }
+}
+
 class Connection {
 public:
     /// Connects, authenticates and selects the database. Throws ConnectionError (or
