@@ -250,6 +250,25 @@ TEST_CASE("A subscriber added while the bus drops hears the drop after its resto
     subscribers.remove(id);
 }
 
+// Before: the bus marked itself disconnected and only then told its subscribers, so a
+// caller that saw connected() == false could still read from an L1 that was serving
+// (CI caught it: "A silent subscriber is noticed within ping_interval + ping_timeout").
+TEST_CASE("Once a bus says it is disconnected, every subscriber has heard the loss",
+          "[regression][l1][memory]") {
+    larder::detail::ListenerState state;
+    state.set_connected(true);
+    std::atomic<bool> lost_heard{false};
+    auto subscription = state.subscribe(larder::BusHandlers{.on_lost = [&] {
+        std::this_thread::sleep_for(50ms);  // a subscriber that takes its time
+        lost_heard = true;
+    }});
+    std::thread dropper([&] { state.set_connected(false); });
+    while (state.connected()) std::this_thread::yield();
+    const bool heard_when_disconnected = lost_heard.load();
+    dropper.join();
+    REQUIRE(heard_when_disconnected);
+}
+
 TEST_CASE("A Near made while its bus is down serves nothing until the bus is back",
           "[l1][memory]") {
     larder::MemoryBackend store;

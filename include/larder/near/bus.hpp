@@ -99,17 +99,20 @@ public:
 
     enum class State { lost, restored, resumed };
 
-    /// Runs `change` (the bus's state becomes `state`), then tells every subscriber.
+    /// Runs `change` (the bus's state becomes `state`) and tells every subscriber: a loss
+    /// is told before the change, so that no L1 still serves once the bus says it is
+    /// disconnected; a restore after it, so that a restored L1 finds the bus live.
     template <class Change>
     void transition(Change&& change, State state) {
         std::lock_guard lock(mutex_);
-        change();
+        if (state != State::lost) change();
         for (auto& [id, h] : handlers_) {
             const auto& handler = state == State::lost                       ? h->on_lost
                                   : state == State::resumed && h->on_resumed ? h->on_resumed
                                                                              : h->on_restored;
             if (handler) handler();
         }
+        if (state == State::lost) change();
     }
 
     void remove(std::uint64_t id) {
