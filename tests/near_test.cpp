@@ -260,6 +260,62 @@ TEST_CASE("A reconnect after the bus's counter began again starts L1 over",
     REQUIRE(b.get("k", load) == "v2");
 }
 
+// Before: a subscriber that had heard no message could not tell the epoch the first
+// publish drew from one drawn, flushed away and drawn again while it was gone, so every
+// process started L1 over on the first reconnect of a quiet bus (reconnect_bench: the
+// same GETs with a log as without). The subscriber now draws the epoch itself.
+TEST_CASE("A reconnect of a bus that had heard nothing yet replays what it missed",
+          "[regression][l1][event][redis]") {
+    larder::test::RedisServer server;
+    larder::RedisBackend redis(redis_options(server));
+    larder::RedisBus bus_a(redis_options(server));
+    larder::RedisBus bus_b(redis_options(server), {.first_backoff = 1s});
+    larder::CacheAside<std::string, larder::RedisBackend> cache_a(redis), cache_b(redis);
+    larder::Near a(cache_a, bus_a), b(cache_b, bus_b, {.ttl = 1h});
+    REQUIRE(bus_a.wait_connected(5s));
+    REQUIRE(bus_b.wait_connected(5s));
+    int version = 1;
+    auto load = [&] { return std::optional<std::string>("v" + std::to_string(version)); };
+    REQUIRE(b.get("hot", load) == "v1");
+    REQUIRE(b.get("k", load) == "v1");
+
+    server.command({"CLIENT", "KILL", "TYPE", "pubsub"});
+    REQUIRE(eventually([&] { return !bus_b.connected(); }));
+    version = 2;
+    a.invalidate("k");  // the bus's first message
+
+    REQUIRE(eventually([&] { return bus_b.subscriptions() >= 2 && b.l1().enabled(); }, 10s));
+    REQUIRE(bus_b.resumes() == 1);
+    REQUIRE(b.get("k", load) == "v2");
+    REQUIRE(b.get("hot", load) == "v1");  // kept
+}
+
+TEST_CASE("A bus that heard nothing, away while the counter was drawn and flushed, starts over",
+          "[l1][event][redis]") {
+    larder::test::RedisServer server;
+    larder::RedisBackend redis(redis_options(server));
+    larder::RedisBus bus_a(redis_options(server));
+    larder::RedisBus bus_b(redis_options(server), {.first_backoff = 1s});
+    larder::CacheAside<std::string, larder::RedisBackend> cache_a(redis), cache_b(redis);
+    larder::Near a(cache_a, bus_a), b(cache_b, bus_b, {.ttl = 1h});
+    REQUIRE(bus_a.wait_connected(5s));
+    REQUIRE(bus_b.wait_connected(5s));
+    int version = 1;
+    auto load = [&] { return std::optional<std::string>("v" + std::to_string(version)); };
+    REQUIRE(b.get("k", load) == "v1");
+
+    server.command({"CLIENT", "KILL", "TYPE", "pubsub"});
+    REQUIRE(eventually([&] { return !bus_b.connected(); }));
+    version = 2;
+    a.invalidate("k");             // number 1; then the counter and log are flushed away
+    server.command({"FLUSHALL"});  // and the next publish draws a new epoch
+    a.invalidate("other");         // number 1 again
+
+    REQUIRE(eventually([&] { return bus_b.subscriptions() >= 2 && b.l1().enabled(); }, 10s));
+    REQUIRE(bus_b.resumes() == 0);
+    REQUIRE(b.get("k", load) == "v2");
+}
+
 TEST_CASE("A reconnect that missed more than the log holds starts L1 over", "[l1][event][redis]") {
     larder::test::RedisServer server;
     larder::RedisBackend redis(redis_options(server));

@@ -256,6 +256,12 @@ private:
     bool catch_up() {
         if (options_.replay_log == 0) return false;
         try {
+            // No counter yet: draw its epoch now. Otherwise a subscriber that heard nothing
+            // could not tell the epoch a publisher draws later from one drawn, flushed and
+            // drawn again while it was away; with it, only a reconnect after a flush starts
+            // over.
+            (void)publisher_.command(
+                {"HSETNX", seq_key_, "epoch", std::to_string(random_version())});
             const auto now = publisher_.command({"HMGET", seq_key_, "epoch", "seq"});
             Position current;
             if (now.elements.size() == 2) {
