@@ -292,7 +292,8 @@ TEST_CASE("A lost subscriber turns L1 off; after it is back the pool follows it"
     REQUIRE(rig.raw({"SET", rig.stored("k"), rig.envelope_of("v2")}) == "OK");
     REQUIRE(rig.near.get("k", from_db("loader")) == "v2");
 
-    REQUIRE(eventually([&] { return rig.bus.connected() && rig.bus.subscriptions() >= 2; }));
+    // connected() turns true just before on_restored enables L1.
+    REQUIRE(eventually([&] { return rig.bus.subscriptions() >= 2 && rig.near.l1().enabled(); }));
     REQUIRE(rig.bus.client_id() != first_id);
     // The connection that reads k was redirected to the dead subscriber: it must follow
     // the new one before its next read, or the write below would never be heard.

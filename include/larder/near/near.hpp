@@ -10,7 +10,7 @@
 //    invalidate_tag, invalidate_version, set, put, modify, increment) goes to the policy first,
 //    then removes the key from this process's L1, then publishes it on the bus; every other process
 //    removes it from its own L1 when the message arrives. A message the bus cannot carry does not
-//    fail the write (it happened): it waits in an outbox and goes out when the bus is back.
+//    fail the write (it happened): it waits in an outbox, retried until the bus takes it.
 //  - While the bus subscription is lost, L1 serves nothing (it cannot know what it
 //    missed); when the subscription is back, L1 starts again from empty - unless the bus
 //    replayed everything missed meanwhile (RedisBus's log), which keeps the hot set.
@@ -21,13 +21,18 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <span>
+#include <stop_token>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -226,10 +231,11 @@ private:
 
     // The write has happened: a bus that cannot carry the news must not make it look
     // failed (a caller would retry a write that succeeded). The message waits in an outbox
-    // and goes out with the next message or when the bus is back; meanwhile the other
-    // processes' L1s are bounded by their TTL - and a bus that cannot publish has usually
-    // lost their subscriptions too, which turns those L1s off. Invalidations are
-    // idempotent and commute, so a late one in any order is as good as a timely one.
+    // and goes out with the next message, when the bus is back, or on a retry (every
+    // 50 ms doubling to 1 s, on a thread that runs only while the outbox is not empty).
+    // Until then the other processes' L1s may serve the old value: the message cannot be
+    // replayed to them, since it has no number yet. Invalidations are idempotent and
+    // commute, so a late one in any order is as good as a timely one.
     void announce(std::string message) noexcept {
         send_outbox();
         try {
@@ -246,30 +252,65 @@ private:
             if (outbox_.size() >= max_outbox) {
                 // Too much missed to say which: every L1 starts over.
                 outbox_.assign(1, std::string("*"));
+                ++outbox_resets_;
             } else {
                 outbox_.push_back(std::move(message));
             }
             outbox_size_.store(outbox_.size(), std::memory_order_release);
+            if (!retrying_.exchange(true)) {
+                std::lock_guard start(retrier_mutex_);
+                retrier_ = std::jthread([this](std::stop_token stop) { retry_outbox(stop); });
+            }
         } catch (...) {
             // Out of memory: nothing left to do but rely on the other L1s' TTL.
         }
     }
 
+    // Publishes the outbox oldest first; a message leaves it once the bus took it, so
+    // unsent() never reads 0 while one is still on its way. One sender at a time, and
+    // never a wait for another: the bus's thread calls this holding its subscribers' lock,
+    // which an in-process bus's publish takes.
     void send_outbox() noexcept {
         if (outbox_size_.load(std::memory_order_acquire) == 0) return;
-        std::vector<std::string> pending;
-        {
-            std::lock_guard lock(outbox_mutex_);
-            pending.swap(outbox_);
-            outbox_size_.store(0, std::memory_order_release);
-        }
-        for (std::size_t i = 0; i < pending.size(); ++i) {
-            try {
-                bus_.publish(pending[i]);
-            } catch (...) {
-                for (; i < pending.size(); ++i) keep(std::move(pending[i]));
-                return;
+        std::unique_lock sending(sending_mutex_, std::try_to_lock);
+        if (!sending.owns_lock()) return;
+        try {
+            for (;;) {
+                std::string next;
+                std::uint64_t resets = 0;
+                {
+                    std::lock_guard lock(outbox_mutex_);
+                    if (outbox_.empty()) return;
+                    next = outbox_.front();
+                    resets = outbox_resets_;
+                }
+                bus_.publish(next);
+                std::lock_guard lock(outbox_mutex_);
+                // Collapsed into "*" meanwhile: that one is still to go.
+                if (resets == outbox_resets_) outbox_.pop_front();
+                outbox_size_.store(outbox_.size(), std::memory_order_release);
             }
+        } catch (...) {
+            // Still refused: it stays, and the retry thread tries again.
+        }
+    }
+
+    // The retry thread: goes while the outbox holds something.
+    void retry_outbox(std::stop_token stop) {
+        std::mutex mutex;
+        std::condition_variable_any cv;
+        std::unique_lock lock(mutex);
+        auto wait = std::chrono::milliseconds(50);
+        while (!cv.wait_for(lock, stop, wait, [] { return false; }) && !stop.stop_requested()) {
+            send_outbox();
+            if (outbox_size_.load(std::memory_order_acquire) == 0) {
+                retrying_.store(false);
+                // A message kept between the check and the store found the flag still set.
+                if (outbox_size_.load(std::memory_order_acquire) == 0 || retrying_.exchange(true)) {
+                    return;
+                }
+            }
+            wait = std::min(wait * 2, std::chrono::milliseconds(1000));
         }
     }
 
@@ -422,10 +463,15 @@ private:
     std::size_t prune_at_ = min_prune_at();
     static constexpr std::size_t max_outbox = 4096;
     std::mutex outbox_mutex_;
-    std::vector<std::string> outbox_;
+    std::deque<std::string> outbox_;
+    std::uint64_t outbox_resets_ = 0;  // overflows collapsed into "*"
     std::atomic<std::size_t> outbox_size_{0};
+    std::mutex sending_mutex_;
     std::atomic<std::uint64_t> bus_errors_{0};
-    BusSubscription subscription_;  // last: gone first
+    std::atomic<bool> retrying_{false};
+    std::mutex retrier_mutex_;
+    BusSubscription subscription_;
+    std::jthread retrier_;  // last: stopped first, while the outbox it sends from is there
 };
 
 }  // namespace larder

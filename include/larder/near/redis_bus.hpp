@@ -98,9 +98,19 @@ public:
         // Numbered even without a log: a subscriber that keeps one must see a gap where a
         // message it could not replay went out.
         const std::string keep = std::to_string(options_.replay_log);
-        // A new epoch, should this message find the counter gone: never one used before.
-        const std::string epoch = std::to_string(random_version());
-        (void)publisher_.eval(publish_logged_, {seq_key_, log_key_}, {wire, channel_, keep, epoch});
+        // The message's id, and the new epoch should it find the counter gone: random, so
+        // never one used before.
+        const std::string id = std::to_string(random_version());
+        try {
+            (void)publisher_.eval(publish_logged_, {seq_key_, log_key_},
+                                  {wire, channel_, keep, id});
+        } catch (const ConnectionError&) {
+            // A pooled connection the server had closed (a blip, a proxy, an idle timeout):
+            // once more on a new one. The message may go out twice, which is harmless; one
+            // that does not go out leaves other L1s serving the old value until it does.
+            (void)publisher_.eval(publish_logged_, {seq_key_, log_key_},
+                                  {wire, channel_, keep, id});
+        }
     }
 
     /// Messages replayed from the log after reconnects, and reconnects that needed no
@@ -228,33 +238,40 @@ private:
     }
 
     // Where a message stands: the lifetime of the counter (an epoch a publisher draws when
-    // it finds none, so a flush or a restart without persistence starts a new one) and
-    // its number in it.
+    // it finds none, so a flush or a restart without persistence starts a new one), its
+    // number in it, and its own random id, which tells it from another message given the
+    // same number after a rollback (a restart from an older snapshot, a failover to a
+    // replica that was behind: the counter comes back lower, under the same epoch).
     struct Position {
         std::string epoch;
         std::uint64_t seq = 0;
+        std::string id;  // "" when not known
     };
 
-    // "#<epoch>.<seq>:" in front of a numbered message.
+    // "#<epoch>.<seq>.<id>:" in front of a numbered message.
     static std::optional<Position> position_of(std::string_view wire) {
         if (!wire.starts_with('#')) return std::nullopt;
-        const auto dot = wire.find('.');
         const auto colon = wire.find(':');
-        if (dot == std::string_view::npos || colon == std::string_view::npos || colon < dot) {
-            return std::nullopt;
-        }
+        if (colon == std::string_view::npos) return std::nullopt;
+        const std::string_view head = wire.substr(1, colon - 1);
+        const auto dot = head.find('.');
+        const auto id_dot = dot == std::string_view::npos ? dot : head.find('.', dot + 1);
+        if (id_dot == std::string_view::npos) return std::nullopt;
         return Position{
-            std::string(wire.substr(1, dot - 1)),
-            std::strtoull(std::string(wire.substr(dot + 1, colon - dot - 1)).c_str(), nullptr, 10)};
+            std::string(head.substr(0, dot)),
+            std::strtoull(std::string(head.substr(dot + 1, id_dot - dot - 1)).c_str(), nullptr, 10),
+            std::string(head.substr(id_dot + 1))};
     }
 
     // Just subscribed: replays from the log what this bus missed since its last message,
     // before any message of the new subscription is read (those follow, duplicates
     // included, which is harmless: invalidations are idempotent). True if nothing missed
-    // is unknown: the counter is in the same epoch, and the log holds every number after
-    // the last one heard.
+    // is unknown: the counter is in the same epoch and not behind the last message heard,
+    // the log still holds that very message (same number, same id), and every number
+    // after it.
     bool catch_up() {
         if (options_.replay_log == 0) return false;
+        const std::optional<Position> last = std::exchange(heard_, std::nullopt);
         try {
             // No counter yet: draw its epoch now. Otherwise a subscriber that heard nothing
             // could not tell the epoch a publisher draws later from one drawn, flushed and
@@ -268,31 +285,51 @@ private:
                 current.epoch = now.elements[0].str;
                 current.seq = std::strtoull(now.elements[1].str.c_str(), nullptr, 10);
             }
-            const std::optional<Position> last = std::exchange(heard_, current);
-            // First subscription, or the counter began again: L1 starts over.
-            if (!last || last->epoch != current.epoch) return false;
-            const std::string after = "(" + std::to_string(last->seq);
-            const auto missed = publisher_.command({"ZRANGEBYSCORE", log_key_, after, "+inf"});
+            if (current.epoch.empty()) return false;  // deleted under us: nothing to go by
+            const bool same_epoch =
+                last && last->epoch == current.epoch && last->seq <= current.seq;
+            const auto logged =
+                publisher_.command({"ZRANGEBYSCORE", log_key_,
+                                    std::to_string(same_epoch ? last->seq : current.seq), "+inf"});
+            const auto& entries = logged.elements;
+            // Starting over: from where the counter stands now.
+            auto start_over = [&] {
+                heard_ = current;
+                for (const auto& m : entries) {
+                    const auto at = position_of(m.str);
+                    if (at && at->epoch == current.epoch && at->seq == current.seq) heard_ = *at;
+                }
+                return false;
+            };
+            if (!same_epoch) return start_over();
+            std::size_t first_missed = 0;
+            if (last->seq > 0) {  // the last message heard, unless the epoch had none
+                const auto at = entries.empty() ? std::nullopt : position_of(entries[0].str);
+                if (last->id.empty() || !at || at->seq != last->seq || at->id != last->id) {
+                    return start_over();
+                }
+                first_missed = 1;
+            }
             std::uint64_t expected = last->seq + 1;
-            for (const auto& m : missed.elements) {
-                const auto at = position_of(m.str);
-                if (!at || at->epoch != last->epoch || at->seq != expected++) return false;
+            for (std::size_t i = first_missed; i < entries.size(); ++i) {
+                const auto at = position_of(entries[i].str);
+                if (!at || at->epoch != last->epoch || at->seq != expected++) return start_over();
             }
             // Nothing numbered after the last message heard may be missing from the log.
-            if (expected <= current.seq) return false;
-            for (const auto& m : missed.elements) {
+            if (expected <= current.seq) return start_over();
+            heard_ = last;
+            for (std::size_t i = first_missed; i < entries.size(); ++i) {
                 replayed_.fetch_add(1, std::memory_order_relaxed);
-                deliver(m.str);
+                deliver(entries[i].str);
             }
             resumes_.fetch_add(1, std::memory_order_relaxed);
             return true;
         } catch (const Error&) {
-            heard_.reset();  // the log cannot be read: start over
-            return false;
+            return false;  // the log cannot be read: start over, and the next time too
         }
     }
 
-    // ["#<epoch>.<seq>:"]"<kind><prefix><key>" on the wire; subscribers hear "<kind><key>".
+    // ["#<epoch>.<seq>.<id>:"]"<kind><prefix><key>" on the wire; subscribers hear "<kind><key>".
     void deliver(std::string_view wire) {
         if (auto at = position_of(wire)) {
             // The latest, not the largest: the script numbers and publishes in one step, so
@@ -335,7 +372,7 @@ if not epoch then
     redis.call('HSET', KEYS[1], 'epoch', epoch)
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local m = '#' .. epoch .. '.' .. string.format('%d', seq) .. ':' .. ARGV[1]
+local m = '#' .. epoch .. '.' .. string.format('%d', seq) .. '.' .. ARGV[4] .. ':' .. ARGV[1]
 local keep = tonumber(ARGV[3])
 if keep > 0 then
     redis.call('ZADD', KEYS[2], seq, m)
