@@ -28,7 +28,7 @@ using Str = std::optional<std::string>;
 RedisServer tenant_server() {
     return RedisServer({
         .acl_file_contents = "user default on nopass ~* &* +@all\n"
-                             "user app on >app-pw ~p:* &p:* +@all -@admin -@dangerous\n",
+                             "user app on >app-pw ~p:* &p:* +@all -@admin -@dangerous +info\n",
     });
 }
 

@@ -391,6 +391,62 @@ TEST_CASE("A reconnect to a server restored from an older snapshot starts L1 ove
     REQUIRE(b.get("k", load) == "v2");
 }
 
+// Before: the snapshot held the very message b had heard last, and the message it missed
+// (naming k) went with the restore, number and all: the log and the counter agreed, b
+// resumed and kept its copy of k. Now a bus that finds another server process starts over.
+TEST_CASE("A restart that loses only messages the subscriber missed starts L1 over",
+          "[regression][l1][event][redis]") {
+    larder::test::RedisServer server;  // no AOF: restart() loads the last SAVE
+    larder::RedisBackend redis(redis_options(server));
+    larder::RedisBus bus_b(redis_options(server), {.first_backoff = 3s, .max_backoff = 3s});
+    REQUIRE(bus_b.wait_connected(5s));
+    const auto b_subscriber = client_ids(server, "pubsub", "");
+    REQUIRE(b_subscriber.size() == 1);
+    larder::RedisBus bus_a(redis_options(server));
+    REQUIRE(bus_a.wait_connected(5s));
+    larder::CacheAside<std::string, larder::RedisBackend> cache_a(redis), cache_b(redis);
+    larder::Near a(cache_a, bus_a), b(cache_b, bus_b, {.ttl = 1h});
+    REQUIRE(eventually([&] { return a.l1().enabled() && b.l1().enabled(); }));
+    std::atomic<int> heard_b{0};
+    auto recorder = bus_b.subscribe(
+        larder::BusHandlers{.on_message = [&](std::string_view) { heard_b.fetch_add(1); }});
+
+    a.invalidate("warm-up");  // number 1
+    REQUIRE(eventually([&] { return heard_b.load() >= 1; }));
+    REQUIRE(server.command({"SAVE"}) == "OK");  // the snapshot: the counter at 1, b heard 1
+
+    std::atomic<int> version{1};
+    auto load = [&] { return std::optional<std::string>("v" + std::to_string(version.load())); };
+    REQUIRE(b.get("k", load) == "v1");  // after the SAVE: neither L2's copy nor b's is in it
+    REQUIRE(b.l1().contains(cache_b.full_key("k")));
+
+    // b's subscription drops (nothing else); b stays away for 3 s.
+    REQUIRE(server.command({"CLIENT", "KILL", "ID", b_subscriber[0]}) == "1");
+    REQUIRE(eventually([&] { return !bus_b.connected(); }));
+    version = 2;
+    a.invalidate("k");  // number 2: published (not in any outbox), b does not hear it
+    REQUIRE(a.unsent() == 0);
+    REQUIRE(a.get("k", load) == "v2");
+
+    server.restart();  // the snapshot: the counter at 1, the log [1], no copy of k in L2
+    // b's process writes during the outage (as in near_test.cpp's snapshot regression test),
+    // so its catch-up meets live pooled connections.
+    REQUIRE(eventually([&] {
+        try {
+            bus_b.publish("kb-was-here");
+            return true;
+        } catch (const larder::BackendError&) {
+            return false;
+        }
+    }));
+    REQUIRE(bus_b.subscriptions() == 1);  // b has not been back since the kill
+    REQUIRE(eventually([&] { return bus_b.subscriptions() >= 2 && b.l1().enabled(); }, 10s));
+
+    // The write b missed is gone from the log and the counter; the server's run_id tells.
+    REQUIRE(bus_b.resumes() == 0);
+    REQUIRE(b.get("k", load) == "v2");
+}
+
 // Before: a publish that met a pooled connection the server had closed failed, and the
 // message waited in the writer's outbox - unnumbered, so a subscriber that reconnected
 // meanwhile found no gap, resumed, and kept the old copy until the writer's next write.

@@ -433,6 +433,150 @@ TEST_CASE("A silent subscriber is noticed within ping_interval + ping_timeout",
     REQUIRE(bus.subscriptions() >= 2);
 }
 
+namespace {
+
+// The ids CLIENT LIST shows for clients of `type` whose line contains `needle`.
+std::vector<std::string> client_ids_of(const larder::test::RedisServer& server,
+                                       const std::string& type, const std::string& needle) {
+    std::vector<std::string> ids;
+    std::istringstream lines(server.command({"CLIENT", "LIST", "TYPE", type}));
+    for (std::string line; std::getline(lines, line);) {
+        if (line.find(needle) == std::string::npos) continue;
+        const auto at = line.find("id=");
+        if (at == std::string::npos) continue;
+        ids.push_back(line.substr(at + 3, line.find(' ', at) - at - 3));
+    }
+    return ids;
+}
+
+}  // namespace
+
+// Before: a pooled tracking connection that closed told the bus at once, on the thread that
+// closed it, holding TrackingRedirect's lock while the bus's fan-out took the subscribers'
+// lock; a subscriber's handler (run under that lock on the bus's thread) that closed a
+// tracking connection of the same backend took them in the opposite order. Now the bus's
+// own thread delivers the "*". Here a user thread's command and a handler's command each
+// lose their connection, the user thread's first. Objects are leaked if it deadlocks (no
+// destructor could finish).
+TEST_CASE("A tracking connection closing on two threads at once does not deadlock the bus",
+          "[regression][l1][tracking][redis]") {
+    auto* server = new larder::test::RedisServer;
+    auto* backend = new larder::RedisBackend(
+        larder::RedisOptions{.port = server->port(), .command_timeout = 30s, .pool_size = 4});
+    auto* bus = new larder::RedisTrackingBus(*backend);
+    REQUIRE(bus->wait_connected(5s));
+    (void)backend->get("trigger");  // read on a tracking connection: a write to it is reported
+
+    std::atomic<bool> in_handler{false}, handler_done{false}, a_done{false};
+    auto* sub = new larder::BusSubscription(bus->subscribe(larder::BusHandlers{
+        .on_message =
+            [&, backend](std::string_view m) {
+                if (m != "ktrigger" || in_handler.exchange(true)) return;
+                try {
+                    (void)backend->command({"BLPOP", "qb", "20"});
+                } catch (const std::exception&) {
+                }
+                handler_done = true;
+            },
+    }));
+
+    // The user thread: a command whose connection will be killed.
+    std::thread a([&, backend] {
+        try {
+            (void)backend->command({"BLPOP", "qa", "20"});
+        } catch (const std::exception&) {
+        }
+        a_done = true;
+    });
+    REQUIRE(eventually([&] { return client_ids_of(*server, "normal", "cmd=blpop").size() == 1; }));
+    const auto a_conn = client_ids_of(*server, "normal", "cmd=blpop");
+
+    // The bus's thread: the handler runs (under the subscribers' lock) and blocks in BLPOP.
+    REQUIRE(server->command({"SET", "trigger", "x"}) == "OK");
+    REQUIRE(eventually([&] { return client_ids_of(*server, "normal", "cmd=blpop").size() == 2; }));
+    std::string b_conn;
+    for (const auto& id : client_ids_of(*server, "normal", "cmd=blpop")) {
+        if (id != a_conn[0]) b_conn = id;
+    }
+    REQUIRE(!b_conn.empty());
+    REQUIRE(in_handler.load());
+
+    // a's connection closes: untracked() takes the redirect's lock, then waits for the
+    // subscribers' lock, held by the handler.
+    REQUIRE(server->command({"CLIENT", "KILL", "ID", a_conn[0]}) == "1");
+    REQUIRE(eventually([&] { return bus->untracked_closes() >= 1; }));
+    std::this_thread::sleep_for(200ms);
+    // The handler's connection closes: its untracked() needs the redirect's lock.
+    REQUIRE(server->command({"CLIENT", "KILL", "ID", b_conn}) == "1");
+
+    const bool finished = eventually([&] { return handler_done.load() && a_done.load(); }, 10s);
+    if (!finished) {
+        a.detach();  // deadlocked: leak everything rather than hang in destructors
+        FAIL(
+            "deadlock: the handler's thread and the user thread wait for each other "
+            "(TrackingRedirect::mutex_ vs the subscribers' lock)");
+    }
+    a.join();
+    delete sub;
+    delete bus;
+    delete backend;
+    delete server;
+}
+
+// Before: the same lock re-entered on one thread: untracked() ran the "*" fan-out holding
+// TrackingRedirect's lock, and a "*" handler working through the same backend that met a
+// closed tracking connection called untracked() again (a self-deadlock).
+TEST_CASE("A tracking connection closing inside a \"*\" handler does not deadlock its thread",
+          "[regression][l1][tracking][redis]") {
+    auto* server = new larder::test::RedisServer;
+    auto* backend = new larder::RedisBackend(
+        larder::RedisOptions{.port = server->port(), .command_timeout = 30s, .pool_size = 4});
+    auto* bus = new larder::RedisTrackingBus(*backend);
+    REQUIRE(bus->wait_connected(5s));
+
+    std::atomic<bool> in_handler{false}, handler_done{false}, a_done{false};
+    auto* sub = new larder::BusSubscription(bus->subscribe(larder::BusHandlers{
+        .on_message =
+            [&, backend](std::string_view m) {
+                if (m != "*" || in_handler.exchange(true)) return;
+                try {
+                    (void)backend->command({"BLPOP", "qc", "20"});
+                } catch (const std::exception&) {
+                }
+                handler_done = true;
+            },
+    }));
+
+    std::thread a([&, backend] {
+        try {
+            (void)backend->command({"BLPOP", "qa", "20"});
+        } catch (const std::exception&) {
+        }
+        a_done = true;
+    });
+    REQUIRE(eventually([&] { return client_ids_of(*server, "normal", "cmd=blpop").size() == 1; }));
+    const auto a_conn = client_ids_of(*server, "normal", "cmd=blpop");
+    REQUIRE(server->command({"CLIENT", "KILL", "ID", a_conn[0]}) == "1");
+    // a's thread: untracked() -> "*" -> the handler, which blocks in BLPOP on a new connection.
+    REQUIRE(eventually([&] {
+        const auto ids = client_ids_of(*server, "normal", "cmd=blpop");
+        return in_handler.load() && ids.size() == 1 && ids[0] != a_conn[0];
+    }));
+    const auto c_conn = client_ids_of(*server, "normal", "cmd=blpop");
+    REQUIRE(server->command({"CLIENT", "KILL", "ID", c_conn[0]}) == "1");
+
+    const bool finished = eventually([&] { return handler_done.load() && a_done.load(); }, 10s);
+    if (!finished) {
+        a.detach();  // deadlocked: leak everything rather than hang in destructors
+        FAIL("deadlock: untracked() re-entered TrackingRedirect::mutex_ on the same thread");
+    }
+    a.join();
+    delete sub;
+    delete bus;
+    delete backend;
+    delete server;
+}
+
 #if defined(LARDER_TEST_HELPER_L1_CHILD)
 namespace {
 

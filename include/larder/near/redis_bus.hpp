@@ -185,6 +185,7 @@ private:
     void listen() {
         redis_detail::Counters counters;
         redis_detail::Connection conn(endpoint_, counters);
+        const std::string server = server_identity(conn);
         const auto reply = conn.command(redis_detail::Args{"SUBSCRIBE", channel_});
         if (reply->type != REDIS_REPLY_ARRAY) {
             std::string why = "RedisBus: SUBSCRIBE " + channel_ + " refused";
@@ -193,7 +194,7 @@ private:
             throw SubscribeRefused(why);
         }
         state_.set_connected(
-            true, [] {}, catch_up());
+            true, [] {}, catch_up(server));
 
         redisContext* ctx = conn.context();
         using clock = std::chrono::steady_clock;
@@ -248,6 +249,36 @@ private:
         std::string id;  // "" when not known
     };
 
+    // Which server process, with which dataset, this connection talks to: its run_id (a
+    // restart or a failover changes it) and replication id (a resync that replaced its
+    // data changes it). A server restored from a snapshot has lost the messages published
+    // after the snapshot, and with them their numbers: the log and the counter agree, and
+    // only this tells that something is missing. "" when INFO is refused (an ACL without
+    // +info): then no reconnect can resume. Asked on the connection that subscribes.
+    std::string server_identity(redis_detail::Connection& conn) {
+        std::string identity;
+        for (const char* section : {"server", "replication"}) {
+            const auto info = conn.command(redis_detail::Args{"INFO", section});
+            const std::string_view text = info->type == REDIS_REPLY_STRING
+                                              ? redis_detail::text_of(*info)
+                                              : std::string_view{};
+            const std::string_view field = section[0] == 's' ? "run_id:" : "master_replid:";
+            const auto at = text.find(field);
+            if (at == std::string_view::npos) {
+                if (!info_refused_.exchange(true)) {
+                    report("RedisBus: INFO " + std::string(section) +
+                           " refused; without it a reconnect cannot tell a restarted server "
+                           "from the one it left, so every L1 starts over (grant +info)");
+                }
+                return {};
+            }
+            const auto begin = at + field.size();
+            identity.append(text.substr(begin, text.find_first_of("\r\n", begin) - begin));
+            identity += '/';
+        }
+        return identity;
+    }
+
     // "#<epoch>.<seq>.<id>:" in front of a numbered message.
     static std::optional<Position> position_of(std::string_view wire) {
         if (!wire.starts_with('#')) return std::nullopt;
@@ -266,12 +297,14 @@ private:
     // Just subscribed: replays from the log what this bus missed since its last message,
     // before any message of the new subscription is read (those follow, duplicates
     // included, which is harmless: invalidations are idempotent). True if nothing missed
-    // is unknown: the counter is in the same epoch and not behind the last message heard,
-    // the log still holds that very message (same number, same id), and every number
-    // after it.
-    bool catch_up() {
+    // is unknown: the same server process and dataset, the counter in the same epoch and
+    // not behind the last message heard, the log still holding that very message (same
+    // number, same id) and every number after it.
+    bool catch_up(const std::string& server) {
         if (options_.replay_log == 0) return false;
-        const std::optional<Position> last = std::exchange(heard_, std::nullopt);
+        std::optional<Position> last = std::exchange(heard_, std::nullopt);
+        if (server.empty() || server != server_) last.reset();  // another server: start over
+        server_ = server;
         try {
             // No counter yet: draw its epoch now. Otherwise a subscriber that heard nothing
             // could not tell the epoch a publisher draws later from one drawn, flushed and
@@ -364,7 +397,9 @@ private:
     std::atomic<std::uint64_t> refusals_{0};
     std::atomic<std::uint64_t> replayed_{0};
     std::atomic<std::uint64_t> resumes_{0};
-    std::optional<Position> heard_;  // the last message heard; the bus's thread only
+    std::optional<Position> heard_;          // the last message heard; the bus's thread only
+    std::string server_;                     // the server identity heard_ belongs to; ditto
+    std::atomic<bool> info_refused_{false};  // reported once
     RedisScript publish_logged_{"bus_publish", R"lua(
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then

@@ -92,9 +92,13 @@ public:
             redirect_ = std::make_shared<redis_detail::TrackingRedirect>();
             // A pooled connection that closes takes what Redis tracked for it along: a
             // write to a key only it read would never be reported, so L1 starts over.
+            // Told on the bus's thread, not on the one that closed the connection: that
+            // one may hold locks of its own (a subscriber's handler working through this
+            // backend), and the subscribers' lock taken after them would invert the order.
             redirect_->on_untracked([this] {
                 untracked_.fetch_add(1, std::memory_order_relaxed);
-                state_.message("*");
+                untracked_pending_.store(true);
+                wake();
             });
             backend_.redirect_tracking(redirect_);
         }
@@ -211,10 +215,23 @@ private:
         [[maybe_unused]] const auto n = ::write(wake_[1], &byte, 1);
     }
 
-    // Sleeps up to `d`, or less when the bus is being destroyed.
+    // Sleeps up to `d`, or less when the bus is being destroyed. (A closed tracking
+    // connection does not matter meanwhile: L1 starts over when the bus is back.)
     void nap(Millis d) const {
-        pollfd p{wake_[0], POLLIN, 0};
-        ::poll(&p, 1, static_cast<int>(d.count()));
+        const auto until = std::chrono::steady_clock::now() + d;
+        while (!stopping_.load()) {
+            const auto left =
+                std::chrono::duration_cast<Millis>(until - std::chrono::steady_clock::now());
+            if (left.count() <= 0) return;
+            pollfd p{wake_[0], POLLIN, 0};
+            if (::poll(&p, 1, static_cast<int>(left.count())) > 0) drain_wakes();
+        }
+    }
+
+    void drain_wakes() const {
+        char buffer[64];
+        while (::read(wake_[0], buffer, sizeof buffer) > 0) {
+        }
     }
 
     void run() {
@@ -294,6 +311,7 @@ private:
         // that, hence after the retarget below (the clear is ordered after it), so the read
         // it fills from runs on a connection that first compares its epoch with this one
         // and, being behind, redirects to this subscriber: whatever it read is tracked here.
+        untracked_pending_.store(false);  // connections that tracked for the old subscriber
         if (redirect_) redirect_->retarget(id);
         state_.set_connected(true);
 
@@ -306,10 +324,14 @@ private:
             pollfd fds[2] = {{ctx->fd, POLLIN, 0}, {wake_[0], POLLIN, 0}};
             const int ready = ::poll(fds, 2, static_cast<int>(options_.ping_interval.count() / 2));
             if (ready < 0 && errno != EINTR) throw BackendError("RedisTrackingBus: poll failed");
-            if (fds[1].revents != 0) return;  // stopping
+            if (fds[1].revents != 0) {
+                drain_wakes();
+                if (stopping_.load()) return;
+            }
             // keys_read: a pooled connection the server closed while idle took what it
             // tracked along; closing it here starts L1 over within ping_interval / 2.
             if (redirect_) backend_.close_hung_up_connections();
+            if (untracked_pending_.exchange(false)) state_.message("*");
             const auto now = clock::now();
             if (fds[0].revents != 0) {
                 if (redisBufferRead(ctx) != REDIS_OK) throw BackendError("RedisTrackingBus: lost");
@@ -382,6 +404,7 @@ private:
     std::atomic<bool> stopping_{false};
     std::atomic<std::int64_t> client_id_{0};
     std::atomic<std::uint64_t> untracked_{0};
+    std::atomic<bool> untracked_pending_{false};  // a "*" for the bus's thread to deliver
     std::atomic<std::uint64_t> refusals_{0};
     std::atomic<std::uint64_t> messages_{0};
     std::atomic<std::uint64_t> keys_{0};
