@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "support/backends.hpp"
+#include "support/eventually.hpp"
 #include "support/fake_db.hpp"
 
 #if defined(LARDER_TEST_REDIS_BACKEND)
@@ -631,6 +632,95 @@ BACKEND_TEST_CASE("Claims of a flusher that died are re-queued when their deadli
     const auto results = wb.store().settle(late, 0ms);
     REQUIRE(results == std::vector<larder::SettleResult>{larder::SettleResult::gone,
                                                          larder::SettleResult::gone});
+}
+
+// Before: settle and extend checked only the entry's version. A flusher whose claim had
+// expired (it stalled, or Redis paused) could still extend it, and its late
+// acknowledgement freed the entry while the flusher that re-claimed it was writing; a
+// newer put was then claimed and written by a third, and the second wrote the old value
+// last. Claims are now the caller's own: named by a token, and forfeit once expired.
+BACKEND_TEST_CASE(
+    "A claim is its flusher's own: an expired one can be neither extended nor settled",
+    "[regression][write_behind][claims]") {
+    TestType fx;
+    Log log;
+    Table<std::string> db;
+    auto o = manual(fx, log);
+    o.claim_ttl = 300ms;
+    larder::WriteBehind<std::string, decltype(fx.backend)> wb(fx.backend, writer_for(db), o);
+    auto& store = wb.store();
+    const std::string key = wb.full_key("k");
+    const std::vector<std::string> keys{key};
+    auto ack = [&](std::uint64_t version, std::uint64_t token) {
+        const std::vector<larder::Settlement> s{
+            {.action = larder::Settlement::ack, .key = key, .version = version, .token = token}};
+        return store.settle(s, 0ms).at(0);
+    };
+    const auto v1 = wb.put("k", "v1");
+
+    const auto f1 = store.claim(10, o.claim_ttl, {.token = 1});  // F1 takes it, then stalls
+    REQUIRE(f1.entries.size() == 1);
+    REQUIRE(store.extend(keys, o.claim_ttl, 1) == 1);  // while it lasts, it is F1's
+    REQUIRE(store.extend(keys, o.claim_ttl, 2) == 0);  // and only F1's
+    fx.advance(350ms);
+    REQUIRE(store.extend(keys, o.claim_ttl, 1) == 0);  // expired: forfeit
+
+    const auto f2 = store.claim(10, o.claim_ttl, {.token = 2});  // F2 takes it over
+    REQUIRE(f2.requeued == 1);
+    REQUIRE(f2.entries.size() == 1);
+    REQUIRE(ack(v1, 1) == larder::SettleResult::lost);  // F1's late acknowledgement
+    REQUIRE(wb.stats().processing == 1);                // F2 still holds it
+
+    const auto v2 = wb.put("k", "v2");                                    // while F2 writes v1
+    REQUIRE(store.claim(10, o.claim_ttl, {.token = 3}).entries.empty());  // F3: still F2's
+    REQUIRE(ack(v1, 2) == larder::SettleResult::superseded);
+    const auto f3 = store.claim(10, o.claim_ttl, {.token = 3});
+    REQUIRE(f3.entries.size() == 1);
+    REQUIRE(f3.entries[0].version == v2);
+    REQUIRE(ack(v2, 3) == larder::SettleResult::done);
+    REQUIRE(wb.stats().pending == 0);
+}
+
+// The same race through WriteBehind: F1's writer stalls past its claim, F2 writes the key
+// again, a newer put comes; the database must end with the newer value.
+TEST_CASE("A stalled flusher's late acknowledgement leaves the flusher that took over alone",
+          "[regression][write_behind][claims][memory]") {
+    larder::test::MemoryFixture fx;
+    Log log;
+    std::mutex mutex;
+    std::vector<std::string> written;  // "<flusher>:<value>", in the order written
+    auto writer = [&](std::string name, Gate* gate) {
+        return [&, name, gate](std::span<const larder::DirtyEntry<std::string>> batch) {
+            if (gate) gate->wait();
+            std::lock_guard lock(mutex);
+            for (const auto& e : batch) written.push_back(name + ":" + e.value);
+            return larder::BatchResult{};
+        };
+    };
+    auto o = manual(fx, log);
+    o.claim_ttl = 300ms;
+    using WB = larder::WriteBehind<std::string, larder::MemoryBackend>;
+    Gate f1_gate, f2_gate;
+    WB f1(fx.backend, writer("f1", &f1_gate), o);
+    WB f2(fx.backend, f1.shared_store(), writer("f2", &f2_gate), o);
+    WB f3(fx.backend, f1.shared_store(), writer("f3", nullptr), o);
+    f1.put("k", "v1");
+
+    std::thread t1([&] { f1.flush(); });
+    REQUIRE(larder::test::eventually([&] { return f1.stats().processing == 1; }));
+    fx.advance(350ms);  // F1 stalls past its claim
+    std::thread t2([&] { f2.flush(); });
+    REQUIRE(larder::test::eventually([&] { return f2.stats().requeued_claims == 1; }));
+    f1_gate.open();
+    t1.join();  // F1 wrote v1 and settled late
+    REQUIRE(f1.stats().forfeited == 1);
+    f1.put("k", "v2");  // while F2 still writes v1
+    REQUIRE(f3.flush().claimed == 0);
+    f2_gate.open();
+    t2.join();
+    REQUIRE(f3.flush().flushed == 1);
+    REQUIRE(written == std::vector<std::string>{"f1:v1", "f2:v1", "f3:v2"});
+    REQUIRE(f1.stats().pending == 0);
 }
 
 BACKEND_TEST_CASE("A flusher crashing on the same value every time dead-letters it",

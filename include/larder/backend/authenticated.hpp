@@ -405,7 +405,8 @@ public:
                         .key = e.key,
                         .version = e.version,
                         .error = "larder: the queued value failed authentication (not sealed "
-                                 "with an accepted key for this key)"});
+                                 "with an accepted key for this key)",
+                        .token = options.token});
                     continue;
                 }
                 e.value = std::move(opened);
@@ -421,8 +422,8 @@ public:
         return out;
     }
 
-    void extend(std::span<const std::string> keys, Millis claim_ttl) {
-        inner_.extend(keys, claim_ttl);
+    std::size_t extend(std::span<const std::string> keys, Millis claim_ttl, std::uint64_t token) {
+        return inner_.extend(keys, claim_ttl, token);
     }
 
     std::vector<SettleResult> settle(std::span<const Settlement> settlements, Millis clean_ttl) {

@@ -20,8 +20,12 @@
 //  - claim moves ready entries into processing with a deadline, and first re-queues
 //    processing entries whose deadline passed (their flusher died or stalled), counting
 //    that as a failed attempt.
-//  - settle acknowledges, retries or dead-letters a claimed entry, but only if its version
-//    did not change meanwhile; if it did, the key is pending again with the newer value.
+//  - settle acknowledges, retries or dead-letters a claimed entry, but only while the claim
+//    is still the caller's (named by the token its claim returned: once a claim expired,
+//    another flusher may hold the entry, and a late settle must not free it under that
+//    flusher's writer) and its version did not change meanwhile; if it did, the key is
+//    pending again with the newer value. extend, likewise, keeps only the caller's own
+//    claims alive, and never one whose deadline passed.
 //
 // Rules for implementations: keys and values are arbitrary bytes; the time base (ready
 // times, deadlines, ages) is the store's own clock; a failure of the store throws
@@ -103,7 +107,8 @@ struct ClaimOptions {
     /// takes at least one), so one huge value travels alone and cannot drag a whole batch
     /// into its fate. 0: no bound.
     std::size_t max_bytes = 0;
-    /// Names this claim (0: anonymous), so the caller can release it if the reply is lost.
+    /// Names this claim, so that only its caller can settle or extend it, and release it
+    /// if the reply is lost. 0: anonymous (settled and extended with token 0).
     std::uint64_t token = 0;
     /// Tokens of this caller's earlier claims whose replies never came: whatever they
     /// took is released first, counted as a failed attempt, and may be taken again now
@@ -121,12 +126,17 @@ struct Settlement {
     Millis retry_after{0};
     /// retry, dead: what went wrong (kept with the entry).
     std::string error;
+    /// The token of the claim that took the entry (ClaimOptions::token).
+    std::uint64_t token = 0;
 };
 
 enum class SettleResult : std::uint8_t {
     done,        ///< applied
     superseded,  ///< the version changed: a newer value is pending, nothing else changed
     gone,        ///< the key is no longer dirty (another flusher settled it)
+    /// The claim is no longer the caller's: it expired, and was re-queued or taken by
+    /// another flusher. Nothing changed; whoever holds the entry now writes it again.
+    lost,
 };
 
 /// A dead-lettered entry: a value the writer rejected max_attempts times.
@@ -187,9 +197,11 @@ concept WriteBehindStore = requires(S& store, std::string_view key, std::string_
     /// claims up to n ready entries for `ttl`. claim(n, ttl) has no bounds and no token.
     { store.claim(n, ttl, claim_options) } -> std::same_as<ClaimBatch>;
     { store.claim(n, ttl) } -> std::same_as<ClaimBatch>;
-    /// Pushes the deadline of these claimed keys to now + ttl (a flusher still working).
-    { store.extend(keys, ttl) } -> std::same_as<void>;
-    /// Applies each settlement if the entry's version is unchanged; results aligned.
+    /// Pushes the deadline of these keys to now + ttl (a flusher still working), for those
+    /// still claimed under `token` whose deadline has not passed; returns how many.
+    { store.extend(keys, ttl, claim_options.token) } -> std::same_as<std::size_t>;
+    /// Applies each settlement if the entry is still claimed under the settlement's token
+    /// and its version is unchanged; results aligned.
     /// `ttl` is given to the cached copy of an acknowledged value (0: none).
     { store.settle(settlements, ttl) } -> std::same_as<std::vector<SettleResult>>;
     /// Oldest first.
@@ -319,16 +331,20 @@ public:
         return out;
     }
 
-    void extend(std::span<const std::string> keys, Millis claim_ttl) {
+    std::size_t extend(std::span<const std::string> keys, Millis claim_ttl, std::uint64_t token) {
         std::lock_guard lock(mutex_);
-        const std::int64_t deadline = now_ms() + claim_ttl.count();
+        const std::int64_t now = now_ms();
+        const std::int64_t deadline = now + claim_ttl.count();
+        std::size_t extended = 0;
         for (const auto& key : keys) {
             auto it = entries_.find(key);
-            if (it == entries_.end() || !it->second.in_flight) continue;
+            if (it == entries_.end() || !held_by(it->second, token, now)) continue;
             processing_.erase({it->second.at, key});
             it->second.at = deadline;
             processing_.emplace(deadline, key);
+            ++extended;
         }
+        return extended;
     }
 
     std::vector<SettleResult> settle(std::span<const Settlement> settlements, Millis clean_ttl) {
@@ -343,12 +359,16 @@ public:
                 continue;
             }
             Entry& e = it->second;
+            // Not this claim's any more: its deadline passed and the entry was re-queued
+            // (or taken by another flusher, whose writer may be running right now).
+            if (!e.in_flight || e.token != s.token) {
+                out.push_back(SettleResult::lost);
+                continue;
+            }
             if (e.version != s.version) {
                 // A newer put came while this version was being flushed: flush that next.
-                if (e.in_flight) {
-                    unclaim(s.key, e);
-                    schedule(s.key, e, now);
-                }
+                unclaim(s.key, e);
+                schedule(s.key, e, now);
                 // Written (ack): what is still unflushed is what came after the claim.
                 if (s.action == Settlement::ack && e.since_next != 0) {
                     since_.erase({e.since, s.key});
@@ -463,6 +483,12 @@ private:
         bool in_flight = false;
         std::int64_t at = 0;  // ready time when pending, deadline when in flight
     };
+
+    // Claimed under `token`, and not expired: an expired claim is forfeit even before
+    // another flusher takes the entry.
+    static bool held_by(const Entry& e, std::uint64_t token, std::int64_t now) {
+        return e.in_flight && e.token == token && e.at > now;
+    }
 
     using Entries = std::unordered_map<std::string, Entry, Hash, std::equal_to<>>;
     using Dead = std::map<std::string, DeadRecord, std::less<>>;

@@ -182,6 +182,9 @@ struct FlushReport {
     /// Claims whose reply never came (a timeout): what they took is released by the next
     /// claim, as a failed attempt, and the flush goes on past them.
     std::size_t lost_claims = 0;
+    /// Settlements the store refused because the claim had expired (this flusher stalled,
+    /// or the store paused, past claim_ttl): another flusher writes those entries again.
+    std::size_t forfeited = 0;
     /// "key: message" of failed entries (the first 16).
     std::vector<std::string> errors;
     /// Set when the store failed; what was claimed is re-queued when its claim expires.
@@ -196,6 +199,7 @@ struct FlushReport {
         dead_lettered += o.dead_lettered;
         requeued += o.requeued;
         lost_claims += o.lost_claims;
+        forfeited += o.forfeited;
         for (const auto& e : o.errors) {
             if (errors.size() < 16) errors.push_back(e);
         }
@@ -253,11 +257,14 @@ struct WriteBehindStats {
     std::uint64_t retried = 0;     ///< failed entries queued again
     std::uint64_t dead_lettered = 0;    ///< entries moved to the dead-letter list
     std::uint64_t requeued_claims = 0;  ///< expired claims of dead flushers taken back
-    std::uint64_t batches = 0;          ///< batch-writer calls
-    std::uint64_t failed_batches = 0;   ///< of those, calls that threw
-    std::uint64_t conflicts = 0;        ///< read-modify-writes that raced and went again
-    std::uint64_t rejected = 0;         ///< puts refused by backpressure
-    std::uint64_t backend_errors = 0;   ///< store failures seen by the flusher and reads
+    /// Entries this object wrote whose claim had expired by the time it settled them (it
+    /// stalled, or the store paused, past claim_ttl): refused, and written again.
+    std::uint64_t forfeited = 0;
+    std::uint64_t batches = 0;         ///< batch-writer calls
+    std::uint64_t failed_batches = 0;  ///< of those, calls that threw
+    std::uint64_t conflicts = 0;       ///< read-modify-writes that raced and went again
+    std::uint64_t rejected = 0;        ///< puts refused by backpressure
+    std::uint64_t backend_errors = 0;  ///< store failures seen by the flusher and reads
     /// The read side (get).
     StatsSnapshot reads{};
 };
@@ -606,6 +613,7 @@ public:
         s.retried = load(counters_.retried);
         s.dead_lettered = load(counters_.dead_lettered);
         s.requeued_claims = load(counters_.requeued_claims);
+        s.forfeited = load(counters_.forfeited);
         s.batches = load(counters_.batches);
         s.failed_batches = load(counters_.failed_batches);
         s.conflicts = load(counters_.conflicts);
@@ -624,8 +632,8 @@ private:
 
     struct Counters {
         std::atomic<std::uint64_t> puts{0}, increments{0}, flushed{0}, coalesced{0}, superseded{0},
-            retried{0}, dead_lettered{0}, requeued_claims{0}, batches{0}, failed_batches{0},
-            conflicts{0}, rejected{0}, backend_errors{0};
+            retried{0}, dead_lettered{0}, requeued_claims{0}, forfeited{0}, batches{0},
+            failed_batches{0}, conflicts{0}, rejected{0}, backend_errors{0};
     };
 
     static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {
@@ -989,7 +997,7 @@ private:
             ++report.batches;
             report.claimed += batch.entries.size();
             report.store_error.clear();
-            flush_batch(batch.entries, report);
+            flush_batch(batch.entries, token, report);
             if (!report.store_error.empty()) break;
             if (batch.entries.size() < options_.batch_size) break;
         }
@@ -1025,7 +1033,8 @@ private:
                           .error = std::move(error)};
     }
 
-    void flush_batch(const std::vector<ClaimedEntry>& claimed, FlushReport& report) {
+    void flush_batch(const std::vector<ClaimedEntry>& claimed, std::uint64_t token,
+                     FlushReport& report) {
         const std::uint32_t max_attempts = options_.retry.max_attempts;
         std::vector<Settlement> settlements;
         settlements.reserve(claimed.size());
@@ -1067,7 +1076,7 @@ private:
                 std::vector<std::string> keys;
                 keys.reserve(source.size());
                 for (std::size_t i : source) keys.push_back(claimed[i].key);
-                auto hold = keeper_.hold(std::move(keys));
+                auto hold = keeper_.hold(std::move(keys), token);
                 bump(counters_.batches);
                 try {
                     const BatchResult result = writer_(std::span<const Entry>(entries));
@@ -1113,6 +1122,7 @@ private:
             }
         }
 
+        for (Settlement& s : settlements) s.token = token;
         std::vector<SettleResult> results;
         try {
             results = store_->settle(settlements, options_.clean_ttl);
@@ -1127,6 +1137,13 @@ private:
             if (results[k] == SettleResult::superseded) {
                 ++report.superseded;
                 bump(counters_.superseded);
+                continue;
+            }
+            if (results[k] == SettleResult::lost) {
+                // Another flusher holds it now (or will): it writes the entry again, so a
+                // database write fenced by the version keeps the later of the two.
+                ++report.forfeited;
+                bump(counters_.forfeited);
                 continue;
             }
             if (results[k] != SettleResult::done) continue;

@@ -2,7 +2,8 @@
 // outlives the process that wrote it. Every operation is one Lua script (loaded once, run
 // by EVALSHA through RedisBackend::eval), so each is atomic on the server: a put that
 // returned is in the queue, a claim moves entries as a whole, an acknowledgement removes
-// an entry only if its version is unchanged. Link with larder::redis.
+// an entry only if the claim is still its caller's and its version is unchanged. Link
+// with larder::redis.
 //
 // Keys (before RedisBackend's key_prefix), all under one hash tag:
 //
@@ -212,30 +213,44 @@ end
 return out
 )lua";
 
-// ARGV: claim_ttl_ms, keys... Only keys still claimed are touched.
+// ARGV: claim_ttl_ms, token, keys... Only keys still claimed under the token, before
+// their deadline, are touched. Returns how many.
 inline constexpr std::string_view extend = R"lua(
-local deadline = fmt(now_ms() + tonumber(ARGV[1]))
-for i = 2, #ARGV do
-    if redis.call('ZSCORE', R, ARGV[i]) then redis.call('ZADD', R, deadline, ARGV[i]) end
+local now = now_ms()
+local deadline = fmt(now + tonumber(ARGV[1]))
+local extended = 0
+for i = 3, #ARGV do
+    local at = redis.call('ZSCORE', R, ARGV[i])
+    if at and tonumber(at) > now and (redis.call('HGET', O, ARGV[i]) or '0') == ARGV[2] then
+        redis.call('ZADD', R, deadline, ARGV[i])
+        extended = extended + 1
+    end
 end
-return 0
+return extended
 )lua";
 
 // ARGV: clean_ttl_ms, then per entry: op ('a' ack, 'r' retry, 'd' dead), key, version,
-// retry delay ms, error. KEYS[14 + i]: the cached copy of entry i.
-// Returns per entry 0 done, 1 superseded, 2 gone.
+// retry delay ms, error, claim token. KEYS[14 + i]: the cached copy of entry i.
+// Returns per entry 0 done, 1 superseded, 2 gone, 3 lost (not this claim's any more).
 inline constexpr std::string_view settle = R"lua(
 local now = now_ms()
 local clean_ttl = tonumber(ARGV[1])
 local out = {}
 local e = 0
-for i = 2, #ARGV, 5 do
+for i = 2, #ARGV, 6 do
     e = e + 1
     local op, k, ver = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     local cur = redis.call('HGET', N, k)
+    local mine = redis.call('ZSCORE', R, k) and (redis.call('HGET', O, k) or '0') == ARGV[i + 5]
     if not cur then
-        redis.call('ZREM', R, k)
+        if mine then
+            redis.call('ZREM', R, k)
+            redis.call('HDEL', O, k)
+        end
         out[e] = 2
+    elseif not mine then
+        -- Its deadline passed and it was re-queued, or another flusher holds it now.
+        out[e] = 3
     elseif cur ~= ver then
         redis.call('HDEL', O, k)
         if redis.call('ZREM', R, k) == 1 then redis.call('ZADD', P, fmt(now), k) end
@@ -427,14 +442,17 @@ public:
         return out;
     }
 
-    void extend(std::span<const std::string> keys, Millis claim_ttl) {
-        if (keys.empty()) return;
+    std::size_t extend(std::span<const std::string> keys, Millis claim_ttl, std::uint64_t token) {
+        if (keys.empty()) return 0;
         const redis_detail::Number ttl(claim_ttl.count());
+        const std::string owner = std::to_string(token);
         std::vector<std::string_view> args;
-        args.reserve(keys.size() + 1);
+        args.reserve(keys.size() + 2);
         args.push_back(ttl.view());
+        args.push_back(owner);
         for (const auto& k : keys) args.push_back(k);
-        (void)backend_.eval(extend_, queue_keys(), args);
+        return static_cast<std::size_t>(
+            integer(backend_.eval(extend_, queue_keys(), args), "extend"));
     }
 
     std::vector<SettleResult> settle(std::span<const Settlement> settlements, Millis clean_ttl) {
@@ -607,9 +625,9 @@ private:
         std::vector<std::string_view> keys(keys_.begin(), keys_.end());
         // Numbers as text; reserved up front so the views below stay valid.
         std::vector<std::string> numbers;
-        numbers.reserve(1 + 2 * part.size());
+        numbers.reserve(1 + 3 * part.size());
         std::vector<std::string_view> args;
-        args.reserve(1 + 5 * part.size());
+        args.reserve(1 + 6 * part.size());
         numbers.push_back(std::to_string(std::max<std::int64_t>(0, clean_ttl.count())));
         args.push_back(numbers.back());
         for (const auto& s : part) {
@@ -623,6 +641,8 @@ private:
             numbers.push_back(std::to_string(std::max<std::int64_t>(0, s.retry_after.count())));
             args.push_back(numbers.back());
             args.push_back(s.error);
+            numbers.push_back(std::to_string(s.token));
+            args.push_back(numbers.back());
         }
         const RedisReply r = backend_.eval(settle_, keys, args);
         const auto& parts = array(r, "settle");
@@ -634,6 +654,9 @@ private:
                     break;
                 case 1:
                     out.push_back(SettleResult::superseded);
+                    break;
+                case 3:
+                    out.push_back(SettleResult::lost);
                     break;
                 default:
                     out.push_back(SettleResult::gone);

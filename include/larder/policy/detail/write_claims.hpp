@@ -2,7 +2,9 @@
 // the entries of a flusher that died are re-queued by any other; a live flusher whose
 // writer is merely slow must not lose its claims that way, or a second flusher would write
 // the same keys at the same time. One thread per WriteBehind, started on first use,
-// extends every held claim every claim_ttl / 3.
+// extends every held claim every claim_ttl / 3. The store extends only claims still held
+// under their token and not yet expired: a claim that ran out (the process stalled, or
+// Redis paused, for longer than claim_ttl) is forfeit, and its settle will be refused.
 #pragma once
 
 #include <algorithm>
@@ -56,10 +58,10 @@ public:
         std::uint64_t id_;
     };
 
-    [[nodiscard]] Hold hold(std::vector<std::string> keys) {
+    [[nodiscard]] Hold hold(std::vector<std::string> keys, std::uint64_t token) {
         std::lock_guard lock(mutex_);
         const std::uint64_t id = next_id_++;
-        held_.emplace(id, std::move(keys));
+        held_.emplace(id, Claim{std::move(keys), token});
         if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
         return Hold(this, id);
     }
@@ -68,6 +70,13 @@ public:
     [[nodiscard]] std::uint64_t extensions() const {
         std::lock_guard lock(mutex_);
         return extensions_;
+    }
+
+    /// Keys whose claim the store would not extend: it had expired, or another flusher
+    /// held the key.
+    [[nodiscard]] std::uint64_t forfeited() const {
+        std::lock_guard lock(mutex_);
+        return forfeited_;
     }
 
 private:
@@ -82,20 +91,25 @@ private:
         while (!stopping_) {
             wake_.wait_for(lock, period, [&] { return stopping_; });
             if (stopping_) break;
-            std::vector<std::string> keys;
-            for (const auto& [id, ks] : held_) keys.insert(keys.end(), ks.begin(), ks.end());
-            if (keys.empty()) continue;
+            std::vector<Claim> claims;
+            for (const auto& [id, claim] : held_) claims.push_back(claim);
+            if (claims.empty()) continue;
             lock.unlock();
-            bool extended = false;
-            try {
-                store_.extend(keys, claim_ttl_);
-                extended = true;
-            } catch (const BackendError&) {
-                // The claims may run out: the entries are then flushed again by someone
-                // else, which a version-fenced database write makes harmless.
+            bool reached = false;
+            std::uint64_t forfeited = 0;
+            for (const Claim& claim : claims) {
+                try {
+                    const std::size_t n = store_.extend(claim.keys, claim_ttl_, claim.token);
+                    forfeited += claim.keys.size() - std::min(n, claim.keys.size());
+                    reached = true;
+                } catch (const BackendError&) {
+                    // The claims may run out: the entries are then flushed again by
+                    // someone else, which a version-fenced database write makes harmless.
+                }
             }
             lock.lock();
-            if (extended) ++extensions_;
+            if (reached) ++extensions_;
+            forfeited_ += forfeited;
         }
     }
 
@@ -103,9 +117,14 @@ private:
     const Millis claim_ttl_;
     mutable std::mutex mutex_;
     std::condition_variable wake_;
-    std::map<std::uint64_t, std::vector<std::string>> held_;
+    struct Claim {
+        std::vector<std::string> keys;
+        std::uint64_t token = 0;
+    };
+    std::map<std::uint64_t, Claim> held_;
     std::uint64_t next_id_ = 0;
     std::uint64_t extensions_ = 0;
+    std::uint64_t forfeited_ = 0;
     bool stopping_ = false;
     std::thread thread_;
 };
