@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -381,6 +382,32 @@ BACKEND_TEST_CASE("Row versions: a writer that lost its lease never replaces a n
         REQUIRE_FALSE(fx.backend.get(full));
         REQUIRE(cache.get("k", [&] { return db.read("k"); }) == "B");
     }
+}
+
+// Issue: a db_write that commits and then throws, after the write lease could not be
+// taken, must not leave the old value cached (there is no marker to remove: the old value
+// itself is deleted, best effort).
+BACKEND_TEST_CASE("A write that commits and throws after the lease failed leaves a miss",
+                  "[regression][write_through][faults]") {
+    TestType fx;
+    larder::ChaosBackend chaos(fx.backend);
+    VersionedDb db;
+    larder::WriteThrough<std::string, decltype(chaos)> cache(
+        chaos, wt_options(fx, {.write_lease_ttl = 300ms}));
+    const std::string full = cache.full_key("k");
+    cache.put("k", "v1", [&] { db.commit("k", "v1"); });
+    REQUIRE(fx.backend.get(full));
+
+    chaos.fail_next(1);  // the write lease cannot be taken
+    REQUIRE_THROWS_AS(cache.put("k", "v2",
+                                [&] {
+                                    db.commit("k", "v2");
+                                    throw std::runtime_error("committed, then the reply was lost");
+                                }),
+                      std::runtime_error);
+    REQUIRE(db.read("k") == "v2");
+    REQUIRE_FALSE(fx.backend.get(full));  // not v1
+    REQUIRE(cache.get("k", [&] { return db.read("k"); }) == "v2");
 }
 
 BACKEND_TEST_CASE("A store outage never blocks the database write", "[write_through][faults]") {
