@@ -244,6 +244,29 @@ std::map<std::string, std::string> writes_during_a_flush(Put put, Flush flush) {
     return latest;
 }
 
+// Batch writers for several flushers that record "<flusher>:<value>" in the order the
+// database received them; a writer given a gate waits at it first (a stalled flusher).
+class OrderedWrites {
+public:
+    auto writer(std::string name, Gate* gate = nullptr) {
+        return [this, name = std::move(name),
+                gate](std::span<const larder::DirtyEntry<std::string>> batch) {
+            if (gate) gate->wait();
+            std::lock_guard lock(mutex_);
+            for (const auto& e : batch) order_.push_back(name + ":" + e.value);
+            return larder::BatchResult{};
+        };
+    }
+    std::vector<std::string> order() const {
+        std::lock_guard lock(mutex_);
+        return order_;
+    }
+
+private:
+    mutable std::mutex mutex_;
+    std::vector<std::string> order_;
+};
+
 }  // namespace
 
 BACKEND_TEST_CASE("A put is read back at once and flushed once with the latest value",
@@ -687,23 +710,14 @@ TEST_CASE("A stalled flusher's late acknowledgement leaves the flusher that took
           "[regression][write_behind][claims][memory]") {
     larder::test::MemoryFixture fx;
     Log log;
-    std::mutex mutex;
-    std::vector<std::string> written;  // "<flusher>:<value>", in the order written
-    auto writer = [&](std::string name, Gate* gate) {
-        return [&, name, gate](std::span<const larder::DirtyEntry<std::string>> batch) {
-            if (gate) gate->wait();
-            std::lock_guard lock(mutex);
-            for (const auto& e : batch) written.push_back(name + ":" + e.value);
-            return larder::BatchResult{};
-        };
-    };
+    OrderedWrites db;
     auto o = manual(fx, log);
     o.claim_ttl = 300ms;
     using WB = larder::WriteBehind<std::string, larder::MemoryBackend>;
     Gate f1_gate, f2_gate;
-    WB f1(fx.backend, writer("f1", &f1_gate), o);
-    WB f2(fx.backend, f1.shared_store(), writer("f2", &f2_gate), o);
-    WB f3(fx.backend, f1.shared_store(), writer("f3", nullptr), o);
+    WB f1(fx.backend, db.writer("f1", &f1_gate), o);
+    WB f2(fx.backend, f1.shared_store(), db.writer("f2", &f2_gate), o);
+    WB f3(fx.backend, f1.shared_store(), db.writer("f3"), o);
     f1.put("k", "v1");
 
     std::thread t1([&] { f1.flush(); });
@@ -719,7 +733,7 @@ TEST_CASE("A stalled flusher's late acknowledgement leaves the flusher that took
     f2_gate.open();
     t2.join();
     REQUIRE(f3.flush().flushed == 1);
-    REQUIRE(written == std::vector<std::string>{"f1:v1", "f2:v1", "f3:v2"});
+    REQUIRE(db.order() == std::vector<std::string>{"f1:v1", "f2:v1", "f3:v2"});
     REQUIRE(f1.stats().pending == 0);
 }
 
@@ -1207,6 +1221,45 @@ TEST_CASE("A slow batch writer keeps its claims: a second flusher never writes t
     REQUIRE(overlaps.load() == 0);
     REQUIRE(db.writes() == 1);
     REQUIRE(slow.stats().pending == 0);
+}
+
+// Before: a Redis pause longer than claim_ttl expired a healthy flusher's claim while its
+// keeper's extension waited; the extension then revived it, or its late acknowledgement
+// freed the entry under the flusher that had taken over, and an older value was written
+// last. No process stalls here: only the server sleeps.
+TEST_CASE("A Redis pause that expires a healthy flusher's claim cannot reorder its writes",
+          "[regression][write_behind][claims][redis]") {
+    larder::test::RedisServer server;  // DEBUG is enabled for local connections
+    auto redis = larder::test::make_test_backend(server, {.command_timeout = 5s});
+    OrderedWrites db;
+    larder::WriteBehindOptions o;
+    o.name = "paused";
+    o.start_flusher = false;
+    o.claim_ttl = 600ms;
+    o.log = [](std::string_view) {};
+    using WB = larder::WriteBehind<std::string, larder::RedisBackend>;
+    Gate f1_gate, f2_gate;
+    WB f1(redis, db.writer("f1", &f1_gate), o);
+    WB f2(redis, db.writer("f2", &f2_gate), o);
+    WB f3(redis, db.writer("f3"), o);
+    f1.put("k", "v1");
+
+    std::thread t1([&] { f1.flush(); });
+    REQUIRE(eventually([&] { return f1.stats().processing == 1; }));
+    // The server sleeps past the claim; F1's keeper goes on extending, and waits.
+    REQUIRE(server.command({"DEBUG", "SLEEP", "1.5"}, 5s) == "OK");
+    std::thread t2([&] { f2.flush(); });
+    REQUIRE(eventually([&] { return f2.stats().requeued_claims == 1; }));
+    f1_gate.open();
+    t1.join();
+    REQUIRE(f1.stats().forfeited == 1);
+    f1.put("k", "v2");  // while F2 still writes v1
+    REQUIRE(f3.flush().claimed == 0);
+    f2_gate.open();
+    t2.join();
+    REQUIRE(f3.flush().flushed == 1);
+    REQUIRE(db.order() == std::vector<std::string>{"f1:v1", "f2:v1", "f3:v2"});
+    REQUIRE(f3.stats().pending == 0);
 }
 
 TEST_CASE("An allkeys-* maxmemory-policy is warned about, or refused", "[write_behind][redis]") {
