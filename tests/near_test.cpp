@@ -10,11 +10,13 @@
 #include <vector>
 
 #include "support/backends.hpp"
+#include "support/client_list.hpp"
 #include "support/eventually.hpp"
 #include "support/fake_db.hpp"
 
 using namespace std::chrono_literals;
 using larder::Millis;
+using larder::test::client_ids;
 using larder::test::eventually;
 using larder::test::FakeDb;
 using larder::test::Gate;
@@ -157,20 +159,6 @@ namespace {
 
 larder::RedisOptions redis_options(const larder::test::RedisServer& server) {
     return larder::RedisOptions{.port = server.port(), .command_timeout = 2s};
-}
-
-// The ids CLIENT LIST shows for clients of `type` whose line contains `needle`.
-std::vector<std::string> client_ids(const larder::test::RedisServer& server,
-                                    const std::string& type, const std::string& needle) {
-    std::vector<std::string> ids;
-    std::istringstream lines(server.command({"CLIENT", "LIST", "TYPE", type}));
-    for (std::string line; std::getline(lines, line);) {
-        if (line.find(needle) == std::string::npos) continue;
-        const auto at = line.find("id=");
-        if (at == std::string::npos) continue;
-        ids.push_back(line.substr(at + 3, line.find(' ', at) - at - 3));
-    }
-    return ids;
 }
 
 }  // namespace

@@ -25,10 +25,12 @@
 #include <vector>
 
 #include "support/child_process.hpp"
+#include "support/client_list.hpp"
 #include "support/eventually.hpp"
 #include "support/redis_server.hpp"
 
 using namespace std::chrono_literals;
+using larder::test::client_ids;
 using larder::test::eventually;
 using larder::test::RedisServer;
 
@@ -433,24 +435,6 @@ TEST_CASE("A silent subscriber is noticed within ping_interval + ping_timeout",
     REQUIRE(bus.subscriptions() >= 2);
 }
 
-namespace {
-
-// The ids CLIENT LIST shows for clients of `type` whose line contains `needle`.
-std::vector<std::string> client_ids_of(const larder::test::RedisServer& server,
-                                       const std::string& type, const std::string& needle) {
-    std::vector<std::string> ids;
-    std::istringstream lines(server.command({"CLIENT", "LIST", "TYPE", type}));
-    for (std::string line; std::getline(lines, line);) {
-        if (line.find(needle) == std::string::npos) continue;
-        const auto at = line.find("id=");
-        if (at == std::string::npos) continue;
-        ids.push_back(line.substr(at + 3, line.find(' ', at) - at - 3));
-    }
-    return ids;
-}
-
-}  // namespace
-
 // Before: a pooled tracking connection that closed told the bus at once, on the thread that
 // closed it, holding TrackingRedirect's lock while the bus's fan-out took the subscribers'
 // lock; a subscriber's handler (run under that lock on the bus's thread) that closed a
@@ -488,14 +472,14 @@ TEST_CASE("A tracking connection closing on two threads at once does not deadloc
         }
         a_done = true;
     });
-    REQUIRE(eventually([&] { return client_ids_of(*server, "normal", "cmd=blpop").size() == 1; }));
-    const auto a_conn = client_ids_of(*server, "normal", "cmd=blpop");
+    REQUIRE(eventually([&] { return client_ids(*server, "normal", "cmd=blpop").size() == 1; }));
+    const auto a_conn = client_ids(*server, "normal", "cmd=blpop");
 
     // The bus's thread: the handler runs (under the subscribers' lock) and blocks in BLPOP.
     REQUIRE(server->command({"SET", "trigger", "x"}) == "OK");
-    REQUIRE(eventually([&] { return client_ids_of(*server, "normal", "cmd=blpop").size() == 2; }));
+    REQUIRE(eventually([&] { return client_ids(*server, "normal", "cmd=blpop").size() == 2; }));
     std::string b_conn;
-    for (const auto& id : client_ids_of(*server, "normal", "cmd=blpop")) {
+    for (const auto& id : client_ids(*server, "normal", "cmd=blpop")) {
         if (id != a_conn[0]) b_conn = id;
     }
     REQUIRE(!b_conn.empty());
@@ -554,15 +538,15 @@ TEST_CASE("A tracking connection closing inside a \"*\" handler does not deadloc
         }
         a_done = true;
     });
-    REQUIRE(eventually([&] { return client_ids_of(*server, "normal", "cmd=blpop").size() == 1; }));
-    const auto a_conn = client_ids_of(*server, "normal", "cmd=blpop");
+    REQUIRE(eventually([&] { return client_ids(*server, "normal", "cmd=blpop").size() == 1; }));
+    const auto a_conn = client_ids(*server, "normal", "cmd=blpop");
     REQUIRE(server->command({"CLIENT", "KILL", "ID", a_conn[0]}) == "1");
     // a's thread: untracked() -> "*" -> the handler, which blocks in BLPOP on a new connection.
     REQUIRE(eventually([&] {
-        const auto ids = client_ids_of(*server, "normal", "cmd=blpop");
+        const auto ids = client_ids(*server, "normal", "cmd=blpop");
         return in_handler.load() && ids.size() == 1 && ids[0] != a_conn[0];
     }));
-    const auto c_conn = client_ids_of(*server, "normal", "cmd=blpop");
+    const auto c_conn = client_ids(*server, "normal", "cmd=blpop");
     REQUIRE(server->command({"CLIENT", "KILL", "ID", c_conn[0]}) == "1");
 
     const bool finished = eventually([&] { return handler_done.load() && a_done.load(); }, 10s);
