@@ -101,15 +101,17 @@ public:
         // The message's id, and the new epoch should it find the counter gone: random, so
         // never one used before.
         const std::string id = std::to_string(random_version());
-        try {
+        auto send = [&] {
             (void)publisher_.eval(publish_logged_, {seq_key_, log_key_},
                                   {wire, channel_, keep, id});
+        };
+        try {
+            send();
         } catch (const ConnectionError&) {
             // A pooled connection the server had closed (a blip, a proxy, an idle timeout):
             // once more on a new one. The message may go out twice, which is harmless; one
             // that does not go out leaves other L1s serving the old value until it does.
-            (void)publisher_.eval(publish_logged_, {seq_key_, log_key_},
-                                  {wire, channel_, keep, id});
+            send();
         }
     }
 
