@@ -72,7 +72,14 @@ public:
             "score INTEGER NOT NULL, version INTEGER NOT NULL DEFAULT 0)");
         select_ = prepare("SELECT id, name, score FROM user WHERE id = ?1");
         add_ = prepare("UPDATE user SET score = score + ?2 WHERE id = ?1");
-        set_ = prepare("UPDATE user SET score = ?2, version = ?3 WHERE id = ?1 AND version < ?3");
+        // The batch writer's write: an upsert fenced on the version. A fence must also work
+        // for a row that does not exist yet (a player the database has not seen): the
+        // INSERT creates it, and an existing row changes only for a newer version (a plain
+        // UPDATE ... WHERE version < ?3 would silently skip the missing row).
+        set_ = prepare(
+            "INSERT INTO user (id, name, score, version) VALUES (?1, ?4, ?2, ?3) "
+            "ON CONFLICT(id) DO UPDATE SET score = excluded.score, version = excluded.version "
+            "WHERE excluded.version > user.version");
         top_ = prepare("SELECT id, name, score FROM user ORDER BY score DESC, id LIMIT ?1");
     }
     ~Database() {
@@ -118,7 +125,7 @@ public:
         ++writes;
     }
 
-    // The batch writer: one transaction per batch, one fenced UPDATE per user.
+    // The batch writer: one transaction per batch, one fenced upsert per user.
     larder::BatchResult write_scores(std::span<const larder::DirtyEntry<User>> batch) {
         round_trip();  // the batch goes as one transaction: one round trip
         std::lock_guard lock(mutex_);
@@ -127,6 +134,7 @@ public:
         try {
             for (const auto& e : batch) {
                 sqlite3_bind_int64(set_, 3, static_cast<sqlite3_int64>(e.version));
+                sqlite3_bind_text(set_, 4, e.value.name.c_str(), -1, SQLITE_TRANSIENT);
                 run(set_, e.value.id, e.value.score);
                 ++writes;
             }
