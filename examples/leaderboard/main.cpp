@@ -8,7 +8,8 @@
 //
 // Prints the database writes that coalescing saved, and checks that every score in the
 // database is exactly the sum of its updates. With --redis the dirty queue lives in Redis
-// and survives this process; without it, in process memory.
+// and survives this process; without it, in process memory. On Redis the run uses keys of
+// its own only (a prefix new for each run) and deletes them when it ends.
 //
 // The seed, and what replaces it:
 //
@@ -43,6 +44,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -269,22 +271,90 @@ double apply_all(const std::vector<Update>& updates, int threads, Apply apply) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// A tag new for each run: its cache prefix and queue name, so that it never reads, writes
+// or deletes keys it did not create (another run's, or another program's user:1).
+std::string run_tag() {
+    std::random_device random;
+    char hex[9];
+    std::snprintf(hex, sizeof hex, "%08x", static_cast<unsigned>(random()));
+    return std::to_string(::getpid()) + "-" + hex;
+}
+
+// The keys of the write-behind queue `name` (before the backend's key prefix). In memory,
+// none: the queue goes with the backend.
+template <class B>
+std::vector<std::string> queue_keys(B& /*backend*/, const std::string& /*name*/) {
+    return {};
+}
+#if defined(LARDER_EXAMPLE_HAVE_REDIS)
+std::vector<std::string> queue_keys(larder::RedisBackend& redis, const std::string& name) {
+    const larder::RedisWriteBehindStore store(redis, larder::WriteBehindStoreOptions{name});
+    std::vector<std::string> out;
+    for (const char* role :
+         {"pending", "processing", "values", "versions", "attempts", "errors", "since",
+          "since_next", "owners", "seq", "dead", "dead_meta", "dead_errors", "dead_order"}) {
+        out.push_back(store.queue_key(role));
+    }
+    return out;
+}
+#endif
+
+// Deletes the keys a run wrote when it goes out of scope, whether the run returned or threw.
+template <class B>
+class Cleanup {
+public:
+    explicit Cleanup(B& backend) : backend_(backend) {}
+    ~Cleanup() {
+        std::size_t failed = 0;
+        for (const auto& key : keys_) {
+            try {
+                (void)backend_.del(key);
+            } catch (const std::exception&) {
+                ++failed;
+            }
+        }
+        if (failed > 0) {
+            std::cerr << "leaderboard: could not delete " << failed << " of " << keys_.size()
+                      << " keys of this run\n";
+        }
+    }
+    Cleanup(const Cleanup&) = delete;
+    Cleanup& operator=(const Cleanup&) = delete;
+
+    void add(std::string key) { keys_.push_back(std::move(key)); }
+
+private:
+    B& backend_;
+    std::vector<std::string> keys_;
+};
+
 template <class B>
 Run run_write_behind(const std::string& name, B& backend, Database& db,
                      const std::vector<Update>& updates, const Config& config) {
+    const std::string tag = run_tag();
     larder::WriteBehindOptions options;
-    options.name = "leaderboard";
-    options.cache.key_prefix = "user:";
+    options.name = "leaderboard-" + tag;  // a queue name has no ':'
+    options.cache.key_prefix = "leaderboard:" + tag + ":user:";
     options.interval = std::chrono::milliseconds(config.interval_ms);
     options.batch_size = 500;
     options.drain_timeout = std::chrono::seconds(30);
+    // Declared before `scores`, so it runs after scores' destructor has drained the queue:
+    // then it deletes the queue's keys, the cached copy of every player this run wrote and
+    // the cache's bump counter.
+    Cleanup<B> cleanup(backend);
+    for (auto& key : queue_keys(backend, options.name)) cleanup.add(std::move(key));
     larder::WriteBehind<User, B> scores(
         backend,
         [&db](std::span<const larder::DirtyEntry<User>> batch) { return db.write_scores(batch); },
         options);
-    // The database was just re-seeded behind the cache's back (a previous run may have left
-    // cached players in Redis): start from what the database says.
-    for (int id = 1; id <= config.users; ++id) backend.del(scores.full_key(std::to_string(id)));
+    const std::set<std::int64_t> players = [&] {
+        std::set<std::int64_t> ids;
+        for (const auto& u : updates) ids.insert(u.user);
+        return ids;
+    }();
+    for (const auto id : players) cleanup.add(scores.full_key(std::to_string(id)));
+    // And the cache's bump counter, which its first read creates (docs/adaptive.md).
+    cleanup.add(scores.version_key(std::string(1, '\x1e') + "bumps"));
 
     Run r{name};
     r.cached = true;
