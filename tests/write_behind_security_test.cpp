@@ -80,8 +80,8 @@ TEST_CASE("A write-behind put over max_value_bytes throws ValueTooLargeError and
     REQUIRE(stats.pending == 1);
     REQUIRE(stats.puts == 1);
     REQUIRE_FALSE(backend.get(wb.full_key("big")).has_value());
-    REQUIRE_FALSE(wb.store().dirty_value(wb.full_key("big")).has_value());
-    REQUIRE(wb.store().dirty_value(wb.full_key("grows")).has_value());
+    REQUIRE_FALSE(wb.store().unflushed_value(wb.full_key("big")).has_value());
+    REQUIRE(wb.store().unflushed_value(wb.full_key("grows")).has_value());
     wb.flush();
     REQUIRE(rows.rows() == std::map<std::string, std::string>{{"grows", "small"}});
 }

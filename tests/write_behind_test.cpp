@@ -122,7 +122,11 @@ larder::WriteBehindOptions manual(Fixture& fx, Log& log, std::string name = "tes
     o.cache.key_prefix = "wb:";
     o.start_flusher = false;
     o.cache.clock = fx.time_source();
-    o.retry = {.max_attempts = 5, .first_backoff = 1ms, .max_backoff = 4ms};
+    o.retry = {.max_attempts = 5,
+               .budget = 0ms,
+               .first_backoff = 1ms,
+               .max_backoff = 4ms,
+               .max_outage_backoff = 4ms};
     o.drain_timeout = 2s;
     o.log = [&log](std::string_view line) { log.add(line); };
     return o;
@@ -526,8 +530,8 @@ BACKEND_TEST_CASE(
     }
     // Bounded: nothing was tried more than max_attempts times.
     for (const auto& [k, n] : most_attempts) REQUIRE(n <= 12);
-    // The poison entry: tried max_attempts times (some of them in calls that failed as a
-    // whole), then parked with its value and the database's message.
+    // The poison entry: rejected max_attempts times (calls that failed as a whole are
+    // outages and count for nothing), then parked with its value and the database's message.
     REQUIRE(most_attempts["poison"] == 12);
     REQUIRE(rows.count("poison") == 0);
     REQUIRE(s.dead == 1);
@@ -862,8 +866,8 @@ BACKEND_TEST_CASE("Destruction drains, and reports what it could not flush",
     REQUIRE(db.read("unflushable") == "acknowledged");
 }
 
-BACKEND_TEST_CASE("close() reports the drain; puts afterwards are flushed by flush()",
-                  "[write_behind][drain]") {
+BACKEND_TEST_CASE("close() reports the drain; a write afterwards throws and is not queued",
+                  "[write_behind][drain][regression]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -874,9 +878,14 @@ BACKEND_TEST_CASE("close() reports the drain; puts afterwards are flushed by flu
     REQUIRE(report.complete);
     REQUIRE(report.flushed.flushed == 1);
     REQUIRE(wb.close(1s).flushed.flushed == 0);
-    wb.put("b", "2");
-    wb.flush();
-    REQUIRE(db.read("b") == "2");
+    // Acknowledging it would promise a flush that no flusher of this object will do (and
+    // on the memory store, nobody ever will).
+    REQUIRE_THROWS_AS(wb.put("b", "2"), larder::ClosedError);
+    REQUIRE_THROWS_AS(wb.modify("n", [](std::string& v) { v += "x"; }, no_row),
+                      larder::ClosedError);
+    REQUIRE(wb.stats().pending == 0);
+    REQUIRE(wb.flush().claimed == 0);
+    REQUIRE_FALSE(db.read("b"));
 }
 
 BACKEND_TEST_CASE("Closing stops the flusher between batches, not after all of them",

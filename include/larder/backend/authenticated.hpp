@@ -372,8 +372,8 @@ public:
         return c;
     }
 
-    std::optional<std::string> dirty_value(std::string_view key) {
-        auto v = inner_.dirty_value(key);
+    std::optional<std::string> unflushed_value(std::string_view key) {
+        auto v = inner_.unflushed_value(key);
         if (v) v = auth_.open(key, std::move(*v));
         return v;
     }

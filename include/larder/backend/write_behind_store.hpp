@@ -7,7 +7,9 @@
 // The life of one key:
 //
 //   clean --put--> pending --claim--> processing --settle(ack)--> clean
-//                  ^  ^  ^                  |
+//                  ^  ^  ^  ^               |
+//                  |  |  |  '---------------+ settle(defer): not before now + backoff,
+//                  |  |  |                  |   no attempt counted (the database was down)
 //                  |  |  '------------------+ settle(retry): not before now + backoff
 //                  |  '---------------------+ claim by anyone, once its deadline passed
 //                  '--redrive-- dead <------+ settle(dead), after max_attempts
@@ -26,6 +28,11 @@
 //    flusher's writer) and its version did not change meanwhile; if it did, the key is
 //    pending again with the newer value. extend, likewise, keeps only the caller's own
 //    claims alive, and never one whose deadline passed.
+//  - dead entries are unflushed data too: reads of the unflushed copy see them until a
+//    newer put supersedes them, they count toward max_pending, and there are at most
+//    max_dead of them (an entry that would die beyond that stays pending instead).
+//  - versions never go backwards for a key, whatever the clocks: a new one is above the
+//    last one issued for the key (kept after the flush) and above its dead entry's.
 //
 // Rules for implementations: keys and values are arbitrary bytes; the time base (ready
 // times, deadlines, ages) is the store's own clock; a failure of the store throws
@@ -68,10 +75,11 @@ struct PutOutcome {
     bool coalesced = false;
 };
 
-/// The value a read-modify-write starts from: the dirty copy when the key is dirty,
-/// otherwise the cached copy.
+/// The value a read-modify-write starts from: the unflushed copy (dirty, or dead and not
+/// superseded) when there is one, otherwise the cached copy.
 struct CurrentValue {
     std::string bytes;
+    /// From the queue: the database does not have it.
     bool dirty = false;
 };
 
@@ -118,11 +126,15 @@ struct ClaimOptions {
 
 /// How a flusher settles a claimed entry.
 struct Settlement {
-    enum Action : std::uint8_t { ack, retry, dead };
+    /// ack: written. retry: the writer rejected it (an attempt). dead: rejected for the last
+    /// time. defer: not written because the database could not be reached - pending again
+    /// after retry_after, no attempt counted.
+    enum Action : std::uint8_t { ack, retry, dead, defer };
     Action action = ack;
     std::string key;
     std::uint64_t version = 0;
-    /// retry: not before this much time from now.
+    /// retry, defer: not before this much time from now; dead: the same, should the
+    /// dead-letter list be full (the entry then stays pending).
     Millis retry_after{0};
     /// retry, dead: what went wrong (kept with the entry).
     std::string error;
@@ -137,6 +149,10 @@ enum class SettleResult : std::uint8_t {
     /// The claim is no longer the caller's: it expired, and was re-queued or taken by
     /// another flusher. Nothing changed; whoever holds the entry now writes it again.
     lost,
+    /// dead, with max_dead entries dead already: kept pending instead (retried after
+    /// retry_after, the attempt counted), so the dead-letter list stays bounded and nothing
+    /// is dropped to keep it so.
+    held,
 };
 
 /// A dead-lettered entry: a value the writer rejected max_attempts times.
@@ -159,7 +175,7 @@ enum class RedriveResult : std::uint8_t {
 };
 
 struct QueueStats {
-    /// Dirty keys: waiting, in backoff or being flushed.
+    /// Dirty keys: waiting, in backoff or being flushed (dead entries are not counted here).
     std::size_t pending = 0;
     /// Of those, claimed by a flusher right now.
     std::size_t processing = 0;
@@ -185,14 +201,17 @@ concept WriteBehindStore = requires(S& store, std::string_view key, std::string_
                                     std::span<const Settlement> settlements,
                                     const ClaimOptions& claim_options) {
     /// Writes the cached copy (no TTL) and the dirty copy with a new version. A clean key
-    /// is refused (PutStatus::full) when max_pending (n; 0 = no bound) keys are dirty.
+    /// is refused (PutStatus::full) when max_pending (n; 0 = no bound) keys are dirty or
+    /// dead.
     { store.put(key, bytes, n) } -> std::same_as<PutOutcome>;
     /// put, only while read_current(key) still gives `expected` (compare-and-put).
     { store.put_if(key, bytes, bytes, n) } -> std::same_as<PutOutcome>;
-    /// The dirty copy when dirty, else the cached copy, else nullopt.
+    /// The unflushed copy when there is one (dirty = true), else the cached copy, else
+    /// nullopt.
     { store.read_current(key) } -> std::same_as<std::optional<CurrentValue>>;
-    /// The dirty copy only.
-    { store.dirty_value(key) } -> std::same_as<std::optional<std::string>>;
+    /// The unflushed copy only: the dirty copy, else the dead entry's value unless a later
+    /// put superseded it. What the database lacks, whether the cached copy is there or not.
+    { store.unflushed_value(key) } -> std::same_as<std::optional<std::string>>;
     /// Re-queues expired and lost claims (dead-lettering those at max_attempts), then
     /// claims up to n ready entries for `ttl`. claim(n, ttl) has no bounds and no token.
     { store.claim(n, ttl, claim_options) } -> std::same_as<ClaimBatch>;
@@ -223,6 +242,9 @@ concept WriteBehindStore = requires(S& store, std::string_view key, std::string_
 /// the same name on the same server share one queue.
 struct WriteBehindStoreOptions {
     std::string name = "default";
+    /// Bound on dead entries (0: none). At the bound an entry that would be dead-lettered
+    /// stays pending instead (SettleResult::held), retried with its backoff.
+    std::size_t max_dead = 100'000;
     /// The time base of the in-memory store (Redis uses the server's clock).
     const Clock* clock = &SystemClock::instance();
 };
@@ -252,7 +274,8 @@ public:
     explicit MemoryWriteBehindStore(B& backend, WriteBehindStoreOptions options = {})
         : backend_(backend),
           clock_(options.clock ? options.clock : &SystemClock::instance()),
-          name_(std::move(options.name)) {}
+          name_(std::move(options.name)),
+          max_dead_(options.max_dead) {}
 
     MemoryWriteBehindStore(const MemoryWriteBehindStore&) = delete;
     MemoryWriteBehindStore& operator=(const MemoryWriteBehindStore&) = delete;
@@ -277,11 +300,10 @@ public:
         return read_current_locked(key);
     }
 
-    std::optional<std::string> dirty_value(std::string_view key) {
+    std::optional<std::string> unflushed_value(std::string_view key) {
         std::lock_guard lock(mutex_);
-        auto it = entries_.find(key);
-        if (it == entries_.end()) return std::nullopt;
-        return it->second.value;
+        if (const std::string* v = unflushed_locked(key)) return *v;
+        return std::nullopt;
     }
 
     ClaimBatch claim(std::size_t max, Millis claim_ttl, const ClaimOptions& options = {}) {
@@ -391,7 +413,22 @@ public:
                     e.error = s.error;
                     schedule(s.key, e, now + std::max<std::int64_t>(0, s.retry_after.count()));
                     break;
+                case Settlement::defer:
+                    unclaim(s.key, e);
+                    e.since_next = 0;
+                    e.error = s.error;
+                    schedule(s.key, e, now + std::max<std::int64_t>(0, s.retry_after.count()));
+                    break;
                 case Settlement::dead:
+                    if (dead_full(s.key)) {
+                        unclaim(s.key, e);
+                        e.since_next = 0;
+                        ++e.attempts;
+                        e.error = s.error;
+                        schedule(s.key, e, now + std::max<std::int64_t>(0, s.retry_after.count()));
+                        out.push_back(SettleResult::held);
+                        continue;
+                    }
                     bury(it, now, s.error, e.attempts + 1);
                     break;
             }
@@ -493,17 +530,32 @@ private:
     using Entries = std::unordered_map<std::string, Entry, Hash, std::equal_to<>>;
     using Dead = std::map<std::string, DeadRecord, std::less<>>;
 
-    std::optional<CurrentValue> read_current_locked(std::string_view key) {
-        if (auto it = entries_.find(key); it != entries_.end()) {
-            return CurrentValue{it->second.value, true};
+    // The dirty copy, else a dead entry no put has superseded; nullptr when neither.
+    const std::string* unflushed_locked(std::string_view key) const {
+        if (auto it = entries_.find(key); it != entries_.end()) return &it->second.value;
+        if (auto d = dead_.find(key); d != dead_.end() && !d->second.superseded) {
+            return &d->second.value;
         }
+        return nullptr;
+    }
+
+    std::optional<CurrentValue> read_current_locked(std::string_view key) {
+        if (const std::string* v = unflushed_locked(key)) return CurrentValue{*v, true};
         if (auto cached = backend_.get(key)) return CurrentValue{std::move(cached->bytes), false};
         return std::nullopt;
     }
 
+    // One more dead entry would pass max_dead (an entry replacing its own earlier one
+    // takes no room).
+    bool dead_full(std::string_view key) const {
+        return max_dead_ > 0 && dead_.size() >= max_dead_ && !dead_.contains(key);
+    }
+
     PutOutcome put_locked(std::string_view key, std::string_view bytes, std::size_t max_pending) {
         auto it = entries_.find(key);
-        if (it == entries_.end() && max_pending > 0 && entries_.size() >= max_pending) {
+        // Dead entries hold acknowledged data as much as dirty ones: they take room too.
+        if (it == entries_.end() && max_pending > 0 &&
+            entries_.size() + dead_.size() >= max_pending) {
             return PutOutcome{.status = PutStatus::full};
         }
         // The cached copy first: if the backend refuses it (an entry too large), the queue
@@ -563,7 +615,7 @@ private:
         e.token = 0;
         ++e.attempts;
         e.error = why;
-        if (options.max_attempts > 0 && e.attempts >= options.max_attempts) {
+        if (options.max_attempts > 0 && e.attempts >= options.max_attempts && !dead_full(key)) {
             bury(it, now, "gave up after " + std::to_string(e.attempts) + " attempts: " + why,
                  e.attempts);
             out.dead_lettered.push_back(key);
@@ -631,6 +683,9 @@ private:
     std::set<std::pair<std::int64_t, std::string>> since_;       // (oldest unflushed write, key)
     Dead dead_;
     std::set<std::pair<std::int64_t, std::string>> dead_order_;  // (dead at, key)
+    std::size_t max_dead_;
+    // Versions come from this one counter, so they never go backwards for any key, whatever
+    // the clock does; the clock only lifts it (see put_locked).
     std::uint64_t last_version_ = 0;
 };
 

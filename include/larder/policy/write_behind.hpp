@@ -7,9 +7,11 @@
 //    that moves entries into a processing set; nothing is deleted until it is written.
 //  - a crash after DEL loses the batch: claimed entries carry a deadline, and the claims
 //    of a dead flusher are re-queued by any live one. Acknowledgement follows the write.
-//  - writes the database rejected are dropped: a failed entry is retried with exponential
-//    backoff and jitter, up to max_attempts, then kept in a dead-letter list that can be
-//    listed, re-driven or discarded. One poison entry fails alone; the rest are acked.
+//  - writes the database rejected are dropped: a row the writer rejects is retried with
+//    exponential backoff and jitter, up to max_attempts and a time budget, then kept in a
+//    bounded dead-letter list that can be listed, re-driven or discarded. One poison entry
+//    fails alone; the rest are acked. A batch that fails as a whole is an outage, not a
+//    bad row: it backs off and costs no entry an attempt, however long it lasts.
 //  - two flushers can write an older value last: an entry is acknowledged only if its
 //    version did not change meanwhile, so a put that arrives during a flush is flushed
 //    next time; and every entry carries its version, for a database write that must be
@@ -35,6 +37,8 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
+#include <shared_mutex>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -72,7 +76,8 @@ struct DirtyEntry {
     /// Grows with every put to the key, across processes and restarts: a fencing token for
     /// the database write (UPDATE ... SET v = ?, version = ? WHERE id = ? AND version < ?).
     std::uint64_t version = 0;
-    /// 1 on the first try; max_attempts on the last one before the dead-letter list.
+    /// 1 on the first try; counts the times the writer rejected this row (and claims that
+    /// expired), not the batches that failed as a whole.
     std::uint32_t attempt = 1;
     /// The oldest write of the key the database has not received.
     TimePoint dirty_since{};
@@ -87,17 +92,29 @@ concept IntegerFieldOf =
 
 /// What the batch writer reports: by default every entry was written. Mark the entries
 /// that failed, with a message; they are retried (or dead-lettered) alone while the rest
-/// are acknowledged. A writer that throws fails the whole batch with the exception's text.
+/// are acknowledged. A writer that throws fails the whole batch with the exception's text:
+/// that is an outage (the database could not be reached), retried after a backoff without
+/// counting against any entry's attempts.
 class BatchResult {
 public:
     struct Failure {
         std::size_t index = 0;
         std::string error;
+        /// Refused as stale: the database holds a newer version of the row.
+        bool stale = false;
     };
 
-    /// Entry `index` of the batch was not written.
+    /// Entry `index` of the batch was not written: the database rejected this row.
     void fail(std::size_t index, std::string error) {
         failures_.push_back(Failure{index, std::move(error)});
+    }
+
+    /// Entry `index` was refused as stale: a fenced write (UPDATE ... WHERE version < ?)
+    /// found a newer version in the database. Retrying cannot help, and acknowledging would
+    /// hide an acknowledged write that never landed: it is dead-lettered at once, counted
+    /// and reported, for a person to redrive or discard.
+    void stale(std::size_t index, std::string error = "refused as stale") {
+        failures_.push_back(Failure{index, std::move(error), true});
     }
 
     [[nodiscard]] const std::vector<Failure>& failures() const noexcept { return failures_; }
@@ -107,14 +124,36 @@ private:
     std::vector<Failure> failures_;
 };
 
+/// How a failed write is retried. Two failures are told apart: a row the writer rejects
+/// (BatchResult::fail) is an attempt, and the row is dead-lettered once it has used both
+/// max_attempts and budget; a batch writer that throws is an outage of the database,
+/// which backs off up to max_outage_backoff and costs no entry an attempt, however long
+/// it lasts (nothing is dead-lettered because the database was down).
 struct RetryOptions {
-    /// Attempts per entry, the first included; after the last failure the entry is
-    /// dead-lettered. An expired claim (a flusher that died) counts as an attempt.
+    /// Rejections per entry, the first included, before it may be dead-lettered. An
+    /// expired claim (a flusher that died on it) counts as one.
     std::uint32_t max_attempts = 5;
+    /// A rejected entry is retried for at least this long, counted from its oldest write
+    /// the database has not received, before it is dead-lettered (0: attempts alone).
+    Millis budget = std::chrono::minutes(1);
     /// Delay before the first retry; it doubles per attempt up to max_backoff, half of it
     /// random (equal jitter).
     Millis first_backoff{200};
     Millis max_backoff = std::chrono::seconds(30);
+    /// Cap of the backoff after a batch that failed as a whole (it starts at
+    /// first_backoff and doubles per failed batch in a row): the longest an outage's end
+    /// goes unnoticed.
+    Millis max_outage_backoff = std::chrono::seconds(5);
+};
+
+/// What on_dead_letter is told.
+struct DeadLetterEvent {
+    std::string key;  ///< as given to put
+    std::uint64_t version = 0;
+    std::string error;
+    /// The dead-letter list holds max_dead entries already: this one was kept pending
+    /// instead, and is retried with its backoff.
+    bool list_full = false;
 };
 
 /// What a put does when max_pending keys are dirty already.
@@ -152,8 +191,13 @@ struct WriteBehindOptions {
     /// claims every claim_ttl / 3 while its writer runs; a dead one's are re-queued.
     Millis claim_ttl = std::chrono::seconds(30);
     RetryOptions retry{};
-    /// Bound on dirty keys (0: none). A put to a key that is dirty already always fits.
+    /// Bound on dirty and dead keys together (0: none): both hold acknowledged writes the
+    /// database lacks. A put to a key that is dirty already always fits.
     std::size_t max_pending = 0;
+    /// Bound on dead-lettered entries (0: none). At the bound an entry that would die stays
+    /// pending instead, and on_dead_letter is told (list_full). A store's bound is set by
+    /// the WriteBehind that creates it.
+    std::size_t max_dead = 100'000;
     WhenFull when_full = WhenFull::block;
     Millis block_timeout = std::chrono::seconds(1);
     /// How long destruction (or close()) keeps flushing before it reports what is left.
@@ -168,6 +212,9 @@ struct WriteBehindOptions {
     /// Warnings, dead-lettered entries and incomplete drains; called from any thread.
     /// Empty: written to std::cerr.
     std::function<void(std::string_view)> log{};
+    /// The alert hook: called (from the flusher's thread) for every entry this object
+    /// dead-letters, or would have but for max_dead. Exceptions it throws are ignored.
+    std::function<void(const DeadLetterEvent&)> on_dead_letter{};
 };
 
 /// What one flush did.
@@ -176,8 +223,11 @@ struct FlushReport {
     std::size_t claimed = 0;        ///< entries claimed
     std::size_t flushed = 0;        ///< written and acknowledged
     std::size_t superseded = 0;     ///< settled while a newer value came: that one is queued
-    std::size_t retried = 0;        ///< failed, queued again with a backoff
+    std::size_t retried = 0;        ///< rejected by the writer, queued again with a backoff
+    std::size_t deferred = 0;       ///< in a batch that failed as a whole: no attempt counted
     std::size_t dead_lettered = 0;  ///< failed for the last time
+    std::size_t held = 0;           ///< would have died, but the dead-letter list was full
+    std::size_t stale = 0;          ///< refused as stale by the writer (dead-lettered)
     std::size_t requeued = 0;       ///< expired claims of other flushers taken back
     /// Claims whose reply never came (a timeout): what they took is released by the next
     /// claim, as a failed attempt, and the flush goes on past them.
@@ -196,7 +246,10 @@ struct FlushReport {
         flushed += o.flushed;
         superseded += o.superseded;
         retried += o.retried;
+        deferred += o.deferred;
         dead_lettered += o.dead_lettered;
+        held += o.held;
+        stale += o.stale;
         requeued += o.requeued;
         lost_claims += o.lost_claims;
         forfeited += o.forfeited;
@@ -254,8 +307,11 @@ struct WriteBehindStats {
     std::uint64_t flushed = 0;     ///< entries written and acknowledged
     std::uint64_t coalesced = 0;   ///< puts that replaced a value still waiting (a DB write saved)
     std::uint64_t superseded = 0;  ///< entries written while a newer value came
-    std::uint64_t retried = 0;     ///< failed entries queued again
-    std::uint64_t dead_lettered = 0;    ///< entries moved to the dead-letter list
+    std::uint64_t retried = 0;     ///< entries the writer rejected, queued again
+    std::uint64_t deferred = 0;    ///< entries of batches that failed as a whole (outages)
+    std::uint64_t dead_lettered = 0;  ///< entries moved to the dead-letter list
+    std::uint64_t held = 0;   ///< entries kept pending because the dead-letter list was full
+    std::uint64_t stale = 0;  ///< entries the writer refused as stale
     std::uint64_t requeued_claims = 0;  ///< expired claims of dead flushers taken back
     /// Entries this object wrote whose claim had expired by the time it settled them (it
     /// stalled, or the store paused, past claim_ttl): refused, and written again.
@@ -323,7 +379,9 @@ public:
           writer_(std::move(writer)),
           store_(store ? std::move(store)
                        : std::make_shared<store_type>(
-                             backend, WriteBehindStoreOptions{options_.name, clock()})),
+                             backend, WriteBehindStoreOptions{.name = options_.name,
+                                                              .max_dead = options_.max_dead,
+                                                              .clock = clock()})),
           keeper_(*store_, options_.claim_ttl) {
         if (!writer_) throw ConfigError("WriteBehind: a batch writer is required");
         check_eviction_at_start();
@@ -391,6 +449,7 @@ public:
     /// dead-lettered (or, on a non-durable store, the process ends first). Throws
     /// BackendError (nothing acknowledged), CodecError, BackpressureError.
     std::uint64_t put(std::string_view key, const T& value) {
+        const auto open = open_for_writes();
         const std::string full = this->full_key(key);
         const auto stamp = this->versions_for_write(full);
         const std::string bytes = encode(value, stamp);
@@ -411,6 +470,7 @@ public:
     /// the value. Returns the value stored.
     template <std::invocable<T&> Change, LoaderFor<T> L>
     T modify(std::string_view key, Change&& change, L&& loader) {
+        const auto open = open_for_writes();
         const std::string full = this->full_key(key);
         for (std::uint32_t round = 0; round < max_modify_rounds; ++round) {
             if (round >= 2) {
@@ -538,13 +598,17 @@ public:
     /// and other processes flush too. Entries in backoff wait for their time.
     FlushReport flush() { return flush_ready(options_.max_batches_per_flush, std::nullopt); }
 
-    /// Stops the flusher thread and drains for at most `timeout`: flushes until nothing is
-    /// dirty, waiting out backoffs and other flushers' claims. When something is left it
-    /// is logged, and the report says whether it stays in the store (Redis) or is lost
-    /// (memory). Puts still work afterwards; only flush() writes them. Idempotent: a
-    /// second call reports an empty drain.
+    /// Stops taking writes (put, modify and increment throw ClosedError from now on; those
+    /// under way finish first), stops the flusher thread and drains for at most `timeout`:
+    /// flushes until nothing is dirty, waiting out backoffs and other flushers' claims. The
+    /// drain never dead-letters for lack of time or a database outage: what it cannot
+    /// write stays pending, and the report says so, and whether it stays in the store for
+    /// the next flusher (Redis) or is lost with this process (memory); it is logged too.
+    /// (Entries that can never be written - not this cache's key, or undecodable - are
+    /// dead-lettered as at any time.) Idempotent: a second call reports an empty drain.
     DrainReport close(Millis timeout) {
         {
+            std::unique_lock writes(close_mutex_);
             std::lock_guard lock(flusher_mutex_);
             if (closed_) return DrainReport{.durable = store_type::durable};
             closed_ = true;
@@ -585,6 +649,59 @@ public:
     /// dead entry is removed (RedriveResult::superseded).
     RedriveResult redrive(std::string_view key) { return store_->redrive(this->full_key(key)); }
 
+    /// How many dead entries redrive_all and redrive_dead_between requeued, and how many
+    /// they removed because a later put superseded them.
+    struct RedriveCount {
+        std::size_t requeued = 0;
+        std::size_t superseded = 0;
+    };
+
+    /// Redrives every dead entry (up to `limit`), oldest first.
+    RedriveCount redrive_all(std::size_t limit = std::numeric_limits<std::size_t>::max()) {
+        return redrive_dead_between(TimePoint::min(), TimePoint::max(), limit);
+    }
+
+    /// Redrives the dead entries that died in [from, to) (the store's clock, as
+    /// DeadEntry::dead_at), up to `limit`, oldest first: after an incident, the writes of
+    /// its window.
+    RedriveCount redrive_dead_between(TimePoint from, TimePoint to,
+                                      std::size_t limit = std::numeric_limits<std::size_t>::max()) {
+        RedriveCount out;
+        // Entries skipped (before `from`) stay at the head of the list; an entry redriven
+        // here that dies again meanwhile comes back at its end, and is left for next time.
+        std::size_t seen = 0;
+        std::set<std::string, std::less<>> done;
+        while (out.requeued + out.superseded < limit) {
+            const std::vector<DeadRecord> dead = store_->list_dead(seen + 100);
+            if (dead.size() <= seen) break;
+            bool past = false;
+            for (std::size_t i = seen; i < dead.size(); ++i) {
+                const DeadRecord& d = dead[i];
+                if (d.dead_at >= to) {
+                    past = true;
+                    break;
+                }
+                if (d.dead_at < from || !done.insert(d.key).second) {
+                    ++seen;
+                    continue;
+                }
+                switch (store_->redrive(d.key)) {
+                    case RedriveResult::requeued:
+                        ++out.requeued;
+                        break;
+                    case RedriveResult::superseded:
+                        ++out.superseded;
+                        break;
+                    case RedriveResult::not_found:
+                        break;
+                }
+                if (out.requeued + out.superseded >= limit) break;
+            }
+            if (past) break;
+        }
+        return out;
+    }
+
     /// Drops a dead entry. Its cached copy is removed too (unless the key was written
     /// since), so reads go back to the database.
     bool discard_dead(std::string_view key) { return store_->discard_dead(this->full_key(key)); }
@@ -611,7 +728,10 @@ public:
         s.coalesced = load(counters_.coalesced);
         s.superseded = load(counters_.superseded);
         s.retried = load(counters_.retried);
+        s.deferred = load(counters_.deferred);
         s.dead_lettered = load(counters_.dead_lettered);
+        s.held = load(counters_.held);
+        s.stale = load(counters_.stale);
         s.requeued_claims = load(counters_.requeued_claims);
         s.forfeited = load(counters_.forfeited);
         s.batches = load(counters_.batches);
@@ -632,8 +752,9 @@ private:
 
     struct Counters {
         std::atomic<std::uint64_t> puts{0}, increments{0}, flushed{0}, coalesced{0}, superseded{0},
-            retried{0}, dead_lettered{0}, requeued_claims{0}, forfeited{0}, batches{0},
-            failed_batches{0}, conflicts{0}, rejected{0}, backend_errors{0};
+            retried{0}, deferred{0}, dead_lettered{0}, held{0}, stale{0}, requeued_claims{0},
+            forfeited{0}, batches{0}, failed_batches{0}, conflicts{0}, rejected{0},
+            backend_errors{0};
     };
 
     static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {
@@ -697,9 +818,13 @@ private:
         if (o.max_batches_per_flush == 0) fail("max_batches_per_flush must be positive");
         if (o.claim_ttl.count() < 3) fail("claim_ttl must be at least 3 ms");
         if (o.retry.max_attempts == 0) fail("retry.max_attempts must be at least 1");
-        if (o.retry.first_backoff.count() < 0 || o.retry.max_backoff < o.retry.first_backoff) {
-            fail("retry backoffs must satisfy 0 <= first_backoff <= max_backoff");
+        if (o.retry.first_backoff.count() < 0 || o.retry.max_backoff < o.retry.first_backoff ||
+            o.retry.max_outage_backoff < o.retry.first_backoff) {
+            fail(
+                "retry backoffs must satisfy 0 <= first_backoff <= max_backoff, "
+                "max_outage_backoff");
         }
+        if (o.retry.budget.count() < 0) fail("retry.budget must not be negative");
         if (o.block_timeout.count() < 0 || o.drain_timeout.count() < 0 || o.clean_ttl.count() < 0) {
             fail("block_timeout, drain_timeout and clean_ttl must not be negative");
         }
@@ -792,11 +917,12 @@ private:
         }
     }
 
-    // A miss of get(): the dirty copy if there is one, else the database.
+    // A miss of get(): the unflushed copy (dirty, or dead) if there is one, else the
+    // database, which lacks it.
     template <class L>
     std::optional<T> load_through(const std::string& full, L& loader, LoadContext& context) {
         try {
-            if (auto dirty = store_->dirty_value(full)) {
+            if (auto dirty = store_->unflushed_value(full)) {
                 if (auto v = decode_value(*dirty, nullptr)) return v;
             }
         } catch (const BackendError&) {
@@ -806,7 +932,7 @@ private:
         return call_loader<T>(loader, context);
     }
 
-    // A miss of get_many(): dirty copies where there are some, the database for the rest.
+    // A miss of get_many(): unflushed copies where there are some, the database for the rest.
     template <class BatchLoader>
     std::vector<std::optional<T>> load_many_through(std::span<const std::string> keys,
                                                     BatchLoader& batch_loader) {
@@ -815,7 +941,7 @@ private:
         std::vector<std::size_t> rest_at;
         for (std::size_t i = 0; i < keys.size(); ++i) {
             try {
-                if (auto dirty = store_->dirty_value(this->full_key(keys[i]))) {
+                if (auto dirty = store_->unflushed_value(this->full_key(keys[i]))) {
                     if (auto v = decode_value(*dirty, nullptr)) {
                         out[i] = std::move(v);
                         continue;
@@ -911,6 +1037,15 @@ private:
         if (out.coalesced) bump(counters_.coalesced);
     }
 
+    [[nodiscard]] std::shared_lock<std::shared_mutex> open_for_writes() {
+        std::shared_lock lock(close_mutex_);
+        if (closed_) {
+            throw ClosedError("WriteBehind '" + options_.name +
+                              "' is closed: it acknowledges no more writes");
+        }
+        return lock;
+    }
+
     void nudge() {
         {
             std::lock_guard lock(flusher_mutex_);
@@ -947,9 +1082,10 @@ private:
         }
     }
 
+    // `draining`: the final drain, which never dead-letters for want of time (see close()).
     FlushReport flush_ready(std::size_t max_batches,
                             std::optional<std::chrono::steady_clock::time_point> deadline,
-                            const std::atomic<bool>* stop = nullptr) {
+                            const std::atomic<bool>* stop = nullptr, bool draining = false) {
         FlushReport report;
         unsigned lost_timeouts = 0;  // claims in a row whose reply never came
         for (std::size_t b = 0; b < max_batches; ++b) {
@@ -959,11 +1095,12 @@ private:
             std::vector<std::uint64_t> lost = lost_claims();
             const std::uint64_t token = random_token()[0] | 1;
             try {
-                batch = store_->claim(options_.batch_size, options_.claim_ttl,
-                                      ClaimOptions{.max_attempts = options_.retry.max_attempts,
-                                                   .max_bytes = options_.batch_bytes,
-                                                   .token = token,
-                                                   .lost = lost});
+                batch = store_->claim(
+                    options_.batch_size, options_.claim_ttl,
+                    ClaimOptions{.max_attempts = draining ? 0 : options_.retry.max_attempts,
+                                 .max_bytes = options_.batch_bytes,
+                                 .token = token,
+                                 .lost = lost});
                 forget_lost_claims(lost);
                 lost_timeouts = 0;
             } catch (const TimeoutError& e) {
@@ -986,9 +1123,10 @@ private:
             for (const auto& k : batch.dead_lettered) {
                 ++report.dead_lettered;
                 bump(counters_.dead_lettered);
-                log("dead-lettered '" + user_key(k) + "' after " +
-                    std::to_string(options_.retry.max_attempts) +
-                    " attempts whose claims never reached a flusher");
+                announce_dead(k, 0,
+                              "after " + std::to_string(options_.retry.max_attempts) +
+                                  " attempts whose claims never reached a flusher",
+                              false);
             }
             if (batch.entries.empty()) {
                 report.store_error.clear();  // the store answered: a lost claim is history
@@ -997,8 +1135,10 @@ private:
             ++report.batches;
             report.claimed += batch.entries.size();
             report.store_error.clear();
-            flush_batch(batch.entries, token, report);
-            if (!report.store_error.empty()) break;
+            const bool outage = flush_batch(batch.entries, token, report, draining);
+            // The database is down: the next batch would fail the same way. Its entries
+            // wait out the outage backoff; the rest of the queue waits for the next flush.
+            if (outage || !report.store_error.empty()) break;
             if (batch.entries.size() < options_.batch_size) break;
         }
         return report;
@@ -1030,11 +1170,60 @@ private:
         return Settlement{.action = Settlement::dead,
                           .key = c.key,
                           .version = c.version,
+                          .retry_after = options_.retry.max_backoff,
                           .error = std::move(error)};
     }
 
-    void flush_batch(const std::vector<ClaimedEntry>& claimed, std::uint64_t token,
-                     FlushReport& report) {
+    // Logs a dead-lettered entry (or one kept pending because the list was full) and tells
+    // the alert hook.
+    void announce_dead(const std::string& full, std::uint64_t version, const std::string& error,
+                       bool list_full) {
+        const std::string key = user_key(full);
+        if (list_full) {
+            log("dead-letter list full (max_dead " + std::to_string(options_.max_dead) + "): '" +
+                key + "' stays pending: " + error);
+        } else {
+            log("dead-lettered '" + key + "'" +
+                (version ? " (version " + std::to_string(version) + ")" : std::string()) + ": " +
+                error);
+        }
+        if (!options_.on_dead_letter) return;
+        try {
+            options_.on_dead_letter(DeadLetterEvent{key, version, error, list_full});
+        } catch (...) {
+        }
+    }
+
+    // The delay after the `streak`-th batch in a row that failed as a whole.
+    [[nodiscard]] Millis outage_delay(std::uint32_t streak) const {
+        return detail::retry_delay(streak, options_.retry.first_backoff,
+                                   options_.retry.max_outage_backoff);
+    }
+
+    // The entry has been waiting longer than the retry budget.
+    [[nodiscard]] bool out_of_time(const ClaimedEntry& c) const {
+        return clock()->now() - c.dirty_since >= options_.retry.budget;
+    }
+
+    // A row the writer rejected: retried, or dead-lettered once it has used both its
+    // attempts and the time budget - never by the final drain, which leaves it pending.
+    Settlement rejected(const ClaimedEntry& c, const std::string& error, bool draining) const {
+        const std::uint32_t attempt = c.attempts + 1;
+        if (!draining && attempt >= options_.retry.max_attempts && out_of_time(c)) {
+            return dead_letter(c, error);
+        }
+        return Settlement{.action = Settlement::retry,
+                          .key = c.key,
+                          .version = c.version,
+                          .retry_after = detail::retry_delay(attempt, options_.retry.first_backoff,
+                                                             options_.retry.max_backoff),
+                          .error = error};
+    }
+
+    // Writes one claimed batch and settles it. Returns true when the writer failed as a
+    // whole (an outage): its entries are deferred, at no cost to their attempts.
+    bool flush_batch(const std::vector<ClaimedEntry>& claimed, std::uint64_t token,
+                     FlushReport& report, bool draining) {
         const std::uint32_t max_attempts = options_.retry.max_attempts;
         std::vector<Settlement> settlements;
         settlements.reserve(claimed.size());
@@ -1042,7 +1231,7 @@ private:
         std::vector<std::size_t> source;  // entries[i] is claimed[source[i]]
         for (std::size_t i = 0; i < claimed.size(); ++i) {
             const ClaimedEntry& c = claimed[i];
-            if (c.attempts >= max_attempts) {
+            if (c.attempts >= max_attempts && out_of_time(c) && !draining) {
                 // Its claims kept expiring: a value that kills its flusher is poison too.
                 settlements.push_back(
                     dead_letter(c, c.last_error.empty()
@@ -1068,9 +1257,10 @@ private:
             source.push_back(i);
         }
 
+        bool outage = false;
         if (!entries.empty()) {
-            std::vector<std::optional<std::string>> failed(entries.size());
-            bool batch_failed = false;
+            std::vector<const BatchResult::Failure*> failed(entries.size(), nullptr);
+            BatchResult result;
             std::string batch_error;
             {
                 std::vector<std::string> keys;
@@ -1079,45 +1269,53 @@ private:
                 auto hold = keeper_.hold(std::move(keys), token);
                 bump(counters_.batches);
                 try {
-                    const BatchResult result = writer_(std::span<const Entry>(entries));
-                    for (const auto& f : result.failures()) {
-                        if (f.index < entries.size() && !failed[f.index]) {
-                            failed[f.index] = f.error.empty() ? "failed (no message)" : f.error;
-                        }
-                    }
+                    result = writer_(std::span<const Entry>(entries));
                 } catch (const std::exception& e) {
-                    batch_failed = true;
+                    outage = true;
                     batch_error = e.what();
                 } catch (...) {
-                    batch_failed = true;
+                    outage = true;
                     batch_error = "the batch writer threw a non-standard exception";
                 }
             }
-            if (batch_failed) {
+            if (outage) {
                 bump(counters_.failed_batches);
                 if (batch_error.empty()) batch_error = "the batch writer failed";
-            }
-            for (std::size_t j = 0; j < entries.size(); ++j) {
-                const ClaimedEntry& c = claimed[source[j]];
-                if (!batch_failed && !failed[j]) {
-                    settlements.push_back(
-                        Settlement{.action = Settlement::ack, .key = c.key, .version = c.version});
-                    continue;
+                const Millis delay =
+                    outage_delay(outage_streak_.fetch_add(1, std::memory_order_relaxed) + 1);
+                if (report.errors.size() < 16) report.errors.push_back("batch: " + batch_error);
+                for (std::size_t j = 0; j < entries.size(); ++j) {
+                    const ClaimedEntry& c = claimed[source[j]];
+                    settlements.push_back(Settlement{.action = Settlement::defer,
+                                                     .key = c.key,
+                                                     .version = c.version,
+                                                     .retry_after = delay,
+                                                     .error = batch_error});
                 }
-                const std::string& error = batch_failed ? batch_error : *failed[j];
-                if (report.errors.size() < 16)
-                    report.errors.push_back(entries[j].key + ": " + error);
-                const std::uint32_t attempt = c.attempts + 1;
-                if (attempt >= max_attempts) {
-                    settlements.push_back(dead_letter(c, error));
-                } else {
-                    settlements.push_back(Settlement{
-                        .action = Settlement::retry,
-                        .key = c.key,
-                        .version = c.version,
-                        .retry_after = detail::retry_delay(attempt, options_.retry.first_backoff,
-                                                           options_.retry.max_backoff),
-                        .error = error});
+            } else {
+                outage_streak_.store(0, std::memory_order_relaxed);
+                for (const auto& f : result.failures()) {
+                    if (f.index < entries.size() && !failed[f.index]) failed[f.index] = &f;
+                }
+                for (std::size_t j = 0; j < entries.size(); ++j) {
+                    const ClaimedEntry& c = claimed[source[j]];
+                    const BatchResult::Failure* f = failed[j];
+                    if (!f) {
+                        settlements.push_back(Settlement{
+                            .action = Settlement::ack, .key = c.key, .version = c.version});
+                        continue;
+                    }
+                    const std::string error = f->error.empty() ? "failed (no message)" : f->error;
+                    if (report.errors.size() < 16)
+                        report.errors.push_back(entries[j].key + ": " + error);
+                    if (f->stale) {
+                        ++report.stale;
+                        bump(counters_.stale);
+                        settlements.push_back(dead_letter(
+                            c, "refused as stale (the database holds a newer version): " + error));
+                    } else {
+                        settlements.push_back(rejected(c, error, draining));
+                    }
                 }
             }
         }
@@ -1130,23 +1328,31 @@ private:
             // The claims run out and the entries are flushed again: written twice, never lost.
             bump(counters_.backend_errors);
             report.store_error = e.what();
-            return;
+            return outage;
         }
         for (std::size_t k = 0; k < settlements.size() && k < results.size(); ++k) {
             const Settlement& s = settlements[k];
-            if (results[k] == SettleResult::superseded) {
-                ++report.superseded;
-                bump(counters_.superseded);
-                continue;
+            switch (results[k]) {
+                case SettleResult::superseded:
+                    ++report.superseded;
+                    bump(counters_.superseded);
+                    continue;
+                case SettleResult::lost:
+                    // Another flusher holds it now (or will): it writes the entry again, so a
+                    // database write fenced by the version keeps the later of the two.
+                    ++report.forfeited;
+                    bump(counters_.forfeited);
+                    continue;
+                case SettleResult::held:
+                    ++report.held;
+                    bump(counters_.held);
+                    announce_dead(s.key, s.version, s.error, true);
+                    continue;
+                case SettleResult::gone:
+                    continue;
+                case SettleResult::done:
+                    break;
             }
-            if (results[k] == SettleResult::lost) {
-                // Another flusher holds it now (or will): it writes the entry again, so a
-                // database write fenced by the version keeps the later of the two.
-                ++report.forfeited;
-                bump(counters_.forfeited);
-                continue;
-            }
-            if (results[k] != SettleResult::done) continue;
             switch (s.action) {
                 case Settlement::ack:
                     ++report.flushed;
@@ -1156,21 +1362,26 @@ private:
                     ++report.retried;
                     bump(counters_.retried);
                     break;
+                case Settlement::defer:
+                    ++report.deferred;
+                    bump(counters_.deferred);
+                    break;
                 case Settlement::dead:
                     ++report.dead_lettered;
                     bump(counters_.dead_lettered);
-                    log("dead-lettered '" + user_key(s.key) + "' (version " +
-                        std::to_string(s.version) + "): " + s.error);
+                    announce_dead(s.key, s.version, s.error, false);
                     break;
             }
         }
+        return outage;
     }
 
     DrainReport drain(Millis timeout) {
         DrainReport out{.durable = store_type::durable};
         const auto deadline = std::chrono::steady_clock::now() + timeout;
         for (;;) {
-            out.flushed += flush_ready(std::numeric_limits<std::size_t>::max(), deadline);
+            out.flushed +=
+                flush_ready(std::numeric_limits<std::size_t>::max(), deadline, nullptr, true);
             try {
                 out.left = store_->stats();
             } catch (const BackendError& e) {
@@ -1206,7 +1417,11 @@ private:
     std::condition_variable flusher_wake_;
     bool stopping_ = false;
     bool nudged_ = false;
-    bool closed_ = false;
+    bool closed_ = false;  // written under close_mutex_ (unique) and flusher_mutex_
+    // Writes hold it shared, close() takes it alone: once close() returns, no write is
+    // under way, and none is acknowledged after the drain began.
+    std::shared_mutex close_mutex_;
+    std::atomic<std::uint32_t> outage_streak_{0};  // batches in a row that failed as a whole
     std::atomic<bool> stop_requested_{false};
     std::mutex lost_mutex_;
     std::vector<std::uint64_t> lost_;  // see lost_claims()

@@ -10,7 +10,8 @@
 //   {larder:wb:<name>}:pending      ZSET  key -> time it may be claimed (ms, server clock)
 //   {larder:wb:<name>}:processing   ZSET  key -> claim deadline
 //   {larder:wb:<name>}:values       HASH  key -> dirty copy (the envelope bytes)
-//   {larder:wb:<name>}:versions     HASH  key -> version of the dirty copy
+//   {larder:wb:<name>}:versions     HASH  key -> last version issued for the key (kept after
+//                                         the flush: the floor of its next version)
 //   {larder:wb:<name>}:attempts     HASH  key -> failed attempts of this version
 //   {larder:wb:<name>}:errors       HASH  key -> last error
 //   {larder:wb:<name>}:since        ZSET  key -> time of its oldest write not yet flushed
@@ -28,9 +29,12 @@
 // docs/write-paths.md.
 //
 // Times are the server's (TIME inside the scripts), so flushers on several hosts agree on
-// deadlines whatever their clocks say. Versions come from an INCR that is never below the
-// server's clock in microseconds, so a Redis that lost its data cannot hand out a version
-// that an older claim still holds. Needs Redis 5 or later (scripts replicated by effect).
+// deadlines whatever their clocks say. A version is above the counter (an INCR), the
+// server's clock in microseconds, and the key's last version and dead entry's version: a
+// Redis that lost its counter (a failover to a replica that missed the last increments,
+// whose clock is behind) still never hands a key a version below one it already had. The
+// versions hash keeps one field per key ever written for that. Needs Redis 5 or later
+// (scripts replicated by effect).
 #pragma once
 
 #include <algorithm>
@@ -64,19 +68,38 @@ local function now_ms()
     local t = redis.call('TIME')
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function next_version(now)
+-- The dead entry's metadata: "version attempts dead_at since superseded".
+local function dead_meta(k)
+    local meta = redis.call('HGET', DM, k)
+    if not meta then return nil end
+    local f = {}
+    for w in string.gmatch(meta, '%S+') do f[#f + 1] = w end
+    return f
+end
+local function next_version(now, k)
     local v = redis.call('INCR', SEQ)
-    if v < now * 1000 then
-        v = now * 1000
+    local floor = math.max(now * 1000, tonumber(redis.call('HGET', N, k) or '0') + 1)
+    local meta = dead_meta(k)
+    if meta then floor = math.max(floor, tonumber(meta[1]) + 1) end
+    if v < floor then
+        v = floor
         redis.call('SET', SEQ, fmt(v))
     end
     return v
 end
+-- The unflushed copy: the dirty one, else a dead entry no put superseded.
+local function unflushed(k)
+    local d = redis.call('HGET', V, k)
+    if d then return d end
+    local meta = dead_meta(k)
+    if meta and meta[5] == '0' then return redis.call('HGET', D, k) end
+    return nil
+end
+-- Drops the key from the queue; its version stays, as the floor of the next one.
 local function forget(k)
     redis.call('ZREM', P, k)
     redis.call('ZREM', R, k)
     redis.call('HDEL', V, k)
-    redis.call('HDEL', N, k)
     redis.call('HDEL', A, k)
     redis.call('HDEL', E, k)
     redis.call('ZREM', S, k)
@@ -107,16 +130,17 @@ inline constexpr std::string_view put = R"lua(
 local k, bytes, U = ARGV[1], ARGV[2], KEYS[15]
 local dirty = redis.call('HEXISTS', V, k) == 1
 if ARGV[4] == 'cas' then
-    local cur
-    if dirty then cur = redis.call('HGET', V, k) else cur = redis.call('GET', U) end
+    local cur = unflushed(k) or redis.call('GET', U)
     if cur ~= ARGV[5] then return {2, 0, 0} end
 end
+-- Dead entries hold acknowledged data as much as dirty ones: they take room too.
 local max_pending = tonumber(ARGV[3])
-if not dirty and max_pending > 0 and redis.call('HLEN', V) >= max_pending then
+if not dirty and max_pending > 0 and
+    redis.call('HLEN', V) + redis.call('ZCARD', DZ) >= max_pending then
     return {3, 0, 0}
 end
 local now = now_ms()
-local v = next_version(now)
+local v = next_version(now, k)
 local in_flight = redis.call('ZSCORE', R, k)
 -- Replaced a value that will never be written: one waiting, or one that arrived during
 -- the flush in progress (the flush writes the older value, the next one only this).
@@ -141,22 +165,25 @@ redis.call('SET', U, bytes)
 return {1, v, coalesced}
 )lua";
 
-// ARGV: key. KEYS[15]: the cached copy. Returns {} or {dirty (0/1), bytes}.
+// ARGV: key, 'all' | 'unflushed'. KEYS[15]: the cached copy. Returns {} or
+// {from the queue (0/1), bytes}; 'unflushed' never reads the cached copy.
 inline constexpr std::string_view read_current = R"lua(
-local d = redis.call('HGET', V, ARGV[1])
+local d = unflushed(ARGV[1])
 if d then return {1, d} end
+if ARGV[2] == 'unflushed' then return {} end
 local c = redis.call('GET', KEYS[15])
 if c then return {0, c} end
 return {}
 )lua";
 
 // ARGV: max, claim_ttl_ms, requeue limit, max_attempts (0: none), max_bytes (0: none),
-// token ('0': none), then tokens of lost claims. Returns {requeued, dead-lettered keys
-// (an array), then 6 fields per entry: key, version, value, attempts, dirty since, last
-// error}.
+// token ('0': none), max_dead (0: none), then tokens of lost claims. Returns {requeued,
+// dead-lettered keys (an array), then 6 fields per entry: key, version, value, attempts,
+// dirty since, last error}.
 inline constexpr std::string_view claim = R"lua(
 local now = now_ms()
 local max_attempts, max_bytes, token = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local max_dead = tonumber(ARGV[7])
 local requeued, dead = 0, {}
 -- A claim that ended without news is a failed attempt; the store's count decides, so an
 -- entry whose claims never reach a flusher is dead-lettered here, not re-queued forever.
@@ -166,7 +193,9 @@ local function release(k, why)
     redis.call('HDEL', O, k)
     if redis.call('HEXISTS', V, k) == 1 then
         local attempts = redis.call('HINCRBY', A, k, 1)
-        if max_attempts > 0 and attempts >= max_attempts then
+        local dead_full = max_dead > 0 and redis.call('ZCARD', DZ) >= max_dead and
+            redis.call('HEXISTS', D, k) == 0
+        if max_attempts > 0 and attempts >= max_attempts and not dead_full then
             bury(k, attempts, now, 'gave up after ' .. fmt(attempts) .. ' attempts: ' .. why)
             dead[#dead + 1] = k
         else
@@ -176,9 +205,9 @@ local function release(k, why)
         end
     end
 end
-if #ARGV > 6 then
+if #ARGV > 7 then
     local lost = {}
-    for i = 7, #ARGV do lost[ARGV[i]] = true end
+    for i = 8, #ARGV do lost[ARGV[i]] = true end
     for _, k in ipairs(redis.call('ZRANGE', R, 0, -1)) do
         local owner = redis.call('HGET', O, k)
         if owner and lost[owner] then release(k, "its claim's reply was lost (a timeout)") end
@@ -229,18 +258,19 @@ end
 return extended
 )lua";
 
-// ARGV: clean_ttl_ms, then per entry: op ('a' ack, 'r' retry, 'd' dead), key, version,
-// retry delay ms, error, claim token. KEYS[14 + i]: the cached copy of entry i.
-// Returns per entry 0 done, 1 superseded, 2 gone, 3 lost (not this claim's any more).
+// ARGV: clean_ttl_ms, max_dead (0: none), then per entry: op ('a' ack, 'r' retry, 'd' dead,
+// 'w' defer), key, version, retry delay ms, error, claim token. KEYS[14 + i]: the cached
+// copy of entry i. Returns per entry 0 done, 1 superseded, 2 gone, 3 lost (not this
+// claim's any more), 4 held (dead, but the dead-letter list is full: pending again).
 inline constexpr std::string_view settle = R"lua(
 local now = now_ms()
-local clean_ttl = tonumber(ARGV[1])
+local clean_ttl, max_dead = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {}
 local e = 0
-for i = 2, #ARGV, 6 do
+for i = 3, #ARGV, 6 do
     e = e + 1
     local op, k, ver = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-    local cur = redis.call('HGET', N, k)
+    local cur = redis.call('HEXISTS', V, k) == 1 and redis.call('HGET', N, k)
     local mine = redis.call('ZSCORE', R, k) and (redis.call('HGET', O, k) or '0') == ARGV[i + 5]
     if not cur then
         if mine then
@@ -266,17 +296,24 @@ for i = 2, #ARGV, 6 do
             if clean_ttl > 0 and redis.call('GET', KEYS[14 + e]) == value then
                 redis.call('PEXPIRE', KEYS[14 + e], ARGV[1])
             end
-        elseif op == 'r' then
-            redis.call('ZREM', R, k)
-            redis.call('HDEL', NS, k)
-            redis.call('HDEL', O, k)
-            redis.call('HINCRBY', A, k, 1)
-            redis.call('HSET', E, k, ARGV[i + 4])
-            redis.call('ZADD', P, fmt(now + tonumber(ARGV[i + 3])), k)
         else
-            bury(k, tonumber(redis.call('HGET', A, k) or '0') + 1, now, ARGV[i + 4])
+            local full = op == 'd' and max_dead > 0 and redis.call('ZCARD', DZ) >= max_dead and
+                redis.call('HEXISTS', D, k) == 0
+            if op == 'd' and not full then
+                bury(k, tonumber(redis.call('HGET', A, k) or '0') + 1, now, ARGV[i + 4])
+            else
+                -- retry, defer, or dead with no room: pending again after the delay; only
+                -- a defer (the database was unreachable) costs the entry no attempt.
+                redis.call('ZREM', R, k)
+                redis.call('HDEL', NS, k)
+                redis.call('HDEL', O, k)
+                if op ~= 'w' then redis.call('HINCRBY', A, k, 1) end
+                redis.call('HSET', E, k, ARGV[i + 4])
+                redis.call('ZADD', P, fmt(now + tonumber(ARGV[i + 3])), k)
+            end
+            if full then out[e] = 4 end
         end
-        out[e] = 0
+        out[e] = out[e] or 0
     end
 end
 return out
@@ -304,7 +341,7 @@ local meta = redis.call('HGET', DM, k) or ''
 forget_dead(k)
 if string.sub(meta, -1) == '1' or redis.call('HEXISTS', V, k) == 1 then return 2 end
 local now = now_ms()
-local v = next_version(now)
+local v = next_version(now, k)
 redis.call('HSET', V, k, value)
 redis.call('HSET', N, k, fmt(v))
 redis.call('HDEL', A, k)
@@ -344,6 +381,7 @@ public:
     explicit RedisWriteBehindStore(RedisBackend& backend, WriteBehindStoreOptions options = {})
         : backend_(backend),
           name_(std::move(options.name)),
+          max_dead_(options.max_dead),
           put_("write_behind_put", source<redis_detail::write_behind_lua::put>()),
           read_current_("write_behind_read_current",
                         source<redis_detail::write_behind_lua::read_current>(), false),
@@ -386,20 +424,13 @@ public:
     }
 
     std::optional<CurrentValue> read_current(std::string_view key) {
-        const auto keys = with_user_keys({key});
-        const std::array<std::string_view, 1> args{key};
-        const RedisReply r = backend_.eval(read_current_, keys, args);
-        const auto& parts = array(r, "read_current");
-        if (parts.empty()) return std::nullopt;
-        if (parts.size() != 2) throw BackendError("redis write-behind: bad read_current reply");
-        return CurrentValue{text(parts[1], "read_current"), integer(parts[0], "read_current") == 1};
+        return read_current_impl(key, "all");
     }
 
-    std::optional<std::string> dirty_value(std::string_view key) {
-        const std::string values = backend_.stored_key(keys_[2]);
-        const RedisReply r = backend_.command({"HGET", values, key});
-        if (r.is_nil()) return std::nullopt;
-        return text(r, "HGET");
+    std::optional<std::string> unflushed_value(std::string_view key) {
+        auto current = read_current_impl(key, "unflushed");
+        if (!current) return std::nullopt;
+        return std::move(current->bytes);
     }
 
     ClaimBatch claim(std::size_t max, Millis claim_ttl, const ClaimOptions& options = {}) {
@@ -414,9 +445,11 @@ public:
         tokens.reserve(1 + options.lost.size());
         tokens.push_back(std::to_string(options.token));
         for (std::uint64_t t : options.lost) tokens.push_back(std::to_string(t));
-        std::vector<std::string_view> args{n.view(), ttl.view(), requeue_limit.view(),
-                                           max_attempts.view(), max_bytes.view()};
-        args.insert(args.end(), tokens.begin(), tokens.end());
+        const redis_detail::Number max_dead(static_cast<std::int64_t>(max_dead_));
+        std::vector<std::string_view> args{
+            n.view(),         ttl.view(), requeue_limit.view(), max_attempts.view(),
+            max_bytes.view(), tokens[0],  max_dead.view()};
+        args.insert(args.end(), tokens.begin() + 1, tokens.end());
         const RedisReply r = backend_.eval(claim_, queue_keys(), args);
         const auto& parts = array(r, "claim");
         if (parts.size() < 2 || (parts.size() - 2) % 6 != 0) {
@@ -593,6 +626,16 @@ private:
         return out;
     }
 
+    std::optional<CurrentValue> read_current_impl(std::string_view key, std::string_view what) {
+        const auto keys = with_user_keys({key});
+        const std::array<std::string_view, 2> args{key, what};
+        const RedisReply r = backend_.eval(read_current_, keys, args);
+        const auto& parts = array(r, "read_current");
+        if (parts.empty()) return std::nullopt;
+        if (parts.size() != 2) throw BackendError("redis write-behind: bad read_current reply");
+        return CurrentValue{text(parts[1], "read_current"), integer(parts[0], "read_current") == 1};
+    }
+
     PutOutcome put_impl(std::string_view key, std::string_view bytes, std::size_t max_pending,
                         std::string_view mode, std::string_view expected) {
         const auto keys = with_user_keys({key});
@@ -625,16 +668,16 @@ private:
         std::vector<std::string_view> keys(keys_.begin(), keys_.end());
         // Numbers as text; reserved up front so the views below stay valid.
         std::vector<std::string> numbers;
-        numbers.reserve(1 + 3 * part.size());
+        numbers.reserve(2 + 3 * part.size());
         std::vector<std::string_view> args;
-        args.reserve(1 + 6 * part.size());
+        args.reserve(2 + 6 * part.size());
         numbers.push_back(std::to_string(std::max<std::int64_t>(0, clean_ttl.count())));
+        args.push_back(numbers.back());
+        numbers.push_back(std::to_string(max_dead_));
         args.push_back(numbers.back());
         for (const auto& s : part) {
             keys.push_back(s.key);
-            args.push_back(s.action == Settlement::ack     ? "a"
-                           : s.action == Settlement::retry ? "r"
-                                                           : "d");
+            args.push_back(op_code(s.action));
             args.push_back(s.key);
             numbers.push_back(std::to_string(s.version));
             args.push_back(numbers.back());
@@ -658,11 +701,28 @@ private:
                 case 3:
                     out.push_back(SettleResult::lost);
                     break;
+                case 4:
+                    out.push_back(SettleResult::held);
+                    break;
                 default:
                     out.push_back(SettleResult::gone);
                     break;
             }
         }
+    }
+
+    static std::string_view op_code(Settlement::Action action) {
+        switch (action) {
+            case Settlement::ack:
+                return "a";
+            case Settlement::retry:
+                return "r";
+            case Settlement::dead:
+                return "d";
+            case Settlement::defer:
+                return "w";
+        }
+        return "r";
     }
 
     // "version attempts dead_at since superseded"
@@ -725,6 +785,7 @@ private:
 
     RedisBackend& backend_;
     std::string name_;
+    std::size_t max_dead_;
     std::array<std::string, queue_key_count> keys_;
     RedisScript put_;
     RedisScript read_current_;

@@ -20,4 +20,11 @@ public:
     using Error::Error;
 };
 
+/// WriteBehind: the cache was closed (close() or destruction began); it acknowledges no
+/// more writes. Nothing was written.
+class ClosedError : public Error {
+public:
+    using Error::Error;
+};
+
 }  // namespace larder
