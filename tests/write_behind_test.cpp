@@ -19,6 +19,7 @@
 #include "support/backends.hpp"
 #include "support/eventually.hpp"
 #include "support/fake_db.hpp"
+#include "support/write_behind.hpp"
 
 #if defined(LARDER_TEST_REDIS_BACKEND)
 #include <larder/backend/redis/write_behind_store.hpp>
@@ -26,7 +27,13 @@
 
 using namespace std::chrono_literals;
 using larder::Millis;
+using larder::test::eventually;
+using larder::test::flush_all;
 using larder::test::Gate;
+using larder::test::Log;
+using larder::test::manual;
+using larder::test::Table;
+using larder::test::writer_for;
 
 namespace {
 
@@ -36,129 +43,6 @@ struct Row {
     bool operator==(const Row&) const = default;
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Row, text, score)
-
-// A database table: one row per key, the version of the write that produced it, and every
-// row write counted. One mutex, like one connection.
-template <class V>
-class Table {
-public:
-    larder::BatchResult write(std::span<const larder::DirtyEntry<V>> batch) {
-        std::lock_guard lock(mutex_);
-        for (const auto& e : batch) {
-            rows_[e.key] = e.value;
-            ++writes_;
-            ++writes_of_[e.key];
-        }
-        return {};
-    }
-
-    void seed(const std::string& key, V value) {
-        std::lock_guard lock(mutex_);
-        rows_[key] = std::move(value);
-    }
-
-    std::optional<V> read(const std::string& key) const {
-        std::lock_guard lock(mutex_);
-        auto it = rows_.find(key);
-        if (it == rows_.end()) return std::nullopt;
-        return it->second;
-    }
-
-    std::map<std::string, V> rows() const {
-        std::lock_guard lock(mutex_);
-        return rows_;
-    }
-
-    int writes() const {
-        std::lock_guard lock(mutex_);
-        return writes_;
-    }
-
-    int writes_of(const std::string& key) const {
-        std::lock_guard lock(mutex_);
-        auto it = writes_of_.find(key);
-        return it == writes_of_.end() ? 0 : it->second;
-    }
-
-private:
-    mutable std::mutex mutex_;
-    std::map<std::string, V> rows_;
-    std::map<std::string, int> writes_of_;
-    int writes_ = 0;
-};
-
-// What the cache logged (warnings, dead letters, drains).
-class Log {
-public:
-    void add(std::string_view line) {
-        std::lock_guard lock(mutex_);
-        lines_.emplace_back(line);
-    }
-    bool contains(std::string_view text) const {
-        std::lock_guard lock(mutex_);
-        for (const auto& l : lines_) {
-            if (l.find(text) != std::string::npos) return true;
-        }
-        return false;
-    }
-    std::string all() const {
-        std::lock_guard lock(mutex_);
-        std::string out;
-        for (const auto& l : lines_) out += l + "\n";
-        return out;
-    }
-
-private:
-    mutable std::mutex mutex_;
-    std::vector<std::string> lines_;
-};
-
-// Options for a test: the fixture's clock, no flusher thread (flush() drives it), short
-// backoffs, and the log captured. Tests change what they need afterwards.
-template <class Fixture>
-larder::WriteBehindOptions manual(Fixture& fx, Log& log, std::string name = "test") {
-    larder::WriteBehindOptions o;
-    o.name = std::move(name);
-    o.cache.key_prefix = "wb:";
-    o.start_flusher = false;
-    o.cache.clock = fx.time_source();
-    o.retry = {.max_attempts = 5,
-               .budget = 0ms,
-               .first_backoff = 1ms,
-               .max_backoff = 4ms,
-               .max_outage_backoff = 4ms};
-    o.drain_timeout = 2s;
-    o.log = [&log](std::string_view line) { log.add(line); };
-    return o;
-}
-
-template <class V>
-auto writer_for(Table<V>& table) {
-    return [&table](std::span<const larder::DirtyEntry<V>> batch) { return table.write(batch); };
-}
-
-// Flushes until nothing is dirty, letting time pass between rounds so that backoffs end.
-template <class WB, class Fixture>
-larder::FlushReport flush_all(WB& wb, Fixture& fx, int rounds = 400) {
-    larder::FlushReport total;
-    for (int i = 0; i < rounds; ++i) {
-        total += wb.flush();
-        if (wb.stats().pending == 0) return total;
-        fx.advance(5ms);
-    }
-    FAIL("the queue did not drain: " << wb.stats().pending << " dirty keys left");
-    return total;
-}
-
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds bound = 5s) {
-    const auto deadline = std::chrono::steady_clock::now() + bound;
-    while (!pred()) {
-        if (std::chrono::steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
-}
 
 std::optional<std::string> no_row() {
     return std::nullopt;
@@ -881,7 +765,8 @@ BACKEND_TEST_CASE("close() reports the drain; a write afterwards throws and is n
     // Acknowledging it would promise a flush that no flusher of this object will do (and
     // on the memory store, nobody ever will).
     REQUIRE_THROWS_AS(wb.put("b", "2"), larder::ClosedError);
-    REQUIRE_THROWS_AS(wb.modify("n", [](std::string& v) { v += "x"; }, no_row),
+    REQUIRE_THROWS_AS(wb.modify(
+                          "n", [](std::string& v) { v += "x"; }, no_row),
                       larder::ClosedError);
     REQUIRE(wb.stats().pending == 0);
     REQUIRE(wb.flush().claimed == 0);

@@ -1224,21 +1224,12 @@ private:
     // whole (an outage): its entries are deferred, at no cost to their attempts.
     bool flush_batch(const std::vector<ClaimedEntry>& claimed, std::uint64_t token,
                      FlushReport& report, bool draining) {
-        const std::uint32_t max_attempts = options_.retry.max_attempts;
         std::vector<Settlement> settlements;
         settlements.reserve(claimed.size());
         std::vector<Entry> entries;
         std::vector<std::size_t> source;  // entries[i] is claimed[source[i]]
         for (std::size_t i = 0; i < claimed.size(); ++i) {
             const ClaimedEntry& c = claimed[i];
-            if (c.attempts >= max_attempts && out_of_time(c) && !draining) {
-                // Its claims kept expiring: a value that kills its flusher is poison too.
-                settlements.push_back(
-                    dead_letter(c, c.last_error.empty()
-                                       ? "gave up after " + std::to_string(c.attempts) + " attempts"
-                                       : c.last_error));
-                continue;
-            }
             // Only this cache's own puts queue keys of its namespace: anything else was
             // planted in the store, and never reaches the writer.
             const auto key = this->keys().key_of(c.key);
