@@ -6,6 +6,7 @@
 #include <larder/codec/json.hpp>
 #include <larder/policy/write_behind.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "support/backends.hpp"
+#include "support/eventually.hpp"
 #include "support/write_behind.hpp"
 
 #if defined(LARDER_TEST_REDIS_BACKEND)
@@ -316,11 +318,12 @@ BACKEND_TEST_CASE("Dead letters are redriven by key, by the time they died, and 
     REQUIRE(table.read("c1") == "c");
     REQUIRE(wb.list_dead().size() == 5);
 
-    // The rest; one of them was written again since it died, so it is dropped.
+    // The rest; one of them was written again since it died, which replaced it.
     wb.put("a1", "newer");
+    REQUIRE(wb.list_dead().size() == 4);
     const auto rest = wb.redrive_all();
     REQUIRE(rest.requeued == 4);
-    REQUIRE(rest.superseded == 1);
+    REQUIRE(rest.superseded == 0);
     flush_all(wb, fx);
     REQUIRE(wb.list_dead().empty());
     REQUIRE(table.rows().size() == 9);
@@ -416,7 +419,7 @@ namespace {
 
 // Three increments of 10 on a row at 100 are acknowledged (130) and dead-lettered; the
 // cached copy is evicted by `evict`; the next increment must build on 130, not on the
-// database's 100, and the dead entry it supersedes is dropped by redrive, not replayed.
+// database's 100, and the dead entry it replaces is not replayed by redrive.
 template <class B>
 void dead_increment_survives_eviction(B& backend, const larder::Clock* clock,
                                       const std::function<bool(const std::string&)>& evict) {
@@ -450,7 +453,7 @@ void dead_increment_survives_eviction(B& backend, const larder::Clock* clock,
     // Reads and the next increment start from the dead write, which the database lacks.
     REQUIRE(wb.get("p", row)->score == 130);
     REQUIRE(wb.increment("p", &Player::score, 1, row) == 131);
-    REQUIRE(wb.redrive("p") == larder::RedriveResult::superseded);
+    REQUIRE(wb.redrive("p") == larder::RedriveResult::not_found);  // replaced by the increment
     reject = false;
     for (int i = 0; i < 50 && wb.stats().pending > 0; ++i) wb.flush();
     REQUIRE(table.read("p")->score == 131);
@@ -605,3 +608,231 @@ BACKEND_TEST_CASE("A fenced writer's stale refusal is dead-lettered and counted,
     REQUIRE(wb.list_dead().at(0).value == "acknowledged");
     REQUIRE(table.read("k") == "newer, from elsewhere");
 }
+
+// ---- where two of the above meet (each found by review, each failed before its fix) -----
+
+namespace {
+
+struct Counter {
+    std::int64_t n = 0;
+    bool operator==(const Counter&) const = default;
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Counter, n)
+
+// Rejects (BatchResult::fail) every row whose key is in `bad`; writes the rest.
+template <class V>
+auto rejecting(Table<V>& table, std::vector<std::string> bad) {
+    return [&table, bad](std::span<const larder::DirtyEntry<V>> batch) {
+        larder::BatchResult r;
+        std::vector<larder::DirtyEntry<V>> ok;
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            if (std::find(bad.begin(), bad.end(), batch[i].key) != bad.end()) {
+                r.fail(i, "rejected");
+            } else {
+                ok.push_back(batch[i]);
+            }
+        }
+        (void)table.write(ok);
+        return r;
+    };
+}
+
+}  // namespace
+
+BACKEND_TEST_CASE("discard_dead drops a dead value a read cached again, so it is never written",
+                  "[write_behind][regression][dead_letters]") {
+    TestType fx;
+    Log log;
+    Table<Counter> table;
+    table.seed("k", Counter{0});
+    std::atomic<bool> reject{true};
+    auto o = manual(fx, log);
+    o.retry.max_attempts = 1;
+    larder::WriteBehind<Counter, decltype(fx.backend)> wb(
+        fx.backend,
+        [&](std::span<const larder::DirtyEntry<Counter>> batch) {
+            if (!reject) return table.write(batch);
+            larder::BatchResult r;
+            for (std::size_t i = 0; i < batch.size(); ++i) r.fail(i, "rejected");
+            return r;
+        },
+        o);
+    auto row = [&] { return table.read("k"); };
+    wb.put("k", Counter{100});
+    wb.flush();
+    REQUIRE(wb.stats().dead == 1);
+    REQUIRE(fx.backend.del(wb.full_key("k")));  // the cached copy is evicted
+    REQUIRE(wb.get("k", row)->n == 100);        // served from the dead entry, and cached again
+    REQUIRE(wb.discard_dead("k"));
+    REQUIRE(wb.get("k", row)->n == 0);  // the database's row
+    REQUIRE(wb.increment("k", &Counter::n, 1, row) == 1);
+    reject = false;
+    flush_all(wb, fx);
+    REQUIRE(table.read("k")->n == 1);
+}
+
+BACKEND_TEST_CASE("A put to a dead key takes its place under max_pending; nothing stale holds room",
+                  "[write_behind][regression][dead_letters]") {
+    TestType fx;
+    Log log;
+    Table<std::string> table;
+    std::atomic<bool> reject{true};
+    auto o = manual(fx, log);
+    o.retry.max_attempts = 1;
+    o.max_pending = 2;
+    o.when_full = larder::WhenFull::fail;
+    larder::WriteBehind<std::string, decltype(fx.backend)> wb(
+        fx.backend,
+        [&](std::span<const larder::DirtyEntry<std::string>> batch) {
+            if (!reject) return table.write(batch);
+            larder::BatchResult r;
+            for (std::size_t i = 0; i < batch.size(); ++i) r.fail(i, "rejected");
+            return r;
+        },
+        o);
+    wb.put("a", "x");
+    wb.put("b", "y");
+    wb.flush();
+    REQUIRE(wb.stats().dead == 2);
+    // Full of dead entries, yet the application can still overwrite a bad value.
+    REQUIRE_THROWS_AS(wb.put("c", "z"), larder::BackpressureError);
+    wb.put("a", "x2");
+    REQUIRE(wb.stats().dead == 1);
+    reject = false;
+    flush_all(wb, fx);
+    REQUIRE(table.read("a") == "x2");
+    // a is clean again and b still dead: one slot is free.
+    wb.put("c", "z");
+    REQUIRE_THROWS_AS(wb.put("d", "w"), larder::BackpressureError);
+}
+
+TEST_CASE(
+    "An entry whose claims keep expiring is held, counted and announced when the list is full",
+    "[write_behind][regression][dead_letters][memory]") {
+    larder::test::MemoryFixture fx;
+    Log log;
+    Table<std::string> table;
+    auto o = manual(fx, log);
+    o.max_dead = 1;
+    o.retry.max_attempts = 2;
+    std::vector<larder::DeadLetterEvent> events;
+    o.on_dead_letter = [&](const larder::DeadLetterEvent& e) { events.push_back(e); };
+    larder::WriteBehind<std::string, larder::MemoryBackend> wb(fx.backend, rejecting(table, {"a"}),
+                                                               o);
+    wb.put("a", "x");
+    flush_all(wb, fx);
+    REQUIRE(wb.stats().dead == 1);  // the list is full
+    events.clear();
+    wb.put("b", "y");
+    // Two flushers die holding b.
+    auto& store = wb.store();
+    REQUIRE(store.claim(10, 5ms, larder::ClaimOptions{.token = 11}).entries.size() == 1);
+    fx.advance(10ms);
+    REQUIRE(store.claim(10, 5ms, larder::ClaimOptions{.token = 13}).entries.size() == 1);
+    fx.advance(10ms);
+    const auto report = wb.flush();
+    REQUIRE(report.held == 1);
+    REQUIRE(wb.stats().held == 1);
+    REQUIRE(events.size() == 1);
+    REQUIRE(events[0].key == "b");
+    REQUIRE(events[0].list_full);
+}
+
+BACKEND_TEST_CASE("An expired claim cannot dead-letter a rejected row before its time budget",
+                  "[write_behind][regression][retry]") {
+    TestType fx;
+    Log log;
+    Table<std::string> table;
+    auto o = manual(fx, log);
+    o.retry.max_attempts = 2;
+    o.retry.budget = std::chrono::hours(1);
+    larder::WriteBehind<std::string, decltype(fx.backend)> wb(fx.backend, rejecting(table, {"a"}),
+                                                              o);
+    wb.put("a", "x");
+    REQUIRE(wb.flush().retried == 1);  // rejected once
+    fx.advance(10ms);
+    // A flusher takes it and dies.
+    REQUIRE(wb.store().claim(10, 5ms, larder::ClaimOptions{.token = 99}).entries.size() == 1);
+    fx.advance(20ms);
+    (void)wb.flush();
+    REQUIRE(wb.stats().dead == 0);
+    REQUIRE(wb.stats().pending == 1);
+}
+
+TEST_CASE("A close() racing another close() waits for the one drain and reports it",
+          "[write_behind][regression][drain][memory]") {
+    larder::test::MemoryFixture fx;
+    Log log;
+    auto o = manual(fx, log);
+    larder::WriteBehind<std::string, larder::MemoryBackend> wb(
+        fx.backend,
+        [&](std::span<const larder::DirtyEntry<std::string>>) -> larder::BatchResult {
+            throw std::runtime_error("database down");
+        },
+        o);
+    wb.put("a", "x");
+    wb.put("b", "y");
+    larder::DrainReport first;
+    std::thread t([&] { first = wb.close(300ms); });
+    // The first drain is under way once the writer was called.
+    REQUIRE(larder::test::eventually([&] { return wb.stats().failed_batches > 0; }));
+    const auto second = wb.close(1s);
+    t.join();
+    REQUIRE_FALSE(first.complete);
+    REQUIRE_FALSE(second.complete);
+    REQUIRE(second.left.pending == 2);
+}
+
+TEST_CASE("The memory store keeps flushing when the clock steps back",
+          "[write_behind][regression][memory]") {
+    larder::test::MemoryFixture fx;
+    Log log;
+    Table<std::string> table;
+    larder::WriteBehind<std::string, larder::MemoryBackend> wb(fx.backend, writer_for(table),
+                                                               manual(fx, log));
+    wb.put("a", "x");
+    fx.clock.set(fx.clock.now() - std::chrono::hours(1));  // an NTP step back
+    wb.put("b", "y");
+    const auto report = wb.close(1s);
+    REQUIRE(report.complete);
+    REQUIRE(table.rows() == std::map<std::string, std::string>{{"a", "x"}, {"b", "y"}});
+}
+
+#if defined(LARDER_TEST_REDIS_BACKEND)
+TEST_CASE("The retry budget is measured on Redis's clock, not on a cache host's that disagrees",
+          "[write_behind][regression][retry][redis]") {
+    larder::test::RedisFixture fx;
+    Log log;
+    Table<std::string> table;
+    for (const auto skew : {std::chrono::minutes(2), -std::chrono::minutes(2)}) {
+        larder::ManualClock skewed(larder::SystemClock::instance().now() + skew);
+        auto o = manual(fx, log, "skew");
+        o.cache.clock = &skewed;
+        o.retry.max_attempts = 1;
+        o.retry.budget = std::chrono::minutes(1);
+        larder::WriteBehind<std::string, larder::RedisBackend> wb(fx.backend,
+                                                                  rejecting(table, {"a"}), o);
+        wb.put("a", "x");
+        (void)wb.flush();
+        // Rejected 1 ms after its write: inside the budget whatever this host's clock says.
+        REQUIRE(wb.list_dead().empty());
+        REQUIRE(wb.stats().pending == 1);
+        REQUIRE(wb.discard_dead("a") == false);
+        wb.close(0ms);
+        fx.server().command({"FLUSHALL"});
+    }
+}
+
+TEST_CASE("A version that would pass 2^53 is refused, not repeated",
+          "[write_behind][regression][versions][redis]") {
+    larder::test::RedisFixture fx;
+    Log log;
+    Table<std::string> table;
+    larder::WriteBehind<std::string, larder::RedisBackend> wb(fx.backend, writer_for(table),
+                                                              manual(fx, log));
+    const std::string versions = fx.backend.stored_key(wb.store().queue_key("versions"));
+    fx.server().command({"HSET", versions, wb.full_key("k"), "9007199254740990"});
+    REQUIRE_THROWS_AS(wb.put("k", "a"), larder::BackendError);
+    REQUIRE(wb.stats().pending == 0);  // nothing acknowledged, nothing queued
+}
+#endif

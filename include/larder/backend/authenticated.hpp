@@ -394,6 +394,7 @@ public:
             out.requeued += batch.requeued;
             out.dead_lettered.insert(out.dead_lettered.end(), batch.dead_lettered.begin(),
                                      batch.dead_lettered.end());
+            out.held.insert(out.held.end(), batch.held.begin(), batch.held.end());
             const std::size_t got = batch.entries.size();
             std::vector<Settlement> rejected;
             for (auto& e : batch.entries) {
@@ -441,6 +442,7 @@ public:
     QueueStats stats() { return inner_.stats(); }
     std::vector<std::string> pending_keys(std::size_t limit) { return inner_.pending_keys(limit); }
     EvictionRisk eviction_risk() { return inner_.eviction_risk(); }
+    Persistence persistence() { return inner_.persistence(); }
 
     static constexpr bool durable = inner_store_type::durable;
 

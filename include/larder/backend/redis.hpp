@@ -331,6 +331,28 @@ public:
             script.writes() ? Effect::write : Effect::read);
     }
 
+    /// eval, then WAIT `replicas` `timeout` on the same connection: the script's reply and
+    /// how many replicas acknowledged its writes (WAIT counts the connection's writes).
+    std::pair<RedisReply, std::int64_t> eval_and_wait(RedisScript& script,
+                                                      std::span<const std::string_view> keys,
+                                                      std::span<const std::string_view> args,
+                                                      int replicas, Millis timeout) {
+        std::vector<std::string> prefixed;
+        prefixed.reserve(keys.size());
+        for (std::string_view k : keys) prefixed.push_back(stored_key(k));
+        std::vector<std::string_view> views(prefixed.begin(), prefixed.end());
+        const redis_detail::Number n(replicas);
+        const redis_detail::Number ms(timeout.count());
+        return run(
+            [&](redis_detail::Connection& c) {
+                RedisReply reply = redis_detail::to_reply(*script.run(c, views, args, counters_));
+                const auto acked = c.command(Args{"WAIT", n.view(), ms.view()});
+                redis_detail::check(*acked, "WAIT");
+                return std::pair{std::move(reply), redis_detail::to_reply(*acked).integer};
+            },
+            Effect::write);
+    }
+
     RedisReply eval(RedisScript& script, std::initializer_list<std::string_view> keys,
                     std::initializer_list<std::string_view> args) {
         return eval(script, std::span<const std::string_view>(keys.begin(), keys.size()),

@@ -28,9 +28,10 @@
 //    flusher's writer) and its version did not change meanwhile; if it did, the key is
 //    pending again with the newer value. extend, likewise, keeps only the caller's own
 //    claims alive, and never one whose deadline passed.
-//  - dead entries are unflushed data too: reads of the unflushed copy see them until a
-//    newer put supersedes them, they count toward max_pending, and there are at most
-//    max_dead of them (an entry that would die beyond that stays pending instead).
+//  - dead entries are unflushed data too: reads of the unflushed copy see them, they count
+//    toward max_pending, and there are at most max_dead of them (an entry that would die
+//    beyond that stays pending instead). A put to a dead key replaces the dead entry, as
+//    it replaces a waiting value.
 //  - versions never go backwards for a key, whatever the clocks: a new one is above the
 //    last one issued for the key (kept after the flush) and above its dead entry's.
 //
@@ -75,8 +76,8 @@ struct PutOutcome {
     bool coalesced = false;
 };
 
-/// The value a read-modify-write starts from: the unflushed copy (dirty, or dead and not
-/// superseded) when there is one, otherwise the cached copy.
+/// The value a read-modify-write starts from: the unflushed copy (dirty, or dead) when
+/// there is one, otherwise the cached copy.
 struct CurrentValue {
     std::string bytes;
     /// From the queue: the database does not have it.
@@ -92,6 +93,9 @@ struct ClaimedEntry {
     std::uint32_t attempts = 0;
     /// The oldest write of the key the database has not received.
     TimePoint dirty_since{};
+    /// How long ago that was, on the store's clock (the one dirty_since is on), at the
+    /// claim: what a retry budget is measured with.
+    Millis waited{0};
     /// The error of the last failed attempt; empty when none.
     std::string last_error;
 };
@@ -102,6 +106,9 @@ struct ClaimBatch {
     std::size_t requeued = 0;
     /// Keys whose expired claims used up max_attempts: dead-lettered by this call.
     std::vector<std::string> dead_lettered;
+    /// Keys that would have been dead-lettered so, but the dead-letter list is full: pending
+    /// again instead.
+    std::vector<std::string> held;
 };
 
 /// How a claim is bounded and who makes it.
@@ -111,6 +118,8 @@ struct ClaimOptions {
     /// count decides, so an entry whose claims never reach their flusher (a reply that
     /// always times out) cannot circle forever. 0: no bound.
     std::uint32_t max_attempts = 0;
+    /// ... and only once the entry's oldest unflushed write is this old (the retry budget).
+    Millis budget{0};
     /// The claim stops taking entries once their values pass this many bytes (it always
     /// takes at least one), so one huge value travels alone and cannot drag a whole batch
     /// into its fate. 0: no bound.
@@ -164,13 +173,11 @@ struct DeadRecord {
     std::string error;
     TimePoint dead_at{};
     TimePoint dirty_since{};
-    /// A put to the key came after it: redrive would drop it rather than requeue it.
-    bool superseded = false;
 };
 
 enum class RedriveResult : std::uint8_t {
     requeued,    ///< pending again, as a new write of the dead value
-    superseded,  ///< the key was written after the entry died: the entry was removed
+    superseded,  ///< the key is dirty again: the newer write stands, the entry was removed
     not_found,   ///< no dead entry for this key
 };
 
@@ -195,6 +202,19 @@ struct EvictionRisk {
     std::string detail;
 };
 
+/// What an acknowledged write survives on this store, as far as it can tell.
+struct Persistence {
+    /// The queue outlives the process that wrote it (Redis: yes; memory: no).
+    bool outlives_process = false;
+    /// It also survives a restart of the store (Redis with appendonly yes).
+    bool survives_restart = false;
+    /// Replicas connected to the store now (Redis INFO replication).
+    int replicas = 0;
+    /// false: the store could not be asked; the flags above are then the worst case.
+    bool known = true;
+    std::string detail;
+};
+
 template <class S>
 concept WriteBehindStore = requires(S& store, std::string_view key, std::string_view bytes,
                                     std::size_t n, Millis ttl, std::span<const std::string> keys,
@@ -209,8 +229,8 @@ concept WriteBehindStore = requires(S& store, std::string_view key, std::string_
     /// The unflushed copy when there is one (dirty = true), else the cached copy, else
     /// nullopt.
     { store.read_current(key) } -> std::same_as<std::optional<CurrentValue>>;
-    /// The unflushed copy only: the dirty copy, else the dead entry's value unless a later
-    /// put superseded it. What the database lacks, whether the cached copy is there or not.
+    /// The unflushed copy only: the dirty copy, else the dead entry's value. What the
+    /// database lacks, whether the cached copy is there or not.
     { store.unflushed_value(key) } -> std::same_as<std::optional<std::string>>;
     /// Re-queues expired and lost claims (dead-lettering those at max_attempts), then
     /// claims up to n ready entries for `ttl`. claim(n, ttl) has no bounds and no token.
@@ -234,6 +254,9 @@ concept WriteBehindStore = requires(S& store, std::string_view key, std::string_
     /// Asks whether the store could drop dirty data. Never called by WriteBehind on its
     /// own (on Redis it needs CONFIG GET, which a tenant's ACL may refuse).
     { store.eviction_risk() } -> std::same_as<EvictionRisk>;
+    /// What acknowledged writes survive (on Redis: INFO persistence and replication, and
+    /// CONFIG GET save where allowed). May do I/O; throws BackendError when unreachable.
+    { store.persistence() } -> std::same_as<Persistence>;
     /// true when the queue outlives the process (what is left unflushed is not lost).
     { S::durable } -> std::convertible_to<bool>;
 };
@@ -247,6 +270,10 @@ struct WriteBehindStoreOptions {
     std::size_t max_dead = 100'000;
     /// The time base of the in-memory store (Redis uses the server's clock).
     const Clock* clock = &SystemClock::instance();
+    /// A put is acknowledged only once this many replicas have it (Redis WAIT), or throws
+    /// DurabilityError after replica_timeout. 0: acknowledged when the store has it.
+    int replicas = 0;
+    Millis replica_timeout{50};
 };
 
 /// The store WriteBehind<T, B> uses on backend B. Specialized for MemoryBackend here and
@@ -275,7 +302,13 @@ public:
         : backend_(backend),
           clock_(options.clock ? options.clock : &SystemClock::instance()),
           name_(std::move(options.name)),
-          max_dead_(options.max_dead) {}
+          max_dead_(options.max_dead) {
+        if (options.replicas > 0) {
+            throw ConfigError(
+                "MemoryWriteBehindStore: a process's memory has no replicas to wait "
+                "for (replicas must be 0)");
+        }
+    }
 
     MemoryWriteBehindStore(const MemoryWriteBehindStore&) = delete;
     MemoryWriteBehindStore& operator=(const MemoryWriteBehindStore&) = delete;
@@ -348,7 +381,8 @@ public:
             e.at = now + claim_ttl.count();
             processing_.emplace(e.at, key);
             out.entries.push_back(ClaimedEntry{key, e.version, e.value, e.attempts,
-                                               TimePoint{Millis{e.since}}, e.error});
+                                               TimePoint{Millis{e.since}}, Millis{now - e.since},
+                                               e.error});
         }
         return out;
     }
@@ -453,7 +487,7 @@ public:
         if (it == dead_.end()) return RedriveResult::not_found;
         DeadRecord d = std::move(it->second);
         erase_dead(it);
-        if (d.superseded || entries_.contains(key)) return RedriveResult::superseded;
+        if (entries_.contains(key)) return RedriveResult::superseded;
         put_locked(key, d.value, 0);
         return RedriveResult::requeued;
     }
@@ -464,9 +498,11 @@ public:
         if (it == dead_.end()) return false;
         const std::string value = std::move(it->second.value);
         erase_dead(it);
+        // Whatever is cached holds the dead value (a read may have cached it again with a new
+        // envelope), unless the key is dirty again: drop it, so reads go to the database.
         if (!entries_.contains(key)) {
             try {
-                backend_.compare_and_delete(key, value);
+                (void)backend_.del(key);
             } catch (const BackendError&) {
                 // The cached copy stays until it is replaced; the dead entry is gone.
             }
@@ -499,6 +535,10 @@ public:
     /// The queue keeps its own maps and never evicts them.
     EvictionRisk eviction_risk() const { return {}; }
 
+    Persistence persistence() const {
+        return {.detail = "process memory: unflushed writes are lost when the process ends"};
+    }
+
     [[nodiscard]] const std::string& name() const noexcept { return name_; }
 
 private:
@@ -530,10 +570,10 @@ private:
     using Entries = std::unordered_map<std::string, Entry, Hash, std::equal_to<>>;
     using Dead = std::map<std::string, DeadRecord, std::less<>>;
 
-    // The dirty copy, else a dead entry no put has superseded; nullptr when neither.
+    // The dirty copy, else the dead entry's; nullptr when neither.
     const std::string* unflushed_locked(std::string_view key) const {
         if (auto it = entries_.find(key); it != entries_.end()) return &it->second.value;
-        if (auto d = dead_.find(key); d != dead_.end() && !d->second.superseded) {
+        if (auto d = dead_.find(key); d != dead_.end()) {
             return &d->second.value;
         }
         return nullptr;
@@ -553,8 +593,10 @@ private:
 
     PutOutcome put_locked(std::string_view key, std::string_view bytes, std::size_t max_pending) {
         auto it = entries_.find(key);
-        // Dead entries hold acknowledged data as much as dirty ones: they take room too.
-        if (it == entries_.end() && max_pending > 0 &&
+        auto dead = dead_.find(key);
+        // Dead entries hold acknowledged data as much as dirty ones: they take room too. A
+        // put to a dead key takes the dead entry's place.
+        if (it == entries_.end() && dead == dead_.end() && max_pending > 0 &&
             entries_.size() + dead_.size() >= max_pending) {
             return PutOutcome{.status = PutStatus::full};
         }
@@ -591,7 +633,9 @@ private:
         e.version = out.version;
         e.attempts = 0;
         e.error.clear();
-        if (auto d = dead_.find(key); d != dead_.end()) d->second.superseded = true;
+        // The dead value is replaced, as a waiting one is: the put was built on it (reads and
+        // read-modify-writes see it) or overwrites it.
+        if (dead != dead_.end()) erase_dead(dead);
         return out;
     }
 
@@ -615,11 +659,15 @@ private:
         e.token = 0;
         ++e.attempts;
         e.error = why;
-        if (options.max_attempts > 0 && e.attempts >= options.max_attempts && !dead_full(key)) {
-            bury(it, now, "gave up after " + std::to_string(e.attempts) + " attempts: " + why,
-                 e.attempts);
-            out.dead_lettered.push_back(key);
-            return;
+        if (options.max_attempts > 0 && e.attempts >= options.max_attempts &&
+            now - e.since >= options.budget.count()) {
+            if (!dead_full(key)) {
+                bury(it, now, "gave up after " + std::to_string(e.attempts) + " attempts: " + why,
+                     e.attempts);
+                out.dead_lettered.push_back(key);
+                return;
+            }
+            out.held.push_back(key);
         }
         schedule(key, e, now);
         ++out.requeued;
@@ -638,8 +686,7 @@ private:
                                 attempts,
                                 std::move(error),
                                 TimePoint{Millis{now}},
-                                TimePoint{Millis{e.since}},
-                                false};
+                                TimePoint{Millis{e.since}}};
         dead_order_.emplace(now, key);
         remove(it);
     }
@@ -671,7 +718,15 @@ private:
         dead_.erase(it);
     }
 
-    [[nodiscard]] std::int64_t now_ms() const { return clock_->now().time_since_epoch().count(); }
+    // The store's time: the clock's, except that it never goes back. A clock stepped back
+    // (an NTP correction) would leave every ready time and deadline in the future and strand
+    // the queue until the clock caught up; the store's time carries on from where it was.
+    std::int64_t now_ms() {
+        const std::int64_t wall = clock_->now().time_since_epoch().count();
+        if (wall + offset_ < last_now_) offset_ = last_now_ - wall;
+        last_now_ = wall + offset_;
+        return last_now_;
+    }
 
     B& backend_;
     const Clock* clock_;
@@ -684,6 +739,8 @@ private:
     Dead dead_;
     std::set<std::pair<std::int64_t, std::string>> dead_order_;  // (dead at, key)
     std::size_t max_dead_;
+    std::int64_t last_now_ = 0;  // see now_ms()
+    std::int64_t offset_ = 0;
     // Versions come from this one counter, so they never go backwards for any key, whatever
     // the clock does; the clock only lifts it (see put_locked).
     std::uint64_t last_version_ = 0;

@@ -32,6 +32,14 @@ public:
     using TimeoutError::TimeoutError;
 };
 
+/// A write was applied by the store but not confirmed at the durability asked for (Redis:
+/// fewer replicas acknowledged it within the wait): a failover may still lose it. It is
+/// not an OutcomeUnknownError: reading it back proves nothing about the replicas.
+class DurabilityError : public BackendError {
+public:
+    using BackendError::BackendError;
+};
+
 /// Could not connect or authenticate.
 class ConnectionError : public BackendError {
 public:

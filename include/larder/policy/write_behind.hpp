@@ -206,6 +206,13 @@ struct WriteBehindOptions {
     /// (0: it stays without one). While dirty it never has a TTL.
     Millis clean_ttl = std::chrono::minutes(5);
     EvictionCheck eviction_check = EvictionCheck::ignore;
+    /// The acknowledgement level: a put (modify, increment) returns only once this many
+    /// replicas have it too (Redis WAIT), so a failover to one of them cannot lose it; when
+    /// fewer confirm within replica_timeout it throws DurabilityError (the write is on the
+    /// primary: retrying a put is safe). replica_timeout must be below the backend's
+    /// command_timeout. 0: acknowledged once the store has it. Not on the memory store.
+    int replicas = 0;
+    Millis replica_timeout{50};
     /// The cache side, as CacheAside's: cached copies live under the cache's entry keys,
     /// and get() loads and caches misses with these TTLs.
     CacheAsideOptions cache{};
@@ -267,6 +274,9 @@ struct DrainReport {
     bool complete = true;
     /// What is left stays in the store and is flushed by the next flusher (Redis); false:
     /// it is lost with this process (memory).
+    bool kept_in_store = false;
+    /// What is left also survives a restart of the store (Redis with appendonly yes, as
+    /// checked at construction); false when it does not, or could not be told.
     bool durable = false;
     FlushReport flushed{};
     QueueStats left{};
@@ -280,8 +290,10 @@ struct DrainReport {
         if (!name.empty()) out.append(" '").append(name).append("'");
         if (complete) return out + ": drained, " + std::to_string(flushed.flushed) + " flushed";
         out += ": drain incomplete, " + std::to_string(left.pending) + " dirty key(s) not flushed";
-        out += durable ? " (they stay in the store for the next flusher)"
-                       : " (NOT durable: they are lost with this process)";
+        out += !kept_in_store ? " (NOT durable: they are lost with this process)"
+               : durable      ? " (they stay in the store for the next flusher)"
+                              : " (they stay in the store for the next flusher, but a restart "
+                                "of the store would lose them: it does not persist them)";
         if (left.dead > 0) out += ", " + std::to_string(left.dead) + " dead-lettered";
         if (!error.empty()) out += "; store error: " + error;
         if (!keys_left.empty()) {
@@ -300,6 +312,8 @@ struct WriteBehindStats {
     Millis oldest_pending_age{0};
     /// false when the store could not be asked (the four fields above are then 0).
     bool queue_known = true;
+    /// What acknowledged writes survive, as checked at construction.
+    Persistence persistence{};
 
     /// Counted by this object.
     std::uint64_t puts = 0;        ///< puts, increments and modifications acknowledged
@@ -336,8 +350,6 @@ struct DeadEntry {
     std::string error;
     TimePoint dead_at{};
     TimePoint dirty_since{};
-    /// The key was written after the entry died; redrive() would drop it.
-    bool superseded = false;
 };
 
 /// WriteBehind<T, Backend, Components...>: Components are an optional codec for T, an
@@ -379,12 +391,16 @@ public:
           writer_(std::move(writer)),
           store_(store ? std::move(store)
                        : std::make_shared<store_type>(
-                             backend, WriteBehindStoreOptions{.name = options_.name,
-                                                              .max_dead = options_.max_dead,
-                                                              .clock = clock()})),
+                             backend,
+                             WriteBehindStoreOptions{.name = options_.name,
+                                                     .max_dead = options_.max_dead,
+                                                     .clock = clock(),
+                                                     .replicas = options_.replicas,
+                                                     .replica_timeout = options_.replica_timeout})),
           keeper_(*store_, options_.claim_ttl) {
         if (!writer_) throw ConfigError("WriteBehind: a batch writer is required");
         check_eviction_at_start();
+        check_persistence_at_start();
         if (options_.start_flusher) flusher_ = std::thread([this] { run_flusher(); });
     }
 
@@ -605,21 +621,24 @@ public:
     /// write stays pending, and the report says so, and whether it stays in the store for
     /// the next flusher (Redis) or is lost with this process (memory); it is logged too.
     /// (Entries that can never be written - not this cache's key, or undecodable - are
-    /// dead-lettered as at any time.) Idempotent: a second call reports an empty drain.
+    /// dead-lettered as at any time.) Idempotent: a later or concurrent call waits for the
+    /// one drain and returns its report.
     DrainReport close(Millis timeout) {
+        // One drain: a second (or concurrent) call waits for it and gets its report.
+        std::lock_guard drain_lock(drain_mutex_);
+        if (drained_) return *drained_;
         {
             std::unique_lock writes(close_mutex_);
             std::lock_guard lock(flusher_mutex_);
-            if (closed_) return DrainReport{.durable = store_type::durable};
             closed_ = true;
             stopping_ = true;
         }
         stop_requested_.store(true, std::memory_order_relaxed);  // ends the flush between batches
         flusher_wake_.notify_all();
         if (flusher_.joinable()) flusher_.join();
-        DrainReport report = drain(timeout);
-        if (!report.complete) log(report.describe());
-        return report;
+        drained_ = drain(timeout);
+        if (!drained_->complete) log(drained_->describe());
+        return *drained_;
     }
 
     DrainReport close() { return close(options_.drain_timeout); }
@@ -638,15 +657,14 @@ public:
             e.error = std::move(d.error);
             e.dead_at = d.dead_at;
             e.dirty_since = d.dirty_since;
-            e.superseded = d.superseded;
             out.push_back(std::move(e));
         }
         return out;
     }
 
-    /// Queues a dead entry again as a new write of its value, with fresh attempts; unless
-    /// the key was written after it died, in which case the newer value stands and the
-    /// dead entry is removed (RedriveResult::superseded).
+    /// Queues a dead entry again as a new write of its value, with fresh attempts. (A put
+    /// to a dead key replaces the dead entry, as it replaces a waiting value: there is
+    /// then nothing to redrive.)
     RedriveResult redrive(std::string_view key) { return store_->redrive(this->full_key(key)); }
 
     /// How many dead entries redrive_all and redrive_dead_between requeued, and how many
@@ -740,6 +758,7 @@ public:
         s.rejected = load(counters_.rejected);
         s.backend_errors = load(counters_.backend_errors);
         s.reads = this->read_stats();
+        s.persistence = persistence_;
         return s;
     }
 
@@ -832,6 +851,28 @@ private:
     }
 
     [[nodiscard]] const Clock* clock() const noexcept { return options_.cache.clock; }
+
+    // What the store says acknowledged writes survive; a store that outlives the process
+    // but not its own restart is worth a warning (the surprise is Redis without AOF).
+    void check_persistence_at_start() {
+        try {
+            persistence_ = store_->persistence();
+        } catch (const std::exception& e) {
+            persistence_ =
+                Persistence{.outlives_process = store_type::durable,
+                            .known = false,
+                            .detail = std::string("could not ask the store: ") + e.what()};
+        }
+        if (persistence_.outlives_process && !persistence_.survives_restart) {
+            log("warning: " + persistence_.detail);
+        }
+    }
+
+    [[nodiscard]] DrainReport drain_report() const {
+        return DrainReport{.kept_in_store = persistence_.outlives_process,
+                           .durable = persistence_.known && persistence_.outlives_process &&
+                                      persistence_.survives_restart};
+    }
 
     void check_eviction_at_start() {
         if (options_.eviction_check == EvictionCheck::ignore) return;
@@ -1098,6 +1139,7 @@ private:
                 batch = store_->claim(
                     options_.batch_size, options_.claim_ttl,
                     ClaimOptions{.max_attempts = draining ? 0 : options_.retry.max_attempts,
+                                 .budget = options_.retry.budget,
                                  .max_bytes = options_.batch_bytes,
                                  .token = token,
                                  .lost = lost});
@@ -1127,6 +1169,11 @@ private:
                               "after " + std::to_string(options_.retry.max_attempts) +
                                   " attempts whose claims never reached a flusher",
                               false);
+            }
+            for (const auto& k : batch.held) {
+                ++report.held;
+                bump(counters_.held);
+                announce_dead(k, 0, "its claims kept expiring", true);
             }
             if (batch.entries.empty()) {
                 report.store_error.clear();  // the store answered: a lost claim is history
@@ -1200,9 +1247,10 @@ private:
                                    options_.retry.max_outage_backoff);
     }
 
-    // The entry has been waiting longer than the retry budget.
+    // The entry has been waiting longer than the retry budget (on the store's clock, which
+    // dirty_since is on: Redis's, not this host's).
     [[nodiscard]] bool out_of_time(const ClaimedEntry& c) const {
-        return clock()->now() - c.dirty_since >= options_.retry.budget;
+        return c.waited >= options_.retry.budget;
     }
 
     // A row the writer rejected: retried, or dead-lettered once it has used both its
@@ -1368,7 +1416,7 @@ private:
     }
 
     DrainReport drain(Millis timeout) {
-        DrainReport out{.durable = store_type::durable};
+        DrainReport out = drain_report();
         const auto deadline = std::chrono::steady_clock::now() + timeout;
         for (;;) {
             out.flushed +=
@@ -1412,7 +1460,10 @@ private:
     // Writes hold it shared, close() takes it alone: once close() returns, no write is
     // under way, and none is acknowledged after the drain began.
     std::shared_mutex close_mutex_;
-    std::atomic<std::uint32_t> outage_streak_{0};  // batches in a row that failed as a whole
+    std::atomic<std::uint32_t> outage_streak_{0};
+    Persistence persistence_{};           // set at construction
+    std::mutex drain_mutex_;              // held by close() for its whole drain
+    std::optional<DrainReport> drained_;  // batches in a row that failed as a whole
     std::atomic<bool> stop_requested_{false};
     std::mutex lost_mutex_;
     std::vector<std::uint64_t> lost_;  // see lost_claims()

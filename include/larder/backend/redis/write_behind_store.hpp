@@ -47,6 +47,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include "larder/backend/redis.hpp"
@@ -68,7 +69,7 @@ local function now_ms()
     local t = redis.call('TIME')
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- The dead entry's metadata: "version attempts dead_at since superseded".
+-- The dead entry's metadata: "version attempts dead_at since 0".
 local function dead_meta(k)
     local meta = redis.call('HGET', DM, k)
     if not meta then return nil end
@@ -85,15 +86,14 @@ local function next_version(now, k)
         v = floor
         redis.call('SET', SEQ, fmt(v))
     end
+    -- Lua counts in doubles: past 2^53 a version would no longer grow. (The clock in
+    -- microseconds reaches it in the year 2255; only a planted counter gets there now.)
+    if v >= 9007199254740991 then error({err = 'ERR larder: write-behind versions exhausted'}) end
     return v
 end
--- The unflushed copy: the dirty one, else a dead entry no put superseded.
+-- The unflushed copy: the dirty one, else the dead entry's.
 local function unflushed(k)
-    local d = redis.call('HGET', V, k)
-    if d then return d end
-    local meta = dead_meta(k)
-    if meta and meta[5] == '0' then return redis.call('HGET', D, k) end
-    return nil
+    return redis.call('HGET', V, k) or redis.call('HGET', D, k)
 end
 -- Drops the key from the queue; its version stays, as the floor of the next one.
 local function forget(k)
@@ -134,8 +134,10 @@ if ARGV[4] == 'cas' then
     if cur ~= ARGV[5] then return {2, 0, 0} end
 end
 -- Dead entries hold acknowledged data as much as dirty ones: they take room too.
+-- A put to a dead key takes the dead entry's place.
+local dead = redis.call('HEXISTS', D, k) == 1
 local max_pending = tonumber(ARGV[3])
-if not dirty and max_pending > 0 and
+if not dirty and not dead and max_pending > 0 and
     redis.call('HLEN', V) + redis.call('ZCARD', DZ) >= max_pending then
     return {3, 0, 0}
 end
@@ -159,8 +161,8 @@ else
     if not ready or tonumber(ready) > now then redis.call('ZADD', P, fmt(now), k) end
 end
 redis.call('ZADD', S, 'NX', fmt(now), k)
-local meta = redis.call('HGET', DM, k)
-if meta then redis.call('HSET', DM, k, string.sub(meta, 1, -2) .. '1') end
+-- The dead value is replaced, as a waiting one is (the put was built on it, or overwrites it).
+if dead then forget_dead(k) end
 redis.call('SET', U, bytes)
 return {1, v, coalesced}
 )lua";
@@ -177,14 +179,14 @@ return {}
 )lua";
 
 // ARGV: max, claim_ttl_ms, requeue limit, max_attempts (0: none), max_bytes (0: none),
-// token ('0': none), max_dead (0: none), then tokens of lost claims. Returns {requeued,
-// dead-lettered keys (an array), then 6 fields per entry: key, version, value, attempts,
-// dirty since, last error}.
+// token ('0': none), max_dead (0: none), budget ms, then tokens of lost claims. Returns
+// {requeued, dead-lettered keys, held keys (arrays), then 7 fields per entry: key, version,
+// value, attempts, dirty since, ms since then, last error}.
 inline constexpr std::string_view claim = R"lua(
 local now = now_ms()
 local max_attempts, max_bytes, token = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local max_dead = tonumber(ARGV[7])
-local requeued, dead = 0, {}
+local max_dead, budget = tonumber(ARGV[7]), tonumber(ARGV[8])
+local requeued, dead, held = 0, {}, {}
 -- A claim that ended without news is a failed attempt; the store's count decides, so an
 -- entry whose claims never reach a flusher is dead-lettered here, not re-queued forever.
 local function release(k, why)
@@ -195,7 +197,10 @@ local function release(k, why)
         local attempts = redis.call('HINCRBY', A, k, 1)
         local dead_full = max_dead > 0 and redis.call('ZCARD', DZ) >= max_dead and
             redis.call('HEXISTS', D, k) == 0
-        if max_attempts > 0 and attempts >= max_attempts and not dead_full then
+        local since = tonumber(redis.call('ZSCORE', S, k) or fmt(now))
+        local spent = max_attempts > 0 and attempts >= max_attempts and now - since >= budget
+        if spent and dead_full then held[#held + 1] = k end
+        if spent and not dead_full then
             bury(k, attempts, now, 'gave up after ' .. fmt(attempts) .. ' attempts: ' .. why)
             dead[#dead + 1] = k
         else
@@ -205,9 +210,9 @@ local function release(k, why)
         end
     end
 end
-if #ARGV > 7 then
+if #ARGV > 8 then
     local lost = {}
-    for i = 8, #ARGV do lost[ARGV[i]] = true end
+    for i = 9, #ARGV do lost[ARGV[i]] = true end
     for _, k in ipairs(redis.call('ZRANGE', R, 0, -1)) do
         local owner = redis.call('HGET', O, k)
         if owner and lost[owner] then release(k, "its claim's reply was lost (a timeout)") end
@@ -219,12 +224,12 @@ for _, k in ipairs(expired) do
 end
 local ready = redis.call('ZRANGEBYSCORE', P, '-inf', fmt(now), 'LIMIT', 0, ARGV[1])
 local deadline = fmt(now + tonumber(ARGV[2]))
-local out = {requeued, dead}
+local out = {requeued, dead, held}
 local bytes = 0
 for _, k in ipairs(ready) do
     -- Measured before it is read: a value that would overflow the claim stays queued.
     local size = redis.call('HSTRLEN', V, k)
-    if max_bytes > 0 and #out > 2 and bytes + size > max_bytes then break end
+    if max_bytes > 0 and #out > 3 and bytes + size > max_bytes then break end
     bytes = bytes + size
     redis.call('ZREM', P, k)
     local value = redis.call('HGET', V, k)
@@ -235,7 +240,9 @@ for _, k in ipairs(ready) do
         out[#out + 1] = redis.call('HGET', N, k) or '0'
         out[#out + 1] = value
         out[#out + 1] = redis.call('HGET', A, k) or '0'
-        out[#out + 1] = redis.call('ZSCORE', S, k) or fmt(now)
+        local since = redis.call('ZSCORE', S, k) or fmt(now)
+        out[#out + 1] = since
+        out[#out + 1] = math.max(0, now - tonumber(since))
         out[#out + 1] = redis.call('HGET', E, k) or ''
     end
 end
@@ -332,14 +339,15 @@ end
 return out
 )lua";
 
-// ARGV: key. KEYS[15]: the cached copy. Returns 1 requeued, 2 superseded, 0 not found.
+// ARGV: key. KEYS[15]: the cached copy. Returns 1 requeued, 2 superseded (dirty again), 0
+// not found.
 inline constexpr std::string_view redrive = R"lua(
 local k, U = ARGV[1], KEYS[15]
 local value = redis.call('HGET', D, k)
 if not value then return 0 end
 local meta = redis.call('HGET', DM, k) or ''
 forget_dead(k)
-if string.sub(meta, -1) == '1' or redis.call('HEXISTS', V, k) == 1 then return 2 end
+if redis.call('HEXISTS', V, k) == 1 then return 2 end
 local now = now_ms()
 local v = next_version(now, k)
 redis.call('HSET', V, k, value)
@@ -354,12 +362,11 @@ return 1
 
 // ARGV: key. KEYS[15]: the cached copy. Returns 1 when a dead entry was removed.
 inline constexpr std::string_view discard_dead = R"lua(
-local value = redis.call('HGET', D, ARGV[1])
-if not value then return 0 end
+if redis.call('HEXISTS', D, ARGV[1]) == 0 then return 0 end
 forget_dead(ARGV[1])
-if redis.call('HEXISTS', V, ARGV[1]) == 0 and redis.call('GET', KEYS[15]) == value then
-    redis.call('DEL', KEYS[15])
-end
+-- Whatever is cached holds the dead value (a read may have cached it again with a new
+-- envelope), unless the key is dirty again: drop it, so reads go to the database.
+if redis.call('HEXISTS', V, ARGV[1]) == 0 then redis.call('DEL', KEYS[15]) end
 return 1
 )lua";
 
@@ -382,6 +389,8 @@ public:
         : backend_(backend),
           name_(std::move(options.name)),
           max_dead_(options.max_dead),
+          replicas_(options.replicas),
+          replica_timeout_(options.replica_timeout),
           put_("write_behind_put", source<redis_detail::write_behind_lua::put>()),
           read_current_("write_behind_read_current",
                         source<redis_detail::write_behind_lua::read_current>(), false),
@@ -395,6 +404,16 @@ public:
                         source<redis_detail::write_behind_lua::discard_dead>()),
           stats_("write_behind_stats", source<redis_detail::write_behind_lua::stats>(), false) {
         if (name_.empty()) throw ConfigError("RedisWriteBehindStore: the name must not be empty");
+        if (replicas_ < 0)
+            throw ConfigError("RedisWriteBehindStore: replicas must not be negative");
+        // WAIT's reply must come before the connection's own deadline, or a put that
+        // reached fewer replicas would look like a lost reply instead.
+        if (replicas_ > 0 && (replica_timeout_.count() <= 0 ||
+                              replica_timeout_ >= backend_.options().command_timeout)) {
+            throw ConfigError(
+                "RedisWriteBehindStore: replica_timeout must be positive and below the "
+                "backend's command_timeout");
+        }
         // With no ':' in the name, no cache prefix (which ends in ':') followed by k: or m:
         // can spell a queue key (docs/FORMAT.md, "Keys").
         if (name_.find(':') != std::string::npos) {
@@ -446,13 +465,14 @@ public:
         tokens.push_back(std::to_string(options.token));
         for (std::uint64_t t : options.lost) tokens.push_back(std::to_string(t));
         const redis_detail::Number max_dead(static_cast<std::int64_t>(max_dead_));
+        const redis_detail::Number budget(std::max<std::int64_t>(0, options.budget.count()));
         std::vector<std::string_view> args{
             n.view(),         ttl.view(), requeue_limit.view(), max_attempts.view(),
-            max_bytes.view(), tokens[0],  max_dead.view()};
+            max_bytes.view(), tokens[0],  max_dead.view(),      budget.view()};
         args.insert(args.end(), tokens.begin() + 1, tokens.end());
         const RedisReply r = backend_.eval(claim_, queue_keys(), args);
         const auto& parts = array(r, "claim");
-        if (parts.size() < 2 || (parts.size() - 2) % 6 != 0) {
+        if (parts.size() < 3 || (parts.size() - 3) % 7 != 0) {
             throw BackendError("redis write-behind: bad claim reply");
         }
         ClaimBatch out;
@@ -460,8 +480,9 @@ public:
         for (const auto& k : array(parts[1], "claim")) {
             out.dead_lettered.push_back(text(k, "claim"));
         }
-        out.entries.reserve((parts.size() - 2) / 6);
-        for (std::size_t i = 2; i < parts.size(); i += 6) {
+        for (const auto& k : array(parts[2], "claim")) out.held.push_back(text(k, "claim"));
+        out.entries.reserve((parts.size() - 3) / 7);
+        for (std::size_t i = 3; i < parts.size(); i += 7) {
             ClaimedEntry e;
             e.key = text(parts[i], "claim");
             e.version = to_u64(text(parts[i + 1], "claim"), "version");
@@ -469,7 +490,8 @@ public:
             e.attempts =
                 static_cast<std::uint32_t>(to_u64(text(parts[i + 3], "claim"), "attempts"));
             e.dirty_since = TimePoint{Millis{to_ms(text(parts[i + 4], "claim"))}};
-            e.last_error = text(parts[i + 5], "claim");
+            e.waited = Millis{integer(parts[i + 5], "claim")};
+            e.last_error = text(parts[i + 6], "claim");
             out.entries.push_back(std::move(e));
         }
         return out;
@@ -587,6 +609,26 @@ public:
         }
     }
 
+    /// INFO persistence and INFO replication: allowed by a tenant's ACL with +info. (The
+    /// RDB snapshot settings would need CONFIG GET, an @admin command a tenant's ACL refuses
+    /// and logs, so they are not asked: without appendonly, a restart is taken to lose
+    /// what is unflushed.)
+    Persistence persistence() {
+        Persistence p{.outlives_process = true};
+        const std::string persistence = info_text("persistence");
+        const std::string replication = info_text("replication");
+        p.survives_restart = info_field(persistence, "aof_enabled") == "1";
+        const std::string replicas = info_field(replication, "connected_slaves");
+        std::from_chars(replicas.data(), replicas.data() + replicas.size(), p.replicas);
+        p.detail = p.survives_restart
+                       ? "appendonly yes: acknowledged writes survive a Redis restart (up to the "
+                         "appendfsync policy)"
+                       : "appendonly no: a Redis restart loses unflushed writes (all of them "
+                         "without RDB snapshots, those since the last one with)";
+        p.detail += "; " + std::to_string(p.replicas) + " replica(s) connected";
+        return p;
+    }
+
     [[nodiscard]] const std::string& name() const noexcept { return name_; }
 
     /// The Redis key of one part of the queue ("pending", "values", ...), before the
@@ -641,7 +683,14 @@ private:
         const auto keys = with_user_keys({key});
         const redis_detail::Number bound(static_cast<std::int64_t>(max_pending));
         const std::array<std::string_view, 5> args{key, bytes, bound.view(), mode, expected};
-        const RedisReply r = backend_.eval(put_, keys, args);
+        std::int64_t acked = 0;
+        RedisReply r;
+        if (replicas_ > 0) {
+            std::tie(r, acked) =
+                backend_.eval_and_wait(put_, keys, args, replicas_, replica_timeout_);
+        } else {
+            r = backend_.eval(put_, keys, args);
+        }
         const auto& parts = array(r, "put");
         if (parts.size() != 3) throw BackendError("redis write-behind: bad put reply");
         PutOutcome out;
@@ -660,6 +709,12 @@ private:
         }
         out.version = static_cast<std::uint64_t>(integer(parts[1], "put"));
         out.coalesced = integer(parts[2], "put") == 1;
+        if (acked < replicas_) {
+            throw DurabilityError("redis write-behind: the put reached " + std::to_string(acked) +
+                                  " of " + std::to_string(replicas_) + " replicas within " +
+                                  std::to_string(replica_timeout_.count()) +
+                                  " ms; it is on the primary and may be lost by a failover");
+        }
         return out;
     }
 
@@ -711,6 +766,27 @@ private:
         }
     }
 
+    std::string info_text(std::string_view section) {
+        const RedisReply r = backend_.command({"INFO", section});
+        if (!r.is_string()) unexpected("INFO");
+        return r.str;
+    }
+
+    // "name:value" lines of an INFO reply.
+    static std::string info_field(std::string_view info, std::string_view name) {
+        const std::string prefix = std::string(name) + ":";
+        std::size_t at = 0;
+        while (at < info.size()) {
+            std::size_t end = info.find('\n', at);
+            if (end == std::string_view::npos) end = info.size();
+            std::string_view line = info.substr(at, end - at);
+            if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+            if (line.starts_with(prefix)) return std::string(line.substr(prefix.size()));
+            at = end + 1;
+        }
+        return {};
+    }
+
     static std::string_view op_code(Settlement::Action action) {
         switch (action) {
             case Settlement::ack:
@@ -725,7 +801,7 @@ private:
         return "r";
     }
 
-    // "version attempts dead_at since superseded"
+    // "version attempts dead_at since 0" (the last field is kept for the format's sake)
     static void parse_meta(std::string_view meta, DeadRecord& d) {
         std::array<std::string_view, 5> f{};
         std::size_t n = 0;
@@ -740,7 +816,6 @@ private:
         d.attempts = static_cast<std::uint32_t>(to_u64(f[1], "attempts"));
         d.dead_at = TimePoint{Millis{to_ms(f[2])}};
         d.dirty_since = TimePoint{Millis{to_ms(f[3])}};
-        d.superseded = f[4] == "1";
     }
 
     static std::uint64_t to_u64(std::string_view s, std::string_view what) {
@@ -786,6 +861,8 @@ private:
     RedisBackend& backend_;
     std::string name_;
     std::size_t max_dead_;
+    int replicas_;
+    Millis replica_timeout_;
     std::array<std::string, queue_key_count> keys_;
     RedisScript put_;
     RedisScript read_current_;
