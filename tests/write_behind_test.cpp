@@ -1209,3 +1209,67 @@ TEST_CASE("Acknowledged puts survive a redis-server crash with appendfsync alway
 }
 
 #endif
+
+BACKEND_TEST_CASE(
+    "erase queues a delete: the key reads as not found until the writer removes the row",
+    "[write_behind][erase]") {
+    TestType fx;
+    Log log;
+    std::mutex rows_mutex;
+    std::map<std::string, std::string> rows{{"k", "db"}, {"j", "db"}};
+    std::vector<std::string> received;  // "key=value" or "key deleted", in order
+    larder::WriteBehind<std::string, decltype(fx.backend)> wb(
+        fx.backend,
+        [&](std::span<const larder::DirtyEntry<std::string>> batch) {
+            std::lock_guard lock(rows_mutex);
+            for (const auto& e : batch) {
+                if (e.erased) {
+                    rows.erase(e.key);
+                    received.push_back(e.key + " deleted");
+                } else {
+                    rows[e.key] = e.value;
+                    received.push_back(e.key + "=" + e.value);
+                }
+            }
+            return larder::BatchResult{};
+        },
+        manual(fx, log));
+    auto from_db = [&](const std::string& key) {
+        return [&, key]() -> std::optional<std::string> {
+            std::lock_guard lock(rows_mutex);
+            auto it = rows.find(key);
+            if (it == rows.end()) return std::nullopt;
+            return it->second;
+        };
+    };
+    REQUIRE(wb.get("k", from_db("k")) == "db");
+    const auto v1 = wb.erase("k");
+    REQUIRE(wb.get("k", from_db("k")) == std::nullopt);  // the cached tombstone
+    REQUIRE(fx.backend.del(wb.full_key("k")));           // evicted: the queue still says so
+    REQUIRE(wb.get("k", from_db("k")) == std::nullopt);
+    const std::vector<std::string> both{"k", "j"};
+    const auto many = wb.get_many(both, [&](std::span<const std::string> keys) {
+        std::vector<std::optional<std::string>> out;
+        for (const auto& k : keys) out.push_back(from_db(k)());
+        return out;
+    });
+    REQUIRE(many.at(0) == std::nullopt);
+    REQUIRE(many.at(1) == "db");
+    flush_all(wb, fx);
+    REQUIRE(received == std::vector<std::string>{"k deleted"});
+    REQUIRE_FALSE(from_db("k")());
+    REQUIRE(wb.get("k", from_db("k")) == std::nullopt);
+
+    // Coalesced with puts, latest wins; versions keep growing.
+    wb.put("j", "v2");
+    const auto v2 = wb.erase("j");
+    REQUIRE(v2 > v1);
+    wb.erase("k");
+    wb.put("k", "back");
+    flush_all(wb, fx);
+    REQUIRE(received == std::vector<std::string>{"k deleted", "j deleted", "k=back"});
+    // A read-modify-write after a delete starts from nothing.
+    wb.erase("k");
+    REQUIRE(wb.modify(
+                "k", [](std::string& v) { v += "x"; }, from_db("k")) == "x");
+}

@@ -71,7 +71,7 @@ template <class T>
 struct DirtyEntry {
     /// The key as given to put (without the key prefix).
     std::string key;
-    /// The latest value put for the key.
+    /// The latest value put for the key (T{} when erased).
     T value;
     /// Grows with every put to the key, across processes and restarts: a fencing token for
     /// the database write (UPDATE ... SET v = ?, version = ? WHERE id = ? AND version < ?).
@@ -81,6 +81,8 @@ struct DirtyEntry {
     std::uint32_t attempt = 1;
     /// The oldest write of the key the database has not received.
     TimePoint dirty_since{};
+    /// A delete queued by WriteBehind::erase: remove the row (fenced on version, as a write).
+    bool erased = false;
 };
 
 /// A member of T that WriteBehind::increment can add to: a pointer to an integer data
@@ -472,6 +474,26 @@ public:
         check_size(key, bytes);
         // OutcomeUnknownError (a TimeoutError) when the reply was lost: the put may be
         // queued. Retrying it is safe: the latest put of a key wins.
+        const PutOutcome out =
+            with_room([&] { return store_->put(full, bytes, options_.max_pending); });
+        acknowledged(out, false);
+        this->written(full, stamp, /*cached=*/true);
+        return out.version;
+    }
+
+    /// Queues a delete of the key's row, as put queues a write (the latest of the key's
+    /// writes and deletes wins, coalesced as puts are): the batch writer receives it with
+    /// DirtyEntry::erased set. Until it is flushed the key reads as not found, from the
+    /// cached copy or, once that is evicted, from the queue; a modify or increment starts
+    /// from T{}. Returns its version. Throws as put does.
+    std::uint64_t erase(std::string_view key) {
+        static_assert(std::default_initializable<T>,
+                      "WriteBehind::erase hands the batch writer a DirtyEntry whose value is "
+                      "T{}: T must be default-constructible");
+        const auto open = open_for_writes();
+        const std::string full = this->full_key(key);
+        const auto stamp = this->versions_for_write(full);
+        const std::string bytes = tombstone(stamp);
         const PutOutcome out =
             with_room([&] { return store_->put(full, bytes, options_.max_pending); });
         acknowledged(out, false);
@@ -940,6 +962,31 @@ private:
         return bytes;
     }
 
+    // A queued delete: what a read of the key finds until it is flushed.
+    std::string tombstone(std::span<const TagVersion> stamp) const {
+        std::string bytes;
+        envelope::write_header(bytes,
+                               EnvelopeHeader{.kind = EntryKind::not_found,
+                                              .codec = codec_type::id,
+                                              .written_at = clock()->now()},
+                               static_cast<std::uint16_t>(stamp.size()));
+        for (const auto& t : stamp) envelope::write_tag(bytes, t.name, t.version);
+        return bytes;
+    }
+
+    static bool is_tombstone(std::string_view bytes) {
+        const auto env = envelope::parse(bytes);
+        return env && env->header.kind == EntryKind::not_found;
+    }
+
+    // What a read makes of an unflushed copy: the value, "no row" for a queued delete, or
+    // nothing usable (nullopt).
+    std::optional<std::optional<T>> read_unflushed(std::string_view bytes) const {
+        if (is_tombstone(bytes)) return std::optional<T>{};
+        if (auto v = decode_value(bytes, nullptr)) return std::optional<T>(std::move(v));
+        return std::nullopt;
+    }
+
     std::optional<T> decode_value(std::string_view bytes, std::string* why) const {
         const auto env = envelope::parse(bytes);
         if (!env || env->header.kind != EntryKind::value) {
@@ -964,7 +1011,7 @@ private:
     std::optional<T> load_through(const std::string& full, L& loader, LoadContext& context) {
         try {
             if (auto dirty = store_->unflushed_value(full)) {
-                if (auto v = decode_value(*dirty, nullptr)) return v;
+                if (auto v = read_unflushed(*dirty)) return std::move(*v);
             }
         } catch (const BackendError&) {
             // The queue cannot be asked: the database's value is the best there is.
@@ -983,8 +1030,8 @@ private:
         for (std::size_t i = 0; i < keys.size(); ++i) {
             try {
                 if (auto dirty = store_->unflushed_value(this->full_key(keys[i]))) {
-                    if (auto v = decode_value(*dirty, nullptr)) {
-                        out[i] = std::move(v);
+                    if (auto v = read_unflushed(*dirty)) {
+                        out[i] = std::move(*v);
                         continue;
                     }
                 }
@@ -1284,6 +1331,14 @@ private:
             if (!key) {
                 settlements.push_back(dead_letter(c, "the queued key is not one of this cache's"));
                 continue;
+            }
+            if constexpr (std::default_initializable<T>) {
+                if (is_tombstone(c.value)) {
+                    entries.push_back(Entry{std::string(*key), T{}, c.version, c.attempts + 1,
+                                            c.dirty_since, /*erased=*/true});
+                    source.push_back(i);
+                    continue;
+                }
             }
             std::string why;
             std::optional<T> value = decode_value(c.value, &why);
