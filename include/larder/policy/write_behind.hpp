@@ -21,8 +21,9 @@
 //
 // Durability is the store's: on RedisBackend (include
 // <larder/backend/redis/write_behind_store.hpp>) an acknowledged put survives the process
-// and, as far as Redis persistence goes, Redis itself; on MemoryBackend it lives as long
-// as the process. docs/write-paths.md states exactly what each failure can cost.
+// and, as far as Redis persistence goes, Redis itself (and a failover, with `replicas`:
+// acknowledged once replicas have it); on MemoryBackend it lives as long as the process.
+// docs/write-paths.md states exactly what each failure can cost.
 #pragma once
 
 #include <algorithm>
