@@ -468,18 +468,11 @@ public:
     /// dead-lettered (or, on a non-durable store, the process ends first). Throws
     /// BackendError (nothing acknowledged), CodecError, BackpressureError.
     std::uint64_t put(std::string_view key, const T& value) {
-        const auto open = open_for_writes();
-        const std::string full = this->full_key(key);
-        const auto stamp = this->versions_for_write(full);
-        const std::string bytes = encode(value, stamp);
-        check_size(key, bytes);
-        // OutcomeUnknownError (a TimeoutError) when the reply was lost: the put may be
-        // queued. Retrying it is safe: the latest put of a key wins.
-        const PutOutcome out =
-            with_room([&] { return store_->put(full, bytes, options_.max_pending); });
-        acknowledged(out, false);
-        this->written(full, stamp, /*cached=*/true);
-        return out.version;
+        return enqueue(key, [&](std::span<const TagVersion> stamp) {
+            std::string bytes = encode(value, stamp);
+            check_size(key, bytes);
+            return bytes;
+        });
     }
 
     /// Queues a delete of the key's row, as put queues a write (the latest of the key's
@@ -491,15 +484,7 @@ public:
         static_assert(std::default_initializable<T>,
                       "WriteBehind::erase hands the batch writer a DirtyEntry whose value is "
                       "T{}: T must be default-constructible");
-        const auto open = open_for_writes();
-        const std::string full = this->full_key(key);
-        const auto stamp = this->versions_for_write(full);
-        const std::string bytes = tombstone(stamp);
-        const PutOutcome out =
-            with_room([&] { return store_->put(full, bytes, options_.max_pending); });
-        acknowledged(out, false);
-        this->written(full, stamp, /*cached=*/true);
-        return out.version;
+        return enqueue(key, [&](std::span<const TagVersion> stamp) { return tombstone(stamp); });
     }
 
     /// Read-modify-write: applies `change(T&)` to the current value (the dirty copy, the
@@ -961,6 +946,23 @@ private:
         for (const auto& t : stamp) envelope::write_tag(bytes, t.name, t.version);
         codec_.encode(value, bytes);
         return bytes;
+    }
+
+    // put and erase: the bytes made by `make(stamp)` become the key's cached copy and its
+    // queued write, at once.
+    template <class Make>
+    std::uint64_t enqueue(std::string_view key, Make&& make) {
+        const auto open = open_for_writes();
+        const std::string full = this->full_key(key);
+        const auto stamp = this->versions_for_write(full);
+        const std::string bytes = make(std::span<const TagVersion>(stamp));
+        // OutcomeUnknownError (a TimeoutError) when the reply was lost: the write may be
+        // queued. Retrying it is safe: the latest write of a key wins.
+        const PutOutcome out =
+            with_room([&] { return store_->put(full, bytes, options_.max_pending); });
+        acknowledged(out, false);
+        this->written(full, stamp, /*cached=*/true);
+        return out.version;
     }
 
     // A queued delete: what a read of the key finds until it is flushed.

@@ -69,19 +69,10 @@ local function now_ms()
     local t = redis.call('TIME')
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- The dead entry's metadata: "version attempts dead_at since 0".
-local function dead_meta(k)
-    local meta = redis.call('HGET', DM, k)
-    if not meta then return nil end
-    local f = {}
-    for w in string.gmatch(meta, '%S+') do f[#f + 1] = w end
-    return f
-end
 local function next_version(now, k)
     local v = redis.call('INCR', SEQ)
+    -- The key's last version stays in N after a flush and after it dies: its floor.
     local floor = math.max(now * 1000, tonumber(redis.call('HGET', N, k) or '0') + 1)
-    local meta = dead_meta(k)
-    if meta then floor = math.max(floor, tonumber(meta[1]) + 1) end
     if v < floor then
         v = floor
         redis.call('SET', SEQ, fmt(v))
