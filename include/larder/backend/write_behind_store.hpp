@@ -43,6 +43,7 @@
 #include <algorithm>
 #include <concepts>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -274,6 +275,12 @@ struct WriteBehindStoreOptions {
     /// DurabilityError after replica_timeout. 0: acknowledged when the store has it.
     int replicas = 0;
     Millis replica_timeout{50};
+    /// true: a put to a key still waiting replaces its value (only the latest is written).
+    /// false: every version is kept and written, one at a time per key, in the order of
+    /// the puts (what a writer that records history needs); a version that dies holds
+    /// back the key's later ones until it is redriven or discarded, so the order holds,
+    /// and max_pending then counts every queued version, not keys.
+    bool coalesce = true;
 };
 
 /// The store WriteBehind<T, B> uses on backend B. Specialized for MemoryBackend here and
@@ -302,7 +309,8 @@ public:
         : backend_(backend),
           clock_(options.clock ? options.clock : &SystemClock::instance()),
           name_(std::move(options.name)),
-          max_dead_(options.max_dead) {
+          max_dead_(options.max_dead),
+          coalesce_(options.coalesce) {
         if (options.replicas > 0) {
             throw ConfigError(
                 "MemoryWriteBehindStore: a process's memory has no replicas to wait "
@@ -437,6 +445,12 @@ public:
             }
             switch (s.action) {
                 case Settlement::ack:
+                    if (!e.later.empty()) {
+                        unclaim(s.key, e);
+                        promote(s.key, e);
+                        schedule(s.key, e, now);
+                        break;
+                    }
                     if (clean_ttl.count() > 0) expire_clean_copy(s.key, e.value, clean_ttl);
                     remove(it);
                     break;
@@ -487,7 +501,25 @@ public:
         if (it == dead_.end()) return RedriveResult::not_found;
         DeadRecord d = std::move(it->second);
         erase_dead(it);
-        if (entries_.contains(key)) return RedriveResult::superseded;
+        auto held_back = entries_.find(key);
+        if (held_back != entries_.end() && held_back->second.blocked) {
+            // The dead version goes back in front of the versions it held back, as itself:
+            // they are written after it, in order.
+            Entry& e = held_back->second;
+            since_.erase({e.since, held_back->first});
+            e.later.push_front(Later{std::move(e.value), e.version, e.since});
+            ++later_count_;
+            e.value = std::move(d.value);
+            e.version = d.version;
+            e.since = d.dirty_since.time_since_epoch().count();
+            since_.emplace(e.since, held_back->first);
+            e.attempts = 0;
+            e.error.clear();
+            e.blocked = false;
+            schedule(held_back->first, e, now_ms());
+            return RedriveResult::requeued;
+        }
+        if (held_back != entries_.end()) return RedriveResult::superseded;
         put_locked(key, d.value, 0);
         return RedriveResult::requeued;
     }
@@ -496,11 +528,15 @@ public:
         std::lock_guard lock(mutex_);
         auto it = dead_.find(key);
         if (it == dead_.end()) return false;
-        const std::string value = std::move(it->second.value);
         erase_dead(it);
+        auto held_back = entries_.find(key);
+        if (held_back != entries_.end() && held_back->second.blocked) {
+            held_back->second.blocked = false;  // the versions it held back go on
+            schedule(held_back->first, held_back->second, now_ms());
+        }
         // Whatever is cached holds the dead value (a read may have cached it again with a new
         // envelope), unless the key is dirty again: drop it, so reads go to the database.
-        if (!entries_.contains(key)) {
+        if (held_back == entries_.end()) {
             try {
                 (void)backend_.del(key);
             } catch (const BackendError&) {
@@ -549,8 +585,15 @@ private:
         }
     };
 
-    struct Entry {
+    // A version queued behind the one written next (coalesce = false).
+    struct Later {
         std::string value;
+        std::uint64_t version = 0;
+        std::int64_t since = 0;
+    };
+
+    struct Entry {
+        std::string value;  // the version written next
         std::uint64_t version = 0;
         std::uint64_t token = 0;  // the claim holding it, while in flight
         std::uint32_t attempts = 0;
@@ -558,7 +601,11 @@ private:
         std::int64_t since = 0;       // time of the oldest write not yet flushed
         std::int64_t since_next = 0;  // first write during the flush in progress (0: none)
         bool in_flight = false;
-        std::int64_t at = 0;  // ready time when pending, deadline when in flight
+        // Behind a dead version of the key (coalesce = false): not claimed until that one is
+        // redriven or discarded.
+        bool blocked = false;
+        std::int64_t at = 0;      // ready time when pending, deadline when in flight
+        std::deque<Later> later;  // newer versions, oldest first (coalesce = false)
     };
 
     // Claimed under `token`, and not expired: an expired claim is forfeit even before
@@ -572,7 +619,10 @@ private:
 
     // The dirty copy, else the dead entry's; nullptr when neither.
     const std::string* unflushed_locked(std::string_view key) const {
-        if (auto it = entries_.find(key); it != entries_.end()) return &it->second.value;
+        if (auto it = entries_.find(key); it != entries_.end()) {
+            const Entry& e = it->second;
+            return e.later.empty() ? &e.value : &e.later.back().value;
+        }
         if (auto d = dead_.find(key); d != dead_.end()) {
             return &d->second.value;
         }
@@ -594,10 +644,12 @@ private:
     PutOutcome put_locked(std::string_view key, std::string_view bytes, std::size_t max_pending) {
         auto it = entries_.find(key);
         auto dead = dead_.find(key);
-        // Dead entries hold acknowledged data as much as dirty ones: they take room too. A
-        // put to a dead key takes the dead entry's place.
-        if (it == entries_.end() && dead == dead_.end() && max_pending > 0 &&
-            entries_.size() + dead_.size() >= max_pending) {
+        // Dead entries hold acknowledged data as much as dirty ones: they take room too.
+        // Coalesced, a put to a dirty or dead key takes that key's place; kept in order,
+        // every version takes one.
+        const bool has_place = coalesce_ && (it != entries_.end() || dead != dead_.end());
+        if (max_pending > 0 && !has_place &&
+            entries_.size() + later_count_ + dead_.size() >= max_pending) {
             return PutOutcome{.status = PutStatus::full};
         }
         // The cached copy first: if the backend refuses it (an entry too large), the queue
@@ -611,31 +663,48 @@ private:
         PutOutcome out{.status = PutStatus::stored, .version = last_version_};
         if (it == entries_.end()) {
             it = entries_.emplace(std::string(key), Entry{}).first;
-            it->second.since = now;
-            since_.emplace(now, it->first);
-            it->second.at = now;
-            pending_.emplace(now, it->first);
-        } else {
             Entry& e = it->second;
-            // Replaced a value that will never be written: one waiting, or one that arrived
-            // during the flush in progress.
-            out.coalesced = !e.in_flight || e.since_next != 0;
-            if (e.in_flight && e.since_next == 0) e.since_next = now;
-            // A key in backoff gets the new value's chance at once.
-            if (!e.in_flight && e.at > now) {
-                pending_.erase({e.at, it->first});
-                e.at = now;
-                pending_.emplace(now, it->first);
+            e.value.assign(bytes);
+            e.version = out.version;
+            e.since = now;
+            since_.emplace(now, it->first);
+            if (!coalesce_ && dead != dead_.end()) {
+                e.blocked = true;  // in order: after the dead version, whenever that is settled
+            } else {
+                schedule(it->first, e, now);
             }
+            // Coalesced, the dead value is replaced as a waiting one is: the put was built on
+            // it (reads and read-modify-writes see it) or overwrites it.
+            if (coalesce_ && dead != dead_.end()) erase_dead(dead);
+            return out;
         }
         Entry& e = it->second;
+        if (!coalesce_) {
+            e.later.push_back(Later{std::string(bytes), out.version, now});
+            ++later_count_;
+            return out;
+        }
+        out.coalesced = true;
+        // The newest queued version is the one replaced: a queue kept in order by another
+        // writer of this queue stays in order.
+        if (!e.later.empty()) {
+            e.later.back().value.assign(bytes);
+            e.later.back().version = out.version;
+            return out;
+        }
+        // Replaced a value that will never be written: one waiting, or one that arrived
+        // during the flush in progress.
+        out.coalesced = !e.in_flight || e.since_next != 0;
+        if (e.in_flight && e.since_next == 0) e.since_next = now;
+        // A key in backoff gets the new value's chance at once.
+        if (!e.in_flight && !e.blocked && e.at > now) {
+            pending_.erase({e.at, it->first});
+            schedule(it->first, e, now);
+        }
         e.value.assign(bytes);
         e.version = out.version;
         e.attempts = 0;
         e.error.clear();
-        // The dead value is replaced, as a waiting one is: the put was built on it (reads and
-        // read-modify-writes see it) or overwrites it.
-        if (dead != dead_.end()) erase_dead(dead);
         return out;
     }
 
@@ -688,7 +757,29 @@ private:
                                 TimePoint{Millis{now}},
                                 TimePoint{Millis{e.since}}};
         dead_order_.emplace(now, key);
-        remove(it);
+        if (e.later.empty()) {
+            remove(it);
+            return;
+        }
+        // Kept in order: the next version waits for the dead one's redrive or discard.
+        unclaim(key, e);
+        promote(key, e);
+        e.blocked = true;
+    }
+
+    // The next queued version becomes the one written next (coalesce = false).
+    void promote(const std::string& key, Entry& e) {
+        since_.erase({e.since, key});
+        Later next = std::move(e.later.front());
+        e.later.pop_front();
+        --later_count_;
+        e.value = std::move(next.value);
+        e.version = next.version;
+        e.since = next.since;
+        since_.emplace(e.since, key);
+        e.since_next = 0;
+        e.attempts = 0;
+        e.error.clear();
     }
 
     void schedule(const std::string& key, Entry& e, std::int64_t ready_at) {
@@ -710,6 +801,7 @@ private:
         Entry& e = it->second;
         unclaim(it->first, e);
         since_.erase({e.since, it->first});
+        later_count_ -= e.later.size();
         entries_.erase(it);
     }
 
@@ -739,7 +831,9 @@ private:
     Dead dead_;
     std::set<std::pair<std::int64_t, std::string>> dead_order_;  // (dead at, key)
     std::size_t max_dead_;
-    std::int64_t last_now_ = 0;  // see now_ms()
+    bool coalesce_;
+    std::size_t later_count_ = 0;  // versions queued behind others (coalesce = false)
+    std::int64_t last_now_ = 0;    // see now_ms()
     std::int64_t offset_ = 0;
     // Versions come from this one counter, so they never go backwards for any key, whatever
     // the clock does; the clock only lifts it (see put_locked).

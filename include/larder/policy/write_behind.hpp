@@ -72,7 +72,8 @@ template <class T>
 struct DirtyEntry {
     /// The key as given to put (without the key prefix).
     std::string key;
-    /// The latest value put for the key (T{} when erased).
+    /// The value of this version: the latest put for the key, unless the queue keeps every
+    /// version (WriteBehindOptions::coalesce = false), when the versions come in order.
     T value;
     /// Grows with every put to the key, across processes and restarts: a fencing token for
     /// the database write (UPDATE ... SET v = ?, version = ? WHERE id = ? AND version < ?).
@@ -216,6 +217,12 @@ struct WriteBehindOptions {
     /// command_timeout. 0: acknowledged once the store has it. Not on the memory store.
     int replicas = 0;
     Millis replica_timeout{50};
+    /// true: a put to a key still waiting replaces its value, and the batch writer gets
+    /// only the latest. false: it gets every version, in order, one per key per batch
+    /// (Hazelcast's write-coalescing=false), for writers that record history; a version
+    /// that dies then holds back the key's later ones until it is redriven or discarded,
+    /// and max_pending counts versions. Every writer of one queue must agree.
+    bool coalesce = true;
     /// The cache side, as CacheAside's: cached copies live under the cache's entry keys,
     /// and get() loads and caches misses with these TTLs.
     CacheAsideOptions cache{};
@@ -399,7 +406,8 @@ public:
                                                      .max_dead = options_.max_dead,
                                                      .clock = clock(),
                                                      .replicas = options_.replicas,
-                                                     .replica_timeout = options_.replica_timeout})),
+                                                     .replica_timeout = options_.replica_timeout,
+                                                     .coalesce = options_.coalesce})),
           keeper_(*store_, options_.claim_ttl) {
         if (!writer_) throw ConfigError("WriteBehind: a batch writer is required");
         check_eviction_at_start();

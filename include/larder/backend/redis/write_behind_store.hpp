@@ -19,6 +19,15 @@
 //   {larder:wb:<name>}:owners       HASH  key -> token of the claim holding it
 //   {larder:wb:<name>}:seq          STRING     the version counter
 //   {larder:wb:<name>}:dead, :dead_meta, :dead_errors (HASH), :dead_order (ZSET)
+//   {larder:wb:<name>}:head_versions HASH key -> version of the dirty copy, while newer
+//                                         versions are queued behind it (coalesce = false)
+//   {larder:wb:<name>}:later        HASH  key "\0" i -> "<version> <since> <bytes>": the
+//                                         versions queued behind the dirty copy, i from
+//   {larder:wb:<name>}:later_ends   HASH  key -> "<first i> <last i>"
+//
+// With coalesce = false, a key with both a dirty copy and a dead entry is held back: its
+// versions wait for the dead one's redrive or discard (it is in neither :pending nor
+// :processing). With coalescing the two never exist together.
 //
 // None has a TTL, so volatile-* eviction policies never touch them; allkeys-* policies
 // can, and eviction_risk() says so when asked. The cached copy lives under the user's key, in its
@@ -59,11 +68,12 @@ namespace larder {
 
 namespace redis_detail::write_behind_lua {
 
-// KEYS[1..14] are always the queue's keys, in this order; KEYS[15...] are user keys.
+// KEYS[1..17] are always the queue's keys, in this order; KEYS[18...] are user keys.
 inline constexpr std::string_view prelude = R"lua(
 local P, R, V, N, A, E, S, SEQ, D, DM, DE, DZ, NS, O = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
     KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13],
     KEYS[14]
+local HV, L, LE = KEYS[15], KEYS[16], KEYS[17]
 local function fmt(n) return string.format('%.0f', n) end
 local function now_ms()
     local t = redis.call('TIME')
@@ -82,9 +92,55 @@ local function next_version(now, k)
     if v >= 9007199254740991 then error({err = 'ERR larder: write-behind versions exhausted'}) end
     return v
 end
--- The unflushed copy: the dirty one, else the dead entry's.
+-- The version of the dirty copy (N holds the last one issued, which is the same unless
+-- newer versions are queued behind it).
+local function head_version(k)
+    return redis.call('HGET', HV, k) or redis.call('HGET', N, k)
+end
+-- Versions queued behind the dirty copy (coalesce = false): first and last index, or nil.
+local function later_ends(k)
+    local ends = redis.call('HGET', LE, k)
+    if not ends then return nil end
+    local space = string.find(ends, ' ', 1, true)
+    return tonumber(string.sub(ends, 1, space - 1)), tonumber(string.sub(ends, space + 1))
+end
+local function later_field(k, i) return k .. '\0' .. fmt(i) end
+-- '<version> <since> <bytes>' -> version, since, bytes
+local function parse_later(s)
+    local a = string.find(s, ' ', 1, true)
+    local b = string.find(s, ' ', a + 1, true)
+    return string.sub(s, 1, a - 1), string.sub(s, a + 1, b - 1), string.sub(s, b + 1)
+end
+-- The latest unflushed copy: the newest queued version, else the dirty one, else the dead
+-- entry's.
 local function unflushed(k)
+    local _, last = later_ends(k)
+    if last then
+        local _, _, bytes = parse_later(redis.call('HGET', L, later_field(k, last)))
+        return bytes
+    end
     return redis.call('HGET', V, k) or redis.call('HGET', D, k)
+end
+-- The next queued version becomes the dirty copy (not scheduled); false when none is.
+local function promote(k)
+    local first, last = later_ends(k)
+    if not first then return false end
+    local f = later_field(k, first)
+    local ver, since, bytes = parse_later(redis.call('HGET', L, f))
+    redis.call('HDEL', L, f)
+    if first == last then
+        redis.call('HDEL', LE, k)
+        redis.call('HDEL', HV, k)
+    else
+        redis.call('HSET', LE, k, fmt(first + 1) .. ' ' .. fmt(last))
+        redis.call('HSET', HV, k, ver)
+    end
+    redis.call('HSET', V, k, bytes)
+    redis.call('ZADD', S, since, k)
+    redis.call('HDEL', A, k)
+    redis.call('HDEL', E, k)
+    redis.call('HDEL', NS, k)
+    return true
 end
 -- Drops the key from the queue; its version stays, as the floor of the next one.
 local function forget(k)
@@ -96,16 +152,24 @@ local function forget(k)
     redis.call('ZREM', S, k)
     redis.call('HDEL', NS, k)
     redis.call('HDEL', O, k)
+    redis.call('HDEL', HV, k)
 end
--- Moves a dirty entry to the dead letters; `attempts` counts every failed one.
+-- Moves a dirty entry to the dead letters; `attempts` counts every failed one. Versions
+-- queued behind it wait for its redrive or discard (held back), so the order holds.
 local function bury(k, attempts, now, err)
     local since = redis.call('ZSCORE', S, k) or fmt(now)
     redis.call('HSET', D, k, redis.call('HGET', V, k))
-    redis.call('HSET', DM, k, (redis.call('HGET', N, k) or '0') .. ' ' .. fmt(attempts) .. ' ' ..
+    redis.call('HSET', DM, k, (head_version(k) or '0') .. ' ' .. fmt(attempts) .. ' ' ..
         fmt(now) .. ' ' .. since .. ' 0')
     redis.call('HSET', DE, k, err)
     redis.call('ZADD', DZ, fmt(now), k)
-    forget(k)
+    if promote(k) then
+        redis.call('ZREM', P, k)
+        redis.call('ZREM', R, k)
+        redis.call('HDEL', O, k)
+    else
+        forget(k)
+    end
 end
 local function forget_dead(k)
     redis.call('HDEL', D, k)
@@ -115,25 +179,63 @@ local function forget_dead(k)
 end
 )lua";
 
-// ARGV: key, bytes, max_pending, 'put' | 'cas', expected. KEYS[15]: the cached copy.
-// Returns {status (1 stored, 2 conflict, 3 full), version, coalesced}.
+// ARGV: key, bytes, max_pending, 'put' | 'cas', expected, coalesce ('1' | '0').
+// KEYS[18]: the cached copy. Returns {status (1 stored, 2 conflict, 3 full), version,
+// coalesced}.
 inline constexpr std::string_view put = R"lua(
-local k, bytes, U = ARGV[1], ARGV[2], KEYS[15]
+local k, bytes, U = ARGV[1], ARGV[2], KEYS[18]
+local coalesce = ARGV[6] ~= '0'
 local dirty = redis.call('HEXISTS', V, k) == 1
 if ARGV[4] == 'cas' then
     local cur = unflushed(k) or redis.call('GET', U)
     if cur ~= ARGV[5] then return {2, 0, 0} end
 end
 -- Dead entries hold acknowledged data as much as dirty ones: they take room too.
--- A put to a dead key takes the dead entry's place.
+-- Coalesced, a put to a dirty or dead key takes that key's place; kept in order, every
+-- version takes one.
 local dead = redis.call('HEXISTS', D, k) == 1
 local max_pending = tonumber(ARGV[3])
-if not dirty and not dead and max_pending > 0 and
-    redis.call('HLEN', V) + redis.call('ZCARD', DZ) >= max_pending then
+if max_pending > 0 and not (coalesce and (dirty or dead)) and
+    redis.call('HLEN', V) + redis.call('HLEN', L) + redis.call('ZCARD', DZ) >= max_pending then
     return {3, 0, 0}
 end
 local now = now_ms()
 local v = next_version(now, k)
+redis.call('SET', U, bytes)
+if not coalesce and (dirty or dead) then
+    if dirty then
+        -- Behind the versions queued already.
+        if redis.call('HEXISTS', HV, k) == 0 then redis.call('HSET', HV, k, head_version(k)) end
+        local first, last = later_ends(k)
+        if not first then first, last = 0, -1 end
+        redis.call('HSET', L, later_field(k, last + 1), fmt(v) .. ' ' .. fmt(now) .. ' ' .. bytes)
+        redis.call('HSET', LE, k, fmt(first) .. ' ' .. fmt(last + 1))
+    else
+        -- In order: after the dead version, whenever that is redriven or discarded.
+        redis.call('HSET', V, k, bytes)
+        redis.call('ZADD', S, fmt(now), k)
+    end
+    redis.call('HSET', N, k, fmt(v))
+    return {1, v, 0}
+end
+if dirty then
+    -- The newest queued version is the one replaced: a queue kept in order by another
+    -- writer stays in order.
+    local _, last = later_ends(k)
+    if last then
+        local f = later_field(k, last)
+        local _, since = parse_later(redis.call('HGET', L, f))
+        redis.call('HSET', L, f, fmt(v) .. ' ' .. since .. ' ' .. bytes)
+        redis.call('HSET', N, k, fmt(v))
+        return {1, v, 1}
+    end
+    if dead then
+        -- Held back behind a dead version (a queue kept in order): it still waits.
+        redis.call('HSET', V, k, bytes)
+        redis.call('HSET', N, k, fmt(v))
+        return {1, v, 1}
+    end
+end
 local in_flight = redis.call('ZSCORE', R, k)
 -- Replaced a value that will never be written: one waiting, or one that arrived during
 -- the flush in progress (the flush writes the older value, the next one only this).
@@ -154,17 +256,16 @@ end
 redis.call('ZADD', S, 'NX', fmt(now), k)
 -- The dead value is replaced, as a waiting one is (the put was built on it, or overwrites it).
 if dead then forget_dead(k) end
-redis.call('SET', U, bytes)
 return {1, v, coalesced}
 )lua";
 
-// ARGV: key, 'all' | 'unflushed'. KEYS[15]: the cached copy. Returns {} or
+// ARGV: key, 'all' | 'unflushed'. KEYS[18]: the cached copy. Returns {} or
 // {from the queue (0/1), bytes}; 'unflushed' never reads the cached copy.
 inline constexpr std::string_view read_current = R"lua(
 local d = unflushed(ARGV[1])
 if d then return {1, d} end
 if ARGV[2] == 'unflushed' then return {} end
-local c = redis.call('GET', KEYS[15])
+local c = redis.call('GET', KEYS[18])
 if c then return {0, c} end
 return {}
 )lua";
@@ -228,7 +329,7 @@ for _, k in ipairs(ready) do
         redis.call('ZADD', R, deadline, k)
         if token ~= '0' then redis.call('HSET', O, k, token) end
         out[#out + 1] = k
-        out[#out + 1] = redis.call('HGET', N, k) or '0'
+        out[#out + 1] = head_version(k) or '0'
         out[#out + 1] = value
         out[#out + 1] = redis.call('HGET', A, k) or '0'
         local since = redis.call('ZSCORE', S, k) or fmt(now)
@@ -257,7 +358,7 @@ return extended
 )lua";
 
 // ARGV: clean_ttl_ms, max_dead (0: none), then per entry: op ('a' ack, 'r' retry, 'd' dead,
-// 'w' defer), key, version, retry delay ms, error, claim token. KEYS[14 + i]: the cached
+// 'w' defer), key, version, retry delay ms, error, claim token. KEYS[17 + i]: the cached
 // copy of entry i. Returns per entry 0 done, 1 superseded, 2 gone, 3 lost (not this
 // claim's any more), 4 held (dead, but the dead-letter list is full: pending again).
 inline constexpr std::string_view settle = R"lua(
@@ -268,7 +369,7 @@ local e = 0
 for i = 3, #ARGV, 6 do
     e = e + 1
     local op, k, ver = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-    local cur = redis.call('HEXISTS', V, k) == 1 and redis.call('HGET', N, k)
+    local cur = redis.call('HEXISTS', V, k) == 1 and head_version(k)
     local mine = redis.call('ZSCORE', R, k) and (redis.call('HGET', O, k) or '0') == ARGV[i + 5]
     if not cur then
         if mine then
@@ -289,10 +390,15 @@ for i = 3, #ARGV, 6 do
         out[e] = 1
     else
         local value = redis.call('HGET', V, k)
-        if op == 'a' then
+        if op == 'a' and promote(k) then
+            -- The next version queued behind it is written next.
+            redis.call('ZREM', R, k)
+            redis.call('HDEL', O, k)
+            redis.call('ZADD', P, fmt(now), k)
+        elseif op == 'a' then
             forget(k)
-            if clean_ttl > 0 and redis.call('GET', KEYS[14 + e]) == value then
-                redis.call('PEXPIRE', KEYS[14 + e], ARGV[1])
+            if clean_ttl > 0 and redis.call('GET', KEYS[17 + e]) == value then
+                redis.call('PEXPIRE', KEYS[17 + e], ARGV[1])
             end
         else
             local full = op == 'd' and max_dead > 0 and redis.call('ZCARD', DZ) >= max_dead and
@@ -330,13 +436,31 @@ end
 return out
 )lua";
 
-// ARGV: key. KEYS[15]: the cached copy. Returns 1 requeued, 2 superseded (dirty again), 0
+// ARGV: key. KEYS[18]: the cached copy. Returns 1 requeued, 2 superseded (dirty again), 0
 // not found.
 inline constexpr std::string_view redrive = R"lua(
-local k, U = ARGV[1], KEYS[15]
+local k, U = ARGV[1], KEYS[18]
 local value = redis.call('HGET', D, k)
 if not value then return 0 end
 local meta = redis.call('HGET', DM, k) or ''
+if redis.call('HEXISTS', V, k) == 1 then
+    -- Held back behind it (coalesce = false): the dead version goes back in front of the
+    -- versions it held back, as itself; they are written after it, in order.
+    local version, since = string.match(meta, '^(%S+) %S+ %S+ (%S+)')
+    local first, last = later_ends(k)
+    if not first then first, last = 1, 0 end
+    redis.call('HSET', L, later_field(k, first - 1), head_version(k) .. ' ' ..
+        (redis.call('ZSCORE', S, k) or since) .. ' ' .. redis.call('HGET', V, k))
+    redis.call('HSET', LE, k, fmt(first - 1) .. ' ' .. fmt(last))
+    redis.call('HSET', HV, k, version)
+    redis.call('HSET', V, k, value)
+    redis.call('ZADD', S, since, k)
+    redis.call('HDEL', A, k)
+    redis.call('HDEL', E, k)
+    forget_dead(k)
+    redis.call('ZADD', P, fmt(now_ms()), k)
+    return 1
+end
 forget_dead(k)
 if redis.call('HEXISTS', V, k) == 1 then return 2 end
 local now = now_ms()
@@ -351,13 +475,18 @@ redis.call('SET', U, value)
 return 1
 )lua";
 
-// ARGV: key. KEYS[15]: the cached copy. Returns 1 when a dead entry was removed.
+// ARGV: key. KEYS[18]: the cached copy. Returns 1 when a dead entry was removed.
 inline constexpr std::string_view discard_dead = R"lua(
 if redis.call('HEXISTS', D, ARGV[1]) == 0 then return 0 end
 forget_dead(ARGV[1])
 -- Whatever is cached holds the dead value (a read may have cached it again with a new
 -- envelope), unless the key is dirty again: drop it, so reads go to the database.
-if redis.call('HEXISTS', V, ARGV[1]) == 0 then redis.call('DEL', KEYS[15]) end
+if redis.call('HEXISTS', V, ARGV[1]) == 0 then
+    redis.call('DEL', KEYS[18])
+elseif not redis.call('ZSCORE', R, ARGV[1]) then
+    -- The versions it held back (coalesce = false) go on.
+    redis.call('ZADD', P, 'NX', fmt(now_ms()), ARGV[1])
+end
 return 1
 )lua";
 
@@ -382,6 +511,7 @@ public:
           max_dead_(options.max_dead),
           replicas_(options.replicas),
           replica_timeout_(options.replica_timeout),
+          coalesce_(options.coalesce),
           put_("write_behind_put", source<redis_detail::write_behind_lua::put>()),
           read_current_("write_behind_read_current",
                         source<redis_detail::write_behind_lua::read_current>(), false),
@@ -415,9 +545,9 @@ public:
                                      ? "larder:wb:" + name_ + ":"
                                      : "{larder:wb:" + name_ + "}:";
         static constexpr std::array<std::string_view, queue_key_count> roles{
-            "pending",     "processing", "values",     "versions", "attempts",
-            "errors",      "since",      "seq",        "dead",     "dead_meta",
-            "dead_errors", "dead_order", "since_next", "owners"};
+            "pending",    "processing", "values",        "versions",  "attempts",    "errors",
+            "since",      "seq",        "dead",          "dead_meta", "dead_errors", "dead_order",
+            "since_next", "owners",     "head_versions", "later",     "later_ends"};
         for (std::size_t i = 0; i < roles.size(); ++i) keys_[i] = base + std::string(roles[i]);
     }
 
@@ -636,7 +766,7 @@ public:
     }
 
 private:
-    static constexpr std::size_t queue_key_count = 14;
+    static constexpr std::size_t queue_key_count = 17;
 
     /// A script's full source: the prelude, then its body. Built once, kept for the program.
     template <const std::string_view& Body>
@@ -673,7 +803,8 @@ private:
                         std::string_view mode, std::string_view expected) {
         const auto keys = with_user_keys({key});
         const redis_detail::Number bound(static_cast<std::int64_t>(max_pending));
-        const std::array<std::string_view, 5> args{key, bytes, bound.view(), mode, expected};
+        const std::array<std::string_view, 6> args{key,  bytes,    bound.view(),
+                                                   mode, expected, coalesce_ ? "1" : "0"};
         std::int64_t acked = 0;
         RedisReply r;
         if (replicas_ > 0) {
@@ -854,6 +985,7 @@ private:
     std::size_t max_dead_;
     int replicas_;
     Millis replica_timeout_;
+    bool coalesce_;
     std::array<std::string, queue_key_count> keys_;
     RedisScript put_;
     RedisScript read_current_;
