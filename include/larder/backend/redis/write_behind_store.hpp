@@ -42,15 +42,23 @@
 // server's clock in microseconds, and the key's last version and dead entry's version: a
 // Redis that lost its counter (a failover to a replica that missed the last increments,
 // whose clock is behind) still never hands a key a version below one it already had. The
-// versions hash keeps one field per key ever written for that. Needs Redis 5 or later
-// (scripts replicated by effect).
+// versions hash keeps one field per key ever written for that. Needs Redis 6.2 or later
+// (ZADD LT; scripts replicated by effect).
+//
+// Concurrent puts share round trips (group commit): while two batches of puts are on their
+// way to the server, the puts that arrive meanwhile wait and then go together in the next
+// script call. A put that finds room goes at once, alone: none waits for company.
 #pragma once
 
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <exception>
 #include <initializer_list>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -83,13 +91,16 @@ local function next_version(now, k)
     local v = redis.call('INCR', SEQ)
     -- The key's last version stays in N after a flush and after it dies: its floor.
     local floor = math.max(now * 1000, tonumber(redis.call('HGET', N, k) or '0') + 1)
+    -- Lua counts in doubles: past 2^53 a version would no longer grow. (The clock in
+    -- microseconds reaches it in the year 2255; only a planted version gets there now.)
+    -- Refused before the counter is lifted, so one such key cannot exhaust the others.
+    if math.max(v, floor) >= 9007199254740991 then
+        error({err = 'ERR larder: write-behind versions exhausted'})
+    end
     if v < floor then
         v = floor
         redis.call('SET', SEQ, fmt(v))
     end
-    -- Lua counts in doubles: past 2^53 a version would no longer grow. (The clock in
-    -- microseconds reaches it in the year 2255; only a planted counter gets there now.)
-    if v >= 9007199254740991 then error({err = 'ERR larder: write-behind versions exhausted'}) end
     return v
 end
 -- The version of the dirty copy (N holds the last one issued, which is the same unless
@@ -179,84 +190,98 @@ local function forget_dead(k)
 end
 )lua";
 
-// ARGV: key, bytes, max_pending, 'put' | 'cas', expected, coalesce ('1' | '0').
-// KEYS[18]: the cached copy. Returns {status (1 stored, 2 conflict, 3 full), version,
-// coalesced}.
+// Puts, applied in order (concurrent puts share one call): ARGV: count, then per put:
+// key, bytes, max_pending, 'put' | 'cas', expected, coalesce ('1' | '0'). KEYS[17 + i]:
+// the cached copy of put i. Returns per put: status (1 stored, 2 conflict, 3 full, 4
+// failed), version, coalesced (the error, when failed).
 inline constexpr std::string_view put = R"lua(
-local k, bytes, U = ARGV[1], ARGV[2], KEYS[18]
-local coalesce = ARGV[6] ~= '0'
-local dirty = redis.call('HEXISTS', V, k) == 1
-if ARGV[4] == 'cas' then
-    local cur = unflushed(k) or redis.call('GET', U)
-    if cur ~= ARGV[5] then return {2, 0, 0} end
-end
--- Dead entries hold acknowledged data as much as dirty ones: they take room too.
--- Coalesced, a put to a dirty or dead key takes that key's place; kept in order, every
--- version takes one.
-local dead = redis.call('HEXISTS', D, k) == 1
-local max_pending = tonumber(ARGV[3])
-if max_pending > 0 and not (coalesce and (dirty or dead)) and
-    redis.call('HLEN', V) + redis.call('HLEN', L) + redis.call('ZCARD', DZ) >= max_pending then
-    return {3, 0, 0}
-end
 local now = now_ms()
-local v = next_version(now, k)
-redis.call('SET', U, bytes)
-if not coalesce and (dirty or dead) then
+local function put(k, bytes, U, max_pending, cas, expected, coalesce)
+    local dirty = redis.call('HEXISTS', V, k) == 1
+    if cas then
+        local cur = unflushed(k) or redis.call('GET', U)
+        if cur ~= expected then return {2, 0, 0} end
+    end
+    -- Dead entries hold acknowledged data as much as dirty ones: they take room too.
+    -- Coalesced, a put to a dirty or dead key takes that key's place; kept in order, every
+    -- version takes one.
+    local dead = redis.call('HEXISTS', D, k) == 1
+    if max_pending > 0 and not (coalesce and (dirty or dead)) and
+        redis.call('HLEN', V) + redis.call('HLEN', L) + redis.call('ZCARD', DZ) >= max_pending then
+        return {3, 0, 0}
+    end
+    local v = next_version(now, k)
+    redis.call('SET', U, bytes)
+    if not coalesce and (dirty or dead) then
+        if dirty then
+            -- Behind the versions queued already.
+            if redis.call('HEXISTS', HV, k) == 0 then redis.call('HSET', HV, k, head_version(k)) end
+            local first, last = later_ends(k)
+            if not first then first, last = 0, -1 end
+            redis.call('HSET', L, later_field(k, last + 1), fmt(v) .. ' ' .. fmt(now) .. ' ' .. bytes)
+            redis.call('HSET', LE, k, fmt(first) .. ' ' .. fmt(last + 1))
+        else
+            -- In order: after the dead version, whenever that is redriven or discarded.
+            redis.call('HSET', V, k, bytes)
+            redis.call('ZADD', S, fmt(now), k)
+        end
+        redis.call('HSET', N, k, fmt(v))
+        return {1, v, 0}
+    end
     if dirty then
-        -- Behind the versions queued already.
-        if redis.call('HEXISTS', HV, k) == 0 then redis.call('HSET', HV, k, head_version(k)) end
-        local first, last = later_ends(k)
-        if not first then first, last = 0, -1 end
-        redis.call('HSET', L, later_field(k, last + 1), fmt(v) .. ' ' .. fmt(now) .. ' ' .. bytes)
-        redis.call('HSET', LE, k, fmt(first) .. ' ' .. fmt(last + 1))
-    else
-        -- In order: after the dead version, whenever that is redriven or discarded.
-        redis.call('HSET', V, k, bytes)
-        redis.call('ZADD', S, fmt(now), k)
+        -- The newest queued version is the one replaced: a queue kept in order by another
+        -- writer stays in order.
+        local _, last = later_ends(k)
+        if last then
+            local f = later_field(k, last)
+            local _, since = parse_later(redis.call('HGET', L, f))
+            redis.call('HSET', L, f, fmt(v) .. ' ' .. since .. ' ' .. bytes)
+            redis.call('HSET', N, k, fmt(v))
+            return {1, v, 1}
+        end
+        if dead then
+            -- Held back behind a dead version (a queue kept in order): it still waits.
+            redis.call('HSET', V, k, bytes)
+            redis.call('HSET', N, k, fmt(v))
+            return {1, v, 1}
+        end
     end
+    local in_flight = redis.call('ZSCORE', R, k)
+    -- Replaced a value that will never be written: one waiting, or one that arrived during
+    -- the flush in progress (the flush writes the older value, the next one only this).
+    local coalesced = 0
+    if dirty and (not in_flight or redis.call('HEXISTS', NS, k) == 1) then coalesced = 1 end
+    redis.call('HSET', V, k, bytes)
     redis.call('HSET', N, k, fmt(v))
-    return {1, v, 0}
-end
-if dirty then
-    -- The newest queued version is the one replaced: a queue kept in order by another
-    -- writer stays in order.
-    local _, last = later_ends(k)
-    if last then
-        local f = later_field(k, last)
-        local _, since = parse_later(redis.call('HGET', L, f))
-        redis.call('HSET', L, f, fmt(v) .. ' ' .. since .. ' ' .. bytes)
-        redis.call('HSET', N, k, fmt(v))
-        return {1, v, 1}
+    redis.call('HDEL', A, k)
+    redis.call('HDEL', E, k)
+    if in_flight then
+        -- The first write the flush in progress does not carry: the age of the key once the
+        -- older value is acknowledged.
+        redis.call('HSETNX', NS, k, fmt(now))
+    else
+        -- Ready now: a key in backoff gets the new value's chance at once (LT: Redis 6.2).
+        redis.call('ZADD', P, 'LT', fmt(now), k)
     end
-    if dead then
-        -- Held back behind a dead version (a queue kept in order): it still waits.
-        redis.call('HSET', V, k, bytes)
-        redis.call('HSET', N, k, fmt(v))
-        return {1, v, 1}
+    redis.call('ZADD', S, 'NX', fmt(now), k)
+    -- The dead value is replaced, as a waiting one is (the put was built on it, or overwrites it).
+    if dead then forget_dead(k) end
+    return {1, v, coalesced}
+end
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+    local a = 2 + (i - 1) * 6
+    -- A put that fails (out of memory, versions exhausted) fails alone: the puts before it
+    -- in the batch stay applied, so their callers must hear that they were.
+    local ok, r = pcall(put, ARGV[a], ARGV[a + 1], KEYS[17 + i], tonumber(ARGV[a + 2]),
+        ARGV[a + 3] == 'cas', ARGV[a + 4], ARGV[a + 5] ~= '0')
+    if not ok then
+        r = {4, 0, type(r) == 'table' and (r.err or r.message) or tostring(r)}
     end
+    local n = #out
+    out[n + 1], out[n + 2], out[n + 3] = r[1], r[2], r[3]
 end
-local in_flight = redis.call('ZSCORE', R, k)
--- Replaced a value that will never be written: one waiting, or one that arrived during
--- the flush in progress (the flush writes the older value, the next one only this).
-local coalesced = 0
-if dirty and (not in_flight or redis.call('HEXISTS', NS, k) == 1) then coalesced = 1 end
-redis.call('HSET', V, k, bytes)
-redis.call('HSET', N, k, fmt(v))
-redis.call('HDEL', A, k)
-redis.call('HDEL', E, k)
-if in_flight then
-    -- The first write the flush in progress does not carry: the age of the key once the
-    -- older value is acknowledged.
-    redis.call('HSETNX', NS, k, fmt(now))
-else
-    local ready = redis.call('ZSCORE', P, k)
-    if not ready or tonumber(ready) > now then redis.call('ZADD', P, fmt(now), k) end
-end
-redis.call('ZADD', S, 'NX', fmt(now), k)
--- The dead value is replaced, as a waiting one is (the put was built on it, or overwrites it).
-if dead then forget_dead(k) end
-return {1, v, coalesced}
+return out
 )lua";
 
 // ARGV: key, 'all' | 'unflushed'. KEYS[18]: the cached copy. Returns {} or
@@ -767,6 +792,11 @@ public:
 
 private:
     static constexpr std::size_t queue_key_count = 17;
+    // Group commit bounds: batches of puts on their way at once (two, so that one is built
+    // while the other travels), and what one batch carries at most.
+    static constexpr int max_put_batches = 2;
+    static constexpr std::size_t put_batch_size = 64;
+    static constexpr std::size_t put_batch_bytes = std::size_t{1} << 20;
 
     /// A script's full source: the prelude, then its body. Built once, kept for the program.
     template <const std::string_view& Body>
@@ -799,22 +829,90 @@ private:
         return CurrentValue{text(parts[1], "read_current"), integer(parts[0], "read_current") == 1};
     }
 
+    // One put waiting for its batch. Its views point into the caller's frame, which waits.
+    struct QueuedPut {
+        std::string_view key, bytes, mode, expected;
+        std::size_t max_pending = 0;
+        PutOutcome outcome{};
+        std::exception_ptr error{};
+        bool done = false;
+    };
+
+    // Group commit: the caller's put joins the queue; while fewer than max_put_batches
+    // batches are on their way, a waiting caller takes up to put_batch_size puts from the
+    // front and sends them as one script call, then wakes their callers.
     PutOutcome put_impl(std::string_view key, std::string_view bytes, std::size_t max_pending,
                         std::string_view mode, std::string_view expected) {
-        const auto keys = with_user_keys({key});
-        const redis_detail::Number bound(static_cast<std::int64_t>(max_pending));
-        const std::array<std::string_view, 6> args{key,  bytes,    bound.view(),
-                                                   mode, expected, coalesce_ ? "1" : "0"};
-        std::int64_t acked = 0;
-        RedisReply r;
-        if (replicas_ > 0) {
-            std::tie(r, acked) =
-                backend_.eval_and_wait(put_, keys, args, replicas_, replica_timeout_);
-        } else {
-            r = backend_.eval(put_, keys, args);
+        QueuedPut mine{key, bytes, mode, expected, max_pending};
+        std::unique_lock lock(put_mutex_);
+        put_queue_.push_back(&mine);
+        while (!mine.done) {
+            if (put_batches_ < max_put_batches && !put_queue_.empty()) {
+                ++put_batches_;
+                std::vector<QueuedPut*> batch;
+                std::size_t bytes_taken = 0;
+                while (!put_queue_.empty() && batch.size() < put_batch_size &&
+                       (batch.empty() || bytes_taken < put_batch_bytes)) {
+                    bytes_taken += put_queue_.front()->bytes.size();
+                    batch.push_back(put_queue_.front());
+                    put_queue_.pop_front();
+                }
+                lock.unlock();
+                send_puts(batch);
+                lock.lock();
+                for (QueuedPut* p : batch) p->done = true;
+                --put_batches_;
+                put_done_.notify_all();
+            } else {
+                put_done_.wait(lock);
+            }
         }
-        const auto& parts = array(r, "put");
-        if (parts.size() != 3) throw BackendError("redis write-behind: bad put reply");
+        lock.unlock();
+        if (mine.error) std::rethrow_exception(mine.error);
+        return mine.outcome;
+    }
+
+    // Sends one batch; every put in it gets its outcome, or the error (none is left unset).
+    void send_puts(std::span<QueuedPut* const> batch) noexcept {
+        try {
+            std::vector<std::string_view> keys(keys_.begin(), keys_.end());
+            std::vector<std::string> numbers;  // reserved: the views below stay valid
+            numbers.reserve(1 + batch.size());
+            std::vector<std::string_view> args;
+            args.reserve(1 + 6 * batch.size());
+            numbers.push_back(std::to_string(batch.size()));
+            args.push_back(numbers.back());
+            for (const QueuedPut* p : batch) {
+                keys.push_back(p->key);
+                numbers.push_back(std::to_string(p->max_pending));
+                args.insert(args.end(), {p->key, p->bytes, numbers.back(), p->mode, p->expected,
+                                         coalesce_ ? "1" : "0"});
+            }
+            std::int64_t acked = 0;
+            RedisReply r;
+            if (replicas_ > 0) {
+                std::tie(r, acked) =
+                    backend_.eval_and_wait(put_, keys, args, replicas_, replica_timeout_);
+            } else {
+                r = backend_.eval(put_, keys, args);
+            }
+            const auto& parts = array(r, "put");
+            if (parts.size() != 3 * batch.size()) {
+                throw BackendError("redis write-behind: bad put reply");
+            }
+            for (std::size_t i = 0; i < batch.size(); ++i) {
+                try {
+                    batch[i]->outcome = put_outcome(std::span(parts).subspan(3 * i, 3), acked);
+                } catch (...) {
+                    batch[i]->error = std::current_exception();
+                }
+            }
+        } catch (...) {
+            for (QueuedPut* p : batch) p->error = std::current_exception();
+        }
+    }
+
+    PutOutcome put_outcome(std::span<const RedisReply> parts, std::int64_t acked) const {
         PutOutcome out;
         switch (integer(parts[0], "put")) {
             case 1:
@@ -826,6 +924,8 @@ private:
             case 3:
                 out.status = PutStatus::full;
                 return out;
+            case 4:
+                throw BackendError("redis write-behind: put failed: " + text(parts[2], "put"));
             default:
                 throw BackendError("redis write-behind: bad put status");
         }
@@ -987,6 +1087,10 @@ private:
     Millis replica_timeout_;
     bool coalesce_;
     std::array<std::string, queue_key_count> keys_;
+    std::mutex put_mutex_;
+    std::condition_variable put_done_;
+    std::deque<QueuedPut*> put_queue_;
+    int put_batches_ = 0;  // on their way now
     RedisScript put_;
     RedisScript read_current_;
     RedisScript claim_;
