@@ -1,8 +1,13 @@
 // write_behind_bench: sustained write-behind into Redis while the database keeps up with
 // only 2,000 rows/s - the situation write-behind exists for. On a private redis-server
-// (loopback, started here), 4 producer threads put (or increment) for 3 s each run; the
-// flusher writes every 100 ms in batches of up to 500 to a "database" that lets through at
-// most 2,000 row writes per second.
+// (loopback, started here), 4 or 16 producer threads (threads:) put (or increment) for 3 s
+// each run; the flusher writes every 100 ms in batches of up to 500 to a "database" that
+// lets through at most 2,000 row writes per second.
+//
+// The peer, in the same run: the seed's hand-written write-behind (SET key value and
+// SADD dirty key, pipelined in one round trip per write, a raw hiredis connection per
+// thread) - no versions, no coalescing, no claim, so it is the machine's ceiling for one
+// acknowledged write per round trip, not a rival with the same guarantees.
 //
 // Per run (Google Benchmark counters, all per second or per flush interval):
 //   ops_per_s                  acknowledged puts or increments
@@ -31,11 +36,11 @@
 #include <unordered_set>
 #include <vector>
 
-#include "../tests/support/redis_server.hpp"
 #include "larder/backend/redis.hpp"
 #include "larder/backend/redis/write_behind_store.hpp"
 #include "larder/codec/json.hpp"
 #include "larder/policy/write_behind.hpp"
+#include "support/redis.hpp"
 
 namespace {
 
@@ -45,18 +50,17 @@ using Clock = std::chrono::steady_clock;
 constexpr double db_rows_per_second = 2000;
 constexpr auto run_for = 3s;
 constexpr auto flush_interval = 100ms;
-constexpr int producers = 4;
 
 larder::test::RedisServer& server() {
     static larder::test::RedisServer instance;  // started by the main thread
     return instance;
 }
 
-larder::RedisOptions redis_options() {
+larder::RedisOptions redis_options(int producers) {
     larder::RedisOptions o;
     o.host = server().host();
     o.port = server().port();
-    o.pool_size = producers + 4;
+    o.pool_size = static_cast<std::size_t>(producers) + 4;
     o.command_timeout = 2s;
     o.pool_wait_timeout = 2s;
     return o;
@@ -107,10 +111,11 @@ struct Sample {
 template <class V, class Op>
 void sustained(benchmark::State& state, const char* what, Op op) {
     const long keys = state.range(0);
+    const int producers = static_cast<int>(state.range(1));
     static int run_number = 0;
     for (auto _ : state) {
         server().command({"FLUSHALL"});
-        larder::RedisBackend redis(redis_options());
+        larder::RedisBackend redis(redis_options(producers));
         ThrottledDb db;
         larder::WriteBehindOptions o;
         o.name = "bench" + std::to_string(++run_number);
@@ -177,8 +182,9 @@ void sustained(benchmark::State& state, const char* what, Op op) {
             (static_cast<double>(last.pending) - static_cast<double>(first.pending)) /
             std::max(1e-9, last.seconds - first.seconds);
 
-        std::printf("\n%s, keys %s: the queue over time (database held to %.0f rows/s)\n", what,
-                    keys == 0 ? "all new" : std::to_string(keys).c_str(), db_rows_per_second);
+        std::printf(
+            "\n%s, keys %s, %d threads: the queue over time (database held to %.0f rows/s)\n", what,
+            keys == 0 ? "all new" : std::to_string(keys).c_str(), producers, db_rows_per_second);
         std::printf("  %6s %10s %10s %10s %12s\n", "t (s)", "ops", "db rows", "pending",
                     "oldest (ms)");
         for (const auto& p : timeline) {
@@ -202,20 +208,71 @@ void BM_Increment(benchmark::State& state) {
     });
 }
 
+// The peer: SET + SADD in one pipelined round trip per write, a connection per thread.
+void BM_PeerSetSadd(benchmark::State& state) {
+    const long keys = state.range(0);
+    const int producers = static_cast<int>(state.range(1));
+    for (auto _ : state) {
+        server().command({"FLUSHALL"});
+        std::atomic<bool> stop{false};
+        std::atomic<long> ops{0};
+        std::vector<std::thread> threads;
+        const auto start = Clock::now();
+        for (int t = 0; t < producers; ++t) {
+            threads.emplace_back([&, t] {
+                larder::bench::RawConnection c(server());
+                std::mt19937_64 rng(static_cast<std::uint64_t>(t) * 7919 + 1);
+                std::uniform_int_distribution<long> pick(0, keys - 1);
+                const std::string value = "a value of about forty bytes, like a row";
+                while (!stop.load(std::memory_order_relaxed)) {
+                    const std::string key = "bench:" + std::to_string(pick(rng));
+                    const char* set[3] = {"SET", key.data(), value.data()};
+                    const std::size_t set_lens[3] = {3, key.size(), value.size()};
+                    const char* sadd[3] = {"SADD", "dirty", key.data()};
+                    const std::size_t sadd_lens[3] = {4, 5, key.size()};
+                    redisAppendCommandArgv(c.get(), 3, set, set_lens);
+                    redisAppendCommandArgv(c.get(), 3, sadd, sadd_lens);
+                    for (int r = 0; r < 2; ++r) {
+                        void* reply = nullptr;
+                        if (redisGetReply(c.get(), &reply) != REDIS_OK) return;
+                        freeReplyObject(reply);
+                    }
+                    ops.fetch_add(1, std::memory_order_relaxed);
+                }
+            });
+        }
+        std::this_thread::sleep_for(run_for);
+        stop = true;
+        for (auto& th : threads) th.join();
+        const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+        state.SetIterationTime(seconds);
+        state.counters["ops_per_s"] = static_cast<double>(ops.load()) / seconds;
+    }
+}
+
 }  // namespace
 
 BENCHMARK(BM_Put)
-    ->ArgName("keys")
-    ->Arg(1000)
-    ->Arg(100'000)
-    ->Arg(0)
+    ->ArgNames({"keys", "threads"})
+    ->Args({1000, 4})
+    ->Args({1000, 16})
+    ->Args({100'000, 4})
+    ->Args({100'000, 16})
+    ->Args({0, 4})
+    ->Iterations(1)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_PeerSetSadd)
+    ->ArgNames({"keys", "threads"})
+    ->Args({1000, 4})
+    ->Args({1000, 16})
     ->Iterations(1)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Increment)
-    ->ArgName("keys")
-    ->Arg(1000)
-    ->Arg(100'000)
+    ->ArgNames({"keys", "threads"})
+    ->Args({1000, 4})
+    ->Args({100'000, 4})
     ->Iterations(1)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
