@@ -195,7 +195,22 @@ end
 // the cached copy of put i. Returns per put: status (1 stored, 2 conflict, 3 full, 4
 // failed), version, coalesced (the error, when failed).
 inline constexpr std::string_view put = R"lua(
+-- Read once per batch: the clock, the version counter (written back once, at the end),
+-- whether anything is dead at all (puts only ever remove dead entries) and whether any
+-- version is queued behind another (coalesce = false).
 local now = now_ms()
+local now_s = fmt(now)
+local seq = tonumber(redis.call('GET', SEQ) or '0')
+local any_dead = redis.call('ZCARD', DZ) > 0
+local any_later = redis.call('HLEN', L) > 0
+-- As next_version, with the counter kept in `seq`.
+local function version_for(k)
+    local floor = math.max(now * 1000, tonumber(redis.call('HGET', N, k) or '0') + 1)
+    local v = math.max(seq + 1, floor)
+    if v >= 9007199254740991 then error({err = 'ERR larder: write-behind versions exhausted'}) end
+    seq = v
+    return v
+end
 local function put(k, bytes, U, max_pending, cas, expected, coalesce)
     local dirty = redis.call('HEXISTS', V, k) == 1
     if cas then
@@ -205,12 +220,13 @@ local function put(k, bytes, U, max_pending, cas, expected, coalesce)
     -- Dead entries hold acknowledged data as much as dirty ones: they take room too.
     -- Coalesced, a put to a dirty or dead key takes that key's place; kept in order, every
     -- version takes one.
-    local dead = redis.call('HEXISTS', D, k) == 1
+    local dead = any_dead and redis.call('HEXISTS', D, k) == 1
     if max_pending > 0 and not (coalesce and (dirty or dead)) and
         redis.call('HLEN', V) + redis.call('HLEN', L) + redis.call('ZCARD', DZ) >= max_pending then
         return {3, 0, 0}
     end
-    local v = next_version(now, k)
+    local v = version_for(k)
+    local v_s = fmt(v)
     redis.call('SET', U, bytes)
     if not coalesce and (dirty or dead) then
         if dirty then
@@ -218,52 +234,58 @@ local function put(k, bytes, U, max_pending, cas, expected, coalesce)
             if redis.call('HEXISTS', HV, k) == 0 then redis.call('HSET', HV, k, head_version(k)) end
             local first, last = later_ends(k)
             if not first then first, last = 0, -1 end
-            redis.call('HSET', L, later_field(k, last + 1), fmt(v) .. ' ' .. fmt(now) .. ' ' .. bytes)
+            any_later = true
+            redis.call('HSET', L, later_field(k, last + 1), v_s .. ' ' .. now_s .. ' ' .. bytes)
             redis.call('HSET', LE, k, fmt(first) .. ' ' .. fmt(last + 1))
         else
             -- In order: after the dead version, whenever that is redriven or discarded.
             redis.call('HSET', V, k, bytes)
-            redis.call('ZADD', S, fmt(now), k)
+            redis.call('ZADD', S, now_s, k)
         end
-        redis.call('HSET', N, k, fmt(v))
+        redis.call('HSET', N, k, v_s)
         return {1, v, 0}
     end
     if dirty then
         -- The newest queued version is the one replaced: a queue kept in order by another
         -- writer stays in order.
-        local _, last = later_ends(k)
+        local first, last
+        if any_later then first, last = later_ends(k) end
         if last then
             local f = later_field(k, last)
             local _, since = parse_later(redis.call('HGET', L, f))
-            redis.call('HSET', L, f, fmt(v) .. ' ' .. since .. ' ' .. bytes)
-            redis.call('HSET', N, k, fmt(v))
+            redis.call('HSET', L, f, v_s .. ' ' .. since .. ' ' .. bytes)
+            redis.call('HSET', N, k, v_s)
             return {1, v, 1}
         end
         if dead then
             -- Held back behind a dead version (a queue kept in order): it still waits.
             redis.call('HSET', V, k, bytes)
-            redis.call('HSET', N, k, fmt(v))
+            redis.call('HSET', N, k, v_s)
             return {1, v, 1}
         end
     end
-    local in_flight = redis.call('ZSCORE', R, k)
+    -- (A clean key is in none of R, NS, A, E and S: nothing to ask or clear.)
+    local in_flight = dirty and redis.call('ZSCORE', R, k)
     -- Replaced a value that will never be written: one waiting, or one that arrived during
     -- the flush in progress (the flush writes the older value, the next one only this).
     local coalesced = 0
     if dirty and (not in_flight or redis.call('HEXISTS', NS, k) == 1) then coalesced = 1 end
     redis.call('HSET', V, k, bytes)
-    redis.call('HSET', N, k, fmt(v))
-    redis.call('HDEL', A, k)
-    redis.call('HDEL', E, k)
+    redis.call('HSET', N, k, v_s)
+    if dirty then
+        redis.call('HDEL', A, k)
+        redis.call('HDEL', E, k)
+    else
+        redis.call('ZADD', S, now_s, k)
+    end
     if in_flight then
         -- The first write the flush in progress does not carry: the age of the key once the
         -- older value is acknowledged.
-        redis.call('HSETNX', NS, k, fmt(now))
+        redis.call('HSETNX', NS, k, now_s)
     else
         -- Ready now: a key in backoff gets the new value's chance at once (LT: Redis 6.2).
-        redis.call('ZADD', P, 'LT', fmt(now), k)
+        redis.call('ZADD', P, 'LT', now_s, k)
     end
-    redis.call('ZADD', S, 'NX', fmt(now), k)
     -- The dead value is replaced, as a waiting one is (the put was built on it, or overwrites it).
     if dead then forget_dead(k) end
     return {1, v, coalesced}
@@ -281,6 +303,7 @@ for i = 1, tonumber(ARGV[1]) do
     local n = #out
     out[n + 1], out[n + 2], out[n + 3] = r[1], r[2], r[3]
 end
+redis.call('SET', SEQ, fmt(seq))
 return out
 )lua";
 
