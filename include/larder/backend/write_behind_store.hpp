@@ -19,6 +19,9 @@
 //    that never repeats. The queue keeps the dirty copy, not only the cache, so an evicted
 //    cache entry cannot lose unflushed data. A put to a key that is waiting replaces its
 //    value (coalescing); a put to a key being flushed waits for that flush to settle.
+//    With coalesce = false it is queued behind the key's earlier versions instead, and
+//    each is claimed once the one before it is acknowledged; a dead version holds back
+//    the later ones until it is redriven (back in front of them) or discarded.
 //  - claim moves ready entries into processing with a deadline, and first re-queues
 //    processing entries whose deadline passed (their flusher died or stalled), counting
 //    that as a failed attempt.
