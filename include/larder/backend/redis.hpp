@@ -492,6 +492,15 @@ private:
                                               " (the write was sent: it may have been applied)");
                 }
                 throw;
+            } catch (const ConnectionError& e) {
+                // The connection died after the write left: the server may have run it
+                // before the reply was lost, so this is no plain failure either.
+                if (effect == Effect::write && lease->request_sent() && lease->lost()) {
+                    throw OutcomeUnknownError(std::string(e.what()) +
+                                              " (after the write was sent: it may have been "
+                                              "applied)");
+                }
+                throw;
             }
         } catch (const redis_detail::PoolExhausted&) {
             Counters::bump(counters_.errors);

@@ -44,6 +44,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <concepts>
 #include <cstdint>
 #include <deque>
@@ -301,6 +302,11 @@ struct write_behind_store_for {
 template <class B>
 using write_behind_store_t = typename write_behind_store_for<B>::type;
 
+namespace detail {
+/// The last version any MemoryWriteBehindStore of this process issued.
+inline std::atomic<std::uint64_t> memory_store_last_version{0};
+}  // namespace detail
+
 /// The queue in process memory, beside any backend that holds the cached copies. One
 /// mutex over the queue; the cached copy is written under it, so the cache and the queue
 /// never disagree about the latest put. Not durable past the process: what is unflushed
@@ -523,7 +529,15 @@ public:
             return RedriveResult::requeued;
         }
         if (held_back != entries_.end()) return RedriveResult::superseded;
-        put_locked(key, d.value, 0);
+        try {
+            put_locked(key, d.value, 0);
+        } catch (...) {
+            // Not queued (the cached copy was refused): the dead entry stays as it was.
+            const std::int64_t dead_at = d.dead_at.time_since_epoch().count();
+            dead_.emplace(std::string(key), std::move(d));
+            dead_order_.emplace(dead_at, std::string(key));
+            throw;
+        }
         return RedriveResult::requeued;
     }
 
@@ -659,11 +673,7 @@ private:
         // is left as it was and the put is not acknowledged.
         backend_.set(key, bytes, no_expiry);
         const std::int64_t now = now_ms();
-        // Never below the clock in microseconds: a restarted process does not reissue the
-        // versions a database fenced on them has already seen.
-        last_version_ = std::max(last_version_ + 1,
-                                 static_cast<std::uint64_t>(std::max<std::int64_t>(now, 0)) * 1000);
-        PutOutcome out{.status = PutStatus::stored, .version = last_version_};
+        PutOutcome out{.status = PutStatus::stored, .version = next_version(now)};
         if (it == entries_.end()) {
             it = entries_.emplace(std::string(key), Entry{}).first;
             Entry& e = it->second;
@@ -770,6 +780,21 @@ private:
         e.blocked = true;
     }
 
+    // Above every version any store of this process issued (a store made anew on the same
+    // cache, after the old one's were flushed to a fenced database, must not reissue
+    // theirs), and never below the clock in microseconds, so a restarted process does not
+    // either.
+    static std::uint64_t next_version(std::int64_t now) {
+        std::atomic<std::uint64_t>& last = detail::memory_store_last_version;
+        const auto floor = static_cast<std::uint64_t>(std::max<std::int64_t>(now, 0)) * 1000;
+        std::uint64_t seen = last.load(std::memory_order_relaxed);
+        std::uint64_t next = 0;
+        do {
+            next = std::max(seen + 1, floor);
+        } while (!last.compare_exchange_weak(seen, next, std::memory_order_relaxed));
+        return next;
+    }
+
     // The next queued version becomes the one written next (coalesce = false).
     void promote(const std::string& key, Entry& e) {
         since_.erase({e.since, key});
@@ -838,9 +863,6 @@ private:
     std::size_t later_count_ = 0;  // versions queued behind others (coalesce = false)
     std::int64_t last_now_ = 0;    // see now_ms()
     std::int64_t offset_ = 0;
-    // Versions come from this one counter, so they never go backwards for any key, whatever
-    // the clock does; the clock only lifts it (see put_locked).
-    std::uint64_t last_version_ = 0;
 };
 
 template <>

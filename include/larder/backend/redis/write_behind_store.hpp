@@ -88,19 +88,15 @@ local function now_ms()
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function next_version(now, k)
-    local v = redis.call('INCR', SEQ)
+    -- The counter is lifted by the clock, never by one key's floor: a key whose version
+    -- nears the limit must not drag the others there.
+    local seq = math.max(redis.call('INCR', SEQ), now * 1000)
     -- The key's last version stays in N after a flush and after it dies: its floor.
-    local floor = math.max(now * 1000, tonumber(redis.call('HGET', N, k) or '0') + 1)
+    local v = math.max(seq, tonumber(redis.call('HGET', N, k) or '0') + 1)
     -- Lua counts in doubles: past 2^53 a version would no longer grow. (The clock in
     -- microseconds reaches it in the year 2255; only a planted version gets there now.)
-    -- Refused before the counter is lifted, so one such key cannot exhaust the others.
-    if math.max(v, floor) >= 9007199254740991 then
-        error({err = 'ERR larder: write-behind versions exhausted'})
-    end
-    if v < floor then
-        v = floor
-        redis.call('SET', SEQ, fmt(v))
-    end
+    if v >= 9007199254740991 then error({err = 'ERR larder: write-behind versions exhausted'}) end
+    redis.call('SET', SEQ, fmt(seq))
     return v
 end
 -- The version of the dirty copy (N holds the last one issued, which is the same unless
@@ -205,10 +201,10 @@ local any_dead = redis.call('ZCARD', DZ) > 0
 local any_later = redis.call('HLEN', L) > 0
 -- As next_version, with the counter kept in `seq`.
 local function version_for(k)
-    local floor = math.max(now * 1000, tonumber(redis.call('HGET', N, k) or '0') + 1)
-    local v = math.max(seq + 1, floor)
+    local next_seq = math.max(seq + 1, now * 1000)
+    local v = math.max(next_seq, tonumber(redis.call('HGET', N, k) or '0') + 1)
     if v >= 9007199254740991 then error({err = 'ERR larder: write-behind versions exhausted'}) end
-    seq = v
+    seq = next_seq
     return v
 end
 local function put(k, bytes, U, max_pending, cas, expected, coalesce)
@@ -491,7 +487,11 @@ local k, U = ARGV[1], KEYS[18]
 local value = redis.call('HGET', D, k)
 if not value then return 0 end
 local meta = redis.call('HGET', DM, k) or ''
-if redis.call('HEXISTS', V, k) == 1 then
+local held_back = redis.call('HEXISTS', V, k) == 1
+local now = now_ms()
+-- Issued before anything changes: a refused version leaves the dead entry where it was.
+local v = not held_back and next_version(now, k)
+if held_back then
     -- Held back behind it (coalesce = false): the dead version goes back in front of the
     -- versions it held back, as itself; they are written after it, in order.
     local version, since = string.match(meta, '^(%S+) %S+ %S+ (%S+)')
@@ -506,13 +506,10 @@ if redis.call('HEXISTS', V, k) == 1 then
     redis.call('HDEL', A, k)
     redis.call('HDEL', E, k)
     forget_dead(k)
-    redis.call('ZADD', P, fmt(now_ms()), k)
+    redis.call('ZADD', P, fmt(now), k)
     return 1
 end
 forget_dead(k)
-if redis.call('HEXISTS', V, k) == 1 then return 2 end
-local now = now_ms()
-local v = next_version(now, k)
 redis.call('HSET', V, k, value)
 redis.call('HSET', N, k, fmt(v))
 redis.call('HDEL', A, k)
