@@ -493,9 +493,10 @@ private:
                 }
                 throw;
             } catch (const ConnectionError& e) {
-                // The connection died after the write left: the server may have run it
-                // before the reply was lost, so this is no plain failure either.
-                if (effect == Effect::write && lease->request_sent() && lease->lost()) {
+                // The connection died after the whole write left: the server may have run
+                // it before the reply was lost, so this is no plain failure either. (One
+                // cut short while sending never ran: the server had no whole command.)
+                if (effect == Effect::write && lease->request_complete() && lease->lost()) {
                     throw OutcomeUnknownError(std::string(e.what()) +
                                               " (after the write was sent: it may have been "
                                               "applied)");

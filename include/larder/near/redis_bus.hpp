@@ -112,6 +112,8 @@ public:
             // once more on a new one. The message may go out twice, which is harmless; one
             // that does not go out leaves other L1s serving the old value until it does.
             send();
+        } catch (const OutcomeUnknownError&) {
+            send();  // the same, found closed only once the message had left
         }
     }
 

@@ -488,6 +488,7 @@ public:
             unflushed_ = false;
             Counters::bump(counters_.round_trips);
             request_sent_ = false;
+            request_complete_ = false;
             replies_received_ = 0;
             use_timeout(endpoint_.timeout_for(outgoing_.size()));
             send_outgoing();
@@ -538,6 +539,8 @@ public:
     /// After a failed round trip: some of its bytes reached the socket, so the server may
     /// have run its commands (a write's outcome is then unknown, not "not applied").
     [[nodiscard]] bool request_sent() const noexcept { return request_sent_; }
+    /// ... all of it: the server may have run it.
+    [[nodiscard]] bool request_complete() const noexcept { return request_complete_; }
 
     /// After a failed round trip: part of its replies had arrived when it failed. The
     /// server was answering; what timed out was the size of the exchange, not the server.
@@ -652,6 +655,7 @@ private:
                                   std::strerror(err));
         }
         outgoing_.clear();
+        request_complete_ = true;
     }
 
     // Sets the socket's per-wait timeouts, only when they change: a round trip that sends
@@ -699,6 +703,7 @@ private:
     bool lost_ = false;
     Millis current_timeout_ = endpoint_.command_timeout;  // what the socket is set to
     bool request_sent_ = false;         // this round trip handed bytes to the socket
+    bool request_complete_ = false;     // ... all of its bytes
     std::size_t replies_received_ = 0;  // replies of this round trip read so far
     bool reply_started_ = false;        // set by fail()
     std::uint64_t tracking_epoch_ = 0;  // see tracking_epoch()
