@@ -12,6 +12,19 @@
 //         after:<n>        ... after writing all of batch n's rows, before acknowledging
 //         stall            at every batch print "writing <hex key> <version>" and wait
 //                          for a line on stdin before writing; print "wrote" after
+//         settle:<n>       at batch n, having written all its rows, make the server hold
+//                          every write command (CLIENT PAUSE 5000 WRITE, on a connection
+//                          of its own) and return, so that the settle script goes out and
+//                          waits at the server; a thread watches CLIENT LIST until it sees
+//                          it there, unanswered, and SIGKILLs the process some tens of ms
+//                          later, having printed
+//                            "held <blocked> <blocked before> <rows> <client ids|->"
+//                          <blocked>: this process's scripts the server holds at the kill
+//                          (the settle: <blocked before> counted those held before the
+//                          batch writer returned, normally 0); <client ids>: theirs,
+//                          comma separated, for the parent to see the server drop them.
+//                          Should that batch's flush return first (its settle answered,
+//                          or failed), it prints "settle returned".
 //       Before a SIGKILL of its own it prints "dying".
 //   write_behind_child drain <port> <queue> <db_dir> <timeout_ms> <fenced>
 //       Flushes until the queue is empty; prints "drained <flushed> <requeued>", exit 0;
@@ -23,16 +36,21 @@
 // <db_dir>/fenced), as UPDATE ... WHERE version < ? would; 0: it is written, and noted in
 // <db_dir>/regressions. Either way <db_dir>/regressions lists every time the database went
 // back to an older value.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -42,6 +60,8 @@
 #include <larder/backend/redis.hpp>
 #include <larder/backend/redis/write_behind_store.hpp>
 #include <larder/policy/write_behind.hpp>
+
+#include "support/redis_server.hpp"
 
 namespace {
 
@@ -147,6 +167,91 @@ larder::WriteBehindOptions options(const std::string& queue, larder::Millis clai
     std::abort();
 }
 
+// One command on a fresh connection of its own, outside the backend's pool.
+std::string side_command(int port, const std::vector<std::string>& args) {
+    return larder::test::detail::execute_pipeline(port, {args}, 5s).back().render();
+}
+
+// Local ports of this process's TCP sockets: its connections, as CLIENT LIST's addr= shows
+// them.
+std::set<int> own_ports() {
+    std::set<int> ports;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+        int fd = -1;
+        try {
+            fd = std::stoi(entry.path().filename().string());
+        } catch (const std::exception&) {
+            continue;
+        }
+        sockaddr_storage addr{};
+        socklen_t len = sizeof addr;
+        if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) continue;
+        if (addr.ss_family != AF_INET) continue;
+        ports.insert(ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port));
+    }
+    return ports;
+}
+
+std::string field(const std::string& line, const std::string& name) {
+    const auto at = line.find(" " + name + "=");
+    if (at == std::string::npos) return {};
+    const auto from = at + name.size() + 2;
+    return line.substr(from, line.find(' ', from) - from);
+}
+
+// Ids of this process's connections whose script the server holds, unanswered: blocked
+// (flags b) in EVALSHA - or EVAL, a script's first use by this process (SCRIPT LOAD and EVAL
+// pipelined) - never run: CLIENT PAUSE WRITE postpones scripts.
+std::vector<std::string> held_scripts(int port) {
+    const std::set<int> mine = own_ports();
+    std::vector<std::string> ids;
+    std::istringstream lines(side_command(port, {"CLIENT", "LIST", "TYPE", "normal"}));
+    for (std::string line; std::getline(lines, line);) {
+        const std::string addr = field(line, "addr");
+        const auto colon = addr.rfind(':');
+        if (colon == std::string::npos || !mine.contains(std::stoi(addr.substr(colon + 1)))) {
+            continue;
+        }
+        if (field(line, "flags").find('b') == std::string::npos) continue;
+        if (const auto cmd = field(line, "cmd"); cmd != "evalsha" && cmd != "eval") continue;
+        ids.push_back(line.substr(3, line.find(' ') - 3));  // "id=<n> ..."
+    }
+    return ids;
+}
+
+// The settle of this batch is next: the server holds it (a WRITE pause; the parent lifts
+// it once this process is dead), and a thread kills the process once it is held.
+std::atomic<bool> settle_sent{false};
+
+void hold_settle_then_die(int port, std::size_t rows) {
+    const std::string paused = side_command(port, {"CLIENT", "PAUSE", "5000", "WRITE"});
+    if (paused != "OK") throw std::runtime_error("CLIENT PAUSE: " + paused);
+    settle_sent = true;
+    // Normally none: only the claim keeper's extension could be held already.
+    const std::size_t before = held_scripts(port).size();
+    std::thread([port, rows, before] {
+        std::vector<std::string> held;
+        try {
+            const auto deadline = std::chrono::steady_clock::now() + 3s;
+            while (std::chrono::steady_clock::now() < deadline) {
+                held = held_scripts(port);
+                if (held.size() > before) break;
+                std::this_thread::sleep_for(1ms);
+            }
+            std::this_thread::sleep_for(30ms);
+            held = held_scripts(port);  // what the kill lands on
+        } catch (const std::exception& e) {
+            std::cerr << "write_behind_child: CLIENT LIST: " << e.what() << "\n";
+            held.clear();  // "held 0 ...": the parent sees nothing was seen held
+        }
+        std::string ids;
+        for (const auto& id : held) ids += (ids.empty() ? "" : ",") + id;
+        std::cout << "held " << held.size() << " " << before << " " << rows << " "
+                  << (ids.empty() ? "-" : ids) << std::endl;
+        die();
+    }).detach();
+}
+
 int flush_main(int port, const std::string& queue, const std::string& dir, const std::string& mode,
                int claim_ttl_ms, bool fenced) {
     std::string point = mode;
@@ -176,6 +281,7 @@ int flush_main(int port, const std::string& queue, const std::string& dir, const
             }
             db.write(batch, 0, batch.size());
             if (dies_here && point == "after") die();
+            if (dies_here && point == "settle") hold_settle_then_die(port, batch.size());
             if (point == "stall") std::cout << "wrote" << std::endl;
             return larder::BatchResult{};
         },
@@ -183,6 +289,8 @@ int flush_main(int port, const std::string& queue, const std::string& dir, const
     std::cout << "ready" << std::endl;
     for (;;) {
         (void)wb.flush();
+        // The held settle came back (answered, or failed): the kill did not land on it.
+        if (settle_sent.exchange(false)) std::cout << "settle returned" << std::endl;
         std::this_thread::sleep_for(1ms);
     }
 }
