@@ -26,6 +26,11 @@
 //                          Should that batch's flush return first (its settle answered,
 //                          or failed), it prints "settle returned".
 //       Before a SIGKILL of its own it prints "dying".
+//   write_behind_child produce <port> <queue> <tag> <replica_timeout_ms>
+//       A producer: puts to key0..key9 (values "<tag>-<i>") with replicas = 1, one by one,
+//       forever (at most 100000); prints "ready" first, "putting <key> <value>" before
+//       each put and, when the put returns, "acked <key> <value>" - or "refused <key>
+//       <value> <error>" when it throws (not acknowledged; it may still be applied).
 //   write_behind_child drain <port> <queue> <db_dir> <timeout_ms> <fenced>
 //       Flushes until the queue is empty; prints "drained <flushed> <requeued>", exit 0;
 //       exit 1 when the queue is still not empty after the timeout.
@@ -43,6 +48,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -50,6 +56,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
@@ -138,10 +145,10 @@ private:
     bool fenced_;
 };
 
-larder::RedisBackend connect(int port) {
+larder::RedisBackend connect(int port, larder::Millis command_timeout = 2s) {
     return larder::RedisBackend(larder::RedisOptions{.port = port,
                                                      .connect_timeout = 2s,
-                                                     .command_timeout = 2s,
+                                                     .command_timeout = command_timeout,
                                                      .pool_size = 4,
                                                      .pool_wait_timeout = 2s,
                                                      .require_connection = true});
@@ -321,6 +328,38 @@ int drain_main(int port, const std::string& queue, const std::string& dir, int t
     return 0;
 }
 
+int produce_main(int port, const std::string& queue, const std::string& tag,
+                 int replica_timeout_ms) {
+    // The WAIT must end before the connection's own deadline.
+    auto redis = connect(port, larder::Millis{replica_timeout_ms} + 3s);
+    auto o = options(queue, 30s);
+    o.replicas = 1;
+    o.replica_timeout = larder::Millis{replica_timeout_ms};
+    larder::WriteBehind<std::string, larder::RedisBackend> wb(
+        redis,
+        [](std::span<const Entry>) -> larder::BatchResult {
+            throw std::logic_error("the producer never flushes");
+        },
+        o);
+    std::mt19937 rng(std::hash<std::string>{}(tag));
+    std::cout << "ready" << std::endl;
+    for (int i = 0; i < 100000; ++i) {
+        const std::string key = "key" + std::to_string(rng() % 10);
+        const std::string value = tag + "-" + std::to_string(i);
+        std::cout << "putting " << key << " " << value << std::endl;
+        try {
+            wb.put(key, value);
+            std::cout << "acked " << key << " " << value << std::endl;
+        } catch (const std::exception& e) {
+            std::string why = e.what();
+            std::replace(why.begin(), why.end(), '\n', ' ');
+            std::cout << "refused " << key << " " << value << " " << why << std::endl;
+        }
+        std::this_thread::sleep_for(1ms);
+    }
+    return 0;
+}
+
 int dump_main(const std::string& dir) {
     for (const auto& entry : std::filesystem::directory_iterator(dir)) {
         const std::string name = entry.path().filename().string();
@@ -347,13 +386,17 @@ int main(int argc, char** argv) {
             return drain_main(std::stoi(args[1]), args[2], args[3], std::stoi(args[4]),
                               args[5] == "1");
         }
+        if (args.size() == 5 && args[0] == "produce") {
+            return produce_main(std::stoi(args[1]), args[2], args[3], std::stoi(args[4]));
+        }
         if (args.size() == 2 && args[0] == "dump") return dump_main(args[1]);
     } catch (const std::exception& e) {
         std::cerr << "write_behind_child: " << e.what() << "\n";
         return 3;
     }
     std::cerr << "usage: write_behind_child flush PORT QUEUE DIR MODE CLAIM_TTL_MS FENCED"
-                 " | drain PORT QUEUE DIR TIMEOUT_MS FENCED | dump DIR\n";
+                 " | drain PORT QUEUE DIR TIMEOUT_MS FENCED"
+                 " | produce PORT QUEUE TAG REPLICA_TIMEOUT_MS | dump DIR\n";
     return 2;
 }
 #else
