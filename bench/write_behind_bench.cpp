@@ -16,6 +16,8 @@
 //   db_writes_per_key_per_interval  ...and how often the database wrote it: coalescing
 //   coalesced_pct              puts that replaced a value still waiting (a DB write saved)
 //   pending_end, pending_growth_per_s, oldest_pending_ms   the queue at the end
+//   client_cpu_us_per_op, redis_cpu_us_per_op   CPU per operation in this process and in
+//                              the redis-server (steadier than ops_per_s on a shared machine)
 // and, before each row, a timeline of the queue sampled every 250 ms.
 //
 // keys:1000 and keys:100000 draw keys uniformly from that many; keys:0 writes a new key
@@ -99,6 +101,14 @@ private:
     std::atomic<long> rows_{0};
 };
 
+// What each operation cost in CPU, in this process (producers, flusher, database) and in
+// the redis-server: steadier than ops_per_s when the machine's other tenants come and go.
+void count_cpu(benchmark::State& state, const larder::bench::CpuMeter& cpu, long ops) {
+    const auto [client_us, redis_us] = cpu.per_op(ops);
+    state.counters["client_cpu_us_per_op"] = client_us;
+    state.counters["redis_cpu_us_per_op"] = redis_us;
+}
+
 struct Sample {
     double seconds;
     long ops;
@@ -136,6 +146,7 @@ void sustained(benchmark::State& state, const char* what, Op op) {
         std::atomic<long> ops{0};
         std::atomic<long> fresh_key{0};
         std::vector<std::thread> threads;
+        const larder::bench::CpuMeter cpu(server());
         const auto start = Clock::now();
         for (int t = 0; t < producers; ++t) {
             threads.emplace_back([&, t] {
@@ -160,6 +171,7 @@ void sustained(benchmark::State& state, const char* what, Op op) {
         for (auto& th : threads) th.join();
         const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
         state.SetIterationTime(seconds);
+        count_cpu(state, cpu, ops.load());
 
         const auto s = wb.stats();
         const double intervals = seconds / std::chrono::duration<double>(flush_interval).count();
@@ -217,6 +229,7 @@ void BM_PeerSetSadd(benchmark::State& state) {
         std::atomic<bool> stop{false};
         std::atomic<long> ops{0};
         std::vector<std::thread> threads;
+        const larder::bench::CpuMeter cpu(server());
         const auto start = Clock::now();
         for (int t = 0; t < producers; ++t) {
             threads.emplace_back([&, t] {
@@ -246,6 +259,7 @@ void BM_PeerSetSadd(benchmark::State& state) {
         for (auto& th : threads) th.join();
         const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
         state.SetIterationTime(seconds);
+        count_cpu(state, cpu, ops.load());
         state.counters["ops_per_s"] = static_cast<double>(ops.load()) / seconds;
     }
 }

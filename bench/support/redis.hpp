@@ -4,13 +4,16 @@
 #pragma once
 
 #include <hiredis/hiredis.h>
+#include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "../../tests/support/redis_server.hpp"
@@ -129,6 +132,45 @@ public:
 private:
     std::vector<const char*> argv_;
     std::vector<std::size_t> lens_;
+};
+
+/// CPU time spent by this process and by the redis-server over an interval, in
+/// microseconds per operation: on a shared machine whose other tenants change the
+/// throughput from run to run, what each operation costs is the steadier figure.
+class CpuMeter {
+public:
+    explicit CpuMeter(const test::RedisServer& server) : server_(server), start_(now()) {}
+
+    /// {client, server} microseconds of CPU per operation since construction.
+    [[nodiscard]] std::pair<double, double> per_op(long ops) const {
+        const auto [client, redis] = now();
+        const double n = static_cast<double>(std::max(ops, 1L));
+        return {(client - start_.first) / n, (redis - start_.second) / n};
+    }
+
+private:
+    [[nodiscard]] std::pair<double, double> now() const {
+        rusage self{};
+        getrusage(RUSAGE_SELF, &self);
+        const auto us = [](const timeval& t) {
+            return static_cast<double>(t.tv_sec) * 1e6 + static_cast<double>(t.tv_usec);
+        };
+        return {us(self.ru_utime) + us(self.ru_stime), redis_cpu_us()};
+    }
+
+    // used_cpu_sys + used_cpu_user from INFO cpu (seconds, with microsecond digits).
+    [[nodiscard]] double redis_cpu_us() const {
+        const std::string text = server_.query({"INFO", "cpu"}).text;
+        double total = 0;
+        for (const std::string_view field : {"used_cpu_sys:", "used_cpu_user:"}) {
+            const std::size_t at = text.find(field);
+            if (at != std::string::npos) total += std::stod(text.substr(at + field.size()));
+        }
+        return total * 1e6;
+    }
+
+    const test::RedisServer& server_;
+    std::pair<double, double> start_;
 };
 
 }  // namespace larder::bench

@@ -856,11 +856,15 @@ private:
         PutOutcome outcome{};
         std::exception_ptr error{};
         bool done = false;
+        // Its caller waits here, woken alone: waking every waiting caller at the end of each
+        // batch cost more than the batch saved once many threads put at once.
+        std::condition_variable wake{};
     };
 
     // Group commit: the caller's put joins the queue; while fewer than max_put_batches
     // batches are on their way, a waiting caller takes up to put_batch_size puts from the
-    // front and sends them as one script call, then wakes their callers.
+    // front and sends them as one script call, then wakes their callers. Whenever a batch
+    // could be sent and puts wait, the first of them is woken to send it.
     PutOutcome put_impl(std::string_view key, std::string_view bytes, std::size_t max_pending,
                         std::string_view mode, std::string_view expected) {
         QueuedPut mine{key, bytes, mode, expected, max_pending};
@@ -877,19 +881,31 @@ private:
                     batch.push_back(put_queue_.front());
                     put_queue_.pop_front();
                 }
+                wake_next_sender();
                 lock.unlock();
                 send_puts(batch);
                 lock.lock();
-                for (QueuedPut* p : batch) p->done = true;
                 --put_batches_;
-                put_done_.notify_all();
+                // Each woken caller needs the lock to return, so its QueuedPut outlives this.
+                for (QueuedPut* p : batch) {
+                    p->done = true;
+                    p->wake.notify_one();
+                }
+                wake_next_sender();
             } else {
-                put_done_.wait(lock);
+                mine.wake.wait(lock);
             }
         }
         lock.unlock();
         if (mine.error) std::rethrow_exception(mine.error);
         return mine.outcome;
+    }
+
+    // Called with put_mutex_ held.
+    void wake_next_sender() {
+        if (put_batches_ < max_put_batches && !put_queue_.empty()) {
+            put_queue_.front()->wake.notify_one();
+        }
     }
 
     // Sends one batch; every put in it gets its outcome, or the error (none is left unset).
@@ -1108,7 +1124,6 @@ private:
     bool coalesce_;
     std::array<std::string, queue_key_count> keys_;
     std::mutex put_mutex_;
-    std::condition_variable put_done_;
     std::deque<QueuedPut*> put_queue_;
     int put_batches_ = 0;  // on their way now
     RedisScript put_;
