@@ -2,7 +2,9 @@
 // cached copy refused; Redis: a version refused) keeps its dead entry; one key near the
 // version limit does not exhaust the others; a put whose connection dies after it was sent
 // (also during its replica wait) is an unknown outcome, not a failure, with group commit
-// too; a WriteBehind made anew on the same memory cache issues versions above the old one's.
+// too; a WriteBehind made anew on the same memory cache issues versions above the old one's;
+// a read fails rather than serve the database while the queue cannot be asked; a settle that
+// fails does not hold its entries until the claim expires.
 #include <larder/backend/chaos.hpp>
 #include <larder/codec/json.hpp>
 #include <larder/policy/write_behind.hpp>
@@ -176,6 +178,91 @@ TEST_CASE("A put whose connection drops after it was sent is an unknown outcome,
         // Reported failed (a BackendError that is not an unknown outcome) => not applied.
         CHECK_FALSE((outcome[i].starts_with("failed") && applied));
     }
+}
+
+TEST_CASE("A write-behind read fails, never serves the older database row, while Redis is down",
+          "[write_behind][regression][redis]") {
+    // Found by larder-check (write-behind on Redis, redis-stop): the read's miss fell back to
+    // the loader when the queue could not be asked, and returned the database's row, older
+    // than a put acknowledged before the read began.
+    larder::test::RedisServer server;
+    larder::RedisOptions ro;
+    ro.host = server.host();
+    ro.port = server.port();
+    ro.command_timeout = 300ms;
+    ro.connect_timeout = 300ms;
+    larder::RedisBackend backend(ro);
+    Table<std::string> table;
+    table.seed("k", "v1");  // the database's row
+    larder::WriteBehindOptions o;
+    o.name = "down";
+    o.start_flusher = false;  // the put stays queued: the database keeps v1
+    o.drain_timeout = 0ms;
+    o.log = [](std::string_view) {};
+    larder::WriteBehind<std::string, larder::RedisBackend> wb(backend,
+                                                              larder::test::writer_for(table), o);
+    wb.put("k", "v2");
+    auto from_database = [&] { return table.read("k"); };
+    REQUIRE(wb.get("k", from_database) == std::optional<std::string>("v2"));
+
+    server.kill();
+    for (int i = 0; i < 3; ++i) {  // a timeout, then the breaker's refusals
+        CAPTURE(i);
+        std::optional<std::string> got;
+        CHECK_THROWS_AS(got = wb.get("k", from_database), larder::BackendError);
+        CHECK(got != std::optional<std::string>("v1"));
+        const std::vector<std::string> keys{"k"};
+        CHECK_THROWS_AS(wb.get_many(keys,
+                                    [&](std::span<const std::string> ks) {
+                                        std::vector<std::optional<std::string>> out;
+                                        for (const auto& key : ks) out.push_back(table.read(key));
+                                        return out;
+                                    }),
+                        larder::BackendError);
+    }
+}
+
+TEST_CASE("A settle that fails leaves nothing held until claim_ttl: the next claim releases it",
+          "[write_behind][regression][redis]") {
+    // Found by larder-check (write-behind on Redis, redis-pause/redis-stop): a settle that
+    // timed out left its entries claimed under its token until claim_ttl (30 s), so a drain
+    // shorter than that ended incomplete and the acknowledged puts stayed unwritten.
+    larder::test::RedisServer server;
+    larder::test::TcpProxy proxy(server.host(), server.port());
+    larder::RedisOptions ro;
+    ro.host = proxy.host();
+    ro.port = proxy.port();
+    ro.command_timeout = 300ms;
+    ro.breaker.failure_threshold = 0;
+    larder::RedisBackend backend(ro);
+    Table<std::string> table;
+    std::atomic<bool> cut_after_write{false};
+    larder::WriteBehindOptions o;
+    o.name = "settle";
+    o.start_flusher = false;
+    o.claim_ttl = 60s;
+    o.drain_timeout = 0ms;
+    o.log = [](std::string_view) {};
+    larder::WriteBehind<std::string, larder::RedisBackend> wb(
+        backend,
+        [&](std::span<const Entry> batch) {
+            auto result = table.write(batch);
+            // The database has the rows; the settle that follows never reaches Redis.
+            if (cut_after_write) proxy.blackhole(true);
+            return result;
+        },
+        o);
+    wb.put("k", "v1");
+    cut_after_write = true;
+    const auto report = wb.flush();
+    CHECK_FALSE(report.store_error.empty());
+    cut_after_write = false;
+    proxy.blackhole(false);
+    wb.put("k", "v2");  // the key is dirty again, still claimed by the failed flush
+
+    const auto drained = wb.close(5s);
+    CHECK(drained.complete);
+    CHECK(table.read("k") == std::optional<std::string>("v2"));
 }
 
 TEST_CASE("A put whose replica wait is cut by a dropped connection is never reported as failed",

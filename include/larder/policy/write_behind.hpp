@@ -1017,7 +1017,9 @@ private:
     }
 
     // A miss of get(): the unflushed copy (dirty, or dead) if there is one, else the
-    // database, which lacks it.
+    // database. When the queue cannot be asked the read fails: the database lacks every
+    // acknowledged put still queued, so its row could be older than what this caller or
+    // another was told is written.
     template <class L>
     std::optional<T> load_through(const std::string& full, L& loader, LoadContext& context) {
         try {
@@ -1025,8 +1027,8 @@ private:
                 if (auto v = read_unflushed(*dirty)) return std::move(*v);
             }
         } catch (const BackendError&) {
-            // The queue cannot be asked: the database's value is the best there is.
             bump(counters_.backend_errors);
+            throw;
         }
         return call_loader<T>(loader, context);
     }
@@ -1048,6 +1050,7 @@ private:
                 }
             } catch (const BackendError&) {
                 bump(counters_.backend_errors);
+                throw;  // as load_through: the database may be older than the queue
             }
             rest.push_back(keys[i]);
             rest_at.push_back(i);
@@ -1249,6 +1252,20 @@ private:
         return report;
     }
 
+    // At the end of a drain: entries still held by this object's lost claims go back to
+    // the queue now, for the next flusher, instead of when their claims expire. A claim
+    // of nothing releases them.
+    void release_lost_claims() {
+        const std::vector<std::uint64_t> lost = lost_claims();
+        if (lost.empty()) return;
+        try {
+            (void)store_->claim(0, options_.claim_ttl, ClaimOptions{.lost = lost});
+            forget_lost_claims(lost);
+        } catch (const BackendError&) {
+            bump(counters_.backend_errors);
+        }
+    }
+
     // Tokens of this object's claims whose replies were lost, for the next claim to
     // release. Bounded: a claim older than the last few has expired by the time it would
     // be named, and expiry releases it just the same.
@@ -1430,8 +1447,11 @@ private:
         try {
             results = store_->settle(settlements, options_.clean_ttl);
         } catch (const BackendError& e) {
-            // The claims run out and the entries are flushed again: written twice, never lost.
+            // Whatever the settle did not remove is still held under `token`: this object's
+            // next claim releases it (the entries are written again, fenced by version), so
+            // it does not wait out claim_ttl - nor does a drain stuck behind it.
             bump(counters_.backend_errors);
+            remember_lost_claim(token);
             report.store_error = e.what();
             return outage;
         }
@@ -1500,6 +1520,7 @@ private:
             std::this_thread::sleep_for(
                 std::min<std::chrono::steady_clock::duration>(Millis{10}, deadline - now));
         }
+        release_lost_claims();
         out.complete = out.error.empty() && out.left.pending == 0;
         if (!out.complete) {
             try {
