@@ -3,6 +3,7 @@
 // interface every configuration is driven through.
 #pragma once
 
+#include <pthread.h>
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -134,6 +135,20 @@ inline std::string key_name(std::size_t k) {
     return "k" + std::to_string(k);
 }
 
+/// Faults larder-check injects into the fake database; in memory every process of a check
+/// maps (steady_clock is CLOCK_MONOTONIC: one clock for every process of the machine).
+struct DbFaults {
+    std::atomic<std::int64_t> down_until_ns{0};          ///< reads and writes fail until then
+    std::atomic<std::int64_t> extra_read_latency_us{0};  ///< a slow loader
+
+    void check_up(const char* what) const {
+        if (Clock::now().time_since_epoch().count() <
+            down_until_ns.load(std::memory_order_relaxed)) {
+            throw std::runtime_error(std::string("fake database: down, ") + what + " refused");
+        }
+    }
+};
+
 /// Reads and writes "rows" that are just versions. A row's value is "k<id>|<version>|"
 /// padded to value_size, so whoever reads a value can tell which version it holds.
 class FakeDb {
@@ -144,18 +159,26 @@ public:
         Micros read_latency{0};
         Micros write_latency{0};
         double write_capacity = 0;  ///< rows per second, 0: unlimited
+        /// Rows kept elsewhere (memory shared by processes, set to 1 by its owner); null:
+        /// this object owns them.
+        std::atomic<std::uint64_t>* shared_rows = nullptr;
+        const DbFaults* faults = nullptr;
     };
 
     /// `slices`: how many 100 ms slices from `start` the per-slice counters cover; later
     /// operations are counted in the last one.
     FakeDb(Settings s, Clock::time_point start, std::size_t slices)
         : settings_(s),
-          rows_(std::make_unique<std::atomic<std::uint64_t>[]>(s.keys)),
+          owned_rows_(s.shared_rows ? nullptr
+                                    : std::make_unique<std::atomic<std::uint64_t>[]>(s.keys)),
+          rows_(s.shared_rows ? s.shared_rows : owned_rows_.get()),
           start_(start),
           slices_(std::max<std::size_t>(slices, 1)),
           slice_reads_(std::make_unique<std::atomic<std::uint64_t>[]>(slices_)),
           slice_writes_(std::make_unique<std::atomic<std::uint64_t>[]>(slices_)) {
-        for (std::size_t i = 0; i < s.keys; ++i) rows_[i].store(1, std::memory_order_relaxed);
+        if (owned_rows_) {
+            for (std::size_t i = 0; i < s.keys; ++i) rows_[i].store(1, std::memory_order_relaxed);
+        }
         for (std::size_t i = 0; i < slices_; ++i) {
             slice_reads_[i].store(0, std::memory_order_relaxed);
             slice_writes_[i].store(0, std::memory_order_relaxed);
@@ -167,6 +190,10 @@ public:
     /// SELECT: the row as it is now, returned after the read latency (the snapshot is
     /// taken first, so a write that commits during the latency is not in the result).
     [[nodiscard]] std::string read(std::size_t k) {
+        if (settings_.faults) {
+            settings_.faults->check_up("read");
+            pause(Micros{settings_.faults->extra_read_latency_us.load(std::memory_order_relaxed)});
+        }
         reads_.fetch_add(1, std::memory_order_relaxed);
         slice_reads_[slice()].fetch_add(1, std::memory_order_relaxed);
         const std::uint64_t v = rows_[k].load(std::memory_order_acquire);
@@ -177,6 +204,7 @@ public:
     /// UPDATE ... SET version = version + 1: the database picks the new version, at commit
     /// (after the write latency). Returns it.
     std::uint64_t commit(std::size_t k) {
+        if (settings_.faults) settings_.faults->check_up("write");
         take_tokens(1);
         pause(settings_.write_latency);
         writes_.fetch_add(1, std::memory_order_relaxed);
@@ -188,6 +216,7 @@ public:
     /// (one write latency, one capacity token per row); a row already newer is kept.
     void write_rows(std::span<const std::pair<std::size_t, std::uint64_t>> rows) {
         if (rows.empty()) return;
+        if (settings_.faults) settings_.faults->check_up("write");
         take_tokens(rows.size());
         pause(settings_.write_latency);
         for (const auto& [k, v] : rows) {
@@ -299,7 +328,8 @@ private:
     }
 
     Settings settings_;
-    std::unique_ptr<std::atomic<std::uint64_t>[]> rows_;
+    std::unique_ptr<std::atomic<std::uint64_t>[]> owned_rows_;
+    std::atomic<std::uint64_t>* rows_;
     Clock::time_point start_;
     std::size_t slices_;
     std::unique_ptr<std::atomic<std::uint64_t>[]> slice_reads_;
@@ -339,6 +369,27 @@ public:
 };
 
 /// What a configuration is built from.
+/// A row's last acknowledged version (see VersionIssuer in subjects.hpp) and the lock its
+/// writers take turns on. In memory shared by the processes of a check, or an issuer's own.
+struct VersionRow {
+    pthread_mutex_t turn;
+    std::uint64_t issued;
+};
+
+/// Makes rows[0..n) ready: version 1 (the database's first), a robust lock (a writer killed
+/// while holding it does not stop the others), shared between processes if `shared`.
+inline void init_version_rows(VersionRow* rows, std::size_t n, bool shared) {
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    if (shared) pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    for (std::size_t i = 0; i < n; ++i) {
+        pthread_mutex_init(&rows[i].turn, &attr);
+        rows[i].issued = 1;
+    }
+    pthread_mutexattr_destroy(&attr);
+}
+
 struct RunEnv {
     const Options& options;
     FakeDb& db;
@@ -347,6 +398,9 @@ struct RunEnv {
     std::string key_prefix;  ///< unique per run, for a shared Redis
     /// Messages from the library (write-behind warnings); thread-safe, bounded.
     std::function<void(std::string_view)> log;
+    /// Version rows shared with other processes (options.keys of them); null: the
+    /// subject's own.
+    VersionRow* shared_versions = nullptr;
 };
 
 struct PolicyEntry {

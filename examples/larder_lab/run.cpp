@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "history.hpp"
 #include "lab.hpp"
 
 namespace lab {
@@ -200,16 +201,15 @@ RunResult run_config(const Options& o, const Spec& spec, const Zipf& zipf, const
                 }
             } else {
                 ++w.n_reads;
-                // The newest version this read may not be older than: acknowledged before
-                // it started, and in the database when it started.
-                const std::uint64_t floor =
-                    std::min(acked[k].load(std::memory_order_acquire), db.version(k));
+                // The newest version this read may not be older than: the newest
+                // acknowledged before it started (history.hpp).
+                const std::uint64_t floor = acked[k].load(std::memory_order_acquire);
                 try {
                     const auto value = subject->read(instance, k);
                     const auto parsed = value ? FakeDb::parse_value(*value) : std::nullopt;
                     if (!parsed || parsed->key != k) {
                         ++w.wrong;
-                    } else if (parsed->version < floor) {
+                    } else if (history::is_stale(parsed->version, floor)) {
                         ++w.stale;
                     }
                 } catch (const std::exception& e) {
@@ -331,8 +331,8 @@ RunResult run_config(const Options& o, const Spec& spec, const Zipf& zipf, const
         for (std::size_t k = 0; k < o.keys; ++k) {
             const std::uint64_t have = db.version(k);
             const std::uint64_t want = acked[k].load();
-            if (want <= have) continue;
-            result.lost_writes += want - have;
+            if (history::lost_writes(want, have) == 0) continue;
+            result.lost_writes += history::lost_writes(want, have);
             if (++result.lost_rows <= 3) {
                 result.notes.push_back(
                     "lost write: " + key_name(k) + " version " + std::to_string(want) +

@@ -14,6 +14,7 @@
 #endif
 
 #include <array>
+#include <cerrno>
 #include <memory>
 #include <mutex>
 #include <tuple>
@@ -139,30 +140,44 @@ private:
 /// order they were issued (otherwise the lab, not the policy, would reorder them), and a
 /// version is used up only by a write that was acknowledged: the acknowledged versions of
 /// a row are 2, 3, ... with no gap, which is what lets the runner count lost writes from
-/// the highest one alone.
+/// the highest one alone. The rows can live in memory shared by several processes.
 class VersionIssuer {
 public:
-    explicit VersionIssuer(std::size_t keys) : issued_(keys, 1) {}
+    VersionIssuer(std::size_t keys, VersionRow* shared)
+        : owned_(shared ? 0 : keys), rows_(shared ? shared : owned_.data()) {
+        if (!shared) init_version_rows(rows_, keys, false);
+    }
+    VersionIssuer(const VersionIssuer&) = delete;
+    VersionIssuer& operator=(const VersionIssuer&) = delete;
+    ~VersionIssuer() {
+        for (auto& row : owned_) pthread_mutex_destroy(&row.turn);
+    }
 
     class Ticket {
     public:
-        Ticket(std::mutex& m, std::uint64_t& issued)
-            : turn_(m), issued_(issued), version(issued + 1) {}
+        explicit Ticket(VersionRow& row) : row_(row) {
+            // A writer that died holding the turn left its row consistent: issued changes
+            // only after an acknowledgement, in one store.
+            if (pthread_mutex_lock(&row_.turn) == EOWNERDEAD) pthread_mutex_consistent(&row_.turn);
+            version = row_.issued + 1;
+        }
+        Ticket(const Ticket&) = delete;
+        Ticket& operator=(const Ticket&) = delete;
+        ~Ticket() { pthread_mutex_unlock(&row_.turn); }
         /// The write was acknowledged: the version is taken.
-        void acknowledged() { issued_ = version; }
+        void acknowledged() { row_.issued = version; }
 
     private:
-        std::unique_lock<std::mutex> turn_;
-        std::uint64_t& issued_;
+        VersionRow& row_;
 
     public:
-        const std::uint64_t version;
+        std::uint64_t version = 0;
     };
-    Ticket next(std::size_t k) { return Ticket(stripes_[k % stripes_.size()], issued_[k]); }
+    Ticket next(std::size_t k) { return Ticket(rows_[k]); }
 
 private:
-    std::array<std::mutex, 1024> stripes_;
-    std::vector<std::uint64_t> issued_;
+    std::vector<VersionRow> owned_;
+    VersionRow* rows_;
 };
 
 // ---- the factory table ----------------------------------------------------------------

@@ -35,7 +35,7 @@ public:
     WriteBehindSubject(const RunEnv& env, const Spec& spec)
         : db_(env.db),
           drain_timeout_(env.options.drain_timeout),
-          issuer_(env.options.keys),
+          issuer_(env.options.keys, env.shared_versions),
           stores_(env, spec) {
         const Options& o = env.options;
         larder::WriteBehindOptions w;

@@ -25,7 +25,7 @@ class WriteThroughSubject final : public Subject {
 
 public:
     WriteThroughSubject(const RunEnv& env, const Spec& spec)
-        : db_(env.db), issuer_(env.options.keys), stores_(env, spec) {
+        : db_(env.db), issuer_(env.options.keys, env.shared_versions), stores_(env, spec) {
         const Options& o = env.options;
         for (std::size_t i = 0; i < o.instances; ++i) {
             Instance in;

@@ -1,0 +1,180 @@
+// What larder-lab counts and larder-check proves, defined once: a stale read, a lost write,
+// and the checks over a history of operations that use those definitions. The lab counts
+// online (an atomic per row holds the newest acknowledged version); the checker records
+// every operation, with its start and end, in every process, and checks afterwards.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace lab::history {
+
+/// A stale read: it returned an older version of its row than `floor`, the newest version
+/// whose write was acknowledged (the write call returned) before the read started - not
+/// counting writes acknowledged within the staleness window the composition documents
+/// (see floor_at). Reads that failed are not reads of a version and never stale.
+[[nodiscard]] constexpr bool is_stale(std::uint64_t seen, std::uint64_t floor) noexcept {
+    return seen < floor;
+}
+
+/// Lost writes of a row: the acknowledged versions of a row are 2, 3, ... without gaps
+/// (writers take turns, a version is used up only when acknowledged), so after the final
+/// flush the writes the database lacks are exactly those above the version it holds.
+[[nodiscard]] constexpr std::uint64_t lost_writes(std::uint64_t newest_acknowledged,
+                                                  std::uint64_t in_database) noexcept {
+    return newest_acknowledged > in_database ? newest_acknowledged - in_database : 0;
+}
+
+/// final_read: a read after quiescence (every process done, faults healed, staleness
+/// windows over), which must return the database's row.
+enum class Kind : std::uint8_t { read, write, final_read };
+
+/// One operation as a process logged it (fixed size: written raw to a per-process file).
+struct Op {
+    std::int64_t start_ns = 0;  ///< steady_clock (CLOCK_MONOTONIC, one for all processes)
+    std::int64_t end_ns = 0;
+    std::uint64_t key = 0;
+    /// read: the version returned (0: none); write: the version acknowledged (0: the call
+    /// failed, so nothing was acknowledged).
+    std::uint64_t version = 0;
+    std::uint32_t process = 0;
+    std::uint32_t thread = 0;
+    Kind kind = Kind::read;
+    bool ok = false;     ///< the call returned (a read that threw is not ok)
+    bool wrong = false;  ///< a read that returned no value, an unparsable one or another row's
+};
+
+/// A broken guarantee and the operations that show it.
+struct Violation {
+    std::string guarantee;
+    std::string detail;
+    std::vector<Op> slice;  ///< the operations on the row around it, in start order
+};
+
+/// Per row: acknowledged writes sorted by end, with the running maximum of their versions,
+/// so the floor of a read is one binary search.
+class Floors {
+public:
+    explicit Floors(std::span<const Op> ops) {
+        for (const Op& op : ops) {
+            if (op.kind == Kind::write && op.ok && op.version > 0) rows_[op.key].push_back(op);
+        }
+        for (auto& [key, writes] : rows_) {
+            std::sort(writes.begin(), writes.end(),
+                      [](const Op& a, const Op& b) { return a.end_ns < b.end_ns; });
+            for (std::size_t i = 1; i < writes.size(); ++i) {
+                if (writes[i].version < writes[i - 1].version)
+                    writes[i].version = writes[i - 1].version;
+            }
+        }
+    }
+
+    /// The floor of a read of `key` that started at `start_ns`, given a staleness window:
+    /// the newest version acknowledged before start_ns - window_ns. Returns the write that
+    /// set it (version 0 when none).
+    [[nodiscard]] Op floor_at(std::uint64_t key, std::int64_t start_ns,
+                              std::int64_t window_ns) const {
+        const auto it = rows_.find(key);
+        if (it == rows_.end()) return {};
+        const auto& writes = it->second;
+        const std::int64_t before = start_ns - window_ns;
+        const auto upper =
+            std::lower_bound(writes.begin(), writes.end(), before,
+                             [](const Op& w, std::int64_t t) { return w.end_ns < t; });
+        if (upper == writes.begin()) return {};
+        return *(upper - 1);
+    }
+
+    /// The newest acknowledged version of every row written.
+    [[nodiscard]] std::map<std::uint64_t, std::uint64_t> newest() const {
+        std::map<std::uint64_t, std::uint64_t> out;
+        for (const auto& [key, writes] : rows_) out[key] = writes.back().version;
+        return out;
+    }
+
+private:
+    std::map<std::uint64_t, std::vector<Op>> rows_;
+};
+
+/// The operations on `key` that overlap [from_ns, to_ns], in start order, at most `limit`
+/// (the ones nearest to_ns): the history a reader needs to see a violation.
+inline std::vector<Op> slice_of(std::span<const Op> ops, std::uint64_t key, std::int64_t from_ns,
+                                std::int64_t to_ns, std::size_t limit = 12) {
+    std::vector<Op> out;
+    for (const Op& op : ops) {
+        if (op.key == key && op.end_ns >= from_ns && op.start_ns <= to_ns) out.push_back(op);
+    }
+    std::sort(out.begin(), out.end(),
+              [](const Op& a, const Op& b) { return a.start_ns < b.start_ns; });
+    if (out.size() > limit) out.erase(out.begin(), out.end() - static_cast<std::ptrdiff_t>(limit));
+    return out;
+}
+
+/// Every read that returned an older version than the floor its start gives it, and every
+/// read that returned a wrong value.
+inline std::vector<Violation> check_reads(std::span<const Op> ops, const Floors& floors,
+                                          std::int64_t window_ns, std::size_t max_reported,
+                                          std::size_t* stale_count = nullptr) {
+    std::vector<Violation> out;
+    std::size_t stale = 0;
+    for (const Op& op : ops) {
+        if (op.kind != Kind::read || !op.ok) continue;
+        if (op.wrong) {
+            ++stale;
+            if (out.size() < max_reported) {
+                out.push_back({"a read returns its row's value",
+                               "the read returned no value, an unparsable one or another row's",
+                               slice_of(ops, op.key, op.start_ns - 1'000'000'000, op.end_ns)});
+            }
+            continue;
+        }
+        const Op floor = floors.floor_at(op.key, op.start_ns, window_ns);
+        if (!is_stale(op.version, floor.version)) continue;
+        ++stale;
+        if (out.size() < max_reported) {
+            char detail[256];
+            std::snprintf(detail, sizeof detail,
+                          "row %llu: a read that started %.3f ms after version %llu was "
+                          "acknowledged returned version %llu",
+                          static_cast<unsigned long long>(op.key),
+                          static_cast<double>(op.start_ns - floor.end_ns) / 1e6,
+                          static_cast<unsigned long long>(floor.version),
+                          static_cast<unsigned long long>(op.version));
+            out.push_back(
+                {"no stale read", detail,
+                 slice_of(ops, op.key, std::min(floor.start_ns, op.start_ns), op.end_ns)});
+        }
+    }
+    if (stale_count) *stale_count = stale;
+    return out;
+}
+
+/// Renders a violation: the guarantee, what happened, and the slice as a table with times
+/// relative to its first operation.
+inline std::string render(const Violation& v) {
+    std::string out = "  broke: " + v.guarantee + "\n  " + v.detail + "\n";
+    if (v.slice.empty()) return out;
+    const std::int64_t t0 = v.slice.front().start_ns;
+    out += "     start ms    end ms  process.thread  op     version\n";
+    for (const Op& op : v.slice) {
+        char line[160];
+        std::snprintf(line, sizeof line, "  %10.3f %9.3f  %7u.%-7u  %-5s  %s\n",
+                      static_cast<double>(op.start_ns - t0) / 1e6,
+                      static_cast<double>(op.end_ns - t0) / 1e6, op.process, op.thread,
+                      op.kind == Kind::write  ? "write"
+                      : op.kind == Kind::read ? "read"
+                                              : "final",
+                      !op.ok     ? "failed"
+                      : op.wrong ? "wrong value"
+                                 : std::to_string(op.version).c_str());
+        out += line;
+    }
+    return out;
+}
+
+}  // namespace lab::history
