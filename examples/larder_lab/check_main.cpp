@@ -1,0 +1,880 @@
+// larder-check: runs caching compositions under faults in several OS processes, records
+// every operation, and checks the history against larder's guarantees (docs/check.md).
+//
+//   larder-check [--seed N] [--sample N | --configs SPEC,...] [--backend memory|redis|both]
+//                [--processes N] [--threads N] [--keys N] [--duration SECONDS]
+//                [--faults LIST|none] [--long] [--log] [--list] [--help]
+//
+// The parent process owns the database (rows in shared memory), starts a private
+// redis-server, starts the worker processes (this program again, with --worker), injects
+// faults on a schedule drawn from the seed, and afterwards merges the workers' logs and
+// checks them (history.hpp: the definitions larder-lab counts with).
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "history.hpp"
+#include "lab.hpp"
+#if defined(LARDER_LAB_HAVE_REDIS)
+#include "../../tests/support/redis_server.hpp"
+#endif
+
+extern char** environ;
+
+namespace {
+
+using namespace lab;
+using history::Kind;
+using history::Op;
+using history::Violation;
+
+// ---- faults ------------------------------------------------------------------------------
+
+enum class Fault { redis_pause, redis_stop, redis_restart, db_down, slow_loader };
+
+struct FaultEntry {
+    std::string_view name;
+    std::string_view about;
+    Fault fault;
+    bool needs_private_redis;
+};
+
+constexpr FaultEntry fault_table[] = {
+    {"redis-pause", "CLIENT PAUSE ALL: every command waits", Fault::redis_pause, true},
+    {"redis-stop", "SIGSTOP, then SIGCONT: the server stops answering, connections stay open",
+     Fault::redis_stop, true},
+    {"redis-restart",
+     "SIGKILL and a restart on the same port (with AOF, fsync always: acknowledged data "
+     "survives)",
+     Fault::redis_restart, true},
+    {"db-down", "the database refuses every read and write", Fault::db_down, false},
+    {"slow-loader", "database reads take 20-200 ms longer", Fault::slow_loader, false},
+};
+
+std::string fault_name(Fault f) {
+    for (const auto& e : fault_table) {
+        if (e.fault == f) return std::string(e.name);
+    }
+    return "?";
+}
+
+// ---- the shared memory of one run ----------------------------------------------------------
+
+/// The head of a run's shared memory: the faults the database shows, and how many workers
+/// have finished (the convergence pass waits for all of them).
+struct Control {
+    DbFaults faults;
+    std::atomic<std::uint32_t> finished{0};
+};
+
+/// What every process of a run maps: the control block, the database's rows, and the
+/// version rows writers take turns on.
+class SharedRun {
+public:
+    SharedRun(const std::string& path, std::size_t keys, bool create) : keys_(keys) {
+        const int fd = ::open(path.c_str(), create ? O_RDWR | O_CREAT | O_TRUNC : O_RDWR, 0600);
+        if (fd < 0) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
+        size_ = sizeof(Control) + keys * sizeof(std::atomic<std::uint64_t>) +
+                keys * sizeof(VersionRow) + 64;
+        if (create && ::ftruncate(fd, static_cast<off_t>(size_)) != 0) {
+            ::close(fd);
+            throw std::runtime_error("cannot size " + path);
+        }
+        void* p = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ::close(fd);
+        if (p == MAP_FAILED) throw std::runtime_error("cannot map " + path);
+        base_ = static_cast<char*>(p);
+        if (create) {
+            new (base_) Control();
+            for (std::size_t i = 0; i < keys; ++i) new (&rows()[i]) std::atomic<std::uint64_t>(1);
+            init_version_rows(versions(), keys, true);
+        }
+    }
+    SharedRun(const SharedRun&) = delete;
+    SharedRun& operator=(const SharedRun&) = delete;
+    ~SharedRun() { ::munmap(base_, size_); }
+
+    Control& control() { return *reinterpret_cast<Control*>(base_); }
+    DbFaults& faults() { return control().faults; }
+    std::atomic<std::uint64_t>* rows() {
+        return reinterpret_cast<std::atomic<std::uint64_t>*>(base_ + sizeof(Control));
+    }
+    VersionRow* versions() {
+        const std::size_t offset = sizeof(Control) + keys_ * sizeof(std::atomic<std::uint64_t>);
+        const std::size_t aligned =
+            (offset + alignof(VersionRow) - 1) / alignof(VersionRow) * alignof(VersionRow);
+        return reinterpret_cast<VersionRow*>(base_ + aligned);
+    }
+
+private:
+    std::size_t keys_;
+    std::size_t size_ = 0;
+    char* base_ = nullptr;
+};
+
+// ---- what one run is -------------------------------------------------------------------------
+
+struct RunPlan {
+    std::string spec;
+    BackendKind backend = BackendKind::memory;
+    std::size_t processes = 1;
+    std::size_t threads = 3;
+    std::size_t keys = 24;
+    double write_ratio = 0.3;
+    Millis duration{2000};
+    std::uint64_t seed = 1;
+    std::vector<Fault> faults;
+    Millis ttl{1500};
+    Millis l1_ttl{300};
+};
+
+/// The lab options a worker (or the convergence pass) builds its subject with.
+Options options_for(const RunPlan& plan, std::size_t instances) {
+    Options o;
+    o.keys = plan.keys;
+    o.value_size = 32;
+    o.threads = std::max<std::size_t>(plan.threads, instances);
+    o.instances = instances;
+    o.loader_latency_ms = 1;
+    o.db_write_latency_ms = 1;
+    o.ttl = plan.ttl;
+    o.l1_ttl = plan.l1_ttl;
+    o.lock_wait = Millis{1000};
+    o.flush_interval = Millis{50};
+    o.drain_timeout = Millis{20'000};
+    o.seed = plan.seed;
+    o.configs = {plan.spec};
+    o.progress = false;
+    return o;
+}
+
+/// How old a read may be, by the guarantee the composition documents (docs/check.md):
+/// with only a TTL, up to the TTL; with an L1, up to the L1's TTL (a bus message can be
+/// lost, the L1 copy then lives out its TTL); otherwise not at all.
+Millis staleness_window(const Spec& spec, const RunPlan& plan) {
+    Millis w{0};
+    if (spec.invalidator == Invalidator::ttl) w = std::max(w, plan.ttl);
+    if (spec.l1) w = std::max(w, plan.l1_ttl);
+    return w;
+}
+
+/// How long after quiescence the cache may still differ from the database: a write whose
+/// invalidation failed was not acknowledged (its caller was told), and the cached copy it
+/// could not remove lives out its TTL; L1 copies live out theirs.
+Millis convergence_wait(const RunPlan& plan) {
+    return plan.ttl + plan.l1_ttl + Millis{100};
+}
+
+std::int64_t now_ns() {
+    return Clock::now().time_since_epoch().count();
+}
+
+// ---- the worker process --------------------------------------------------------------------
+
+struct WorkerArgs {
+    RunPlan plan;
+    std::string dir;
+    std::string redis_url;
+    std::string prefix;
+    std::uint32_t process = 0;
+    std::uint32_t processes = 1;
+};
+
+std::unique_ptr<Subject> make_subject(const RunPlan& plan, const Options& o, const Spec& spec,
+                                      FakeDb& db, const std::string& redis_url,
+                                      const std::string& prefix, VersionRow* versions) {
+    // --log: the library's messages (write-behind warnings) on stderr, for a failure's story.
+    auto log = [](std::string_view m) {
+        if (std::getenv("LARDER_CHECK_LOG") != nullptr) {
+            std::fprintf(stderr, "log: %.*s\n", static_cast<int>(m.size()), m.data());
+        }
+    };
+    RunEnv env{o, db, plan.backend, redis_url, prefix, log, versions};
+    return spec.policy->make(env, spec);
+}
+
+/// Reads row op.key through `instance`, recording the version or that the value was wrong.
+void read_into(Op& op, Subject& subject, std::size_t instance) {
+    const auto value = subject.read(instance, op.key);
+    const auto parsed = value ? FakeDb::parse_value(*value) : std::nullopt;
+    op.ok = true;
+    if (!parsed || parsed->key != op.key) {
+        op.wrong = true;
+    } else {
+        op.version = parsed->version;
+    }
+}
+
+int run_worker(const WorkerArgs& a) {
+    const RunPlan& plan = a.plan;
+    const Spec spec = parse_spec(plan.spec);
+    SharedRun shared(a.dir + "/shared", plan.keys, false);
+    const std::size_t instances = std::min<std::size_t>(2, plan.threads);
+    const Options o = options_for(plan, instances);
+    FakeDb db(FakeDb::Settings{.keys = plan.keys,
+                               .value_size = o.value_size,
+                               .read_latency = Micros{1000},
+                               .write_latency = Micros{1000},
+                               .shared_rows = shared.rows(),
+                               .faults = &shared.faults()},
+              Clock::now(), 1);
+    auto subject = make_subject(plan, o, spec, db, a.redis_url, a.prefix, shared.versions());
+
+    std::vector<std::vector<Op>> logs(plan.threads);
+    const auto deadline = Clock::now() + plan.duration;
+    auto work = [&](std::uint32_t t) {
+        std::mt19937_64 rng(plan.seed * 0x9E3779B97F4A7C15ull + a.process * 1000 + t + 1);
+        std::uniform_int_distribution<std::size_t> pick(0, plan.keys - 1);
+        std::bernoulli_distribution is_write(plan.write_ratio);
+        auto& log = logs[t];
+        while (Clock::now() < deadline) {
+            Op op;
+            op.process = a.process;
+            op.thread = t;
+            op.key = pick(rng);
+            op.kind = is_write(rng) ? Kind::write : Kind::read;
+            op.start_ns = now_ns();
+            try {
+                if (op.kind == Kind::write) {
+                    op.version = subject->write(t % instances, op.key);
+                    op.ok = op.version > 0;
+                } else {
+                    read_into(op, *subject, t % instances);
+                }
+            } catch (const std::exception&) {
+                op.ok = false;
+                op.version = 0;
+            }
+            op.end_ns = now_ns();
+            log.push_back(op);
+            // A failure is often instant (the database is down): pause, so that the run
+            // spends its time on operations that can race, not on a flood of refusals.
+            if (!op.ok) std::this_thread::sleep_for(Millis{2});
+        }
+    };
+    std::vector<std::thread> threads;
+    for (std::uint32_t t = 0; t < plan.threads; ++t) threads.emplace_back(work, t);
+    for (auto& th : threads) th.join();
+    for (const auto& note : subject->finish()) {
+        std::fprintf(stderr, "worker %u: %s\n", a.process, note.c_str());
+    }
+    shared.control().finished.fetch_add(1);
+
+    // Worker 0 checks convergence: once every worker is done (write-behind drained) and
+    // the cached copies a failed write could not remove have expired, it reads every row
+    // once more.
+    std::vector<Op> final_reads;
+    if (a.process == 0) {
+        const auto until = Clock::now() + Millis{60'000};
+        while (shared.control().finished.load() < a.processes && Clock::now() < until) {
+            std::this_thread::sleep_for(Millis{10});
+        }
+        std::this_thread::sleep_for(convergence_wait(plan));
+        for (std::size_t k = 0; k < plan.keys; ++k) {
+            Op op;
+            op.process = a.process;
+            op.thread = static_cast<std::uint32_t>(plan.threads);
+            op.key = k;
+            op.kind = Kind::final_read;
+            op.start_ns = now_ns();
+            try {
+                read_into(op, *subject, 0);
+            } catch (const std::exception& e) {
+                std::fprintf(stderr, "worker 0: convergence read of row %zu failed: %s\n", k,
+                             e.what());
+            }
+            op.end_ns = now_ns();
+            final_reads.push_back(op);
+        }
+    }
+    subject.reset();
+    logs.push_back(std::move(final_reads));
+
+    const std::string path = a.dir + "/ops." + std::to_string(a.process);
+    std::ofstream out(path, std::ios::binary);
+    for (const auto& log : logs) {
+        out.write(reinterpret_cast<const char*>(log.data()),
+                  static_cast<std::streamsize>(log.size() * sizeof(Op)));
+    }
+    return out ? 0 : 1;
+}
+
+// ---- the parent ------------------------------------------------------------------------------
+
+std::vector<Op> read_log(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::vector<Op> ops;
+    if (!in) return ops;
+    in.seekg(0, std::ios::end);
+    const auto size = static_cast<std::size_t>(in.tellg());
+    in.seekg(0);
+    ops.resize(size / sizeof(Op));
+    in.read(reinterpret_cast<char*>(ops.data()),
+            static_cast<std::streamsize>(ops.size() * sizeof(Op)));
+    return ops;
+}
+
+pid_t spawn_worker(const std::vector<std::string>& args) {
+    std::vector<char*> argv;
+    for (const auto& s : args) argv.push_back(const_cast<char*>(s.c_str()));
+    argv.push_back(nullptr);
+    pid_t pid = -1;
+    if (::posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), environ) != 0) {
+        throw std::runtime_error("cannot start a worker process");
+    }
+    return pid;
+}
+
+/// Waits for every pid until `deadline`; kills what is left. Returns the workers that
+/// failed, with why.
+std::vector<std::string> wait_workers(std::vector<pid_t> pids, Clock::time_point deadline) {
+    std::vector<std::string> failed;
+    while (!pids.empty()) {
+        for (auto it = pids.begin(); it != pids.end();) {
+            int status = 0;
+            const pid_t r = ::waitpid(*it, &status, WNOHANG);
+            if (r == *it) {
+                if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                    failed.push_back("worker " + std::to_string(*it) + " failed (status " +
+                                     std::to_string(status) + ")");
+                }
+                it = pids.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        if (pids.empty()) break;
+        if (Clock::now() > deadline) {
+            for (pid_t p : pids) {
+                ::kill(p, SIGKILL);
+                ::waitpid(p, nullptr, 0);
+                failed.push_back("worker " + std::to_string(p) + " did not finish in time: killed");
+            }
+            break;
+        }
+        std::this_thread::sleep_for(Millis{20});
+    }
+    return failed;
+}
+
+struct RunReport {
+    std::string name;
+    std::size_t reads = 0, writes = 0, failed_ops = 0, stale = 0, lost = 0, not_converged = 0;
+    std::map<std::string, int> faults;
+    std::vector<Violation> violations;
+    std::vector<std::string> problems;  ///< a worker that crashed or hung
+    [[nodiscard]] bool ok() const { return violations.empty() && problems.empty(); }
+};
+
+class Checker {
+public:
+    explicit Checker(std::string self) : self_(std::move(self)) {}
+
+    RunReport run(const RunPlan& plan) {
+        const Spec spec = parse_spec(plan.spec);
+        RunReport report;
+        report.name =
+            spec.name() + (plan.backend == BackendKind::redis ? " on redis" : " on memory");
+        char pattern[] = "/tmp/larder-check-XXXXXX";
+        if (::mkdtemp(pattern) == nullptr) throw std::runtime_error("mkdtemp failed");
+        const std::string dir = pattern;
+        struct Cleanup {
+            std::string dir;
+            ~Cleanup() {
+                std::error_code ec;
+                std::filesystem::remove_all(dir, ec);
+            }
+        } cleanup{dir};
+        SharedRun shared(dir + "/shared", plan.keys, true);
+
+        std::string url;
+#if defined(LARDER_LAB_HAVE_REDIS)
+        std::unique_ptr<larder::test::RedisServer> server;
+        if (plan.backend == BackendKind::redis) {
+            larder::test::RedisServerOptions so;
+            // Write-behind's queue lives in Redis: with fsync on every write, a restart keeps
+            // every acknowledged put. (Without it, a restart loses them: docs/GUARANTEES.md.)
+            so.persistence = spec.policy->name == "write-behind";
+            server = std::make_unique<larder::test::RedisServer>(so);
+            url = server->url();
+        }
+#endif
+        const std::string prefix = "check:";
+
+        std::vector<pid_t> pids;
+        for (std::uint32_t p = 0; p < plan.processes; ++p) {
+            pids.push_back(spawn_worker(worker_args(plan, dir, url, prefix, p)));
+        }
+
+        // Faults, on a schedule drawn from the seed, while the workers run.
+        std::mt19937_64 rng(plan.seed ^ 0xF00DF00Dull);
+        const auto end = Clock::now() + plan.duration;
+        while (!plan.faults.empty()) {
+            std::uniform_int_distribution<int> gap(150, 400);
+            std::this_thread::sleep_for(Millis{gap(rng)});
+            if (Clock::now() + Millis{700} > end) break;
+            const Fault f = plan.faults[std::uniform_int_distribution<std::size_t>(
+                0, plan.faults.size() - 1)(rng)];
+            const Millis length{std::uniform_int_distribution<int>(50, 500)(rng)};
+            ++report.faults[fault_name(f)];
+            inject(f, length, shared.faults(), rng
+#if defined(LARDER_LAB_HAVE_REDIS)
+                   ,
+                   server.get()
+#endif
+            );
+        }
+        report.problems = wait_workers(pids, end + Millis{60'000});
+
+        std::vector<Op> ops;
+        for (std::uint32_t p = 0; p < plan.processes; ++p) {
+            auto log = read_log(dir + "/ops." + std::to_string(p));
+            ops.insert(ops.end(), log.begin(), log.end());
+        }
+        check(plan, spec, shared, ops, report);
+        return report;
+    }
+
+private:
+    std::vector<std::string> worker_args(const RunPlan& plan, const std::string& dir,
+                                         const std::string& url, const std::string& prefix,
+                                         std::uint32_t p) const {
+        return {self_,
+                "--worker",
+                dir,
+                std::to_string(p),
+                plan.spec,
+                plan.backend == BackendKind::redis ? "redis" : "memory",
+                url.empty() ? "-" : url,
+                prefix,
+                std::to_string(plan.threads),
+                std::to_string(plan.keys),
+                std::to_string(plan.write_ratio),
+                std::to_string(plan.duration.count()),
+                std::to_string(plan.seed),
+                std::to_string(plan.ttl.count()),
+                std::to_string(plan.l1_ttl.count()),
+                std::to_string(plan.processes)};
+    }
+
+    template <class Rng>
+    static void inject(Fault f, Millis length, DbFaults& db, Rng& rng
+#if defined(LARDER_LAB_HAVE_REDIS)
+                       ,
+                       larder::test::RedisServer* server
+#endif
+    ) {
+        switch (f) {
+            case Fault::db_down:
+                db.down_until_ns.store(now_ns() + std::chrono::nanoseconds(length).count());
+                std::this_thread::sleep_for(length);
+                return;
+            case Fault::slow_loader:
+                db.extra_read_latency_us.store(
+                    std::uniform_int_distribution<int>(20'000, 200'000)(rng));
+                std::this_thread::sleep_for(length);
+                db.extra_read_latency_us.store(0);
+                return;
+            default:
+                break;
+        }
+#if defined(LARDER_LAB_HAVE_REDIS)
+        if (!server) return;
+        switch (f) {
+            case Fault::redis_pause:
+                (void)server->query({"CLIENT", "PAUSE", std::to_string(length.count()), "ALL"});
+                std::this_thread::sleep_for(length);
+                return;
+            case Fault::redis_stop:
+                server->pause();
+                std::this_thread::sleep_for(length);
+                server->resume();
+                return;
+            case Fault::redis_restart:
+                server->kill();
+                std::this_thread::sleep_for(length);
+                server->restart();
+                return;
+            default:
+                return;
+        }
+#endif
+    }
+
+    void check(const RunPlan& plan, const Spec& spec, SharedRun& shared, const std::vector<Op>& ops,
+               RunReport& report) {
+        for (const Op& op : ops) {
+            if (op.kind == Kind::read) ++report.reads;
+            if (op.kind == Kind::write) ++report.writes;
+            if (!op.ok && op.kind != Kind::final_read) ++report.failed_ops;
+        }
+        // After quiescence every row read through the composition is the database's row.
+        std::size_t final_reads = 0;
+        for (const Op& op : ops) {
+            if (op.kind != Kind::final_read) continue;
+            ++final_reads;
+            const std::uint64_t in_db = shared.rows()[op.key].load();
+            if (op.ok && !op.wrong && op.version == in_db) continue;
+            ++report.not_converged;
+            if (report.violations.size() < 3) {
+                report.violations.push_back(
+                    {"after quiescence the cache converges to the database",
+                     "row " + std::to_string(op.key) + ": the read after quiescence " +
+                         (!op.ok     ? std::string("failed")
+                          : op.wrong ? std::string("returned a wrong value")
+                                     : "returned version " + std::to_string(op.version)) +
+                         ", the database has " + std::to_string(in_db),
+                     history::slice_of(ops, op.key, 0, op.end_ns)});
+            }
+        }
+        if (report.problems.empty() && final_reads != plan.keys) {
+            report.problems.push_back("the convergence pass read " + std::to_string(final_reads) +
+                                      " of " + std::to_string(plan.keys) + " rows");
+        }
+        const history::Floors floors(ops);
+        const auto window = std::chrono::nanoseconds(staleness_window(spec, plan)).count();
+        auto stale = history::check_reads(ops, floors, window, 3, &report.stale);
+        report.violations.insert(report.violations.end(), stale.begin(), stale.end());
+        // Acknowledged writes reach the database (write-through at once, write-behind by
+        // the final flush; cache-aside acknowledges only what the database committed).
+        for (const auto& [key, newest] : floors.newest()) {
+            const std::uint64_t in_db = shared.rows()[key].load();
+            const auto lost = history::lost_writes(newest, in_db);
+            if (lost == 0) continue;
+            report.lost += lost;
+            if (report.violations.size() < 6) {
+                report.violations.push_back(
+                    {"every acknowledged write reaches the database",
+                     "row " + std::to_string(key) + ": version " + std::to_string(newest) +
+                         " was acknowledged, the database has " + std::to_string(in_db),
+                     history::slice_of(ops, key, 0, std::numeric_limits<std::int64_t>::max())});
+            }
+        }
+    }
+
+    std::string self_;
+};
+
+// ---- the command line ---------------------------------------------------------------------
+
+struct Cli {
+    std::uint64_t seed = 1;
+    std::size_t sample = 8;
+    std::vector<std::string> configs;
+    std::string backend = "both";
+    std::size_t processes = 2;
+    std::size_t threads = 3;
+    std::size_t keys = 24;
+    double duration_s = 2;
+    std::vector<Fault> faults;
+    bool faults_given = false;
+    bool long_mode = false;
+    bool list = false;
+    bool help = false;
+};
+
+std::vector<std::string> split(std::string_view s) {
+    std::vector<std::string> out;
+    std::size_t start = 0;
+    while (start <= s.size()) {
+        const auto comma = s.find(',', start);
+        const auto end = comma == std::string_view::npos ? s.size() : comma;
+        if (end > start) out.emplace_back(s.substr(start, end - start));
+        if (comma == std::string_view::npos) break;
+        start = comma + 1;
+    }
+    return out;
+}
+
+/// Every composition the checker knows: each policy x guards x invalidator x L1.
+std::vector<std::string> matrix() {
+    std::vector<std::string> out;
+    for (const std::string policy : {"cache-aside", "write-through", "write-behind"}) {
+        for (const std::string guard : {"", "+lock", "+xfetch", "+xfetch+lock"}) {
+            for (const std::string inv : {"", "+tags", "+versions", "+ttl"}) {
+                for (const std::string l1 : {"", "+l1"}) {
+                    const std::string spec = policy + guard + inv + l1;
+                    try {
+                        (void)parse_spec(spec);
+                        out.push_back(spec);
+                    } catch (const UsageError&) {
+                        // not a composition the policy takes
+                    }
+                }
+            }
+        }
+    }
+    return out;
+}
+
+std::uint64_t number(std::string_view flag, std::string_view v, std::uint64_t max) {
+    std::uint64_t n = 0;
+    const auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (ec != std::errc{} || p != v.data() + v.size() || n > max) {
+        throw UsageError(std::string(flag) + ": expected a whole number up to " +
+                         std::to_string(max) + ", got " + shown(v, number_chars));
+    }
+    return n;
+}
+
+const char* usage =
+    "usage: larder-check [--seed N] [--sample N | --configs SPEC,...] [--backend "
+    "memory|redis|both]\n"
+    "                    [--processes N] [--threads N] [--keys N] [--duration SECONDS]\n"
+    "                    [--faults LIST|none] [--long] [--log] [--list] [--help]\n"
+    "\n"
+    "Runs caching compositions (policy x guard x invalidator x L1, on memory or a private\n"
+    "redis-server) in several OS processes under injected faults, records every operation\n"
+    "with its start and end, and checks the history:\n"
+    "  - no read that started after a write was acknowledged returns an older version\n"
+    "    (except within the documented windows: a TTL-only composition's TTL, an L1's TTL);\n"
+    "  - every read returns its own row's value;\n"
+    "  - every acknowledged write reaches the database (write-behind: by the final flush);\n"
+    "  - after quiescence every row read through the composition is the database's row.\n"
+    "A failed check prints the operations around it and the command that replays the run.\n"
+    "Exit status: 0 every check held, 1 a check failed, 2 bad arguments.\n"
+    "\n"
+    "flags:\n"
+    "  --seed N           seed of the sample, the operations and the fault schedule (default 1)\n"
+    "  --sample N         how many compositions to draw from the matrix (default 8)\n"
+    "  --configs A,B,...  run these compositions instead of a sample (see --list)\n"
+    "  --backend B        memory, redis or both (default both; memory runs one process)\n"
+    "  --processes N      worker processes on redis (default 2)\n"
+    "  --threads N        threads per worker process (default 3)\n"
+    "  --keys N           rows (default 24: few rows, many races)\n"
+    "  --duration S       seconds of load per composition (default 2)\n"
+    "  --faults LIST      comma-separated, or none (default: every fault the backend allows):\n";
+
+void print_help() {
+    std::cout << usage;
+    for (const auto& f : fault_table) {
+        std::cout << "                       " << f.name << ": " << f.about << "\n";
+    }
+    std::cout << "  --long             sample 40 compositions of 5 s each\n"
+                 "  --log              print the library's log messages (stderr)\n"
+                 "  --list             print the matrix of compositions and exit\n"
+                 "  --help             this text\n";
+}
+
+Cli parse(int argc, char** argv) {
+    Cli c;
+    auto value = [&](int& i, std::string_view flag) -> std::string_view {
+        if (i + 1 >= argc) throw UsageError(std::string(flag) + " needs a value");
+        return argv[++i];
+    };
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view a = argv[i];
+        if (a == "--seed") {
+            c.seed = number(a, value(i, a), UINT64_MAX);
+        } else if (a == "--sample") {
+            c.sample = number(a, value(i, a), 10'000);
+        } else if (a == "--configs") {
+            c.configs = split(value(i, a));
+            for (const auto& s : c.configs) (void)parse_spec(s);
+        } else if (a == "--backend") {
+            c.backend = std::string(value(i, a));
+            if (c.backend != "memory" && c.backend != "redis" && c.backend != "both") {
+                throw UsageError("--backend: memory, redis or both, not " +
+                                 shown(c.backend, word_chars));
+            }
+        } else if (a == "--processes") {
+            c.processes = number(a, value(i, a), 64);
+        } else if (a == "--threads") {
+            c.threads = number(a, value(i, a), 256);
+        } else if (a == "--keys") {
+            c.keys = number(a, value(i, a), 1'000'000);
+        } else if (a == "--duration") {
+            c.duration_s = static_cast<double>(number(a, value(i, a), 3600));
+        } else if (a == "--faults") {
+            c.faults_given = true;
+            const auto v = value(i, a);
+            if (v != "none") {
+                for (const auto& name : split(v)) {
+                    bool found = false;
+                    for (const auto& f : fault_table) {
+                        if (f.name == name) {
+                            c.faults.push_back(f.fault);
+                            found = true;
+                        }
+                    }
+                    if (!found)
+                        throw UsageError("--faults: unknown fault " + shown(name, word_chars));
+                }
+            }
+        } else if (a == "--log") {
+            ::setenv("LARDER_CHECK_LOG", "1", 1);  // the workers inherit it
+        } else if (a == "--long") {
+            c.long_mode = true;
+        } else if (a == "--list") {
+            c.list = true;
+        } else if (a == "--help" || a == "-h") {
+            c.help = true;
+        } else {
+            throw UsageError("unknown flag " + shown(a, word_chars));
+        }
+    }
+    if (c.processes == 0 || c.threads == 0 || c.keys == 0) {
+        throw UsageError("--processes, --threads and --keys must be at least 1");
+    }
+    return c;
+}
+
+WorkerArgs parse_worker(int argc, char** argv) {
+    if (argc != 16) throw UsageError("--worker: wrong number of arguments");
+    WorkerArgs w;
+    w.dir = argv[2];
+    w.process = static_cast<std::uint32_t>(std::stoul(argv[3]));
+    w.plan.spec = argv[4];
+    w.plan.backend =
+        std::string_view(argv[5]) == "redis" ? BackendKind::redis : BackendKind::memory;
+    w.redis_url = std::string_view(argv[6]) == "-" ? "" : argv[6];
+    w.prefix = argv[7];
+    w.plan.threads = std::stoul(argv[8]);
+    w.plan.keys = std::stoul(argv[9]);
+    w.plan.write_ratio = std::stod(argv[10]);
+    w.plan.duration = Millis{std::stoll(argv[11])};
+    w.plan.seed = std::stoull(argv[12]);
+    w.plan.ttl = Millis{std::stoll(argv[13])};
+    w.plan.l1_ttl = Millis{std::stoll(argv[14])};
+    w.processes = static_cast<std::uint32_t>(std::stoul(argv[15]));
+    return w;
+}
+
+std::string replay_command(const Cli& c, const RunPlan& plan) {
+    std::ostringstream out;
+    out << "larder-check --seed " << plan.seed << " --configs " << plan.spec << " --backend "
+        << (plan.backend == BackendKind::redis ? "redis" : "memory") << " --processes "
+        << plan.processes << " --threads " << plan.threads << " --keys " << plan.keys
+        << " --duration " << plan.duration.count() / 1000 << " --faults ";
+    if (plan.faults.empty()) {
+        out << "none";
+    } else {
+        for (std::size_t i = 0; i < plan.faults.size(); ++i) {
+            out << (i ? "," : "") << fault_name(plan.faults[i]);
+        }
+    }
+    (void)c;
+    return out.str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        if (argc > 1 && std::string_view(argv[1]) == "--worker") {
+            return run_worker(parse_worker(argc, argv));
+        }
+        Cli cli = parse(argc, argv);
+        if (cli.help) {
+            print_help();
+            return 0;
+        }
+        const auto all = matrix();
+        if (cli.list) {
+            for (const auto& s : all) std::cout << s << "\n";
+            return 0;
+        }
+        if (cli.long_mode) {
+            cli.sample = std::max<std::size_t>(cli.sample, 40);
+            cli.duration_s = std::max(cli.duration_s, 5.0);
+        }
+        std::vector<BackendKind> backends;
+        if (cli.backend != "redis") backends.push_back(BackendKind::memory);
+#if defined(LARDER_LAB_HAVE_REDIS)
+        if (cli.backend != "memory") backends.push_back(BackendKind::redis);
+#else
+        if (cli.backend == "redis")
+            throw UsageError("built without hiredis: --backend memory only");
+#endif
+        // The runs: the given compositions on every backend asked for, or a sample of the
+        // matrix drawn by the seed (each composition on one backend).
+        std::vector<RunPlan> plans;
+        std::mt19937_64 rng(cli.seed);
+        auto plan_for = [&](const std::string& spec, BackendKind b, std::uint64_t seed) {
+            RunPlan p;
+            p.spec = spec;
+            p.backend = b;
+            p.processes = b == BackendKind::redis ? cli.processes : 1;
+            p.threads = cli.threads;
+            p.keys = cli.keys;
+            p.duration = Millis{static_cast<long long>(cli.duration_s * 1000)};
+            p.seed = seed;
+            for (const auto& f : fault_table) {
+                const bool allowed = !f.needs_private_redis || b == BackendKind::redis;
+                const bool asked =
+                    !cli.faults_given ||
+                    std::find(cli.faults.begin(), cli.faults.end(), f.fault) != cli.faults.end();
+                if (allowed && asked) p.faults.push_back(f.fault);
+            }
+            return p;
+        };
+        if (!cli.configs.empty()) {
+            for (const auto& spec : cli.configs) {
+                for (BackendKind b : backends) plans.push_back(plan_for(spec, b, cli.seed));
+            }
+        } else {
+            std::vector<std::string> pool = all;
+            std::shuffle(pool.begin(), pool.end(), rng);
+            for (std::size_t i = 0; i < cli.sample && i < pool.size(); ++i) {
+                plans.push_back(plan_for(pool[i], backends[i % backends.size()], cli.seed + i));
+            }
+        }
+
+        Checker checker(argv[0]);
+        int failures = 0;
+        for (const auto& plan : plans) {
+            const auto t0 = Clock::now();
+            const RunReport r = checker.run(plan);
+            const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+            std::string faults;
+            for (const auto& [name, n] : r.faults) {
+                faults += (faults.empty() ? "" : " ") + name + "x" + std::to_string(n);
+            }
+            std::printf(
+                "%-6s %-40s %5.1f s  reads %zu, writes %zu, failed %zu, stale %zu, lost %zu%s%s\n",
+                r.ok() ? "ok" : "FAILED", r.name.c_str(), s, r.reads, r.writes, r.failed_ops,
+                r.stale, r.lost, faults.empty() ? "" : "; faults: ", faults.c_str());
+            for (const auto& p : r.problems) std::printf("  %s\n", p.c_str());
+            for (const auto& v : r.violations) std::printf("%s", history::render(v).c_str());
+            if (!r.ok()) {
+                ++failures;
+                std::printf("  replay: %s\n", replay_command(cli, plan).c_str());
+            }
+            std::fflush(stdout);
+        }
+        std::printf("%zu compositions, %d failed\n", plans.size(), failures);
+        return failures == 0 ? 0 : 1;
+    } catch (const UsageError& e) {
+        std::cerr << "larder-check: " << e.what() << "\n(larder-check --help lists the flags)\n";
+        return 2;
+    } catch (const std::exception& e) {
+        std::cerr << "larder-check: " << e.what() << "\n";
+        return 1;
+    }
+}
