@@ -228,15 +228,14 @@ TEST_CASE("A settle that fails leaves nothing held until claim_ttl: the next cla
     // timed out left its entries claimed under its token until claim_ttl (30 s), so a drain
     // shorter than that ended incomplete and the acknowledged puts stayed unwritten.
     larder::test::RedisServer server;
-    larder::test::TcpProxy proxy(server.host(), server.port());
     larder::RedisOptions ro;
-    ro.host = proxy.host();
-    ro.port = proxy.port();
+    ro.host = server.host();
+    ro.port = server.port();
     ro.command_timeout = 300ms;
     ro.breaker.failure_threshold = 0;
     larder::RedisBackend backend(ro);
     Table<std::string> table;
-    std::atomic<bool> cut_after_write{false};
+    std::atomic<bool> pause_after_write{false};
     larder::WriteBehindOptions o;
     o.name = "settle";
     o.start_flusher = false;
@@ -247,17 +246,20 @@ TEST_CASE("A settle that fails leaves nothing held until claim_ttl: the next cla
         backend,
         [&](std::span<const Entry> batch) {
             auto result = table.write(batch);
-            // The database has the rows; the settle that follows never reaches Redis.
-            if (cut_after_write) proxy.blackhole(true);
+            // The database has the rows; the settle that follows waits behind the pause
+            // until it times out.
+            if (pause_after_write) (void)server.query({"CLIENT", "PAUSE", "10000", "WRITE"});
             return result;
         },
         o);
     wb.put("k", "v1");
-    cut_after_write = true;
+    pause_after_write = true;
     const auto report = wb.flush();
     CHECK_FALSE(report.store_error.empty());
-    cut_after_write = false;
-    proxy.blackhole(false);
+    pause_after_write = false;
+    // The connection that sent the settle goes, and its settle with it: it never runs.
+    (void)server.query({"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"});
+    (void)server.query({"CLIENT", "UNPAUSE"});
     wb.put("k", "v2");  // the key is dirty again, still claimed by the failed flush
 
     const auto drained = wb.close(5s);
