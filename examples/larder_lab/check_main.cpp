@@ -174,13 +174,19 @@ Options options_for(const RunPlan& plan, std::size_t instances) {
     return o;
 }
 
+/// The longest a read that fills a copy can take from its start to the fill: a Lock
+/// waiter's max_wait (options_for sets 1 s), then a load slowed by a fault.
+constexpr Millis longest_fill{1500};
+
 /// How old a read may be, by the guarantee the composition documents (docs/check.md):
 /// with only a TTL, up to the TTL; with an L1, up to the L1's TTL (a bus message can be
-/// lost, the L1 copy then lives out its TTL); otherwise not at all.
+/// lost, the L1 copy then lives out its TTL); otherwise not at all. A copy's TTL runs from
+/// its fill, and the read that filled it began up to longest_fill earlier: the window
+/// counts from there.
 Millis staleness_window(const Spec& spec, const RunPlan& plan) {
     Millis w{0};
-    if (spec.invalidator == Invalidator::ttl) w = std::max(w, plan.ttl);
-    if (spec.l1) w = std::max(w, plan.l1_ttl);
+    if (spec.invalidator == Invalidator::ttl) w = std::max(w, plan.ttl + longest_fill);
+    if (spec.l1) w = std::max(w, plan.l1_ttl + longest_fill);
     return w;
 }
 
