@@ -17,7 +17,10 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "fuzz_support.hpp"
 
 namespace larder::fuzz {
 
@@ -70,17 +73,7 @@ inline Record sample_record() {
 /// A decode either returns or throws CodecError; anything else escaping is a finding.
 template <class F>
 bool decodes(F&& f) {
-    try {
-        f();
-        return true;
-    } catch (const larder::CodecError&) {
-        return false;
-    }
-}
-
-/// Invariants that must hold for any input, not only "does not crash".
-inline void check(bool ok) {
-    if (!ok) __builtin_trap();
+    return returns_or_throws<larder::CodecError>(std::forward<F>(f));
 }
 
 }  // namespace larder::fuzz
