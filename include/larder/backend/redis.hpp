@@ -83,6 +83,69 @@ private:
     std::string_view view_;
 };
 
+// What RedisBackend makes of each reply. Free functions, so that they can be tested (and
+// fuzzed) on replies that no healthy server sends.
+
+/// GET's reply: the value, or nullopt for nil. An error reply, or one of another type,
+/// throws BackendError.
+[[nodiscard]] inline std::optional<StoredValue> value_reply(const redisReply& value) {
+    check(value, "GET");
+    if (value.type == REDIS_REPLY_NIL) return std::nullopt;
+    if (value.type != REDIS_REPLY_STRING) unexpected(value, "GET");
+    return StoredValue{std::string(text_of(value)), std::nullopt};
+}
+
+/// MGET's reply for `count` keys: a value for each string, nullopt for anything else. An
+/// error reply, or anything but an array of `count` elements, throws BackendError.
+[[nodiscard]] inline std::vector<std::optional<StoredValue>> mget_reply(const redisReply& reply,
+                                                                        std::size_t count) {
+    check(reply, "MGET");
+    if (reply.type != REDIS_REPLY_ARRAY || reply.elements != count) unexpected(reply, "MGET");
+    std::vector<std::optional<StoredValue>> out;
+    out.reserve(count);
+    for (std::size_t i = 0; i < count; ++i) {
+        const redisReply& v = *reply.element[i];
+        if (v.type == REDIS_REPLY_STRING) {
+            out.push_back(StoredValue{std::string(text_of(v)), std::nullopt});
+        } else {
+            out.emplace_back();
+        }
+    }
+    return out;
+}
+
+/// The replies of GET and PTTL, pipelined: the value and its remaining TTL, or nullopt.
+[[nodiscard]] inline std::optional<StoredValue> stored_value(const redisReply& value,
+                                                             const redisReply& ttl) {
+    check(value, "GET");
+    check(ttl, "PTTL");
+    if (value.type == REDIS_REPLY_NIL) return std::nullopt;
+    if (value.type != REDIS_REPLY_STRING) unexpected(value, "GET");
+    if (ttl.type != REDIS_REPLY_INTEGER) unexpected(ttl, "PTTL");
+    // -2: deleted or expired since the GET. 0: expires within this millisecond, which
+    // MemoryBackend already counts as expired (an entry dies when its deadline is
+    // reached; Redis lets it live through that millisecond).
+    if (ttl.integer == -2 || ttl.integer == 0) return std::nullopt;
+    StoredValue out{std::string(text_of(value)), std::nullopt};
+    if (ttl.integer > 0) out.ttl = Millis{ttl.integer};
+    return out;
+}
+
+/// SET ... NX's reply: whether the key was set.
+[[nodiscard]] inline bool set_if_absent_reply(const redisReply& reply) {
+    check(reply, "SET NX");
+    if (reply.type == REDIS_REPLY_NIL) return false;
+    if (reply.type != REDIS_REPLY_STATUS) unexpected(reply, "SET NX");
+    return true;
+}
+
+/// The reply of a command or script that answers an integer (DEL, INCRBY, PUBLISH).
+[[nodiscard]] inline std::int64_t integer_reply(const redisReply& reply, std::string_view what) {
+    check(reply, what);
+    if (reply.type != REDIS_REPLY_INTEGER) unexpected(reply, what);
+    return static_cast<std::int64_t>(reply.integer);
+}
+
 }  // namespace redis_detail
 
 /// A Lua script for RedisBackend::eval: `RedisScript s{"name", R"lua(...)lua"};`. The name
@@ -132,12 +195,7 @@ public:
     [[nodiscard]] std::optional<StoredValue> get_value(std::string_view key) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
         return run([&](redis_detail::Connection& c) {
-            const auto value = c.command(Args{"GET", k.view()});
-            redis_detail::check(*value, "GET");
-            if (value->type == REDIS_REPLY_NIL) return std::optional<StoredValue>();
-            if (value->type != REDIS_REPLY_STRING) redis_detail::unexpected(*value, "GET");
-            return std::optional<StoredValue>(
-                StoredValue{std::string(redis_detail::text_of(*value)), std::nullopt});
+            return redis_detail::value_reply(*c.command(Args{"GET", k.view()}));
         });
     }
 
@@ -155,22 +213,7 @@ public:
             mget.push(prefixed.empty() ? std::string_view(keys[i]) : prefixed[i]);
         }
         return run([&](redis_detail::Connection& c) {
-            const auto reply = c.command(mget);
-            redis_detail::check(*reply, "MGET");
-            if (reply->type != REDIS_REPLY_ARRAY || reply->elements != keys.size()) {
-                redis_detail::unexpected(*reply, "MGET");
-            }
-            std::vector<std::optional<StoredValue>> out;
-            out.reserve(keys.size());
-            for (std::size_t i = 0; i < keys.size(); ++i) {
-                const redisReply& v = *reply->element[i];
-                if (v.type == REDIS_REPLY_STRING) {
-                    out.push_back(StoredValue{std::string(redis_detail::text_of(v)), std::nullopt});
-                } else {
-                    out.emplace_back();
-                }
-            }
-            return out;
+            return redis_detail::mget_reply(*c.command(mget), keys.size());
         });
     }
 
@@ -178,7 +221,7 @@ public:
         const redis_detail::StoredKey k(options_.key_prefix, key);
         return run([&](redis_detail::Connection& c) {
             auto [value, ttl] = c.pipeline(Args{"GET", k.view()}, Args{"PTTL", k.view()});
-            return stored_value(*value, *ttl);
+            return redis_detail::stored_value(*value, *ttl);
         });
     }
 
@@ -204,7 +247,7 @@ public:
             std::vector<std::optional<StoredValue>> out;
             out.reserve(keys.size());
             for (std::size_t i = 0; i < keys.size(); ++i) {
-                out.push_back(stored_value(*replies[2 * i], *replies[2 * i + 1]));
+                out.push_back(redis_detail::stored_value(*replies[2 * i], *replies[2 * i + 1]));
             }
             return out;
         });
@@ -230,10 +273,7 @@ public:
             const auto reply = ttl.count() > 0
                                    ? c.command(Args{"SET", k.view(), value, "NX", "PX", px.view()})
                                    : c.command(Args{"SET", k.view(), value, "NX"});
-            redis_detail::check(*reply, "SET NX");
-            if (reply->type == REDIS_REPLY_NIL) return false;
-            if (reply->type != REDIS_REPLY_STATUS) redis_detail::unexpected(*reply, "SET NX");
-            return true;
+            return redis_detail::set_if_absent_reply(*reply);
         });
     }
 
@@ -594,26 +634,8 @@ private:
     // DEL, INCRBY, PUBLISH: all writes.
     std::int64_t integer_command(const Args& args, std::string_view what) {
         return run_write([&](redis_detail::Connection& c) {
-            const auto reply = c.command(args);
-            redis_detail::check(*reply, what);
-            if (reply->type != REDIS_REPLY_INTEGER) redis_detail::unexpected(*reply, what);
-            return static_cast<std::int64_t>(reply->integer);
+            return redis_detail::integer_reply(*c.command(args), what);
         });
-    }
-
-    static std::optional<StoredValue> stored_value(const redisReply& value, const redisReply& ttl) {
-        redis_detail::check(value, "GET");
-        redis_detail::check(ttl, "PTTL");
-        if (value.type == REDIS_REPLY_NIL) return std::nullopt;
-        if (value.type != REDIS_REPLY_STRING) redis_detail::unexpected(value, "GET");
-        if (ttl.type != REDIS_REPLY_INTEGER) redis_detail::unexpected(ttl, "PTTL");
-        // -2: deleted or expired since the GET. 0: expires within this millisecond, which
-        // MemoryBackend already counts as expired (an entry dies when its deadline is
-        // reached; Redis lets it live through that millisecond).
-        if (ttl.integer == -2 || ttl.integer == 0) return std::nullopt;
-        StoredValue out{std::string(redis_detail::text_of(value)), std::nullopt};
-        if (ttl.integer > 0) out.ttl = Millis{ttl.integer};
-        return out;
     }
 
     const RedisOptions options_;
