@@ -36,6 +36,8 @@
 #include "larder/core/keys.hpp"
 #include "larder/core/random.hpp"
 #include "larder/near/bus.hpp"
+#include "larder/near/detail/redis_bus_wire.hpp"
+#include "larder/near/detail/redis_pubsub.hpp"
 
 namespace larder {
 
@@ -92,9 +94,7 @@ public:
     /// channel).
     void publish(std::string_view message) {
         if (message.empty()) return;
-        std::string wire;
-        wire.reserve(message.size() + prefix_.size());
-        wire.append(message.substr(0, 1)).append(prefix_).append(message.substr(1));
+        const std::string wire = redis_detail::bus_wire(message, prefix_);
         // Numbered even without a log: a subscriber that keeps one must see a gap where a
         // message it could not replay went out.
         const std::string keep = std::to_string(options_.replay_log);
@@ -235,9 +235,8 @@ private:
             if (raw == nullptr) return;
             const redis_detail::ReplyPtr reply(static_cast<redisReply*>(raw));
             // ["message", channel, payload]; PING answers ["pong", ""]; ignore the rest.
-            if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
-                redis_detail::text_of(*reply->element[0]) == "message") {
-                deliver(redis_detail::text_of(*reply->element[2]));
+            if (const redisReply* payload = redis_detail::message_payload(*reply)) {
+                deliver(redis_detail::text_of(*payload));
             }
         }
     }
@@ -247,11 +246,7 @@ private:
     // number in it, and its own random id, which tells it from another message given the
     // same number after a rollback (a restart from an older snapshot, a failover to a
     // replica that was behind: the counter comes back lower, under the same epoch).
-    struct Position {
-        std::string epoch;
-        std::uint64_t seq = 0;
-        std::string id;  // "" when not known
-    };
+    using Position = redis_detail::BusPosition;
 
     // Which server process, with which dataset, this connection talks to: its run_id (a
     // restart or a failover changes it) and replication id (a resync that replaced its
@@ -281,21 +276,6 @@ private:
             identity += '/';
         }
         return identity;
-    }
-
-    // "#<epoch>.<seq>.<id>:" in front of a numbered message.
-    static std::optional<Position> position_of(std::string_view wire) {
-        if (!wire.starts_with('#')) return std::nullopt;
-        const auto colon = wire.find(':');
-        if (colon == std::string_view::npos) return std::nullopt;
-        const std::string_view head = wire.substr(1, colon - 1);
-        const auto dot = head.find('.');
-        const auto id_dot = dot == std::string_view::npos ? dot : head.find('.', dot + 1);
-        if (id_dot == std::string_view::npos) return std::nullopt;
-        return Position{
-            std::string(head.substr(0, dot)),
-            std::strtoull(std::string(head.substr(dot + 1, id_dot - dot - 1)).c_str(), nullptr, 10),
-            std::string(head.substr(id_dot + 1))};
     }
 
     // Just subscribed: replays from the log what this bus missed since its last message,
@@ -333,7 +313,7 @@ private:
             auto start_over = [&] {
                 heard_ = current;
                 for (const auto& m : entries) {
-                    const auto at = position_of(m.str);
+                    const auto at = redis_detail::bus_position_of(m.str);
                     if (at && at->epoch == current.epoch && at->seq == current.seq) heard_ = *at;
                 }
                 return false;
@@ -341,7 +321,8 @@ private:
             if (!same_epoch) return start_over();
             std::size_t first_missed = 0;
             if (last->seq > 0) {  // the last message heard, unless the epoch had none
-                const auto at = entries.empty() ? std::nullopt : position_of(entries[0].str);
+                const auto at =
+                    entries.empty() ? std::nullopt : redis_detail::bus_position_of(entries[0].str);
                 if (last->id.empty() || !at || at->seq != last->seq || at->id != last->id) {
                     return start_over();
                 }
@@ -349,7 +330,7 @@ private:
             }
             std::uint64_t expected = last->seq + 1;
             for (std::size_t i = first_missed; i < entries.size(); ++i) {
-                const auto at = position_of(entries[i].str);
+                const auto at = redis_detail::bus_position_of(entries[i].str);
                 if (!at || at->epoch != last->epoch || at->seq != expected++) return start_over();
             }
             // Nothing numbered after the last message heard may be missing from the log.
@@ -368,18 +349,15 @@ private:
 
     // ["#<epoch>.<seq>.<id>:"]"<kind><prefix><key>" on the wire; subscribers hear "<kind><key>".
     void deliver(std::string_view wire) {
-        if (auto at = position_of(wire)) {
+        if (auto at = redis_detail::take_bus_position(wire)) {
             // The latest, not the largest: the script numbers and publishes in one step, so
             // the channel's order is the log's, and a new epoch is where it continues.
             if (heard_) heard_ = std::move(*at);
-            wire.remove_prefix(wire.find(':') + 1);
         }
-        if (wire.empty() || !wire.substr(1).starts_with(prefix_)) return;  // another tenant's
-        if (prefix_.empty()) return state_.message(wire);
-        std::string message;
-        message.reserve(wire.size() - prefix_.size());
-        message.append(wire.substr(0, 1)).append(wire.substr(1 + prefix_.size()));
-        state_.message(message);
+        std::string scratch;
+        const auto message = redis_detail::bus_message(wire, prefix_, scratch);
+        if (!message) return;  // another tenant's
+        state_.message(*message);
     }
 
     void report(const std::string& why) { state_.report(why, options_.on_error); }

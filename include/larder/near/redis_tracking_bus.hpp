@@ -43,6 +43,7 @@
 #include "larder/backend/redis.hpp"
 #include "larder/core/keys.hpp"
 #include "larder/near/bus.hpp"
+#include "larder/near/detail/redis_pubsub.hpp"
 
 namespace larder {
 
@@ -357,23 +358,16 @@ private:
             if (raw == nullptr) return;
             const redis_detail::ReplyPtr reply(static_cast<redisReply*>(raw));
             // ["message", channel, [key...] or nil]; PING answers ["pong", ""].
-            if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
-                redis_detail::text_of(*reply->element[0]) != "message") {
-                continue;
-            }
+            const redisReply* payload = redis_detail::message_payload(*reply);
+            if (payload == nullptr) continue;
             messages_.fetch_add(1, std::memory_order_relaxed);
-            const redisReply& payload = *reply->element[2];
-            if (payload.type == REDIS_REPLY_NIL) {
-                // FLUSHALL / FLUSHDB: every key may have changed.
-                flushes_.fetch_add(1, std::memory_order_relaxed);
-                state_.message("*");
-            } else if (payload.type == REDIS_REPLY_ARRAY) {
-                for (std::size_t i = 0; i < payload.elements; ++i) {
-                    deliver(redis_detail::text_of(*payload.element[i]));
-                }
-            } else if (payload.type == REDIS_REPLY_STRING) {
-                deliver(redis_detail::text_of(payload));
-            }
+            redis_detail::for_each_invalidation(
+                *payload, [this](std::string_view key) { deliver(key); },
+                [this] {
+                    // FLUSHALL / FLUSHDB: every key may have changed.
+                    flushes_.fetch_add(1, std::memory_order_relaxed);
+                    state_.message("*");
+                });
         }
     }
 
