@@ -582,10 +582,12 @@ inline std::uint64_t to_u64(std::string_view s, std::string_view what) {
 }
 
 // Scores come back as doubles formatted by Redis ("1700000000000", or with an exponent).
+// One that is NaN, infinite or beyond int64 is no time (and converting it would be
+// undefined behaviour).
 inline std::int64_t to_ms(std::string_view s) {
     double v = 0;
     auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (ec != std::errc{}) {
+    if (ec != std::errc{} || !(v >= -0x1p63 && v < 0x1p63)) {
         throw BackendError("redis write-behind: bad time '" + std::string(s.substr(0, 32)) + "'");
     }
     return static_cast<std::int64_t>(v);
