@@ -61,6 +61,8 @@ std::optional<std::string> receive(std::string_view wire, std::string_view prefi
 }
 
 // Near over a cache and a MemoryBus, with three keys in L1: two plain, one read with a tag.
+// One for the whole run (building it for each input would take most of the time); each
+// input starts with the three keys back in L1.
 struct Subscriber {
     larder::MemoryBackend store;
     Cache cache{store, larder::CacheAsideOptions{.key_prefix = "app:"}};
@@ -68,11 +70,11 @@ struct Subscriber {
     larder::Near<Cache, larder::MemoryBus> near{cache, bus};
     const std::array<std::string, 3> keys{"a", "b", "tagged"};
 
-    Subscriber() {
+    void reload() {
         auto load = [] { return std::optional<std::string>("v"); };
-        (void)near.get("a", load);
-        (void)near.get("b", load);
-        (void)near.get("tagged", {std::string("t1")}, load);
+        if (!held("a")) (void)near.get("a", load);
+        if (!held("b")) (void)near.get("b", load);
+        if (!held("tagged")) (void)near.get("tagged", {std::string("t1")}, load);
         for (const auto& k : keys) check(held(k));
     }
 
@@ -133,7 +135,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     Input in(data, size);
     const std::uint8_t mode = in.byte();
     const std::string prefix(in.text(12));
-    Subscriber s;
+    static Subscriber s;
+    s.reload();
     std::optional<rd::BusPosition> at;
 
     if (mode % 2 == 0) {
