@@ -1,4 +1,5 @@
-# Shared helpers for scripts/demo, scripts/test and .ci/run. Source it, do not run it.
+# Shared helpers for scripts/demo, scripts/test, scripts/fuzz and .ci/run. Source it, do not
+# run it.
 #
 #   source "$(dirname "${BASH_SOURCE[0]}")/lib/setup.sh"
 #   larder_cd_root
@@ -8,6 +9,11 @@
 LARDER_DEMO_PACKAGES=(g++ cmake make libhiredis-dev libssl-dev nlohmann-json3-dev catch2 libsqlite3-dev pkg-config)
 # ... plus what the test suite needs (the [redis] tests start their own redis-server).
 LARDER_TEST_PACKAGES=("${LARDER_DEMO_PACKAGES[@]}" redis-server redis-tools)
+# What scripts/fuzz needs: clang with libFuzzer and the sanitizer runtimes (libclang-rt is
+# only recommended by clang, and recommends are not installed), and the libraries the
+# targets parse for (hiredis, nlohmann_json). No Catch2: the fuzz preset builds no tests.
+LARDER_FUZZ_PACKAGES=(g++ clang-14 libclang-rt-14-dev libfuzzer-14-dev cmake make libhiredis-dev
+    nlohmann-json3-dev pkg-config)
 
 export DEBIAN_FRONTEND=noninteractive
 
