@@ -1,7 +1,7 @@
 // Fuzz target: the Redis URL parser (redis_detail::parse_url, behind RedisOptions::from_url)
 // and redact_url. Checked, besides "no crash":
-//  - parse_url returns or throws ConfigError, nothing else, and its message repeats no part
-//    of the URL but a scheme that is plainly a word;
+//  - parse_url returns or throws ConfigError, nothing else, and its message is printable
+//    and quotes nothing from the URL but a scheme that is plainly a word;
 //  - what it returns is usable: a host or a socket path (not both), a port from 1 to
 //    65535, a database from 0;
 //  - redact_url takes anything and never throws; for a redis:// URL that parses, the
