@@ -11,9 +11,10 @@ LARDER_DEMO_PACKAGES=(g++ cmake make libhiredis-dev libssl-dev nlohmann-json3-de
 LARDER_TEST_PACKAGES=("${LARDER_DEMO_PACKAGES[@]}" redis-server redis-tools)
 # What scripts/fuzz needs: clang with libFuzzer and the sanitizer runtimes (libclang-rt is
 # only recommended by clang, and recommends are not installed), and the libraries the
-# targets parse for (hiredis, nlohmann_json). No Catch2: the fuzz preset builds no tests.
+# targets parse for (hiredis, nlohmann_json, libcrypto). No Catch2: the fuzz preset builds
+# no tests.
 LARDER_FUZZ_PACKAGES=(g++ clang-14 libclang-rt-14-dev libfuzzer-14-dev cmake make libhiredis-dev
-    nlohmann-json3-dev pkg-config)
+    nlohmann-json3-dev libssl-dev pkg-config)
 
 export DEBIAN_FRONTEND=noninteractive
 
