@@ -36,6 +36,7 @@
 #include <utility>
 #include <vector>
 
+#include "larder/core/error.hpp"
 #include "larder/core/loader.hpp"
 #include "larder/invalidate/tags.hpp"
 #include "larder/near/bus.hpp"
@@ -105,7 +106,21 @@ public:
         requires(Policy& p) {
         p.get_many(keys, batch_loader);
     }
+    { return get_many(keys, std::span<const std::vector<std::string>>{}, batch_loader); }
+
+    /// get_many of keys that carry tags (tags[i] are keys[i]'s), as the policy's.
+    template <class BatchLoader>
+    std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
+                                           std::span<const std::vector<std::string>> tags,
+                                           BatchLoader&& batch_loader) requires
+        requires(Policy& p) {
+        p.get_many(keys, tags, batch_loader);
+    }
     {
+        if (!tags.empty() && tags.size() != keys.size()) {
+            throw ConfigError("get_many: " + std::to_string(tags.size()) + " tag lists for " +
+                              std::to_string(keys.size()) + " keys");
+        }
         std::vector<std::optional<T>> out(keys.size());
         std::vector<std::string> missed;
         std::vector<std::size_t> at;
@@ -115,7 +130,13 @@ public:
             at.push_back(i);
         }
         if (missed.empty()) return out;
-        auto loaded = policy_.get_many(std::span<const std::string>(missed), batch_loader);
+        std::vector<std::vector<std::string>> missed_tags;
+        if (!tags.empty()) {
+            for (const std::size_t i : at) missed_tags.push_back(tags[i]);
+        }
+        auto loaded =
+            policy_.get_many(std::span<const std::string>(missed),
+                             std::span<const std::vector<std::string>>(missed_tags), batch_loader);
         for (std::size_t m = 0; m < at.size(); ++m) out[at[m]] = std::move(loaded[m]);
         return out;
     }

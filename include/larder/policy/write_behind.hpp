@@ -464,7 +464,16 @@ public:
     template <BatchLoaderFor<T> BatchLoader>
     std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
                                            BatchLoader&& batch_loader) {
-        return Base::get_many(keys, [&](std::span<const std::string> missed) {
+        return get_many(keys, std::span<const std::vector<std::string>>{}, batch_loader);
+    }
+
+    /// As the read path's get_many with tags; keys that missed are served from the queue
+    /// where dirty.
+    template <BatchLoaderFor<T> BatchLoader>
+    std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
+                                           std::span<const std::vector<std::string>> tags,
+                                           BatchLoader&& batch_loader) {
+        return Base::get_many(keys, tags, [&](std::span<const std::string> missed) {
             return load_many_through(missed, batch_loader);
         });
     }

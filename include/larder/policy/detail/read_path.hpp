@@ -187,16 +187,33 @@ public:
     template <BatchLoaderFor<T> BatchLoader>
     std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
                                            BatchLoader&& batch_loader) {
+        return get_many(keys, std::span<const std::vector<std::string>>{}, batch_loader);
+    }
+
+    /// get_many of keys that carry tags: tags[i] are keys[i]'s, as get(key, tags, loader)
+    /// takes them. They are read in the same command as the values, and stamped on what
+    /// is filled, so that invalidate_tag reaches it; without them, a key filled by a batch
+    /// read carries no tag and no invalidate_tag reaches it. `tags` is empty (no key has
+    /// tags) or as long as `keys`; otherwise ConfigError.
+    template <BatchLoaderFor<T> BatchLoader>
+    std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
+                                           std::span<const std::vector<std::string>> tags,
+                                           BatchLoader&& batch_loader) {
+        if (!tags.empty() && tags.size() != keys.size()) {
+            throw ConfigError("get_many: " + std::to_string(tags.size()) + " tag lists for " +
+                              std::to_string(keys.size()) + " keys");
+        }
         std::vector<std::string> full;
         full.reserve(keys.size());
         for (const auto& k : keys) full.push_back(full_key(k));
 
-        // The versions each key depends on (none with Tags alone: get_many takes no tags),
-        // read in the same command as the values.
+        // The versions each key depends on (its tags', and the invalidator's own), read in
+        // the same command as the values.
         std::vector<std::vector<std::string>> names_of(keys.size());
         std::vector<TagVersion> known;
         for (std::size_t i = 0; i < keys.size(); ++i) {
-            names_of[i] = version_names(full[i], {});
+            names_of[i] = version_names(
+                full[i], tags.empty() ? std::span<const std::string>{} : std::span(tags[i]));
             for (const auto& n : names_of[i]) {
                 const bool seen = std::any_of(known.begin(), known.end(),
                                               [&](const TagVersion& k) { return k.name == n; });
