@@ -66,6 +66,46 @@ public:
         return in.near ? in.near->get(key, loader) : in.policy->get(key, loader);
     }
 
+    std::vector<std::optional<std::string>> read_many(std::size_t i,
+                                                      std::span<const std::size_t> ks) override {
+        Instance& in = instances_[i];
+        std::vector<std::string> names = key_names(ks);
+        if (invalidator_ == Invalidator::versions) {
+            for (auto& n : names) n = in.versions->key(n);
+        }
+        if (invalidator_ == Invalidator::tags) {
+            std::vector<std::vector<std::string>> tags;
+            for (const std::size_t k : ks) tags.push_back({entity_tag(k)});
+            return read_rows(in, db_, names, ks, tags);
+        }
+        return read_rows(in, db_, names, ks);
+    }
+
+    void invalidate(std::size_t i, std::size_t k) override {
+        Instance& in = instances_[i];
+        const std::string key = key_name(k);
+        switch (invalidator_) {
+            case Invalidator::tags:
+                if (in.near) {
+                    in.near->invalidate_tag(entity_tag(k));
+                } else {
+                    in.policy->invalidate_tag(entity_tag(k));
+                }
+                break;
+            case Invalidator::versions:
+                (void)in.versions->bump(key);
+                break;
+            case Invalidator::event:
+            case Invalidator::ttl:
+                if (in.near) {
+                    in.near->invalidate(key);
+                } else {
+                    in.policy->invalidate(key);
+                }
+                break;
+        }
+    }
+
     std::uint64_t write(std::size_t i, std::size_t k) override {
         Instance& in = instances_[i];
         std::uint64_t version = 0;

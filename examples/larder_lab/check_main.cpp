@@ -56,13 +56,22 @@ using history::Violation;
 
 // ---- faults ------------------------------------------------------------------------------
 
-enum class Fault { redis_pause, redis_stop, redis_restart, db_down, slow_loader };
+enum class Fault {
+    redis_pause,
+    redis_stop,
+    redis_restart,
+    db_down,
+    slow_loader,
+    worker_stop,
+    worker_kill
+};
 
 struct FaultEntry {
     std::string_view name;
     std::string_view about;
     Fault fault;
     bool needs_private_redis;
+    bool needs_two_workers = false;  ///< it stops or kills a worker while another runs on
 };
 
 constexpr FaultEntry fault_table[] = {
@@ -75,6 +84,14 @@ constexpr FaultEntry fault_table[] = {
      Fault::redis_restart, true},
     {"db-down", "the database refuses every read and write", Fault::db_down, false},
     {"slow-loader", "database reads take 20-200 ms longer", Fault::slow_loader, false},
+    {"worker-stop",
+     "SIGSTOP of a worker process for 0.3-1.5 s, then SIGCONT: its flusher's claims expire "
+     "and another takes them over",
+     Fault::worker_stop, true, true},
+    {"worker-kill",
+     "SIGKILL of a worker process (at most one per run, never the first): what it "
+     "acknowledged must survive it",
+     Fault::worker_kill, true, true},
 };
 
 std::string fault_name(Fault f) {
@@ -91,6 +108,7 @@ std::string fault_name(Fault f) {
 struct Control {
     DbFaults faults;
     std::atomic<std::uint32_t> finished{0};
+    std::atomic<bool> worker_killed{false};
 };
 
 /// What every process of a run maps: the control block, the database's rows, and the
@@ -154,11 +172,14 @@ struct RunPlan {
     Millis l1_ttl{300};
 };
 
+/// The size of every value the database holds.
+constexpr std::size_t value_size = 32;
+
 /// The lab options a worker (or the convergence pass) builds its subject with.
 Options options_for(const RunPlan& plan, std::size_t instances) {
     Options o;
     o.keys = plan.keys;
-    o.value_size = 32;
+    o.value_size = value_size;
     o.threads = std::max<std::size_t>(plan.threads, instances);
     o.instances = instances;
     o.loader_latency_ms = 1;
@@ -168,6 +189,8 @@ Options options_for(const RunPlan& plan, std::size_t instances) {
     o.lock_wait = Millis{1000};
     o.flush_interval = Millis{50};
     o.drain_timeout = Millis{20'000};
+    // Short, so that a stopped worker's claims expire within the run (worker-stop).
+    o.claim_ttl = Millis{600};
     o.seed = plan.seed;
     o.configs = {plan.spec};
     o.progress = false;
@@ -190,11 +213,15 @@ Millis staleness_window(const Spec& spec, const RunPlan& plan) {
     return w;
 }
 
-/// How long after quiescence the cache may still differ from the database: a write whose
-/// invalidation failed was not acknowledged (its caller was told), and the cached copy it
-/// could not remove lives out its TTL; L1 copies live out theirs.
-Millis convergence_wait(const RunPlan& plan) {
-    return plan.ttl + plan.l1_ttl + Millis{100};
+/// How long after quiescence the cache may still differ from the database: L1 copies a
+/// lost message did not reach live out the L1's TTL. Reading before the cache's TTL ends
+/// is what makes the check bite: a stale entry left by the last writes is still there.
+/// With TTL-only invalidation, or after a worker was killed in the middle of a write (it
+/// may have changed the database and not yet invalidated), cached copies live out the
+/// TTL as well.
+Millis convergence_wait(const RunPlan& plan, const Spec& spec, bool worker_killed) {
+    const bool copies_outlive_writes = spec.invalidator == Invalidator::ttl || worker_killed;
+    return (copies_outlive_writes ? plan.ttl : Millis{0}) + plan.l1_ttl + Millis{100};
 }
 
 std::int64_t now_ns() {
@@ -225,16 +252,22 @@ std::unique_ptr<Subject> make_subject(const RunPlan& plan, const Options& o, con
     return spec.policy->make(env, spec);
 }
 
-/// Reads row op.key through `instance`, recording the version or that the value was wrong.
-void read_into(Op& op, Subject& subject, std::size_t instance) {
-    const auto value = subject.read(instance, op.key);
+/// Records what a read of row op.key returned: its version, or that the value was wrong
+/// (none, another row's, or not byte for byte the value of the version it names).
+void record_value(Op& op, const std::optional<std::string>& value) {
     const auto parsed = value ? FakeDb::parse_value(*value) : std::nullopt;
     op.ok = true;
-    if (!parsed || parsed->key != op.key) {
+    if (!parsed || parsed->key != op.key ||
+        *value != FakeDb::make_value(op.key, parsed->version, value_size)) {
         op.wrong = true;
     } else {
         op.version = parsed->version;
     }
+}
+
+/// Reads row op.key through `instance`.
+void read_into(Op& op, Subject& subject, std::size_t instance) {
+    record_value(op, subject.read(instance, op.key));
 }
 
 int run_worker(const WorkerArgs& a) {
@@ -257,28 +290,73 @@ int run_worker(const WorkerArgs& a) {
     auto work = [&](std::uint32_t t) {
         std::mt19937_64 rng(plan.seed * 0x9E3779B97F4A7C15ull + a.process * 1000 + t + 1);
         std::uniform_int_distribution<std::size_t> pick(0, plan.keys - 1);
+        std::uniform_int_distribution<std::size_t> batch_size(2, 5);
         std::bernoulli_distribution is_write(plan.write_ratio);
+        std::discrete_distribution<int> read_verb({80, 15, 5});  // get, get_many, invalidate
+        const auto instance = static_cast<std::uint32_t>(t % instances);
         auto& log = logs[t];
         while (Clock::now() < deadline) {
             Op op;
             op.process = a.process;
             op.thread = t;
+            op.instance = instance;
             op.key = pick(rng);
-            op.kind = is_write(rng) ? Kind::write : Kind::read;
+            const int verb = is_write(rng) ? -1 : read_verb(rng);
+            op.kind = verb < 0 ? Kind::write : verb == 2 ? Kind::invalidate : Kind::read;
+            std::vector<std::size_t> batch;
+            if (verb == 1) {
+                batch.resize(batch_size(rng));
+                for (auto& k : batch) k = pick(rng);
+                op.batch = true;
+            }
             op.start_ns = now_ns();
+            std::vector<Op> rows;
             try {
-                if (op.kind == Kind::write) {
-                    op.version = subject->write(t % instances, op.key);
-                    op.ok = op.version > 0;
-                } else {
-                    read_into(op, *subject, t % instances);
+                switch (op.kind) {
+                    case Kind::write:
+                        op.version = subject->write(instance, op.key);
+                        op.ok = op.version > 0;
+                        break;
+                    case Kind::invalidate:
+                        subject->invalidate(instance, op.key);
+                        op.ok = true;
+                        break;
+                    case Kind::read:
+                        if (batch.empty()) {
+                            read_into(op, *subject, instance);
+                        } else {
+                            // One logged read per row, all with the call's start and end.
+                            const auto values = subject->read_many(instance, batch);
+                            for (std::size_t j = 0; j < batch.size(); ++j) {
+                                Op row = op;
+                                row.key = batch[j];
+                                record_value(row, j < values.size() ? values[j] : std::nullopt);
+                                rows.push_back(row);
+                            }
+                        }
+                        break;
+                    case Kind::final_read:
+                        break;
                 }
             } catch (const std::exception&) {
                 op.ok = false;
                 op.version = 0;
+                rows.clear();
+                for (const std::size_t k : batch) {  // the rows the failed batch asked for
+                    Op row = op;
+                    row.key = k;
+                    rows.push_back(row);
+                }
             }
             op.end_ns = now_ns();
-            log.push_back(op);
+            if (rows.empty()) {
+                log.push_back(op);
+            } else {
+                for (Op& row : rows) {
+                    row.end_ns = op.end_ns;
+                    log.push_back(row);
+                }
+            }
             // A failure is often instant (the database is down): pause, so that the run
             // spends its time on operations that can race, not on a flood of refusals.
             if (!op.ok) std::this_thread::sleep_for(Millis{2});
@@ -301,7 +379,8 @@ int run_worker(const WorkerArgs& a) {
         while (shared.control().finished.load() < a.processes && Clock::now() < until) {
             std::this_thread::sleep_for(Millis{10});
         }
-        std::this_thread::sleep_for(convergence_wait(plan));
+        std::this_thread::sleep_for(
+            convergence_wait(plan, spec, shared.control().worker_killed.load()));
         for (std::size_t k = 0; k < plan.keys; ++k) {
             Op op;
             op.process = a.process;
@@ -440,6 +519,7 @@ public:
 
         // Faults, on a schedule drawn from the seed, while the workers run.
         std::mt19937_64 rng(plan.seed ^ 0xF00DF00Dull);
+        bool killed = false;
         const auto end = Clock::now() + plan.duration;
         while (!plan.faults.empty()) {
             std::uniform_int_distribution<int> gap(150, 400);
@@ -449,6 +529,10 @@ public:
                 0, plan.faults.size() - 1)(rng)];
             const Millis length{std::uniform_int_distribution<int>(50, 500)(rng)};
             ++report.faults[fault_name(f)];
+            if (f == Fault::worker_stop || f == Fault::worker_kill) {
+                hit_worker(f, pids, killed, shared, rng);
+                continue;
+            }
             inject(f, length, shared.faults(), rng
 #if defined(LARDER_LAB_HAVE_REDIS)
                    ,
@@ -487,6 +571,28 @@ private:
                 std::to_string(plan.ttl.count()),
                 std::to_string(plan.l1_ttl.count()),
                 std::to_string(plan.processes)};
+    }
+
+    /// Stops a worker process for a while, or kills one: at most one per run, never worker
+    /// 0 (it checks convergence). A killed worker counts as finished; its log is lost, and
+    /// what it acknowledged is still known from the shared version rows (see check).
+    template <class Rng>
+    static void hit_worker(Fault f, std::vector<pid_t>& pids, bool& killed, SharedRun& shared,
+                           Rng& rng) {
+        if (f == Fault::worker_kill && !killed && pids.size() >= 2) {
+            const auto victim = std::uniform_int_distribution<std::size_t>(1, pids.size() - 1)(rng);
+            ::kill(pids[victim], SIGKILL);
+            ::waitpid(pids[victim], nullptr, 0);
+            pids.erase(pids.begin() + static_cast<std::ptrdiff_t>(victim));
+            shared.control().worker_killed.store(true);
+            shared.control().finished.fetch_add(1);
+            killed = true;
+            return;
+        }
+        const pid_t who = pids[std::uniform_int_distribution<std::size_t>(0, pids.size() - 1)(rng)];
+        ::kill(who, SIGSTOP);
+        std::this_thread::sleep_for(Millis{std::uniform_int_distribution<int>(300, 1500)(rng)});
+        ::kill(who, SIGCONT);
     }
 
     template <class Rng>
@@ -540,13 +646,23 @@ private:
             if (op.kind == Kind::write) ++report.writes;
             if (!op.ok && op.kind != Kind::final_read) ++report.failed_ops;
         }
-        // After quiescence every row read through the composition is the database's row.
+        // After quiescence every row read through the composition is the database's row -
+        // except a row whose last write failed: it may have changed the database and not
+        // reached the cache (its caller was told), whose copy then lives out its TTL.
+        std::map<std::uint64_t, const Op*> last_write;
+        for (const Op& op : ops) {
+            if (op.kind != Kind::write) continue;
+            const Op*& last = last_write[op.key];
+            if (!last || op.end_ns > last->end_ns) last = &op;
+        }
         std::size_t final_reads = 0;
         for (const Op& op : ops) {
             if (op.kind != Kind::final_read) continue;
             ++final_reads;
             const std::uint64_t in_db = shared.rows()[op.key].load();
             if (op.ok && !op.wrong && op.version == in_db) continue;
+            const auto last = last_write.find(op.key);
+            if (op.ok && !op.wrong && last != last_write.end() && !last->second->ok) continue;
             ++report.not_converged;
             if (report.violations.size() < 3) {
                 report.violations.push_back(
@@ -567,9 +683,25 @@ private:
         const auto window = std::chrono::nanoseconds(staleness_window(spec, plan)).count();
         auto stale = history::check_reads(ops, floors, window, 3, &report.stale);
         report.violations.insert(report.violations.end(), stale.begin(), stale.end());
+        // An L1 may lag other instances' writes by its window, never its own instance's
+        // (docs/l1.md); with a TTL-only invalidator no write reaches any cache.
+        if (spec.l1 && spec.invalidator != Invalidator::ttl) {
+            std::size_t local = 0;
+            auto own = history::check_local_reads(ops, 3, &local);
+            report.stale += local;
+            report.violations.insert(report.violations.end(), own.begin(), own.end());
+        }
         // Acknowledged writes reach the database (write-through at once, write-behind by
         // the final flush; cache-aside acknowledges only what the database committed).
-        for (const auto& [key, newest] : floors.newest()) {
+        // A killed worker's log is lost; what it acknowledged is in the version rows.
+        auto acknowledged = floors.newest();
+        if (spec.policy->name != "cache-aside") {
+            for (std::size_t k = 0; k < plan.keys; ++k) {
+                const std::uint64_t issued = shared.versions()[k].issued;
+                if (issued > 1) acknowledged[k] = std::max(acknowledged[k], issued);
+            }
+        }
+        for (const auto& [key, newest] : acknowledged) {
             const std::uint64_t in_db = shared.rows()[key].load();
             const auto lost = history::lost_writes(newest, in_db);
             if (lost == 0) continue;
@@ -832,7 +964,9 @@ int main(int argc, char** argv) {
             p.duration = Millis{static_cast<long long>(cli.duration_s * 1000)};
             p.seed = seed;
             for (const auto& f : fault_table) {
-                const bool allowed = !f.needs_private_redis || b == BackendKind::redis;
+                const bool allowed =
+                    (!f.needs_private_redis || b == BackendKind::redis) &&
+                    (!f.needs_two_workers || (b == BackendKind::redis && cli.processes >= 2));
                 const bool asked =
                     !cli.faults_given ||
                     std::find(cli.faults.begin(), cli.faults.end(), f.fault) != cli.faults.end();

@@ -31,8 +31,9 @@ namespace lab::history {
 }
 
 /// final_read: a read after quiescence (every process done, faults healed, staleness
-/// windows over), which must return the database's row.
-enum class Kind : std::uint8_t { read, write, final_read };
+/// windows over), which must return the database's row. invalidate: the cached copies of
+/// a row dropped, the database unchanged (it moves no floor).
+enum class Kind : std::uint8_t { read, write, final_read, invalidate };
 
 /// One operation as a process logged it (fixed size: written raw to a per-process file).
 struct Op {
@@ -44,7 +45,9 @@ struct Op {
     std::uint64_t version = 0;
     std::uint32_t process = 0;
     std::uint32_t thread = 0;
+    std::uint32_t instance = 0;  ///< the application instance (cache object) in the process
     Kind kind = Kind::read;
+    bool batch = false;  ///< a read that was one row of a get_many
     bool ok = false;     ///< the call returned (a read that threw is not ok)
     bool wrong = false;  ///< a read that returned no value, an unparsable one or another row's
 };
@@ -119,7 +122,8 @@ inline std::vector<Op> slice_of(std::span<const Op> ops, std::uint64_t key, std:
 /// read that returned a wrong value.
 inline std::vector<Violation> check_reads(std::span<const Op> ops, const Floors& floors,
                                           std::int64_t window_ns, std::size_t max_reported,
-                                          std::size_t* stale_count = nullptr) {
+                                          std::size_t* stale_count = nullptr,
+                                          const char* guarantee = "no stale read") {
     std::vector<Violation> out;
     std::size_t stale = 0;
     for (const Op& op : ops) {
@@ -146,12 +150,51 @@ inline std::vector<Violation> check_reads(std::span<const Op> ops, const Floors&
                           static_cast<unsigned long long>(floor.version),
                           static_cast<unsigned long long>(op.version));
             out.push_back(
-                {"no stale read", detail,
+                {guarantee, detail,
                  slice_of(ops, op.key, std::min(floor.start_ns, op.start_ns), op.end_ns)});
         }
     }
     if (stale_count) *stale_count = stale;
     return out;
+}
+
+/// Every read that returned an older version than the newest write its own application
+/// instance (same process, same cache object) had acknowledged before it started: a
+/// local write is seen at once, whatever window other instances are allowed.
+inline std::vector<Violation> check_local_reads(std::span<const Op> ops, std::size_t max_reported,
+                                                std::size_t* stale_count = nullptr) {
+    std::map<std::pair<std::uint32_t, std::uint32_t>, std::vector<Op>> by_instance;
+    for (const Op& op : ops) {
+        if ((op.kind == Kind::read && !op.wrong) || op.kind == Kind::write) {
+            by_instance[{op.process, op.instance}].push_back(op);
+        }
+    }
+    std::vector<Violation> out;
+    std::size_t stale = 0;
+    for (const auto& [instance, own] : by_instance) {
+        std::size_t n = 0;
+        auto found =
+            check_reads(own, Floors(own), 0, max_reported - std::min(max_reported, out.size()), &n,
+                        "a read sees its own instance's acknowledged writes");
+        stale += n;
+        out.insert(out.end(), found.begin(), found.end());
+    }
+    if (stale_count) *stale_count = stale;
+    return out;
+}
+
+inline const char* kind_name(const Op& op) {
+    switch (op.kind) {
+        case Kind::write:
+            return "write";
+        case Kind::read:
+            return op.batch ? "many" : "read";
+        case Kind::final_read:
+            return "final";
+        case Kind::invalidate:
+            return "inval";
+    }
+    return "?";
 }
 
 /// Renders a violation: the guarantee, what happened, and the slice as a table with times
@@ -166,9 +209,7 @@ inline std::string render(const Violation& v) {
         std::snprintf(line, sizeof line, "  %10.3f %9.3f  %7u.%-7u  %-5s  %s\n",
                       static_cast<double>(op.start_ns - t0) / 1e6,
                       static_cast<double>(op.end_ns - t0) / 1e6, op.process, op.thread,
-                      op.kind == Kind::write  ? "write"
-                      : op.kind == Kind::read ? "read"
-                                              : "final",
+                      kind_name(op),
                       !op.ok     ? "failed"
                       : op.wrong ? "wrong value"
                                  : std::to_string(op.version).c_str());

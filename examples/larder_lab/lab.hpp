@@ -81,6 +81,7 @@ struct Options {
     Millis lock_wait{2'000};
     Millis flush_interval{100};
     Millis drain_timeout{10'000};
+    Millis claim_ttl{30'000};  ///< how long a flusher's claim lives unless extended
 
     // What to run, where, and how to report it.
     std::vector<std::string> configs{"cache-aside"};
@@ -214,19 +215,24 @@ public:
 
     /// UPDATE ... WHERE version < ?: writes the given versions of rows in one statement
     /// (one write latency, one capacity token per row); a row already newer is kept.
-    void write_rows(std::span<const std::pair<std::size_t, std::uint64_t>> rows) {
-        if (rows.empty()) return;
+    /// Fenced (UPDATE ... WHERE version < ?): a row keeps a newer version it holds.
+    /// Returns how many rows took their new version.
+    std::size_t write_rows(std::span<const std::pair<std::size_t, std::uint64_t>> rows) {
+        if (rows.empty()) return 0;
         if (settings_.faults) settings_.faults->check_up("write");
         take_tokens(rows.size());
         pause(settings_.write_latency);
+        std::size_t applied = 0;
         for (const auto& [k, v] : rows) {
             auto& row = rows_[k];
             std::uint64_t cur = row.load(std::memory_order_relaxed);
             while (cur < v && !row.compare_exchange_weak(cur, v, std::memory_order_acq_rel)) {
             }
+            if (cur < v) ++applied;
         }
         writes_.fetch_add(rows.size(), std::memory_order_relaxed);
         slice_writes_[slice()].fetch_add(rows.size(), std::memory_order_relaxed);
+        return applied;
     }
 
     [[nodiscard]] std::uint64_t version(std::size_t k) const {
@@ -363,17 +369,28 @@ public:
     /// Writes row k through the policy's write path; returns the version of the write
     /// once it is acknowledged (the call returned), 0 when nothing was acknowledged.
     virtual std::uint64_t write(std::size_t instance, std::size_t k) = 0;
+    /// The values of rows ks, aligned with them: the policy's batch read (get_many).
+    virtual std::vector<std::optional<std::string>> read_many(std::size_t instance,
+                                                              std::span<const std::size_t> ks) {
+        std::vector<std::optional<std::string>> out;
+        for (const std::size_t k : ks) out.push_back(read(instance, k));
+        return out;
+    }
+    /// Drops row k's cached copies without changing the database (the policy's
+    /// invalidate, or its tag's): a later read loads the row again.
+    virtual void invalidate(std::size_t instance, std::size_t k) = 0;
     /// After the last operation: flush what is pending (write-behind). Returns notes.
     virtual std::vector<std::string> finish() { return {}; }
     [[nodiscard]] virtual CacheCounts counts() = 0;
 };
 
-/// What a configuration is built from.
-/// A row's last acknowledged version (see VersionIssuer in subjects.hpp) and the lock its
-/// writers take turns on. In memory shared by the processes of a check, or an issuer's own.
+/// A row's newest acknowledged version (see VersionIssuer in subjects.hpp), the lock its
+/// writers take turns on, and the last version drawn by writers that race instead. In
+/// memory shared by the processes of a check, or an issuer's own.
 struct VersionRow {
     pthread_mutex_t turn;
     std::uint64_t issued;
+    std::uint64_t drawn;
 };
 
 /// Makes rows[0..n) ready: version 1 (the database's first), a robust lock (a writer killed
@@ -386,6 +403,7 @@ inline void init_version_rows(VersionRow* rows, std::size_t n, bool shared) {
     for (std::size_t i = 0; i < n; ++i) {
         pthread_mutex_init(&rows[i].turn, &attr);
         rows[i].issued = 1;
+        rows[i].drawn = 1;
     }
     pthread_mutexattr_destroy(&attr);
 }

@@ -13,10 +13,15 @@
 #include <larder/near/redis_bus.hpp>
 #endif
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <span>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -136,11 +141,13 @@ private:
 // ---- writers that choose their version ------------------------------------------------
 
 /// Write-through and write-behind writes carry their value, and so its version, into the
-/// call. Writers of one row take turns here, so that versions reach the policy in the
-/// order they were issued (otherwise the lab, not the policy, would reorder them), and a
-/// version is used up only by a write that was acknowledged: the acknowledged versions of
-/// a row are 2, 3, ... with no gap, which is what lets the runner count lost writes from
-/// the highest one alone. The rows can live in memory shared by several processes.
+/// call. Write-behind writers of one row take turns (next): its queue keeps the latest put
+/// by arrival, so versions must reach it in the order they were issued (otherwise the lab,
+/// not the policy, would reorder them), and a version is used up only by a write that was
+/// acknowledged: the acknowledged versions of a row are 2, 3, ... with no gap. Write-through
+/// writers race (draw), as writers of one row do in production: the row version each
+/// returns from its database write is what orders them. Either way the database must end
+/// with the newest acknowledged version. The rows can live in memory shared by processes.
 class VersionIssuer {
 public:
     VersionIssuer(std::size_t keys, VersionRow* shared)
@@ -175,10 +182,58 @@ public:
     };
     Ticket next(std::size_t k) { return Ticket(rows_[k]); }
 
+    /// A version of row k no other writer has, without taking turns.
+    std::uint64_t draw(std::size_t k) {
+        return std::atomic_ref<std::uint64_t>(rows_[k].drawn).fetch_add(1) + 1;
+    }
+    /// A drawn version's write was acknowledged.
+    void acknowledged(std::size_t k, std::uint64_t version) {
+        std::atomic_ref<std::uint64_t> issued(rows_[k].issued);
+        std::uint64_t seen = issued.load();
+        while (seen < version && !issued.compare_exchange_weak(seen, version)) {
+        }
+    }
+
 private:
     std::vector<VersionRow> owned_;
     VersionRow* rows_;
 };
+
+// ---- batch reads ------------------------------------------------------------------------
+
+/// The batch loader of a get_many that asked for row rows[j] under cache key names[j]:
+/// it answers each key it is given with that row from the database.
+inline auto rows_loader(FakeDb& db, std::span<const std::string> names,
+                        std::span<const std::size_t> rows) {
+    return [&db, names, rows](std::span<const std::string> missed) {
+        std::vector<std::optional<std::string>> out;
+        out.reserve(missed.size());
+        for (const auto& m : missed) {
+            const auto at = std::find(names.begin(), names.end(), m) - names.begin();
+            out.emplace_back(db.read(rows[static_cast<std::size_t>(at)]));
+        }
+        return out;
+    };
+}
+
+/// get_many of rows ks (with their tags, if they have any) through the instance's Near,
+/// or its policy without an L1.
+template <class In>
+std::vector<std::optional<std::string>> read_rows(
+    In& in, FakeDb& db, std::span<const std::string> names, std::span<const std::size_t> ks,
+    std::span<const std::vector<std::string>> tags = {}) {
+    auto loader = rows_loader(db, names, ks);
+    return in.near ? in.near->get_many(names, tags, loader)
+                   : in.policy->get_many(names, tags, loader);
+}
+
+/// A cache key per row.
+inline std::vector<std::string> key_names(std::span<const std::size_t> ks) {
+    std::vector<std::string> out;
+    out.reserve(ks.size());
+    for (const std::size_t k : ks) out.push_back(key_name(k));
+    return out;
+}
 
 // ---- the factory table ----------------------------------------------------------------
 

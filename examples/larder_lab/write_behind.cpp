@@ -42,6 +42,7 @@ public:
         w.name = "lab";
         w.interval = o.flush_interval;
         w.drain_timeout = o.drain_timeout;
+        w.claim_ttl = o.claim_ttl;
         w.clean_ttl = o.ttl;
         w.cache = read_options(o);
         w.log = env.log;
@@ -71,6 +72,22 @@ public:
         auto loader = [db = &db_, k] { return std::optional<std::string>(db->read(k)); };
         const std::string key = key_name(k);
         return in.near ? in.near->get(key, loader) : in.policy->get(key, loader);
+    }
+
+    std::vector<std::optional<std::string>> read_many(std::size_t i,
+                                                      std::span<const std::size_t> ks) override {
+        const std::vector<std::string> names = key_names(ks);
+        return read_rows(instances_[i], db_, names, ks);
+    }
+
+    void invalidate(std::size_t i, std::size_t k) override {
+        Instance& in = instances_[i];
+        const std::string key = key_name(k);
+        if (in.near) {
+            in.near->invalidate(key);
+        } else {
+            in.policy->invalidate(key);
+        }
     }
 
     std::uint64_t write(std::size_t i, std::size_t k) override {

@@ -2,6 +2,8 @@
 // (WriteThrough::put, or Near::put with an L1); reads are CacheAside's.
 #include <memory>
 #include <optional>
+#include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -11,6 +13,11 @@
 
 namespace lab {
 namespace {
+
+/// A write the database refused as older than the row it holds.
+struct Superseded : std::runtime_error {
+    Superseded() : std::runtime_error("the row holds a newer version") {}
+};
 
 template <class B, class G>
 class WriteThroughSubject final : public Subject {
@@ -44,16 +51,33 @@ public:
         return in.near ? in.near->get(key, loader) : in.policy->get(key, loader);
     }
 
+    std::vector<std::optional<std::string>> read_many(std::size_t i,
+                                                      std::span<const std::size_t> ks) override {
+        const std::vector<std::string> names = key_names(ks);
+        return read_rows(instances_[i], db_, names, ks);
+    }
+
+    void invalidate(std::size_t i, std::size_t k) override {
+        Instance& in = instances_[i];
+        const std::string key = key_name(k);
+        if (in.near) {
+            in.near->invalidate(key);
+        } else {
+            in.policy->invalidate(key);
+        }
+    }
+
     std::uint64_t write(std::size_t i, std::size_t k) override {
         Instance& in = instances_[i];
-        auto ticket = issuer_.next(k);
-        const std::uint64_t v = ticket.version;
+        const std::uint64_t v = issuer_.draw(k);  // racing the row's other writers
         const std::string value = FakeDb::make_value(k, v, db_.value_size());
         // The row's version goes back to the policy, so an older write can never replace
-        // a newer cached value.
+        // a newer cached value. A fenced write that finds the row newer has no version to
+        // return (the row's is not this value's): it throws, and put leaves a miss
+        // (docs/write-paths.md). Writers of a row race, so that happens.
         auto db_write = [&]() -> std::uint64_t {
             const std::pair<std::size_t, std::uint64_t> row{k, v};
-            db_.write_rows({&row, 1});
+            if (db_.write_rows({&row, 1}) == 0) throw Superseded();
             return v;
         };
         const std::string key = key_name(k);
@@ -62,7 +86,7 @@ public:
         } else {
             (void)in.policy->put(key, value, db_write);
         }
-        ticket.acknowledged();
+        issuer_.acknowledged(k, v);
         return v;
     }
 
