@@ -86,22 +86,14 @@ public:
         const std::string key = key_name(k);
         switch (invalidator_) {
             case Invalidator::tags:
-                if (in.near) {
-                    in.near->invalidate_tag(entity_tag(k));
-                } else {
-                    in.policy->invalidate_tag(entity_tag(k));
-                }
+                front(in, [&](auto& cache) { cache.invalidate_tag(entity_tag(k)); });
                 break;
             case Invalidator::versions:
                 (void)in.versions->bump(key);
                 break;
             case Invalidator::event:
             case Invalidator::ttl:
-                if (in.near) {
-                    in.near->invalidate(key);
-                } else {
-                    in.policy->invalidate(key);
-                }
+                front(in, [&](auto& cache) { cache.invalidate(key); });
                 break;
         }
     }
@@ -121,11 +113,7 @@ public:
                 break;
             case Invalidator::tags:
                 commit();
-                if (in.near) {
-                    in.near->invalidate_tag(entity_tag(k));
-                } else {
-                    in.policy->invalidate_tag(entity_tag(k));
-                }
+                front(in, [&](auto& cache) { cache.invalidate_tag(entity_tag(k)); });
                 break;
             case Invalidator::versions:
                 commit();

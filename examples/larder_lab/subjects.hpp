@@ -216,15 +216,19 @@ inline auto rows_loader(FakeDb& db, std::span<const std::string> names,
     };
 }
 
-/// get_many of rows ks (with their tags, if they have any) through the instance's Near,
-/// or its policy without an L1.
+/// Runs f on what the application calls: the instance's Near, or its policy without an L1.
+template <class In, class F>
+decltype(auto) front(In& in, F&& f) {
+    return in.near ? f(*in.near) : f(*in.policy);
+}
+
+/// get_many of rows ks (with their tags, if they have any) through the instance's front.
 template <class In>
 std::vector<std::optional<std::string>> read_rows(
     In& in, FakeDb& db, std::span<const std::string> names, std::span<const std::size_t> ks,
     std::span<const std::vector<std::string>> tags = {}) {
     auto loader = rows_loader(db, names, ks);
-    return in.near ? in.near->get_many(names, tags, loader)
-                   : in.policy->get_many(names, tags, loader);
+    return front(in, [&](auto& cache) { return cache.get_many(names, tags, loader); });
 }
 
 /// A cache key per row.

@@ -58,13 +58,7 @@ public:
     }
 
     void invalidate(std::size_t i, std::size_t k) override {
-        Instance& in = instances_[i];
-        const std::string key = key_name(k);
-        if (in.near) {
-            in.near->invalidate(key);
-        } else {
-            in.policy->invalidate(key);
-        }
+        front(instances_[i], [&](auto& cache) { cache.invalidate(key_name(k)); });
     }
 
     std::uint64_t write(std::size_t i, std::size_t k) override {
