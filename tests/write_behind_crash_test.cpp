@@ -315,8 +315,8 @@ TEST_CASE("A flusher SIGKILLed at random points loses no acknowledged put",
     }
     std::ostringstream how;
     for (const auto& [what, n] : deaths) how << "\n  " << n << " x " << what;
-    WARN(trials << " flushers killed, " << puts << " acknowledged puts, all in the database at "
-                << "their latest value; " << requeued
+    WARN(trials << " flushers killed, " << puts << " acknowledged puts, all " << rows_written
+                << " rows in the database at their latest value; " << requeued
                 << " claims of dead flushers re-queued by the next one" << how.str());
     REQUIRE(requeued > 0);
 }

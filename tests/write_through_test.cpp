@@ -303,6 +303,15 @@ BACKEND_TEST_CASE("A value the codec cannot encode fails before the database wri
     REQUIRE_THROWS_AS(users.put("1", User{1, "\xff\xfe"}, [&] { wrote = true; }),
                       larder::CodecError);
     REQUIRE_FALSE(wrote);
+    // Nothing of the failed put is left in the cache: the first read loads, the next hits.
+    int loads = 0;
+    const auto load = [&] {
+        ++loads;
+        return User{1, "ann"};
+    };
+    REQUIRE(users.get("1", load).value().name == "ann");
+    REQUIRE(users.get("1", load).value().name == "ann");
+    REQUIRE(loads == 1);
 }
 
 BACKEND_TEST_CASE("With the Lock guard, readers during a write wait for its value",

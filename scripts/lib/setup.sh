@@ -15,6 +15,9 @@ LARDER_TEST_PACKAGES=("${LARDER_DEMO_PACKAGES[@]}" redis-server redis-tools)
 # no tests.
 LARDER_FUZZ_PACKAGES=(g++ clang-14 libclang-rt-14-dev libfuzzer-14-dev cmake make libhiredis-dev
     nlohmann-json3-dev libssl-dev pkg-config)
+# What the sanitizer presets (asan, tsan) need: the test suite's packages, built with clang 14
+# and its sanitizer runtimes.
+LARDER_SANITIZER_PACKAGES=("${LARDER_TEST_PACKAGES[@]}" clang-14 libclang-rt-14-dev)
 
 export DEBIAN_FRONTEND=noninteractive
 
