@@ -103,12 +103,24 @@ std::string fault_name(Fault f) {
 
 // ---- the shared memory of one run ----------------------------------------------------------
 
-/// The head of a run's shared memory: the faults the database shows, and how many workers
-/// have finished (the convergence pass waits for all of them).
+/// The stampede round after the convergence pass: every thread of every worker reads one
+/// row at the moment its cached copy expires, and the database reads they cause are
+/// counted against the guard's promise (docs/check.md).
+struct Stampede {
+    std::atomic<std::int64_t> at_ns{0};  ///< when to read (CLOCK_MONOTONIC); 0: not yet
+    std::atomic<bool> skipped{false};    ///< worker 0 could not set the round up
+    std::atomic<std::uint64_t> row{0};
+    std::atomic<std::uint64_t> loads{0};  ///< database reads of the row the round caused
+    std::atomic<std::uint32_t> done{0};   ///< workers that took part
+};
+
+/// The head of a run's shared memory: the faults the database shows, how many workers
+/// have finished (the convergence pass waits for all of them), and the stampede round.
 struct Control {
     DbFaults faults;
     std::atomic<std::uint32_t> finished{0};
     std::atomic<bool> worker_killed{false};
+    Stampede stampede;
 };
 
 /// What every process of a run maps: the control block, the database's rows, and the
@@ -174,6 +186,11 @@ struct RunPlan {
 
 /// The size of every value the database holds.
 constexpr std::size_t value_size = 32;
+
+/// The application instances (cache objects) a worker process runs.
+std::size_t instances_per_worker(const RunPlan& plan) {
+    return std::min<std::size_t>(2, plan.threads);
+}
 
 /// The lab options a worker (or the convergence pass) builds its subject with.
 Options options_for(const RunPlan& plan, std::size_t instances) {
@@ -270,11 +287,71 @@ void read_into(Op& op, Subject& subject, std::size_t instance) {
     record_value(op, subject.read(instance, op.key));
 }
 
+/// Threads per worker in the stampede round: more than the load's, so that a guard that
+/// lets readers through has many to let through.
+constexpr std::size_t stampede_threads = 8;
+
+/// Every stampede thread of this worker reads the round's row at its moment, through the
+/// instances in turn. Returns the reads, logged like any other (their values are checked);
+/// adds the database reads they caused to the round's count.
+std::vector<Op> stampede_reads(Subject& subject, FakeDb& db, std::size_t instances,
+                               std::uint32_t process, std::uint32_t first_thread, Stampede& round) {
+    const std::uint64_t row = round.row.load();
+    const auto at = Clock::time_point(std::chrono::nanoseconds(round.at_ns.load()));
+    const std::uint64_t reads_before = db.reads();
+    std::vector<Op> ops(stampede_threads);
+    std::vector<std::thread> threads;
+    for (std::size_t t = 0; t < stampede_threads; ++t) {
+        threads.emplace_back([&, t] {
+            Op& op = ops[t];
+            op.process = process;
+            op.thread = first_thread + static_cast<std::uint32_t>(t);
+            op.instance = static_cast<std::uint32_t>(t % instances);
+            op.key = row;
+            std::this_thread::sleep_until(at);
+            op.start_ns = now_ns();
+            try {
+                read_into(op, subject, op.instance);
+            } catch (const std::exception&) {
+                op.ok = false;
+            }
+            op.end_ns = now_ns();
+        });
+    }
+    for (auto& th : threads) th.join();
+    round.loads.fetch_add(db.reads() - reads_before);
+    round.done.fetch_add(1);
+    return ops;
+}
+
+/// Worker 0 sets the stampede round up: it drops the row's cached copies, reads the row
+/// (the fill), and sets the moment the copy expires. Returns the fill's read; skips the
+/// round (and says why) if that fails.
+std::vector<Op> set_up_stampede(Subject& subject, const RunPlan& plan, Stampede& round) {
+    Op fill;
+    fill.thread = static_cast<std::uint32_t>(plan.threads);
+    fill.key = plan.seed % plan.keys;
+    fill.start_ns = now_ns();
+    try {
+        subject.invalidate(0, fill.key);
+        read_into(fill, subject, 0);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "worker 0: the stampede round's fill failed: %s\n", e.what());
+        round.skipped.store(true);
+        return {};
+    }
+    fill.end_ns = now_ns();
+    round.row.store(fill.key);
+    // The copy's TTL runs from the fill; the margin covers a fill the read made late.
+    round.at_ns.store(fill.end_ns + std::chrono::nanoseconds(plan.ttl + Millis{100}).count());
+    return {fill};
+}
+
 int run_worker(const WorkerArgs& a) {
     const RunPlan& plan = a.plan;
     const Spec spec = parse_spec(plan.spec);
     SharedRun shared(a.dir + "/shared", plan.keys, false);
-    const std::size_t instances = std::min<std::size_t>(2, plan.threads);
+    const std::size_t instances = instances_per_worker(plan);
     const Options o = options_for(plan, instances);
     FakeDb db(FakeDb::Settings{.keys = plan.keys,
                                .value_size = o.value_size,
@@ -397,6 +474,21 @@ int run_worker(const WorkerArgs& a) {
             op.end_ns = now_ns();
             final_reads.push_back(op);
         }
+        for (const Op& op : set_up_stampede(*subject, plan, shared.control().stampede)) {
+            final_reads.push_back(op);
+        }
+    }
+    // The stampede round: every worker waits for worker 0 to set it up (after its
+    // convergence pass, whose reads must come before the cached copies expire).
+    Stampede& round = shared.control().stampede;
+    const auto until = Clock::now() + Millis{120'000};
+    while (round.at_ns.load() == 0 && !round.skipped.load() && Clock::now() < until) {
+        std::this_thread::sleep_for(Millis{5});
+    }
+    if (round.at_ns.load() != 0) {
+        auto reads = stampede_reads(*subject, db, instances, a.process,
+                                    static_cast<std::uint32_t>(plan.threads) + 1, round);
+        final_reads.insert(final_reads.end(), reads.begin(), reads.end());
     }
     subject.reset();
     logs.push_back(std::move(final_reads));
@@ -471,6 +563,7 @@ std::vector<std::string> wait_workers(std::vector<pid_t> pids, Clock::time_point
 struct RunReport {
     std::string name;
     std::size_t reads = 0, writes = 0, failed_ops = 0, stale = 0, lost = 0, not_converged = 0;
+    std::uint64_t stampede_loads = 0, stampede_promise = 0;
     std::map<std::string, int> faults;
     std::vector<Violation> violations;
     std::vector<std::string> problems;  ///< a worker that crashed or hung
@@ -679,6 +772,7 @@ private:
             report.problems.push_back("the convergence pass read " + std::to_string(final_reads) +
                                       " of " + std::to_string(plan.keys) + " rows");
         }
+        check_stampede(plan, spec, shared, ops, report);
         const history::Floors floors(ops);
         const auto window = std::chrono::nanoseconds(staleness_window(spec, plan)).count();
         auto stale = history::check_reads(ops, floors, window, 3, &report.stale);
@@ -713,6 +807,44 @@ private:
                          " was acknowledged, the database has " + std::to_string(in_db),
                      history::slice_of(ops, key, 0, std::numeric_limits<std::int64_t>::max())});
             }
+        }
+    }
+
+    /// The database reads of the stampede round's row, at its expiry, against what the
+    /// guard promises (docs/GUARANTEES.md): with Lock one across every process. Without
+    /// Lock nothing bounds them (single-flight joins only the misses of one cache object
+    /// that overlap: a reader that comes after its object's load, before another object's
+    /// fill, loads again), so they are only reported. None means the copy outlived its TTL.
+    static void check_stampede(const RunPlan& plan, const Spec& spec, SharedRun& shared,
+                               const std::vector<Op>& ops, RunReport& report) {
+        const Stampede& round = shared.control().stampede;
+        const std::size_t alive = plan.processes - (shared.control().worker_killed.load() ? 1 : 0);
+        if (round.skipped.load() || round.done.load() != alive) {
+            report.problems.push_back("the stampede round ran in " +
+                                      std::to_string(round.done.load()) + " of " +
+                                      std::to_string(alive) + " workers");
+            return;
+        }
+        const std::uint64_t row = round.row.load();
+        report.stampede_loads = round.loads.load();
+        report.stampede_promise = spec.lock ? 1 : 0;
+        const auto slice = [&] {
+            return history::slice_of(ops, row, round.at_ns.load() - 1'000'000'000,
+                                     std::numeric_limits<std::int64_t>::max(), 24);
+        };
+        if (report.stampede_loads == 0) {
+            report.violations.push_back(
+                {"a cached copy expires at its TTL",
+                 "row " + std::to_string(row) + ": " + std::to_string(alive * stampede_threads) +
+                     " reads after its copy's TTL ended, none of them loaded it",
+                 slice()});
+        } else if (spec.lock && report.stampede_loads > report.stampede_promise) {
+            report.violations.push_back(
+                {"with Lock, an expiry costs one load across every process",
+                 "row " + std::to_string(row) + ": " + std::to_string(alive * stampede_threads) +
+                     " reads at its expiry made " + std::to_string(report.stampede_loads) +
+                     " database reads, the promise is " + std::to_string(report.stampede_promise),
+                 slice()});
         }
     }
 
@@ -794,7 +926,9 @@ const char* usage =
     "    (except within the documented windows: a TTL-only composition's TTL, an L1's TTL);\n"
     "  - every read returns its own row's value;\n"
     "  - every acknowledged write reaches the database (write-behind: by the final flush);\n"
-    "  - after quiescence every row read through the composition is the database's row.\n"
+    "  - after quiescence every row read through the composition is the database's row;\n"
+    "  - when a cached copy expires under a crowd of readers, the database reads stay within\n"
+    "    the guard's promise (Lock: one across processes), and at least one is made.\n"
     "A failed check prints the operations around it and the command that replays the run.\n"
     "Exit status: 0 every check held, 1 a check failed, 2 bad arguments.\n"
     "\n"
@@ -996,10 +1130,15 @@ int main(int argc, char** argv) {
             for (const auto& [name, n] : r.faults) {
                 faults += (faults.empty() ? "" : " ") + name + "x" + std::to_string(n);
             }
+            const std::string expiry =
+                std::to_string(r.stampede_loads) +
+                (r.stampede_promise ? " (at most " + std::to_string(r.stampede_promise) + ")" : "");
             std::printf(
-                "%-6s %-40s %5.1f s  reads %zu, writes %zu, failed %zu, stale %zu, lost %zu%s%s\n",
+                "%-6s %-40s %5.1f s  reads %zu, writes %zu, failed %zu, stale %zu, lost %zu, "
+                "loads at expiry %s%s%s\n",
                 r.ok() ? "ok" : "FAILED", r.name.c_str(), s, r.reads, r.writes, r.failed_ops,
-                r.stale, r.lost, faults.empty() ? "" : "; faults: ", faults.c_str());
+                r.stale, r.lost, expiry.c_str(),
+                faults.empty() ? "" : "; faults: ", faults.c_str());
             for (const auto& p : r.problems) std::printf("  %s\n", p.c_str());
             for (const auto& v : r.violations) std::printf("%s", history::render(v).c_str());
             if (!r.ok()) {
