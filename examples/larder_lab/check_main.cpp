@@ -61,9 +61,11 @@ enum class Fault {
     redis_stop,
     redis_restart,
     db_down,
+    db_outage,
     slow_loader,
     worker_stop,
-    worker_kill
+    worker_kill,
+    bus_disconnect
 };
 
 struct FaultEntry {
@@ -72,7 +74,13 @@ struct FaultEntry {
     Fault fault;
     bool needs_private_redis;
     bool needs_two_workers = false;  ///< it stops or kills a worker while another runs on
+    Millis needs_run{0};             ///< only in runs at least this long
+    bool needs_l1 = false;           ///< only in compositions with an L1
 };
+
+/// How long a db-outage lasts: longer than a write-behind entry's five attempts take
+/// (200 ms doubling: about 3 s), so an outage that cost attempts would dead-letter.
+constexpr Millis outage_length{3500};
 
 constexpr FaultEntry fault_table[] = {
     {"redis-pause", "CLIENT PAUSE ALL: every command waits", Fault::redis_pause, true},
@@ -83,6 +91,10 @@ constexpr FaultEntry fault_table[] = {
      "survives)",
      Fault::redis_restart, true},
     {"db-down", "the database refuses every read and write", Fault::db_down, false},
+    {"db-outage",
+     "the database refuses everything for 3.5 s, longer than a write-behind entry's retries "
+     "(once per run, in runs of 5 s or more)",
+     Fault::db_outage, false, false, Millis{5000}},
     {"slow-loader", "database reads take 20-200 ms longer", Fault::slow_loader, false},
     {"worker-stop",
      "SIGSTOP of a worker process for 0.3-1.5 s, then SIGCONT: its flusher's claims expire "
@@ -92,6 +104,10 @@ constexpr FaultEntry fault_table[] = {
      "SIGKILL of a worker process (at most one per run, never the first): what it "
      "acknowledged must survive it",
      Fault::worker_kill, true, true},
+    {"bus-disconnect",
+     "CLIENT KILL TYPE pubsub: every L1 bus loses its subscription and resubscribes, "
+     "replaying what it missed or starting its L1 over",
+     Fault::bus_disconnect, true, false, Millis{0}, true},
 };
 
 std::string fault_name(Fault f) {
@@ -613,6 +629,7 @@ public:
         // Faults, on a schedule drawn from the seed, while the workers run.
         std::mt19937_64 rng(plan.seed ^ 0xF00DF00Dull);
         bool killed = false;
+        bool outage_done = false;
         const auto end = Clock::now() + plan.duration;
         while (!plan.faults.empty()) {
             std::uniform_int_distribution<int> gap(150, 400);
@@ -621,6 +638,10 @@ public:
             const Fault f = plan.faults[std::uniform_int_distribution<std::size_t>(
                 0, plan.faults.size() - 1)(rng)];
             const Millis length{std::uniform_int_distribution<int>(50, 500)(rng)};
+            if (f == Fault::db_outage) {
+                if (outage_done || Clock::now() + outage_length + Millis{700} > end) continue;
+                outage_done = true;
+            }
             ++report.faults[fault_name(f)];
             if (f == Fault::worker_stop || f == Fault::worker_kill) {
                 hit_worker(f, pids, killed, shared, rng);
@@ -697,9 +718,12 @@ private:
     ) {
         switch (f) {
             case Fault::db_down:
-                db.down_until_ns.store(now_ns() + std::chrono::nanoseconds(length).count());
-                std::this_thread::sleep_for(length);
+            case Fault::db_outage: {
+                const Millis down = f == Fault::db_outage ? outage_length : length;
+                db.down_until_ns.store(now_ns() + std::chrono::nanoseconds(down).count());
+                std::this_thread::sleep_for(down);
                 return;
+            }
             case Fault::slow_loader:
                 db.extra_read_latency_us.store(
                     std::uniform_int_distribution<int>(20'000, 200'000)(rng));
@@ -725,6 +749,9 @@ private:
                 server->kill();
                 std::this_thread::sleep_for(length);
                 server->restart();
+                return;
+            case Fault::bus_disconnect:
+                (void)server->query({"CLIENT", "KILL", "TYPE", "pubsub"});
                 return;
             default:
                 return;
@@ -1100,7 +1127,8 @@ int main(int argc, char** argv) {
             for (const auto& f : fault_table) {
                 const bool allowed =
                     (!f.needs_private_redis || b == BackendKind::redis) &&
-                    (!f.needs_two_workers || (b == BackendKind::redis && cli.processes >= 2));
+                    (!f.needs_two_workers || (b == BackendKind::redis && cli.processes >= 2)) &&
+                    p.duration >= f.needs_run && (!f.needs_l1 || parse_spec(spec).l1);
                 const bool asked =
                     !cli.faults_given ||
                     std::find(cli.faults.begin(), cli.faults.end(), f.fault) != cli.faults.end();
