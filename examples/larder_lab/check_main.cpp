@@ -580,6 +580,7 @@ struct RunReport {
     std::string name;
     std::size_t reads = 0, writes = 0, failed_ops = 0, stale = 0, lost = 0, not_converged = 0;
     std::uint64_t stampede_loads = 0, stampede_promise = 0;
+    Op slowest;  ///< the longest operation of the load (a stuck call shows here)
     std::map<std::string, int> faults;
     std::vector<Violation> violations;
     std::vector<std::string> problems;  ///< a worker that crashed or hung
@@ -765,6 +766,10 @@ private:
             if (op.kind == Kind::read) ++report.reads;
             if (op.kind == Kind::write) ++report.writes;
             if (!op.ok && op.kind != Kind::final_read) ++report.failed_ops;
+            if (op.kind != Kind::final_read &&
+                op.end_ns - op.start_ns > report.slowest.end_ns - report.slowest.start_ns) {
+                report.slowest = op;
+            }
         }
         // After quiescence every row read through the composition is the database's row -
         // except a row whose last write failed: it may have changed the database and not
@@ -1163,10 +1168,11 @@ int main(int argc, char** argv) {
                 (r.stampede_promise ? " (at most " + std::to_string(r.stampede_promise) + ")" : "");
             std::printf(
                 "%-6s %-40s %5.1f s  reads %zu, writes %zu, failed %zu, stale %zu, lost %zu, "
-                "loads at expiry %s%s%s\n",
+                "loads at expiry %s, slowest %.0f ms (%s)%s%s\n",
                 r.ok() ? "ok" : "FAILED", r.name.c_str(), s, r.reads, r.writes, r.failed_ops,
                 r.stale, r.lost, expiry.c_str(),
-                faults.empty() ? "" : "; faults: ", faults.c_str());
+                static_cast<double>(r.slowest.end_ns - r.slowest.start_ns) / 1e6,
+                history::kind_name(r.slowest), faults.empty() ? "" : "; faults: ", faults.c_str());
             for (const auto& p : r.problems) std::printf("  %s\n", p.c_str());
             for (const auto& v : r.violations) std::printf("%s", history::render(v).c_str());
             if (!r.ok()) {
