@@ -386,6 +386,8 @@ int run_worker(const WorkerArgs& a) {
         std::uniform_int_distribution<std::size_t> batch_size(2, 5);
         std::bernoulli_distribution is_write(plan.write_ratio);
         std::discrete_distribution<int> read_verb({80, 15, 5});  // get, get_many, invalidate
+        // A third of the writes are read-modify-writes where the policy has them.
+        std::bernoulli_distribution is_modify(subject->modifies() ? 1.0 / 3 : 0.0);
         const auto instance = static_cast<std::uint32_t>(t % instances);
         auto& log = logs[t];
         while (Clock::now() < deadline) {
@@ -396,6 +398,7 @@ int run_worker(const WorkerArgs& a) {
             op.key = pick(rng);
             const int verb = is_write(rng) ? -1 : read_verb(rng);
             op.kind = verb < 0 ? Kind::write : verb == 2 ? Kind::invalidate : Kind::read;
+            op.modify = op.kind == Kind::write && is_modify(rng);
             std::vector<std::size_t> batch;
             if (verb == 1) {
                 batch.resize(batch_size(rng));
@@ -407,7 +410,13 @@ int run_worker(const WorkerArgs& a) {
             try {
                 switch (op.kind) {
                     case Kind::write:
-                        op.version = subject->write(instance, op.key);
+                        if (op.modify) {
+                            const auto m = subject->modify(instance, op.key);
+                            op.version = m.version;
+                            op.base = m.base;
+                        } else {
+                            op.version = subject->write(instance, op.key);
+                        }
                         op.ok = op.version > 0;
                         break;
                     case Kind::invalidate:
@@ -809,6 +818,10 @@ private:
         const auto window = std::chrono::nanoseconds(staleness_window(spec, plan)).count();
         auto stale = history::check_reads(ops, floors, window, 3, &report.stale);
         report.violations.insert(report.violations.end(), stale.begin(), stale.end());
+        std::size_t lost_updates = 0;
+        auto modifies = history::check_modifies(ops, floors, 3, &lost_updates);
+        report.lost += lost_updates;
+        report.violations.insert(report.violations.end(), modifies.begin(), modifies.end());
         // An L1 may lag other instances' writes by its window, never its own instance's
         // (docs/l1.md); with a TTL-only invalidator no write reaches any cache.
         if (spec.l1 && spec.invalidator != Invalidator::ttl) {

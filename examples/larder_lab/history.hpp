@@ -47,9 +47,12 @@ struct Op {
     std::uint32_t thread = 0;
     std::uint32_t instance = 0;  ///< the application instance (cache object) in the process
     Kind kind = Kind::read;
-    bool batch = false;  ///< a read that was one row of a get_many
-    bool ok = false;     ///< the call returned (a read that threw is not ok)
-    bool wrong = false;  ///< a read that returned no value, an unparsable one or another row's
+    bool batch = false;   ///< a read that was one row of a get_many
+    bool modify = false;  ///< a write that was a read-modify-write (write-behind's modify)
+    bool ok = false;      ///< the call returned (a read that threw is not ok)
+    bool wrong = false;   ///< a read that returned no value, an unparsable one or another row's
+    /// A read-modify-write: the version its change was applied to (0: unparsable).
+    std::uint64_t base = 0;
 };
 
 /// A broken guarantee and the operations that show it.
@@ -158,6 +161,37 @@ inline std::vector<Violation> check_reads(std::span<const Op> ops, const Floors&
     return out;
 }
 
+/// Every read-modify-write that built on an older version than the newest write
+/// acknowledged before it started: its change was applied to a lost value.
+inline std::vector<Violation> check_modifies(std::span<const Op> ops, const Floors& floors,
+                                             std::size_t max_reported,
+                                             std::size_t* lost_count = nullptr) {
+    std::vector<Violation> out;
+    std::size_t lost = 0;
+    for (const Op& op : ops) {
+        if (op.kind != Kind::write || !op.modify || !op.ok) continue;
+        const Op floor = floors.floor_at(op.key, op.start_ns, 0);
+        if (op.base >= floor.version) continue;
+        ++lost;
+        if (out.size() < max_reported) {
+            char detail[256];
+            std::snprintf(detail, sizeof detail,
+                          "row %llu: a modify that started %.3f ms after version %llu was "
+                          "acknowledged changed version %llu (and wrote %llu)",
+                          static_cast<unsigned long long>(op.key),
+                          static_cast<double>(op.start_ns - floor.end_ns) / 1e6,
+                          static_cast<unsigned long long>(floor.version),
+                          static_cast<unsigned long long>(op.base),
+                          static_cast<unsigned long long>(op.version));
+            out.push_back(
+                {"a read-modify-write builds on the newest acknowledged value", detail,
+                 slice_of(ops, op.key, std::min(floor.start_ns, op.start_ns), op.end_ns)});
+        }
+    }
+    if (lost_count) *lost_count = lost;
+    return out;
+}
+
 /// Every read that returned an older version than the newest write its own application
 /// instance (same process, same cache object) had acknowledged before it started: a
 /// local write is seen at once, whatever window other instances are allowed.
@@ -186,7 +220,7 @@ inline std::vector<Violation> check_local_reads(std::span<const Op> ops, std::si
 inline const char* kind_name(const Op& op) {
     switch (op.kind) {
         case Kind::write:
-            return "write";
+            return op.modify ? "modify" : "write";
         case Kind::read:
             return op.batch ? "many" : "read";
         case Kind::final_read:
@@ -203,16 +237,17 @@ inline std::string render(const Violation& v) {
     std::string out = "  broke: " + v.guarantee + "\n  " + v.detail + "\n";
     if (v.slice.empty()) return out;
     const std::int64_t t0 = v.slice.front().start_ns;
-    out += "     start ms    end ms  process.thread  op     version\n";
+    out += "     start ms    end ms  process.thread  op      version\n";
     for (const Op& op : v.slice) {
-        char line[160];
-        std::snprintf(line, sizeof line, "  %10.3f %9.3f  %7u.%-7u  %-5s  %s\n",
+        std::string version = !op.ok     ? "failed"
+                              : op.wrong ? "wrong value"
+                                         : std::to_string(op.version);
+        if (op.ok && op.modify) version += " (changed " + std::to_string(op.base) + ")";
+        char line[200];
+        std::snprintf(line, sizeof line, "  %10.3f %9.3f  %7u.%-7u  %-6s  %s\n",
                       static_cast<double>(op.start_ns - t0) / 1e6,
                       static_cast<double>(op.end_ns - t0) / 1e6, op.process, op.thread,
-                      kind_name(op),
-                      !op.ok     ? "failed"
-                      : op.wrong ? "wrong value"
-                                 : std::to_string(op.version).c_str());
+                      kind_name(op), version.c_str());
         out += line;
     }
     return out;

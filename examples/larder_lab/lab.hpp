@@ -376,6 +376,17 @@ public:
         for (const std::size_t k : ks) out.push_back(read(instance, k));
         return out;
     }
+    /// A read-modify-write of row k (write-behind's modify): the version written once it is
+    /// acknowledged, and the version the change was applied to.
+    struct Modified {
+        std::uint64_t version = 0;
+        std::uint64_t base = 0;
+    };
+    /// Whether the policy has a read-modify-write.
+    [[nodiscard]] virtual bool modifies() const { return false; }
+    virtual Modified modify(std::size_t /*instance*/, std::size_t /*k*/) {
+        throw std::logic_error("this policy has no read-modify-write");
+    }
     /// Drops row k's cached copies without changing the database (the policy's
     /// invalidate, or its tag's): a later read loads the row again.
     virtual void invalidate(std::size_t instance, std::size_t k) = 0;

@@ -98,6 +98,25 @@ public:
         return ticket.version;
     }
 
+    [[nodiscard]] bool modifies() const override { return true; }
+
+    /// WriteBehind::modify: the change replaces the value it is given by the next version,
+    /// and tells which version that was.
+    Modified modify(std::size_t i, std::size_t k) override {
+        auto ticket = issuer_.next(k);
+        const std::string next = FakeDb::make_value(k, ticket.version, db_.value_size());
+        std::uint64_t base = 0;
+        auto change = [&](std::string& value) {  // may run more than once: the last counts
+            const auto parsed = FakeDb::parse_value(value);
+            base = parsed && parsed->key == k ? parsed->version : 0;
+            value = next;
+        };
+        auto loader = [db = &db_, k] { return std::optional<std::string>(db->read(k)); };
+        front(instances_[i], [&](auto& cache) { (void)cache.modify(key_name(k), change, loader); });
+        ticket.acknowledged();  // modify returned
+        return {ticket.version, base};
+    }
+
     std::vector<std::string> finish() override {
         std::vector<std::string> notes;
         // One budget for the whole drain, whichever instance flushes. An incomplete drain
