@@ -382,7 +382,13 @@ int run_worker(const WorkerArgs& a) {
     const auto deadline = Clock::now() + plan.duration;
     auto work = [&](std::uint32_t t) {
         std::mt19937_64 rng(plan.seed * 0x9E3779B97F4A7C15ull + a.process * 1000 + t + 1);
-        std::uniform_int_distribution<std::size_t> pick(0, plan.keys - 1);
+        // Half the operations go to three hot rows: races on one row (a read joining a
+        // load, a write between a load and its fill) need two threads on it at once.
+        std::uniform_int_distribution<std::size_t> any_row(0, plan.keys - 1);
+        std::uniform_int_distribution<std::size_t> hot_row(0,
+                                                           std::min<std::size_t>(plan.keys, 3) - 1);
+        std::bernoulli_distribution is_hot(0.5);
+        auto pick = [&](auto& g) { return is_hot(g) ? hot_row(g) : any_row(g); };
         std::uniform_int_distribution<std::size_t> batch_size(2, 5);
         std::bernoulli_distribution is_write(plan.write_ratio);
         std::discrete_distribution<int> read_verb({80, 15, 5});  // get, get_many, invalidate
