@@ -43,6 +43,7 @@
 #include "lab.hpp"
 #if defined(LARDER_LAB_HAVE_REDIS)
 #include "../../tests/support/redis_server.hpp"
+#include "../../tests/support/tcp_proxy.hpp"
 #endif
 
 extern char** environ;
@@ -65,7 +66,10 @@ enum class Fault {
     slow_loader,
     worker_stop,
     worker_kill,
-    bus_disconnect
+    bus_disconnect,
+    net_blackhole,
+    net_slow,
+    net_reset
 };
 
 struct FaultEntry {
@@ -108,6 +112,12 @@ constexpr FaultEntry fault_table[] = {
      "CLIENT KILL TYPE pubsub: every L1 bus loses its subscription and resubscribes, "
      "replaying what it missed or starting its L1 over",
      Fault::bus_disconnect, true, false, Millis{0}, true},
+    {"net-blackhole",
+     "the loopback proxy between the workers and Redis stops moving bytes, connections open "
+     "(a partition: every command runs into its timeout)",
+     Fault::net_blackhole, true},
+    {"net-slow", "the proxy holds every chunk 5-50 ms in both directions", Fault::net_slow, true},
+    {"net-reset", "the proxy resets every connection (RST) on both sides", Fault::net_reset, true},
 };
 
 std::string fault_name(Fault f) {
@@ -626,13 +636,16 @@ public:
         std::string url;
 #if defined(LARDER_LAB_HAVE_REDIS)
         std::unique_ptr<larder::test::RedisServer> server;
+        std::unique_ptr<larder::test::TcpProxy> proxy;
         if (plan.backend == BackendKind::redis) {
             larder::test::RedisServerOptions so;
             // Write-behind's queue lives in Redis: with fsync on every write, a restart keeps
             // every acknowledged put. (Without it, a restart loses them: docs/GUARANTEES.md.)
             so.persistence = spec.policy->name == "write-behind";
             server = std::make_unique<larder::test::RedisServer>(so);
-            url = server->url();
+            // The workers reach Redis through a loopback proxy, for the network faults.
+            proxy = std::make_unique<larder::test::TcpProxy>("127.0.0.1", server->port());
+            url = "redis://127.0.0.1:" + std::to_string(proxy->port());
         }
 #endif
         const std::string prefix = "check:";
@@ -666,7 +679,7 @@ public:
             inject(f, length, shared.faults(), rng
 #if defined(LARDER_LAB_HAVE_REDIS)
                    ,
-                   server.get()
+                   server.get(), proxy.get()
 #endif
             );
         }
@@ -729,7 +742,7 @@ private:
     static void inject(Fault f, Millis length, DbFaults& db, Rng& rng
 #if defined(LARDER_LAB_HAVE_REDIS)
                        ,
-                       larder::test::RedisServer* server
+                       larder::test::RedisServer* server, larder::test::TcpProxy* proxy
 #endif
     ) {
         switch (f) {
@@ -768,6 +781,19 @@ private:
                 return;
             case Fault::bus_disconnect:
                 (void)server->query({"CLIENT", "KILL", "TYPE", "pubsub"});
+                return;
+            case Fault::net_blackhole:
+                proxy->blackhole(true);
+                std::this_thread::sleep_for(length);
+                proxy->blackhole(false);
+                return;
+            case Fault::net_slow:
+                proxy->set_delay(Millis{std::uniform_int_distribution<int>(5, 50)(rng)});
+                std::this_thread::sleep_for(length);
+                proxy->set_delay(Millis{0});
+                return;
+            case Fault::net_reset:
+                proxy->drop_all_connections();
                 return;
             default:
                 return;
