@@ -189,16 +189,18 @@ public:
     }
 
     /// SELECT: the row as it is now, returned after the read latency (the snapshot is
-    /// taken first, so a write that commits during the latency is not in the result).
+    /// taken first, as a database takes a statement's snapshot when it starts, so a write
+    /// that commits during the latency, slow-loader's included, is not in the result).
     [[nodiscard]] std::string read(std::size_t k) {
+        Micros extra{0};
         if (settings_.faults) {
             settings_.faults->check_up("read");
-            pause(Micros{settings_.faults->extra_read_latency_us.load(std::memory_order_relaxed)});
+            extra = Micros{settings_.faults->extra_read_latency_us.load(std::memory_order_relaxed)};
         }
         reads_.fetch_add(1, std::memory_order_relaxed);
         slice_reads_[slice()].fetch_add(1, std::memory_order_relaxed);
         const std::uint64_t v = rows_[k].load(std::memory_order_acquire);
-        pause(settings_.read_latency);
+        pause(settings_.read_latency + extra);
         return make_value(k, v, settings_.value_size);
     }
 
@@ -356,6 +358,7 @@ struct CacheCounts {
     std::uint64_t misses = 0;
     std::uint64_t l1_hits = 0;
     std::uint64_t backend_errors = 0;
+    std::uint64_t dead_lettered = 0;  ///< write-behind entries given up on
 };
 
 /// One configuration, built over a fresh store, with `instances` application

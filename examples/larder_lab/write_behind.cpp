@@ -138,6 +138,7 @@ public:
             const auto s = in.policy->stats();
             add_reads(c, s.reads);
             c.backend_errors += s.backend_errors;
+            c.dead_lettered += s.dead_lettered;
             add_l1(c, in.near);
         }
         return c;
