@@ -666,8 +666,10 @@ public:
             std::uniform_int_distribution<int> gap(150, 400);
             std::this_thread::sleep_for(Millis{gap(rng)});
             if (Clock::now() + Millis{700} > end) break;
-            const Fault f = plan.faults[std::uniform_int_distribution<std::size_t>(
+            Fault f = plan.faults[std::uniform_int_distribution<std::size_t>(
                 0, plan.faults.size() - 1)(rng)];
+            // One kill per run, never of the last worker: later draws stop one instead.
+            if (f == Fault::worker_kill && (killed || pids.size() < 2)) f = Fault::worker_stop;
             const Millis length{std::uniform_int_distribution<int>(50, 500)(rng)};
             if (f == Fault::db_outage) {
                 if (outage_done || Clock::now() + outage_length + Millis{700} > end) continue;
@@ -718,13 +720,14 @@ private:
                 std::to_string(plan.processes)};
     }
 
-    /// Stops a worker process for a while, or kills one: at most one per run, never worker
-    /// 0 (it checks convergence). A killed worker counts as finished; its log is lost, and
-    /// what it acknowledged is still known from the shared version rows (see check).
+    /// Stops a worker process for a while, or kills one other than worker 0 (it checks
+    /// convergence; the caller sees to one kill per run at most). A killed worker counts as
+    /// finished; its log is lost, and what it acknowledged is still known from the shared
+    /// version rows (see check).
     template <class Rng>
     static void hit_worker(Fault f, std::vector<pid_t>& pids, bool& killed, SharedRun& shared,
                            Rng& rng) {
-        if (f == Fault::worker_kill && !killed && pids.size() >= 2) {
+        if (f == Fault::worker_kill) {
             const auto victim = std::uniform_int_distribution<std::size_t>(1, pids.size() - 1)(rng);
             ::kill(pids[victim], SIGKILL);
             ::waitpid(pids[victim], nullptr, 0);
