@@ -233,8 +233,12 @@ Options options_for(const RunPlan& plan, std::size_t instances) {
     o.lock_wait = Millis{1000};
     o.flush_interval = Millis{50};
     o.drain_timeout = Millis{20'000};
-    // Short, so that a stopped worker's claims expire within the run (worker-stop).
+    // Short, so that a stopped worker's claims and leases expire within the run
+    // (worker-stop, and Redis faults longer than a lease): another flusher takes the
+    // claims over, another reader or writer the leases, while the stopped one still holds
+    // them and will go on.
     o.claim_ttl = Millis{600};
+    o.lease_ttl = Millis{400};
     o.seed = plan.seed;
     o.configs = {plan.spec};
     o.progress = false;

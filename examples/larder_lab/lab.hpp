@@ -82,6 +82,9 @@ struct Options {
     Millis flush_interval{100};
     Millis drain_timeout{10'000};
     Millis claim_ttl{30'000};  ///< how long a flusher's claim lives unless extended
+    /// How long a read lease (and write-through's write lease) lives unless its holder
+    /// extends it: what a stopped holder costs the others.
+    Millis lease_ttl{10'000};
 
     // What to run, where, and how to report it.
     std::vector<std::string> configs{"cache-aside"};

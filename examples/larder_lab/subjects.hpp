@@ -64,6 +64,7 @@ inline larder::CacheAsideOptions read_options(const Options& o) {
     larder::CacheAsideOptions c;
     c.ttl = o.ttl;
     c.jitter.max_extra = o.ttl_jitter;
+    c.lease_ttl = o.lease_ttl;
     return c;
 }
 

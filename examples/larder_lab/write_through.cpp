@@ -37,7 +37,9 @@ public:
         for (std::size_t i = 0; i < o.instances; ++i) {
             Instance in;
             in.policy = std::make_unique<Policy>(
-                stores_.backend(i), larder::WriteThroughOptions{.cache = read_options(o)},
+                stores_.backend(i),
+                larder::WriteThroughOptions{.cache = read_options(o),
+                                            .write_lease_ttl = o.lease_ttl},
                 make_guard<G>(o));
             if (spec.l1) in.near = std::make_unique<L1>(*in.policy, stores_.bus(), l1_options(o));
             instances_.push_back(std::move(in));
