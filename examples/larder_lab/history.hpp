@@ -121,6 +121,19 @@ inline std::vector<Op> slice_of(std::span<const Op> ops, std::uint64_t key, std:
     return out;
 }
 
+/// The violation of an operation that saw less than `floor`, a write acknowledged before it
+/// started: "row k: <who> that started t ms after version f was acknowledged <saw>".
+inline Violation behind_floor(std::span<const Op> ops, const Op& op, const Op& floor,
+                              const char* guarantee, const char* who, const std::string& saw) {
+    char after[32];
+    std::snprintf(after, sizeof after, "%.3f",
+                  static_cast<double>(op.start_ns - floor.end_ns) / 1e6);
+    return {guarantee,
+            "row " + std::to_string(op.key) + ": " + who + " that started " + after +
+                " ms after version " + std::to_string(floor.version) + " was acknowledged " + saw,
+            slice_of(ops, op.key, std::min(floor.start_ns, op.start_ns), op.end_ns)};
+}
+
 /// Every read that returned an older version than the floor its start gives it, and every
 /// read that returned a wrong value.
 inline std::vector<Violation> check_reads(std::span<const Op> ops, const Floors& floors,
@@ -144,17 +157,8 @@ inline std::vector<Violation> check_reads(std::span<const Op> ops, const Floors&
         if (!is_stale(op.version, floor.version)) continue;
         ++stale;
         if (out.size() < max_reported) {
-            char detail[256];
-            std::snprintf(detail, sizeof detail,
-                          "row %llu: a read that started %.3f ms after version %llu was "
-                          "acknowledged returned version %llu",
-                          static_cast<unsigned long long>(op.key),
-                          static_cast<double>(op.start_ns - floor.end_ns) / 1e6,
-                          static_cast<unsigned long long>(floor.version),
-                          static_cast<unsigned long long>(op.version));
-            out.push_back(
-                {guarantee, detail,
-                 slice_of(ops, op.key, std::min(floor.start_ns, op.start_ns), op.end_ns)});
+            out.push_back(behind_floor(ops, op, floor, guarantee, "a read",
+                                       "returned version " + std::to_string(op.version)));
         }
     }
     if (stale_count) *stale_count = stale;
@@ -174,18 +178,11 @@ inline std::vector<Violation> check_modifies(std::span<const Op> ops, const Floo
         if (op.base >= floor.version) continue;
         ++lost;
         if (out.size() < max_reported) {
-            char detail[256];
-            std::snprintf(detail, sizeof detail,
-                          "row %llu: a modify that started %.3f ms after version %llu was "
-                          "acknowledged changed version %llu (and wrote %llu)",
-                          static_cast<unsigned long long>(op.key),
-                          static_cast<double>(op.start_ns - floor.end_ns) / 1e6,
-                          static_cast<unsigned long long>(floor.version),
-                          static_cast<unsigned long long>(op.base),
-                          static_cast<unsigned long long>(op.version));
-            out.push_back(
-                {"a read-modify-write builds on the newest acknowledged value", detail,
-                 slice_of(ops, op.key, std::min(floor.start_ns, op.start_ns), op.end_ns)});
+            out.push_back(behind_floor(
+                ops, op, floor, "a read-modify-write builds on the newest acknowledged value",
+                "a modify",
+                "changed version " + std::to_string(op.base) + " (and wrote " +
+                    std::to_string(op.version) + ")"));
         }
     }
     if (lost_count) *lost_count = lost;
