@@ -147,6 +147,11 @@ TEST_CASE("Near wraps WriteBehind with every verb, and each write drops every L1
     REQUIRE(many[0] == "2+");
     REQUIRE(many[1] == "t1");
     REQUIRE(many[2] == std::nullopt);
+
+    REQUIRE(other_sees("2+"));
+    (void)n1.erase("k");
+    REQUIRE(n2.l1().get(p2.full_key("k")) == std::nullopt);
+    REQUIRE(n2.get("k", load) == std::nullopt);  // the queued delete, not the database's row
 }
 
 TEST_CASE("get_many through Near serves L1 copies without asking the store for them",

@@ -48,7 +48,7 @@ public:
 
     std::optional<std::string> read(std::size_t i, std::size_t k) override {
         Instance& in = instances_[i];
-        auto loader = [db = &db_, k] { return std::optional<std::string>(db->read(k)); };
+        auto loader = [db = &db_, k] { return db->read(k); };
         std::string key = key_name(k);
         switch (invalidator_) {
             case Invalidator::tags: {

@@ -140,14 +140,53 @@ struct Stampede {
     std::atomic<std::uint32_t> done{0};   ///< workers that took part
 };
 
+/// Every erase a worker sends, journaled before it is sent: a killed worker's log is
+/// lost, and a delete it sent may still have landed (what a read that finds no row needs
+/// to be explained).
+struct EraseJournal {
+    struct Entry {
+        std::int64_t start_ns;
+        std::uint64_t key;
+        std::uint64_t version;  ///< 0: an entry its writer did not finish
+    };
+    static constexpr std::size_t capacity = std::size_t{1} << 17;
+    std::atomic<std::uint64_t> size{0};  ///< entries claimed, may exceed capacity
+    Entry entries[capacity];
+
+    void add(std::uint64_t key, std::uint64_t version, std::int64_t start_ns) {
+        const std::uint64_t at = size.fetch_add(1);
+        if (at >= capacity) return;  // the check reports the overflow
+        entries[at].start_ns = start_ns;
+        entries[at].key = key;
+        std::atomic_ref<std::uint64_t>(entries[at].version).store(version);
+    }
+    /// The journal as erases that failed (no acknowledgement is known).
+    [[nodiscard]] std::vector<Op> sent() const {
+        std::vector<Op> out;
+        const auto n = std::min<std::uint64_t>(size.load(), capacity);
+        for (std::uint64_t i = 0; i < n; ++i) {
+            Op op;
+            op.kind = Kind::write;
+            op.erase = true;
+            op.key = entries[i].key;
+            op.version = entries[i].version;
+            op.start_ns = op.end_ns = entries[i].start_ns;
+            out.push_back(op);
+        }
+        return out;
+    }
+};
+
 /// The head of a run's shared memory: the faults the database shows, how many workers
-/// have finished (the convergence pass waits for all of them), and the stampede round.
+/// have finished (the convergence pass waits for all of them), the stampede round, and
+/// the erase journal.
 struct Control {
     DbFaults faults;
     std::atomic<std::uint32_t> finished{0};
     std::atomic<bool> worker_killed{false};
     std::atomic<std::uint64_t> dead_lettered{0};  ///< write-behind entries given up on
     Stampede stampede;
+    EraseJournal erases;
 };
 
 /// What every process of a run maps: the control block, the database's rows, and the
@@ -157,8 +196,7 @@ public:
     SharedRun(const std::string& path, std::size_t keys, bool create) : keys_(keys) {
         const int fd = ::open(path.c_str(), create ? O_RDWR | O_CREAT | O_TRUNC : O_RDWR, 0600);
         if (fd < 0) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
-        size_ = sizeof(Control) + keys * sizeof(std::atomic<std::uint64_t>) +
-                keys * sizeof(VersionRow) + 64;
+        size_ = fences_offset() + keys * sizeof(DbFence);
         if (create && ::ftruncate(fd, static_cast<off_t>(size_)) != 0) {
             ::close(fd);
             throw std::runtime_error("cannot size " + path);
@@ -171,6 +209,7 @@ public:
             new (base_) Control();
             for (std::size_t i = 0; i < keys; ++i) new (&rows()[i]) std::atomic<std::uint64_t>(1);
             init_version_rows(versions(), keys, true);
+            init_db_fences(fences(), keys, true);
         }
     }
     SharedRun(const SharedRun&) = delete;
@@ -182,14 +221,21 @@ public:
     std::atomic<std::uint64_t>* rows() {
         return reinterpret_cast<std::atomic<std::uint64_t>*>(base_ + sizeof(Control));
     }
-    VersionRow* versions() {
-        const std::size_t offset = sizeof(Control) + keys_ * sizeof(std::atomic<std::uint64_t>);
-        const std::size_t aligned =
-            (offset + alignof(VersionRow) - 1) / alignof(VersionRow) * alignof(VersionRow);
-        return reinterpret_cast<VersionRow*>(base_ + aligned);
-    }
+    VersionRow* versions() { return reinterpret_cast<VersionRow*>(base_ + versions_offset()); }
+    DbFence* fences() { return reinterpret_cast<DbFence*>(base_ + fences_offset()); }
 
 private:
+    static std::size_t aligned(std::size_t offset, std::size_t alignment) {
+        return (offset + alignment - 1) / alignment * alignment;
+    }
+    [[nodiscard]] std::size_t versions_offset() const {
+        return aligned(sizeof(Control) + keys_ * sizeof(std::atomic<std::uint64_t>),
+                       alignof(VersionRow));
+    }
+    [[nodiscard]] std::size_t fences_offset() const {
+        return aligned(versions_offset() + keys_ * sizeof(VersionRow), alignof(DbFence));
+    }
+
     std::size_t keys_;
     std::size_t size_ = 0;
     char* base_ = nullptr;
@@ -300,11 +346,15 @@ std::unique_ptr<Subject> make_subject(const RunPlan& plan, const Options& o, con
     return spec.policy->make(env, spec);
 }
 
-/// Records what a read of row op.key returned: its version, or that the value was wrong
-/// (none, another row's, or not byte for byte the value of the version it names).
+/// Records what a read of row op.key returned: its version, no row, or that the value was
+/// wrong (another row's, or not byte for byte the value of the version it names).
 void record_value(Op& op, const std::optional<std::string>& value) {
-    const auto parsed = value ? FakeDb::parse_value(*value) : std::nullopt;
     op.ok = true;
+    if (!value) {
+        op.absent = true;
+        return;
+    }
+    const auto parsed = FakeDb::parse_value(*value);
     if (!parsed || parsed->key != op.key ||
         *value != FakeDb::make_value(op.key, parsed->version, value_size)) {
         op.wrong = true;
@@ -374,10 +424,16 @@ std::vector<Op> stampede_reads(Subject& subject, FakeDb& db, std::size_t instanc
 /// Worker 0 sets the stampede round up: it drops the row's cached copies, reads the row
 /// (the fill), and sets the moment the copy expires. Returns the fill's read; skips the
 /// round (and says why) if that fails.
-std::vector<Op> set_up_stampede(Subject& subject, const RunPlan& plan, Stampede& round) {
+std::vector<Op> set_up_stampede(Subject& subject, const FakeDb& db, const RunPlan& plan,
+                                Stampede& round) {
     Op fill;
     fill.thread = static_cast<std::uint32_t>(plan.threads);
     fill.key = plan.seed % plan.keys;
+    // A row that exists: what a read finds of a deleted one is the policy's negative
+    // entry, whose lifetime is not the TTL's.
+    for (std::size_t i = 0; i < plan.keys && db.deleted(fill.key); ++i) {
+        fill.key = (fill.key + 1) % plan.keys;
+    }
     // The faults are over, but the first commands after one may still fail (a reset
     // connection, an open breaker): try for a few seconds.
     const auto give_up = Clock::now() + Millis{3000};
@@ -414,6 +470,7 @@ int run_worker(const WorkerArgs& a) {
                                .read_latency = Micros{1000},
                                .write_latency = Micros{1000},
                                .shared_rows = shared.rows(),
+                               .shared_fences = shared.fences(),
                                .faults = &shared.faults()},
               Clock::now(), 1);
     auto subject = make_subject(plan, o, spec, db, a.redis_url, a.prefix, shared.versions());
@@ -432,8 +489,11 @@ int run_worker(const WorkerArgs& a) {
         std::uniform_int_distribution<std::size_t> batch_size(2, 5);
         std::bernoulli_distribution is_write(plan.write_ratio);
         std::discrete_distribution<int> read_verb({80, 15, 5});  // get, get_many, invalidate
-        // A third of the writes are read-modify-writes where the policy has them.
-        std::bernoulli_distribution is_modify(subject->modifies() ? 1.0 / 3 : 0.0);
+        // Where the policy has them, a third of the writes are read-modify-writes and a
+        // sixth are erases.
+        enum class WriteVerb { put, modify, erase };
+        std::discrete_distribution<int> write_verb(
+            {3.0, subject->modifies() ? 2.0 : 0.0, subject->erases() ? 1.0 : 0.0});
         const auto instance = static_cast<std::uint32_t>(t % instances);
         auto& log = logs[t];
         while (Clock::now() < deadline) {
@@ -444,7 +504,10 @@ int run_worker(const WorkerArgs& a) {
             op.key = pick(rng);
             const int verb = is_write(rng) ? -1 : read_verb(rng);
             op.kind = verb < 0 ? Kind::write : verb == 2 ? Kind::invalidate : Kind::read;
-            op.modify = op.kind == Kind::write && is_modify(rng);
+            const auto how =
+                op.kind == Kind::write ? static_cast<WriteVerb>(write_verb(rng)) : WriteVerb::put;
+            op.modify = how == WriteVerb::modify;
+            op.erase = how == WriteVerb::erase;
             std::vector<std::size_t> batch;
             if (verb == 1) {
                 batch.resize(batch_size(rng));
@@ -453,6 +516,7 @@ int run_worker(const WorkerArgs& a) {
             }
             op.start_ns = now_ns();
             std::vector<Op> rows;
+            std::uint64_t sent = 0;  // an erase's version, known even if it throws
             try {
                 switch (op.kind) {
                     case Kind::write:
@@ -460,6 +524,12 @@ int run_worker(const WorkerArgs& a) {
                             const auto m = subject->modify(instance, op.key);
                             op.version = m.version;
                             op.base = m.base;
+                            op.absent = m.absent;
+                        } else if (op.erase) {
+                            op.version = subject->erase(instance, op.key, [&](std::uint64_t v) {
+                                sent = v;
+                                shared.control().erases.add(op.key, v, op.start_ns);
+                            });
                         } else {
                             op.version = subject->write(instance, op.key);
                         }
@@ -488,7 +558,7 @@ int run_worker(const WorkerArgs& a) {
                 }
             } catch (const std::exception&) {
                 op.ok = false;
-                op.version = 0;
+                op.version = op.erase ? sent : 0;  // a failed erase may still have landed
                 rows.clear();
                 for (const std::size_t k : batch) {  // the rows the failed batch asked for
                     Op row = op;
@@ -546,7 +616,7 @@ int run_worker(const WorkerArgs& a) {
             op.end_ns = now_ns();
             final_reads.push_back(op);
         }
-        for (const Op& op : set_up_stampede(*subject, plan, shared.control().stampede)) {
+        for (const Op& op : set_up_stampede(*subject, db, plan, shared.control().stampede)) {
             final_reads.push_back(op);
         }
     }
@@ -859,8 +929,11 @@ private:
         for (const Op& op : ops) {
             if (op.kind != Kind::final_read) continue;
             ++final_reads;
-            const std::uint64_t in_db = shared.rows()[op.key].load();
-            if (op.ok && !op.wrong && op.version == in_db) continue;
+            const Row row = db_row(shared, op.key);
+            if (op.ok && !op.wrong &&
+                (row.deleted ? op.absent : !op.absent && op.version == row.version)) {
+                continue;
+            }
             const auto last = last_write.find(op.key);
             if (op.ok && !op.wrong && last != last_write.end() && !last->second->ok) continue;
             ++report.not_converged;
@@ -868,10 +941,13 @@ private:
                 report.violations.push_back(
                     {"after quiescence the cache converges to the database",
                      "row " + std::to_string(op.key) + ": the read after quiescence " +
-                         (!op.ok     ? std::string("failed")
-                          : op.wrong ? std::string("returned a wrong value")
-                                     : "returned version " + std::to_string(op.version)) +
-                         ", the database has " + std::to_string(in_db),
+                         (!op.ok      ? std::string("failed")
+                          : op.wrong  ? std::string("returned a wrong value")
+                          : op.absent ? std::string("found no row")
+                                      : "returned version " + std::to_string(op.version)) +
+                         ", the database " +
+                         (row.deleted ? std::string("deleted it")
+                                      : "has version " + std::to_string(row.version)),
                      history::slice_of(ops, op.key, 0, op.end_ns)});
             }
         }
@@ -892,18 +968,23 @@ private:
                                          {}});
         }
         const history::Floors floors(ops);
+        const EraseJournal& journal = shared.control().erases;
+        if (journal.size.load() > EraseJournal::capacity) {
+            report.problems.push_back("the erase journal overflowed: shorten the run");
+        }
+        const history::Erases erases(ops, journal.sent());
         const auto window = std::chrono::nanoseconds(staleness_window(spec, plan)).count();
-        auto stale = history::check_reads(ops, floors, window, 3, &report.stale);
+        auto stale = history::check_reads(ops, floors, erases, window, 3, &report.stale);
         report.violations.insert(report.violations.end(), stale.begin(), stale.end());
         std::size_t lost_updates = 0;
-        auto modifies = history::check_modifies(ops, floors, 3, &lost_updates);
+        auto modifies = history::check_modifies(ops, floors, erases, 3, &lost_updates);
         report.lost += lost_updates;
         report.violations.insert(report.violations.end(), modifies.begin(), modifies.end());
         // An L1 may lag other instances' writes by its window, never its own instance's
         // (docs/l1.md); with a TTL-only invalidator no write reaches any cache.
         if (spec.l1 && spec.invalidator != Invalidator::ttl) {
             std::size_t local = 0;
-            auto own = history::check_local_reads(ops, 3, &local);
+            auto own = history::check_local_reads(ops, erases, 3, &local);
             report.stale += local;
             report.violations.insert(report.violations.end(), own.begin(), own.end());
         }
@@ -911,25 +992,55 @@ private:
         // the final flush; cache-aside acknowledges only what the database committed).
         // A killed worker's log is lost; what it acknowledged is in the version rows.
         auto acknowledged = floors.newest();
+        std::map<std::uint64_t, std::uint64_t> erase_acknowledged;
+        for (const Op& op : ops) {
+            if (op.kind == Kind::write && op.erase && op.ok) {
+                erase_acknowledged[op.key] = std::max(erase_acknowledged[op.key], op.version);
+            }
+        }
         if (spec.policy->name != "cache-aside") {
             for (std::size_t k = 0; k < plan.keys; ++k) {
-                const std::uint64_t issued = shared.versions()[k].issued;
-                if (issued > 1) acknowledged[k] = std::max(acknowledged[k], issued);
+                const VersionRow& v = shared.versions()[k];
+                if (v.issued > 1) acknowledged[k] = std::max(acknowledged[k], v.issued);
+                erase_acknowledged[k] = std::max(erase_acknowledged[k], v.erase_acknowledged);
             }
         }
         for (const auto& [key, newest] : acknowledged) {
-            const std::uint64_t in_db = shared.rows()[key].load();
-            const auto lost = history::lost_writes(newest, in_db);
+            const Row row = db_row(shared, key);
+            const VersionRow& issued = shared.versions()[key];
+            const bool newest_is_erase = erase_acknowledged[key] == newest;
+            // A deleted row holds the newest acknowledged write if that was an erase, or if
+            // an erase sent after it may have landed (its caller was not told). A row that
+            // exists holds it if its version is newer, or the same and not an erase's.
+            const std::uint64_t lost = row.deleted
+                                           ? (newest_is_erase || issued.erase_sent > newest ? 0 : 1)
+                                       : newest_is_erase && row.version <= newest
+                                           ? newest - row.version + 1
+                                           : history::lost_writes(newest, row.version);
             if (lost == 0) continue;
             report.lost += lost;
             if (report.violations.size() < 6) {
                 report.violations.push_back(
                     {"every acknowledged write reaches the database",
-                     "row " + std::to_string(key) + ": version " + std::to_string(newest) +
-                         " was acknowledged, the database has " + std::to_string(in_db),
+                     "row " + std::to_string(key) + ": " +
+                         (newest_is_erase ? "an erase, version " : "version ") +
+                         std::to_string(newest) + ", was acknowledged, the database " +
+                         (row.deleted ? std::string("deleted the row")
+                                      : "has version " + std::to_string(row.version)),
                      history::slice_of(ops, key, 0, std::numeric_limits<std::int64_t>::max())});
             }
         }
+    }
+
+    /// A row as the database holds it after the run.
+    struct Row {
+        std::uint64_t version = 0;
+        bool deleted = false;
+    };
+    static Row db_row(SharedRun& shared, std::uint64_t key) {
+        const std::uint64_t word = shared.rows()[key].load();
+        return {.version = word & ~FakeDb::deleted_bit,
+                .deleted = (word & FakeDb::deleted_bit) != 0};
     }
 
     /// The database reads of the stampede round's row, at its expiry, against what the

@@ -23,8 +23,9 @@ namespace lab::history {
 }
 
 /// Lost writes of a row: the acknowledged versions of a row are 2, 3, ... without gaps
-/// (writers take turns, a version is used up only when acknowledged), so after the final
-/// flush the writes the database lacks are exactly those above the version it holds.
+/// (writers take turns, a version is used up only when acknowledged, or by an erase that
+/// failed), so after the final flush the writes the database lacks are those above the
+/// version it holds (at most that many, where a failed erase left a gap).
 [[nodiscard]] constexpr std::uint64_t lost_writes(std::uint64_t newest_acknowledged,
                                                   std::uint64_t in_database) noexcept {
     return newest_acknowledged > in_database ? newest_acknowledged - in_database : 0;
@@ -41,7 +42,8 @@ struct Op {
     std::int64_t end_ns = 0;
     std::uint64_t key = 0;
     /// read: the version returned (0: none); write: the version acknowledged (0: the call
-    /// failed, so nothing was acknowledged).
+    /// failed, so nothing was acknowledged; an erase that failed keeps the version it was
+    /// sent with, which may have landed).
     std::uint64_t version = 0;
     std::uint32_t process = 0;
     std::uint32_t thread = 0;
@@ -50,7 +52,10 @@ struct Op {
     bool batch = false;   ///< a read that was one row of a get_many
     bool modify = false;  ///< a write that was a read-modify-write (write-behind's modify)
     bool ok = false;      ///< the call returned (a read that threw is not ok)
-    bool wrong = false;   ///< a read that returned no value, an unparsable one or another row's
+    bool wrong = false;   ///< a read that returned an unparsable value or another row's
+    bool erase = false;   ///< a write that deleted the row (write-behind's erase)
+    /// A read that found no row; a read-modify-write whose change was applied to none.
+    bool absent = false;
     /// A read-modify-write: the version its change was applied to (0: unparsable).
     std::uint64_t base = 0;
 };
@@ -107,6 +112,53 @@ private:
     std::map<std::uint64_t, std::vector<Op>> rows_;
 };
 
+/// Per row: every erase sent (acknowledged or not: one that failed may have landed) by
+/// start, with the running maximum of their versions. A read may find no row only if an
+/// erase at least as new as its floor had started before it returned.
+class Erases {
+public:
+    /// `sent`: erases known only from when they were sent (their process's log is lost).
+    explicit Erases(std::span<const Op> ops, std::span<const Op> sent = {}) {
+        for (const auto part : {ops, sent}) {
+            for (const Op& op : part) {
+                if (op.kind == Kind::write && op.erase && op.version > 0) {
+                    rows_[op.key].push_back(op);
+                }
+            }
+        }
+        for (auto& [key, erases] : rows_) {
+            std::sort(erases.begin(), erases.end(),
+                      [](const Op& a, const Op& b) { return a.start_ns < b.start_ns; });
+            for (std::size_t i = 1; i < erases.size(); ++i) {
+                if (erases[i].version < erases[i - 1].version)
+                    erases[i].version = erases[i - 1].version;
+            }
+        }
+    }
+
+    /// The newest version of an erase of `key` sent before `t_ns` (0: none).
+    [[nodiscard]] std::uint64_t newest_sent_before(std::uint64_t key, std::int64_t t_ns) const {
+        const auto it = rows_.find(key);
+        if (it == rows_.end()) return 0;
+        const auto& erases = it->second;
+        const auto upper =
+            std::lower_bound(erases.begin(), erases.end(), t_ns,
+                             [](const Op& e, std::int64_t t) { return e.start_ns < t; });
+        return upper == erases.begin() ? 0 : (upper - 1)->version;
+    }
+
+    /// Whether an operation that found no row of `key`, and ended at `end_ns`, may have:
+    /// an erase at least as new as `floor` (and any erase at all) was sent before.
+    [[nodiscard]] bool explain_absence(std::uint64_t key, std::int64_t end_ns,
+                                       std::uint64_t floor) const {
+        const std::uint64_t newest = newest_sent_before(key, end_ns);
+        return newest > 0 && newest >= floor;
+    }
+
+private:
+    std::map<std::uint64_t, std::vector<Op>> rows_;
+};
+
 /// The operations on `key` that overlap [from_ns, to_ns], in start order, at most `limit`
 /// (the ones nearest to_ns): the history a reader needs to see a violation.
 inline std::vector<Op> slice_of(std::span<const Op> ops, std::uint64_t key, std::int64_t from_ns,
@@ -134,31 +186,44 @@ inline Violation behind_floor(std::span<const Op> ops, const Op& op, const Op& f
             slice_of(ops, op.key, std::min(floor.start_ns, op.start_ns), op.end_ns)};
 }
 
-/// Every read that returned an older version than the floor its start gives it, and every
-/// read that returned a wrong value.
+/// Every read that returned an older version than the floor its start gives it (or no
+/// row, where no erase that new explains it), and every read that returned a wrong value.
 inline std::vector<Violation> check_reads(std::span<const Op> ops, const Floors& floors,
-                                          std::int64_t window_ns, std::size_t max_reported,
+                                          const Erases& erases, std::int64_t window_ns,
+                                          std::size_t max_reported,
                                           std::size_t* stale_count = nullptr,
                                           const char* guarantee = "no stale read") {
     std::vector<Violation> out;
     std::size_t stale = 0;
+    auto wrong = [&](const Op& op, const char* what) {
+        ++stale;
+        if (out.size() < max_reported) {
+            out.push_back({"a read returns its row's value", what,
+                           slice_of(ops, op.key, op.start_ns - 1'000'000'000, op.end_ns)});
+        }
+    };
     for (const Op& op : ops) {
         if (op.kind != Kind::read || !op.ok) continue;
         if (op.wrong) {
-            ++stale;
-            if (out.size() < max_reported) {
-                out.push_back({"a read returns its row's value",
-                               "the read returned no value, an unparsable one or another row's",
-                               slice_of(ops, op.key, op.start_ns - 1'000'000'000, op.end_ns)});
-            }
+            wrong(op, "the read returned an unparsable value or another row's");
             continue;
         }
         const Op floor = floors.floor_at(op.key, op.start_ns, window_ns);
-        if (!is_stale(op.version, floor.version)) continue;
+        if (op.absent) {
+            if (erases.explain_absence(op.key, op.end_ns, floor.version)) continue;
+            if (erases.newest_sent_before(op.key, op.end_ns) == 0) {
+                wrong(op, "the read found no row, and no erase of it had been sent");
+                continue;
+            }
+        } else if (!is_stale(op.version, floor.version)) {
+            continue;
+        }
         ++stale;
         if (out.size() < max_reported) {
             out.push_back(behind_floor(ops, op, floor, guarantee, "a read",
-                                       "returned version " + std::to_string(op.version)));
+                                       op.absent
+                                           ? "found no row (an older erase's)"
+                                           : "returned version " + std::to_string(op.version)));
         }
     }
     if (stale_count) *stale_count = stale;
@@ -166,23 +231,28 @@ inline std::vector<Violation> check_reads(std::span<const Op> ops, const Floors&
 }
 
 /// Every read-modify-write that built on an older version than the newest write
-/// acknowledged before it started: its change was applied to a lost value.
+/// acknowledged before it started (or on no row, where no erase that new explains it):
+/// its change was applied to a lost value.
 inline std::vector<Violation> check_modifies(std::span<const Op> ops, const Floors& floors,
-                                             std::size_t max_reported,
+                                             const Erases& erases, std::size_t max_reported,
                                              std::size_t* lost_count = nullptr) {
     std::vector<Violation> out;
     std::size_t lost = 0;
     for (const Op& op : ops) {
         if (op.kind != Kind::write || !op.modify || !op.ok) continue;
         const Op floor = floors.floor_at(op.key, op.start_ns, 0);
-        if (op.base >= floor.version) continue;
+        if (op.absent ? erases.explain_absence(op.key, op.end_ns, floor.version)
+                      : op.base >= floor.version) {
+            continue;
+        }
         ++lost;
         if (out.size() < max_reported) {
             out.push_back(behind_floor(
                 ops, op, floor, "a read-modify-write builds on the newest acknowledged value",
                 "a modify",
-                "changed version " + std::to_string(op.base) + " (and wrote " +
-                    std::to_string(op.version) + ")"));
+                (op.absent ? std::string("changed no row")
+                           : "changed version " + std::to_string(op.base)) +
+                    " (and wrote " + std::to_string(op.version) + ")"));
         }
     }
     if (lost_count) *lost_count = lost;
@@ -192,7 +262,8 @@ inline std::vector<Violation> check_modifies(std::span<const Op> ops, const Floo
 /// Every read that returned an older version than the newest write its own application
 /// instance (same process, same cache object) had acknowledged before it started: a
 /// local write is seen at once, whatever window other instances are allowed.
-inline std::vector<Violation> check_local_reads(std::span<const Op> ops, std::size_t max_reported,
+inline std::vector<Violation> check_local_reads(std::span<const Op> ops, const Erases& erases,
+                                                std::size_t max_reported,
                                                 std::size_t* stale_count = nullptr) {
     std::map<std::pair<std::uint32_t, std::uint32_t>, std::vector<Op>> by_instance;
     for (const Op& op : ops) {
@@ -204,9 +275,9 @@ inline std::vector<Violation> check_local_reads(std::span<const Op> ops, std::si
     std::size_t stale = 0;
     for (const auto& [instance, own] : by_instance) {
         std::size_t n = 0;
-        auto found =
-            check_reads(own, Floors(own), 0, max_reported - std::min(max_reported, out.size()), &n,
-                        "a read sees its own instance's acknowledged writes");
+        auto found = check_reads(own, Floors(own), erases, 0,
+                                 max_reported - std::min(max_reported, out.size()), &n,
+                                 "a read sees its own instance's acknowledged writes");
         stale += n;
         out.insert(out.end(), found.begin(), found.end());
     }
@@ -217,7 +288,7 @@ inline std::vector<Violation> check_local_reads(std::span<const Op> ops, std::si
 inline const char* kind_name(const Op& op) {
     switch (op.kind) {
         case Kind::write:
-            return op.modify ? "modify" : "write";
+            return op.erase ? "erase" : op.modify ? "modify" : "write";
         case Kind::read:
             return op.batch ? "many" : "read";
         case Kind::final_read:
@@ -236,10 +307,15 @@ inline std::string render(const Violation& v) {
     const std::int64_t t0 = v.slice.front().start_ns;
     out += "     start ms    end ms  process.thread  op      version\n";
     for (const Op& op : v.slice) {
-        std::string version = !op.ok     ? "failed"
+        std::string version = !op.ok && !op.erase ? "failed"
+                              : !op.ok   ? "failed (sent " + std::to_string(op.version) + ")"
                               : op.wrong ? "wrong value"
-                                         : std::to_string(op.version);
-        if (op.ok && op.modify) version += " (changed " + std::to_string(op.base) + ")";
+                              : op.absent && op.kind != Kind::write ? "no row"
+                                                                    : std::to_string(op.version);
+        if (op.ok && op.modify) {
+            version +=
+                op.absent ? " (changed no row)" : " (changed " + std::to_string(op.base) + ")";
+        }
         char line[200];
         std::snprintf(line, sizeof line, "  %10.3f %9.3f  %7u.%-7u  %-6s  %s\n",
                       static_cast<double>(op.start_ns - t0) / 1e6,

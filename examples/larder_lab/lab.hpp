@@ -8,6 +8,7 @@
 #include <array>
 #include <atomic>
 #include <bit>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -153,10 +154,36 @@ struct DbFaults {
     }
 };
 
+/// The fencing column of a row that write-behind writes (UPDATE ... WHERE fence < ?: the
+/// queue's version of the entry, DirtyEntry::version), with the lock that makes the
+/// fenced write of row and fence one step. Robust: a process killed while holding it
+/// does not stop the others.
+struct DbFence {
+    pthread_mutex_t lock;
+    std::uint64_t version;
+};
+
+/// Makes fences[0..n) ready (fence 0), shared between processes if `shared`.
+inline void init_db_fences(DbFence* fences, std::size_t n, bool shared) {
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    if (shared) pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    for (std::size_t i = 0; i < n; ++i) {
+        pthread_mutex_init(&fences[i].lock, &attr);
+        fences[i].version = 0;
+    }
+    pthread_mutexattr_destroy(&attr);
+}
+
 /// Reads and writes "rows" that are just versions. A row's value is "k<id>|<version>|"
-/// padded to value_size, so whoever reads a value can tell which version it holds.
+/// padded to value_size, so whoever reads a value can tell which version it holds. A
+/// deleted row (write-behind's erase) keeps no value: reading it finds nothing.
 class FakeDb {
 public:
+    /// Set in a row's word when the row is deleted.
+    static constexpr std::uint64_t deleted_bit = std::uint64_t{1} << 63;
+
     struct Settings {
         std::size_t keys = 0;
         std::size_t value_size = 0;
@@ -166,6 +193,9 @@ public:
         /// Rows kept elsewhere (memory shared by processes, set to 1 by its owner); null:
         /// this object owns them.
         std::atomic<std::uint64_t>* shared_rows = nullptr;
+        /// The rows' fences, kept with shared_rows (made ready by their owner); null: this
+        /// object owns them.
+        DbFence* shared_fences = nullptr;
         const DbFaults* faults = nullptr;
     };
 
@@ -176,6 +206,8 @@ public:
           owned_rows_(s.shared_rows ? nullptr
                                     : std::make_unique<std::atomic<std::uint64_t>[]>(s.keys)),
           rows_(s.shared_rows ? s.shared_rows : owned_rows_.get()),
+          owned_fences_(s.shared_fences ? 0 : s.keys),
+          fences_(s.shared_fences ? s.shared_fences : owned_fences_.data()),
           start_(start),
           slices_(std::max<std::size_t>(slices, 1)),
           slice_reads_(std::make_unique<std::atomic<std::uint64_t>[]>(slices_)),
@@ -183,6 +215,7 @@ public:
         if (owned_rows_) {
             for (std::size_t i = 0; i < s.keys; ++i) rows_[i].store(1, std::memory_order_relaxed);
         }
+        if (!owned_fences_.empty()) init_db_fences(fences_, s.keys, false);
         for (std::size_t i = 0; i < slices_; ++i) {
             slice_reads_[i].store(0, std::memory_order_relaxed);
             slice_writes_[i].store(0, std::memory_order_relaxed);
@@ -190,11 +223,17 @@ public:
         tokens_ = burst();
         refilled_ = Clock::now();
     }
+    FakeDb(const FakeDb&) = delete;
+    FakeDb& operator=(const FakeDb&) = delete;
+    ~FakeDb() {
+        for (auto& f : owned_fences_) pthread_mutex_destroy(&f.lock);
+    }
 
     /// SELECT: the row as it is now, returned after the read latency (the snapshot is
     /// taken first, as a database takes a statement's snapshot when it starts, so a write
     /// that commits during the latency, slow-loader's included, is not in the result).
-    [[nodiscard]] std::string read(std::size_t k) {
+    /// Nothing for a deleted row.
+    [[nodiscard]] std::optional<std::string> read(std::size_t k) {
         Micros extra{0};
         if (settings_.faults) {
             settings_.faults->check_up("read");
@@ -204,6 +243,7 @@ public:
         slice_reads_[slice()].fetch_add(1, std::memory_order_relaxed);
         const std::uint64_t v = rows_[k].load(std::memory_order_acquire);
         pause(settings_.read_latency + extra);
+        if (v & deleted_bit) return std::nullopt;
         return make_value(k, v, settings_.value_size);
     }
 
@@ -240,8 +280,50 @@ public:
         return applied;
     }
 
+    /// One row of a fenced write: the version it takes (or its deletion), if `fence` is
+    /// above the row's fence.
+    struct FencedRow {
+        std::size_t key = 0;
+        std::uint64_t fence = 0;
+        std::uint64_t version = 0;
+        bool deleted = false;
+    };
+
+    /// Write-behind's batch: UPDATE ... WHERE fence < ? (DELETE ... WHERE fence < ? for a
+    /// deleted row, which keeps its fence as a tombstone so an older write cannot bring it
+    /// back), fenced on the queue's versions as docs/write-behind.md tells applications.
+    /// One statement: one write latency, one capacity token per row. Returns how many rows
+    /// changed.
+    std::size_t write_fenced(std::span<const FencedRow> rows) {
+        if (rows.empty()) return 0;
+        if (settings_.faults) settings_.faults->check_up("write");
+        take_tokens(rows.size());
+        pause(settings_.write_latency);
+        std::size_t applied = 0;
+        for (const FencedRow& r : rows) {
+            DbFence& fence = fences_[r.key];
+            if (pthread_mutex_lock(&fence.lock) == EOWNERDEAD) {
+                pthread_mutex_consistent(&fence.lock);  // a fenced write is one store each
+            }
+            if (r.fence > fence.version) {
+                fence.version = r.fence;
+                rows_[r.key].store(r.deleted ? deleted_bit : r.version, std::memory_order_release);
+                ++applied;
+            }
+            pthread_mutex_unlock(&fence.lock);
+        }
+        writes_.fetch_add(rows.size(), std::memory_order_relaxed);
+        slice_writes_[slice()].fetch_add(rows.size(), std::memory_order_relaxed);
+        return applied;
+    }
+
+    /// The version of row k (0 when deleted).
     [[nodiscard]] std::uint64_t version(std::size_t k) const {
-        return rows_[k].load(std::memory_order_acquire);
+        const std::uint64_t v = rows_[k].load(std::memory_order_acquire);
+        return v & deleted_bit ? 0 : v;
+    }
+    [[nodiscard]] bool deleted(std::size_t k) const {
+        return (rows_[k].load(std::memory_order_acquire) & deleted_bit) != 0;
     }
     [[nodiscard]] std::uint64_t reads() const { return reads_.load(std::memory_order_relaxed); }
     [[nodiscard]] std::uint64_t writes() const { return writes_.load(std::memory_order_relaxed); }
@@ -271,6 +353,15 @@ public:
         out += '|';
         if (out.size() < size) out.append(size - out.size(), 'x');
         return out;
+    }
+
+    /// The row of a cache key (key_name's inverse).
+    static std::optional<std::size_t> parse_key(std::string_view s) {
+        std::size_t k = 0;
+        if (s.size() < 2 || s[0] != 'k') return std::nullopt;
+        const auto [end, ec] = std::from_chars(s.data() + 1, s.data() + s.size(), k);
+        if (ec != std::errc{} || end != s.data() + s.size()) return std::nullopt;
+        return k;
     }
 
     struct Parsed {
@@ -341,6 +432,8 @@ private:
     Settings settings_;
     std::unique_ptr<std::atomic<std::uint64_t>[]> owned_rows_;
     std::atomic<std::uint64_t>* rows_;
+    std::vector<DbFence> owned_fences_;
+    DbFence* fences_;
     Clock::time_point start_;
     std::size_t slices_;
     std::unique_ptr<std::atomic<std::uint64_t>[]> slice_reads_;
@@ -387,11 +480,21 @@ public:
     struct Modified {
         std::uint64_t version = 0;
         std::uint64_t base = 0;
+        bool absent = false;  ///< the change was applied to no row (it had been erased)
     };
     /// Whether the policy has a read-modify-write.
     [[nodiscard]] virtual bool modifies() const { return false; }
     virtual Modified modify(std::size_t /*instance*/, std::size_t /*k*/) {
         throw std::logic_error("this policy has no read-modify-write");
+    }
+    /// Whether the policy deletes rows (write-behind's erase).
+    [[nodiscard]] virtual bool erases() const { return false; }
+    /// Deletes row k through the policy; returns the delete's version once it is
+    /// acknowledged. `sending(version)` is called before the delete is sent, so a caller
+    /// knows which version may have landed even if the erase throws, or its process dies.
+    virtual std::uint64_t erase(std::size_t /*instance*/, std::size_t /*k*/,
+                                const std::function<void(std::uint64_t)>& /*sending*/) {
+        throw std::logic_error("this policy has no erase");
     }
     /// Drops row k's cached copies without changing the database (the policy's
     /// invalidate, or its tag's): a later read loads the row again.
@@ -408,6 +511,12 @@ struct VersionRow {
     pthread_mutex_t turn;
     std::uint64_t issued;
     std::uint64_t drawn;
+    /// The newest version an erase was sent with, acknowledged or not: no later write
+    /// takes it again (a delete that may have landed must stay older than what follows).
+    std::uint64_t erase_sent;
+    /// The newest acknowledged erase's version: whether the newest acknowledged write of
+    /// the row is a delete.
+    std::uint64_t erase_acknowledged;
 };
 
 /// Makes rows[0..n) ready: version 1 (the database's first), a robust lock (a writer killed
@@ -421,6 +530,8 @@ inline void init_version_rows(VersionRow* rows, std::size_t n, bool shared) {
         pthread_mutex_init(&rows[i].turn, &attr);
         rows[i].issued = 1;
         rows[i].drawn = 1;
+        rows[i].erase_sent = 0;
+        rows[i].erase_acknowledged = 0;
     }
     pthread_mutexattr_destroy(&attr);
 }

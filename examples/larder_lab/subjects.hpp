@@ -145,7 +145,8 @@ private:
 /// call. Write-behind writers of one row take turns (next): its queue keeps the latest put
 /// by arrival, so versions must reach it in the order they were issued (otherwise the lab,
 /// not the policy, would reorder them), and a version is used up only by a write that was
-/// acknowledged: the acknowledged versions of a row are 2, 3, ... with no gap. Write-through
+/// acknowledged or an erase that was sent: the acknowledged versions of a row are 2, 3, ...
+/// with a gap only where an erase failed. Write-through
 /// writers race (draw), as writers of one row do in production: the row version each
 /// returns from its database write is what orders them. Either way the database must end
 /// with the newest acknowledged version. The rows can live in memory shared by processes.
@@ -164,16 +165,23 @@ public:
     class Ticket {
     public:
         explicit Ticket(VersionRow& row) : row_(row) {
-            // A writer that died holding the turn left its row consistent: issued changes
-            // only after an acknowledgement, in one store.
+            // A writer that died holding the turn left its row consistent: each field
+            // changes in one store.
             if (pthread_mutex_lock(&row_.turn) == EOWNERDEAD) pthread_mutex_consistent(&row_.turn);
-            version = row_.issued + 1;
+            version = std::max(row_.issued, row_.erase_sent) + 1;
         }
         Ticket(const Ticket&) = delete;
         Ticket& operator=(const Ticket&) = delete;
         ~Ticket() { pthread_mutex_unlock(&row_.turn); }
+        /// An erase is about to be sent with this version: whatever becomes of it, no later
+        /// write reuses the version (a put that did may be identical to an unacknowledged
+        /// one; a delete is not).
+        void erasing() { row_.erase_sent = version; }
         /// The write was acknowledged: the version is taken.
-        void acknowledged() { row_.issued = version; }
+        void acknowledged() {
+            row_.issued = version;
+            if (row_.erase_sent == version) row_.erase_acknowledged = version;
+        }
 
     private:
         VersionRow& row_;

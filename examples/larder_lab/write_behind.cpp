@@ -1,7 +1,8 @@
 // write-behind in the lab: a write stores the value in the cache and the queue
 // (WriteBehind::put, or Near::put with an L1); the instances' flushers write batches to
-// the fake database, which keeps a row only if its version is newer. finish() drains the
-// queue, after which the runner compares the database with every acknowledged write.
+// the fake database, fenced on each entry's queue version (DirtyEntry::version), as an
+// application's UPDATE ... WHERE version < ? is. finish() drains the queue, after which
+// the runner compares the database with every acknowledged write.
 #include <memory>
 #include <optional>
 #include <span>
@@ -69,7 +70,7 @@ public:
 
     std::optional<std::string> read(std::size_t i, std::size_t k) override {
         Instance& in = instances_[i];
-        auto loader = [db = &db_, k] { return std::optional<std::string>(db->read(k)); };
+        auto loader = [db = &db_, k] { return db->read(k); };
         const std::string key = key_name(k);
         return in.near ? in.near->get(key, loader) : in.policy->get(key, loader);
     }
@@ -105,16 +106,30 @@ public:
     Modified modify(std::size_t i, std::size_t k) override {
         auto ticket = issuer_.next(k);
         const std::string next = FakeDb::make_value(k, ticket.version, db_.value_size());
-        std::uint64_t base = 0;
+        Modified m{.version = ticket.version};
         auto change = [&](std::string& value) {  // may run more than once: the last counts
+            // An erased row reaches the change as T{} (docs/write-behind.md).
             const auto parsed = FakeDb::parse_value(value);
-            base = parsed && parsed->key == k ? parsed->version : 0;
+            m.base = parsed && parsed->key == k ? parsed->version : 0;
+            m.absent = value.empty();
             value = next;
         };
-        auto loader = [db = &db_, k] { return std::optional<std::string>(db->read(k)); };
+        auto loader = [db = &db_, k] { return db->read(k); };
         front(instances_[i], [&](auto& cache) { (void)cache.modify(key_name(k), change, loader); });
         ticket.acknowledged();  // modify returned
-        return {ticket.version, base};
+        return m;
+    }
+
+    [[nodiscard]] bool erases() const override { return true; }
+
+    std::uint64_t erase(std::size_t i, std::size_t k,
+                        const std::function<void(std::uint64_t)>& sending) override {
+        auto ticket = issuer_.next(k);
+        ticket.erasing();
+        sending(ticket.version);
+        front(instances_[i], [&](auto& cache) { (void)cache.erase(key_name(k)); });
+        ticket.acknowledged();  // erase returned
+        return ticket.version;
     }
 
     std::vector<std::string> finish() override {
@@ -148,17 +163,22 @@ private:
     typename Policy::BatchWriter batch_writer() {
         return [db = &db_](std::span<const Entry> batch) {
             larder::BatchResult result;
-            std::vector<std::pair<std::size_t, std::uint64_t>> rows;
+            std::vector<FakeDb::FencedRow> rows;
             rows.reserve(batch.size());
             for (std::size_t i = 0; i < batch.size(); ++i) {
-                const auto parsed = FakeDb::parse_value(batch[i].value);
-                if (!parsed || parsed->key >= db->keys()) {
-                    result.fail(i, "not a lab value");
+                const Entry& e = batch[i];
+                const auto row = FakeDb::parse_key(e.key);
+                const auto parsed = FakeDb::parse_value(e.value);
+                if (!row || *row >= db->keys() || (!e.erased && (!parsed || parsed->key != *row))) {
+                    result.fail(i, "not a lab row");
                     continue;
                 }
-                rows.emplace_back(parsed->key, parsed->version);
+                rows.push_back({.key = *row,
+                                .fence = e.version,
+                                .version = e.erased ? 0 : parsed->version,
+                                .deleted = e.erased});
             }
-            db->write_rows(rows);
+            db->write_fenced(rows);
             return result;
         };
     }

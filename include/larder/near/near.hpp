@@ -7,10 +7,10 @@
 //    check), so a value read before a write cannot land in L1 after it, and never longer
 //    than the entry it copied stays fresh in the store.
 //  - Every write through Near (every policy's verbs: invalidate, invalidate_after,
-//    invalidate_tag, invalidate_version, set, put, modify, increment) goes to the policy first,
-//    then removes the key from this process's L1, then publishes it on the bus; every other process
-//    removes it from its own L1 when the message arrives. A message the bus cannot carry does not
-//    fail the write (it happened): it waits in an outbox, retried until the bus takes it.
+//    invalidate_tag, invalidate_version, set, put, modify, erase, increment) goes to the policy
+//    first, then removes the key from this process's L1, then publishes it on the bus; every other
+//    process removes it from its own L1 when the message arrives. A message the bus cannot carry
+//    does not fail the write (it happened): it waits in an outbox, retried until the bus takes it.
 //  - While the bus subscription is lost, L1 serves nothing (it cannot know what it
 //    missed); when the subscription is back, L1 starts again from empty - unless the bus
 //    replayed everything missed meanwhile (RedisBus's log), which keeps the hot set.
@@ -210,6 +210,17 @@ public:
     {
         return write(key, [&]() -> decltype(auto) {
             return policy_.modify(key, std::forward<Args>(args)...);
+        });
+    }
+
+    /// A write-behind policy's erase.
+    template <class... Args>
+    decltype(auto) erase(std::string_view key, Args&&... args) requires requires(Policy& p) {
+        p.erase(key, std::forward<Args>(args)...);
+    }
+    {
+        return write(key, [&]() -> decltype(auto) {
+            return policy_.erase(key, std::forward<Args>(args)...);
         });
     }
 
