@@ -69,7 +69,8 @@ enum class Fault {
     bus_disconnect,
     net_blackhole,
     net_slow,
-    net_reset
+    net_reset,
+    clock_step
 };
 
 struct FaultEntry {
@@ -118,6 +119,10 @@ constexpr FaultEntry fault_table[] = {
      Fault::net_blackhole, true},
     {"net-slow", "the proxy holds every chunk 5-50 ms in both directions", Fault::net_slow, true},
     {"net-reset", "the proxy resets every connection (RST) on both sides", Fault::net_reset, true},
+    {"clock-step",
+     "one worker's wall clock (every larder::Clock of its compositions) steps 0.5-3 s forward "
+     "or back, and back again after 0.3-1.5 s",
+     Fault::clock_step, false},
 };
 
 std::string fault_name(Fault f) {
@@ -177,11 +182,32 @@ struct EraseJournal {
     }
 };
 
+/// The wall clock of each worker process: the system's, stepped by clock-step. Monotonic
+/// time (steady_clock) does not step, so only what larder reads through a larder::Clock
+/// moves.
+struct WallClocks {
+    static constexpr std::size_t max_processes = 64;
+    std::atomic<std::int64_t> step_ms[max_processes] = {};
+
+    class Clock final : public larder::Clock {
+    public:
+        explicit Clock(const std::atomic<std::int64_t>& step) : step_(step) {}
+        [[nodiscard]] larder::TimePoint now() const noexcept override {
+            return larder::SystemClock::instance().now() +
+                   larder::Millis{step_.load(std::memory_order_relaxed)};
+        }
+
+    private:
+        const std::atomic<std::int64_t>& step_;
+    };
+};
+
 /// The head of a run's shared memory: the faults the database shows, how many workers
 /// have finished (the convergence pass waits for all of them), the stampede round, and
 /// the erase journal.
 struct Control {
     DbFaults faults;
+    WallClocks clocks;
     std::atomic<std::uint32_t> finished{0};
     std::atomic<bool> worker_killed{false};
     std::atomic<std::uint64_t> dead_lettered{0};  ///< write-behind entries given up on
@@ -464,7 +490,10 @@ int run_worker(const WorkerArgs& a) {
     const Spec spec = parse_spec(plan.spec);
     SharedRun shared(a.dir + "/shared", plan.keys, false);
     const std::size_t instances = instances_per_worker(plan);
-    const Options o = options_for(plan, instances);
+    // The process's wall clock, which clock-step moves.
+    const WallClocks::Clock wall(shared.control().clocks.step_ms[a.process]);
+    Options o = options_for(plan, instances);
+    o.clock = &wall;
     FakeDb db(FakeDb::Settings{.keys = plan.keys,
                                .value_size = o.value_size,
                                .read_latency = Micros{1000},
@@ -779,6 +808,10 @@ public:
                 hit_worker(f, pids, killed, shared, rng);
                 continue;
             }
+            if (f == Fault::clock_step) {
+                step_clock(shared.control().clocks, pids.size(), rng);
+                continue;
+            }
             inject(f, length, shared.faults(), rng
 #if defined(LARDER_LAB_HAVE_REDIS)
                    ,
@@ -840,6 +873,19 @@ private:
         ::kill(who, SIGSTOP);
         std::this_thread::sleep_for(Millis{std::uniform_int_distribution<int>(300, 1500)(rng)});
         ::kill(who, SIGCONT);
+    }
+
+    /// Steps one worker's wall clock forward or back (an NTP step, a VM resumed), then
+    /// back to the system's. Worker indexes stay valid after a kill: a killed worker's
+    /// clock steps unseen.
+    template <class Rng>
+    static void step_clock(WallClocks& clocks, std::size_t workers, Rng& rng) {
+        auto& step =
+            clocks.step_ms[std::uniform_int_distribution<std::size_t>(0, workers - 1)(rng)];
+        const int by = std::uniform_int_distribution<int>(500, 3000)(rng);
+        step.store(std::bernoulli_distribution(0.5)(rng) ? by : -by);
+        std::this_thread::sleep_for(Millis{std::uniform_int_distribution<int>(300, 1500)(rng)});
+        step.store(0);
     }
 
     template <class Rng>
@@ -1246,6 +1292,9 @@ Cli parse(int argc, char** argv) {
     }
     if (c.processes == 0 || c.threads == 0 || c.keys == 0) {
         throw UsageError("--processes, --threads and --keys must be at least 1");
+    }
+    if (c.processes > WallClocks::max_processes) {
+        throw UsageError("--processes: at most " + std::to_string(WallClocks::max_processes));
     }
     return c;
 }

@@ -27,6 +27,8 @@
 #include <utility>
 #include <vector>
 
+#include <larder/core/clock.hpp>
+
 namespace lab {
 
 using Clock = std::chrono::steady_clock;
@@ -86,6 +88,9 @@ struct Options {
     /// How long a read lease (and write-through's write lease) lives unless its holder
     /// extends it: what a stopped holder costs the others.
     Millis lease_ttl{10'000};
+    /// The wall clock every larder::Clock option of the composition reads (larder-check
+    /// steps it); null: the system's.
+    const larder::Clock* clock = nullptr;
 
     // What to run, where, and how to report it.
     std::vector<std::string> configs{"cache-aside"};

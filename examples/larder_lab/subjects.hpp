@@ -60,11 +60,19 @@ make_guard<larder::Guards<larder::XFetch, larder::Lock>>(const Options& o) {
 
 // ---- options shared by every policy ---------------------------------------------------
 
+/// The clock for an option whose default is `default_clock`: the run's wall clock (which
+/// larder-check steps, as NTP steps the system's) where the default is the system's wall
+/// clock, the default otherwise (a component on monotonic time does not see a step).
+inline const larder::Clock* wall_clock_for(const larder::Clock* default_clock, const Options& o) {
+    return o.clock && default_clock == &larder::SystemClock::instance() ? o.clock : default_clock;
+}
+
 inline larder::CacheAsideOptions read_options(const Options& o) {
     larder::CacheAsideOptions c;
     c.ttl = o.ttl;
     c.jitter.max_extra = o.ttl_jitter;
     c.lease_ttl = o.lease_ttl;
+    c.clock = wall_clock_for(c.clock, o);
     return c;
 }
 
@@ -90,7 +98,8 @@ public:
 
     Stores(const RunEnv& env, const Spec&)
         : backend_(larder::MemoryBackendOptions{
-              .max_entries = std::max<std::size_t>(1'000'000, env.options.keys * 4)}) {}
+              .max_entries = std::max<std::size_t>(1'000'000, env.options.keys * 4),
+              .clock = wall_clock_for(larder::MemoryBackendOptions{}.clock, env.options)}) {}
 
     larder::MemoryBackend& backend(std::size_t) { return backend_; }
     Bus& bus() { return bus_; }

@@ -1,14 +1,15 @@
 // MemoryBackend: the Backend concept in process memory. Sharded locks for concurrency,
-// millisecond TTLs on the injected clock, and a bound on entries and bytes enforced with
-// SIEVE eviction (Zhang et al., NSDI 2024): as simple as LRU, but a hit only sets a bit,
-// and a one-off scan cannot flush the hot set. Expired entries are reclaimed by the
-// operations themselves (a short sweep on every write), so no thread is needed.
+// millisecond TTLs on monotonic time (or an injected clock), and a bound on entries and bytes
+// enforced with SIEVE eviction (Zhang et al., NSDI 2024): as simple as LRU, but a hit only sets a
+// bit, and a one-off scan cannot flush the hot set. Expired entries are reclaimed by the operations
+// themselves (a short sweep on every write), so no thread is needed.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
 #include <bit>
 #include <charconv>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -32,13 +33,15 @@ struct MemoryBackendOptions {
     std::size_t max_bytes = std::size_t{512} << 20;
     /// Number of lock shards, rounded up to a power of two; 0 picks one from the core count.
     std::size_t shards = 0;
-    const Clock* clock = &SystemClock::instance();
+    /// What TTLs run on. nullptr: monotonic time. Expiry times never leave the process, so
+    /// they need no wall time, and a wall clock stepped back (NTP, a resumed VM) would
+    /// stretch every entry's life by the step. Tests pass a ManualClock.
+    const Clock* clock = nullptr;
 };
 
 class MemoryBackend {
 public:
-    explicit MemoryBackend(MemoryBackendOptions options = {})
-        : clock_(options.clock ? options.clock : &SystemClock::instance()) {
+    explicit MemoryBackend(MemoryBackendOptions options = {}) : clock_(options.clock) {
         std::size_t n = options.shards;
         if (n == 0) n = std::max<std::size_t>(8, 4 * std::thread::hardware_concurrency());
         n = std::min<std::size_t>(std::bit_ceil(n), 256);
@@ -343,7 +346,12 @@ private:
         return ec == std::errc{} && end == v.data() + v.size();
     }
 
-    [[nodiscard]] std::int64_t now_ms() const { return clock_->now().time_since_epoch().count(); }
+    [[nodiscard]] std::int64_t now_ms() const {
+        if (clock_) return clock_->now().time_since_epoch().count();
+        return std::chrono::duration_cast<Millis>(
+                   std::chrono::steady_clock::now().time_since_epoch())
+            .count();
+    }
 
     static std::int64_t expiry(std::int64_t now, Millis ttl) {
         return ttl.count() > 0 ? now + saturated(ttl).count() : 0;
