@@ -73,8 +73,11 @@ struct Counted {
     ~Counted() { --live; }
 };
 
-MemoryWriteBehind write_behind(larder::MemoryBackend& store, FakeDb& db, std::string prefix) {
-    return MemoryWriteBehind(store,
+// `queue`: another instance's (shared_store()): two processes on one store share the
+// write-behind queue, which in process memory is one object.
+MemoryWriteBehind write_behind(larder::MemoryBackend& store, FakeDb& db, std::string prefix,
+                               std::shared_ptr<MemoryWriteBehind::store_type> queue = nullptr) {
+    return MemoryWriteBehind(store, std::move(queue),
                              [&db](std::span<const MemoryWriteBehind::Entry> batch) {
                                  for (const auto& e : batch) db.write(e.key, e.value);
                                  return larder::BatchResult{};
@@ -99,7 +102,7 @@ TEST_CASE("Near wraps WriteBehind with every verb, and each write drops every L1
     larder::MemoryBus bus;
     FakeDb db;
     auto p1 = write_behind(store, db, "wb:");
-    auto p2 = write_behind(store, db, "wb:");
+    auto p2 = write_behind(store, db, "wb:", p1.shared_store());
     larder::Near n1(p1, bus), n2(p2, bus);  // two processes
     db.write("k", "1");
     auto load = [&] { return db.read("k"); };
@@ -148,10 +151,15 @@ TEST_CASE("Near wraps WriteBehind with every verb, and each write drops every L1
     REQUIRE(many[1] == "t1");
     REQUIRE(many[2] == std::nullopt);
 
-    REQUIRE(other_sees("2+"));
+    REQUIRE(n2.get("k", load) == "2+");
+    REQUIRE(other_sees("2+"));  // in n2's L1
     (void)n1.erase("k");
     REQUIRE(n2.l1().get(p2.full_key("k")) == std::nullopt);
     REQUIRE(n2.get("k", load) == std::nullopt);  // the queued delete, not the database's row
+    n2.invalidate("k");                          // the cached tombstone goes; the queue's stays
+    REQUIRE(n2.get("k", load) == std::nullopt);
+    REQUIRE(n2.modify(
+                "k", [](std::string& v) { v += "+"; }, load) == "+");  // built on no row
 }
 
 TEST_CASE("get_many through Near serves L1 copies without asking the store for them",

@@ -557,7 +557,8 @@ int run_worker(const WorkerArgs& a) {
                         } else if (op.erase) {
                             op.version = subject->erase(instance, op.key, [&](std::uint64_t v) {
                                 sent = v;
-                                shared.control().erases.add(op.key, v, op.start_ns);
+                                // When it is sent: after its turn came, not when the call began.
+                                shared.control().erases.add(op.key, v, now_ns());
                             });
                         } else {
                             op.version = subject->write(instance, op.key);
@@ -1018,12 +1019,12 @@ private:
         if (journal.size.load() > EraseJournal::capacity) {
             report.problems.push_back("the erase journal overflowed: shorten the run");
         }
-        const history::Erases erases(ops, journal.sent());
+        const history::Erases erases(journal.sent());
         const auto window = std::chrono::nanoseconds(staleness_window(spec, plan)).count();
         auto stale = history::check_reads(ops, floors, erases, window, 3, &report.stale);
         report.violations.insert(report.violations.end(), stale.begin(), stale.end());
         std::size_t lost_updates = 0;
-        auto modifies = history::check_modifies(ops, floors, erases, 3, &lost_updates);
+        auto modifies = history::check_modifies(ops, erases, 3, &lost_updates);
         report.lost += lost_updates;
         report.violations.insert(report.violations.end(), modifies.begin(), modifies.end());
         // An L1 may lag other instances' writes by its window, never its own instance's
@@ -1057,11 +1058,10 @@ private:
             const bool newest_is_erase = erase_acknowledged[key] == newest;
             // A deleted row holds the newest acknowledged write if that was an erase, or if
             // an erase sent after it may have landed (its caller was not told). A row that
-            // exists holds it if its version is newer, or the same and not an erase's.
+            // exists holds it if its version is that one's or newer (no two writes of a
+            // row share a version).
             const std::uint64_t lost = row.deleted
                                            ? (newest_is_erase || issued.erase_sent > newest ? 0 : 1)
-                                       : newest_is_erase && row.version <= newest
-                                           ? newest - row.version + 1
                                            : history::lost_writes(newest, row.version);
             if (lost == 0) continue;
             report.lost += lost;
@@ -1203,8 +1203,10 @@ const char* usage =
     "with its start and end, and checks the history:\n"
     "  - no read that started after a write was acknowledged returns an older version\n"
     "    (except within the documented windows: a TTL-only composition's TTL, an L1's TTL);\n"
-    "  - every read returns its own row's value;\n"
-    "  - every acknowledged write reaches the database (write-behind: by the final flush);\n"
+    "  - every read returns its own row's value, or no row only after an erase of it;\n"
+    "  - a read-modify-write (write-behind's modify) builds on the newest acknowledged value;\n"
+    "  - every acknowledged write reaches the database (write-behind: by the final flush;\n"
+    "    an acknowledged erase leaves the row deleted);\n"
     "  - after quiescence every row read through the composition is the database's row;\n"
     "  - when a cached copy expires under a crowd of readers, the database reads stay within\n"
     "    the guard's promise (Lock: one across processes), and at least one is made.\n"

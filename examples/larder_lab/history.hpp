@@ -22,10 +22,9 @@ namespace lab::history {
     return seen < floor;
 }
 
-/// Lost writes of a row: the acknowledged versions of a row are 2, 3, ... without gaps
-/// (writers take turns, a version is used up only when acknowledged, or by an erase that
-/// failed), so after the final flush the writes the database lacks are those above the
-/// version it holds (at most that many, where a failed erase left a gap).
+/// Lost writes of a row: writers take turns and their versions rise, so after the final
+/// flush the acknowledged writes the database lacks are those above the version it holds
+/// (at most newest - held of them: a write that failed left a gap).
 [[nodiscard]] constexpr std::uint64_t lost_writes(std::uint64_t newest_acknowledged,
                                                   std::uint64_t in_database) noexcept {
     return newest_acknowledged > in_database ? newest_acknowledged - in_database : 0;
@@ -112,21 +111,20 @@ private:
     std::map<std::uint64_t, std::vector<Op>> rows_;
 };
 
-/// Per row: every erase sent (acknowledged or not: one that failed may have landed) by
-/// start, with the running maximum of their versions. A read may find no row only if an
-/// erase at least as new as its floor had started before it returned.
+/// Per row: every erase sent (acknowledged or not: one that failed may have landed), each
+/// with the moment it was sent (an Op whose start_ns is that moment, from the erase
+/// journal every process writes before it sends one). A read may find no row only if an
+/// erase at least as new as its floor had been sent before it returned.
 class Erases {
 public:
-    /// `sent`: erases known only from when they were sent (their process's log is lost).
-    explicit Erases(std::span<const Op> ops, std::span<const Op> sent = {}) {
-        for (const auto part : {ops, sent}) {
-            for (const Op& op : part) {
-                if (op.kind == Kind::write && op.erase && op.version > 0) {
-                    rows_[op.key].push_back(op);
-                }
+    explicit Erases(std::span<const Op> sent) {
+        for (const Op& op : sent) {
+            if (op.kind == Kind::write && op.erase && op.version > 0) {
+                by_time_[op.key].push_back(op);
+                versions_[op.key].push_back(op.version);
             }
         }
-        for (auto& [key, erases] : rows_) {
+        for (auto& [key, erases] : by_time_) {
             std::sort(erases.begin(), erases.end(),
                       [](const Op& a, const Op& b) { return a.start_ns < b.start_ns; });
             for (std::size_t i = 1; i < erases.size(); ++i) {
@@ -134,12 +132,13 @@ public:
                     erases[i].version = erases[i - 1].version;
             }
         }
+        for (auto& [key, versions] : versions_) std::sort(versions.begin(), versions.end());
     }
 
     /// The newest version of an erase of `key` sent before `t_ns` (0: none).
     [[nodiscard]] std::uint64_t newest_sent_before(std::uint64_t key, std::int64_t t_ns) const {
-        const auto it = rows_.find(key);
-        if (it == rows_.end()) return 0;
+        const auto it = by_time_.find(key);
+        if (it == by_time_.end()) return 0;
         const auto& erases = it->second;
         const auto upper =
             std::lower_bound(erases.begin(), erases.end(), t_ns,
@@ -155,8 +154,17 @@ public:
         return newest > 0 && newest >= floor;
     }
 
+    /// Whether an erase of `key` was sent with a version in [from, to).
+    [[nodiscard]] bool sent_between(std::uint64_t key, std::uint64_t from, std::uint64_t to) const {
+        const auto it = versions_.find(key);
+        if (it == versions_.end()) return false;
+        const auto at = std::lower_bound(it->second.begin(), it->second.end(), from);
+        return at != it->second.end() && *at < to;
+    }
+
 private:
-    std::map<std::uint64_t, std::vector<Op>> rows_;
+    std::map<std::uint64_t, std::vector<Op>> by_time_;
+    std::map<std::uint64_t, std::vector<std::uint64_t>> versions_;
 };
 
 /// The operations on `key` that overlap [from_ns, to_ns], in start order, at most `limit`
@@ -208,7 +216,9 @@ inline std::vector<Violation> check_reads(std::span<const Op> ops, const Floors&
             wrong(op, "the read returned an unparsable value or another row's");
             continue;
         }
-        const Op floor = floors.floor_at(op.key, op.start_ns, window_ns);
+        // No window for a read that found no row: no copy of "no row" outlives a write
+        // (an L1 keeps none, and a put replaces the store's tombstone).
+        const Op floor = floors.floor_at(op.key, op.start_ns, op.absent ? 0 : window_ns);
         if (op.absent) {
             if (erases.explain_absence(op.key, op.end_ns, floor.version)) continue;
             if (erases.newest_sent_before(op.key, op.end_ns) == 0) {
@@ -230,29 +240,47 @@ inline std::vector<Violation> check_reads(std::span<const Op> ops, const Floors&
     return out;
 }
 
-/// Every read-modify-write that built on an older version than the newest write
-/// acknowledged before it started (or on no row, where no erase that new explains it):
-/// its change was applied to a lost value.
-inline std::vector<Violation> check_modifies(std::span<const Op> ops, const Floors& floors,
-                                             const Erases& erases, std::size_t max_reported,
+/// Every read-modify-write that did not build on the write before it: its change was
+/// applied to a lost value. Writers of a row take turns and their versions rise in the
+/// order they ran (write-behind's writers in the lab), so a modify with version V ran
+/// after every write below V had returned; it must build on the newest acknowledged one
+/// or a newer one (a write that failed may have landed), or, if it found no row, follow an
+/// erase sent since that write.
+inline std::vector<Violation> check_modifies(std::span<const Op> ops, const Erases& erases,
+                                             std::size_t max_reported,
                                              std::size_t* lost_count = nullptr) {
+    std::map<std::uint64_t, std::vector<const Op*>> acknowledged;  // by version
+    for (const Op& op : ops) {
+        if (op.kind == Kind::write && op.ok && op.version > 0) acknowledged[op.key].push_back(&op);
+    }
+    for (auto& [key, writes] : acknowledged) {
+        std::sort(writes.begin(), writes.end(),
+                  [](const Op* a, const Op* b) { return a->version < b->version; });
+    }
     std::vector<Violation> out;
     std::size_t lost = 0;
     for (const Op& op : ops) {
         if (op.kind != Kind::write || !op.modify || !op.ok) continue;
-        const Op floor = floors.floor_at(op.key, op.start_ns, 0);
-        if (op.absent ? erases.explain_absence(op.key, op.end_ns, floor.version)
-                      : op.base >= floor.version) {
+        const auto& writes = acknowledged[op.key];
+        const auto next =
+            std::lower_bound(writes.begin(), writes.end(), op.version,
+                             [](const Op* w, std::uint64_t v) { return w->version < v; });
+        if (next == writes.begin()) continue;  // no acknowledged write before it is known
+        const Op& before = **(next - 1);
+        if (op.absent ? erases.sent_between(op.key, before.version, op.version)
+                      : op.base >= before.version) {
             continue;
         }
         ++lost;
         if (out.size() < max_reported) {
-            out.push_back(behind_floor(
-                ops, op, floor, "a read-modify-write builds on the newest acknowledged value",
-                "a modify",
-                (op.absent ? std::string("changed no row")
-                           : "changed version " + std::to_string(op.base)) +
-                    " (and wrote " + std::to_string(op.version) + ")"));
+            out.push_back(
+                {"a read-modify-write builds on the newest acknowledged value",
+                 "row " + std::to_string(op.key) + ": the modify that wrote version " +
+                     std::to_string(op.version) + ", after version " +
+                     std::to_string(before.version) + " was acknowledged, " +
+                     (op.absent ? std::string("found no row")
+                                : "changed version " + std::to_string(op.base)),
+                 slice_of(ops, op.key, std::min(before.start_ns, op.start_ns), op.end_ns)});
         }
     }
     if (lost_count) *lost_count = lost;

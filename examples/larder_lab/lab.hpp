@@ -516,8 +516,10 @@ struct VersionRow {
     pthread_mutex_t turn;
     std::uint64_t issued;
     std::uint64_t drawn;
-    /// The newest version an erase was sent with, acknowledged or not: no later write
-    /// takes it again (a delete that may have landed must stay older than what follows).
+    /// The newest version a writer taking turns was given, acknowledged or not: no later
+    /// write takes it again (a write that failed may still have landed).
+    std::uint64_t sent;
+    /// The newest version an erase was sent with, acknowledged or not.
     std::uint64_t erase_sent;
     /// The newest acknowledged erase's version: whether the newest acknowledged write of
     /// the row is a delete.
@@ -535,6 +537,7 @@ inline void init_version_rows(VersionRow* rows, std::size_t n, bool shared) {
         pthread_mutex_init(&rows[i].turn, &attr);
         rows[i].issued = 1;
         rows[i].drawn = 1;
+        rows[i].sent = 1;
         rows[i].erase_sent = 0;
         rows[i].erase_acknowledged = 0;
     }

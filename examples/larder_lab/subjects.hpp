@@ -153,10 +153,10 @@ private:
 /// Write-through and write-behind writes carry their value, and so its version, into the
 /// call. Write-behind writers of one row take turns (next): its queue keeps the latest put
 /// by arrival, so versions must reach it in the order they were issued (otherwise the lab,
-/// not the policy, would reorder them), and a version is used up only by a write that was
-/// acknowledged or an erase that was sent: the acknowledged versions of a row are 2, 3, ...
-/// with a gap only where an erase failed. Write-through
-/// writers race (draw), as writers of one row do in production: the row version each
+/// not the policy, would reorder them), and every version given out is used up, whether
+/// its write is acknowledged or fails (it may still land): the versions of one row's
+/// writes rise in the order the writes ran. Write-through writers race (draw), as writers
+/// of one row do in production: the row version each
 /// returns from its database write is what orders them. Either way the database must end
 /// with the newest acknowledged version. The rows can live in memory shared by processes.
 class VersionIssuer {
@@ -177,14 +177,12 @@ public:
             // A writer that died holding the turn left its row consistent: each field
             // changes in one store.
             if (pthread_mutex_lock(&row_.turn) == EOWNERDEAD) pthread_mutex_consistent(&row_.turn);
-            version = std::max(row_.issued, row_.erase_sent) + 1;
+            version = ++row_.sent;
         }
         Ticket(const Ticket&) = delete;
         Ticket& operator=(const Ticket&) = delete;
         ~Ticket() { pthread_mutex_unlock(&row_.turn); }
-        /// An erase is about to be sent with this version: whatever becomes of it, no later
-        /// write reuses the version (a put that did may be identical to an unacknowledged
-        /// one; a delete is not).
+        /// The write is an erase.
         void erasing() { row_.erase_sent = version; }
         /// The write was acknowledged: the version is taken.
         void acknowledged() {

@@ -11,6 +11,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdint>
+#include <ctime>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -33,9 +34,10 @@ struct MemoryBackendOptions {
     std::size_t max_bytes = std::size_t{512} << 20;
     /// Number of lock shards, rounded up to a power of two; 0 picks one from the core count.
     std::size_t shards = 0;
-    /// What TTLs run on. nullptr: monotonic time. Expiry times never leave the process, so
-    /// they need no wall time, and a wall clock stepped back (NTP, a resumed VM) would
-    /// stretch every entry's life by the step. Tests pass a ManualClock.
+    /// What TTLs run on. nullptr: time since boot, which never steps (CLOCK_BOOTTIME, or
+    /// steady_clock where there is none). Expiry times never leave the process, so they
+    /// need no wall time, and a wall clock stepped back (NTP, a resumed VM) would stretch
+    /// every entry's life by the step. Tests pass a ManualClock.
     const Clock* clock = nullptr;
 };
 
@@ -346,11 +348,19 @@ private:
         return ec == std::errc{} && end == v.data() + v.size();
     }
 
+    // Time that never steps and, where the system has it, goes on during a suspend (an
+    // entry's TTL is time that passed, asleep or not; CLOCK_MONOTONIC stops).
     [[nodiscard]] std::int64_t now_ms() const {
         if (clock_) return clock_->now().time_since_epoch().count();
+#if defined(CLOCK_BOOTTIME)
+        timespec ts{};
+        clock_gettime(CLOCK_BOOTTIME, &ts);
+        return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
+#else
         return std::chrono::duration_cast<Millis>(
                    std::chrono::steady_clock::now().time_since_epoch())
             .count();
+#endif
     }
 
     static std::int64_t expiry(std::int64_t now, Millis ttl) {
@@ -362,7 +372,9 @@ private:
         return Millis{n->expires_at - now};
     }
 
-    Shard& shard(std::string_view key) { return shards_[Hash{}(key)&mask_]; }
+    Shard& shard(std::string_view key) {
+        return shards_[Hash{}(key)&mask_];
+    }
 
     const Clock* clock_;
     std::vector<Shard> shards_;

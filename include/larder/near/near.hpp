@@ -5,7 +5,9 @@
 //  - A miss goes to the policy (and so to the shared store and the database); the value
 //    is kept in L1 only if no invalidation of that key arrived meanwhile (a generation
 //    check), so a value read before a write cannot land in L1 after it, and never longer
-//    than the entry it copied stays fresh in the store.
+//    than the L1 TTL, nor than the entry it copied stays fresh as wall clocks tell it (the
+//    writer stamps the envelope; a reader whose clock is behind, or stepped back, keeps
+//    the copy longer than the store does, up to the L1 TTL).
 //  - Every write through Near (every policy's verbs: invalidate, invalidate_after,
 //    invalidate_tag, invalidate_version, set, put, modify, erase, increment) goes to the policy
 //    first, then removes the key from this process's L1, then publishes it on the bus; every other
