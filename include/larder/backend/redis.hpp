@@ -570,6 +570,10 @@ private:
             Counters::bump(counters_.errors);
             breaker_.failed(ticket, e.what());
             throw;
+        } catch (const ClusterRedirectError&) {
+            Counters::bump(counters_.errors);
+            breaker_.succeeded(ticket);  // the server answered: it is only the wrong one
+            throw;
         } catch (...) {
             breaker_.abandoned(ticket);
             throw;

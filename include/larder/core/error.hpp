@@ -84,4 +84,13 @@ public:
     using Error::Error;
 };
 
+/// A backend for one Redis server is pointed at a Redis Cluster node: the node redirected a
+/// command to another (MOVED, ASK) or refused keys of several slots (CROSSSLOT). Not a
+/// BackendError: a cache that fell back to its loader on it would hide the mistake behind
+/// a database load per read, so reads fail with it instead.
+class ClusterRedirectError : public ConfigError {
+public:
+    using ConfigError::ConfigError;
+};
+
 }  // namespace larder

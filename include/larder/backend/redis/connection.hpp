@@ -115,6 +115,12 @@ struct Counters {
     return false;
 }
 
+// A Redis Cluster node's answer to a command for keys it does not serve alone.
+[[nodiscard]] inline bool means_cluster(std::string_view error) noexcept {
+    const std::string_view word = error.substr(0, error.find(' '));
+    return word == "MOVED" || word == "ASK" || word == "CROSSSLOT";
+}
+
 [[nodiscard]] inline bool means_unauthenticated(std::string_view error) noexcept {
     const std::string_view word = error.substr(0, error.find(' '));
     return word == "NOAUTH" || word == "WRONGPASS";
@@ -140,6 +146,12 @@ inline void check(const redisReply& r, std::string_view what) {
     if (means_unauthenticated(text)) {
         throw ConnectionError("redis " + std::string(what) +
                               ": authentication failed: " + std::string(text));
+    }
+    if (means_cluster(text)) {
+        throw ClusterRedirectError(
+            "redis " + std::string(what) + ": " + std::string(text) +
+            ": the server is a Redis Cluster node, and RedisBackend talks to one server (a "
+            "standalone Redis or a primary): point it at one, or use a cluster-aware backend");
     }
     throw ReplyError("redis " + std::string(what) + ": " + std::string(text),
                      means_unavailable(text));

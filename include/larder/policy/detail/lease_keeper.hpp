@@ -88,7 +88,8 @@ private:
                     if (backend_.compare_and_expire(entry.first, entry.second, lease_ttl_)) {
                         ++extended;
                     }
-                } catch (const BackendError&) {
+                } catch (const std::exception&) {
+                    // Whatever the store threw: this thread must not end the process.
                     // The lease runs out; the fill is fenced anyway.
                 }
             }

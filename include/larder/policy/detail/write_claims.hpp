@@ -102,7 +102,8 @@ private:
                     const std::size_t n = store_.extend(claim.keys, claim_ttl_, claim.token);
                     forfeited += claim.keys.size() - std::min(n, claim.keys.size());
                     reached = true;
-                } catch (const BackendError&) {
+                } catch (const std::exception&) {
+                    // Whatever the store threw: this thread must not end the process.
                     // The claims may run out: the entries are then flushed again by
                     // someone else, which a version-fenced database write makes harmless.
                 }
