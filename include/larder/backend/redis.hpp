@@ -548,6 +548,10 @@ private:
             Counters::bump(counters_.timeouts);
             breaker_.abandoned(ticket);
             throw;
+        } catch (const ClusterRedirectError&) {
+            Counters::bump(counters_.errors);
+            breaker_.succeeded(ticket);  // the server answered: it is only the wrong one
+            throw;
         } catch (const redis_detail::ReplyError& e) {
             Counters::bump(counters_.errors);
             if (e.server_unavailable()) {
@@ -569,10 +573,6 @@ private:
         } catch (const BackendError& e) {
             Counters::bump(counters_.errors);
             breaker_.failed(ticket, e.what());
-            throw;
-        } catch (const ClusterRedirectError&) {
-            Counters::bump(counters_.errors);
-            breaker_.succeeded(ticket);  // the server answered: it is only the wrong one
             throw;
         } catch (...) {
             breaker_.abandoned(ticket);

@@ -19,6 +19,16 @@ public:
     using Error::Error;
 };
 
+/// A backend for one Redis server is pointed at a Redis Cluster node: the node redirected a
+/// command to another (MOVED, ASK) or refused keys of several slots (CROSSSLOT). A store
+/// failure like any other for what cleans up after one (leases, claims, drains), except
+/// that a cache read does not load around it: that would hide the mistake behind a
+/// database load per read, so the read fails with it instead.
+class ClusterRedirectError : public BackendError {
+public:
+    using BackendError::BackendError;
+};
+
 /// The store did not answer within its deadline.
 class TimeoutError : public BackendError {
 public:
@@ -82,15 +92,6 @@ public:
 class ConfigError : public Error {
 public:
     using Error::Error;
-};
-
-/// A backend for one Redis server is pointed at a Redis Cluster node: the node redirected a
-/// command to another (MOVED, ASK) or refused keys of several slots (CROSSSLOT). Not a
-/// BackendError: a cache that fell back to its loader on it would hide the mistake behind
-/// a database load per read, so reads fail with it instead.
-class ClusterRedirectError : public ConfigError {
-public:
-    using ConfigError::ConfigError;
 };
 
 }  // namespace larder

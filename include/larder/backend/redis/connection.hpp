@@ -115,10 +115,28 @@ struct Counters {
     return false;
 }
 
-// A Redis Cluster node's answer to a command for keys it does not serve alone.
+// A Redis Cluster node's answer to a command for keys it does not serve alone: "MOVED
+// <slot> <host:port>", "ASK <slot> <host:port>", or CROSSSLOT.
 [[nodiscard]] inline bool means_cluster(std::string_view error) noexcept {
-    const std::string_view word = error.substr(0, error.find(' '));
-    return word == "MOVED" || word == "ASK" || word == "CROSSSLOT";
+    const auto space = error.find(' ');
+    const std::string_view word = error.substr(0, space);
+    if (word == "CROSSSLOT") return true;
+    if (word != "MOVED" && word != "ASK") return false;
+    const std::string_view rest = space == std::string_view::npos ? "" : error.substr(space + 1);
+    const auto gap = rest.find(' ');
+    const std::string_view slot = rest.substr(0, gap);
+    if (slot.empty() || slot.size() > 5 ||
+        slot.find_first_not_of("0123456789") != std::string_view::npos) {
+        return false;
+    }
+    return gap != std::string_view::npos && rest.find(':', gap) != std::string_view::npos;
+}
+
+[[noreturn]] inline void throw_cluster_redirect(std::string_view what, std::string_view text) {
+    throw ClusterRedirectError(
+        "redis " + std::string(what) + ": " + std::string(text) +
+        ": the server is a Redis Cluster node, and RedisBackend talks to one server (a "
+        "standalone Redis or a primary): point it at one, or use a cluster-aware backend");
 }
 
 [[nodiscard]] inline bool means_unauthenticated(std::string_view error) noexcept {
@@ -147,12 +165,7 @@ inline void check(const redisReply& r, std::string_view what) {
         throw ConnectionError("redis " + std::string(what) +
                               ": authentication failed: " + std::string(text));
     }
-    if (means_cluster(text)) {
-        throw ClusterRedirectError(
-            "redis " + std::string(what) + ": " + std::string(text) +
-            ": the server is a Redis Cluster node, and RedisBackend talks to one server (a "
-            "standalone Redis or a primary): point it at one, or use a cluster-aware backend");
-    }
+    if (means_cluster(text)) throw_cluster_redirect(what, text);
     throw ReplyError("redis " + std::string(what) + ": " + std::string(text),
                      means_unavailable(text));
 }

@@ -124,6 +124,7 @@ private:
 
     void remember(const redisReply& loaded) {
         if (loaded.type == REDIS_REPLY_ERROR) {
+            if (means_cluster(text_of(loaded))) throw_cluster_redirect(name_, text_of(loaded));
             throw ReplyError("redis: cannot load the " + std::string(name_) +
                                  " script (Redis must allow SCRIPT LOAD, EVAL and EVALSHA): " +
                                  std::string(text_of(loaded)),
@@ -141,6 +142,7 @@ private:
         if (result->type == REDIS_REPLY_ERROR) {
             const std::string_view text = text_of(*result);
             if (means_unauthenticated(text)) check(*result, name_);
+            if (means_cluster(text)) throw_cluster_redirect(name_, text);
             throw ReplyError(
                 "redis: the " + std::string(name_) + " script failed: " + std::string(text),
                 means_unavailable(text));

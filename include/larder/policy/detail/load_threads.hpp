@@ -69,7 +69,12 @@ public:
                     // Everything the job holds (a lease's hold, the loader) goes before
                     // the count does: destruction may follow at once.
                     Job run = std::move(job);
-                    run();
+                    try {
+                        run();
+                    } catch (...) {
+                        // A job reports through what it shares with its caller; whatever
+                        // else escapes it must not end the process.
+                    }
                 }
                 std::lock_guard lock(mutex_);
                 if (--running_ == 0) idle_.notify_all();

@@ -235,6 +235,9 @@ public:
             }
             for (std::size_t i = 0; i < keys.size(); ++i) reads[i] = classify(std::move(stored[i]));
             admit(reads, known);
+        } catch (const ClusterRedirectError&) {
+            stats_.add(Counter::backend_errors);
+            throw;  // a misconfiguration, not an outage: loading around it would hide it
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
             read_failed = true;
@@ -635,6 +638,9 @@ private:
                 r = classify(std::move(stored[0]));
             }
             admit(std::span<Read>(&r, 1), stamp);
+        } catch (const ClusterRedirectError&) {
+            stats_.add(Counter::backend_errors);
+            throw;  // a misconfiguration, not an outage: loading around it would hide it
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);
             return Read{.state = Read::unknown};
@@ -1261,7 +1267,13 @@ private:
         // taken: if the bytes changed, its value is the refresh. The re-read is a full
         // read(): it also gives the tag versions this refresh stamps.
         std::vector<TagVersion> stamp;
-        Read now = read(full, tags, stamp, is_adaptive_loader_v<L>);
+        Read now;
+        try {
+            now = read(full, tags, stamp, is_adaptive_loader_v<L>);
+        } catch (...) {
+            release(lease_key, lease);
+            throw;
+        }
         if (now.state == Read::unknown || !create_missing_versions(stamp)) {
             release(lease_key, lease);
             return std::nullopt;
