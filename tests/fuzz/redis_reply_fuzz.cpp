@@ -3,7 +3,8 @@
 // it), and every reply it yields goes through the conversions:
 //  - to_reply (RedisBackend::command and eval): a faithful deep copy, and RESP written
 //    from that copy reads back as the same reply (decode(encode(x)) == x);
-//  - check: throws ConnectionError or ReplyError for an error reply, nothing otherwise;
+//  - check: throws ConnectionError, ClusterRedirectError (a redirect's shape only) or
+//    ReplyError for an error reply, nothing otherwise;
 //  - value_reply, mget_reply, stored_value (with the next reply as PTTL's),
 //    set_if_absent_reply and integer_reply: return what the reply says, or throw
 //    BackendError, nothing else;
@@ -151,6 +152,8 @@ void convert(const redisReply& r, const redisReply& next) {
         check(!is_error);
     } catch (const larder::ConnectionError&) {
         check(is_error);
+    } catch (const larder::ClusterRedirectError&) {
+        check(is_error && rd::means_cluster(rd::text_of(r)));
     } catch (const rd::ReplyError&) {
         check(is_error);
     }
