@@ -9,6 +9,7 @@
 #include <larder/backend/redis.hpp>
 #include <larder/backend/redis/cluster_slots.hpp>
 #include <larder/core/error.hpp>
+#include <larder/core/keys.hpp>
 #include <larder/policy/cache_aside.hpp>
 
 #include <atomic>
@@ -119,15 +120,15 @@ TEST_CASE("A RedisBackend pointed at a cluster node fails loudly, and a cache do
     CHECK(backend.breaker_state() == larder::BreakerState::closed);
 }
 
-TEST_CASE("key_slot is CLUSTER KEYSLOT, hash tags included", "[redis][cluster]") {
+TEST_CASE("keys::slot is CLUSTER KEYSLOT, hash tags included", "[redis][cluster]") {
     // The reference value from the Redis Cluster specification: CRC16 of "123456789".
-    STATIC_REQUIRE(larder::redis_detail::crc16("123456789") == 0x31C3);
-    STATIC_REQUIRE(larder::key_slot("{user1000}.following") ==
-                   larder::key_slot("{user1000}.followers"));
-    CHECK(larder::hash_tag_of("foo{}{bar}") == "foo{}{bar}");  // an empty tag: the whole key
-    CHECK(larder::hash_tag_of("foo{{bar}}zap") == "{bar");
-    CHECK(larder::hash_tag_of("foo{bar}{zap}") == "bar");
-    CHECK(larder::hash_tag_of("no{tag") == "no{tag");
+    STATIC_REQUIRE(larder::keys::crc16("123456789") == 0x31C3);
+    STATIC_REQUIRE(larder::keys::slot("{user1000}.following") ==
+                   larder::keys::slot("{user1000}.followers"));
+    CHECK(larder::keys::hash_tag("foo{}{bar}") == "foo{}{bar}");  // an empty tag: the whole key
+    CHECK(larder::keys::hash_tag("foo{{bar}}zap") == "{bar");
+    CHECK(larder::keys::hash_tag("foo{bar}{zap}") == "bar");
+    CHECK(larder::keys::hash_tag("no{tag") == "no{tag");
 
     RedisCluster& cluster = shared_cluster();
     std::vector<std::string> keys{"", "{", "}", "{}", "a{b}c", "{a}{b}", "{{a}}", "x}y{z}"};
@@ -144,7 +145,7 @@ TEST_CASE("key_slot is CLUSTER KEYSLOT, hash tags included", "[redis][cluster]")
     }
     for (const auto& key : keys) {
         INFO("key " << key);
-        CHECK(larder::key_slot(key) == cluster.slot_of(key));
+        CHECK(larder::keys::slot(key) == cluster.slot_of(key));
     }
 }
 
@@ -158,7 +159,7 @@ TEST_CASE("A SlotMap read from CLUSTER SLOTS routes every slot to the node that 
     REQUIRE(map.ranges().size() == cluster.size());
     for (std::size_t i = 0; i < cluster.size(); ++i) {
         const std::string key = cluster.key_on(i, "route");
-        const larder::ClusterNode* primary = map.primary_of(larder::key_slot(key));
+        const larder::ClusterNode* primary = map.primary_of(larder::keys::slot(key));
         REQUIRE(primary != nullptr);
         CHECK(primary->port == cluster.node(i).port());
         CHECK(primary->host == cluster.node(i).host());

@@ -66,6 +66,16 @@ struct Violation {
     std::vector<Op> slice;  ///< the operations on the row around it, in start order
 };
 
+/// Sorts `ops` by `less`, then makes each version the largest up to it: a binary search by
+/// time then finds the newest version of everything before.
+template <class Less>
+void sort_with_running_max(std::vector<Op>& ops, Less less) {
+    std::sort(ops.begin(), ops.end(), less);
+    for (std::size_t i = 1; i < ops.size(); ++i) {
+        ops[i].version = std::max(ops[i].version, ops[i - 1].version);
+    }
+}
+
 /// Per row: acknowledged writes sorted by end, with the running maximum of their versions,
 /// so the floor of a read is one binary search.
 class Floors {
@@ -75,12 +85,8 @@ public:
             if (op.kind == Kind::write && op.ok && op.version > 0) rows_[op.key].push_back(op);
         }
         for (auto& [key, writes] : rows_) {
-            std::sort(writes.begin(), writes.end(),
-                      [](const Op& a, const Op& b) { return a.end_ns < b.end_ns; });
-            for (std::size_t i = 1; i < writes.size(); ++i) {
-                if (writes[i].version < writes[i - 1].version)
-                    writes[i].version = writes[i - 1].version;
-            }
+            sort_with_running_max(writes,
+                                  [](const Op& a, const Op& b) { return a.end_ns < b.end_ns; });
         }
     }
 
@@ -125,12 +131,8 @@ public:
             }
         }
         for (auto& [key, erases] : by_time_) {
-            std::sort(erases.begin(), erases.end(),
-                      [](const Op& a, const Op& b) { return a.start_ns < b.start_ns; });
-            for (std::size_t i = 1; i < erases.size(); ++i) {
-                if (erases[i].version < erases[i - 1].version)
-                    erases[i].version = erases[i - 1].version;
-            }
+            sort_with_running_max(erases,
+                                  [](const Op& a, const Op& b) { return a.start_ns < b.start_ns; });
         }
         for (auto& [key, versions] : versions_) std::sort(versions.begin(), versions.end());
     }

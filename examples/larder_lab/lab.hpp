@@ -168,17 +168,23 @@ struct DbFence {
     std::uint64_t version;
 };
 
-/// Makes fences[0..n) ready (fence 0), shared between processes if `shared`.
-inline void init_db_fences(DbFence* fences, std::size_t n, bool shared) {
+/// A robust mutex (one whose holder died is handed to the next locker with EOWNERDEAD),
+/// shared between processes if `shared`.
+inline void init_robust_mutex(pthread_mutex_t& m, bool shared) {
     pthread_mutexattr_t attr;
     pthread_mutexattr_init(&attr);
     pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
     if (shared) pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    pthread_mutex_init(&m, &attr);
+    pthread_mutexattr_destroy(&attr);
+}
+
+/// Makes fences[0..n) ready (fence 0), shared between processes if `shared`.
+inline void init_db_fences(DbFence* fences, std::size_t n, bool shared) {
     for (std::size_t i = 0; i < n; ++i) {
-        pthread_mutex_init(&fences[i].lock, &attr);
+        init_robust_mutex(fences[i].lock, shared);
         fences[i].version = 0;
     }
-    pthread_mutexattr_destroy(&attr);
 }
 
 /// Reads and writes "rows" that are just versions. A row's value is "k<id>|<version>|"
@@ -529,19 +535,14 @@ struct VersionRow {
 /// Makes rows[0..n) ready: version 1 (the database's first), a robust lock (a writer killed
 /// while holding it does not stop the others), shared between processes if `shared`.
 inline void init_version_rows(VersionRow* rows, std::size_t n, bool shared) {
-    pthread_mutexattr_t attr;
-    pthread_mutexattr_init(&attr);
-    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    if (shared) pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
     for (std::size_t i = 0; i < n; ++i) {
-        pthread_mutex_init(&rows[i].turn, &attr);
+        init_robust_mutex(rows[i].turn, shared);
         rows[i].issued = 1;
         rows[i].drawn = 1;
         rows[i].sent = 1;
         rows[i].erase_sent = 0;
         rows[i].erase_acknowledged = 0;
     }
-    pthread_mutexattr_destroy(&attr);
 }
 
 struct RunEnv {

@@ -1,10 +1,9 @@
-// Redis Cluster's key space: the slot of a key (CRC16 of the key, or of its hash tag) and
-// the map from slots to the nodes that serve them, as CLUSTER SLOTS reports it. Pure
-// functions over bytes and replies: no I/O, so they are tested and fuzzed on their own.
+// Redis Cluster's key space: the map from slots to the nodes that serve them, as CLUSTER
+// SLOTS reports it (a key's slot is keys::slot). A pure function over a reply: no I/O, so
+// it is tested on its own.
 #pragma once
 
 #include <algorithm>
-#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -18,46 +17,6 @@ namespace larder {
 
 /// How many slots a Redis Cluster splits its keys into.
 inline constexpr std::uint16_t cluster_slot_count = 16384;
-
-namespace redis_detail {
-
-// CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, as Redis Cluster uses.
-inline constexpr std::array<std::uint16_t, 256> crc16_table = [] {
-    std::array<std::uint16_t, 256> table{};
-    for (std::uint32_t byte = 0; byte < 256; ++byte) {
-        std::uint32_t crc = byte << 8;
-        for (int bit = 0; bit < 8; ++bit) crc = (crc & 0x8000) ? (crc << 1) ^ 0x1021 : crc << 1;
-        table[byte] = static_cast<std::uint16_t>(crc);
-    }
-    return table;
-}();
-
-[[nodiscard]] constexpr std::uint16_t crc16(std::string_view bytes) noexcept {
-    std::uint16_t crc = 0;
-    for (const char c : bytes) {
-        const auto b = static_cast<unsigned char>(c);
-        crc = static_cast<std::uint16_t>((crc << 8) ^ crc16_table[((crc >> 8) ^ b) & 0xff]);
-    }
-    return crc;
-}
-
-}  // namespace redis_detail
-
-/// The part of `key` its slot is computed from: the bytes between the first '{' and the
-/// first '}' after it, if there are any (a hash tag: keys that share one share a slot);
-/// otherwise the whole key.
-[[nodiscard]] constexpr std::string_view hash_tag_of(std::string_view key) noexcept {
-    const auto open = key.find('{');
-    if (open == std::string_view::npos) return key;
-    const auto close = key.find('}', open + 1);
-    if (close == std::string_view::npos || close == open + 1) return key;
-    return key.substr(open + 1, close - open - 1);
-}
-
-/// The cluster slot of `key` (what CLUSTER KEYSLOT answers).
-[[nodiscard]] constexpr std::uint16_t key_slot(std::string_view key) noexcept {
-    return static_cast<std::uint16_t>(redis_detail::crc16(hash_tag_of(key)) % cluster_slot_count);
-}
 
 /// A node as CLUSTER SLOTS names it.
 struct ClusterNode {
