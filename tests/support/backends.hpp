@@ -3,7 +3,8 @@
 // ManualClock in memory, real time on Redis (so keep TTLs in those tests short).
 //
 // BACKEND_TEST_CASE(name, tags) defines one test body and instantiates it once per
-// backend, each with its own tag ([memory], [redis]) so ctest can label the Redis runs.
+// backend, each with its own tags ([memory]; [redis]; [redis][cluster]) so ctest can label
+// the Redis runs and run the cluster's in one process, on one cluster.
 #pragma once
 
 #include <chrono>
@@ -18,6 +19,7 @@
 #include "support/catch.hpp"
 
 #if defined(LARDER_TEST_HAVE_REDIS) && defined(LARDER_TEST_HAVE_REDIS_SERVER)
+#include "support/redis_cluster_fixture.hpp"
 #include "support/redis_fixture.hpp"
 #define LARDER_TEST_REDIS_BACKEND 1
 #endif
@@ -50,9 +52,12 @@ CacheAsideOptions options_for(Fixture& fx, CacheAsideOptions o = {}) {
 #define LARDER_TEST_CAT(a, b) LARDER_TEST_CAT2(a, b)
 
 #if defined(LARDER_TEST_REDIS_BACKEND)
-#define LARDER_TEST_REDIS_INSTANCE(name, tags, fn)                         \
-    TEMPLATE_TEST_CASE(name, tags "[redis]", larder::test::RedisFixture) { \
-        fn<TestType>();                                                    \
+#define LARDER_TEST_REDIS_INSTANCE(name, tags, fn)                                        \
+    TEMPLATE_TEST_CASE(name, tags "[redis]", larder::test::RedisFixture) {                \
+        fn<TestType>();                                                                   \
+    }                                                                                     \
+    TEMPLATE_TEST_CASE(name, tags "[redis][cluster]", larder::test::RedisClusterFixture) { \
+        fn<TestType>();                                                                   \
     }
 #else
 #define LARDER_TEST_REDIS_INSTANCE(name, tags, fn)

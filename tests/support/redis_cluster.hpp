@@ -1,11 +1,15 @@
-// A Redis Cluster on loopback for tests: `primaries` redis-servers with cluster mode on,
-// each on a free port with its own temporary directory, the 16384 slots split evenly
-// between them (CLUSTER ADDSLOTSRANGE) and the nodes joined with CLUSTER MEET. Ready once
-// every node reports cluster_state:ok; every server stops with the object.
+// A Redis Cluster on loopback for tests: `primaries` redis-servers with cluster mode on
+// and as many replicas of each as asked, each on a free port with its own temporary
+// directory, the 16384 slots split evenly between the primaries (CLUSTER ADDSLOTSRANGE),
+// the nodes joined with CLUSTER MEET and the replicas attached with CLUSTER REPLICATE (what
+// redis-cli --cluster create does, without its prompts). Ready once every node reports
+// cluster_state:ok and every replica is in sync; every server stops with the object.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
+#include <utility>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -21,16 +25,22 @@ class RedisCluster {
 public:
     static constexpr int slots = 16384;
 
-    explicit RedisCluster(std::size_t primaries = 3) {
+    /// `primaries` nodes share the slots; each gets `replicas_per_primary` replicas
+    /// (CLUSTER REPLICATE), which take over when it fails.
+    explicit RedisCluster(std::size_t primaries = 3, std::size_t replicas_per_primary = 0) {
         if (primaries == 0) throw std::invalid_argument("RedisCluster needs a node");
-        for (std::size_t i = 0; i < primaries; ++i) {
+        const std::size_t total = primaries * (1 + replicas_per_primary);
+        for (std::size_t i = 0; i < total; ++i) {
             // The bus on its own free port: by default it is the port + 10000, which a free
-            // port above 55535 does not have.
+            // port above 55535 does not have. A node timeout of 2 s: a killed primary is
+            // replaced within a few seconds, and a slow machine does not fail nodes over.
             bus_ports_.push_back(detail::pick_free_loopback_port());
             nodes_.push_back(std::make_unique<RedisServer>(RedisServerOptions{
-                .extra_args = {"--cluster-enabled", "yes", "--cluster-node-timeout", "5000",
-                               "--cluster-port", std::to_string(bus_ports_.back())}}));
+                .extra_args = {"--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+                               "--cluster-port", std::to_string(bus_ports_.back()),
+                               "--cluster-replica-validity-factor", "0"}}));
         }
+        primaries_ = primaries;
         const int per_node = slots / static_cast<int>(primaries);
         for (std::size_t i = 0; i < primaries; ++i) {
             const int first = static_cast<int>(i) * per_node;
@@ -39,17 +49,40 @@ public:
                                         std::to_string(last)}),
                       "CLUSTER ADDSLOTSRANGE");
         }
-        for (std::size_t i = 1; i < primaries; ++i) {
+        for (std::size_t i = 1; i < total; ++i) {
             expect_ok(nodes_[i]->query({"CLUSTER", "MEET", nodes_[0]->host(),
                                         std::to_string(nodes_[0]->port()),
                                         std::to_string(bus_ports_[0])}),
                       "CLUSTER MEET");
         }
-        wait_until_ok(std::chrono::seconds(30));
+        wait_until([&] { return every_node_knows(total); }, "the nodes did not meet");
+        for (std::size_t i = primaries; i < total; ++i) {
+            const std::string primary_id = id_of(*nodes_[(i - primaries) % primaries]);
+            // A replica must have heard of its primary through the bus first.
+            wait_until(
+                [&] {
+                    return !nodes_[i]->query({"CLUSTER", "REPLICATE", primary_id}).is_error();
+                },
+                "CLUSTER REPLICATE");
+        }
+        wait_until([&] { return ready(); }, "the cluster did not become ready");
     }
 
-    [[nodiscard]] std::size_t size() const noexcept { return nodes_.size(); }
+    /// Primaries (as started: a failover does not renumber them).
+    [[nodiscard]] std::size_t size() const noexcept { return primaries_; }
     [[nodiscard]] RedisServer& node(std::size_t i) { return *nodes_.at(i); }
+    [[nodiscard]] const RedisServer& node(std::size_t i) const { return *nodes_.at(i); }
+    /// Every server, primaries first.
+    [[nodiscard]] std::size_t servers() const noexcept { return nodes_.size(); }
+    /// The replica of primary `i` (the first, when there are several).
+    [[nodiscard]] RedisServer& replica_of(std::size_t i) { return *nodes_.at(primaries_ + i); }
+
+    /// Every seed as "host:port".
+    [[nodiscard]] std::vector<std::pair<std::string, int>> addresses() const {
+        std::vector<std::pair<std::string, int>> out;
+        for (const auto& n : nodes_) out.emplace_back(n->host(), n->port());
+        return out;
+    }
 
     /// The cluster slot of `key` (CLUSTER KEYSLOT: hash tags included).
     [[nodiscard]] int slot_of(std::string_view key) const {
@@ -60,13 +93,13 @@ public:
         return static_cast<int>(r.integer);
     }
 
-    /// The index of the node that serves `key`'s slot.
+    /// The index of the primary that served `key`'s slot when the cluster started.
     [[nodiscard]] std::size_t owner_of(std::string_view key) const {
-        const int per_node = slots / static_cast<int>(nodes_.size());
-        return std::min(nodes_.size() - 1, static_cast<std::size_t>(slot_of(key) / per_node));
+        const int per_node = slots / static_cast<int>(primaries_);
+        return std::min(primaries_ - 1, static_cast<std::size_t>(slot_of(key) / per_node));
     }
 
-    /// A key made of `prefix` and a number that node `i` serves.
+    /// A key made of `prefix` and a number that primary `i` serves.
     [[nodiscard]] std::string key_on(std::size_t i, std::string_view prefix) const {
         for (int n = 0; n < 100'000; ++n) {
             std::string key = std::string(prefix) + std::to_string(n);
@@ -75,34 +108,106 @@ public:
         throw std::runtime_error("RedisCluster: no key found for node " + std::to_string(i));
     }
 
+    /// Deletes every key on every primary that is running.
+    void flush_all() {
+        for (std::size_t i = 0; i < nodes_.size(); ++i) {
+            if (!nodes_[i]->is_running()) continue;
+            const RespReply role = nodes_[i]->query({"ROLE"});
+            if (!role.elements.empty() && role.elements[0].text == "master") {
+                expect_ok(nodes_[i]->query({"FLUSHALL"}), "FLUSHALL");
+            }
+        }
+    }
+
+    /// Moves `slot` and its keys from server `from` to server `to` as redis-cli --cluster
+    /// reshard does: IMPORTING at the target, MIGRATING at the source, MIGRATE in batches,
+    /// then SETSLOT NODE everywhere. `between_batches` runs after each batch (a test's
+    /// chance to look at a slot half moved).
+    void move_slot(int slot, std::size_t from, std::size_t to,
+                   const std::function<void()>& between_batches = {}) {
+        RedisServer& source = *nodes_.at(from);
+        RedisServer& target = *nodes_.at(to);
+        const std::string s = std::to_string(slot);
+        const std::string source_id = id_of(source);
+        const std::string target_id = id_of(target);
+        expect_ok(target.query({"CLUSTER", "SETSLOT", s, "IMPORTING", source_id}), "IMPORTING");
+        expect_ok(source.query({"CLUSTER", "SETSLOT", s, "MIGRATING", target_id}), "MIGRATING");
+        for (;;) {
+            const RespReply keys = source.query({"CLUSTER", "GETKEYSINSLOT", s, "10"});
+            if (keys.elements.empty()) break;
+            std::vector<std::string> migrate{"MIGRATE", target.host(),
+                                             std::to_string(target.port()), "", "0", "5000",
+                                             "KEYS"};
+            for (const auto& k : keys.elements) migrate.push_back(k.text);
+            expect_ok(source.query(migrate), "MIGRATE");
+            if (between_batches) between_batches();
+        }
+        // The target first, so that the slot is never owned by no one.
+        expect_ok(target.query({"CLUSTER", "SETSLOT", s, "NODE", target_id}), "SETSLOT NODE");
+        expect_ok(source.query({"CLUSTER", "SETSLOT", s, "NODE", target_id}), "SETSLOT NODE");
+        for (const auto& n : nodes_) {
+            if (n.get() == &source || n.get() == &target || !n->is_running()) continue;
+            (void)n->query({"CLUSTER", "SETSLOT", s, "NODE", target_id});
+        }
+    }
+
+    /// Blocks until every running node reports cluster_state:ok.
+    void wait_until_ok() {
+        wait_until([&] { return ready(); }, "the cluster did not become ready");
+    }
+
+    [[nodiscard]] static std::string id_of(const RedisServer& server) {
+        const RespReply r = server.query({"CLUSTER", "MYID"});
+        if (r.is_error()) throw std::runtime_error("CLUSTER MYID: " + r.render());
+        return r.text;
+    }
+
 private:
     static void expect_ok(const RespReply& r, std::string_view what) {
         if (r.is_error()) throw std::runtime_error(std::string(what) + ": " + r.render());
     }
 
-    void wait_until_ok(std::chrono::seconds bound) {
-        const auto deadline = std::chrono::steady_clock::now() + bound;
-        for (;;) {
-            bool all_ok = true;
-            for (const auto& n : nodes_) {
-                const RespReply r = n->query({"CLUSTER", "INFO"});
-                if (r.text.find("cluster_state:ok") == std::string::npos ||
-                    r.text.find("cluster_known_nodes:" + std::to_string(nodes_.size())) ==
-                        std::string::npos) {
-                    all_ok = false;
-                    break;
-                }
+    bool every_node_knows(std::size_t total) const {
+        for (const auto& n : nodes_) {
+            const RespReply r = n->query({"CLUSTER", "INFO"});
+            if (r.text.find("cluster_known_nodes:" + std::to_string(total)) == std::string::npos) {
+                return false;
             }
-            if (all_ok) return;
+        }
+        return true;
+    }
+
+    // Every running node sees the cluster ok, and every replica is in sync.
+    bool ready() const {
+        for (std::size_t i = 0; i < nodes_.size(); ++i) {
+            if (!nodes_[i]->is_running()) continue;
+            if (nodes_[i]->query({"CLUSTER", "INFO"}).text.find("cluster_state:ok") ==
+                std::string::npos) {
+                return false;
+            }
+            const std::string replication = nodes_[i]->query({"INFO", "replication"}).text;
+            if (replication.find("role:slave") != std::string::npos &&
+                replication.find("master_link_status:up") == std::string::npos) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    template <class Predicate>
+    static void wait_until(Predicate done, std::string_view what) {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+        while (!done()) {
             if (std::chrono::steady_clock::now() > deadline) {
-                throw std::runtime_error("RedisCluster: the cluster did not become ready");
+                throw std::runtime_error("RedisCluster: " + std::string(what));
             }
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }
     }
 
+    std::size_t primaries_ = 0;
     std::vector<int> bus_ports_;
-    std::vector<std::unique_ptr<RedisServer>> nodes_;
+    std::vector<std::unique_ptr<RedisServer>> nodes_;  // primaries, then replicas
 };
 
 }  // namespace larder::test

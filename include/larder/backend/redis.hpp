@@ -25,6 +25,7 @@
 
 #include "larder/backend/backend.hpp"
 #include "larder/backend/redis/breaker.hpp"
+#include "larder/backend/redis/commands.hpp"
 #include "larder/backend/redis/connection.hpp"
 #include "larder/backend/redis/options.hpp"
 #include "larder/backend/redis/pool.hpp"
@@ -58,95 +59,6 @@ struct RedisBackendStats {
 
     friend bool operator==(const RedisBackendStats&, const RedisBackendStats&) = default;
 };
-
-namespace redis_detail {
-
-/// The key as stored: prefix + key, without a copy when there is no prefix.
-class StoredKey {
-public:
-    StoredKey(const std::string& prefix, std::string_view key) {
-        if (prefix.empty()) {
-            view_ = key;
-        } else {
-            owned_.reserve(prefix.size() + key.size());
-            owned_.append(prefix).append(key);
-            view_ = owned_;
-        }
-    }
-    StoredKey(const StoredKey&) = delete;
-    StoredKey& operator=(const StoredKey&) = delete;
-
-    [[nodiscard]] std::string_view view() const noexcept { return view_; }
-
-private:
-    std::string owned_;
-    std::string_view view_;
-};
-
-// What RedisBackend makes of each reply. Free functions, so that they can be tested (and
-// fuzzed) on replies that no healthy server sends.
-
-/// GET's reply: the value, or nullopt for nil. An error reply, or one of another type,
-/// throws BackendError.
-[[nodiscard]] inline std::optional<StoredValue> value_reply(const redisReply& value) {
-    check(value, "GET");
-    if (value.type == REDIS_REPLY_NIL) return std::nullopt;
-    if (value.type != REDIS_REPLY_STRING) unexpected(value, "GET");
-    return StoredValue{std::string(text_of(value)), std::nullopt};
-}
-
-/// MGET's reply for `count` keys: a value for each string, nullopt for anything else. An
-/// error reply, or anything but an array of `count` elements, throws BackendError.
-[[nodiscard]] inline std::vector<std::optional<StoredValue>> mget_reply(const redisReply& reply,
-                                                                        std::size_t count) {
-    check(reply, "MGET");
-    if (reply.type != REDIS_REPLY_ARRAY || reply.elements != count) unexpected(reply, "MGET");
-    std::vector<std::optional<StoredValue>> out;
-    out.reserve(count);
-    for (std::size_t i = 0; i < count; ++i) {
-        const redisReply& v = *reply.element[i];
-        if (v.type == REDIS_REPLY_STRING) {
-            out.push_back(StoredValue{std::string(text_of(v)), std::nullopt});
-        } else {
-            out.emplace_back();
-        }
-    }
-    return out;
-}
-
-/// The replies of GET and PTTL, pipelined: the value and its remaining TTL, or nullopt.
-[[nodiscard]] inline std::optional<StoredValue> stored_value(const redisReply& value,
-                                                             const redisReply& ttl) {
-    check(value, "GET");
-    check(ttl, "PTTL");
-    if (value.type == REDIS_REPLY_NIL) return std::nullopt;
-    if (value.type != REDIS_REPLY_STRING) unexpected(value, "GET");
-    if (ttl.type != REDIS_REPLY_INTEGER) unexpected(ttl, "PTTL");
-    // -2: deleted or expired since the GET. 0: expires within this millisecond, which
-    // MemoryBackend already counts as expired (an entry dies when its deadline is
-    // reached; Redis lets it live through that millisecond).
-    if (ttl.integer == -2 || ttl.integer == 0) return std::nullopt;
-    StoredValue out{std::string(text_of(value)), std::nullopt};
-    if (ttl.integer > 0) out.ttl = Millis{ttl.integer};
-    return out;
-}
-
-/// SET ... NX's reply: whether the key was set.
-[[nodiscard]] inline bool set_if_absent_reply(const redisReply& reply) {
-    check(reply, "SET NX");
-    if (reply.type == REDIS_REPLY_NIL) return false;
-    if (reply.type != REDIS_REPLY_STATUS) unexpected(reply, "SET NX");
-    return true;
-}
-
-/// The reply of a command or script that answers an integer (DEL, INCRBY, PUBLISH).
-[[nodiscard]] inline std::int64_t integer_reply(const redisReply& reply, std::string_view what) {
-    check(reply, what);
-    if (reply.type != REDIS_REPLY_INTEGER) unexpected(reply, what);
-    return static_cast<std::int64_t>(reply.integer);
-}
-
-}  // namespace redis_detail
 
 /// A Lua script for RedisBackend::eval: `RedisScript s{"name", R"lua(...)lua"};`. The name
 /// appears in errors; both strings must outlive the script (string literals do).
@@ -182,47 +94,28 @@ public:
 
     // ---- the Backend concept --------------------------------------------------------
 
-    /// GET and PTTL, pipelined: one round trip.
-    //
-    // Why a pipeline and not a script returning {GET, PTTL}: both take one round trip,
-    // but on the server a trivial EVALSHA costs ~1.9 us of CPU against ~0.55 us for GET +
-    // PTTL (measured here, 2 cores, Redis 7.0, 400k ops in 200-deep pipelines), and it is
-    // the server's CPU that runs out first under many clients. A pipeline also works with
-    // scripting disabled and on read-only replicas. The two commands are not atomic, but
-    // the value is whatever GET saw; a concurrent delete or expiry between them shows as
-    // PTTL -2 and reads as absent, which is also what a read a moment later would see.
     /// GET alone, for callers that do not need the TTL: one command per hit.
     [[nodiscard]] std::optional<StoredValue> get_value(std::string_view key) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
-        return run([&](redis_detail::Connection& c) {
-            return redis_detail::value_reply(*c.command(Args{"GET", k.view()}));
-        });
+        return run(
+            [&](redis_detail::Connection& c) { return redis_detail::get_value(c, k.view()); });
     }
 
     /// One MGET for all keys, without TTLs.
     [[nodiscard]] std::vector<std::optional<StoredValue>> get_many_values(
         std::span<const std::string> keys) {
         if (keys.empty()) return {};
-        Args mget{"MGET"};
-        std::vector<std::string> prefixed;
-        if (!options_.key_prefix.empty()) {
-            prefixed.reserve(keys.size());
-            for (const auto& k : keys) prefixed.push_back(options_.key_prefix + k);
-        }
-        for (std::size_t i = 0; i < keys.size(); ++i) {
-            mget.push(prefixed.empty() ? std::string_view(keys[i]) : prefixed[i]);
-        }
+        const redis_detail::StoredKeys k(options_.key_prefix, keys);
         return run([&](redis_detail::Connection& c) {
-            return redis_detail::mget_reply(*c.command(mget), keys.size());
+            redis_detail::send_mget(c, k.views());
+            return redis_detail::receive_mget(c, keys.size());
         });
     }
 
+    /// GET and PTTL, pipelined: one round trip (redis/commands.hpp says why not a script).
     [[nodiscard]] std::optional<StoredValue> get(std::string_view key) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
-        return run([&](redis_detail::Connection& c) {
-            auto [value, ttl] = c.pipeline(Args{"GET", k.view()}, Args{"PTTL", k.view()});
-            return redis_detail::stored_value(*value, *ttl);
-        });
+        return run([&](redis_detail::Connection& c) { return redis_detail::get(c, k.view()); });
     }
 
     /// GET + PTTL per key, all in one pipeline: one round trip, aligned with `keys`.
@@ -230,50 +123,24 @@ public:
     [[nodiscard]] std::vector<std::optional<StoredValue>> get_many(
         std::span<const std::string> keys) {
         if (keys.empty()) return {};
-        std::vector<std::string> prefixed;
-        if (!options_.key_prefix.empty()) {
-            prefixed.reserve(keys.size());
-            for (const auto& k : keys) prefixed.push_back(options_.key_prefix + k);
-        }
-        std::vector<Args> commands;
-        commands.reserve(2 * keys.size());
-        for (std::size_t i = 0; i < keys.size(); ++i) {
-            const std::string_view k = prefixed.empty() ? keys[i] : prefixed[i];
-            commands.push_back(Args{"GET", k});
-            commands.push_back(Args{"PTTL", k});
-        }
+        const redis_detail::StoredKeys k(options_.key_prefix, keys);
         return run([&](redis_detail::Connection& c) {
-            const auto replies = c.pipeline(std::span<const Args>(commands));
-            std::vector<std::optional<StoredValue>> out;
-            out.reserve(keys.size());
-            for (std::size_t i = 0; i < keys.size(); ++i) {
-                out.push_back(redis_detail::stored_value(*replies[2 * i], *replies[2 * i + 1]));
-            }
-            return out;
+            redis_detail::send_get_many(c, k.views());
+            return redis_detail::receive_get_many(c, keys.size());
         });
     }
 
     /// SET key value [PX ttl]; a TTL of no_expiry (or below) stores without one.
     void set(std::string_view key, std::string_view value, Millis ttl) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
-        const redis_detail::Number px(saturated(ttl).count());
-        run_write([&](redis_detail::Connection& c) {
-            const auto reply = ttl.count() > 0
-                                   ? c.command(Args{"SET", k.view(), value, "PX", px.view()})
-                                   : c.command(Args{"SET", k.view(), value});
-            redis_detail::check(*reply, "SET");
-        });
+        run_write([&](redis_detail::Connection& c) { redis_detail::set(c, k.view(), value, ttl); });
     }
 
     /// SET key value NX [PX ttl]: true when this call created the key.
     bool set_if_absent(std::string_view key, std::string_view value, Millis ttl) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
-        const redis_detail::Number px(saturated(ttl).count());
         return run_write([&](redis_detail::Connection& c) {
-            const auto reply = ttl.count() > 0
-                                   ? c.command(Args{"SET", k.view(), value, "NX", "PX", px.view()})
-                                   : c.command(Args{"SET", k.view(), value, "NX"});
-            return redis_detail::set_if_absent_reply(*reply);
+            return redis_detail::set_if_absent(c, k.view(), value, ttl);
         });
     }
 
@@ -366,7 +233,7 @@ public:
         std::vector<std::string_view> views(prefixed.begin(), prefixed.end());
         return run(
             [&](redis_detail::Connection& c) {
-                return redis_detail::to_reply(*script.run(c, views, args, counters_));
+                return redis_detail::to_reply(*script.run(c, views, args));
             },
             script.writes() ? Effect::write : Effect::read);
     }
@@ -385,7 +252,7 @@ public:
         const redis_detail::Number ms(timeout.count());
         return run(
             [&](redis_detail::Connection& c) {
-                RedisReply reply = redis_detail::to_reply(*script.run(c, views, args, counters_));
+                RedisReply reply = redis_detail::to_reply(*script.run(c, views, args));
                 const auto acked = c.command(Args{"WAIT", n.view(), ms.view()});
                 redis_detail::check(*acked, "WAIT");
                 return std::pair{std::move(reply), redis_detail::to_reply(*acked).integer};
@@ -451,6 +318,9 @@ public:
     }
 
 private:
+    // A cluster runs one RedisBackend per node and sends each call through the node's run().
+    friend class RedisClusterBackend;
+
     using Args = redis_detail::Args;
     using Counters = redis_detail::Counters;
 
@@ -626,11 +496,7 @@ private:
                             std::span<const std::string_view> args) {
         return run(
             [&](redis_detail::Connection& c) {
-                const auto reply = script.run(c, keys, args, counters_);
-                if (reply->type != REDIS_REPLY_INTEGER) {
-                    redis_detail::unexpected(*reply, script.name());
-                }
-                return static_cast<std::int64_t>(reply->integer);
+                return redis_detail::integer_script(c, script, keys, args);
             },
             script.writes() ? Effect::write : Effect::read);
     }

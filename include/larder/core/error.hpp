@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace larder {
 
@@ -20,13 +21,22 @@ public:
 };
 
 /// A backend for one Redis server is pointed at a Redis Cluster node: the node redirected a
-/// command to another (MOVED, ASK) or refused keys of several slots (CROSSSLOT). A store
+/// command to another (MOVED, ASK), asked for it again later (TRYAGAIN: its slot is being
+/// moved) or refused keys of several slots (CROSSSLOT). A store
 /// failure like any other for what cleans up after one (leases, claims, drains), except
 /// that a cache read does not load around it: that would hide the mistake behind a
 /// database load per read, so the read fails with it instead.
 class ClusterRedirectError : public BackendError {
 public:
-    using BackendError::BackendError;
+    explicit ClusterRedirectError(const std::string& what, std::string reply = {})
+        : BackendError(what), reply_(std::move(reply)) {}
+
+    /// The node's error reply as it came: "MOVED 3999 127.0.0.1:7001", "ASK ...",
+    /// "TRYAGAIN ..." (a slot in migration) or "CROSSSLOT ...".
+    [[nodiscard]] const std::string& reply() const noexcept { return reply_; }
+
+private:
+    std::string reply_;
 };
 
 /// The store did not answer within its deadline.

@@ -20,9 +20,9 @@ inline constexpr std::uint16_t cluster_slot_count = 16384;
 
 /// A node as CLUSTER SLOTS names it.
 struct ClusterNode {
-    std::string host;
+    std::string host{};
     int port = 0;
-    std::string id;  ///< empty where the server does not say
+    std::string id{};  ///< empty where the server does not say
 
     friend bool operator==(const ClusterNode&, const ClusterNode&) = default;
 };

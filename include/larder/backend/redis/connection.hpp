@@ -90,8 +90,7 @@ struct Counters {
 // Error replies whose first word says the server is not serving at all right now.
 [[nodiscard]] inline bool means_unavailable(std::string_view error) noexcept {
     const std::string_view word = error.substr(0, error.find(' '));
-    return word == "LOADING" || word == "BUSY" || word == "MASTERDOWN" || word == "CLUSTERDOWN" ||
-           word == "TRYAGAIN";
+    return word == "LOADING" || word == "BUSY" || word == "MASTERDOWN" || word == "CLUSTERDOWN";
 }
 
 // Commands RedisBackend::command may send that never change data: their timeout is a plain
@@ -116,11 +115,11 @@ struct Counters {
 }
 
 // A Redis Cluster node's answer to a command for keys it does not serve alone: "MOVED
-// <slot> <host:port>", "ASK <slot> <host:port>", or CROSSSLOT.
+// <slot> <host:port>", "ASK <slot> <host:port>", TRYAGAIN or CROSSSLOT.
 [[nodiscard]] inline bool means_cluster(std::string_view error) noexcept {
     const auto space = error.find(' ');
     const std::string_view word = error.substr(0, space);
-    if (word == "CROSSSLOT") return true;
+    if (word == "CROSSSLOT" || word == "TRYAGAIN") return true;
     if (word != "MOVED" && word != "ASK") return false;
     const std::string_view rest = space == std::string_view::npos ? "" : error.substr(space + 1);
     const auto gap = rest.find(' ');
@@ -135,8 +134,9 @@ struct Counters {
 [[noreturn]] inline void throw_cluster_redirect(std::string_view what, std::string_view text) {
     throw ClusterRedirectError(
         "redis " + std::string(what) + ": " + std::string(text) +
-        ": the server is a Redis Cluster node, and RedisBackend talks to one server (a "
-        "standalone Redis or a primary): point it at one, or use a cluster-aware backend");
+            ": the server is a Redis Cluster node, and RedisBackend talks to one server (a "
+            "standalone Redis or a primary): point it at one, or use RedisClusterBackend",
+        std::string(text));
 }
 
 [[nodiscard]] inline bool means_unauthenticated(std::string_view error) noexcept {
@@ -303,6 +303,7 @@ struct Endpoint {
     Millis command_timeout{100};
     std::size_t min_throughput_bytes_per_second = 0;
     bool tcp_keepalive = true;
+    bool readonly = false;
 
     [[nodiscard]] static Endpoint from(const RedisOptions& o) {
         return Endpoint{.host = o.host,
@@ -314,7 +315,8 @@ struct Endpoint {
                         .connect_timeout = o.connect_timeout,
                         .command_timeout = o.command_timeout,
                         .min_throughput_bytes_per_second = o.min_throughput_bytes_per_second,
-                        .tcp_keepalive = o.tcp_keepalive};
+                        .tcp_keepalive = o.tcp_keepalive,
+                        .readonly = o.readonly};
     }
 
     /// The wait allowed for each I/O step of a round trip that sends `bytes`: a large
@@ -499,34 +501,46 @@ public:
     Connection(const Connection&) = delete;
     Connection& operator=(const Connection&) = delete;
 
-    /// Queues a command; nothing is sent until the next receive().
+    /// Queues a command; nothing is sent until flush() or the next receive(). While
+    /// asking() is on, each command goes after an ASKING of its own.
     void append(const Args& args) {
+        if (asking_) {
+            append_resp(outgoing_, Args{"ASKING"});
+            ++pending_;
+        }
         append_resp(outgoing_, args);
         ++pending_;
         unflushed_ = true;
     }
 
+    /// Sends what append() queued, without waiting for a reply: RedisClusterBackend sends
+    /// to every node involved before it reads from any.
+    void flush() {
+        if (!unflushed_) return;
+        unflushed_ = false;
+        Counters::bump(counters_.round_trips);
+        request_sent_ = false;
+        request_complete_ = false;
+        replies_received_ = 0;
+        use_timeout(endpoint_.timeout_for(outgoing_.size()));
+        send_outgoing();
+    }
+
     /// The next reply; the first call after append() sends everything queued. Throws
     /// TimeoutError or ConnectionError on I/O failure; error replies are returned.
     [[nodiscard]] ReplyPtr receive() {
-        if (unflushed_) {
-            unflushed_ = false;
-            Counters::bump(counters_.round_trips);
-            request_sent_ = false;
-            request_complete_ = false;
-            replies_received_ = 0;
-            use_timeout(endpoint_.timeout_for(outgoing_.size()));
-            send_outgoing();
-        }
-        // hiredis's own output buffer stays empty, so it only reads here.
-        void* raw = nullptr;
-        const int rc = redisGetReply(ctx_.get(), &raw);
-        const int saved_errno = errno;
-        if (rc != REDIS_OK || raw == nullptr) fail(saved_errno);
-        --pending_;
-        ++replies_received_;
-        return ReplyPtr(static_cast<redisReply*>(raw));
+        flush();
+        // An ASKING's own reply: +OK, or an error that the command's reply repeats.
+        if (asking_) (void)read_reply();
+        return read_reply();
     }
+
+    /// Redis Cluster's ASK redirect: while on, every command is preceded by ASKING, so the
+    /// node that imports a slot serves it. Turn it on and off between round trips only.
+    void asking(bool on) noexcept { asking_ = on; }
+
+    /// The counters of the backend this connection belongs to.
+    [[nodiscard]] Counters& counters() const noexcept { return counters_; }
 
     /// One command, one round trip.
     [[nodiscard]] ReplyPtr command(const Args& args) {
@@ -609,11 +623,13 @@ private:
             append(Args{"AUTH", endpoint_.password});
         }
         if (endpoint_.db != 0) append(Args{"SELECT", db.view()});
+        if (endpoint_.readonly) append(Args{"READONLY"});
         if (pending_ == 0) return;
 
         // Pipelined: one round trip however much there is to set up.
         ReplyPtr auth_reply = auth ? receive() : nullptr;
         ReplyPtr select_reply = endpoint_.db != 0 ? receive() : nullptr;
+        ReplyPtr readonly_reply = endpoint_.readonly ? receive() : nullptr;
         if (auth_reply && auth_reply->type == REDIS_REPLY_ERROR) {
             const std::string as =
                 endpoint_.user.empty() ? "" : " as user '" + endpoint_.user + "'";
@@ -628,6 +644,10 @@ private:
             }
             throw ConnectionError("redis: SELECT " + std::to_string(endpoint_.db) + " failed at " +
                                   endpoint_.describe() + ": " + std::string(text));
+        }
+        if (readonly_reply && readonly_reply->type == REDIS_REPLY_ERROR) {
+            throw ConnectionError("redis: READONLY failed at " + endpoint_.describe() + ": " +
+                                  std::string(text_of(*readonly_reply)));
         }
     }
 
@@ -696,6 +716,17 @@ private:
         current_timeout_ = timeout;
     }
 
+    [[nodiscard]] ReplyPtr read_reply() {
+        // hiredis's own output buffer stays empty, so it only reads here.
+        void* raw = nullptr;
+        const int rc = redisGetReply(ctx_.get(), &raw);
+        const int saved_errno = errno;
+        if (rc != REDIS_OK || raw == nullptr) fail(saved_errno);
+        --pending_;
+        ++replies_received_;
+        return ReplyPtr(static_cast<redisReply*>(raw));
+    }
+
     [[noreturn]] void fail(int saved_errno) {
         broken_ = true;
         const redisReader* reader = ctx_->reader;
@@ -731,6 +762,7 @@ private:
     bool request_complete_ = false;     // ... all of its bytes
     std::size_t replies_received_ = 0;  // replies of this round trip read so far
     bool reply_started_ = false;        // set by fail()
+    bool asking_ = false;               // see asking()
     std::uint64_t tracking_epoch_ = 0;  // see tracking_epoch()
     std::shared_ptr<TrackingRedirect> tracking_;
 };

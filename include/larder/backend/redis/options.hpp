@@ -80,6 +80,9 @@ struct RedisOptions {
     /// ending in ':'. Use a hash tag, e.g. "{app}:", only if all keys
     /// must share one Cluster slot (docs/security.md).
     std::string key_prefix{};
+    /// READONLY on every new connection: reads served by a Redis Cluster replica.
+    /// RedisClusterBackend sets it for the connections of read_from_replicas.
+    bool readonly = false;
     /// true: connect, authenticate and PING in the constructor and throw ConnectionError
     /// if that fails. false: construct anyway and connect on first use.
     bool require_connection = false;

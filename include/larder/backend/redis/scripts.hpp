@@ -71,7 +71,8 @@ public:
     /// Runs the script on `conn` and returns its (non-error) reply. A rejected script
     /// (scripting disabled, no permission, a runtime error) throws ReplyError naming it.
     [[nodiscard]] ReplyPtr run(Connection& conn, std::span<const std::string_view> keys,
-                               std::span<const std::string_view> args, Counters& counters) {
+                               std::span<const std::string_view> args) {
+        Counters& counters = conn.counters();
         if (!known_.load(std::memory_order_acquire)) {
             // First use by this backend: load and run in one round trip. EVAL (not EVALSHA)
             // because the SHA1 is not known before SCRIPT LOAD answers.

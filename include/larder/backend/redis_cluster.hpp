@@ -1,0 +1,765 @@
+// RedisClusterBackend: the Backend concept on a Redis Cluster, through hiredis. Link with
+// larder::redis; docs/cluster.md.
+//
+// Each node gets a RedisBackend of its own (its pool, its circuit breaker), so a node that
+// dies fails fast alone while the others serve. A call goes to the node that serves its
+// key's slot, in a slot table refreshed from CLUSTER SLOTS at start, periodically, after a
+// MOVED and after a node failed to answer. Redirects are followed inside the call: MOVED
+// (the slot has a new owner: remember it, retry there), ASK (one key of a slot in
+// migration: ASKING, then the command at the importing node) and TRYAGAIN (a multi-key
+// command met a slot half moved: wait and retry), each bounded. Multi-key reads are split
+// by node, sent to every node before any reply is read, and put back in order: one round
+// trip per node involved, all in parallel.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <charconv>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <initializer_list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "larder/backend/backend.hpp"
+#include "larder/backend/redis.hpp"
+#include "larder/backend/redis/cluster_slots.hpp"
+#include "larder/backend/redis/commands.hpp"
+#include "larder/core/clock.hpp"
+#include "larder/core/error.hpp"
+#include "larder/core/keys.hpp"
+
+namespace larder {
+
+struct RedisClusterOptions {
+    /// Nodes asked for the slot map until one answers; any node of the cluster will do.
+    /// Name more than one, so that the backend starts while one of them is down.
+    std::vector<ClusterNode> seeds{};
+    /// How every node is reached: credentials, timeouts, pool, circuit breaker, key prefix.
+    /// host, port and unix_socket are not used (the nodes come from seeds and from the
+    /// cluster itself), nor is db: a cluster has database 0 only.
+    RedisOptions node{};
+    /// The slot map is read again this often while nothing says it changed.
+    Millis refresh_interval{5000};
+    /// ... and at most this often after something said it did (a MOVED, a node that did
+    /// not answer): during a failover, until a replica is promoted.
+    Millis min_refresh_interval{100};
+    /// Redirects (MOVED, ASK) one call follows before it fails with ClusterRedirectError.
+    unsigned max_redirects = 5;
+    /// TRYAGAIN (keys of one slot split by a migration in progress): retries of one call,
+    /// the first after try_again_backoff, each wait twice the one before.
+    unsigned try_again_attempts = 8;
+    Millis try_again_backoff{2};
+    /// Reads (get, get_value, get_many, get_many_values) go to a replica of the key's
+    /// slot (READONLY), writes to its primary. Off by default: a replica lags its primary,
+    /// so a read just after a write or an invalidation can return the value it replaced
+    /// (docs/cluster.md, "Reading from replicas").
+    bool read_from_replicas = false;
+
+    /// Seeds and node credentials from a comma-separated list of redis:// URLs (each as
+    /// RedisOptions::from_url reads it; credentials from the first); everything else from
+    /// the defaults. ConfigError on a malformed list.
+    [[nodiscard]] static RedisClusterOptions from_urls(std::string_view urls) {
+        RedisClusterOptions options;
+        bool first = true;
+        while (!urls.empty()) {
+            const auto comma = urls.find(',');
+            const std::string_view url = urls.substr(0, comma);
+            urls = comma == std::string_view::npos ? std::string_view{} : urls.substr(comma + 1);
+            if (url.empty()) throw ConfigError("RedisClusterOptions: an empty URL in the list");
+            RedisOptions parsed = RedisOptions::from_url(url);
+            if (!parsed.unix_socket.empty()) {
+                throw ConfigError("RedisClusterOptions: cluster nodes are reached over TCP");
+            }
+            if (first) {
+                options.node.user = parsed.user;
+                options.node.password = parsed.password;
+                first = false;
+            }
+            options.seeds.push_back(ClusterNode{.host = parsed.host, .port = parsed.port});
+        }
+        return options;
+    }
+};
+
+/// What one RedisClusterBackend has done since it was built; every node's RedisBackend
+/// counts its own round trips, connects and breaker opens (node_stats).
+struct RedisClusterStats {
+    std::uint64_t errors = 0;            ///< calls that threw BackendError to the caller
+    std::uint64_t moved = 0;             ///< MOVED redirects followed
+    std::uint64_t asked = 0;             ///< ASK redirects followed
+    std::uint64_t try_agains = 0;        ///< TRYAGAIN retries
+    std::uint64_t refreshes = 0;         ///< slot maps read (CLUSTER SLOTS answered)
+    std::uint64_t refresh_failures = 0;  ///< refreshes that no node answered
+    std::uint64_t replica_reads = 0;     ///< reads sent to a replica
+    std::uint64_t nodes = 0;             ///< nodes this backend has connected to so far
+
+    friend bool operator==(const RedisClusterStats&, const RedisClusterStats&) = default;
+};
+
+class RedisClusterBackend {
+public:
+    /// Validates the options (ConfigError) and reads the slot map from the first seed that
+    /// answers (ConnectionError when none does).
+    explicit RedisClusterBackend(RedisClusterOptions options)
+        : options_(validated(std::move(options))),
+          compare_and_set_script_("compare_and_set", redis_detail::compare_and_set_lua),
+          compare_and_delete_script_("compare_and_delete", redis_detail::compare_and_delete_lua),
+          compare_and_expire_script_("compare_and_expire", redis_detail::compare_and_expire_lua) {
+        for (auto& s : primary_) s.store(nullptr, std::memory_order_relaxed);
+        for (auto& s : replica_) s.store(nullptr, std::memory_order_relaxed);
+        for (const ClusterNode& seed : options_.seeds) (void)node_at(seed.host, seed.port, false);
+        refresh_slots();
+    }
+
+    RedisClusterBackend(const RedisClusterBackend&) = delete;
+    RedisClusterBackend& operator=(const RedisClusterBackend&) = delete;
+
+    // ---- the Backend concept --------------------------------------------------------
+
+    [[nodiscard]] std::optional<StoredValue> get_value(std::string_view key) {
+        const redis_detail::StoredKey k(options_.node.key_prefix, key);
+        return on_key(k.view(), Access::read, [&](redis_detail::Connection& c) {
+            return redis_detail::get_value(c, k.view());
+        });
+    }
+
+    [[nodiscard]] std::optional<StoredValue> get(std::string_view key) {
+        const redis_detail::StoredKey k(options_.node.key_prefix, key);
+        return on_key(k.view(), Access::read,
+                      [&](redis_detail::Connection& c) { return redis_detail::get(c, k.view()); });
+    }
+
+    /// GET + PTTL per key: one pipeline per node involved, all sent before any reply is
+    /// read. Aligned with `keys`.
+    [[nodiscard]] std::vector<std::optional<StoredValue>> get_many(
+        std::span<const std::string> keys) {
+        return read_many(keys, true);
+    }
+
+    /// GET per key (not MGET: the keys of one node may lie in several slots).
+    [[nodiscard]] std::vector<std::optional<StoredValue>> get_many_values(
+        std::span<const std::string> keys) {
+        return read_many(keys, false);
+    }
+
+    void set(std::string_view key, std::string_view value, Millis ttl) {
+        const redis_detail::StoredKey k(options_.node.key_prefix, key);
+        on_key(k.view(), Access::write,
+               [&](redis_detail::Connection& c) { redis_detail::set(c, k.view(), value, ttl); });
+    }
+
+    bool set_if_absent(std::string_view key, std::string_view value, Millis ttl) {
+        const redis_detail::StoredKey k(options_.node.key_prefix, key);
+        return on_key(k.view(), Access::write, [&](redis_detail::Connection& c) {
+            return redis_detail::set_if_absent(c, k.view(), value, ttl);
+        });
+    }
+
+    bool compare_and_set(std::string_view key, std::string_view expected, std::string_view value,
+                         Millis ttl) {
+        const redis_detail::StoredKey k(options_.node.key_prefix, key);
+        const redis_detail::Number px(ttl.count() > 0 ? saturated(ttl).count() : 0);
+        const std::array<std::string_view, 3> args{expected, value, px.view()};
+        return integer_script(compare_and_set_script_, k.view(), args) == 1;
+    }
+
+    bool compare_and_delete(std::string_view key, std::string_view expected) {
+        const redis_detail::StoredKey k(options_.node.key_prefix, key);
+        const std::array<std::string_view, 1> args{expected};
+        return integer_script(compare_and_delete_script_, k.view(), args) == 1;
+    }
+
+    bool compare_and_expire(std::string_view key, std::string_view expected, Millis ttl) {
+        const redis_detail::StoredKey k(options_.node.key_prefix, key);
+        const redis_detail::Number px(ttl.count() > 0 ? saturated(ttl).count() : 0);
+        const std::array<std::string_view, 2> args{expected, px.view()};
+        return integer_script(compare_and_expire_script_, k.view(), args) == 1;
+    }
+
+    bool del(std::string_view key) {
+        const redis_detail::StoredKey k(options_.node.key_prefix, key);
+        return integer_command(k.view(), redis_detail::Args{"DEL", k.view()}, "DEL") > 0;
+    }
+
+    std::int64_t increment(std::string_view key, std::int64_t delta) {
+        const redis_detail::StoredKey k(options_.node.key_prefix, key);
+        const redis_detail::Number by(delta);
+        return integer_command(k.view(), redis_detail::Args{"INCRBY", k.view(), by.view()},
+                               "INCRBY");
+    }
+
+    // ---- beyond the concept ----------------------------------------------------------
+
+    /// A command, as given (no key prefix is applied), on the node that serves the slot of
+    /// argv[1] (the first key of nearly every command); a command of one word goes to any
+    /// node. An error reply throws BackendError.
+    RedisReply command(std::span<const std::string_view> argv) {
+        if (argv.empty()) throw ConfigError("RedisClusterBackend::command: empty argv");
+        redis_detail::Args args;
+        for (std::string_view a : argv) args.push(a);
+        const std::string name(argv.front().substr(0, 32));
+        const std::string_view key = argv.size() > 1 ? argv[1] : std::string_view{};
+        return on_key(key, redis_detail::reads_only(argv) ? Access::read_primary : Access::write,
+                      [&](redis_detail::Connection& c) {
+                          const auto reply = c.command(args);
+                          redis_detail::check(*reply, name);
+                          return redis_detail::to_reply(*reply);
+                      });
+    }
+
+    RedisReply command(std::initializer_list<std::string_view> argv) {
+        return command(std::span<const std::string_view>(argv.begin(), argv.size()));
+    }
+
+    /// A Lua script on the node that serves its keys' slot; the key prefix is applied to
+    /// every key, and all of them must share one slot (a hash tag), or the node answers
+    /// CROSSSLOT (ClusterRedirectError).
+    RedisReply eval(RedisScript& script, std::span<const std::string_view> keys,
+                    std::span<const std::string_view> args) {
+        const redis_detail::StoredKeys stored(options_.node.key_prefix, keys_of(keys));
+        return on_key(first_of(stored.views()), access_of(script),
+                      [&](redis_detail::Connection& c) {
+                          return redis_detail::to_reply(*script.run(c, stored.views(), args));
+                      });
+    }
+
+    RedisReply eval(RedisScript& script, std::initializer_list<std::string_view> keys,
+                    std::initializer_list<std::string_view> args) {
+        return eval(script, std::span<const std::string_view>(keys.begin(), keys.size()),
+                    std::span<const std::string_view>(args.begin(), args.size()));
+    }
+
+    /// eval, then WAIT `replicas` `timeout` on the same connection (RedisBackend's).
+    std::pair<RedisReply, std::int64_t> eval_and_wait(RedisScript& script,
+                                                      std::span<const std::string_view> keys,
+                                                      std::span<const std::string_view> args,
+                                                      int replicas, Millis timeout) {
+        const redis_detail::StoredKeys stored(options_.node.key_prefix, keys_of(keys));
+        const redis_detail::Number n(replicas);
+        const redis_detail::Number ms(timeout.count());
+        return on_key(first_of(stored.views()), Access::write, [&](redis_detail::Connection& c) {
+            RedisReply reply = redis_detail::to_reply(*script.run(c, stored.views(), args));
+            const auto acked = c.command(redis_detail::Args{"WAIT", n.view(), ms.view()});
+            redis_detail::check(*acked, "WAIT");
+            return std::pair{std::move(reply), redis_detail::to_reply(*acked).integer};
+        });
+    }
+
+    /// Reads the slot map now, from the first node that answers (primaries first). Throws
+    /// ConnectionError when none does; the map in use is then kept.
+    void refresh_slots() {
+        std::lock_guard lock(refresh_mutex_);
+        refresh_locked();
+    }
+
+    /// The key as Redis sees it: key_prefix + key.
+    [[nodiscard]] std::string stored_key(std::string_view key) const {
+        return options_.node.key_prefix + std::string(key);
+    }
+
+    /// Every node's options (RedisClusterOptions::node).
+    [[nodiscard]] const RedisOptions& options() const noexcept { return options_.node; }
+
+    [[nodiscard]] const RedisClusterOptions& cluster_options() const noexcept { return options_; }
+
+    [[nodiscard]] RedisClusterStats stats() const {
+        auto load = [](const std::atomic<std::uint64_t>& c) {
+            return c.load(std::memory_order_relaxed);
+        };
+        RedisClusterStats s;
+        s.errors = load(counters_.errors);
+        s.moved = load(counters_.moved);
+        s.asked = load(counters_.asked);
+        s.try_agains = load(counters_.try_agains);
+        s.refreshes = load(counters_.refreshes);
+        s.refresh_failures = load(counters_.refresh_failures);
+        s.replica_reads = load(counters_.replica_reads);
+        std::lock_guard lock(nodes_mutex_);
+        s.nodes = nodes_.size();
+        return s;
+    }
+
+    /// Each node's own counters, "host:port" first ("host:port (replica reads)" for the
+    /// READONLY connections of read_from_replicas).
+    [[nodiscard]] std::vector<std::pair<std::string, RedisBackendStats>> node_stats() const {
+        std::lock_guard lock(nodes_mutex_);
+        std::vector<std::pair<std::string, RedisBackendStats>> out;
+        for (const auto& n : nodes_) out.emplace_back(n->name, n->backend.stats());
+        return out;
+    }
+
+    /// The address ("host:port") of the primary that serves `key` in the slot map in use.
+    [[nodiscard]] std::string node_of(std::string_view key) const {
+        const Node* n = primary_[keys::slot(stored_key(key))].load(std::memory_order_acquire);
+        return n != nullptr ? n->address : std::string{};
+    }
+
+private:
+    using Args = redis_detail::Args;
+    using Effect = RedisBackend::Effect;
+
+    // Where a call may go: a read may go to a replica (read_from_replicas); a read that
+    // must see the latest write, and every write, go to the slot's primary.
+    enum class Access : std::uint8_t { read, read_primary, write };
+
+    struct Node {
+        Node(std::string host, int port, RedisOptions o)
+            : address(host + ":" + std::to_string(port)),
+              name(o.readonly ? address + " (replica reads)" : address),
+              backend(std::move(o)) {}
+        std::string address;  // host:port
+        std::string name;     // address, marked when its connections are READONLY
+        RedisBackend backend;
+    };
+
+    struct Counters {
+        std::atomic<std::uint64_t> errors{0};
+        std::atomic<std::uint64_t> moved{0};
+        std::atomic<std::uint64_t> asked{0};
+        std::atomic<std::uint64_t> try_agains{0};
+        std::atomic<std::uint64_t> refreshes{0};
+        std::atomic<std::uint64_t> refresh_failures{0};
+        std::atomic<std::uint64_t> replica_reads{0};
+    };
+    static void bump(std::atomic<std::uint64_t>& c) noexcept {
+        c.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// A redirect, as a node sent it.
+    struct Redirect {
+        enum class Kind : std::uint8_t { moved, ask, try_again, other } kind = Kind::other;
+        std::uint16_t slot = 0;
+        std::string host;
+        int port = 0;
+    };
+
+    static RedisClusterOptions validated(RedisClusterOptions o) {
+        auto fail = [](const std::string& why) {
+            throw ConfigError("RedisClusterOptions: " + why);
+        };
+        if (o.seeds.empty()) fail("seeds is empty: name at least one node");
+        for (const ClusterNode& s : o.seeds) {
+            if (s.host.empty()) fail("a seed has no host");
+            if (s.port < 1 || s.port > 65535) fail("a seed's port must be in 1..65535");
+        }
+        if (!o.node.unix_socket.empty())
+            fail("node.unix_socket: cluster nodes are reached over TCP");
+        if (o.node.db != 0) fail("node.db must be 0: a cluster has one database");
+        if (o.refresh_interval.count() <= 0) fail("refresh_interval must be positive");
+        if (o.min_refresh_interval.count() < 0) fail("min_refresh_interval must not be negative");
+        if (o.try_again_backoff.count() < 0) fail("try_again_backoff must not be negative");
+        // The node options themselves are checked by the first RedisBackend built on them.
+        RedisOptions probe = o.node;
+        probe.host = o.seeds.front().host;
+        probe.port = o.seeds.front().port;
+        probe.require_connection = false;
+        (void)RedisBackend(std::move(probe));
+        return o;
+    }
+
+    static Redirect parse_redirect(std::string_view reply) {
+        Redirect r;
+        const auto space = reply.find(' ');
+        const std::string_view word = reply.substr(0, space);
+        if (word == "TRYAGAIN") {
+            r.kind = Redirect::Kind::try_again;
+            return r;
+        }
+        if ((word != "MOVED" && word != "ASK") || space == std::string_view::npos) return r;
+        const std::string_view rest = reply.substr(space + 1);
+        const auto gap = rest.find(' ');
+        if (gap == std::string_view::npos) return r;
+        const std::string_view slot = rest.substr(0, gap);
+        const std::string_view address = rest.substr(gap + 1);
+        const auto colon = address.rfind(':');
+        if (colon == std::string_view::npos || colon == 0) return r;
+        int slot_number = 0;
+        int port = 0;
+        const std::string_view port_text = address.substr(colon + 1);
+        if (std::from_chars(slot.data(), slot.data() + slot.size(), slot_number).ec !=
+                std::errc{} ||
+            std::from_chars(port_text.data(), port_text.data() + port_text.size(), port).ec !=
+                std::errc{} ||
+            slot_number < 0 || slot_number >= cluster_slot_count || port < 1 || port > 65535) {
+            return r;
+        }
+        r.kind = word == "MOVED" ? Redirect::Kind::moved : Redirect::Kind::ask;
+        r.slot = static_cast<std::uint16_t>(slot_number);
+        r.host = std::string(address.substr(0, colon));
+        r.port = port;
+        return r;
+    }
+
+    // StoredKeys takes strings; scripts take views. One copy of a handful of short keys.
+    class KeyCopies {
+    public:
+        explicit KeyCopies(std::span<const std::string_view> views)
+            : keys_(views.begin(), views.end()) {}
+        operator std::span<const std::string>() const noexcept { return keys_; }  // NOLINT
+
+    private:
+        std::vector<std::string> keys_;
+    };
+    static KeyCopies keys_of(std::span<const std::string_view> views) { return KeyCopies(views); }
+
+    static std::string_view first_of(std::span<const std::string_view> keys) {
+        return keys.empty() ? std::string_view{} : keys.front();
+    }
+
+    static Access access_of(const RedisScript& script) {
+        return script.writes() ? Access::write : Access::read_primary;
+    }
+
+    // ---- nodes and the slot table ----------------------------------------------------
+
+    Node* node_at(const std::string& host, int port, bool readonly) {
+        const std::string address = host + ":" + std::to_string(port);
+        std::lock_guard lock(nodes_mutex_);
+        for (const auto& n : nodes_) {
+            if (n->address == address && n->backend.options().readonly == readonly) {
+                return n.get();
+            }
+        }
+        RedisOptions o = options_.node;
+        o.host = host;
+        o.port = port;
+        o.readonly = readonly;
+        o.require_connection = false;
+        nodes_.push_back(std::make_unique<Node>(host, port, std::move(o)));
+        return nodes_.back().get();
+    }
+
+    // Callers hold refresh_mutex_.
+    void refresh_locked() {
+        std::vector<Node*> candidates;
+        {
+            std::lock_guard lock(nodes_mutex_);
+            for (const auto& n : nodes_) {
+                if (!n->backend.options().readonly) candidates.push_back(n.get());
+            }
+        }
+        // Nodes whose breaker is closed first; the rest only if none of those answers.
+        std::stable_partition(candidates.begin(), candidates.end(), [](const Node* n) {
+            return n->backend.breaker_state() != BreakerState::open;
+        });
+        std::string failures;
+        for (Node* n : candidates) {
+            try {
+                const RedisReply reply = n->backend.command({"CLUSTER", "SLOTS"});
+                apply(SlotMap::from_cluster_slots(reply, n->backend.options().host));
+                bump(counters_.refreshes);
+                schedule_refresh(options_.refresh_interval);
+                return;
+            } catch (const BackendError& e) {
+                if (!failures.empty()) failures += "; ";
+                failures += n->address + ": " + e.what();
+            }
+        }
+        bump(counters_.refresh_failures);
+        schedule_refresh(options_.min_refresh_interval);
+        throw ConnectionError("RedisClusterBackend: no node answered CLUSTER SLOTS (" + failures +
+                              ")");
+    }
+
+    void apply(const SlotMap& map) {
+        for (const SlotRange& range : map.ranges()) {
+            Node* primary = node_at(range.primary.host, range.primary.port, false);
+            Node* replica = primary;
+            if (options_.read_from_replicas && !range.replicas.empty()) {
+                const ClusterNode& r = range.replicas[(next_replica_++) % range.replicas.size()];
+                replica = node_at(r.host, r.port, true);
+            }
+            // Slots the map leaves out keep their last known node: a partial view during a
+            // reconfiguration is no reason to fail calls the old owner may still serve.
+            for (std::uint32_t s = range.first; s <= range.last; ++s) {
+                primary_[s].store(primary, std::memory_order_release);
+                replica_[s].store(replica, std::memory_order_release);
+            }
+        }
+    }
+
+    void schedule_refresh(Millis after) {
+        next_refresh_.store(
+            now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(after).count(),
+            std::memory_order_relaxed);
+    }
+
+    // Something said the map may be stale: read it again soon (rate-limited).
+    void suspect_map() noexcept {
+        const std::int64_t soon =
+            last_refresh_start_.load(std::memory_order_relaxed) +
+            std::chrono::duration_cast<std::chrono::nanoseconds>(options_.min_refresh_interval)
+                .count();
+        std::int64_t current = next_refresh_.load(std::memory_order_relaxed);
+        while (soon < current &&
+               !next_refresh_.compare_exchange_weak(current, soon, std::memory_order_relaxed)) {
+        }
+    }
+
+    // On the call path: one clock read and one atomic load, unless a refresh is due; then
+    // the one caller that takes the lock refreshes, the others go on with the map in use.
+    void refresh_if_due() noexcept {
+        const std::int64_t now = now_ns();
+        if (now < next_refresh_.load(std::memory_order_relaxed)) return;
+        std::unique_lock lock(refresh_mutex_, std::try_to_lock);
+        if (!lock.owns_lock() || now < next_refresh_.load(std::memory_order_relaxed)) return;
+        last_refresh_start_.store(now, std::memory_order_relaxed);
+        try {
+            refresh_locked();
+        } catch (const BackendError&) {
+            // Counted; the calls go on with the map in use and meet the failure themselves.
+        }
+    }
+
+    static std::int64_t now_ns() noexcept {
+        return std::chrono::duration_cast<std::chrono::nanoseconds>(
+                   std::chrono::steady_clock::now().time_since_epoch())
+            .count();
+    }
+
+    Node* route(std::uint16_t slot, Access access) {
+        if (access == Access::read && options_.read_from_replicas) {
+            if (Node* r = replica_[slot].load(std::memory_order_acquire)) return r;
+        }
+        if (Node* p = primary_[slot].load(std::memory_order_acquire)) return p;
+        // No node known for the slot: the cluster was not all up when the map was read.
+        try {
+            refresh_slots();
+        } catch (const BackendError&) {
+        }
+        if (Node* p = primary_[slot].load(std::memory_order_acquire)) return p;
+        throw BackendError("RedisClusterBackend: no node serves slot " + std::to_string(slot));
+    }
+
+    // ---- calls -----------------------------------------------------------------------
+
+    /// Runs `body` on a connection to the node that serves `key`'s slot, through that
+    /// node's breaker and pool, following redirects.
+    template <class F>
+    auto on_key(std::string_view key, Access access, F&& body)
+        -> std::invoke_result_t<F&, redis_detail::Connection&> {
+        refresh_if_due();
+        try {
+            return on_slot(keys::slot(key), access, body);
+        } catch (const BackendError&) {
+            bump(counters_.errors);
+            throw;
+        }
+    }
+
+    template <class F>
+    auto on_slot(std::uint16_t slot, Access access, F& body)
+        -> std::invoke_result_t<F&, redis_detail::Connection&> {
+        const Effect effect = access == Access::write ? Effect::write : Effect::read;
+        Node* node = route(slot, access);
+        bool asking = false;
+        unsigned redirects = 0;
+        unsigned retries = 0;
+        Millis backoff = options_.try_again_backoff;
+        for (;;) {
+            try {
+                if (node->backend.options().readonly) bump(counters_.replica_reads);
+                if (!asking) return node->backend.run(body, effect);
+                return node->backend.run(
+                    [&](redis_detail::Connection& c) {
+                        c.asking(true);
+                        struct Off {
+                            redis_detail::Connection& c;
+                            ~Off() { c.asking(false); }
+                        } off{c};
+                        return body(c);
+                    },
+                    effect);
+            } catch (const ClusterRedirectError& e) {
+                const Redirect r = parse_redirect(e.reply());
+                switch (r.kind) {
+                    case Redirect::Kind::moved:
+                        bump(counters_.moved);
+                        if (++redirects > options_.max_redirects) throw exhausted(e);
+                        node = node_at(r.host, r.port, false);
+                        primary_[r.slot].store(node, std::memory_order_release);
+                        replica_[r.slot].store(node, std::memory_order_release);
+                        suspect_map();
+                        asking = false;
+                        continue;
+                    case Redirect::Kind::ask:
+                        bump(counters_.asked);
+                        if (++redirects > options_.max_redirects) throw exhausted(e);
+                        node = node_at(r.host, r.port, false);
+                        asking = true;
+                        continue;
+                    case Redirect::Kind::try_again:
+                        bump(counters_.try_agains);
+                        if (++retries > options_.try_again_attempts) throw exhausted(e);
+                        std::this_thread::sleep_for(backoff);
+                        backoff *= 2;
+                        continue;
+                    case Redirect::Kind::other:
+                        throw;
+                }
+            } catch (const ConnectionError&) {
+                suspect_map();
+                throw;
+            } catch (const TimeoutError&) {
+                suspect_map();
+                throw;
+            } catch (const CircuitOpenError&) {
+                suspect_map();
+                throw;
+            } catch (const redis_detail::ReplyError& e) {
+                if (e.server_unavailable()) suspect_map();  // CLUSTERDOWN, LOADING...
+                throw;
+            }
+        }
+    }
+
+    static ClusterRedirectError exhausted(const ClusterRedirectError& e) {
+        return ClusterRedirectError(
+            std::string("RedisClusterBackend: still redirected after the retries allowed "
+                        "(the cluster is being reconfigured, or it is misconfigured): ") +
+                e.what(),
+            e.reply());
+    }
+
+    std::int64_t integer_script(redis_detail::Script& script, std::string_view key,
+                                std::span<const std::string_view> args) {
+        const std::array<std::string_view, 1> keys{key};
+        return on_key(key, access_of(script), [&](redis_detail::Connection& c) {
+            return redis_detail::integer_script(c, script, keys, args);
+        });
+    }
+
+    std::int64_t integer_command(std::string_view key, const Args& args, std::string_view what) {
+        return on_key(key, Access::write, [&](redis_detail::Connection& c) {
+            return redis_detail::integer_reply(*c.command(args), what);
+        });
+    }
+
+    // The keys of one node in a multi-key read, and what its round trip brought back.
+    struct Batch {
+        Node* node = nullptr;
+        std::vector<std::size_t> index{};      // positions in the caller's keys
+        std::vector<std::string_view> keys{};  // stored keys
+        std::vector<redis_detail::ReplyPtr> replies{};
+        std::exception_ptr error{};
+    };
+
+    std::vector<std::optional<StoredValue>> read_many(std::span<const std::string> keys,
+                                                      bool with_ttl) {
+        if (keys.empty()) return {};
+        refresh_if_due();
+        try {
+            return read_many_routed(keys, with_ttl);
+        } catch (const BackendError&) {
+            bump(counters_.errors);
+            throw;
+        }
+    }
+
+    std::vector<std::optional<StoredValue>> read_many_routed(std::span<const std::string> keys,
+                                                             bool with_ttl) {
+        const redis_detail::StoredKeys stored(options_.node.key_prefix, keys);
+        std::vector<Batch> batches;
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            Node* node = route(keys::slot(stored.views()[i]), Access::read);
+            auto it = std::find_if(batches.begin(), batches.end(),
+                                   [&](const Batch& b) { return b.node == node; });
+            if (it == batches.end()) it = batches.insert(batches.end(), Batch{.node = node});
+            it->index.push_back(i);
+            it->keys.push_back(stored.views()[i]);
+        }
+        send_batches(batches, 0, with_ttl);
+        for (const Batch& b : batches) {
+            if (b.error) std::rethrow_exception(b.error);
+        }
+        const std::size_t per_key = with_ttl ? 2 : 1;
+        std::vector<std::optional<StoredValue>> out(keys.size());
+        for (Batch& b : batches) {
+            for (std::size_t j = 0; j < b.index.size(); ++j) {
+                const redisReply& value = *b.replies[per_key * j];
+                const std::string_view key = b.keys[j];
+                if (value.type == REDIS_REPLY_ERROR &&
+                    redis_detail::means_cluster(redis_detail::text_of(value))) {
+                    // The slot moved (or is moving) since the map was read: this key alone
+                    // takes the single-key path, which follows the redirect.
+                    out[b.index[j]] = with_ttl ? on_slot_read(key, true) : on_slot_read(key, false);
+                    continue;
+                }
+                out[b.index[j]] = with_ttl
+                                      ? redis_detail::stored_value(value, *b.replies[2 * j + 1])
+                                      : redis_detail::value_reply(value);
+            }
+        }
+        return out;
+    }
+
+    std::optional<StoredValue> on_slot_read(std::string_view key, bool with_ttl) {
+        auto body = [&](redis_detail::Connection& c) {
+            return with_ttl ? redis_detail::get(c, key) : redis_detail::get_value(c, key);
+        };
+        return on_slot(keys::slot(key), Access::read, body);
+    }
+
+    // Sends batch i, then (while its replies are on their way) the batches after it, then
+    // reads batch i's replies: every node works at once, and no thread is started. A
+    // failure stays with its own batch, so one node's error never counts against another
+    // node's breaker.
+    void send_batches(std::vector<Batch>& batches, std::size_t i, bool with_ttl) {
+        if (i == batches.size()) return;
+        Batch& b = batches[i];
+        bool rest_sent = false;
+        try {
+            if (b.node->backend.options().readonly) bump(counters_.replica_reads);
+            b.node->backend.run(
+                [&](redis_detail::Connection& c) {
+                    for (std::string_view k : b.keys) {
+                        c.append(Args{"GET", k});
+                        if (with_ttl) c.append(Args{"PTTL", k});
+                    }
+                    c.flush();
+                    rest_sent = true;
+                    send_batches(batches, i + 1, with_ttl);
+                    const std::size_t count = b.keys.size() * (with_ttl ? 2 : 1);
+                    b.replies.clear();
+                    b.replies.reserve(count);
+                    for (std::size_t j = 0; j < count; ++j) b.replies.push_back(c.receive());
+                },
+                Effect::read);
+        } catch (...) {
+            b.error = std::current_exception();
+            suspect_map();
+        }
+        if (!rest_sent) send_batches(batches, i + 1, with_ttl);
+    }
+
+    const RedisClusterOptions options_;
+    Counters counters_;
+    mutable std::mutex nodes_mutex_;
+    std::vector<std::unique_ptr<Node>> nodes_;  // never shrinks: the slot table points here
+    std::array<std::atomic<Node*>, cluster_slot_count> primary_;
+    std::array<std::atomic<Node*>, cluster_slot_count> replica_;  // the primary without replicas
+    std::mutex refresh_mutex_;
+    std::size_t next_replica_ = 0;  // under refresh_mutex_
+    std::atomic<std::int64_t> next_refresh_{0};
+    std::atomic<std::int64_t> last_refresh_start_{0};
+    redis_detail::Script compare_and_set_script_;
+    redis_detail::Script compare_and_delete_script_;
+    redis_detail::Script compare_and_expire_script_;
+};
+
+static_assert(Backend<RedisClusterBackend>);
+static_assert(ValueOnlyReads<RedisClusterBackend>);
+
+}  // namespace larder
