@@ -208,7 +208,7 @@ TEST_CASE("A rejected row is retried for the whole time budget before it is dead
     REQUIRE(wb.list_dead().at(0).error == "deadlock detected");
 }
 
-BACKEND_TEST_CASE("Dead letters take room under max_pending, stop at max_dead, and are announced",
+WRITE_BEHIND_TEST_CASE("Dead letters take room under max_pending, stop at max_dead, and are announced",
                   "[write_behind][regression][dead_letters]") {
     TestType fx;
     Log log;
@@ -270,7 +270,7 @@ BACKEND_TEST_CASE("Dead letters take room under max_pending, stop at max_dead, a
     wb.put("e", "5");  // room again
 }
 
-BACKEND_TEST_CASE("Dead letters are redriven by key, by the time they died, and all at once",
+WRITE_BEHIND_TEST_CASE("Dead letters are redriven by key, by the time they died, and all at once",
                   "[write_behind][dead_letters]") {
     TestType fx;
     Log log;
@@ -331,7 +331,7 @@ BACKEND_TEST_CASE("Dead letters are redriven by key, by the time they died, and 
     REQUIRE(table.read("a1") == "newer");
 }
 
-BACKEND_TEST_CASE(
+WRITE_BEHIND_TEST_CASE(
     "close() with the database down dead-letters nothing; what is left stays pending and the "
     "next flusher writes it",
     "[write_behind][drain][regression]") {
@@ -375,7 +375,7 @@ BACKEND_TEST_CASE(
     REQUIRE(next.stats().dead == 0);
 }
 
-BACKEND_TEST_CASE(
+WRITE_BEHIND_TEST_CASE(
     "A write racing close() is either refused or drained, never acknowledged and lost",
     "[write_behind][drain]") {
     TestType fx;
@@ -579,7 +579,7 @@ TEST_CASE("Versions never go backwards when the clock steps back",
     REQUIRE(table.read("k") == "2");
 }
 
-BACKEND_TEST_CASE("A fenced writer's stale refusal is dead-lettered and counted, never flushed",
+WRITE_BEHIND_TEST_CASE("A fenced writer's stale refusal is dead-lettered and counted, never flushed",
                   "[write_behind][regression][versions]") {
     TestType fx;
     Log log;
@@ -640,7 +640,7 @@ auto rejecting(Table<V>& table, std::vector<std::string> bad) {
 
 }  // namespace
 
-BACKEND_TEST_CASE("discard_dead drops a dead value a read cached again, so it is never written",
+WRITE_BEHIND_TEST_CASE("discard_dead drops a dead value a read cached again, so it is never written",
                   "[write_behind][regression][dead_letters]") {
     TestType fx;
     Log log;
@@ -672,7 +672,7 @@ BACKEND_TEST_CASE("discard_dead drops a dead value a read cached again, so it is
     REQUIRE(table.read("k")->n == 1);
 }
 
-BACKEND_TEST_CASE("A put to a dead key takes its place under max_pending; nothing stale holds room",
+WRITE_BEHIND_TEST_CASE("A put to a dead key takes its place under max_pending; nothing stale holds room",
                   "[write_behind][regression][dead_letters]") {
     TestType fx;
     Log log;
@@ -739,7 +739,7 @@ TEST_CASE(
     REQUIRE(events[0].list_full);
 }
 
-BACKEND_TEST_CASE("An expired claim cannot dead-letter a rejected row before its time budget",
+WRITE_BEHIND_TEST_CASE("An expired claim cannot dead-letter a rejected row before its time budget",
                   "[write_behind][regression][retry]") {
     TestType fx;
     Log log;

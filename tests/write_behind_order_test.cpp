@@ -83,7 +83,7 @@ std::optional<std::string> no_row() {
 
 }  // namespace
 
-BACKEND_TEST_CASE("coalesce = false: every version is written, in order, one per key per batch",
+WRITE_BEHIND_TEST_CASE("coalesce = false: every version is written, in order, one per key per batch",
                   "[write_behind][order]") {
     TestType fx;
     Log log;
@@ -112,7 +112,7 @@ BACKEND_TEST_CASE("coalesce = false: every version is written, in order, one per
     }
 }
 
-BACKEND_TEST_CASE("coalesce = false: puts during a flush are queued behind the version in flight",
+WRITE_BEHIND_TEST_CASE("coalesce = false: puts during a flush are queued behind the version in flight",
                   "[write_behind][order]") {
     TestType fx;
     Log log;
@@ -140,7 +140,7 @@ BACKEND_TEST_CASE("coalesce = false: puts during a flush are queued behind the v
     REQUIRE_FALSE(db.out_of_order());
 }
 
-BACKEND_TEST_CASE("coalesce = false: a dead version holds back later ones until redriven",
+WRITE_BEHIND_TEST_CASE("coalesce = false: a dead version holds back later ones until redriven",
                   "[write_behind][order][retry]") {
     TestType fx;
     Log log;
@@ -186,7 +186,7 @@ BACKEND_TEST_CASE("coalesce = false: a dead version holds back later ones until 
     REQUIRE(wb.stats().pending == 0);
 }
 
-BACKEND_TEST_CASE("coalesce = false: discarding a dead version lets the later ones go on",
+WRITE_BEHIND_TEST_CASE("coalesce = false: discarding a dead version lets the later ones go on",
                   "[write_behind][order][retry]") {
     TestType fx;
     Log log;
@@ -223,7 +223,7 @@ BACKEND_TEST_CASE("coalesce = false: discarding a dead version lets the later on
     REQUIRE(wb.get("a", no_row) == "a3");  // the cached copy of the latest stays
 }
 
-BACKEND_TEST_CASE("coalesce = false: max_pending counts versions, not keys",
+WRITE_BEHIND_TEST_CASE("coalesce = false: max_pending counts versions, not keys",
                   "[write_behind][order][backpressure]") {
     TestType fx;
     Log log;
@@ -245,7 +245,7 @@ BACKEND_TEST_CASE("coalesce = false: max_pending counts versions, not keys",
     REQUIRE(db.values("k").back() == "v4");
 }
 
-BACKEND_TEST_CASE("coalesce = false: threads putting and two flushers keep every key's order",
+WRITE_BEHIND_TEST_CASE("coalesce = false: threads putting and two flushers keep every key's order",
                   "[write_behind][order][threads]") {
     TestType fx;
     Log log;

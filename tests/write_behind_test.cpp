@@ -157,7 +157,7 @@ private:
 
 }  // namespace
 
-BACKEND_TEST_CASE("A put is read back at once and flushed once with the latest value",
+WRITE_BEHIND_TEST_CASE("A put is read back at once and flushed once with the latest value",
                   "[write_behind]") {
     TestType fx;
     Log log;
@@ -198,7 +198,7 @@ BACKEND_TEST_CASE("A put is read back at once and flushed once with the latest v
     REQUIRE(loads == 0);
 }
 
-BACKEND_TEST_CASE("Dirty data has no TTL; once flushed, its cached copy gets clean_ttl",
+WRITE_BEHIND_TEST_CASE("Dirty data has no TTL; once flushed, its cached copy gets clean_ttl",
                   "[write_behind]") {
     TestType fx;
     Log log;
@@ -219,7 +219,7 @@ BACKEND_TEST_CASE("Dirty data has no TTL; once flushed, its cached copy gets cle
     REQUIRE(stored->ttl->count() <= 60'000);
 }
 
-BACKEND_TEST_CASE("An evicted cached copy loses nothing: reads and flushes use the queue's copy",
+WRITE_BEHIND_TEST_CASE("An evicted cached copy loses nothing: reads and flushes use the queue's copy",
                   "[write_behind]") {
     TestType fx;
     Log log;
@@ -262,7 +262,7 @@ TEST_CASE("MemoryBackend's SIEVE evicts cached copies, never queued ones",
         REQUIRE(db.read("k" + std::to_string(i)) == "v" + std::to_string(i));
 }
 
-BACKEND_TEST_CASE("A put during a cache-aside load wins over the load's fill", "[write_behind]") {
+WRITE_BEHIND_TEST_CASE("A put during a cache-aside load wins over the load's fill", "[write_behind]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -287,7 +287,7 @@ BACKEND_TEST_CASE("A put during a cache-aside load wins over the load's fill", "
     REQUIRE(wb.stats().reads.fills_rejected == 1);
 }
 
-BACKEND_TEST_CASE("Writes that arrive while a batch is being written are all flushed next time",
+WRITE_BEHIND_TEST_CASE("Writes that arrive while a batch is being written are all flushed next time",
                   "[write_behind]") {
     TestType fx;
     Log log;
@@ -311,7 +311,7 @@ BACKEND_TEST_CASE("Writes that arrive while a batch is being written are all flu
     REQUIRE(wb.stats().superseded == 5);  // k0..k4: written as v1, acknowledged only as v2
 }
 
-BACKEND_TEST_CASE("The seed's SMEMBERS/DEL flush loses writes in the same scenario",
+WRITE_BEHIND_TEST_CASE("The seed's SMEMBERS/DEL flush loses writes in the same scenario",
                   "[write_behind][seed]") {
     TestType fx;
     Table<std::string> db;
@@ -337,7 +337,7 @@ BACKEND_TEST_CASE("The seed's SMEMBERS/DEL flush loses writes in the same scenar
     }
 }
 
-BACKEND_TEST_CASE(
+WRITE_BEHIND_TEST_CASE(
     "A writer failing 30% of calls loses nothing; a poison entry is dead-lettered "
     "alone after max_attempts",
     "[write_behind][retry]") {
@@ -441,7 +441,7 @@ BACKEND_TEST_CASE(
     REQUIRE(db.read("poison") == "-1");
 }
 
-BACKEND_TEST_CASE("A put to a dead key replaces the dead entry, and discard drops one",
+WRITE_BEHIND_TEST_CASE("A put to a dead key replaces the dead entry, and discard drops one",
                   "[write_behind][retry]") {
     TestType fx;
     Log log;
@@ -485,7 +485,7 @@ BACKEND_TEST_CASE("A put to a dead key replaces the dead entry, and discard drop
     REQUIRE(wb.get("b", [] { return std::optional<std::string>("row b"); }) == "row b");
 }
 
-BACKEND_TEST_CASE("A value this cache cannot decode is dead-lettered without blocking the batch",
+WRITE_BEHIND_TEST_CASE("A value this cache cannot decode is dead-lettered without blocking the batch",
                   "[write_behind][retry]") {
     TestType fx;
     Log log;
@@ -508,7 +508,7 @@ BACKEND_TEST_CASE("A value this cache cannot decode is dead-lettered without blo
     REQUIRE(dead[0].error.find("cannot be decoded") != std::string::npos);
 }
 
-BACKEND_TEST_CASE("Claims of a flusher that died are re-queued when their deadline passes",
+WRITE_BEHIND_TEST_CASE("Claims of a flusher that died are re-queued when their deadline passes",
                   "[write_behind][claims]") {
     TestType fx;
     Log log;
@@ -552,7 +552,7 @@ BACKEND_TEST_CASE("Claims of a flusher that died are re-queued when their deadli
 // acknowledgement freed the entry while the flusher that re-claimed it was writing; a
 // newer put was then claimed and written by a third, and the second wrote the old value
 // last. Claims are now the caller's own: named by a token, and forfeit once expired.
-BACKEND_TEST_CASE(
+WRITE_BEHIND_TEST_CASE(
     "A claim is its flusher's own: an expired one can be neither extended nor settled",
     "[regression][write_behind][claims]") {
     TestType fx;
@@ -627,7 +627,7 @@ TEST_CASE("A stalled flusher's late acknowledgement leaves the flusher that took
     REQUIRE(f1.stats().pending == 0);
 }
 
-BACKEND_TEST_CASE("A flusher crashing on the same value every time dead-letters it",
+WRITE_BEHIND_TEST_CASE("A flusher crashing on the same value every time dead-letters it",
                   "[write_behind][claims]") {
     TestType fx;
     Log log;
@@ -654,7 +654,7 @@ BACKEND_TEST_CASE("A flusher crashing on the same value every time dead-letters 
     REQUIRE(dead[0].error.find("claim expired") != std::string::npos);
 }
 
-BACKEND_TEST_CASE("Backpressure: a bound on dirty keys, failing or blocking with a timeout",
+WRITE_BEHIND_TEST_CASE("Backpressure: a bound on dirty keys, failing or blocking with a timeout",
                   "[write_behind][backpressure]") {
     TestType fx;
     Log log;
@@ -708,7 +708,7 @@ BACKEND_TEST_CASE("Backpressure: a bound on dirty keys, failing or blocking with
     REQUIRE(db.read("w") == "1");  // the drain at destruction
 }
 
-BACKEND_TEST_CASE("Destruction drains, and reports what it could not flush",
+WRITE_BEHIND_TEST_CASE("Destruction drains, and reports what it could not flush",
                   "[write_behind][drain]") {
     TestType fx;
     Log log;
@@ -752,7 +752,7 @@ BACKEND_TEST_CASE("Destruction drains, and reports what it could not flush",
     REQUIRE(db.read("unflushable") == "acknowledged");
 }
 
-BACKEND_TEST_CASE("close() reports the drain; a write afterwards throws and is not queued",
+WRITE_BEHIND_TEST_CASE("close() reports the drain; a write afterwards throws and is not queued",
                   "[write_behind][drain][regression]") {
     TestType fx;
     Log log;
@@ -775,7 +775,7 @@ BACKEND_TEST_CASE("close() reports the drain; a write afterwards throws and is n
     REQUIRE_FALSE(db.read("b"));
 }
 
-BACKEND_TEST_CASE("Closing stops the flusher between batches, not after all of them",
+WRITE_BEHIND_TEST_CASE("Closing stops the flusher between batches, not after all of them",
                   "[write_behind][drain]") {
     TestType fx;
     Log log;
@@ -801,7 +801,7 @@ BACKEND_TEST_CASE("Closing stops the flusher between batches, not after all of t
     REQUIRE(calls.load() < 40);
 }
 
-BACKEND_TEST_CASE("Stats: pending, oldest pending age, flushed, coalesced, retried, dead-lettered",
+WRITE_BEHIND_TEST_CASE("Stats: pending, oldest pending age, flushed, coalesced, retried, dead-lettered",
                   "[write_behind][stats]") {
     TestType fx;
     Log log;
@@ -849,7 +849,7 @@ BACKEND_TEST_CASE("Stats: pending, oldest pending age, flushed, coalesced, retri
     REQUIRE(s.oldest_pending_age == 0ms);
 }
 
-BACKEND_TEST_CASE("Oldest pending age counts from the oldest write the database has not seen",
+WRITE_BEHIND_TEST_CASE("Oldest pending age counts from the oldest write the database has not seen",
                   "[write_behind][stats]") {
     TestType fx;
     Log log;
@@ -884,7 +884,7 @@ BACKEND_TEST_CASE("Oldest pending age counts from the oldest write the database 
     REQUIRE(wb.stats().oldest_pending_age == 0ms);
 }
 
-BACKEND_TEST_CASE("increment: the seed's update_user_score, atomic across threads",
+WRITE_BEHIND_TEST_CASE("increment: the seed's update_user_score, atomic across threads",
                   "[write_behind][increment]") {
     TestType fx;
     Log log;
@@ -932,7 +932,7 @@ BACKEND_TEST_CASE("increment: the seed's update_user_score, atomic across thread
     REQUIRE(s.increments == 400);
 }
 
-BACKEND_TEST_CASE("increment on integers, on a missing row, and on overflow",
+WRITE_BEHIND_TEST_CASE("increment on integers, on a missing row, and on overflow",
                   "[write_behind][increment]") {
     TestType fx;
     Log log;
@@ -952,7 +952,7 @@ BACKEND_TEST_CASE("increment on integers, on a missing row, and on overflow",
     REQUIRE(db.read("fresh") == -2);
 }
 
-BACKEND_TEST_CASE("The flusher thread writes every interval without flush()",
+WRITE_BEHIND_TEST_CASE("The flusher thread writes every interval without flush()",
                   "[write_behind][flusher]") {
     TestType fx;
     Log log;
@@ -967,7 +967,7 @@ BACKEND_TEST_CASE("The flusher thread writes every interval without flush()",
     REQUIRE(eventually([&] { return db.read("k") == "w"; }));
 }
 
-BACKEND_TEST_CASE("Keys and values are arbitrary bytes", "[write_behind]") {
+WRITE_BEHIND_TEST_CASE("Keys and values are arbitrary bytes", "[write_behind]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -981,7 +981,7 @@ BACKEND_TEST_CASE("Keys and values are arbitrary bytes", "[write_behind]") {
     for (const auto& k : keys) REQUIRE(db.read(k) == k + std::string("\0value", 6));
 }
 
-BACKEND_TEST_CASE("Model-based: random puts, increments, reads and flushes across threads",
+WRITE_BEHIND_TEST_CASE("Model-based: random puts, increments, reads and flushes across threads",
                   "[write_behind][model]") {
     TestType fx;
     Log log;
@@ -1210,7 +1210,7 @@ TEST_CASE("Acknowledged puts survive a redis-server crash with appendfsync alway
 
 #endif
 
-BACKEND_TEST_CASE(
+WRITE_BEHIND_TEST_CASE(
     "erase queues a delete: the key reads as not found until the writer removes the row",
     "[write_behind][erase]") {
     TestType fx;

@@ -52,26 +52,33 @@ CacheAsideOptions options_for(Fixture& fx, CacheAsideOptions o = {}) {
 #define LARDER_TEST_CAT(a, b) LARDER_TEST_CAT2(a, b)
 
 #if defined(LARDER_TEST_REDIS_BACKEND)
-#define LARDER_TEST_REDIS_INSTANCE(name, tags, fn)                                        \
-    TEMPLATE_TEST_CASE(name, tags "[redis]", larder::test::RedisFixture) {                \
-        fn<TestType>();                                                                   \
-    }                                                                                     \
-    TEMPLATE_TEST_CASE(name, tags "[redis][cluster]", larder::test::RedisClusterFixture) { \
-        fn<TestType>();                                                                   \
+#define LARDER_TEST_REDIS_INSTANCE(name, tags, fn, cluster_fixture)        \
+    TEMPLATE_TEST_CASE(name, tags "[redis]", larder::test::RedisFixture) { \
+        fn<TestType>();                                                    \
+    }                                                                      \
+    TEMPLATE_TEST_CASE(name, tags "[redis][cluster]", cluster_fixture) {   \
+        fn<TestType>();                                                    \
     }
 #else
-#define LARDER_TEST_REDIS_INSTANCE(name, tags, fn)
+#define LARDER_TEST_REDIS_INSTANCE(name, tags, fn, cluster_fixture)
 #endif
 
-#define LARDER_BACKEND_TEST_CASE_IMPL(name, tags, fn)                        \
+#define LARDER_BACKEND_TEST_CASE_IMPL(name, tags, fn, cluster_fixture)       \
     template <class TestType>                                                \
     static void fn();                                                        \
     TEMPLATE_TEST_CASE(name, tags "[memory]", larder::test::MemoryFixture) { \
         fn<TestType>();                                                      \
     }                                                                        \
-    LARDER_TEST_REDIS_INSTANCE(name, tags, fn)                               \
+    LARDER_TEST_REDIS_INSTANCE(name, tags, fn, cluster_fixture)              \
     template <class TestType>                                                \
     static void fn()
 
-#define BACKEND_TEST_CASE(name, tags) \
-    LARDER_BACKEND_TEST_CASE_IMPL(name, tags, LARDER_TEST_CAT(larder_backend_test_, __LINE__))
+#define BACKEND_TEST_CASE(name, tags)                                                          \
+    LARDER_BACKEND_TEST_CASE_IMPL(name, tags, LARDER_TEST_CAT(larder_backend_test_, __LINE__), \
+                                  larder::test::RedisClusterFixture)
+
+/// As BACKEND_TEST_CASE, for tests of WriteBehind: on the cluster, every key of the cache
+/// and its queue share one slot (the write-behind store needs them together).
+#define WRITE_BEHIND_TEST_CASE(name, tags)                                                     \
+    LARDER_BACKEND_TEST_CASE_IMPL(name, tags, LARDER_TEST_CAT(larder_backend_test_, __LINE__), \
+                                  larder::test::OneSlotRedisClusterFixture)

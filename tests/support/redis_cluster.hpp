@@ -9,12 +9,12 @@
 #include <chrono>
 #include <cstddef>
 #include <functional>
-#include <utility>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "redis_server.hpp"
@@ -135,9 +135,8 @@ public:
         for (;;) {
             const RespReply keys = source.query({"CLUSTER", "GETKEYSINSLOT", s, "10"});
             if (keys.elements.empty()) break;
-            std::vector<std::string> migrate{"MIGRATE", target.host(),
-                                             std::to_string(target.port()), "", "0", "5000",
-                                             "KEYS"};
+            std::vector<std::string> migrate{
+                "MIGRATE", target.host(), std::to_string(target.port()), "", "0", "5000", "KEYS"};
             for (const auto& k : keys.elements) migrate.push_back(k.text);
             expect_ok(source.query(migrate), "MIGRATE");
             if (between_batches) between_batches();

@@ -37,10 +37,14 @@ inline RedisCluster& shared_redis_cluster() {
     return cluster;
 }
 
-struct RedisClusterFixture {
+/// `one_slot`: a key prefix with a hash tag, so that every key lives in one slot (on one
+/// node), as a write-behind cache on a cluster must.
+template <bool one_slot>
+struct BasicRedisClusterFixture {
     static constexpr bool manual_time = false;
 
-    RedisClusterFixture() : backend(make_cluster_backend(flushed(shared_redis_cluster()), options())) {}
+    BasicRedisClusterFixture()
+        : backend(make_cluster_backend(flushed(shared_redis_cluster()), options())) {}
 
     RedisClusterBackend backend;
 
@@ -63,9 +67,12 @@ private:
         o.node.connect_timeout = std::chrono::seconds(2);
         o.node.command_timeout = std::chrono::seconds(2);
         o.node.pool_wait_timeout = std::chrono::seconds(2);
-        o.node.key_prefix = "conformance:";
+        o.node.key_prefix = one_slot ? "{conformance}:" : "conformance:";
         return o;
     }
 };
+
+using RedisClusterFixture = BasicRedisClusterFixture<false>;
+using OneSlotRedisClusterFixture = BasicRedisClusterFixture<true>;
 
 }  // namespace larder::test

@@ -65,9 +65,11 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "larder/backend/redis.hpp"
+#include "larder/backend/redis_cluster.hpp"
 #include "larder/backend/write_behind_store.hpp"
 #include "larder/core/error.hpp"
 #include "larder/core/keys.hpp"
@@ -807,10 +809,14 @@ inline Persistence persistence(std::string_view persistence_info,
 
 }  // namespace redis_detail::write_behind_reply
 
-class RedisWriteBehindStore {
+/// `Redis` is RedisBackend (RedisWriteBehindStore) or RedisClusterBackend
+/// (RedisClusterWriteBehindStore): anything with their eval, eval_and_wait, command,
+/// stored_key and options.
+template <class Redis>
+class BasicRedisWriteBehindStore {
 public:
     /// The backend is borrowed and must outlive the store. No I/O happens here.
-    explicit RedisWriteBehindStore(RedisBackend& backend, WriteBehindStoreOptions options = {})
+    explicit BasicRedisWriteBehindStore(Redis& backend, WriteBehindStoreOptions options = {})
         : backend_(backend),
           name_(std::move(options.name)),
           max_dead_(options.max_dead),
@@ -845,6 +851,17 @@ public:
         if (name_.find(':') != std::string::npos) {
             throw ConfigError("RedisWriteBehindStore: the name must not contain ':'");
         }
+        // A put changes the queue and the cached copy in one script: on a cluster both must
+        // live in one slot, which a hash tag in the key prefix (applied to both) ensures.
+        if constexpr (std::is_same_v<Redis, RedisClusterBackend>) {
+            const std::string& prefix = backend_.options().key_prefix;
+            if (keys::hash_tag(prefix) == std::string_view(prefix)) {
+                throw ConfigError(
+                    "RedisClusterWriteBehindStore: the backend's key_prefix needs a hash tag, "
+                    "such as \"{app}:\", so that the queue and the cached copies share one "
+                    "slot (docs/cluster.md)");
+            }
+        }
         // A name with its own hash tag is used as is (Redis Cluster: share the cache's tag).
         const std::string base = keys::hash_tag(name_) != std::string_view(name_)
                                      ? "larder:wb:" + name_ + ":"
@@ -856,8 +873,8 @@ public:
         for (std::size_t i = 0; i < roles.size(); ++i) keys_[i] = base + std::string(roles[i]);
     }
 
-    RedisWriteBehindStore(const RedisWriteBehindStore&) = delete;
-    RedisWriteBehindStore& operator=(const RedisWriteBehindStore&) = delete;
+    BasicRedisWriteBehindStore(const BasicRedisWriteBehindStore&) = delete;
+    BasicRedisWriteBehindStore& operator=(const BasicRedisWriteBehindStore&) = delete;
 
     PutOutcome put(std::string_view key, std::string_view bytes, std::size_t max_pending) {
         return put_impl(key, bytes, max_pending, "put", {});
@@ -1178,7 +1195,7 @@ private:
         return "r";
     }
 
-    RedisBackend& backend_;
+    Redis& backend_;
     std::string name_;
     std::size_t max_dead_;
     int replicas_;
@@ -1199,11 +1216,20 @@ private:
     RedisScript stats_;
 };
 
+using RedisWriteBehindStore = BasicRedisWriteBehindStore<RedisBackend>;
+using RedisClusterWriteBehindStore = BasicRedisWriteBehindStore<RedisClusterBackend>;
+
 template <>
 struct write_behind_store_for<RedisBackend> {
     using type = RedisWriteBehindStore;
 };
 
+template <>
+struct write_behind_store_for<RedisClusterBackend> {
+    using type = RedisClusterWriteBehindStore;
+};
+
 static_assert(WriteBehindStore<RedisWriteBehindStore>);
+static_assert(WriteBehindStore<RedisClusterWriteBehindStore>);
 
 }  // namespace larder
