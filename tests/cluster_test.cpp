@@ -8,6 +8,8 @@
 
 #include <larder/backend/redis.hpp>
 #include <larder/backend/redis/cluster_slots.hpp>
+#include <larder/backend/redis/write_behind_store.hpp>
+#include <larder/backend/redis_cluster.hpp>
 #include <larder/core/error.hpp>
 #include <larder/core/keys.hpp>
 #include <larder/policy/cache_aside.hpp>
@@ -22,6 +24,7 @@
 
 #include "support/catch.hpp"
 #include "support/redis_cluster.hpp"
+#include "support/redis_cluster_fixture.hpp"
 #include "support/redis_fixture.hpp"
 
 using namespace std::chrono_literals;
@@ -35,10 +38,8 @@ bool contains(std::string_view text, std::string_view part) {
     return text.find(part) != std::string_view::npos;
 }
 
-/// One cluster for the whole test process: starting one takes a few seconds.
 RedisCluster& shared_cluster() {
-    static RedisCluster cluster(3);
-    return cluster;
+    return larder::test::shared_redis_cluster();
 }
 
 larder::RedisReply integer(std::int64_t n) {
@@ -199,6 +200,303 @@ TEST_CASE("A SlotMap refuses a reply that is not CLUSTER SLOTS's, and routes aro
         INFO("reply " << i);
         CHECK_THROWS_AS(parse(hostile[i]), larder::BackendError);
     }
+}
+
+// ---- RedisClusterBackend ------------------------------------------------------------
+
+namespace {
+
+using larder::RedisClusterBackend;
+using larder::RedisClusterOptions;
+using larder::test::make_cluster_backend;
+
+RedisClusterOptions patient() {
+    RedisClusterOptions o;
+    o.node.connect_timeout = 2s;
+    o.node.command_timeout = 2s;
+    o.node.pool_wait_timeout = 2s;
+    return o;
+}
+
+std::string address_of(const larder::test::RedisServer& s) {
+    return s.host() + ":" + std::to_string(s.port());
+}
+
+std::uint64_t round_trips(const RedisClusterBackend& b, const std::string& address) {
+    for (const auto& [name, stats] : b.node_stats()) {
+        if (name == address) return stats.round_trips;
+    }
+    return 0;
+}
+
+}  // namespace
+
+TEST_CASE("RedisClusterBackend stores each key on the primary that serves its slot",
+          "[redis][cluster]") {
+    RedisCluster& cluster = shared_cluster();
+    cluster.flush_all();
+    RedisClusterBackend backend = make_cluster_backend(cluster, patient());
+    for (std::size_t i = 0; i < cluster.size(); ++i) {
+        const std::string key = cluster.key_on(i, "owned");
+        backend.set(key, "on " + std::to_string(i), 10s);
+        INFO("node " << i);
+        CHECK(backend.node_of(key) == address_of(cluster.node(i)));
+        // Written where the cluster says the slot lives, and nowhere else.
+        CHECK(cluster.node(i).query({"GET", key}).text == "on " + std::to_string(i));
+        const auto read = backend.get(key);
+        REQUIRE(read);
+        CHECK(read->bytes == "on " + std::to_string(i));
+        CHECK(read->ttl.has_value());
+    }
+    // Nothing was redirected: the slot table was right from the start.
+    CHECK(backend.stats().moved == 0);
+    CHECK(backend.stats().asked == 0);
+    CHECK(backend.stats().refreshes >= 1);
+}
+
+TEST_CASE("RedisClusterBackend's get_many costs one round trip per node, in key order",
+          "[redis][cluster]") {
+    RedisCluster& cluster = shared_cluster();
+    cluster.flush_all();
+    RedisClusterBackend backend = make_cluster_backend(cluster, patient());
+    std::vector<std::string> keys;
+    for (int i = 0; i < 60; ++i) keys.push_back("many:" + std::to_string(i));
+    for (std::size_t i = 0; i < keys.size(); i += 2) backend.set(keys[i], keys[i] + "=v", 10s);
+
+    std::vector<std::uint64_t> before;
+    for (std::size_t n = 0; n < cluster.size(); ++n) {
+        before.push_back(round_trips(backend, address_of(cluster.node(n))));
+    }
+    const auto got = backend.get_many(keys);
+    const auto values = backend.get_many_values(keys);
+    REQUIRE(got.size() == keys.size());
+    REQUIRE(values.size() == keys.size());
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+        INFO(keys[i]);
+        CHECK(got[i].has_value() == (i % 2 == 0));
+        CHECK(values[i].has_value() == (i % 2 == 0));
+        if (i % 2 == 0) {
+            CHECK(got[i]->bytes == keys[i] + "=v");
+            CHECK(got[i]->ttl.has_value());
+            CHECK(values[i]->bytes == keys[i] + "=v");
+        }
+    }
+    // 60 keys over three nodes: each node answered each call in one round trip.
+    for (std::size_t n = 0; n < cluster.size(); ++n) {
+        INFO("node " << n);
+        CHECK(round_trips(backend, address_of(cluster.node(n))) - before[n] == 2);
+    }
+}
+
+TEST_CASE("RedisClusterBackend follows MOVED once and then goes straight to the new owner",
+          "[redis][cluster]") {
+    RedisCluster cluster(3);
+    RedisClusterBackend backend = make_cluster_backend(cluster, patient());
+    const std::string key = cluster.key_on(0, "moving");
+    backend.set(key, "before", 10s);
+    // The slot moves behind the backend's back.
+    cluster.move_slot(cluster.slot_of(key), 0, 1);
+    const auto read = backend.get(key);
+    REQUIRE(read);
+    CHECK(read->bytes == "before");
+    CHECK(backend.stats().moved == 1);
+    CHECK(backend.node_of(key) == address_of(cluster.node(1)));
+    backend.set(key, "after", 10s);
+    CHECK(backend.get(key)->bytes == "after");
+    CHECK(backend.stats().moved == 1);  // the table was updated: no second redirect
+    CHECK(cluster.node(1).query({"GET", key}).text == "after");
+}
+
+TEST_CASE("RedisClusterBackend follows ASK into a slot being imported, and retries TRYAGAIN",
+          "[redis][cluster]") {
+    RedisCluster cluster(3);
+    RedisClusterOptions o = patient();
+    o.try_again_attempts = 3;
+    o.try_again_backoff = 1ms;
+    RedisClusterBackend backend = make_cluster_backend(cluster, o);
+    const std::string stay = "{ask}:stays";
+    const std::string go = "{ask}:goes";
+    const std::size_t from = cluster.owner_of(stay);
+    const std::size_t to = (from + 1) % cluster.size();
+    backend.set(stay, "s", 10s);
+    backend.set(go, "g", 10s);
+
+    // The slot half moved: `go` is on the target, `stay` still on the source.
+    const std::string slot = std::to_string(cluster.slot_of(stay));
+    const auto& source = cluster.node(from);
+    const auto& target = cluster.node(to);
+    REQUIRE_FALSE(
+        target.query({"CLUSTER", "SETSLOT", slot, "IMPORTING", RedisCluster::id_of(source)})
+            .is_error());
+    REQUIRE_FALSE(
+        source.query({"CLUSTER", "SETSLOT", slot, "MIGRATING", RedisCluster::id_of(target)})
+            .is_error());
+    REQUIRE_FALSE(source
+                      .query({"MIGRATE", target.host(), std::to_string(target.port()), "", "0",
+                              "5000", "KEYS", "{ask}:goes"})
+                      .is_error());
+
+    // Single keys: served where they are (ASK for the one that left).
+    CHECK(backend.get(stay)->bytes == "s");
+    CHECK(backend.get(go)->bytes == "g");
+    CHECK(backend.stats().asked >= 1);
+    CHECK(backend.stats().moved == 0);  // an ASK does not change the table
+    // A new key of the slot is created at the target, through ASKING.
+    backend.set("{ask}:new", "n", 10s);
+    const auto imported = target.query({"CLUSTER", "GETKEYSINSLOT", slot, "10"});
+    CHECK(std::any_of(imported.elements.begin(), imported.elements.end(),
+                      [](const auto& k) { return k.text == "{ask}:new"; }));
+    // get_many over both: each key from where it is.
+    const auto both = backend.get_many(std::vector<std::string>{stay, go, "{ask}:new"});
+    CHECK(both[0]->bytes == "s");
+    CHECK(both[1]->bytes == "g");
+    CHECK(both[2]->bytes == "n");
+
+    // A script over both keys cannot run while they are apart: TRYAGAIN, retried, then
+    // an error that says so rather than a wrong answer.
+    static larder::RedisScript both_keys{
+        "both_keys", "return redis.call('GET', KEYS[1]) .. redis.call('GET', KEYS[2])", false};
+    const auto before = backend.stats().try_agains;
+    CHECK_THROWS_AS(backend.eval(both_keys, {stay, go}, {}), ClusterRedirectError);
+    CHECK(backend.stats().try_agains - before == 4);  // three retries, the fourth gives up
+
+    // The migration completes: the script runs on the new owner.
+    REQUIRE_FALSE(source
+                      .query({"MIGRATE", target.host(), std::to_string(target.port()), "", "0",
+                              "5000", "KEYS", "{ask}:stays"})
+                      .is_error());
+    for (std::size_t i = 0; i < cluster.size(); ++i) {
+        (void)cluster.node(i).query(
+            {"CLUSTER", "SETSLOT", slot, "NODE", RedisCluster::id_of(target)});
+    }
+    CHECK(backend.eval(both_keys, {stay, go}, {}).str == "sg");
+}
+
+TEST_CASE("A cluster node that dies opens its own breaker only; the others keep serving",
+          "[redis][cluster]") {
+    RedisCluster cluster(3);
+    RedisClusterOptions o;
+    o.node.breaker.failure_threshold = 2;
+    o.node.breaker.cool_down = 10s;
+    RedisClusterBackend backend = make_cluster_backend(cluster, o);
+    std::vector<std::string> keys;
+    for (std::size_t i = 0; i < cluster.size(); ++i) keys.push_back(cluster.key_on(i, "dies"));
+    for (const auto& k : keys) backend.set(k, "v", 10s);
+
+    cluster.node(1).kill();
+    for (int i = 0; i < 4; ++i) CHECK_THROWS_AS(backend.get(keys[1]), larder::BackendError);
+    CHECK_THROWS_AS(backend.get(keys[1]), larder::CircuitOpenError);
+    // Multi-key: the dead node's failure is the call's, and no other node's breaker counts it.
+    CHECK_THROWS_AS(backend.get_many(keys), larder::BackendError);
+    for (int i = 0; i < 10; ++i) {
+        CHECK(backend.get(keys[0])->bytes == "v");
+        CHECK(backend.get(keys[2])->bytes == "v");
+    }
+    for (const auto& [name, stats] : backend.node_stats()) {
+        INFO(name);
+        CHECK(stats.breaker_opens == (name == address_of(cluster.node(1)) ? 1u : 0u));
+    }
+    CHECK(backend.stats().errors >= 6);
+}
+
+TEST_CASE("RedisClusterBackend starts from any seed that answers, and says when none does",
+          "[redis][cluster]") {
+    RedisCluster& cluster = shared_cluster();
+    RedisClusterOptions o = patient();
+    o.seeds = {{.host = "127.0.0.1", .port = larder::test::detail::pick_free_loopback_port()},
+               {.host = cluster.node(2).host(), .port = cluster.node(2).port()}};
+    RedisClusterBackend backend(o);
+    const std::string key = cluster.key_on(0, "seeded");
+    backend.set(key, "v", 10s);
+    CHECK(backend.get(key)->bytes == "v");
+    CHECK(backend.stats().moved == 0);  // the whole map came from the one seed that answered
+
+    RedisClusterOptions dead = patient();
+    dead.seeds = {{.host = "127.0.0.1", .port = larder::test::detail::pick_free_loopback_port()}};
+    try {
+        RedisClusterBackend none(dead);
+        FAIL("a backend without a reachable seed was built");
+    } catch (const larder::ConnectionError& e) {
+        CHECK(contains(e.what(), "CLUSTER SLOTS"));
+    }
+}
+
+TEST_CASE("RedisClusterOptions are checked, and read from a list of URLs", "[redis][cluster]") {
+    auto refused = [](RedisClusterOptions o) {
+        try {
+            RedisClusterBackend b(std::move(o));
+        } catch (const larder::ConfigError& e) {
+            return std::string(e.what());
+        }
+        return std::string("accepted");
+    };
+    CHECK(contains(refused({}), "seeds"));
+    RedisClusterOptions o;
+    o.seeds = {{.host = "127.0.0.1", .port = 0}};
+    CHECK(contains(refused(o), "port"));
+    o.seeds = {{.host = "127.0.0.1", .port = 7000}};
+    o.node.db = 2;
+    CHECK(contains(refused(o), "db"));
+    o.node.db = 0;
+    o.node.key_prefix = "no-separator";
+    CHECK(contains(refused(o), "key_prefix"));
+
+    const auto parsed =
+        RedisClusterOptions::from_urls("redis://app:s3cret@10.0.0.1:7000,redis://10.0.0.2:7001");
+    REQUIRE(parsed.seeds.size() == 2);
+    CHECK(parsed.seeds[0].host == "10.0.0.1");
+    CHECK(parsed.seeds[0].port == 7000);
+    CHECK(parsed.seeds[1].port == 7001);
+    CHECK(parsed.node.user == "app");
+    CHECK(parsed.node.password == "s3cret");
+    CHECK_THROWS_AS(RedisClusterOptions::from_urls("redis://a:1,,redis://b:2"),
+                    larder::ConfigError);
+    CHECK_THROWS_AS(RedisClusterOptions::from_urls("unix:///tmp/redis.sock"), larder::ConfigError);
+}
+
+TEST_CASE("read_from_replicas sends reads to a replica and writes to the primary",
+          "[redis][cluster]") {
+    RedisCluster& cluster = shared_cluster();
+    cluster.flush_all();
+    RedisClusterOptions o = patient();
+    o.read_from_replicas = true;
+    RedisClusterBackend backend = make_cluster_backend(cluster, o);
+    const std::string key = cluster.key_on(0, "replicated");
+    backend.set(key, "v", 10s);
+    // Replication is asynchronous: wait until the replica has it.
+    (void)cluster.node(0).query({"WAIT", "1", "2000"});
+    const auto read = backend.get(key);
+    REQUIRE(read);
+    CHECK(read->bytes == "v");
+    CHECK(backend.stats().replica_reads >= 1);
+    const auto many = backend.get_many(std::vector<std::string>{key});
+    CHECK(many[0]->bytes == "v");
+    // A compare-and-set reads and writes: it goes to the primary.
+    CHECK(backend.compare_and_set(key, "v", "w", 10s));
+    bool replica_served = false;
+    for (const auto& [name, stats] : backend.node_stats()) {
+        if (name == address_of(cluster.replica_of(0)) + " (replica reads)") {
+            replica_served = stats.round_trips >= 2;
+        }
+    }
+    CHECK(replica_served);
+}
+
+TEST_CASE("On a cluster, a write-behind store needs a key prefix with a hash tag",
+          "[redis][cluster]") {
+    RedisCluster& cluster = shared_cluster();
+    RedisClusterOptions o = patient();
+    o.node.key_prefix = "app:";
+    RedisClusterBackend untagged = make_cluster_backend(cluster, o);
+    try {
+        larder::RedisClusterWriteBehindStore store(untagged);
+        FAIL("a store whose queue and entries can live in different slots was built");
+    } catch (const larder::ConfigError& e) {
+        CHECK(contains(e.what(), "hash tag"));
+    }
+    o.node.key_prefix = "{app}:";
+    RedisClusterBackend tagged = make_cluster_backend(cluster, o);
+    CHECK_NOTHROW(larder::RedisClusterWriteBehindStore(tagged));
 }
 
 #endif

@@ -228,7 +228,7 @@ public:
     /// CROSSSLOT (ClusterRedirectError).
     RedisReply eval(RedisScript& script, std::span<const std::string_view> keys,
                     std::span<const std::string_view> args) {
-        const redis_detail::StoredKeys stored(options_.node.key_prefix, keys_of(keys));
+        const redis_detail::StoredKeys stored(options_.node.key_prefix, keys);
         return on_key(first_of(stored.views()), access_of(script),
                       [&](redis_detail::Connection& c) {
                           return redis_detail::to_reply(*script.run(c, stored.views(), args));
@@ -246,7 +246,7 @@ public:
                                                       std::span<const std::string_view> keys,
                                                       std::span<const std::string_view> args,
                                                       int replicas, Millis timeout) {
-        const redis_detail::StoredKeys stored(options_.node.key_prefix, keys_of(keys));
+        const redis_detail::StoredKeys stored(options_.node.key_prefix, keys);
         const redis_detail::Number n(replicas);
         const redis_detail::Number ms(timeout.count());
         return on_key(first_of(stored.views()), Access::write, [&](redis_detail::Connection& c) {
@@ -401,18 +401,6 @@ private:
         r.port = port;
         return r;
     }
-
-    // StoredKeys takes strings; scripts take views. One copy of a handful of short keys.
-    class KeyCopies {
-    public:
-        explicit KeyCopies(std::span<const std::string_view> views)
-            : keys_(views.begin(), views.end()) {}
-        operator std::span<const std::string>() const noexcept { return keys_; }  // NOLINT
-
-    private:
-        std::vector<std::string> keys_;
-    };
-    static KeyCopies keys_of(std::span<const std::string_view> views) { return KeyCopies(views); }
 
     static std::string_view first_of(std::span<const std::string_view> keys) {
         return keys.empty() ? std::string_view{} : keys.front();

@@ -109,14 +109,10 @@ private:
 class StoredKeys {
 public:
     StoredKeys(const std::string& prefix, std::span<const std::string> keys) {
-        views_.reserve(keys.size());
-        if (!prefix.empty()) {
-            owned_.reserve(keys.size());
-            for (const auto& k : keys) owned_.push_back(prefix + k);
-            views_.assign(owned_.begin(), owned_.end());
-        } else {
-            views_.assign(keys.begin(), keys.end());
-        }
+        assign(prefix, keys);
+    }
+    StoredKeys(const std::string& prefix, std::span<const std::string_view> keys) {
+        assign(prefix, keys);
     }
     StoredKeys(const StoredKeys&) = delete;
     StoredKeys& operator=(const StoredKeys&) = delete;
@@ -124,6 +120,18 @@ public:
     [[nodiscard]] std::span<const std::string_view> views() const noexcept { return views_; }
 
 private:
+    template <class Key>
+    void assign(const std::string& prefix, std::span<const Key> keys) {
+        views_.reserve(keys.size());
+        if (prefix.empty()) {
+            views_.assign(keys.begin(), keys.end());
+            return;
+        }
+        owned_.reserve(keys.size());
+        for (const auto& k : keys) owned_.push_back(prefix + std::string(k));
+        views_.assign(owned_.begin(), owned_.end());
+    }
+
     std::vector<std::string> owned_;
     std::vector<std::string_view> views_;
 };
