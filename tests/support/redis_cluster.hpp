@@ -6,6 +6,7 @@
 // cluster_state:ok and every replica is in sync; every server stops with the object.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <functional>
@@ -86,7 +87,10 @@ public:
 
     /// The cluster slot of `key` (CLUSTER KEYSLOT: hash tags included).
     [[nodiscard]] int slot_of(std::string_view key) const {
-        const RespReply r = nodes_.front()->query({"CLUSTER", "KEYSLOT", std::string(key)});
+        const auto running = std::find_if(nodes_.begin(), nodes_.end(),
+                                          [](const auto& n) { return n->is_running(); });
+        if (running == nodes_.end()) throw std::runtime_error("RedisCluster: no node is running");
+        const RespReply r = (*running)->query({"CLUSTER", "KEYSLOT", std::string(key)});
         if (r.type != RespReply::Type::integer) {
             throw std::runtime_error("CLUSTER KEYSLOT: " + r.render());
         }
