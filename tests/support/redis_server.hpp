@@ -87,6 +87,9 @@ struct RedisServerOptions {
     // Written to <dir>/users.acl and passed as --aclfile when non-empty. Set auth_user and
     // auth_password to a user allowed to run the commands the tests send through command().
     std::string acl_file_contents{};
+    // Written to <dir>/redis.conf and passed as the configuration file when non-empty
+    // (a sentinel needs one it can rewrite: extra_args {"--sentinel"}).
+    std::string config_file_contents{};
     // Also listen on <dir>/redis.sock (mode 700); see RedisServer::unix_socket_path().
     bool unix_socket = false;
     // Credentials of the helper's own client when an ACL user is needed (AUTH user password).
@@ -903,6 +906,13 @@ public:
                     throw std::runtime_error("cannot write " + dir_ + "/users.acl");
                 }
             }
+            if (!options_.config_file_contents.empty()) {
+                std::ofstream conf(dir_ + "/redis.conf", std::ios::binary);
+                conf << options_.config_file_contents;
+                if (!conf.flush()) {
+                    throw std::runtime_error("cannot write " + dir_ + "/redis.conf");
+                }
+            }
             start_with_retries(options_.port);
         } catch (...) {
             detail::untrack_temp_dir(this);
@@ -1123,6 +1133,9 @@ private:
             "--logfile", log_path(),
         };
         // clang-format on
+        if (!options_.config_file_contents.empty()) {
+            argv.insert(argv.begin() + 1, dir_ + "/redis.conf");
+        }
         if (options_.persistence) {
             argv.insert(argv.end(), {"--appendonly", "yes", "--appendfsync", "always"});
         } else {

@@ -31,6 +31,7 @@
 #include "larder/backend/redis/pool.hpp"
 #include "larder/backend/redis/reply.hpp"
 #include "larder/backend/redis/scripts.hpp"
+#include "larder/backend/redis/sentinel.hpp"
 #include "larder/backend/redis/url.hpp"
 #include "larder/core/clock.hpp"
 #include "larder/core/error.hpp"
@@ -56,6 +57,8 @@ struct RedisBackendStats {
     std::uint64_t tracking_redirects = 0;
     /// Of those, refused by Redis (an ACL without CLIENT): the call threw BackendError.
     std::uint64_t tracking_refusals = 0;
+    /// Sentinel: +switch-master announcements followed.
+    std::uint64_t primary_switches = 0;
 
     friend bool operator==(const RedisBackendStats&, const RedisBackendStats&) = default;
 };
@@ -74,15 +77,19 @@ public:
           breaker_(options_.breaker),
           pool_(
               {options_.pool_size, options_.pool_wait_timeout, options_.reconnect_backoff},
-              [this] { return connect(); }, endpoint_.describe()),
+              [this] { return connect(); }, where()),
           compare_and_set_script_("compare_and_set", redis_detail::compare_and_set_lua),
           compare_and_delete_script_("compare_and_delete", redis_detail::compare_and_delete_lua),
           compare_and_expire_script_("compare_and_expire", redis_detail::compare_and_expire_lua) {
+        if (!options_.sentinel.sentinels.empty()) {
+            sentinel_ = std::make_unique<redis_detail::Sentinel>(
+                options_.sentinel, endpoint_, counters_, [this] { pool_.close_idle(); });
+        }
         if (options_.require_connection) {
             try {
                 ping();
             } catch (const BackendError& e) {
-                throw ConnectionError("RedisBackend: Redis at " + endpoint_.describe() +
+                throw ConnectionError("RedisBackend: Redis at " + where() +
                                       " is not usable and require_connection is set: " + e.what());
             }
         }
@@ -284,7 +291,14 @@ public:
         s.script_loads = load(counters_.script_loads);
         s.tracking_redirects = load(counters_.tracking_redirects);
         s.tracking_refusals = load(counters_.tracking_refusals);
+        s.primary_switches = sentinel_ ? sentinel_->switches() : 0;
         return s;
+    }
+
+    /// Sentinel: the primary's address in use, nullopt while none is known (or without
+    /// Sentinel).
+    [[nodiscard]] std::optional<RedisAddress> sentinel_primary() const {
+        return sentinel_ ? sentinel_->known() : std::nullopt;
     }
 
     [[nodiscard]] const RedisOptions& options() const noexcept { return options_; }
@@ -330,7 +344,14 @@ private:
 
     static RedisOptions validated(RedisOptions o) {
         auto fail = [](const std::string& why) { throw ConfigError("RedisOptions: " + why); };
-        if (o.unix_socket.empty()) {
+        if (!o.sentinel.sentinels.empty()) {
+            if (o.sentinel.master_name.empty()) fail("sentinel.master_name is empty");
+            for (const RedisAddress& s : o.sentinel.sentinels) {
+                if (s.host.empty()) fail("a sentinel has no host");
+                if (s.port < 1 || s.port > 65535) fail("a sentinel's port must be in 1..65535");
+            }
+            if (!o.unix_socket.empty()) fail("unix_socket and sentinels exclude each other");
+        } else if (o.unix_socket.empty()) {
             if (o.host.empty()) fail("host is empty (and no unix_socket)");
             if (o.port < 1 || o.port > 65535) fail("port must be in 1..65535");
         }
@@ -352,9 +373,17 @@ private:
         return o;
     }
 
+    std::string where() const {
+        return options_.sentinel.sentinels.empty()
+                   ? endpoint_.describe()
+                   : "the primary of '" + options_.sentinel.master_name + "' (Sentinel)";
+    }
+
     std::unique_ptr<redis_detail::Connection> connect() {
         try {
-            auto conn = std::make_unique<redis_detail::Connection>(endpoint_, counters_);
+            auto conn = sentinel_
+                            ? sentinel_->connect_to_primary()
+                            : std::make_unique<redis_detail::Connection>(endpoint_, counters_);
             Counters::bump(counters_.connects);
             return conn;
         } catch (...) {
@@ -372,6 +401,19 @@ private:
     template <class F>
     auto run(F&& body, Effect effect = Effect::read)
         -> std::invoke_result_t<F&, redis_detail::Connection&> {
+        if (!sentinel_) return run_once(body, effect);
+        try {
+            return run_once(body, effect);
+        } catch (const redis_detail::ReplyError& e) {
+            if (!e.read_only()) throw;
+        }
+        // A demoted primary refused the command, so it was not applied: once more, on the
+        // primary the sentinels name now.
+        return run_once(body, effect);
+    }
+
+    template <class F>
+    auto run_once(F& body, Effect effect) -> std::invoke_result_t<F&, redis_detail::Connection&> {
         using Result = std::invoke_result_t<F&, redis_detail::Connection&>;
         using Ticket = redis_detail::CircuitBreaker::Ticket;
         Ticket ticket;
@@ -383,7 +425,7 @@ private:
         }
         bool answering = false;  // a timeout came while replies were arriving
         try {
-            auto lease = pool_.borrow();
+            auto lease = borrow(effect);
             follow_tracking(*lease);
             try {
                 if constexpr (std::is_void_v<Result>) {
@@ -402,7 +444,11 @@ private:
                                               " (the write was sent: it may have been applied)");
                 }
                 throw;
+            } catch (const redis_detail::ReplyError& e) {
+                if (sentinel_ && e.read_only()) primary_moved(*lease);
+                throw;
             } catch (const ConnectionError& e) {
+                if (sentinel_ && lease->lost()) primary_moved(*lease);
                 // The connection died after the whole write left: the server may have run
                 // it before the reply was lost, so this is no plain failure either. (One
                 // cut short while sending never ran: the server had no whole command.)
@@ -479,6 +525,28 @@ private:
         c.set_tracking(epoch, std::move(owner));
     }
 
+    // A write never leaves on a connection its server has closed already (a failover's
+    // CLIENT KILL, an idle timeout): the lost reply would make an unsent write's outcome
+    // "unknown". One poll() per write; reads just retry on the next call.
+    redis_detail::ConnectionPool::Lease borrow(Effect effect) {
+        for (std::size_t tries = 0;; ++tries) {
+            auto lease = pool_.borrow();
+            if (effect == Effect::read || tries > options_.pool_size || !lease->hung_up()) {
+                return lease;
+            }
+            if (sentinel_) primary_moved(*lease);
+            lease.discard();
+        }
+    }
+
+    // Under Sentinel: `c` found the node it reached is no longer the primary (it went
+    // away, or refuses writes). The next connection asks the sentinels again, and the idle
+    // ones, which go to the same node, are closed.
+    void primary_moved(const redis_detail::Connection& c) {
+        sentinel_->forget(RedisAddress{c.endpoint().host, c.endpoint().port});
+        pool_.close_idle();
+    }
+
     void send_tracking(redis_detail::Connection& c, const Args& args) {
         Counters::bump(counters_.tracking_redirects);
         const auto reply = c.command(args);
@@ -520,6 +588,8 @@ private:
     std::mutex redirect_mutex_;
     std::shared_ptr<redis_detail::TrackingRedirect> redirect_owner_;
     std::vector<std::shared_ptr<redis_detail::TrackingRedirect>> retired_redirects_;
+    // Last: its thread closes idle connections of pool_ until it is destroyed.
+    std::unique_ptr<redis_detail::Sentinel> sentinel_;
 };
 
 static_assert(Backend<RedisBackend>);

@@ -357,6 +357,9 @@ private:
         if (!o.node.unix_socket.empty())
             fail("node.unix_socket: cluster nodes are reached over TCP");
         if (o.node.db != 0) fail("node.db must be 0: a cluster has one database");
+        if (!o.node.sentinel.sentinels.empty()) {
+            fail("node.sentinel: a cluster finds its primaries itself, without Sentinel");
+        }
         if (o.refresh_interval.count() <= 0) fail("refresh_interval must be positive");
         if (o.min_refresh_interval.count() < 0) fail("min_refresh_interval must not be negative");
         if (o.try_again_backoff.count() < 0) fail("try_again_backoff must not be negative");

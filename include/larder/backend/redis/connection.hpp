@@ -44,16 +44,20 @@ namespace larder::redis_detail {
 /// Redis answered with an error reply. The connection itself is fine.
 class ReplyError : public BackendError {
 public:
-    ReplyError(const std::string& what, bool server_unavailable)
-        : BackendError(what), server_unavailable_(server_unavailable) {}
+    ReplyError(const std::string& what, bool server_unavailable, bool read_only = false)
+        : BackendError(what), server_unavailable_(server_unavailable), read_only_(read_only) {}
 
     /// The server cannot serve anyone right now (loading its data set, stuck in a script,
     /// no master): the breaker counts it like an I/O error. Other error replies (a wrong
     /// type, a rejected script) say nothing about the server's health.
     [[nodiscard]] bool server_unavailable() const noexcept { return server_unavailable_; }
 
+    /// READONLY: a write reached a replica (a demoted primary), which refused it.
+    [[nodiscard]] bool read_only() const noexcept { return read_only_; }
+
 private:
     bool server_unavailable_;
+    bool read_only_;
 };
 
 struct ReplyDeleter {
@@ -167,7 +171,7 @@ inline void check(const redisReply& r, std::string_view what) {
     }
     if (means_cluster(text)) throw_cluster_redirect(what, text);
     throw ReplyError("redis " + std::string(what) + ": " + std::string(text),
-                     means_unavailable(text));
+                     means_unavailable(text), text.starts_with("READONLY "));
 }
 
 [[noreturn]] inline void unexpected(const redisReply& r, std::string_view what) {
@@ -539,6 +543,9 @@ public:
     /// node that imports a slot serves it. Turn it on and off between round trips only.
     void asking(bool on) noexcept { asking_ = on; }
 
+    /// Where this connection goes.
+    [[nodiscard]] const Endpoint& endpoint() const noexcept { return endpoint_; }
+
     /// The counters of the backend this connection belongs to.
     [[nodiscard]] Counters& counters() const noexcept { return counters_; }
 
@@ -749,7 +756,7 @@ private:
         throw BackendError("redis: " + endpoint_.describe() + ": " + ctx_->errstr);
     }
 
-    const Endpoint& endpoint_;  // owned by the backend, which outlives its connections
+    const Endpoint endpoint_;  // a copy: under Sentinel, each connection's own primary
     Counters& counters_;
     std::unique_ptr<redisContext, ContextDeleter> ctx_;
     std::string outgoing_;  // commands appended, not yet sent

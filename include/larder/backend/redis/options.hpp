@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "larder/backend/redis/url.hpp"
 #include "larder/core/clock.hpp"
@@ -39,6 +40,30 @@ struct CircuitBreakerOptions {
     /// How long an open breaker fails calls fast before it lets one probe through. Short,
     /// because while it is open every read goes to the database.
     Millis cool_down{500};
+};
+
+/// A server's address.
+struct RedisAddress {
+    std::string host{};
+    int port = 0;
+
+    friend bool operator==(const RedisAddress&, const RedisAddress&) = default;
+};
+
+/// Redis Sentinel: the backend asks the sentinels where the primary of `master_name` is,
+/// instead of connecting to host and port, and follows it through failovers
+/// (docs/redis.md, "Sentinel").
+struct SentinelOptions {
+    /// Asked in order until one answers. Empty: no Sentinel.
+    std::vector<RedisAddress> sentinels{};
+    std::string master_name{};
+    /// Credentials of the sentinels themselves (the data nodes use RedisOptions's).
+    std::string user{};
+    std::string password{};
+    /// Subscribe to +switch-master on a sentinel (one thread per backend), so that a
+    /// failover is followed as soon as it is announced, not only when a call fails on the
+    /// old primary.
+    bool follow_switch_master = true;
 };
 
 // Every member has a default member initializer, so that designated initializers naming
@@ -87,6 +112,8 @@ struct RedisOptions {
     /// if that fails. false: construct anyway and connect on first use.
     bool require_connection = false;
     CircuitBreakerOptions breaker{};
+    /// With sentinels, the primary is found through them, and host and port are not used.
+    SentinelOptions sentinel{};
 
     /// Address, credentials and database from a URL, everything else from the defaults:
     /// redis://[[user]:password@]host[:port][/db] or unix://[[user]:password@]/path[?db=N].

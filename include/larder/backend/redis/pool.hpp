@@ -61,6 +61,11 @@ public:
         Connection& operator*() const noexcept { return *conn_; }
         Connection* operator->() const noexcept { return conn_.get(); }
 
+        /// Closes the connection now instead of returning it.
+        void discard() noexcept {
+            if (pool_ != nullptr && conn_) pool_->drop(std::move(conn_));
+        }
+
     private:
         friend class ConnectionPool;
         Lease(ConnectionPool* pool, std::unique_ptr<Connection> conn) noexcept
@@ -150,6 +155,18 @@ public:
         return closing.size();  // closed here, outside the lock
     }
 
+    /// Closes every idle connection (the primary moved: new ones go to the new one).
+    std::size_t close_idle() noexcept {
+        std::vector<std::unique_ptr<Connection>> closing;
+        {
+            std::lock_guard lock(mutex_);
+            open_ -= idle_.size();
+            closing.swap(idle_);
+        }
+        if (!closing.empty()) available_.notify_all();
+        return closing.size();
+    }
+
     /// Connections open now, borrowed or idle.
     [[nodiscard]] std::size_t open_count() const {
         std::lock_guard lock(mutex_);
@@ -177,6 +194,15 @@ private:
             }
         }
         available_.notify_one();
+    }
+
+    void drop(std::unique_ptr<Connection> conn) noexcept {
+        {
+            std::lock_guard lock(mutex_);
+            --open_;
+        }
+        available_.notify_one();
+        conn.reset();  // closed outside the lock
     }
 
     void give_back(std::unique_ptr<Connection> conn) noexcept {
