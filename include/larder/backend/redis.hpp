@@ -470,7 +470,9 @@ private:
             throw;
         } catch (const redis_detail::ReplyError& e) {
             Counters::bump(counters_.errors);
-            if (e.server_unavailable()) {
+            // A cluster node that answers CLUSTERDOWN is up: another primary is missing, and
+            // the node serves again as soon as that primary's replica takes over.
+            if (e.server_unavailable() && !(cluster_node_ && e.cluster_down())) {
                 breaker_.failed(ticket, e.what());
             } else {
                 breaker_.succeeded(ticket);
@@ -588,6 +590,7 @@ private:
     std::mutex redirect_mutex_;
     std::shared_ptr<redis_detail::TrackingRedirect> redirect_owner_;
     std::vector<std::shared_ptr<redis_detail::TrackingRedirect>> retired_redirects_;
+    bool cluster_node_ = false;  // set by RedisClusterBackend for each node it runs
     // Last: its thread closes idle connections of pool_ until it is destroyed.
     std::unique_ptr<redis_detail::Sentinel> sentinel_;
 };

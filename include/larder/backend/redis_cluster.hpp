@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <mutex>
@@ -57,9 +58,11 @@ struct RedisClusterOptions {
     Millis min_refresh_interval{100};
     /// Redirects (MOVED, ASK) one call follows before it fails with ClusterRedirectError.
     unsigned max_redirects = 5;
-    /// TRYAGAIN (keys of one slot split by a migration in progress): retries of one call,
-    /// the first after try_again_backoff, each wait twice the one before.
-    unsigned try_again_attempts = 8;
+    /// TRYAGAIN (keys of one slot split by a migration in progress): a call retries for
+    /// up to try_again_timeout, the first retry after try_again_backoff, each wait twice
+    /// the one before (at most 50 ms). A slot moves in batches of keys, so a large one can
+    /// keep a multi-key script waiting for a while.
+    Millis try_again_timeout{2000};
     Millis try_again_backoff{2};
     /// Reads (get, get_value, get_many, get_many_values) go to a replica of the key's
     /// slot (READONLY), writes to its primary. Off by default: a replica lags its primary,
@@ -71,25 +74,29 @@ struct RedisClusterOptions {
     /// RedisOptions::from_url reads it; credentials from the first); everything else from
     /// the defaults. ConfigError on a malformed list.
     [[nodiscard]] static RedisClusterOptions from_urls(std::string_view urls) {
+        auto fail = [](const char* why) {
+            throw ConfigError(std::string("RedisClusterOptions: ") + why);
+        };
+        if (urls.empty()) fail("no URL in the list");
         RedisClusterOptions options;
-        bool first = true;
-        while (!urls.empty()) {
+        for (bool first = true;; first = false) {
             const auto comma = urls.find(',');
             const std::string_view url = urls.substr(0, comma);
-            urls = comma == std::string_view::npos ? std::string_view{} : urls.substr(comma + 1);
-            if (url.empty()) throw ConfigError("RedisClusterOptions: an empty URL in the list");
-            RedisOptions parsed = RedisOptions::from_url(url);
-            if (!parsed.unix_socket.empty()) {
-                throw ConfigError("RedisClusterOptions: cluster nodes are reached over TCP");
-            }
+            if (url.empty()) fail("an empty URL in the list");
+            const RedisOptions parsed = RedisOptions::from_url(url);
+            if (!parsed.unix_socket.empty()) fail("cluster nodes are reached over TCP");
+            if (parsed.db != 0) fail("a cluster has database 0 only");
             if (first) {
                 options.node.user = parsed.user;
                 options.node.password = parsed.password;
-                first = false;
+            } else if (parsed.user != options.node.user ||
+                       parsed.password != options.node.password) {
+                fail("the URLs name different credentials: every node takes the same");
             }
             options.seeds.push_back(ClusterNode{.host = parsed.host, .port = parsed.port});
+            if (comma == std::string_view::npos) return options;
+            urls.remove_prefix(comma + 1);
         }
-        return options;
     }
 };
 
@@ -206,12 +213,23 @@ public:
     /// argv[1] (the first key of nearly every command); a command of one word goes to any
     /// node. An error reply throws BackendError.
     RedisReply command(std::span<const std::string_view> argv) {
+        return command_at(argv.size() > 1 ? argv[1] : std::string_view{}, argv);
+    }
+
+    RedisReply command(std::initializer_list<std::string_view> argv) {
+        return command(std::span<const std::string_view>(argv.begin(), argv.size()));
+    }
+
+    /// A command on the node that serves the slot of `stored_key` (the key as Redis sees
+    /// it, prefix included): for commands about the server (INFO, CONFIG GET) asked of the
+    /// node that holds a given key.
+    RedisReply command_at(std::string_view stored_key, std::span<const std::string_view> argv) {
         if (argv.empty()) throw ConfigError("RedisClusterBackend::command: empty argv");
         redis_detail::Args args;
         for (std::string_view a : argv) args.push(a);
         const std::string name(argv.front().substr(0, 32));
-        const std::string_view key = argv.size() > 1 ? argv[1] : std::string_view{};
-        return on_key(key, redis_detail::reads_only(argv) ? Access::read_primary : Access::write,
+        return on_key(stored_key,
+                      redis_detail::reads_only(argv) ? Access::read_primary : Access::write,
                       [&](redis_detail::Connection& c) {
                           const auto reply = c.command(args);
                           redis_detail::check(*reply, name);
@@ -219,8 +237,9 @@ public:
                       });
     }
 
-    RedisReply command(std::initializer_list<std::string_view> argv) {
-        return command(std::span<const std::string_view>(argv.begin(), argv.size()));
+    RedisReply command_at(std::string_view stored_key,
+                          std::initializer_list<std::string_view> argv) {
+        return command_at(stored_key, std::span<const std::string_view>(argv.begin(), argv.size()));
     }
 
     /// A Lua script on the node that serves its keys' slot; the key prefix is applied to
@@ -361,8 +380,16 @@ private:
             fail("node.sentinel: a cluster finds its primaries itself, without Sentinel");
         }
         if (o.refresh_interval.count() <= 0) fail("refresh_interval must be positive");
-        if (o.min_refresh_interval.count() < 0) fail("min_refresh_interval must not be negative");
-        if (o.try_again_backoff.count() < 0) fail("try_again_backoff must not be negative");
+        if (o.min_refresh_interval.count() < 0 || o.min_refresh_interval > o.refresh_interval) {
+            fail("min_refresh_interval must be in 0..refresh_interval");
+        }
+        if (o.try_again_timeout.count() < 0 || o.try_again_timeout > std::chrono::minutes(1)) {
+            fail("try_again_timeout must be in 0..1 min");
+        }
+        if (o.try_again_backoff.count() < 1 ||
+            o.try_again_backoff > std::chrono::milliseconds(50)) {
+            fail("try_again_backoff must be in 1..50 ms");
+        }
         // The node options themselves are checked by the first RedisBackend built on them.
         RedisOptions probe = o.node;
         probe.host = o.seeds.front().host;
@@ -372,7 +399,10 @@ private:
         return o;
     }
 
-    static Redirect parse_redirect(std::string_view reply) {
+    // `answered_by`: the host of the node that sent the redirect, for the addresses Redis 7
+    // leaves out ("?:port" or ":port", cluster-preferred-endpoint-type unknown-endpoint or
+    // hostname without one).
+    static Redirect parse_redirect(std::string_view reply, std::string_view answered_by) {
         Redirect r;
         const auto space = reply.find(' ');
         const std::string_view word = reply.substr(0, space);
@@ -387,7 +417,7 @@ private:
         const std::string_view slot = rest.substr(0, gap);
         const std::string_view address = rest.substr(gap + 1);
         const auto colon = address.rfind(':');
-        if (colon == std::string_view::npos || colon == 0) return r;
+        if (colon == std::string_view::npos) return r;
         int slot_number = 0;
         int port = 0;
         const std::string_view port_text = address.substr(colon + 1);
@@ -400,7 +430,8 @@ private:
         }
         r.kind = word == "MOVED" ? Redirect::Kind::moved : Redirect::Kind::ask;
         r.slot = static_cast<std::uint16_t>(slot_number);
-        r.host = std::string(address.substr(0, colon));
+        const std::string_view host = address.substr(0, colon);
+        r.host = std::string(host.empty() || host == "?" ? answered_by : host);
         r.port = port;
         return r;
     }
@@ -429,6 +460,7 @@ private:
         o.readonly = readonly;
         o.require_connection = false;
         nodes_.push_back(std::make_unique<Node>(host, port, std::move(o)));
+        nodes_.back()->backend.cluster_node_ = true;
         return nodes_.back().get();
     }
 
@@ -557,7 +589,7 @@ private:
         Node* node = route(slot, access);
         bool asking = false;
         unsigned redirects = 0;
-        unsigned retries = 0;
+        std::optional<std::chrono::steady_clock::time_point> try_again_until;
         Millis backoff = options_.try_again_backoff;
         for (;;) {
             try {
@@ -574,7 +606,7 @@ private:
                     },
                     effect);
             } catch (const ClusterRedirectError& e) {
-                const Redirect r = parse_redirect(e.reply());
+                const Redirect r = parse_redirect(e.reply(), node->backend.options().host);
                 switch (r.kind) {
                     case Redirect::Kind::moved:
                         bump(counters_.moved);
@@ -591,12 +623,16 @@ private:
                         node = node_at(r.host, r.port, false);
                         asking = true;
                         continue;
-                    case Redirect::Kind::try_again:
+                    case Redirect::Kind::try_again: {
                         bump(counters_.try_agains);
-                        if (++retries > options_.try_again_attempts) throw exhausted(e);
-                        std::this_thread::sleep_for(backoff);
-                        backoff *= 2;
+                        const auto now = std::chrono::steady_clock::now();
+                        if (!try_again_until) try_again_until = now + options_.try_again_timeout;
+                        if (now >= *try_again_until) throw exhausted(e);
+                        std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+                            backoff, *try_again_until - now));
+                        backoff = std::min(backoff * 2, Millis{50});
                         continue;
+                    }
                     case Redirect::Kind::other:
                         throw;
                 }
@@ -671,6 +707,12 @@ private:
             it->index.push_back(i);
             it->keys.push_back(stored.views()[i]);
         }
+        // Each batch holds its node's connection while the next borrows one: in one global
+        // order, so that two calls with their keys in opposite orders never wait on each
+        // other's pools.
+        std::sort(batches.begin(), batches.end(), [](const Batch& a, const Batch& b) {
+            return std::less<const Node*>{}(a.node, b.node);
+        });
         send_batches(batches, 0, with_ttl);
         for (const Batch& b : batches) {
             if (b.error) std::rethrow_exception(b.error);
@@ -681,8 +723,12 @@ private:
             for (std::size_t j = 0; j < b.index.size(); ++j) {
                 const redisReply& value = *b.replies[per_key * j];
                 const std::string_view key = b.keys[j];
-                if (value.type == REDIS_REPLY_ERROR &&
-                    redis_detail::means_cluster(redis_detail::text_of(value))) {
+                auto redirected = [](const redisReply& r) {
+                    return r.type == REDIS_REPLY_ERROR &&
+                           redis_detail::means_cluster(redis_detail::text_of(r));
+                };
+                // Either reply: a key can move between its GET and its PTTL.
+                if (redirected(value) || (with_ttl && redirected(*b.replies[2 * j + 1]))) {
                     // The slot moved (or is moving) since the map was read: this key alone
                     // takes the single-key path, which follows the redirect.
                     out[b.index[j]] = with_ttl ? on_slot_read(key, true) : on_slot_read(key, false);

@@ -1,20 +1,30 @@
-// RedisBus: the invalidation bus over Redis pub/sub. One dedicated subscriber connection
-// and one thread per bus (shared by every cache in the process that subscribes to it);
-// publishing goes through an ordinary pooled RedisBackend.
+// RedisBus: the invalidation bus over Redis pub/sub. One dedicated subscriber
+// connection and one thread per bus (shared by every cache in the process that
+// subscribes to it); publishing goes through an ordinary pooled RedisBackend.
 //
-// A subscriber that loses its connection cannot know what was published meanwhile, so
-// the bus reports the loss at once (on_lost), reconnects with backoff, and once SUBSCRIBE
-// is confirmed again replays what it missed from a log kept beside the channel (every
-// message carries a sequence number): on_resumed when the log held all of it, so that
-// L1s keep their hot set; on_restored (start over) when it did not. A connection that goes silent
-// (a network partition that neither side notices) is caught by a PING every `ping_interval` whose
-// answer must come within `ping_timeout`. A SUBSCRIBE that Redis refuses (an ACL without
-// the channel) is reported through on_error and refusals(), then retried at max_backoff.
+// A subscriber that loses its connection cannot know what was published
+// meanwhile, so the bus reports the loss at once (on_lost), reconnects with
+// backoff, and once SUBSCRIBE is confirmed again replays what it missed from a
+// log kept beside the channel (every message carries a sequence number):
+// on_resumed when the log held all of it, so that L1s keep their hot set;
+// on_restored (start over) when it did not. A connection that goes silent (a
+// network partition that neither side notices) is caught by a PING every
+// `ping_interval` whose answer must come within `ping_timeout`. A SUBSCRIBE
+// that Redis refuses (an ACL without the channel) is reported through on_error
+// and refusals(), then retried at max_backoff.
 //
-// Tenants: the channel and every message carry the RedisOptions key prefix. The channel
-// is `<prefix><channel>`, so an ACL of `&<prefix>*` admits it; a message "k<key>" goes out
-// as "k<prefix><key>" - the entry's full stored key - and a message of another prefix that
-// arrives on the same channel is dropped.
+// On a Redis Cluster (RedisClusterBus, over RedisClusterBackend) the channel is
+// a sharded one (SPUBLISH, SSUBSCRIBE; Redis 7): its messages travel only
+// within the shard that owns its slot, and the counter and the log live in that
+// slot too (under a hash tag made of the channel's name). The subscriber
+// follows the slot: when it moves, Redis ends the subscription (sunsubscribe),
+// and the bus subscribes again at the new owner and replays what it missed from
+// the log, as after any reconnect.
+//
+// Tenants: the channel and every message carry the RedisOptions key prefix. The
+// channel is `<prefix><channel>`, so an ACL of `&<prefix>*` admits it; a
+// message "k<key>" goes out as "k<prefix><key>" - the entry's full stored key -
+// and a message of another prefix that arrives on the same channel is dropped.
 #pragma once
 
 #include <fcntl.h>
@@ -31,8 +41,10 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 
 #include "larder/backend/redis.hpp"
+#include "larder/backend/redis_cluster.hpp"
 #include "larder/core/keys.hpp"
 #include "larder/core/random.hpp"
 #include "larder/near/bus.hpp"
@@ -44,8 +56,8 @@ namespace larder {
 struct RedisBusOptions {
     /// After the key prefix: the channel is `<key prefix><channel>`.
     std::string channel = "larder:invalidate";
-    /// Told (on the bus's thread) why a subscription failed or was refused; by default
-    /// the reason goes to stderr. Keep it short; it must not throw.
+    /// Told (on the bus's thread) why a subscription failed or was refused; by
+    /// default the reason goes to stderr. Keep it short; it must not throw.
     std::function<void(std::string_view)> on_error{};
     /// First wait before reconnecting; doubles up to max_backoff.
     Millis first_backoff{20};
@@ -53,24 +65,33 @@ struct RedisBusOptions {
     /// A PING on a quiet subscription, and how long its answer may take.
     Millis ping_interval{1000};
     Millis ping_timeout{2000};
-    /// Messages kept in Redis (a sorted set beside the channel) so that a subscriber that
-    /// reconnects can replay what it missed and keep its L1 (no cold start in every process
-    /// at once). 0: none; a reconnect then starts every L1 over, as does a gap longer than
-    /// the log. Messages are numbered either way, so buses that disagree on this stay
-    /// correct (a gap is seen as one).
+    /// Messages kept in Redis (a sorted set beside the channel) so that a
+    /// subscriber that reconnects can replay what it missed and keep its L1 (no
+    /// cold start in every process at once). 0: none; a reconnect then starts
+    /// every L1 over, as does a gap longer than the log. Messages are numbered
+    /// either way, so buses that disagree on this stay correct (a gap is seen as
+    /// one).
     std::size_t replay_log = 10'000;
 };
 
-class RedisBus {
+/// `Redis` is RedisBackend (RedisBus: plain pub/sub on one server) or
+/// RedisClusterBackend (RedisClusterBus: sharded pub/sub on a cluster).
+template <class Redis>
+class BasicRedisBus {
+    static constexpr bool on_cluster = std::is_same_v<Redis, RedisClusterBackend>;
+
 public:
+    /// RedisOptions, or RedisClusterOptions on a cluster.
+    using ConnectOptions = std::conditional_t<on_cluster, RedisClusterOptions, RedisOptions>;
+
     /// `redis` says where Redis is, how to log in, and the tenant's key prefix.
-    explicit RedisBus(RedisOptions redis, RedisBusOptions options = {})
+    explicit BasicRedisBus(ConnectOptions redis, RedisBusOptions options = {})
         : options_(std::move(options)),
-          prefix_(keys::Namespace(redis.key_prefix).prefix()),
+          prefix_(keys::Namespace(node_options(redis).key_prefix).prefix()),
           channel_(prefix_ + options_.channel),
-          seq_key_(channel_ + ":seq"),
-          log_key_(channel_ + ":log"),
-          endpoint_(redis_detail::Endpoint::from(redis)),
+          seq_key_(slot_base(channel_) + ":seq"),
+          log_key_(slot_base(channel_) + ":log"),
+          endpoint_(redis_detail::Endpoint::from(node_options(redis))),
           publisher_(publisher_options(std::move(redis))) {
         if (options_.channel.empty()) throw ConfigError("RedisBus: the channel must not be empty");
         if (pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) {
@@ -79,10 +100,10 @@ public:
         thread_ = std::thread([this] { run(); });
     }
 
-    RedisBus(const RedisBus&) = delete;
-    RedisBus& operator=(const RedisBus&) = delete;
+    BasicRedisBus(const BasicRedisBus&) = delete;
+    BasicRedisBus& operator=(const BasicRedisBus&) = delete;
 
-    ~RedisBus() {
+    ~BasicRedisBus() {
         stopping_.store(true);
         wake();
         thread_.join();
@@ -90,42 +111,44 @@ public:
         close(wake_[1]);
     }
 
-    /// Throws BackendError when Redis cannot be reached or refuses (an ACL without the
-    /// channel).
+    /// Throws BackendError when Redis cannot be reached or refuses (an ACL
+    /// without the channel).
     void publish(std::string_view message) {
         if (message.empty()) return;
         const std::string wire = redis_detail::bus_wire(message, prefix_);
-        // Numbered even without a log: a subscriber that keeps one must see a gap where a
-        // message it could not replay went out.
+        // Numbered even without a log: a subscriber that keeps one must see a gap
+        // where a message it could not replay went out.
         const std::string keep = std::to_string(options_.replay_log);
-        // The message's id, and the new epoch should it find the counter gone: random, so
-        // never one used before.
+        // The message's id, and the new epoch should it find the counter gone:
+        // random, so never one used before.
         const std::string id = std::to_string(random_version());
         auto send = [&] {
             (void)publisher_.eval(publish_logged_, {seq_key_, log_key_},
-                                  {wire, channel_, keep, id});
+                                  {wire, channel_, keep, id, on_cluster ? "SPUBLISH" : "PUBLISH"});
         };
         try {
             send();
         } catch (const ConnectionError&) {
-            // A pooled connection the server had closed (a blip, a proxy, an idle timeout):
-            // once more on a new one. The message may go out twice, which is harmless; one
-            // that does not go out leaves other L1s serving the old value until it does.
+            // A pooled connection the server had closed (a blip, a proxy, an idle
+            // timeout): once more on a new one. The message may go out twice, which
+            // is harmless; one that does not go out leaves other L1s serving the old
+            // value until it does.
             send();
         } catch (const OutcomeUnknownError&) {
             send();  // the same, found closed only once the message had left
         }
     }
 
-    /// Messages replayed from the log after reconnects, and reconnects that needed no
-    /// fresh start (every missed message was still in the log).
+    /// Messages replayed from the log after reconnects, and reconnects that
+    /// needed no fresh start (every missed message was still in the log).
     [[nodiscard]] std::uint64_t replayed() const noexcept { return replayed_.load(); }
     [[nodiscard]] std::uint64_t resumes() const noexcept { return resumes_.load(); }
 
     /// The channel as subscribed: the key prefix, then RedisBusOptions::channel.
     [[nodiscard]] const std::string& channel() const noexcept { return channel_; }
 
-    /// Subscriptions Redis refused (an ACL without the channel): each was reported.
+    /// Subscriptions Redis refused (an ACL without the channel): each was
+    /// reported.
     [[nodiscard]] std::uint64_t refusals() const noexcept { return refusals_.load(); }
 
     /// Why the last subscription attempt failed; empty once subscribed.
@@ -140,15 +163,56 @@ public:
     /// Subscriptions made so far (1 + reconnects): lets tests see a recovery.
     [[nodiscard]] std::uint64_t subscriptions() const noexcept { return state_.subscriptions(); }
 
-    /// Blocks until connected and every subscriber has been told so, or `timeout` passes;
-    /// returns whether that happened.
+    /// Blocks until connected and every subscriber has been told so, or `timeout`
+    /// passes; returns whether that happened.
     bool wait_connected(Millis timeout) { return state_.wait_connected(timeout); }
 
 private:
-    static RedisOptions publisher_options(RedisOptions o) {
-        o.pool_size = 2;
-        o.key_prefix.clear();
+    static const RedisOptions& node_options(const ConnectOptions& o) {
+        if constexpr (on_cluster) {
+            return o.node;
+        } else {
+            return o;
+        }
+    }
+
+    // The counter and the log beside the channel: on a cluster, in the channel's
+    // slot (a sharded channel hashes as a key does, so "{c}:seq" lives where "c"
+    // is published).
+    static std::string slot_base(const std::string& channel) {
+        if (!on_cluster || keys::hash_tag(channel) != std::string_view(channel)) return channel;
+        return "{" + channel + "}";
+    }
+
+    static ConnectOptions publisher_options(ConnectOptions o) {
+        RedisOptions* node = nullptr;
+        if constexpr (on_cluster) {
+            node = &o.node;
+        } else {
+            node = &o;
+        }
+        node->pool_size = 2;
+        node->key_prefix.clear();
         return o;
+    }
+
+    // Where to subscribe: the server, or the node that owns the channel's slot
+    // now.
+    redis_detail::Endpoint subscriber_endpoint() {
+        if constexpr (on_cluster) {
+            publisher_.refresh_slots();
+            const std::string owner = publisher_.node_of(channel_);
+            const auto colon = owner.rfind(':');
+            if (owner.empty() || colon == std::string::npos) {
+                throw BackendError("RedisClusterBus: no node serves the channel's slot");
+            }
+            redis_detail::Endpoint e = endpoint_;
+            e.host = owner.substr(0, colon);
+            e.port = std::stoi(owner.substr(colon + 1));
+            return e;
+        } else {
+            return endpoint_;
+        }
     }
 
     void wake() const {
@@ -188,13 +252,19 @@ private:
     // One subscription, until it fails or the bus stops.
     void listen() {
         redis_detail::Counters counters;
-        redis_detail::Connection conn(endpoint_, counters);
+        redis_detail::Connection conn(subscriber_endpoint(), counters);
         const std::string server = server_identity(conn);
-        const auto reply = conn.command(redis_detail::Args{"SUBSCRIBE", channel_});
+        const char* verb = on_cluster ? "SSUBSCRIBE" : "SUBSCRIBE";
+        const auto reply = conn.command(redis_detail::Args{verb, channel_});
         if (reply->type != REDIS_REPLY_ARRAY) {
-            std::string why = "RedisBus: SUBSCRIBE " + channel_ + " refused";
-            if (reply->type == REDIS_REPLY_ERROR)
-                why += ": " + std::string(redis_detail::text_of(*reply));
+            std::string why = "RedisBus: " + std::string(verb) + " " + channel_ + " refused";
+            if (reply->type == REDIS_REPLY_ERROR) {
+                const std::string_view text = redis_detail::text_of(*reply);
+                // The slot moved between the map's refresh and the subscription: again.
+                if (redis_detail::means_cluster(text))
+                    throw BackendError(why + ": " + std::string(text));
+                why += ": " + std::string(text);
+            }
             throw SubscribeRefused(why);
         }
         state_.set_connected(
@@ -234,26 +304,34 @@ private:
             }
             if (raw == nullptr) return;
             const redis_detail::ReplyPtr reply(static_cast<redisReply*>(raw));
-            // ["message", channel, payload]; PING answers ["pong", ""]; ignore the rest.
+            // ["message", channel, payload] (["smessage", ...] when sharded); PING
+            // answers
+            // ["pong", ""]; ignore the rest.
             if (const redisReply* payload = redis_detail::message_payload(*reply)) {
                 deliver(redis_detail::text_of(*payload));
+            } else if (redis_detail::shard_unsubscribed(*reply)) {
+                // The channel's slot moved to another node, which now carries its
+                // messages.
+                throw BackendError("RedisClusterBus: the channel's slot moved");
             }
         }
     }
 
-    // Where a message stands: the lifetime of the counter (an epoch a publisher draws when
-    // it finds none, so a flush or a restart without persistence starts a new one), its
-    // number in it, and its own random id, which tells it from another message given the
-    // same number after a rollback (a restart from an older snapshot, a failover to a
-    // replica that was behind: the counter comes back lower, under the same epoch).
+    // Where a message stands: the lifetime of the counter (an epoch a publisher
+    // draws when it finds none, so a flush or a restart without persistence
+    // starts a new one), its number in it, and its own random id, which tells it
+    // from another message given the same number after a rollback (a restart from
+    // an older snapshot, a failover to a replica that was behind: the counter
+    // comes back lower, under the same epoch).
     using Position = redis_detail::BusPosition;
 
-    // Which server process, with which dataset, this connection talks to: its run_id (a
-    // restart or a failover changes it) and replication id (a resync that replaced its
-    // data changes it). A server restored from a snapshot has lost the messages published
-    // after the snapshot, and with them their numbers: the log and the counter agree, and
-    // only this tells that something is missing. "" when INFO is refused (an ACL without
-    // +info): then no reconnect can resume. Asked on the connection that subscribes.
+    // Which server process, with which dataset, this connection talks to: its
+    // run_id (a restart or a failover changes it) and replication id (a resync
+    // that replaced its data changes it). A server restored from a snapshot has
+    // lost the messages published after the snapshot, and with them their
+    // numbers: the log and the counter agree, and only this tells that something
+    // is missing. "" when INFO is refused (an ACL without +info): then no
+    // reconnect can resume. Asked on the connection that subscribes.
     std::string server_identity(redis_detail::Connection& conn) {
         std::string identity;
         for (const char* section : {"server", "replication"}) {
@@ -278,22 +356,23 @@ private:
         return identity;
     }
 
-    // Just subscribed: replays from the log what this bus missed since its last message,
-    // before any message of the new subscription is read (those follow, duplicates
-    // included, which is harmless: invalidations are idempotent). True if nothing missed
-    // is unknown: the same server process and dataset, the counter in the same epoch and
-    // not behind the last message heard, the log still holding that very message (same
-    // number, same id) and every number after it.
+    // Just subscribed: replays from the log what this bus missed since its last
+    // message, before any message of the new subscription is read (those follow,
+    // duplicates included, which is harmless: invalidations are idempotent). True
+    // if nothing missed is unknown: the same server process and dataset, the
+    // counter in the same epoch and not behind the last message heard, the log
+    // still holding that very message (same number, same id) and every number
+    // after it.
     bool catch_up(const std::string& server) {
         if (options_.replay_log == 0) return false;
         std::optional<Position> last = std::exchange(heard_, std::nullopt);
         if (server.empty() || server != server_) last.reset();  // another server: start over
         server_ = server;
         try {
-            // No counter yet: draw its epoch now. Otherwise a subscriber that heard nothing
-            // could not tell the epoch a publisher draws later from one drawn, flushed and
-            // drawn again while it was away; with it, only a reconnect after a flush starts
-            // over.
+            // No counter yet: draw its epoch now. Otherwise a subscriber that heard
+            // nothing could not tell the epoch a publisher draws later from one
+            // drawn, flushed and drawn again while it was away; with it, only a
+            // reconnect after a flush starts over.
             (void)publisher_.command(
                 {"HSETNX", seq_key_, "epoch", std::to_string(random_version())});
             const auto now = publisher_.command({"HMGET", seq_key_, "epoch", "seq"});
@@ -333,7 +412,8 @@ private:
                 const auto at = redis_detail::bus_position_of(entries[i].str);
                 if (!at || at->epoch != last->epoch || at->seq != expected++) return start_over();
             }
-            // Nothing numbered after the last message heard may be missing from the log.
+            // Nothing numbered after the last message heard may be missing from the
+            // log.
             if (expected <= current.seq) return start_over();
             heard_ = last;
             for (std::size_t i = first_missed; i < entries.size(); ++i) {
@@ -347,11 +427,13 @@ private:
         }
     }
 
-    // ["#<epoch>.<seq>.<id>:"]"<kind><prefix><key>" on the wire; subscribers hear "<kind><key>".
+    // ["#<epoch>.<seq>.<id>:"]"<kind><prefix><key>" on the wire; subscribers hear
+    // "<kind><key>".
     void deliver(std::string_view wire) {
         if (auto at = redis_detail::take_bus_position(wire)) {
-            // The latest, not the largest: the script numbers and publishes in one step, so
-            // the channel's order is the log's, and a new epoch is where it continues.
+            // The latest, not the largest: the script numbers and publishes in one
+            // step, so the channel's order is the log's, and a new epoch is where it
+            // continues.
             if (heard_) heard_ = std::move(*at);
         }
         std::string scratch;
@@ -373,7 +455,7 @@ private:
     const std::string seq_key_;
     const std::string log_key_;
     const redis_detail::Endpoint endpoint_;
-    RedisBackend publisher_;
+    Redis publisher_;
     detail::ListenerState state_;
     std::atomic<bool> stopping_{false};
     std::atomic<std::uint64_t> refusals_{0};
@@ -396,13 +478,17 @@ if keep > 0 then
     local over = redis.call('ZCARD', KEYS[2]) - keep
     if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1) end
 end
-redis.call('PUBLISH', ARGV[2], m)
+redis.call(ARGV[5], ARGV[2], m)
 return seq
 )lua"};
     int wake_[2] = {-1, -1};
     std::thread thread_;  // last: starts after everything it uses exists
 };
 
+using RedisBus = BasicRedisBus<RedisBackend>;
+using RedisClusterBus = BasicRedisBus<RedisClusterBackend>;
+
 static_assert(InvalidationBus<RedisBus>);
+static_assert(InvalidationBus<RedisClusterBus>);
 
 }  // namespace larder

@@ -43,7 +43,8 @@ public:
     SlotMap() = default;
 
     /// `answered_by`: the host of the node that sent the reply, for the nodes it names
-    /// with an empty or "?" address (a node that does not know its own address).
+    /// with an empty, "?" or nil address (a node that does not know its own address, or
+    /// cluster-preferred-endpoint-type unknown-endpoint).
     [[nodiscard]] static SlotMap from_cluster_slots(const RedisReply& reply,
                                                     std::string_view answered_by) {
         if (!reply.is_array()) fail("the reply is not an array");
@@ -109,8 +110,9 @@ private:
     }
 
     static ClusterNode node(const RedisReply& r, std::string_view answered_by) {
-        if (!r.is_array() || r.elements.size() < 2 || !r.elements[0].is_string() ||
-            !r.elements[1].is_integer()) {
+        // A nil address: Redis 7 with cluster-preferred-endpoint-type unknown-endpoint.
+        if (!r.is_array() || r.elements.size() < 2 ||
+            !(r.elements[0].is_string() || r.elements[0].is_nil()) || !r.elements[1].is_integer()) {
             fail("a node is not [address, port, ...]");
         }
         if (r.elements[1].integer <= 0 || r.elements[1].integer > 65535) {

@@ -44,8 +44,12 @@ namespace larder::redis_detail {
 /// Redis answered with an error reply. The connection itself is fine.
 class ReplyError : public BackendError {
 public:
-    ReplyError(const std::string& what, bool server_unavailable, bool read_only = false)
-        : BackendError(what), server_unavailable_(server_unavailable), read_only_(read_only) {}
+    /// `reply`: the server's error reply, which tells READONLY and CLUSTERDOWN apart.
+    ReplyError(const std::string& what, bool server_unavailable, std::string_view reply = {})
+        : BackendError(what),
+          server_unavailable_(server_unavailable),
+          read_only_(reply.starts_with("READONLY ")),
+          cluster_down_(reply.starts_with("CLUSTERDOWN")) {}
 
     /// The server cannot serve anyone right now (loading its data set, stuck in a script,
     /// no master): the breaker counts it like an I/O error. Other error replies (a wrong
@@ -55,9 +59,14 @@ public:
     /// READONLY: a write reached a replica (a demoted primary), which refused it.
     [[nodiscard]] bool read_only() const noexcept { return read_only_; }
 
+    /// CLUSTERDOWN: the cluster, not necessarily this node, cannot serve (a primary is
+    /// missing and full coverage is required).
+    [[nodiscard]] bool cluster_down() const noexcept { return cluster_down_; }
+
 private:
     bool server_unavailable_;
     bool read_only_;
+    bool cluster_down_;
 };
 
 struct ReplyDeleter {
@@ -171,7 +180,7 @@ inline void check(const redisReply& r, std::string_view what) {
     }
     if (means_cluster(text)) throw_cluster_redirect(what, text);
     throw ReplyError("redis " + std::string(what) + ": " + std::string(text),
-                     means_unavailable(text), text.starts_with("READONLY "));
+                     means_unavailable(text), text);
 }
 
 [[noreturn]] inline void unexpected(const redisReply& r, std::string_view what) {

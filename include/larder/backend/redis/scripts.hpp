@@ -129,7 +129,7 @@ private:
             throw ReplyError("redis: cannot load the " + std::string(name_) +
                                  " script (Redis must allow SCRIPT LOAD, EVAL and EVALSHA): " +
                                  std::string(text_of(loaded)),
-                             means_unavailable(text_of(loaded)));
+                             means_unavailable(text_of(loaded)), text_of(loaded));
         }
         if (loaded.type != REDIS_REPLY_STRING) unexpected(loaded, "SCRIPT LOAD");
         std::lock_guard lock(mutex_);
@@ -146,7 +146,7 @@ private:
             if (means_cluster(text)) throw_cluster_redirect(name_, text);
             throw ReplyError(
                 "redis: the " + std::string(name_) + " script failed: " + std::string(text),
-                means_unavailable(text));
+                means_unavailable(text), text);
         }
         return result;
     }

@@ -984,7 +984,7 @@ public:
     EvictionRisk eviction_risk() {
         try {
             return redis_detail::write_behind_reply::eviction_risk(
-                backend_.command({"CONFIG", "GET", "maxmemory-policy"}));
+                server_command({"CONFIG", "GET", "maxmemory-policy"}));
         } catch (const BackendError& e) {
             return {EvictionRisk::could_not_run,
                     std::string("could not read maxmemory-policy: ") + e.what()};
@@ -1178,7 +1178,16 @@ private:
     }
 
     std::string info_text(std::string_view section) {
-        return redis_detail::write_behind_reply::info_text(backend_.command({"INFO", section}));
+        return redis_detail::write_behind_reply::info_text(server_command({"INFO", section}));
+    }
+
+    // A command about the server, asked of the one that holds the queue.
+    RedisReply server_command(std::initializer_list<std::string_view> argv) {
+        if constexpr (std::is_same_v<Redis, RedisClusterBackend>) {
+            return backend_.command_at(backend_.stored_key(keys_[0]), argv);
+        } else {
+            return backend_.command(argv);
+        }
     }
 
     static std::string_view op_code(Settlement::Action action) {
