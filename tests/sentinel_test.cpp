@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/fake_sentinel.hpp"
 #include "support/redis_sentinel.hpp"
 
 using namespace std::chrono_literals;
@@ -209,6 +211,149 @@ TEST_CASE(
     const auto before = cache.stats();
     for (const auto& k : keys) CHECK(cache.get(k, [&] { return row(k); }) == row(k));
     CHECK(cache.stats().hits - before.hits == keys.size());
+}
+
+// ---- what real sentinels do not produce on demand (support/fake_sentinel.hpp) ---------
+
+namespace {
+
+using larder::test::FakeSentinel;
+using larder::test::RedisServer;
+using larder::test::RedisServerOptions;
+
+bool role_is(const RedisServer& s, std::string_view role) {
+    const auto r = s.query({"ROLE"});
+    return !r.elements.empty() && r.elements[0].text == role;
+}
+
+RedisOptions through_fake(const FakeSentinel& fake) {
+    RedisOptions o;
+    o.sentinel.sentinels = {{"127.0.0.1", fake.port()}};
+    o.sentinel.master_name = "m";
+    o.command_timeout = 1s;
+    return o;
+}
+
+}  // namespace
+
+// Before: the connection that met READONLY went back to the pool, and the retry borrowed
+// it again: the caller saw the error whenever the demoted primary kept its clients.
+TEST_CASE(
+    "A write refused with READONLY by a demoted primary that keeps its clients goes to "
+    "the new primary",
+    "[redis][sentinel][regression]") {
+    RedisServer a;
+    RedisServer b(
+        RedisServerOptions{.extra_args = {"--replicaof", a.host(), std::to_string(a.port())}});
+    std::atomic<int> named{a.port()};
+    FakeSentinel fake([&](const std::vector<std::string>& argv) -> std::string {
+        if (argv.size() == 3 && argv[0] == "SENTINEL") {
+            return FakeSentinel::address("127.0.0.1", std::to_string(named.load()));
+        }
+        if (!argv.empty() && argv[0] == "SUBSCRIBE") return FakeSentinel::subscribed();
+        return "-ERR unknown command\r\n";
+    });
+    RedisOptions o = through_fake(fake);
+    o.sentinel.follow_switch_master = GENERATE(false, true);
+    o.pool_size = 1;
+    RedisBackend backend(o);
+    backend.set("k", "1", 60s);
+    REQUIRE(backend.sentinel_primary()->port == a.port());
+
+    // A switchover by hand, without CLIENT KILL: the pooled connection to `a` stays open.
+    REQUIRE_FALSE(b.query({"REPLICAOF", "NO", "ONE"}).is_error());
+    REQUIRE_FALSE(a.query({"REPLICAOF", b.host(), std::to_string(b.port())}).is_error());
+    REQUIRE(eventually([&] { return role_is(a, "slave") && role_is(b, "master"); }));
+    named = b.port();
+
+    CHECK_NOTHROW(backend.set("k", "2", 60s));
+    CHECK(b.query({"GET", "k"}).text == "2");
+    REQUIRE(backend.sentinel_primary());
+    CHECK(backend.sentinel_primary()->port == b.port());
+}
+
+TEST_CASE("Hostile sentinel answers are errors, and garbage on +switch-master moves nothing",
+          "[redis][sentinel][security]") {
+    RedisServer real;
+    const std::string port = std::to_string(real.port());
+    std::mutex answer_mutex;
+    std::string answer = FakeSentinel::address("127.0.0.1", port);
+    FakeSentinel fake([&](const std::vector<std::string>& argv) -> std::string {
+        if (!argv.empty() && argv[0] == "SUBSCRIBE") return FakeSentinel::subscribed();
+        std::lock_guard lock(answer_mutex);
+        return answer;
+    });
+    const std::vector<std::string> hostile{
+        "*2\r\n$9\r\n127.0.0.1\r\n:" + port + "\r\n",  // the port as an integer
+        "*1\r\n" + FakeSentinel::bulk("127.0.0.1"),
+        "*0\r\n",
+        "*-1\r\n",
+        "-ERR no\r\n",
+        "+OK\r\n",
+        FakeSentinel::address("127.0.0.1", "0"),
+        FakeSentinel::address("127.0.0.1", "65536"),
+        FakeSentinel::address("127.0.0.1", port + " "),
+        FakeSentinel::address("127.0.0.1", "99999999999999999999"),
+        FakeSentinel::address("", port),
+        FakeSentinel::address(std::string("127.0.0.1\0.elsewhere", 20), port),
+    };
+    for (const auto& h : hostile) {
+        {
+            std::lock_guard lock(answer_mutex);
+            answer = h;
+        }
+        RedisOptions o = through_fake(fake);
+        o.sentinel.follow_switch_master = false;
+        RedisBackend backend(o);
+        INFO(h);
+        CHECK_THROWS_AS(backend.set("k", "v", 10s), larder::BackendError);
+        CHECK_FALSE(backend.sentinel_primary());
+    }
+
+    {
+        std::lock_guard lock(answer_mutex);
+        answer = FakeSentinel::address("127.0.0.1", port);
+    }
+    RedisBackend backend(through_fake(fake));
+    backend.set("k", "v", 10s);
+    REQUIRE(eventually([&] { return fake.subscribers() == 1; }));
+    const std::string other = std::to_string(real.port() == 1 ? 2 : real.port() - 1);
+    for (const std::string text :
+         {"m 127.0.0.1 " + port + " 127.0.0.1 " + other + " trailing words",
+          "m 127.0.0.1 " + port + " 127.0.0.1 " + other + " ", "m 127.0.0.1 " + port + "  " + other,
+          "m 127.0.0.1 " + port + " 127.0.0.1 nope", "m 127.0.0.1 " + port + " 127.0.0.1",
+          "other 127.0.0.1 " + port + " 127.0.0.1 " + other,
+          "m 127.0.0.1 " + port + " " + std::string("1\0.2", 4) + " " + other}) {
+        fake.push(FakeSentinel::announcement(text));
+    }
+    // A well-formed announcement after the garbage is the one that counts.
+    fake.push(FakeSentinel::announcement("m 127.0.0.1 1 127.0.0.1 " + port));
+    REQUIRE(eventually([&] { return backend.stats().primary_switches == 1; }));
+    CHECK(backend.sentinel_primary()->port == real.port());
+    CHECK(backend.get("k")->bytes == "v");
+}
+
+// Before: the subscription's SUBSCRIBE waited for its answer with the connection's own
+// timeout, and the backend's destructor waited for that thread.
+TEST_CASE("Destroying a backend does not wait for a sentinel that never answers",
+          "[redis][sentinel][regression]") {
+    RedisServer real;
+    FakeSentinel silent([&](const std::vector<std::string>& argv) -> std::string {
+        if (argv.size() == 3 && argv[0] == "SENTINEL") {
+            return FakeSentinel::address("127.0.0.1", std::to_string(real.port()));
+        }
+        return "";  // SUBSCRIBE: no answer, ever
+    });
+    RedisOptions o = through_fake(silent);
+    o.command_timeout = 60s;
+    const auto started = Clock::now();
+    {
+        RedisBackend backend(o);
+        backend.set("k", "v", 10s);
+        REQUIRE(eventually([&] { return silent.subscribers() == 1; }));
+    }
+    // Far below the 60 s the subscription's connection would wait for an answer.
+    CHECK(Clock::now() - started < 30s);
 }
 
 #endif

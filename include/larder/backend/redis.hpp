@@ -445,7 +445,10 @@ private:
                 }
                 throw;
             } catch (const redis_detail::ReplyError& e) {
-                if (sentinel_ && e.read_only()) primary_moved(*lease);
+                if (sentinel_ && e.read_only()) {
+                    primary_moved(*lease);
+                    lease.discard();  // it goes to the demoted primary: not back to the pool
+                }
                 throw;
             } catch (const ConnectionError& e) {
                 if (sentinel_ && lease->lost()) primary_moved(*lease);

@@ -431,6 +431,7 @@ private:
         r.kind = word == "MOVED" ? Redirect::Kind::moved : Redirect::Kind::ask;
         r.slot = static_cast<std::uint16_t>(slot_number);
         const std::string_view host = address.substr(0, colon);
+        if (host.find('\0') != std::string_view::npos) return r;
         r.host = std::string(host.empty() || host == "?" ? answered_by : host);
         r.port = port;
         return r;

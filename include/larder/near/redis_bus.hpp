@@ -123,8 +123,19 @@ public:
         // random, so never one used before.
         const std::string id = std::to_string(random_version());
         auto send = [&] {
-            (void)publisher_.eval(publish_logged_, {seq_key_, log_key_},
-                                  {wire, channel_, keep, id, on_cluster ? "SPUBLISH" : "PUBLISH"});
+            const RedisReply sent =
+                publisher_.eval(publish_logged_, {seq_key_, log_key_},
+                                {wire, channel_, keep, id, on_cluster ? "SPUBLISH" : "PUBLISH"});
+            if constexpr (on_cluster) {
+                // No one heard it: while the channel's slot migrates, the script runs where
+                // its keys have gone (ASK), but the subscribers are still at the slot's
+                // owner, which accepts SPUBLISH until the slot is handed over. Once more
+                // there (a duplicate is harmless: invalidations are idempotent).
+                if (sent.is_array() && sent.elements.size() == 2 && sent.elements[0].is_integer() &&
+                    sent.elements[0].integer == 0 && sent.elements[1].is_string()) {
+                    (void)publisher_.command({"SPUBLISH", channel_, sent.elements[1].str});
+                }
+            }
         };
         try {
             send();
@@ -176,12 +187,13 @@ private:
         }
     }
 
-    // The counter and the log beside the channel: on a cluster, in the channel's
-    // slot (a sharded channel hashes as a key does, so "{c}:seq" lives where "c"
-    // is published).
+    // The counter and the log beside the channel: on a cluster, in the channel's slot (a
+    // sharded channel hashes as a key does, so "{c}:seq" lives where "c" is published). A
+    // channel with braces that make no tag of their own gets a two-byte tag of its slot.
     static std::string slot_base(const std::string& channel) {
         if (!on_cluster || keys::hash_tag(channel) != std::string_view(channel)) return channel;
-        return "{" + channel + "}";
+        if (channel.find_first_of("{}") == std::string::npos) return "{" + channel + "}";
+        return "{" + keys::detail::tags_by_slot()[keys::slot(channel)] + "}" + channel;
     }
 
     static ConnectOptions publisher_options(ConnectOptions o) {
@@ -478,8 +490,7 @@ if keep > 0 then
     local over = redis.call('ZCARD', KEYS[2]) - keep
     if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1) end
 end
-redis.call(ARGV[5], ARGV[2], m)
-return seq
+return {redis.call(ARGV[5], ARGV[2], m), m}
 )lua"};
     int wake_[2] = {-1, -1};
     std::thread thread_;  // last: starts after everything it uses exists

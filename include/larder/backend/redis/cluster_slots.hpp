@@ -121,6 +121,7 @@ private:
         ClusterNode n;
         n.host = r.elements[0].str;
         if (n.host.empty() || n.host == "?") n.host = std::string(answered_by);
+        if (n.host.find('\0') != std::string::npos) fail("a node's address holds a NUL");
         n.port = static_cast<int>(r.elements[1].integer);
         if (r.elements.size() > 2 && r.elements[2].is_string()) n.id = r.elements[2].str;
         return n;

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <array>
 #include <atomic>
@@ -52,6 +53,9 @@ public:
         {
             std::lock_guard lock(mutex_);
             stopping_ = true;
+            // A sentinel that answers slowly (or a byte at a time) must not hold up the
+            // backend's destruction: its socket is shut, which ends any wait on it.
+            if (listening_fd_ >= 0) ::shutdown(listening_fd_, SHUT_RDWR);
         }
         wake_.notify_all();
         if (watcher_.joinable()) watcher_.join();
@@ -151,8 +155,11 @@ private:
                     reply->element[1]->type != REDIS_REPLY_STRING) {
                     unexpected(*reply, "SENTINEL get-master-addr-by-name");
                 }
-                return RedisAddress{std::string(text_of(*reply->element[0])),
-                                    port_of(text_of(*reply->element[1]))};
+                const std::string_view host = text_of(*reply->element[0]);
+                if (!usable_host(host)) {
+                    throw BackendError("redis: a sentinel named a primary without a host");
+                }
+                return RedisAddress{std::string(host), port_of(text_of(*reply->element[1]))};
             } catch (const BackendError& e) {
                 if (!failures.empty()) failures += "; ";
                 failures += s.host + ":" + std::to_string(s.port) + ": " + e.what();
@@ -160,6 +167,10 @@ private:
         }
         throw ConnectionError("redis: no sentinel named the primary of '" + options_.master_name +
                               "' (" + failures + ")");
+    }
+
+    static bool usable_host(std::string_view host) noexcept {
+        return !host.empty() && host.find('\0') == std::string_view::npos;
     }
 
     static int port_of(std::string_view text) {
@@ -188,8 +199,23 @@ private:
 
     void listen(const RedisAddress& s) {
         Connection c(sentinel_endpoint(s), counters_);
-        check(*c.command(Args{"SUBSCRIBE", "+switch-master"}), "SUBSCRIBE");
         redisContext* ctx = c.context();
+        {
+            std::lock_guard lock(mutex_);
+            if (stopping_) return;
+            listening_fd_ = ctx->fd;
+        }
+        struct Forget {
+            Sentinel& self;
+            ~Forget() {
+                std::lock_guard lock(self.mutex_);
+                self.listening_fd_ = -1;
+            }
+        } forget_fd{*this};
+        // Sent, not awaited: its confirmation comes through the loop below, which never
+        // blocks longer than a poll.
+        c.append(Args{"SUBSCRIBE", "+switch-master"});
+        c.flush();
         while (!stopping()) {
             void* raw = nullptr;
             if (redisGetReplyFromReader(ctx, &raw) != REDIS_OK) {
@@ -197,6 +223,10 @@ private:
             }
             if (raw != nullptr) {
                 const ReplyPtr message(static_cast<redisReply*>(raw));
+                if (message->type == REDIS_REPLY_ERROR) {  // SUBSCRIBE refused
+                    throw BackendError("redis: a sentinel refused SUBSCRIBE: " +
+                                       std::string(text_of(*message)));
+                }
                 on_message(*message);
                 continue;
             }
@@ -213,16 +243,21 @@ private:
             m.element[2]->type != REDIS_REPLY_STRING) {
             return;
         }
+        // Exactly five words, none empty, and a host without a NUL: anything else is not an
+        // announcement, and changes nothing.
         const std::string_view text = text_of(*m.element[2]);
         std::array<std::string_view, 5> words{};
         std::size_t n = 0;
-        for (std::size_t at = 0; at <= text.size() && n < words.size();) {
+        for (std::size_t at = 0;;) {
             const auto space = text.find(' ', at);
-            words[n++] = text.substr(at, space == std::string_view::npos ? space : space - at);
+            const std::string_view word =
+                text.substr(at, space == std::string_view::npos ? space : space - at);
+            if (word.empty() || n == words.size()) return;
+            words[n++] = word;
             if (space == std::string_view::npos) break;
             at = space + 1;
         }
-        if (n != 5 || words[0] != options_.master_name) return;
+        if (n != 5 || words[0] != options_.master_name || !usable_host(words[3])) return;
         RedisAddress now;
         try {
             now = RedisAddress{std::string(words[3]), port_of(words[4])};
@@ -250,6 +285,7 @@ private:
     std::condition_variable wake_;
     std::optional<RedisAddress> known_;
     bool stopping_ = false;
+    int listening_fd_ = -1;  // the subscription's socket, while there is one
     std::atomic<std::uint64_t> switches_{0};
     std::thread watcher_;  // last: it uses everything above
 };
