@@ -110,7 +110,7 @@ struct RedisClusterStats {
     std::uint64_t refreshes = 0;         ///< slot maps read (CLUSTER SLOTS answered)
     std::uint64_t refresh_failures = 0;  ///< refreshes that no node answered
     std::uint64_t replica_reads = 0;     ///< reads sent to a replica
-    std::uint64_t nodes = 0;             ///< nodes this backend has connected to so far
+    std::uint64_t nodes = 0;             ///< nodes known so far: the seeds and the maps'
 
     friend bool operator==(const RedisClusterStats&, const RedisClusterStats&) = default;
 };
@@ -534,7 +534,7 @@ private:
 
     // On the call path: one clock read and one atomic load, unless a refresh is due; then
     // the one caller that takes the lock refreshes, the others go on with the map in use.
-    void refresh_if_due() noexcept {
+    void refresh_if_due() {
         const std::int64_t now = now_ns();
         if (now < next_refresh_.load(std::memory_order_relaxed)) return;
         std::unique_lock lock(refresh_mutex_, std::try_to_lock);
@@ -542,7 +542,7 @@ private:
         last_refresh_start_.store(now, std::memory_order_relaxed);
         try {
             refresh_locked();
-        } catch (const BackendError&) {
+        } catch (const Error&) {
             // Counted; the calls go on with the map in use and meet the failure themselves.
         }
     }
