@@ -318,7 +318,7 @@ TEST_CASE("Hostile sentinel answers are errors, and garbage on +switch-master mo
     backend.set("k", "v", 10s);
     REQUIRE(eventually([&] { return fake.subscribers() == 1; }));
     const std::string other = std::to_string(real.port() == 1 ? 2 : real.port() - 1);
-    for (const std::string text :
+    for (const std::string& text :
          {"m 127.0.0.1 " + port + " 127.0.0.1 " + other + " trailing words",
           "m 127.0.0.1 " + port + " 127.0.0.1 " + other + " ", "m 127.0.0.1 " + port + "  " + other,
           "m 127.0.0.1 " + port + " 127.0.0.1 nope", "m 127.0.0.1 " + port + " 127.0.0.1",
