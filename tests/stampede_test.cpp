@@ -72,7 +72,12 @@ BACKEND_TEST_CASE("An elected refresh runs once; everyone else keeps the cached 
     REQUIRE(loads.load() == 1);
     REQUIRE(got_new.load() == 1);
     REQUIRE(cache.stats().early_refreshes == 1);
-    REQUIRE(cache.get("hot", [] { return std::optional<std::string>("x"); }) == "new");
+    // The refresh stored its value. Read it through a cache without XFetch: this one would
+    // elect a refresh of its own whenever the blocked refresh took over 14.5 ms (a slow
+    // machine, a sanitizer), and serve that load instead.
+    larder::CacheAside<std::string, decltype(fx.backend)> plain(fx.backend,
+                                                                options_for(fx, {.ttl = 10s}));
+    REQUIRE(plain.get("hot", [] { return std::optional<std::string>("x"); }) == "new");
 }
 
 BACKEND_TEST_CASE("A background refresh returns the current value at once", "[stampede][xfetch]") {
