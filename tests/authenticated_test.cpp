@@ -163,8 +163,9 @@ BACKEND_TEST_CASE("A planted tag version is replaced, and cannot revive an inval
     REQUIRE(now->bytes != stamped);
 }
 
-WRITE_BEHIND_TEST_CASE("A planted write-behind entry with key ../../etc never reaches the batch writer",
-                  "[security]") {
+WRITE_BEHIND_TEST_CASE(
+    "A planted write-behind entry with key ../../etc never reaches the batch writer",
+    "[security]") {
     TestType fx;
     using B = decltype(fx.backend);
     Authenticated<B> auth(fx.backend, keys_1());

@@ -29,12 +29,14 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/eventually.hpp"
 #include "support/redis_cluster.hpp"
 #include "support/redis_cluster_fixture.hpp"
 #include "support/redis_fixture.hpp"
 
 using namespace std::chrono_literals;
 using larder::ClusterRedirectError;
+using larder::test::eventually;
 using larder::test::make_test_backend;
 using larder::test::RedisCluster;
 
@@ -586,19 +588,7 @@ TEST_CASE("On a cluster, a write-behind store needs a key prefix with a hash tag
 
 // ---- RedisClusterBus ------------------------------------------------------------------
 
-namespace {
-
-template <class Predicate>
-bool eventually_true(Predicate done, std::chrono::seconds bound = 20s) {
-    for (const auto deadline = std::chrono::steady_clock::now() + bound;
-         std::chrono::steady_clock::now() < deadline;) {
-        if (done()) return true;
-        std::this_thread::sleep_for(10ms);
-    }
-    return done();
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TEST_CASE("RedisClusterBus carries invalidations between two Near caches on a cluster",
           "[redis][cluster][l1]") {
@@ -620,7 +610,7 @@ TEST_CASE("RedisClusterBus carries invalidations between two Near caches on a cl
     version = 2;
     a.invalidate("k");
     // b's L1 copy goes, through the sharded channel: b reads the new row.
-    CHECK(eventually_true([&] { return b.get("k", load) == "v2"; }));
+    CHECK(eventually([&] { return b.get("k", load) == "v2"; }, 20s));
 }
 
 TEST_CASE("RedisClusterBus follows its channel's slot to a new node", "[redis][cluster][l1]") {
@@ -649,7 +639,7 @@ TEST_CASE("RedisClusterBus follows its channel's slot to a new node", "[redis][c
         return heard.size();
     };
     publisher.publish("kbefore");
-    REQUIRE(eventually_true([&] { return count() == 1; }));
+    REQUIRE(eventually([&] { return count() == 1; }, 20s));
 
     // The channel's slot (and with it the counter and the log) moves to another primary:
     // the old owner ends the subscription, the listener says its L1 may have missed
@@ -657,12 +647,12 @@ TEST_CASE("RedisClusterBus follows its channel's slot to a new node", "[redis][c
     const std::string channel = listener.channel();
     const std::size_t from = cluster.owner_of(channel);
     cluster.move_slot(cluster.slot_of(channel), from, (from + 1) % cluster.size());
-    REQUIRE(eventually_true([&] { return lost.load() >= 1; }));
-    REQUIRE(eventually_true([&] { return back.load() > back_at_start && listener.connected(); }));
+    REQUIRE(eventually([&] { return lost.load() >= 1; }, 20s));
+    REQUIRE(eventually([&] { return back.load() > back_at_start && listener.connected(); }, 20s));
     CHECK(listener.subscriptions() >= 2);
     for (int i = 0; i < 5; ++i) publisher.publish("kafter" + std::to_string(i));
     // Every message after the move is heard, at the new owner.
-    CHECK(eventually_true([&] { return count() == 6; }));
+    CHECK(eventually([&] { return count() == 6; }, 20s));
     std::lock_guard lock(heard_mutex);
     for (int i = 0; i < 5; ++i) {
         INFO("kafter" << i);
@@ -700,7 +690,7 @@ TEST_CASE("An invalidation published while its channel's slot migrates reaches e
         // The counter and the log have moved; the slot still belongs to the old owner.
         version = 2;
         a.invalidate("k");
-        CHECK(eventually_true([&] { return b.get("k", load) == "v2"; }, 5s));
+        CHECK(eventually([&] { return b.get("k", load) == "v2"; }, 5s));
     });
     CHECK(checked);
 }
@@ -721,7 +711,7 @@ TEST_CASE("A RedisClusterBus channel with braces of its own keeps its counter in
                                                    .on_restored = [] {}});
         REQUIRE(listener.wait_connected(5s));
         CHECK_NOTHROW(publisher.publish("kmessage"));
-        CHECK(eventually_true([&] { return heard.load() == 1; }));
+        CHECK(eventually([&] { return heard.load() == 1; }, 20s));
     }
 }
 

@@ -17,12 +17,14 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/eventually.hpp"
 #include "support/fake_sentinel.hpp"
 #include "support/redis_sentinel.hpp"
 
 using namespace std::chrono_literals;
 using larder::RedisBackend;
 using larder::RedisOptions;
+using larder::test::eventually;
 using larder::test::RedisSentinelGroup;
 
 namespace {
@@ -39,15 +41,6 @@ RedisOptions through(const RedisSentinelGroup& group) {
     o.connect_timeout = 1s;
     o.command_timeout = 1s;
     return o;
-}
-
-template <class Predicate>
-bool eventually(Predicate done, std::chrono::seconds bound = 30s) {
-    for (const auto deadline = Clock::now() + bound; Clock::now() < deadline;) {
-        if (done()) return true;
-        std::this_thread::sleep_for(20ms);
-    }
-    return done();
 }
 
 }  // namespace
@@ -116,16 +109,18 @@ TEST_CASE(
     const auto r = group.sentinel(0).query(
         {"SENTINEL", "FAILOVER", std::string(RedisSentinelGroup::master_name)});
     REQUIRE_FALSE(r.is_error());
-    REQUIRE(eventually([&] { return group.named_primary_port() == group.replica().port(); }));
+    REQUIRE(eventually([&] { return group.named_primary_port() == group.replica().port(); }, 30s));
 
     // The watching backend heard the announcement, without a failed call.
-    REQUIRE(eventually([&] { return watching.stats().primary_switches >= 1; }));
+    REQUIRE(eventually([&] { return watching.stats().primary_switches >= 1; }, 30s));
     REQUIRE(watching.sentinel_primary());
     CHECK(watching.sentinel_primary()->port == group.replica().port());
-    REQUIRE(eventually([&] {
-        return group.primary().query({"INFO", "replication"}).text.find("role:slave") !=
-               std::string::npos;
-    }));
+    REQUIRE(eventually(
+        [&] {
+            return group.primary().query({"INFO", "replication"}).text.find("role:slave") !=
+                   std::string::npos;
+        },
+        30s));
     watching.set("a", "2", 60s);
     CHECK(group.replica().query({"GET", "a"}).text == "2");
 
@@ -263,7 +258,7 @@ TEST_CASE(
     // A switchover by hand, without CLIENT KILL: the pooled connection to `a` stays open.
     REQUIRE_FALSE(b.query({"REPLICAOF", "NO", "ONE"}).is_error());
     REQUIRE_FALSE(a.query({"REPLICAOF", b.host(), std::to_string(b.port())}).is_error());
-    REQUIRE(eventually([&] { return role_is(a, "slave") && role_is(b, "master"); }));
+    REQUIRE(eventually([&] { return role_is(a, "slave") && role_is(b, "master"); }, 30s));
     named = b.port();
 
     CHECK_NOTHROW(backend.set("k", "2", 60s));
@@ -316,7 +311,7 @@ TEST_CASE("Hostile sentinel answers are errors, and garbage on +switch-master mo
     }
     RedisBackend backend(through_fake(fake));
     backend.set("k", "v", 10s);
-    REQUIRE(eventually([&] { return fake.subscribers() == 1; }));
+    REQUIRE(eventually([&] { return fake.subscribers() == 1; }, 30s));
     const std::string other = std::to_string(real.port() == 1 ? 2 : real.port() - 1);
     for (const std::string& text :
          {"m 127.0.0.1 " + port + " 127.0.0.1 " + other + " trailing words",
@@ -328,7 +323,7 @@ TEST_CASE("Hostile sentinel answers are errors, and garbage on +switch-master mo
     }
     // A well-formed announcement after the garbage is the one that counts.
     fake.push(FakeSentinel::announcement("m 127.0.0.1 1 127.0.0.1 " + port));
-    REQUIRE(eventually([&] { return backend.stats().primary_switches == 1; }));
+    REQUIRE(eventually([&] { return backend.stats().primary_switches == 1; }, 30s));
     CHECK(backend.sentinel_primary()->port == real.port());
     CHECK(backend.get("k")->bytes == "v");
 }
@@ -350,7 +345,7 @@ TEST_CASE("Destroying a backend does not wait for a sentinel that never answers"
     {
         RedisBackend backend(o);
         backend.set("k", "v", 10s);
-        REQUIRE(eventually([&] { return silent.subscribers() == 1; }));
+        REQUIRE(eventually([&] { return silent.subscribers() == 1; }, 30s));
     }
     // Far below the 60 s the subscription's connection would wait for an answer.
     CHECK(Clock::now() - started < 30s);

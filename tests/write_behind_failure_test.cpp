@@ -208,8 +208,9 @@ TEST_CASE("A rejected row is retried for the whole time budget before it is dead
     REQUIRE(wb.list_dead().at(0).error == "deadlock detected");
 }
 
-WRITE_BEHIND_TEST_CASE("Dead letters take room under max_pending, stop at max_dead, and are announced",
-                  "[write_behind][regression][dead_letters]") {
+WRITE_BEHIND_TEST_CASE(
+    "Dead letters take room under max_pending, stop at max_dead, and are announced",
+    "[write_behind][regression][dead_letters]") {
     TestType fx;
     Log log;
     Table<std::string> table;
@@ -271,7 +272,7 @@ WRITE_BEHIND_TEST_CASE("Dead letters take room under max_pending, stop at max_de
 }
 
 WRITE_BEHIND_TEST_CASE("Dead letters are redriven by key, by the time they died, and all at once",
-                  "[write_behind][dead_letters]") {
+                       "[write_behind][dead_letters]") {
     TestType fx;
     Log log;
     Table<std::string> table;
@@ -579,8 +580,9 @@ TEST_CASE("Versions never go backwards when the clock steps back",
     REQUIRE(table.read("k") == "2");
 }
 
-WRITE_BEHIND_TEST_CASE("A fenced writer's stale refusal is dead-lettered and counted, never flushed",
-                  "[write_behind][regression][versions]") {
+WRITE_BEHIND_TEST_CASE(
+    "A fenced writer's stale refusal is dead-lettered and counted, never flushed",
+    "[write_behind][regression][versions]") {
     TestType fx;
     Log log;
     Table<std::string> table;
@@ -640,8 +642,9 @@ auto rejecting(Table<V>& table, std::vector<std::string> bad) {
 
 }  // namespace
 
-WRITE_BEHIND_TEST_CASE("discard_dead drops a dead value a read cached again, so it is never written",
-                  "[write_behind][regression][dead_letters]") {
+WRITE_BEHIND_TEST_CASE(
+    "discard_dead drops a dead value a read cached again, so it is never written",
+    "[write_behind][regression][dead_letters]") {
     TestType fx;
     Log log;
     Table<Counter> table;
@@ -672,8 +675,9 @@ WRITE_BEHIND_TEST_CASE("discard_dead drops a dead value a read cached again, so 
     REQUIRE(table.read("k")->n == 1);
 }
 
-WRITE_BEHIND_TEST_CASE("A put to a dead key takes its place under max_pending; nothing stale holds room",
-                  "[write_behind][regression][dead_letters]") {
+WRITE_BEHIND_TEST_CASE(
+    "A put to a dead key takes its place under max_pending; nothing stale holds room",
+    "[write_behind][regression][dead_letters]") {
     TestType fx;
     Log log;
     Table<std::string> table;
@@ -740,7 +744,7 @@ TEST_CASE(
 }
 
 WRITE_BEHIND_TEST_CASE("An expired claim cannot dead-letter a rejected row before its time budget",
-                  "[write_behind][regression][retry]") {
+                       "[write_behind][regression][retry]") {
     TestType fx;
     Log log;
     Table<std::string> table;

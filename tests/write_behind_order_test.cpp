@@ -83,8 +83,9 @@ std::optional<std::string> no_row() {
 
 }  // namespace
 
-WRITE_BEHIND_TEST_CASE("coalesce = false: every version is written, in order, one per key per batch",
-                  "[write_behind][order]") {
+WRITE_BEHIND_TEST_CASE(
+    "coalesce = false: every version is written, in order, one per key per batch",
+    "[write_behind][order]") {
     TestType fx;
     Log log;
     for (const bool coalesce : {false, true}) {
@@ -112,8 +113,9 @@ WRITE_BEHIND_TEST_CASE("coalesce = false: every version is written, in order, on
     }
 }
 
-WRITE_BEHIND_TEST_CASE("coalesce = false: puts during a flush are queued behind the version in flight",
-                  "[write_behind][order]") {
+WRITE_BEHIND_TEST_CASE(
+    "coalesce = false: puts during a flush are queued behind the version in flight",
+    "[write_behind][order]") {
     TestType fx;
     Log log;
     History db;
@@ -141,7 +143,7 @@ WRITE_BEHIND_TEST_CASE("coalesce = false: puts during a flush are queued behind 
 }
 
 WRITE_BEHIND_TEST_CASE("coalesce = false: a dead version holds back later ones until redriven",
-                  "[write_behind][order][retry]") {
+                       "[write_behind][order][retry]") {
     TestType fx;
     Log log;
     History db;
@@ -187,7 +189,7 @@ WRITE_BEHIND_TEST_CASE("coalesce = false: a dead version holds back later ones u
 }
 
 WRITE_BEHIND_TEST_CASE("coalesce = false: discarding a dead version lets the later ones go on",
-                  "[write_behind][order][retry]") {
+                       "[write_behind][order][retry]") {
     TestType fx;
     Log log;
     History db;
@@ -224,7 +226,7 @@ WRITE_BEHIND_TEST_CASE("coalesce = false: discarding a dead version lets the lat
 }
 
 WRITE_BEHIND_TEST_CASE("coalesce = false: max_pending counts versions, not keys",
-                  "[write_behind][order][backpressure]") {
+                       "[write_behind][order][backpressure]") {
     TestType fx;
     Log log;
     History db;
@@ -246,7 +248,7 @@ WRITE_BEHIND_TEST_CASE("coalesce = false: max_pending counts versions, not keys"
 }
 
 WRITE_BEHIND_TEST_CASE("coalesce = false: threads putting and two flushers keep every key's order",
-                  "[write_behind][order][threads]") {
+                       "[write_behind][order][threads]") {
     TestType fx;
     Log log;
     History db;

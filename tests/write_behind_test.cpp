@@ -158,7 +158,7 @@ private:
 }  // namespace
 
 WRITE_BEHIND_TEST_CASE("A put is read back at once and flushed once with the latest value",
-                  "[write_behind]") {
+                       "[write_behind]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -199,7 +199,7 @@ WRITE_BEHIND_TEST_CASE("A put is read back at once and flushed once with the lat
 }
 
 WRITE_BEHIND_TEST_CASE("Dirty data has no TTL; once flushed, its cached copy gets clean_ttl",
-                  "[write_behind]") {
+                       "[write_behind]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -219,8 +219,9 @@ WRITE_BEHIND_TEST_CASE("Dirty data has no TTL; once flushed, its cached copy get
     REQUIRE(stored->ttl->count() <= 60'000);
 }
 
-WRITE_BEHIND_TEST_CASE("An evicted cached copy loses nothing: reads and flushes use the queue's copy",
-                  "[write_behind]") {
+WRITE_BEHIND_TEST_CASE(
+    "An evicted cached copy loses nothing: reads and flushes use the queue's copy",
+    "[write_behind]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -262,7 +263,8 @@ TEST_CASE("MemoryBackend's SIEVE evicts cached copies, never queued ones",
         REQUIRE(db.read("k" + std::to_string(i)) == "v" + std::to_string(i));
 }
 
-WRITE_BEHIND_TEST_CASE("A put during a cache-aside load wins over the load's fill", "[write_behind]") {
+WRITE_BEHIND_TEST_CASE("A put during a cache-aside load wins over the load's fill",
+                       "[write_behind]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -287,8 +289,9 @@ WRITE_BEHIND_TEST_CASE("A put during a cache-aside load wins over the load's fil
     REQUIRE(wb.stats().reads.fills_rejected == 1);
 }
 
-WRITE_BEHIND_TEST_CASE("Writes that arrive while a batch is being written are all flushed next time",
-                  "[write_behind]") {
+WRITE_BEHIND_TEST_CASE(
+    "Writes that arrive while a batch is being written are all flushed next time",
+    "[write_behind]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -312,7 +315,7 @@ WRITE_BEHIND_TEST_CASE("Writes that arrive while a batch is being written are al
 }
 
 WRITE_BEHIND_TEST_CASE("The seed's SMEMBERS/DEL flush loses writes in the same scenario",
-                  "[write_behind][seed]") {
+                       "[write_behind][seed]") {
     TestType fx;
     Table<std::string> db;
     SeedWriteBehind<decltype(fx.backend)> seed(fx.backend,
@@ -442,7 +445,7 @@ WRITE_BEHIND_TEST_CASE(
 }
 
 WRITE_BEHIND_TEST_CASE("A put to a dead key replaces the dead entry, and discard drops one",
-                  "[write_behind][retry]") {
+                       "[write_behind][retry]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -485,8 +488,9 @@ WRITE_BEHIND_TEST_CASE("A put to a dead key replaces the dead entry, and discard
     REQUIRE(wb.get("b", [] { return std::optional<std::string>("row b"); }) == "row b");
 }
 
-WRITE_BEHIND_TEST_CASE("A value this cache cannot decode is dead-lettered without blocking the batch",
-                  "[write_behind][retry]") {
+WRITE_BEHIND_TEST_CASE(
+    "A value this cache cannot decode is dead-lettered without blocking the batch",
+    "[write_behind][retry]") {
     TestType fx;
     Log log;
     Table<std::string> strings;
@@ -509,7 +513,7 @@ WRITE_BEHIND_TEST_CASE("A value this cache cannot decode is dead-lettered withou
 }
 
 WRITE_BEHIND_TEST_CASE("Claims of a flusher that died are re-queued when their deadline passes",
-                  "[write_behind][claims]") {
+                       "[write_behind][claims]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -628,7 +632,7 @@ TEST_CASE("A stalled flusher's late acknowledgement leaves the flusher that took
 }
 
 WRITE_BEHIND_TEST_CASE("A flusher crashing on the same value every time dead-letters it",
-                  "[write_behind][claims]") {
+                       "[write_behind][claims]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -655,7 +659,7 @@ WRITE_BEHIND_TEST_CASE("A flusher crashing on the same value every time dead-let
 }
 
 WRITE_BEHIND_TEST_CASE("Backpressure: a bound on dirty keys, failing or blocking with a timeout",
-                  "[write_behind][backpressure]") {
+                       "[write_behind][backpressure]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -709,7 +713,7 @@ WRITE_BEHIND_TEST_CASE("Backpressure: a bound on dirty keys, failing or blocking
 }
 
 WRITE_BEHIND_TEST_CASE("Destruction drains, and reports what it could not flush",
-                  "[write_behind][drain]") {
+                       "[write_behind][drain]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -753,7 +757,7 @@ WRITE_BEHIND_TEST_CASE("Destruction drains, and reports what it could not flush"
 }
 
 WRITE_BEHIND_TEST_CASE("close() reports the drain; a write afterwards throws and is not queued",
-                  "[write_behind][drain][regression]") {
+                       "[write_behind][drain][regression]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -776,7 +780,7 @@ WRITE_BEHIND_TEST_CASE("close() reports the drain; a write afterwards throws and
 }
 
 WRITE_BEHIND_TEST_CASE("Closing stops the flusher between batches, not after all of them",
-                  "[write_behind][drain]") {
+                       "[write_behind][drain]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -801,8 +805,9 @@ WRITE_BEHIND_TEST_CASE("Closing stops the flusher between batches, not after all
     REQUIRE(calls.load() < 40);
 }
 
-WRITE_BEHIND_TEST_CASE("Stats: pending, oldest pending age, flushed, coalesced, retried, dead-lettered",
-                  "[write_behind][stats]") {
+WRITE_BEHIND_TEST_CASE(
+    "Stats: pending, oldest pending age, flushed, coalesced, retried, dead-lettered",
+    "[write_behind][stats]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -850,7 +855,7 @@ WRITE_BEHIND_TEST_CASE("Stats: pending, oldest pending age, flushed, coalesced, 
 }
 
 WRITE_BEHIND_TEST_CASE("Oldest pending age counts from the oldest write the database has not seen",
-                  "[write_behind][stats]") {
+                       "[write_behind][stats]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -885,7 +890,7 @@ WRITE_BEHIND_TEST_CASE("Oldest pending age counts from the oldest write the data
 }
 
 WRITE_BEHIND_TEST_CASE("increment: the seed's update_user_score, atomic across threads",
-                  "[write_behind][increment]") {
+                       "[write_behind][increment]") {
     TestType fx;
     Log log;
     Table<Row> db;
@@ -933,7 +938,7 @@ WRITE_BEHIND_TEST_CASE("increment: the seed's update_user_score, atomic across t
 }
 
 WRITE_BEHIND_TEST_CASE("increment on integers, on a missing row, and on overflow",
-                  "[write_behind][increment]") {
+                       "[write_behind][increment]") {
     TestType fx;
     Log log;
     Table<std::int64_t> db;
@@ -953,7 +958,7 @@ WRITE_BEHIND_TEST_CASE("increment on integers, on a missing row, and on overflow
 }
 
 WRITE_BEHIND_TEST_CASE("The flusher thread writes every interval without flush()",
-                  "[write_behind][flusher]") {
+                       "[write_behind][flusher]") {
     TestType fx;
     Log log;
     Table<std::string> db;
@@ -982,7 +987,7 @@ WRITE_BEHIND_TEST_CASE("Keys and values are arbitrary bytes", "[write_behind]") 
 }
 
 WRITE_BEHIND_TEST_CASE("Model-based: random puts, increments, reads and flushes across threads",
-                  "[write_behind][model]") {
+                       "[write_behind][model]") {
     TestType fx;
     Log log;
     Table<Row> db;
