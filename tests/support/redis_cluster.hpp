@@ -67,6 +67,10 @@ public:
                 "CLUSTER REPLICATE");
         }
         wait_until([&] { return ready(); }, "the cluster did not become ready");
+        // A node learns of the other primaries' replicas by gossip: until then its slot map
+        // leaves them out, and a client that asks it would not read from them.
+        wait_until([&] { return every_map_names_replicas(replicas_per_primary); },
+                   "a slot map still leaves replicas out");
     }
 
     /// Primaries (as started: a failover does not renumber them).
@@ -175,6 +179,18 @@ private:
             const RespReply r = n->query({"CLUSTER", "INFO"});
             if (r.text.find("cluster_known_nodes:" + std::to_string(total)) == std::string::npos) {
                 return false;
+            }
+        }
+        return true;
+    }
+
+    bool every_map_names_replicas(std::size_t replicas) const {
+        for (const auto& n : nodes_) {
+            const RespReply r = n->query({"CLUSTER", "SLOTS"});
+            if (r.elements.empty()) return false;
+            for (const auto& range : r.elements) {
+                // [first, last, primary, replica...]
+                if (range.elements.size() < 3 + replicas) return false;
             }
         }
         return true;

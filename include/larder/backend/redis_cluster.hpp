@@ -126,7 +126,9 @@ public:
           compare_and_expire_script_("compare_and_expire", redis_detail::compare_and_expire_lua) {
         for (auto& s : primary_) s.store(nullptr, std::memory_order_relaxed);
         for (auto& s : replica_) s.store(nullptr, std::memory_order_relaxed);
-        for (const ClusterNode& seed : options_.seeds) (void)node_at(seed.host, seed.port, false);
+        for (const ClusterNode& seed : options_.seeds) {
+            (void)node_at(seed.host, seed.port, false, Serving::no);
+        }
         refresh_slots();
     }
 
@@ -319,6 +321,27 @@ public:
         return out;
     }
 
+    /// Told when a node starts serving calls (it is in the slot table, or a redirect sent a
+    /// call there) and when it stops (the table no longer names it): a per-node companion,
+    /// such as RedisClusterTrackingBus, follows the nodes with it. A node is told it serves
+    /// before any call reaches it through the table or a redirect. At once, `watcher` is
+    /// told every node serving now. Told under a lock of the backend's, one call at a time,
+    /// on whichever thread changed the map: keep it short, and do not call the backend from
+    /// it. One watcher per backend (ConfigError); nullptr removes it.
+    void watch_nodes(std::function<void(RedisBackend& node, bool serving)> watcher) {
+        std::lock_guard lock(watch_mutex_);
+        if (watcher && watcher_) {
+            throw ConfigError(
+                "RedisClusterBackend: its nodes are watched already (one watcher, "
+                "such as one RedisClusterTrackingBus, per backend)");
+        }
+        watcher_ = std::move(watcher);
+        if (!watcher_) return;
+        for (Node* n : all_nodes()) {
+            if (n->serving.load()) watcher_(n->backend, true);
+        }
+    }
+
     /// The address ("host:port") of the primary that serves `key` in the slot map in use.
     [[nodiscard]] std::string node_of(std::string_view key) const {
         const Node* n = primary_[keys::slot(stored_key(key))].load(std::memory_order_acquire);
@@ -341,6 +364,9 @@ private:
         std::string address;  // host:port
         std::string name;     // address, marked when its connections are READONLY
         RedisBackend backend;
+        // In the slot table, or the target of a redirect since: see watch_nodes. Changed
+        // under watch_mutex_; read without it on the call path.
+        std::atomic<bool> serving{false};
     };
 
     struct Counters {
@@ -447,7 +473,17 @@ private:
 
     // ---- nodes and the slot table ----------------------------------------------------
 
-    Node* node_at(const std::string& host, int port, bool readonly) {
+    // Whether a node found by node_at is about to serve calls (a seed only answers
+    // CLUSTER SLOTS).
+    enum class Serving : bool { no, yes };
+
+    Node* node_at(const std::string& host, int port, bool readonly, Serving serving) {
+        Node* node = find_or_add(host, port, readonly);
+        if (serving == Serving::yes) serve(*node);
+        return node;
+    }
+
+    Node* find_or_add(const std::string& host, int port, bool readonly) {
         const std::string address = host + ":" + std::to_string(port);
         std::lock_guard lock(nodes_mutex_);
         for (const auto& n : nodes_) {
@@ -463,6 +499,56 @@ private:
         nodes_.push_back(std::make_unique<Node>(host, port, std::move(o)));
         nodes_.back()->backend.cluster_node_ = true;
         return nodes_.back().get();
+    }
+
+    std::vector<Node*> all_nodes() const {
+        std::lock_guard lock(nodes_mutex_);
+        std::vector<Node*> out;
+        for (const auto& n : nodes_) out.push_back(n.get());
+        return out;
+    }
+
+    // The node is about to serve calls: the watcher hears it first. One load when it
+    // already serves, as it does on every call but the first after a change.
+    void serve(Node& node) {
+        if (node.serving.load()) return;
+        std::lock_guard lock(watch_mutex_);
+        if (node.serving.exchange(true)) return;
+        if (watcher_) watcher_(node.backend, true);
+    }
+
+    // After a map was applied: nodes the table no longer names stop serving. A MOVED that
+    // stores a node in the table concurrently checks `serving` after its store, and this
+    // checks the table again after clearing `serving` (both sequentially consistent): one of
+    // the two sees the other, so a node in the table is never left not serving.
+    void retire_unnamed_nodes() {
+        const std::vector<Node*> nodes = all_nodes();
+        auto named_in_table = [&](const Node* node) {
+            for (std::size_t s = 0; s < cluster_slot_count; ++s) {
+                if (primary_[s].load() == node || replica_[s].load() == node) return true;
+            }
+            return false;
+        };
+        std::vector<const Node*> in_table;
+        for (std::size_t s = 0; s < cluster_slot_count; ++s) {
+            for (const Node* n : {primary_[s].load(), replica_[s].load()}) {
+                if (n != nullptr &&
+                    std::find(in_table.begin(), in_table.end(), n) == in_table.end())
+                    in_table.push_back(n);
+            }
+        }
+        for (Node* n : nodes) {
+            if (!n->serving.load() ||
+                std::find(in_table.begin(), in_table.end(), n) != in_table.end())
+                continue;
+            std::lock_guard lock(watch_mutex_);
+            if (!n->serving.exchange(false)) continue;
+            if (named_in_table(n)) {
+                n->serving.store(true);
+                continue;
+            }
+            if (watcher_) watcher_(n->backend, false);
+        }
     }
 
     // Callers hold refresh_mutex_.
@@ -499,11 +585,11 @@ private:
 
     void apply(const SlotMap& map) {
         for (const SlotRange& range : map.ranges()) {
-            Node* primary = node_at(range.primary.host, range.primary.port, false);
+            Node* primary = node_at(range.primary.host, range.primary.port, false, Serving::yes);
             Node* replica = primary;
             if (options_.read_from_replicas && !range.replicas.empty()) {
                 const ClusterNode& r = range.replicas[(next_replica_++) % range.replicas.size()];
-                replica = node_at(r.host, r.port, true);
+                replica = node_at(r.host, r.port, true, Serving::yes);
             }
             // Slots the map leaves out keep their last known node: a partial view during a
             // reconfiguration is no reason to fail calls the old owner may still serve.
@@ -512,6 +598,13 @@ private:
                 replica_[s].store(replica, std::memory_order_release);
             }
         }
+        retire_unnamed_nodes();
+    }
+
+    // After a MOVED stored `node` in the table: retire_unnamed_nodes may have cleared
+    // `serving` between node_at and the store (see there).
+    void serve_again(Node& node) {
+        if (!node.serving.load()) serve(node);
     }
 
     void schedule_refresh(Millis after) {
@@ -612,16 +705,17 @@ private:
                     case Redirect::Kind::moved:
                         bump(counters_.moved);
                         if (++redirects > options_.max_redirects) throw exhausted(e);
-                        node = node_at(r.host, r.port, false);
-                        primary_[r.slot].store(node, std::memory_order_release);
-                        replica_[r.slot].store(node, std::memory_order_release);
+                        node = node_at(r.host, r.port, false, Serving::yes);
+                        primary_[r.slot].store(node);
+                        replica_[r.slot].store(node);
+                        serve_again(*node);
                         suspect_map();
                         asking = false;
                         continue;
                     case Redirect::Kind::ask:
                         bump(counters_.asked);
                         if (++redirects > options_.max_redirects) throw exhausted(e);
-                        node = node_at(r.host, r.port, false);
+                        node = node_at(r.host, r.port, false, Serving::yes);
                         asking = true;
                         continue;
                     case Redirect::Kind::try_again: {
@@ -788,6 +882,8 @@ private:
     std::vector<std::unique_ptr<Node>> nodes_;  // never shrinks: the slot table points here
     std::array<std::atomic<Node*>, cluster_slot_count> primary_;
     std::array<std::atomic<Node*>, cluster_slot_count> replica_;  // the primary without replicas
+    std::mutex watch_mutex_;  // orders the changes of Node::serving and what watcher_ hears
+    std::function<void(RedisBackend&, bool)> watcher_;  // under watch_mutex_
     std::mutex refresh_mutex_;
     std::size_t next_replica_ = 0;  // under refresh_mutex_
     std::atomic<std::int64_t> next_refresh_{0};

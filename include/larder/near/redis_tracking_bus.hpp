@@ -168,7 +168,7 @@ public:
     /// The subscriber's client id while connected (0 otherwise).
     [[nodiscard]] std::int64_t client_id() const noexcept { return client_id_.load(); }
 
-private:
+    /// The options, checked (ConfigError names what is wrong).
     static RedisTrackingOptions validated(RedisTrackingOptions o) {
         auto fail = [](const std::string& why) {
             throw ConfigError("RedisTrackingOptions: " + why);
@@ -192,6 +192,7 @@ private:
         return o;
     }
 
+private:
     static std::vector<std::string> bcast_prefixes(const RedisTrackingOptions& o,
                                                    const std::string& tenant) {
         std::vector<std::string> out;
