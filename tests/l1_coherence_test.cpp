@@ -162,10 +162,10 @@ TEST_CASE("Near wraps WriteBehind with every verb, and each write drops every L1
                 "k", [](std::string& v) { v += "+"; }, load) == "+");  // built on no row
 }
 
-TEST_CASE("get_many through Near serves L1 copies without asking the store for them",
-          "[l1][memory]") {
-    larder::MemoryBackend store;
-    larder::ChaosBackend counted(store);
+BACKEND_TEST_CASE("get_many through Near serves L1 copies without asking the store for them",
+                  "[l1]") {
+    TestType fx;
+    larder::ChaosBackend counted(fx.backend);
     larder::CacheAside<std::string, decltype(counted)> cache(counted);
     larder::MemoryBus bus;
     larder::Near near(cache, bus);
@@ -187,11 +187,11 @@ TEST_CASE("get_many through Near serves L1 copies without asking the store for t
 
 // Before: Near erased L1 before the policy's write; a local reader in between re-read the
 // old value from L2 and kept it in L1 after the write returned.
-TEST_CASE("Once a write through Near returns, no local read sees the old value",
-          "[regression][l1][write_through][memory]") {
-    larder::MemoryBackend store;
+BACKEND_TEST_CASE("Once a write through Near returns, no local read sees the old value",
+                  "[regression][l1][write_through]") {
+    TestType fx;
     larder::MemoryBus bus;
-    larder::WriteThrough<std::string, larder::MemoryBackend> policy(store);
+    larder::WriteThrough<std::string, decltype(fx.backend)> policy(fx.backend);
     larder::Near near(policy, bus);
     FakeDb db;
     db.write("k", "v1");
@@ -571,10 +571,10 @@ TEST_CASE("An L1 copy's freshness is counted from the read, not from the L1 put"
     REQUIRE_FALSE(near.l1().contains(full));  // but its freshness ran out during the read
 }
 
-TEST_CASE("CacheAside::set through Near drops every L1 copy", "[l1][memory]") {
-    larder::MemoryBackend store;
+BACKEND_TEST_CASE("CacheAside::set through Near drops every L1 copy", "[l1]") {
+    TestType fx;
     larder::MemoryBus bus;
-    MemoryCache c1(store), c2(store);
+    larder::CacheAside<std::string, decltype(fx.backend)> c1(fx.backend), c2(fx.backend);
     larder::Near n1(c1, bus), n2(c2, bus);
     REQUIRE(n2.get("k", [] { return Str("v1"); }) == "v1");
     n1.set("k", "v2");

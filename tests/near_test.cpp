@@ -27,9 +27,9 @@ using MemoryCache = larder::CacheAside<std::string, larder::MemoryBackend>;
 
 }  // namespace
 
-TEST_CASE("An L1 hit makes no store call", "[l1][memory]") {
-    larder::MemoryBackend store;
-    larder::ChaosBackend counted(store);
+BACKEND_TEST_CASE("An L1 hit makes no store call", "[l1]") {
+    TestType fx;
+    larder::ChaosBackend counted(fx.backend);
     larder::CacheAside<std::string, decltype(counted)> cache(counted);
     larder::MemoryBus bus;
     larder::Near near(cache, bus);
@@ -46,10 +46,11 @@ TEST_CASE("An L1 hit makes no store call", "[l1][memory]") {
     REQUIRE(loads == 1);
 }
 
-TEST_CASE("A write through one Near reaches another's L1 through the bus", "[l1][event][memory]") {
-    larder::MemoryBackend store;
+BACKEND_TEST_CASE("A write through one Near reaches another's L1 through the bus", "[l1][event]") {
+    TestType fx;
     larder::MemoryBus bus;
-    MemoryCache cache_a(store), cache_b(store);  // two "processes" sharing the store
+    larder::CacheAside<std::string, decltype(fx.backend)> cache_a(fx.backend),
+        cache_b(fx.backend);  // two "processes" sharing the store
     larder::Near a(cache_a, bus), b(cache_b, bus);
     FakeDb db;
     db.write("k", "v1");
@@ -62,10 +63,10 @@ TEST_CASE("A write through one Near reaches another's L1 through the bus", "[l1]
     REQUIRE(a.get("k", load) == "v2");
 }
 
-TEST_CASE("A load that raced an invalidation does not land in L1", "[l1][event][memory]") {
-    larder::MemoryBackend store;
+BACKEND_TEST_CASE("A load that raced an invalidation does not land in L1", "[l1][event]") {
+    TestType fx;
     larder::MemoryBus bus;
-    MemoryCache cache(store);
+    larder::CacheAside<std::string, decltype(fx.backend)> cache(fx.backend);
     larder::Near near(cache, bus);
     FakeDb db;
     db.write("k", "v1");
@@ -85,10 +86,10 @@ TEST_CASE("A load that raced an invalidation does not land in L1", "[l1][event][
     REQUIRE(near.get("k", [&] { return db.read("k"); }) == "v2");
 }
 
-TEST_CASE("Tag invalidation reaches every L1", "[l1][tags][memory]") {
-    larder::MemoryBackend store;
+BACKEND_TEST_CASE("Tag invalidation reaches every L1", "[l1][tags]") {
+    TestType fx;
     larder::MemoryBus bus;
-    MemoryCache cache_a(store), cache_b(store);
+    larder::CacheAside<std::string, decltype(fx.backend)> cache_a(fx.backend), cache_b(fx.backend);
     larder::Near a(cache_a, bus), b(cache_b, bus);
     FakeDb db;
     db.write("post:1", "p1");
