@@ -10,7 +10,10 @@
 #include <larder/policy/cache_aside.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <mutex>
+#include <utility>
 #include <optional>
 #include <string>
 #include <vector>
@@ -165,6 +168,94 @@ TEST_CASE("One RedisClusterTrackingBus per backend; options are checked",
                     larder::ConfigError);
     // The refused bus left no watcher behind.
     CHECK_NOTHROW(RedisClusterTrackingBus(other, quick));
+}
+
+namespace {
+
+// The "host:port" of the replica that serves reads, from the backend's own node names.
+std::string read_replica(const RedisClusterBackend& backend) {
+    const std::string mark = " (replica reads)";
+    std::string found;
+    for (const auto& [name, stats] : backend.node_stats()) {
+        if (name.ends_with(mark)) found = name.substr(0, name.size() - mark.size());
+    }
+    return found;
+}
+
+}  // namespace
+
+// Before: every refresh picked the next replica of each range, so a tracking bus dropped
+// one node and started another at every refresh, and each time every L1 started over.
+TEST_CASE("With replica reads, a refresh keeps each range's replica, and the tracking bus its nodes",
+          "[redis][cluster][tracking][l1][regression]") {
+    RedisCluster cluster(1, 2);
+    larder::RedisClusterOptions o = patient(/*replica_reads=*/true);
+    RedisClusterBackend backend = make_cluster_backend(cluster, o);
+    RedisClusterTrackingBus bus(backend, quick);
+    REQUIRE(bus.wait_connected(10s));
+    const std::string replica = read_replica(backend);
+    REQUIRE_FALSE(replica.empty());
+    const auto subscriptions = bus.subscriptions();
+    for (int i = 0; i < 4; ++i) backend.refresh_slots();
+    CHECK(read_replica(backend) == replica);
+    CHECK(bus.nodes_dropped() == 0);
+    CHECK(bus.subscriptions() == subscriptions);
+    CHECK(bus.connected());
+}
+
+// Before: a watcher that threw left the node marked serving, so it was never told again
+// (a tracking bus that could not start a node's subscriber never tracked it); and one that
+// threw while registering stayed registered.
+TEST_CASE("A node watcher that throws is told again, and one that fails to register is not kept",
+          "[redis][cluster][tracking][regression]") {
+    RedisCluster cluster(1, 2);
+    RedisClusterBackend backend = make_cluster_backend(cluster, patient(/*replica_reads=*/true));
+    CHECK_THROWS_AS(backend.watch_nodes([](larder::RedisBackend&, bool) {
+        throw larder::BackendError("cannot start");
+    }),
+                    larder::BackendError);
+    std::mutex mutex;
+    std::vector<std::pair<std::string, bool>> told;
+    std::atomic<bool> failing{false};
+    backend.watch_nodes([&](larder::RedisBackend& node, bool serving) {
+        if (serving && failing.load()) throw std::runtime_error("cannot start");
+        std::lock_guard lock(mutex);
+        told.emplace_back(node.options().host + ":" + std::to_string(node.options().port), serving);
+    });
+    const std::string first = read_replica(backend);
+    REQUIRE_FALSE(first.empty());
+    // The replica that serves reads dies; once the cluster marks it failed, the map names
+    // the other one. The watcher fails to start it the first time.
+    for (std::size_t i = 1; i < cluster.servers(); ++i) {
+        auto& server = cluster.node(i);
+        if (server.host() + ":" + std::to_string(server.port()) == first) server.kill();
+    }
+    failing = true;
+    bool refused = false;
+    REQUIRE(eventually(
+        [&] {
+            try {
+                backend.refresh_slots();
+            } catch (const larder::BackendError& e) {
+                refused = std::string(e.what()).find("cannot start") != std::string::npos;
+            }
+            return refused;
+        },
+        30s));
+    failing = false;
+    REQUIRE(eventually(
+        [&] {
+            try {
+                backend.refresh_slots();
+            } catch (const larder::BackendError&) {
+            }
+            return !read_replica(backend).empty() && read_replica(backend) != first;
+        },
+        30s));
+    const std::string second = read_replica(backend);
+    std::lock_guard lock(mutex);
+    CHECK(std::count(told.begin(), told.end(), std::pair{second, true}) == 1);
+    CHECK(std::count(told.begin(), told.end(), std::pair{first, false}) == 1);
 }
 
 TEST_CASE("RedisClusterTrackingBus follows a key's slot to its new owner",

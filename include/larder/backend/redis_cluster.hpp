@@ -337,8 +337,13 @@ public:
         }
         watcher_ = std::move(watcher);
         if (!watcher_) return;
-        for (Node* n : all_nodes()) {
-            if (n->serving.load()) watcher_(n->backend, true);
+        try {
+            for (Node* n : all_nodes()) {
+                if (n->serving.load()) watcher_(n->backend, true);
+            }
+        } catch (...) {
+            watcher_ = nullptr;  // a watcher that failed to start is not kept
+            throw;
         }
     }
 
@@ -510,11 +515,23 @@ private:
 
     // The node is about to serve calls: the watcher hears it first. One load when it
     // already serves, as it does on every call but the first after a change.
+    // A watcher that throws (it could not start what the node needs) leaves the node not
+    // serving: the call fails, and the next one tells the watcher again.
     void serve(Node& node) {
         if (node.serving.load()) return;
         std::lock_guard lock(watch_mutex_);
-        if (node.serving.exchange(true)) return;
-        if (watcher_) watcher_(node.backend, true);
+        if (node.serving.load()) return;
+        if (watcher_) {
+            try {
+                watcher_(node.backend, true);
+            } catch (const Error&) {
+                throw;
+            } catch (const std::exception& e) {
+                throw BackendError(std::string("RedisClusterBackend: the node watcher failed: ") +
+                                   e.what());
+            }
+        }
+        node.serving.store(true);
     }
 
     // After a map was applied: nodes the table no longer names stop serving. A MOVED that
@@ -588,8 +605,7 @@ private:
             Node* primary = node_at(range.primary.host, range.primary.port, false, Serving::yes);
             Node* replica = primary;
             if (options_.read_from_replicas && !range.replicas.empty()) {
-                const ClusterNode& r = range.replicas[(next_replica_++) % range.replicas.size()];
-                replica = node_at(r.host, r.port, true, Serving::yes);
+                replica = node_at_replica(range);
             }
             // Slots the map leaves out keep their last known node: a partial view during a
             // reconfiguration is no reason to fail calls the old owner may still serve.
@@ -599,6 +615,21 @@ private:
             }
         }
         retire_unnamed_nodes();
+    }
+
+    // The replica that serves a range's reads: the one serving them now while the map
+    // still names it (its pool stays warm, and nothing that follows the nodes churns);
+    // otherwise the next in turn, spreading ranges over replicas.
+    Node* node_at_replica(const SlotRange& range) {
+        const Node* current = replica_[range.first].load(std::memory_order_acquire);
+        for (const ClusterNode& r : range.replicas) {
+            if (current != nullptr && current->backend.options().readonly &&
+                current->address == r.host + ":" + std::to_string(r.port)) {
+                return node_at(r.host, r.port, true, Serving::yes);
+            }
+        }
+        const ClusterNode& r = range.replicas[(next_replica_++) % range.replicas.size()];
+        return node_at(r.host, r.port, true, Serving::yes);
     }
 
     // After a MOVED stored `node` in the table: retire_unnamed_nodes may have cleared

@@ -120,35 +120,45 @@ private:
         bool connected = false;
     };
 
-    // The backend tells it, under its own lock, before the node serves a call.
+    // The backend tells it, under its own lock, before the node serves a call. (The
+    // backend's lock also keeps retire() and the destructor out meanwhile.)
     void add(RedisBackend& node) {
-        std::unique_lock lock(mutex_);
-        if (find(node) != buses_.end()) return;
-        // Dropped a moment ago and not yet stopped: it never stopped tracking either, so
-        // it is taken back. Being stopped: wait, since the node takes one bus at a time.
-        auto retired = std::find_if(retired_.begin(), retired_.end(),
-                                    [&](const NodeBus& n) { return n.node == &node; });
-        if (retired != retired_.end()) {
-            buses_.push_back(std::move(*retired));
-            retired_.erase(retired);
+        RedisTrackingBus* bus = nullptr;
+        std::uint64_t id = 0;
+        {
+            std::unique_lock lock(mutex_);
+            if (find(node) != buses_.end()) return;
+            // Dropped a moment ago and not yet stopped: it never stopped tracking either,
+            // so it is taken back - as live as it is now. (What it said while dropped was
+            // not heard; from now on it is.)
+            const auto retired = std::find_if(retired_.begin(), retired_.end(),
+                                              [&](const NodeBus& n) { return n.node == &node; });
+            if (retired != retired_.end()) {
+                NodeBus back = std::move(*retired);
+                retired_.erase(retired);
+                back.connected = back.bus->connected();
+                buses_.push_back(std::move(back));
+                recompute();
+                return;
+            }
+            // Being stopped: wait, since the node takes one bus at a time.
+            reaped_.wait(lock, [&] { return reaping_ != &node; });
+            NodeBus added;
+            added.node = &node;
+            added.id = id = next_id_++;
+            added.bus = std::make_unique<RedisTrackingBus>(node, options_);
+            bus = added.bus.get();
+            buses_.push_back(std::move(added));
+            // Not live yet: a loss for every subscriber before the first call reaches it.
             recompute();
-            return;
         }
-        reaped_.wait(lock, [&] { return reaping_ != &node; });
-        NodeBus added;
-        added.node = &node;
-        added.id = next_id_++;
-        added.bus = std::make_unique<RedisTrackingBus>(node, options_);
-        RedisTrackingBus& bus = *added.bus;
-        buses_.push_back(std::move(added));
-        // Not live yet: a loss for every subscriber before the first call reaches the node.
-        recompute();
-        const std::uint64_t id = buses_.back().id;
-        BusSubscription subscription = bus.subscribe(BusHandlers{
+        // Outside mutex_: the handlers take it, under the node bus's own lock.
+        BusSubscription subscription = bus->subscribe(BusHandlers{
             .on_message = [this](std::string_view m) { state_.message(m); },
             .on_lost = [this, id] { set_connected(id, false); },
             .on_restored = [this, id] { set_connected(id, true); },
         });
+        std::lock_guard lock(mutex_);
         const auto it = std::find_if(buses_.begin(), buses_.end(),
                                      [&](const NodeBus& n) { return n.id == id; });
         if (it != buses_.end()) it->subscription = std::move(subscription);
@@ -221,12 +231,11 @@ private:
 
     const RedisTrackingOptions options_;
     RedisClusterBackend& backend_;
-    // Recursive: a new node bus that is live at once reports it while add() holds it.
-    mutable std::recursive_mutex mutex_;
-    std::condition_variable_any reap_;    // retired_ or stopping_ changed
-    std::condition_variable_any reaped_;  // reaping_ changed
-    std::vector<NodeBus> buses_;          // the nodes tracked now
-    std::vector<NodeBus> retired_;        // to be stopped by the reaper
+    mutable std::mutex mutex_;
+    std::condition_variable reap_;    // retired_ or stopping_ changed
+    std::condition_variable reaped_;  // reaping_ changed
+    std::vector<NodeBus> buses_;      // the nodes tracked now
+    std::vector<NodeBus> retired_;    // to be stopped by the reaper
     const RedisBackend* reaping_ = nullptr;
     std::uint64_t next_id_ = 0;
     std::uint64_t dropped_ = 0;
