@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <barrier>
+#include <csignal>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -299,6 +301,40 @@ BACKEND_TEST_CASE("A loader slower than the lease keeps its lease", "[stampede][
     REQUIRE(holder.stats().fills == 1);
 }
 
+BACKEND_TEST_CASE("A load past max_load_time is served but not stored", "[stampede][lock]") {
+    TestType fx;
+    larder::CacheAside<std::string, decltype(fx.backend)> cache(
+        fx.backend, options_for(fx, {.max_load_time = 50ms}));
+    using Str = std::optional<std::string>;
+    int loads = 0;
+    REQUIRE(cache.get("k", [&] {
+        ++loads;
+        fx.advance(80ms);  // longer than max_load_time
+        return Str("late");
+    }) == "late");
+    CHECK(cache.stats().overdue_loads == 1);
+    CHECK(cache.stats().fills == 0);
+    // Nothing stored, and the lease given back: the next read loads at once, and fills.
+    REQUIRE(cache.get("k", [&] {
+        ++loads;
+        return Str("quick");
+    }) == "quick");
+    CHECK(loads == 2);
+    CHECK(cache.stats().fills == 1);
+    // A batch load past it: served, nothing stored, every lease given back.
+    const std::vector<std::string> keys{"a", "b"};
+    auto batch = [&](std::span<const std::string> missed) {
+        fx.advance(80ms);
+        return std::vector<Str>(missed.size(), Str("late"));
+    };
+    CHECK(cache.get_many(keys, batch) == std::vector<Str>{"late", "late"});
+    CHECK(cache.stats().overdue_loads == 2);
+    CHECK(cache.get_many(keys, [](std::span<const std::string> missed) {
+        return std::vector<Str>(missed.size(), Str("quick"));
+    }) == std::vector<Str>{"quick", "quick"});
+    CHECK(cache.stats().fills == 3);
+}
+
 BACKEND_TEST_CASE("Fail-safe: a stale value is served when the loader fails",
                   "[stampede][fail_safe]") {
     TestType fx;
@@ -405,6 +441,59 @@ TEST_CASE("Across 4 processes x 32 threads, Lock loads an expiring key exactly o
     REQUIRE(locked == 1);
     REQUIRE(unguarded <= 4);  // single-flight: at most one per process
     REQUIRE(naive >= 96);     // the seed: (nearly) every caller goes to the database
+}
+
+// Before: the keeper extended a lease for as long as its loader ran. A loader that hung
+// held the key: every other process's reader waited max_wait, then loaded unfilled.
+TEST_CASE("A holder whose loader hangs past max_load_time loses its lease to a waiter",
+          "[stampede][lock][redis][multiprocess][takeover]") {
+    larder::test::RedisServer server;
+    // Leases of 300 ms, extended for 300 ms; the loader takes 3 s.
+    larder::test::ChildProcess holder(
+        LARDER_TEST_HELPER_STAMPEDE_CHILD,
+        {"slow", std::to_string(server.port()), "k", "300", "300", "3000"});
+    REQUIRE(holder.read_line(10s) == "holding");
+    auto redis = larder::test::make_test_backend(server);
+    larder::CacheAside<std::string, larder::RedisBackend, larder::Lock> waiter(
+        redis, {}, larder::Lock({.max_wait = 10s}));
+    std::optional<std::string> got;
+    const double waited = seconds_of(
+        [&] { got = waiter.get("k", [] { return std::optional<std::string>("recovered"); }); });
+    WARN("reader blocked " << waited * 1000
+                           << " ms by a hung holder (max_load_time 300 ms, lease 300 ms)");
+    REQUIRE(got == "recovered");
+    // It took the lease over and filled: it did not wait out max_wait and load unfilled.
+    CHECK(waiter.stats().fills == 1);
+    // The holder's late value was served to its caller, not stored.
+    CHECK(holder.read_line(10s) == "late overdue=1 fills=0 rejected=0");
+    CHECK(holder.wait() == 0);
+    larder::CacheAside<std::string, larder::RedisBackend> reader(redis);
+    CHECK(reader.get("k", [] { return std::optional<std::string>("loader"); }) == "recovered");
+}
+
+TEST_CASE("A stopped holder (SIGSTOP) loses its lease to a waiter, and its late fill is refused",
+          "[stampede][lock][redis][multiprocess][takeover]") {
+    larder::test::RedisServer server;
+    larder::test::ChildProcess holder(
+        LARDER_TEST_HELPER_STAMPEDE_CHILD,
+        {"slow", std::to_string(server.port()), "k", "300", "30000", "1000"});
+    REQUIRE(holder.read_line(10s) == "holding");
+    holder.signal(SIGSTOP);  // its lease keeper stops with it
+    auto redis = larder::test::make_test_backend(server);
+    larder::CacheAside<std::string, larder::RedisBackend, larder::Lock> waiter(
+        redis, {}, larder::Lock({.max_wait = 10s}));
+    std::optional<std::string> got;
+    const double waited = seconds_of(
+        [&] { got = waiter.get("k", [] { return std::optional<std::string>("recovered"); }); });
+    WARN("reader blocked " << waited * 1000 << " ms by a stopped holder (lease 300 ms)");
+    REQUIRE(got == "recovered");
+    CHECK(waiter.stats().fills == 1);
+    holder.signal(SIGCONT);
+    // The holder wakes, loads "late", and finds its lease replaced: its fill is refused.
+    CHECK(holder.read_line(10s) == "late overdue=0 fills=0 rejected=1");
+    CHECK(holder.wait() == 0);
+    larder::CacheAside<std::string, larder::RedisBackend> reader(redis);
+    CHECK(reader.get("k", [] { return std::optional<std::string>("loader"); }) == "recovered");
 }
 
 TEST_CASE("A killed holder blocks waiters no longer than its lease plus backoff",

@@ -8,6 +8,11 @@
 //   stampede_child hold <port> <key> <lease_ttl_ms>
 //       misses <key>, prints "holding" from inside the loader and never returns: a
 //       lease holder for the test to SIGKILL.
+//   stampede_child slow <port> <key> <lease_ttl_ms> <max_load_ms> <load_ms>
+//       misses <key>, prints "holding" from inside the loader, which returns "late" after
+//       <load_ms>; then prints what its get returned and its counters:
+//       "<value> overdue=<n> fills=<n> rejected=<n>". A holder for the test to SIGSTOP,
+//       or one that hangs past max_load_time.
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -100,6 +105,22 @@ int hold_main(int port, const std::string& key, int lease_ttl_ms) {
     return 0;
 }
 
+int slow_main(int port, const std::string& key, int lease_ttl_ms, int max_load_ms, int load_ms) {
+    auto redis = connect(port, 2);
+    larder::CacheAside<std::string, larder::RedisBackend> cache(
+        redis,
+        {.lease_ttl = larder::Millis{lease_ttl_ms}, .max_load_time = larder::Millis{max_load_ms}});
+    const auto got = cache.get(key, [&]() -> std::optional<std::string> {
+        std::cout << "holding" << std::endl;
+        std::this_thread::sleep_for(larder::Millis{load_ms});
+        return "late";
+    });
+    const auto s = cache.stats();
+    std::cout << got.value_or("(none)") << " overdue=" << s.overdue_loads << " fills=" << s.fills
+              << " rejected=" << s.fills_rejected << std::endl;
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -111,11 +132,16 @@ int main(int argc, char** argv) {
         if (args.size() == 4 && args[0] == "hold") {
             return hold_main(std::stoi(args[1]), args[2], std::stoi(args[3]));
         }
+        if (args.size() == 6 && args[0] == "slow") {
+            return slow_main(std::stoi(args[1]), args[2], std::stoi(args[3]), std::stoi(args[4]),
+                             std::stoi(args[5]));
+        }
     } catch (const std::exception& e) {
         std::cerr << "stampede_child: " << e.what() << "\n";
         return 3;
     }
-    std::cerr << "usage: stampede_child read PORT MODE KEY THREADS | hold PORT KEY TTL\n";
+    std::cerr << "usage: stampede_child read PORT MODE KEY THREADS | hold PORT KEY TTL | slow PORT "
+                 "KEY TTL MAX_LOAD LOAD\n";
     return 2;
 }
 #else

@@ -106,6 +106,11 @@ public:
         return 128 + WTERMSIG(status);
     }
 
+    /// Sends `sig` (SIGSTOP, SIGCONT...) to the running child.
+    void signal(int sig) {
+        if (pid_ > 0) ::kill(pid_, sig);
+    }
+
     void kill() {
         if (pid_ <= 0) return;
         ::kill(pid_, SIGKILL);

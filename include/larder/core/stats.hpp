@@ -30,6 +30,7 @@ struct StatsSnapshot {
     std::uint64_t lease_waits = 0;      ///< reads that found another loader's lease
     std::uint64_t coalesced = 0;        ///< callers that shared another caller's load
     std::uint64_t early_refreshes = 0;  ///< probabilistic refreshes before expiry
+    std::uint64_t overdue_loads = 0;    ///< loads past max_load_time: served, not stored
     std::uint64_t invalidations = 0;    ///< keys invalidated through this object
     std::uint64_t evictions = 0;        ///< entries the store dropped for space (if it says)
 
@@ -52,6 +53,7 @@ enum class Counter : std::size_t {
     lease_waits,
     coalesced,
     early_refreshes,
+    overdue_loads,
     invalidations,
     count_
 };
@@ -88,6 +90,7 @@ public:
         s.lease_waits = get(Counter::lease_waits);
         s.coalesced = get(Counter::coalesced);
         s.early_refreshes = get(Counter::early_refreshes);
+        s.overdue_loads = get(Counter::overdue_loads);
         s.invalidations = get(Counter::invalidations);
         return s;
     }

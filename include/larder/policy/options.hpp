@@ -27,8 +27,15 @@ struct CacheAsideOptions {
     /// the error (counted as stale_served). 0 turns it off.
     Millis grace{0};
     /// How long a loader holds the key. A running loader's lease is extended every
-    /// lease_ttl / 3, so this bounds only how long a crashed holder blocks the key.
-    Millis lease_ttl = std::chrono::seconds(10);
+    /// lease_ttl / 3, so this bounds only how long a crashed or stopped holder blocks the
+    /// key: its lease, no longer extended, runs out, and a waiter takes it over.
+    Millis lease_ttl = std::chrono::seconds(3);
+    /// The longest a lease is extended for one load. A loader that hangs (alive, its
+    /// lease kept) would otherwise hold the key for ever, and every other process's
+    /// waiter would wait max_wait and load unfilled, read after read. Past it the lease
+    /// runs out within lease_ttl and a waiter takes over; the late loader's value is
+    /// served to its caller but not stored (counted as overdue_loads).
+    Millis max_load_time = std::chrono::seconds(30);
     /// How long a tag's version lives once created. 0: twice the longest an entry can
     /// live. An entry whose tag version expired misses (never resurrects); so this only
     /// bounds the memory of tags nobody uses any more.

@@ -117,7 +117,8 @@ public:
           backend_(backend),
           options_(validated(std::move(options), this->cache_options())),
           codec_(std::move(codec)),
-          keeper_(backend, options_.write_lease_ttl) {}
+          // The write lock is held for as long as the database write runs.
+          keeper_(backend, options_.write_lease_ttl, Millis::max()) {}
 
     WriteThrough(const WriteThrough&) = delete;
     WriteThrough& operator=(const WriteThrough&) = delete;

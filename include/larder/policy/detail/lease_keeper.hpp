@@ -1,7 +1,8 @@
 // Keeps leases alive while their loaders run. A loader slower than the lease TTL would
 // otherwise lose its lease mid-load, letting a second process take it and load too. One
 // thread per cache, started on first use, extends every held lease every lease_ttl / 3 by
-// compare-and-expire (only the holder's own bytes are extended, never someone else's).
+// compare-and-expire (only the holder's own bytes are extended, never someone else's),
+// for at most max_hold: a loader that hangs must not hold its key for ever.
 #pragma once
 
 #include <chrono>
@@ -21,7 +22,8 @@ namespace larder::detail {
 template <Backend B>
 class LeaseKeeper {
 public:
-    LeaseKeeper(B& backend, Millis lease_ttl) : backend_(backend), lease_ttl_(lease_ttl) {}
+    LeaseKeeper(B& backend, Millis lease_ttl, Millis max_hold)
+        : backend_(backend), lease_ttl_(lease_ttl), max_hold_(max_hold) {}
 
     LeaseKeeper(const LeaseKeeper&) = delete;
     LeaseKeeper& operator=(const LeaseKeeper&) = delete;
@@ -56,7 +58,12 @@ public:
     [[nodiscard]] Hold hold(const std::string& key, const std::string& lease) {
         std::lock_guard lock(mutex_);
         const std::uint64_t id = next_id_++;
-        held_.emplace(id, std::make_pair(key, lease));
+        const auto now = std::chrono::steady_clock::now();
+        const auto until = max_hold_ >= std::chrono::duration_cast<Millis>(
+                                            std::chrono::steady_clock::time_point::max() - now)
+                               ? std::chrono::steady_clock::time_point::max()
+                               : now + max_hold_;
+        held_.emplace(id, Held{key, lease, until});
         if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
         return Hold(this, id);
     }
@@ -83,9 +90,11 @@ private:
             auto snapshot = held_;
             lock.unlock();
             std::uint64_t extended = 0;
-            for (const auto& [id, entry] : snapshot) {
+            const auto now = std::chrono::steady_clock::now();
+            for (const auto& [id, held] : snapshot) {
+                if (now >= held.until) continue;  // left to run out
                 try {
-                    if (backend_.compare_and_expire(entry.first, entry.second, lease_ttl_)) {
+                    if (backend_.compare_and_expire(held.key, held.lease, lease_ttl_)) {
                         ++extended;
                     }
                 } catch (const std::exception&) {
@@ -98,11 +107,18 @@ private:
         }
     }
 
+    struct Held {
+        std::string key;
+        std::string lease;
+        std::chrono::steady_clock::time_point until;  // extended until then
+    };
+
     B& backend_;
     const Millis lease_ttl_;
+    const Millis max_hold_;
     mutable std::mutex mutex_;
     std::condition_variable wake_;
-    std::map<std::uint64_t, std::pair<std::string, std::string>> held_;
+    std::map<std::uint64_t, Held> held_;
     std::uint64_t next_id_ = 0;
     std::uint64_t extensions_ = 0;
     bool stopping_ = false;

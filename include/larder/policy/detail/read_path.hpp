@@ -73,7 +73,7 @@ public:
           guard_(std::move(guard)),
           codec_(std::move(codec)),
           invalidator_(std::move(invalidator)),
-          keeper_(backend, options_.lease_ttl) {}
+          keeper_(backend, options_.lease_ttl, options_.max_load_time) {}
 
     /// With an invalidator that needs constructing (Events<Bus>, a Ttl rule), and the
     /// default guard and codec.
@@ -318,9 +318,14 @@ public:
         }
         holds.clear();
         const auto took = watch.elapsed();
+        const bool late = overdue(took);
         for (std::size_t m = 0; m < missing.size(); ++m) {
             const std::string& key = full[missing[m].first_index];
-            if (leases[m]) fill(key, *leases[m], loaded[m], took, stamp_of(missing[m].first_index));
+            if (late) {
+                release(key, leases[m]);
+            } else if (leases[m]) {
+                fill(key, *leases[m], loaded[m], took, stamp_of(missing[m].first_index));
+            }
             const auto& at = missing[m].wanted_at;
             for (std::size_t j = 0; j + 1 < at.size(); ++j) out[at[j]] = loaded[m];
             out[at.back()] = std::move(loaded[m]);
@@ -539,8 +544,10 @@ private:
         if (!o.clock) o.clock = &SystemClock::instance();
         (void)keys::Namespace(o.key_prefix);  // throws ConfigError on a bad prefix
         o.jitter.validate();
-        if (o.ttl.count() <= 0 || o.negative_ttl.count() <= 0 || o.lease_ttl.count() <= 0) {
-            throw ConfigError("larder: ttl, negative_ttl and lease_ttl must be positive");
+        if (o.ttl.count() <= 0 || o.negative_ttl.count() <= 0 || o.lease_ttl.count() <= 0 ||
+            o.max_load_time.count() <= 0) {
+            throw ConfigError(
+                "larder: ttl, negative_ttl, lease_ttl and max_load_time must be positive");
         }
         if (o.grace.count() < 0 || o.tag_ttl.count() < 0) {
             throw ConfigError("larder: grace and tag_ttl must not be negative");
@@ -551,6 +558,7 @@ private:
         o.negative_ttl = saturated(o.negative_ttl);
         o.grace = saturated(o.grace);
         o.lease_ttl = saturated(o.lease_ttl);
+        o.max_load_time = saturated(o.max_load_time);
         o.tag_ttl = saturated(o.tag_ttl);
         if (o.tag_ttl.count() == 0) {
             const double spread = o.jitter.ratio * static_cast<double>(o.ttl.count());
@@ -1204,7 +1212,7 @@ private:
                                                          const LoadContext& context,
                                                          std::chrono::microseconds took) mutable {
             { auto done = std::move(hold); }  // the lease is no longer extended
-            if (!value) {
+            if (!value || overdue(took)) {
                 release(full, lease);
                 return;
             }
@@ -1294,7 +1302,8 @@ private:
                           const std::optional<T>* value, const LoadContext& context,
                           std::chrono::microseconds took) mutable {
             { auto done = std::move(hold); }
-            if (value) fill(full, bytes, *value, took, stamp, context, times, bumps);
+            if (value && !overdue(took))
+                fill(full, bytes, *value, took, stamp, context, times, bumps);
             release(lease_key, std::optional<std::string>(lease));
         };
         try {
@@ -1333,6 +1342,14 @@ private:
         for (const auto& t : stamp) envelope::detail::put<std::uint64_t>(fence, t.version);
         envelope::detail::put<std::uint64_t>(fence, bumps);
         return fence;
+    }
+
+    // A load that outlived max_load_time: its lease was no longer extended and may
+    // belong to a waiter now. Its value is served, not stored.
+    bool overdue(std::chrono::microseconds took) noexcept {
+        if (took <= options_.max_load_time) return false;
+        stats_.add(Counter::overdue_loads);
+        return true;
     }
 
     // What a lease taken after `found` replaces: the bytes found there, or nothing.
