@@ -6,6 +6,7 @@
 #include <atomic>
 #include <barrier>
 #include <csignal>
+#include <memory>
 #include <span>
 #include <string>
 #include <thread>
@@ -173,6 +174,45 @@ BACKEND_TEST_CASE("Lock: another process's reader waits for the holder's value",
     REQUIRE(waiter_loads == 0);
     REQUIRE(waiter.stats().lease_waits == 1);
     REQUIRE(holder.stats().fills == 1);
+}
+
+TEST_CASE("Lock: a waiter sleeps until the holder's fill is announced",
+          "[stampede][lock][memory]") {
+    larder::MemoryBackend store;
+    larder::CacheAside<std::string, larder::MemoryBackend> holder(store);
+    // It polls every 20 s and waits as long: it gets the holder's value in time only by
+    // hearing the fill.
+    larder::CacheAside<std::string, larder::MemoryBackend, larder::Lock> waiter(
+        store, {},
+        larder::Lock(
+            {.max_wait = 20s, .first_backoff = 20s, .max_backoff = 20s, .fallback_poll = 20s}));
+    Gate loading, release;
+    std::thread h([&] {
+        (void)holder.get("k", [&] {
+            loading.open();
+            release.wait();
+            return std::optional<std::string>("holder's");
+        });
+    });
+    loading.wait();
+    int waiter_loads = 0;
+    std::optional<std::string> got;
+    double waited = 0;
+    std::thread w([&] {
+        waited = seconds_of([&] {
+            got = waiter.get("k", [&] {
+                ++waiter_loads;
+                return std::optional<std::string>("waiter's");
+            });
+        });
+    });
+    REQUIRE(eventually([&] { return waiter.stats().lease_waits == 1; }));
+    release.open();
+    h.join();
+    w.join();
+    CHECK(got == "holder's");
+    CHECK(waiter_loads == 0);
+    CHECK(waited < 20.0);  // woken by the announcement, not by a poll or max_wait
 }
 
 BACKEND_TEST_CASE("Lock: a waiter gives up at max_wait and loads without filling",
@@ -441,6 +481,66 @@ TEST_CASE("Across 4 processes x 32 threads, Lock loads an expiring key exactly o
     REQUIRE(locked == 1);
     REQUIRE(unguarded <= 4);  // single-flight: at most one per process
     REQUIRE(naive >= 96);     // the seed: (nearly) every caller goes to the database
+}
+
+namespace {
+
+long get_calls(const larder::test::RedisServer& server) {
+    const std::string stats = server.command({"INFO", "commandstats"});
+    const auto at = stats.find("cmdstat_get:calls=");
+    if (at == std::string::npos) return 0;
+    return std::stol(stats.substr(at + std::string("cmdstat_get:calls=").size()));
+}
+
+}  // namespace
+
+// Before: a waiter polled from 2 ms doubling to 50 ms, two commands a poll (the key and
+// the bump counter): about 20 commands each for a 400 ms load.
+TEST_CASE("Lock waiters in other processes hear the fill: three commands each, not a poll loop",
+          "[stampede][lock][redis][notices]") {
+    larder::test::RedisServer server;
+    auto holder_store = larder::test::make_test_backend(server);
+    larder::CacheAside<std::string, larder::RedisBackend> holder(holder_store);
+    constexpr int waiters = 4;
+    std::vector<std::unique_ptr<larder::RedisBackend>> stores;
+    using Waiter = larder::CacheAside<std::string, larder::RedisBackend, larder::Lock>;
+    std::vector<std::unique_ptr<Waiter>> caches;
+    for (int i = 0; i < waiters; ++i) {
+        stores.push_back(std::make_unique<larder::RedisBackend>(
+            larder::RedisOptions{.host = server.host(), .port = server.port()}));
+        caches.push_back(
+            std::make_unique<Waiter>(*stores.back(), larder::CacheAsideOptions{},
+                                     larder::Lock({.max_wait = 20s, .fallback_poll = 5s})));
+        REQUIRE(eventually([&] { return stores.back()->lease_notices().listening(); }));
+    }
+    Gate loading, release;
+    std::thread h([&] {
+        (void)holder.get("k", [&] {
+            loading.open();
+            release.wait();
+            return std::optional<std::string>("holder's");
+        });
+    });
+    loading.wait();
+    const long before = get_calls(server);
+    std::vector<std::optional<std::string>> got(waiters);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < waiters; ++i) {
+        threads.emplace_back([&, i] {
+            got[static_cast<std::size_t>(i)] = caches[static_cast<std::size_t>(i)]->get(
+                "k", [] { return std::optional<std::string>("waiter's"); });
+        });
+    }
+    for (auto& c : caches) REQUIRE(eventually([&] { return c->stats().lease_waits == 1; }));
+    std::this_thread::sleep_for(400ms);  // a load that takes a while
+    release.open();
+    h.join();
+    for (auto& t : threads) t.join();
+    const long per_waiter = (get_calls(server) - before) / waiters;
+    WARN("GETs per waiter across a 400 ms load: " << per_waiter);
+    for (const auto& g : got) CHECK(g == "holder's");
+    // The read that found the lease, the bump counter beside it, the read after the fill.
+    CHECK(per_waiter <= 3);
 }
 
 // Before: the keeper extended a lease for as long as its loader ran. A loader that hung

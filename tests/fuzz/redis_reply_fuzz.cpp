@@ -16,7 +16,7 @@
 // code under test, so this reader refuses counts above 4096 as allocation failures.
 #include <hiredis/hiredis.h>
 #include <larder/backend/redis.hpp>
-#include <larder/near/detail/redis_pubsub.hpp>
+#include <larder/backend/redis/pubsub.hpp>
 
 #include <cstddef>
 #include <cstdint>

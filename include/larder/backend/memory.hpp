@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "larder/backend/backend.hpp"
+#include "larder/backend/lease_notices.hpp"
 #include "larder/core/clock.hpp"
 #include "larder/core/error.hpp"
 
@@ -117,6 +118,24 @@ public:
         s.erase(n);
         return true;
     }
+
+    /// compare_and_set of a lease that tells lease_notices() when it replaces it.
+    bool replace_lease(std::string_view key, std::string_view lease, std::string_view value,
+                       Millis ttl) {
+        if (!compare_and_set(key, lease, value, ttl)) return false;
+        lease_notices_.heard(key);
+        return true;
+    }
+
+    /// compare_and_delete of a lease that tells lease_notices().
+    bool release_lease(std::string_view key, std::string_view lease) {
+        if (!compare_and_delete(key, lease)) return false;
+        lease_notices_.heard(key);
+        return true;
+    }
+
+    /// Every cache on this store hears every lease end, in this process.
+    LeaseNotices& lease_notices() noexcept { return lease_notices_; }
 
     bool compare_and_expire(std::string_view key, std::string_view expected, Millis ttl) {
         const auto now = now_ms();
@@ -380,8 +399,10 @@ private:
     std::vector<Shard> shards_;
     std::size_t mask_ = 0;
     std::atomic<std::uint64_t> evictions_{0};
+    LeaseNotices lease_notices_{LeaseNotices::always_listening};
 };
 
 static_assert(Backend<MemoryBackend>);
+static_assert(NotifiesLeaseEnds<MemoryBackend>);
 
 }  // namespace larder

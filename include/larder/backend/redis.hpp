@@ -24,9 +24,11 @@
 #include <vector>
 
 #include "larder/backend/backend.hpp"
+#include "larder/backend/lease_notices.hpp"
 #include "larder/backend/redis/breaker.hpp"
 #include "larder/backend/redis/commands.hpp"
 #include "larder/backend/redis/connection.hpp"
+#include "larder/backend/redis/lease_listener.hpp"
 #include "larder/backend/redis/options.hpp"
 #include "larder/backend/redis/pool.hpp"
 #include "larder/backend/redis/reply.hpp"
@@ -80,7 +82,10 @@ public:
               [this] { return connect(); }, where()),
           compare_and_set_script_("compare_and_set", redis_detail::compare_and_set_lua),
           compare_and_delete_script_("compare_and_delete", redis_detail::compare_and_delete_lua),
-          compare_and_expire_script_("compare_and_expire", redis_detail::compare_and_expire_lua) {
+          compare_and_expire_script_("compare_and_expire", redis_detail::compare_and_expire_lua),
+          replace_lease_script_("replace_lease", redis_detail::replace_lease_lua),
+          release_lease_script_("release_lease", redis_detail::release_lease_lua),
+          lease_channel_(options_.key_prefix + "larder:lease-ends") {
         if (!options_.sentinel.sentinels.empty()) {
             sentinel_ = std::make_unique<redis_detail::Sentinel>(
                 options_.sentinel, endpoint_, counters_, [this] { pool_.close_idle(); });
@@ -176,6 +181,42 @@ public:
         const std::array<std::string_view, 1> keys{k.view()};
         const std::array<std::string_view, 2> args{expected, px.view()};
         return run_script(compare_and_expire_script_, keys, args) == 1;
+    }
+
+    // ---- lease notices (NotifiesLeaseEnds) ------------------------------------------
+
+    /// compare_and_set of a lease that also announces, to every process's lease
+    /// listener, that the lease on `key` ended (a PUBLISH inside the same script).
+    bool replace_lease(std::string_view key, std::string_view lease, std::string_view value,
+                       Millis ttl) {
+        const redis_detail::StoredKey k(options_.key_prefix, key);
+        const redis_detail::Number px(ttl.count() > 0 ? saturated(ttl).count() : 0);
+        const std::array<std::string_view, 1> keys{k.view()};
+        const std::array<std::string_view, 5> args{lease, value, px.view(), lease_channel_, key};
+        return run_script(replace_lease_script_, keys, args) == 1;
+    }
+
+    /// compare_and_delete of a lease that also announces its end.
+    bool release_lease(std::string_view key, std::string_view lease) {
+        const redis_detail::StoredKey k(options_.key_prefix, key);
+        const std::array<std::string_view, 1> keys{k.view()};
+        const std::array<std::string_view, 3> args{lease, lease_channel_, key};
+        return run_script(release_lease_script_, keys, args) == 1;
+    }
+
+    /// What this backend hears of ended leases. The first call starts the listener: one
+    /// connection and one thread, subscribed to `<key_prefix>larder:lease-ends`.
+    LeaseNotices& lease_notices() {
+        std::call_once(lease_listener_started_, [this] {
+            lease_listener_ = std::make_unique<redis_detail::LeaseListener>(
+                [this](redis_detail::Counters& counters) {
+                    return sentinel_
+                               ? sentinel_->connect_to_primary()
+                               : std::make_unique<redis_detail::Connection>(endpoint_, counters);
+                },
+                lease_channel_, lease_notices_);
+        });
+        return lease_notices_;
     }
 
     /// DEL key: true when a key was removed.
@@ -589,16 +630,24 @@ private:
     redis_detail::Script compare_and_set_script_;
     redis_detail::Script compare_and_delete_script_;
     redis_detail::Script compare_and_expire_script_;
+    redis_detail::Script replace_lease_script_;
+    redis_detail::Script release_lease_script_;
+    const std::string lease_channel_;
     std::atomic<redis_detail::TrackingRedirect*> redirect_{nullptr};
     std::mutex redirect_mutex_;
     std::shared_ptr<redis_detail::TrackingRedirect> redirect_owner_;
     std::vector<std::shared_ptr<redis_detail::TrackingRedirect>> retired_redirects_;
     bool cluster_node_ = false;  // set by RedisClusterBackend for each node it runs
-    // Last: its thread closes idle connections of pool_ until it is destroyed.
+    LeaseNotices lease_notices_;
+    std::once_flag lease_listener_started_;
+    // Its thread closes idle connections of pool_ until it is destroyed.
     std::unique_ptr<redis_detail::Sentinel> sentinel_;
+    // Last: its thread connects through sentinel_ and tells lease_notices_.
+    std::unique_ptr<redis_detail::LeaseListener> lease_listener_;
 };
 
 static_assert(Backend<RedisBackend>);
 static_assert(ValueOnlyReads<RedisBackend>);
+static_assert(NotifiesLeaseEnds<RedisBackend>);
 
 }  // namespace larder

@@ -49,7 +49,7 @@
 #include "larder/core/random.hpp"
 #include "larder/near/bus.hpp"
 #include "larder/near/detail/redis_bus_wire.hpp"
-#include "larder/near/detail/redis_pubsub.hpp"
+#include "larder/backend/redis/pubsub.hpp"
 
 namespace larder {
 

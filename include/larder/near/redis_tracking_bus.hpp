@@ -43,7 +43,7 @@
 #include "larder/backend/redis.hpp"
 #include "larder/core/keys.hpp"
 #include "larder/near/bus.hpp"
-#include "larder/near/detail/redis_pubsub.hpp"
+#include "larder/backend/redis/pubsub.hpp"
 
 namespace larder {
 

@@ -30,6 +30,10 @@ struct LeaseWait {
     Millis max_wait{0};  ///< 0: do not wait at all
     Millis first_backoff{2};
     Millis max_backoff{50};
+    /// With a backend that announces lease ends (NotifiesLeaseEnds): a waiter sleeps until
+    /// the announcement, and reads the key at least this often meanwhile (a holder that
+    /// died announces nothing).
+    Millis fallback_poll{250};
 };
 
 template <class G>

@@ -22,25 +22,33 @@ struct LockOptions {
     /// Polling starts here and doubles (with jitter) up to max_backoff.
     Millis first_backoff{2};
     Millis max_backoff{50};
+    /// With a backend that announces lease ends (RedisBackend, MemoryBackend), a waiter
+    /// is woken by the announcement instead, and polls only this often: a holder that died
+    /// announces nothing, and its lease runs out within the policy's lease_ttl.
+    Millis fallback_poll{250};
 };
 
 class Lock {
 public:
     Lock() = default;
-    /// Throws ConfigError unless 0 <= max_wait and 1 ms <= first_backoff <= max_backoff.
+    /// Throws ConfigError unless 0 <= max_wait, 1 ms <= first_backoff <= max_backoff and
+    /// first_backoff <= fallback_poll.
     explicit Lock(LockOptions options) : options_(validated(options)) {}
 
     [[nodiscard]] bool refresh_early(const FreshHit&) const noexcept { return false; }
     [[nodiscard]] LeaseWait lease_wait() const noexcept {
-        return LeaseWait{options_.max_wait, options_.first_backoff, options_.max_backoff};
+        return LeaseWait{options_.max_wait, options_.first_backoff, options_.max_backoff,
+                         options_.fallback_poll};
     }
     [[nodiscard]] bool refresh_in_background() const noexcept { return false; }
 
 private:
     static LockOptions validated(LockOptions o) {
         if (o.max_wait.count() < 0 || o.first_backoff.count() < 1 ||
-            o.max_backoff < o.first_backoff) {
-            throw ConfigError("Lock: need max_wait >= 0 and 1 ms <= first_backoff <= max_backoff");
+            o.max_backoff < o.first_backoff || o.fallback_poll < o.first_backoff) {
+            throw ConfigError(
+                "Lock: need max_wait >= 0, 1 ms <= first_backoff <= max_backoff and "
+                "first_backoff <= fallback_poll");
         }
         return o;
     }

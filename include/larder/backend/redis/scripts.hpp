@@ -37,6 +37,32 @@ end
 return 1
 )lua";
 
+// compare_and_set of a lease that, when it replaces it, tells the lease's waiters:
+// ARGV[4] the channel, ARGV[5] what to tell (the key as the caller named it).
+inline constexpr std::string_view replace_lease_lua = R"lua(
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+if tonumber(ARGV[3]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+else
+    redis.call('SET', KEYS[1], ARGV[2])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+)lua";
+
+// compare_and_delete of a lease that tells its waiters: ARGV[2] the channel, ARGV[3]
+// what to tell.
+inline constexpr std::string_view release_lease_lua = R"lua(
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+)lua";
+
 // KEYS[1] the key. ARGV[1] the expected bytes.
 inline constexpr std::string_view compare_and_delete_lua = R"lua(
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "larder/backend/backend.hpp"
+#include "larder/backend/lease_notices.hpp"
 #include "larder/codec/raw.hpp"
 #include "larder/core/clock.hpp"
 #include "larder/core/codec.hpp"
@@ -73,7 +74,12 @@ public:
           guard_(std::move(guard)),
           codec_(std::move(codec)),
           invalidator_(std::move(invalidator)),
-          keeper_(backend, options_.lease_ttl, options_.max_load_time) {}
+          keeper_(backend, options_.lease_ttl, options_.max_load_time) {
+        if constexpr (NotifiesLeaseEnds<B>) {
+            // Only a guard that waits for other loaders needs to hear their leases end.
+            if (guard_.lease_wait().max_wait.count() > 0) notices_ = &backend_.lease_notices();
+        }
+    }
 
     /// With an invalidator that needs constructing (Events<Bus>, a Ttl rule), and the
     /// default guard and codec.
@@ -538,6 +544,7 @@ private:
         std::chrono::microseconds recompute_time{0};
         std::vector<TagVersion> stamped{};  ///< the entry's own tags, as written
         std::uint64_t bumps = 0;            ///< the bump counter, when read with it
+        LeaseNotices::Mark mark{};          ///< the lease notices heard before the read
     };
 
     static CacheAsideOptions validated(CacheAsideOptions o) {
@@ -629,6 +636,7 @@ private:
         stamp.clear();
         Read r;
         std::uint64_t bumps = 0;
+        const LeaseNotices::Mark mark = notices_ ? notices_->mark() : LeaseNotices::Mark{};
         try {
             if (tags.empty() && !with_bumps) {
                 r = classify(fetch(full));
@@ -654,6 +662,7 @@ private:
             return Read{.state = Read::unknown};
         }
         r.bumps = bumps;
+        r.mark = mark;
         if (r.state == Read::leased && !with_bumps) r.bumps = read_bumps();
         if (r.state == Read::absent && !create_missing_versions(stamp)) {
             r.state = Read::unknown;  // cannot stamp a fill: load, but do not fill
@@ -1092,11 +1101,18 @@ private:
                 stats_.add(Counter::lease_waits);
                 counted_wait = true;
             }
-            // Jitter keeps waiters of many processes from polling in lockstep.
-            const auto nap = Millis{random_between(backoff.count() / 2 + 1, backoff.count())};
-            std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
-                nap, deadline - std::chrono::steady_clock::now()));
-            backoff = std::min(backoff * 2, std::max(wait.max_backoff, backoff));
+            if (announced(found)) {
+                // Woken by the holder's fill or release; the poll is the fallback.
+                notices_->wait_for_end(
+                    full, found.mark,
+                    std::min(deadline, std::chrono::steady_clock::now() + wait.fallback_poll));
+            } else {
+                // Jitter keeps waiters of many processes from polling in lockstep.
+                const auto nap = Millis{random_between(backoff.count() / 2 + 1, backoff.count())};
+                std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+                    nap, deadline - std::chrono::steady_clock::now()));
+                backoff = std::min(backoff * 2, std::max(wait.max_backoff, backoff));
+            }
             leader.observe();
             found = read(full, tags, stamp, is_adaptive_loader_v<L>);
         }
@@ -1352,6 +1368,31 @@ private:
         return true;
     }
 
+    // Whether the end of the lease `found` shows will be announced to this process: a
+    // loader's lease (a writer's marker is not), found while notices were being heard.
+    bool announced(const Read& found) const {
+        if (notices_ == nullptr || !notices_->listening_since(found.mark)) return false;
+        const auto env = envelope::parse(found.bytes);
+        return env && (env->header.flags & envelope::flag_write_marker) == 0;
+    }
+
+    // Replaces or deletes a lease, announcing its end where the backend can.
+    bool replace_lease(const std::string& key, const std::string& lease, std::string_view value,
+                       Millis ttl) {
+        if constexpr (NotifiesLeaseEnds<B>) {
+            return backend_.replace_lease(key, lease, value, ttl);
+        } else {
+            return backend_.compare_and_set(key, lease, value, ttl);
+        }
+    }
+    bool release_lease(const std::string& key, const std::string& lease) {
+        if constexpr (NotifiesLeaseEnds<B>) {
+            return backend_.release_lease(key, lease);
+        } else {
+            return backend_.compare_and_delete(key, lease);
+        }
+    }
+
     // What a lease taken after `found` replaces: the bytes found there, or nothing.
     static const std::string* replaced(const Read& found) {
         return found.present ? &found.bytes : nullptr;
@@ -1379,7 +1420,7 @@ private:
     void release(const std::string& key, const std::optional<std::string>& lease) noexcept {
         if (!lease) return;
         try {
-            backend_.compare_and_delete(key, *lease);
+            release_lease(key, *lease);
         } catch (const BackendError&) {
             stats_.add(Counter::backend_errors);  // the lease expires by itself
         } catch (...) {
@@ -1428,14 +1469,22 @@ private:
             // served stale in its place.
             stats_.add(Counter::too_large);
             try {
-                (void)backend_.compare_and_delete(full, expected);
+                if (expected_is_lease) {
+                    (void)release_lease(full, expected);
+                } else {
+                    (void)backend_.compare_and_delete(full, expected);
+                }
             } catch (const BackendError&) {
                 stats_.add(Counter::backend_errors);
             }
             return;
         }
         try {
-            if (backend_.compare_and_set(full, expected, entry->bytes, entry->ttl)) {
+            const bool filled =
+                expected_is_lease
+                    ? replace_lease(full, expected, entry->bytes, entry->ttl)
+                    : backend_.compare_and_set(full, expected, entry->bytes, entry->ttl);
+            if (filled) {
                 stats_.add(Counter::fills);
                 keep_versions_alive(stamped);
             } else {
@@ -1496,6 +1545,7 @@ private:
     Stats stats_;
     SingleFlight<std::optional<T>> flights_;
     LeaseKeeper<B> keeper_;
+    LeaseNotices* notices_ = nullptr;  // the backend's, when a Lock waits and it announces
     // Last: destroyed first, so no load or refresh outlives the members it uses.
     LoadThreads loads_;
     BackgroundWorker background_;

@@ -1,5 +1,5 @@
-// What the Redis buses make of the replies on their subscriber connections,
-// apart from the buses so that they can be tested (and fuzzed) on replies that
+// What the subscriber connections (the buses, the lease listener) make of their replies,
+// apart from them so that they can be tested (and fuzzed) on replies that
 // no healthy server sends.
 #pragma once
 

@@ -1,0 +1,134 @@
+// The subscriber that feeds a RedisBackend's LeaseNotices: one connection and one thread
+// per backend, subscribed to the tenant's lease channel, started by the first Lock waiter
+// (RedisBackend::lease_notices). Reconnects with backoff; a quiet subscription is PINGed so
+// that a dead one is noticed. While it is not subscribed, waiters poll.
+#pragma once
+
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "larder/backend/lease_notices.hpp"
+#include "larder/backend/redis/connection.hpp"
+#include "larder/backend/redis/pubsub.hpp"
+#include "larder/core/error.hpp"
+
+namespace larder::redis_detail {
+
+class LeaseListener {
+public:
+    /// `connect` opens a connection to the primary (through Sentinel, where there is one).
+    using Connect = std::function<std::unique_ptr<Connection>(Counters&)>;
+
+    LeaseListener(Connect connect, std::string channel, LeaseNotices& notices)
+        : connect_(std::move(connect)), channel_(std::move(channel)), notices_(notices) {
+        if (pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) {
+            throw BackendError("RedisBackend: cannot create the lease listener's wake-up pipe");
+        }
+        thread_ = std::thread([this] { run(); });
+    }
+
+    LeaseListener(const LeaseListener&) = delete;
+    LeaseListener& operator=(const LeaseListener&) = delete;
+
+    ~LeaseListener() {
+        stopping_.store(true);
+        const char byte = 1;
+        [[maybe_unused]] const auto n = ::write(wake_[1], &byte, 1);
+        thread_.join();
+        close(wake_[0]);
+        close(wake_[1]);
+    }
+
+private:
+    static constexpr Millis first_backoff{20};
+    static constexpr Millis max_backoff{1000};
+    static constexpr Millis ping_interval{1000};
+    static constexpr Millis ping_timeout{2000};
+
+    void run() {
+        Millis backoff = first_backoff;
+        while (!stopping_.load()) {
+            try {
+                listen();
+                backoff = first_backoff;
+            } catch (const std::exception&) {
+                // Refused, lost or silent: waiters poll until the next subscription.
+            }
+            notices_.set_listening(false);
+            if (stopping_.load()) break;
+            pollfd p{wake_[0], POLLIN, 0};
+            ::poll(&p, 1, static_cast<int>(backoff.count()));
+            backoff = std::min(backoff * 2, max_backoff);
+        }
+    }
+
+    void listen() {
+        const auto owned = connect_(counters_);
+        Connection& conn = *owned;
+        const auto reply = conn.command(Args{"SUBSCRIBE", channel_});
+        if (reply->type != REDIS_REPLY_ARRAY) {
+            throw BackendError("RedisBackend: SUBSCRIBE to the lease channel refused");
+        }
+        notices_.set_listening(true);
+
+        redisContext* ctx = conn.context();
+        using clock = std::chrono::steady_clock;
+        auto last_traffic = clock::now();
+        auto ping_sent = last_traffic;
+        bool ping_outstanding = false;
+        while (!stopping_.load()) {
+            pollfd fds[2] = {{ctx->fd, POLLIN, 0}, {wake_[0], POLLIN, 0}};
+            const int ready = ::poll(fds, 2, static_cast<int>(ping_interval.count() / 2));
+            if (ready < 0 && errno != EINTR) throw BackendError("lease listener: poll failed");
+            if (fds[1].revents != 0) return;  // stopping
+            const auto now = clock::now();
+            if (fds[0].revents != 0) {
+                if (redisBufferRead(ctx) != REDIS_OK) throw BackendError("lease listener: lost");
+                last_traffic = now;
+                ping_outstanding = false;
+                dispatch(ctx);
+            } else if (ping_outstanding && now - ping_sent > ping_timeout) {
+                throw TimeoutError("lease listener: the subscription went silent");
+            } else if (!ping_outstanding && now - last_traffic > ping_interval) {
+                send_ping(ctx, "lease listener");
+                ping_sent = now;
+                ping_outstanding = true;
+            }
+        }
+    }
+
+    void dispatch(redisContext* ctx) {
+        for (;;) {
+            void* raw = nullptr;
+            if (redisGetReplyFromReader(ctx, &raw) != REDIS_OK) {
+                throw BackendError("lease listener: protocol error");
+            }
+            if (raw == nullptr) return;
+            const ReplyPtr reply(static_cast<redisReply*>(raw));
+            const redisReply* payload = message_payload(*reply);
+            if (payload != nullptr && payload->type == REDIS_REPLY_STRING) {
+                notices_.heard(text_of(*payload));
+            }
+        }
+    }
+
+    const Connect connect_;
+    const std::string channel_;
+    Counters counters_;  // its own: the backend's stats count the callers' round trips
+    LeaseNotices& notices_;
+    std::atomic<bool> stopping_{false};
+    int wake_[2] = {-1, -1};
+    std::thread thread_;  // last: starts after everything it uses exists
+};
+
+}  // namespace larder::redis_detail
