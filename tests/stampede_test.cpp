@@ -543,6 +543,84 @@ TEST_CASE("Lock waiters in other processes hear the fill: three commands each, n
     CHECK(per_waiter <= 3);
 }
 
+// Before: Millis::max() overflowed once added to now(), and the waiter re-read the key in
+// a busy loop.
+TEST_CASE("Lock durations of Millis::max() mean for ever, and do not overflow",
+          "[stampede][lock][memory][regression]") {
+    const larder::Lock lock({.max_wait = larder::Millis::max(),
+                             .max_backoff = larder::Millis::max(),
+                             .fallback_poll = larder::Millis::max()});
+    const auto wait = lock.lease_wait();
+    const auto now = std::chrono::steady_clock::now();
+    CHECK(now + wait.fallback_poll > now + std::chrono::hours(24));
+    CHECK(now + wait.max_wait > now + std::chrono::hours(24));
+    CHECK(now + wait.max_backoff > now + std::chrono::hours(24));
+}
+
+// Before: the PUBLISH inside the fill script made a fill by a user without channel
+// permissions fail (after its SET had happened), and the listener was refused in silence.
+TEST_CASE("A user without pub/sub permissions fills and releases leases; waiters poll",
+          "[stampede][lock][redis][notices][regression]") {
+    larder::test::RedisServer server;
+    REQUIRE(server.command({"ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all", "-@admin",
+                            "-@dangerous", "resetchannels"}) == "OK");
+    const larder::RedisOptions as_app{
+        .host = server.host(), .port = server.port(), .user = "app", .password = "pw"};
+    larder::RedisBackend holder_store(as_app);
+    larder::RedisBackend waiter_store(as_app);
+    larder::CacheAside<std::string, larder::RedisBackend> holder(holder_store);
+    larder::CacheAside<std::string, larder::RedisBackend, larder::Lock> waiter(
+        waiter_store, {}, larder::Lock({.max_wait = 10s}));
+    Gate loading, release;
+    std::thread h([&] {
+        (void)holder.get("k", [&] {
+            loading.open();
+            release.wait();
+            return std::optional<std::string>("holder's");
+        });
+    });
+    loading.wait();
+    std::optional<std::string> got;
+    std::thread w([&] { got = waiter.get("k", [] { return std::optional<std::string>("own"); }); });
+    REQUIRE(eventually([&] { return waiter.stats().lease_waits == 1; }));
+    release.open();
+    h.join();
+    w.join();
+    CHECK(got == "holder's");  // found by polling: no notice can reach it
+    CHECK_FALSE(waiter_store.lease_notices().listening());
+    CHECK(holder.stats().fills == 1);
+    CHECK(holder.stats().backend_errors == 0);
+    // A release (a loader that throws) works too.
+    CHECK_THROWS(holder.get(
+        "gone", []() -> std::optional<std::string> { throw std::runtime_error("no row"); }));
+    CHECK(holder.stats().backend_errors == 0);
+    CHECK_FALSE(holder_store.get("gone"));
+}
+
+// Before: the listener's SUBSCRIBE to a silent server held the backend's destructor for
+// the whole command_timeout.
+TEST_CASE("A backend whose lease listener waits on a silent server is destroyed at once",
+          "[stampede][lock][redis][notices][regression]") {
+    larder::test::RedisServer server;
+    server.pause();  // the kernel accepts the connection; nothing answers
+    double took = 0;
+    {
+        auto store = std::make_unique<larder::RedisBackend>(larder::RedisOptions{
+            .host = server.host(), .port = server.port(), .command_timeout = 5s});
+        auto cache =
+            std::make_unique<larder::CacheAside<std::string, larder::RedisBackend, larder::Lock>>(
+                *store);
+        std::this_thread::sleep_for(300ms);  // the listener is waiting for SUBSCRIBE's answer
+        took = seconds_of([&] {
+            cache.reset();
+            store.reset();
+        });
+    }
+    server.resume();
+    WARN("destroyed in " << took * 1000 << " ms (command_timeout 5000 ms)");
+    CHECK(took < 4.0);
+}
+
 // Before: the keeper extended a lease for as long as its loader ran. A loader that hung
 // held the key: every other process's reader waited max_wait, then loaded unfilled.
 TEST_CASE("A holder whose loader hangs past max_load_time loses its lease to a waiter",

@@ -33,7 +33,7 @@ struct LeaseWait {
     /// With a backend that announces lease ends (NotifiesLeaseEnds): a waiter sleeps until
     /// the announcement, and reads the key at least this often meanwhile (a holder that
     /// died announces nothing).
-    Millis fallback_poll{250};
+    Millis fallback_poll{100};
 };
 
 template <class G>

@@ -7,6 +7,7 @@
 // database query, never a wrong cached value.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 
 #include "larder/core/error.hpp"
@@ -24,8 +25,9 @@ struct LockOptions {
     Millis max_backoff{50};
     /// With a backend that announces lease ends (RedisBackend, MemoryBackend), a waiter
     /// is woken by the announcement instead, and polls only this often: a holder that died
-    /// announces nothing, and its lease runs out within the policy's lease_ttl.
-    Millis fallback_poll{250};
+    /// announces nothing (its lease runs out within the policy's lease_ttl), nor does an
+    /// invalidation or a WriteThrough put that replaces the lease.
+    Millis fallback_poll{100};
 };
 
 class Lock {
@@ -44,6 +46,13 @@ public:
 
 private:
     static LockOptions validated(LockOptions o) {
+        // Longer than anyone waits, and short enough that now() + it cannot overflow:
+        // Millis::max() means "for ever".
+        constexpr Millis longest = std::chrono::hours(24 * 365);
+        o.max_wait = std::min(o.max_wait, longest);
+        o.max_backoff = std::min(o.max_backoff, longest);
+        o.fallback_poll = std::min(o.fallback_poll, longest);
+        o.first_backoff = std::min(o.first_backoff, longest);
         if (o.max_wait.count() < 0 || o.first_backoff.count() < 1 ||
             o.max_backoff < o.first_backoff || o.fallback_poll < o.first_backoff) {
             throw ConfigError(

@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,7 +14,9 @@
 #include <cerrno>
 #include <chrono>
 #include <functional>
+#include <iostream>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -44,6 +47,12 @@ public:
         stopping_.store(true);
         const char byte = 1;
         [[maybe_unused]] const auto n = ::write(wake_[1], &byte, 1);
+        {
+            // A SUBSCRIBE a silent server never answers would hold the join for the whole
+            // command_timeout: its socket is shut instead.
+            std::lock_guard lock(fd_mutex_);
+            if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+        }
         thread_.join();
         close(wake_[0]);
         close(wake_[1]);
@@ -57,12 +66,19 @@ private:
 
     void run() {
         Millis backoff = first_backoff;
+        bool reported = false;
         while (!stopping_.load()) {
             try {
                 listen();
                 backoff = first_backoff;
+            } catch (const Refused& e) {
+                // An ACL without the channel: it lasts until someone changes the ACL. Said
+                // once; retried slowly; waiters poll meanwhile.
+                if (!reported) std::cerr << "larder: " << e.what() << '\n';
+                reported = true;
+                backoff = max_backoff;
             } catch (const std::exception&) {
-                // Refused, lost or silent: waiters poll until the next subscription.
+                // Lost or silent: waiters poll until the next subscription.
             }
             notices_.set_listening(false);
             if (stopping_.load()) break;
@@ -75,9 +91,14 @@ private:
     void listen() {
         const auto owned = connect_(counters_);
         Connection& conn = *owned;
+        const Published published(*this, conn.context()->fd);
+        if (stopping_.load()) return;
         const auto reply = conn.command(Args{"SUBSCRIBE", channel_});
         if (reply->type != REDIS_REPLY_ARRAY) {
-            throw BackendError("RedisBackend: SUBSCRIBE to the lease channel refused");
+            throw Refused("RedisBackend: SUBSCRIBE " + channel_ +
+                          " refused; Lock waiters poll instead of being woken: " +
+                          (reply->type == REDIS_REPLY_ERROR ? std::string(text_of(*reply))
+                                                            : std::string("unexpected reply")));
         }
         notices_.set_listening(true);
 
@@ -122,11 +143,37 @@ private:
         }
     }
 
+    class Refused : public BackendError {
+    public:
+        using BackendError::BackendError;
+    };
+
+    // The socket of the connection in use, for the destructor to shut; unpublished before
+    // the connection closes it (declared after the connection).
+    class Published {
+    public:
+        Published(LeaseListener& owner, int fd) : owner_(owner) {
+            std::lock_guard lock(owner_.fd_mutex_);
+            owner_.fd_ = fd;
+        }
+        Published(const Published&) = delete;
+        Published& operator=(const Published&) = delete;
+        ~Published() {
+            std::lock_guard lock(owner_.fd_mutex_);
+            owner_.fd_ = -1;
+        }
+
+    private:
+        LeaseListener& owner_;
+    };
+
     const Connect connect_;
     const std::string channel_;
     Counters counters_;  // its own: the backend's stats count the callers' round trips
     LeaseNotices& notices_;
     std::atomic<bool> stopping_{false};
+    std::mutex fd_mutex_;
+    int fd_ = -1;  // under fd_mutex_
     int wake_[2] = {-1, -1};
     std::thread thread_;  // last: starts after everything it uses exists
 };

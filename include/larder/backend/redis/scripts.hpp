@@ -38,7 +38,8 @@ return 1
 )lua";
 
 // compare_and_set of a lease that, when it replaces it, tells the lease's waiters:
-// ARGV[4] the channel, ARGV[5] what to tell (the key as the caller named it).
+// ARGV[4] the channel, ARGV[5] what to tell (the key as the caller named it). The PUBLISH
+// may be refused (an ACL without the channel): the fill stands, and waiters poll.
 inline constexpr std::string_view replace_lease_lua = R"lua(
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
     return 0
@@ -48,7 +49,7 @@ if tonumber(ARGV[3]) > 0 then
 else
     redis.call('SET', KEYS[1], ARGV[2])
 end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.pcall('PUBLISH', ARGV[4], ARGV[5])
 return 1
 )lua";
 
@@ -59,7 +60,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
     return 0
 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+redis.pcall('PUBLISH', ARGV[2], ARGV[3])
 return 1
 )lua";
 
