@@ -83,8 +83,6 @@ public:
           compare_and_set_script_("compare_and_set", redis_detail::compare_and_set_lua),
           compare_and_delete_script_("compare_and_delete", redis_detail::compare_and_delete_lua),
           compare_and_expire_script_("compare_and_expire", redis_detail::compare_and_expire_lua),
-          replace_lease_script_("replace_lease", redis_detail::replace_lease_lua),
-          release_lease_script_("release_lease", redis_detail::release_lease_lua),
           lease_channel_(options_.key_prefix + "larder:lease-ends") {
         if (!options_.sentinel.sentinels.empty()) {
             sentinel_ = std::make_unique<redis_detail::Sentinel>(
@@ -193,7 +191,7 @@ public:
         const redis_detail::Number px(ttl.count() > 0 ? saturated(ttl).count() : 0);
         const std::array<std::string_view, 1> keys{k.view()};
         const std::array<std::string_view, 5> args{lease, value, px.view(), lease_channel_, key};
-        return run_script(replace_lease_script_, keys, args) == 1;
+        return run_script(compare_and_set_script_, keys, args) == 1;
     }
 
     /// compare_and_delete of a lease that also announces its end.
@@ -201,7 +199,7 @@ public:
         const redis_detail::StoredKey k(options_.key_prefix, key);
         const std::array<std::string_view, 1> keys{k.view()};
         const std::array<std::string_view, 3> args{lease, lease_channel_, key};
-        return run_script(release_lease_script_, keys, args) == 1;
+        return run_script(compare_and_delete_script_, keys, args) == 1;
     }
 
     /// What this backend hears of ended leases. The first call starts the listener: one
@@ -630,8 +628,6 @@ private:
     redis_detail::Script compare_and_set_script_;
     redis_detail::Script compare_and_delete_script_;
     redis_detail::Script compare_and_expire_script_;
-    redis_detail::Script replace_lease_script_;
-    redis_detail::Script release_lease_script_;
     const std::string lease_channel_;
     std::atomic<redis_detail::TrackingRedirect*> redirect_{nullptr};
     std::mutex redirect_mutex_;

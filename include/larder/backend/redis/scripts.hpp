@@ -25,6 +25,9 @@ namespace larder::redis_detail {
 
 // KEYS[1] the key. ARGV[1] the expected bytes, ARGV[2] the new bytes, ARGV[3] the TTL in ms
 // (0: none). GET of a missing key is false in Lua, which equals no string.
+// Replacing a lease, ARGV[4] and ARGV[5] announce its end: PUBLISH ARGV[4] ARGV[5] (the
+// channel, the key as the caller named it). The PUBLISH may be refused (an ACL without
+// the channel): the write stands, and waiters poll.
 inline constexpr std::string_view compare_and_set_lua = R"lua(
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
     return 0
@@ -34,42 +37,23 @@ if tonumber(ARGV[3]) > 0 then
 else
     redis.call('SET', KEYS[1], ARGV[2])
 end
+if ARGV[4] then
+    redis.pcall('PUBLISH', ARGV[4], ARGV[5])
+end
 return 1
 )lua";
 
-// compare_and_set of a lease that, when it replaces it, tells the lease's waiters:
-// ARGV[4] the channel, ARGV[5] what to tell (the key as the caller named it). The PUBLISH
-// may be refused (an ACL without the channel): the fill stands, and waiters poll.
-inline constexpr std::string_view replace_lease_lua = R"lua(
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-    return 0
-end
-if tonumber(ARGV[3]) > 0 then
-    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-else
-    redis.call('SET', KEYS[1], ARGV[2])
-end
-redis.pcall('PUBLISH', ARGV[4], ARGV[5])
-return 1
-)lua";
-
-// compare_and_delete of a lease that tells its waiters: ARGV[2] the channel, ARGV[3]
-// what to tell.
-inline constexpr std::string_view release_lease_lua = R"lua(
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-    return 0
-end
-redis.call('DEL', KEYS[1])
-redis.pcall('PUBLISH', ARGV[2], ARGV[3])
-return 1
-)lua";
-
-// KEYS[1] the key. ARGV[1] the expected bytes.
+// KEYS[1] the key. ARGV[1] the expected bytes. Releasing a lease, ARGV[2] and ARGV[3]
+// announce its end, as in compare_and_set.
 inline constexpr std::string_view compare_and_delete_lua = R"lua(
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
     return 0
 end
-return redis.call('DEL', KEYS[1])
+local deleted = redis.call('DEL', KEYS[1])
+if ARGV[2] then
+    redis.pcall('PUBLISH', ARGV[2], ARGV[3])
+end
+return deleted
 )lua";
 
 // KEYS[1] the key. ARGV[1] the expected bytes, ARGV[2] the new TTL in ms (0: none).
