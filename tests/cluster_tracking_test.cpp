@@ -13,9 +13,9 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
-#include <utility>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "support/catch.hpp"
@@ -186,8 +186,9 @@ std::string read_replica(const RedisClusterBackend& backend) {
 
 // Before: every refresh picked the next replica of each range, so a tracking bus dropped
 // one node and started another at every refresh, and each time every L1 started over.
-TEST_CASE("With replica reads, a refresh keeps each range's replica, and the tracking bus its nodes",
-          "[redis][cluster][tracking][l1][regression]") {
+TEST_CASE(
+    "With replica reads, a refresh keeps each range's replica, and the tracking bus its nodes",
+    "[redis][cluster][tracking][l1][regression]") {
     RedisCluster cluster(1, 2);
     larder::RedisClusterOptions o = patient(/*replica_reads=*/true);
     RedisClusterBackend backend = make_cluster_backend(cluster, o);

@@ -44,12 +44,12 @@
 #include <type_traits>
 
 #include "larder/backend/redis.hpp"
+#include "larder/backend/redis/pubsub.hpp"
 #include "larder/backend/redis_cluster.hpp"
 #include "larder/core/keys.hpp"
 #include "larder/core/random.hpp"
 #include "larder/near/bus.hpp"
 #include "larder/near/detail/redis_bus_wire.hpp"
-#include "larder/backend/redis/pubsub.hpp"
 
 namespace larder {
 
@@ -283,27 +283,20 @@ private:
             true, [] {}, catch_up(server));
 
         redisContext* ctx = conn.context();
-        using clock = std::chrono::steady_clock;
-        auto last_traffic = clock::now();
-        auto ping_sent = last_traffic;
-        bool ping_outstanding = false;
+        redis_detail::SubscriptionLiveness liveness(options_.ping_interval, options_.ping_timeout,
+                                                    "RedisBus");
         while (!stopping_.load()) {
             pollfd fds[2] = {{ctx->fd, POLLIN, 0}, {wake_[0], POLLIN, 0}};
             const int ready = ::poll(fds, 2, static_cast<int>(options_.ping_interval.count() / 2));
             if (ready < 0 && errno != EINTR) throw BackendError("RedisBus: poll failed");
             if (fds[1].revents != 0) return;  // stopping
-            const auto now = clock::now();
+            const auto now = std::chrono::steady_clock::now();
             if (fds[0].revents != 0) {
                 if (redisBufferRead(ctx) != REDIS_OK) throw BackendError("RedisBus: lost");
-                last_traffic = now;
-                ping_outstanding = false;
+                liveness.heard(now);
                 dispatch(ctx);
-            } else if (ping_outstanding && now - ping_sent > options_.ping_timeout) {
-                throw TimeoutError("RedisBus: the subscription went silent");
-            } else if (!ping_outstanding && now - last_traffic > options_.ping_interval) {
-                redis_detail::send_ping(ctx, "RedisBus");
-                ping_sent = now;
-                ping_outstanding = true;
+            } else {
+                liveness.quiet(ctx, now);
             }
         }
     }

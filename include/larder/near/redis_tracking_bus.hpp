@@ -41,9 +41,9 @@
 #include <vector>
 
 #include "larder/backend/redis.hpp"
+#include "larder/backend/redis/pubsub.hpp"
 #include "larder/core/keys.hpp"
 #include "larder/near/bus.hpp"
-#include "larder/backend/redis/pubsub.hpp"
 
 namespace larder {
 
@@ -318,10 +318,8 @@ private:
         state_.set_connected(true);
 
         redisContext* ctx = conn.context();
-        using clock = std::chrono::steady_clock;
-        auto last_traffic = clock::now();
-        auto ping_sent = last_traffic;
-        bool ping_outstanding = false;
+        redis_detail::SubscriptionLiveness liveness(options_.ping_interval, options_.ping_timeout,
+                                                    "RedisTrackingBus");
         while (!stopping_.load()) {
             pollfd fds[2] = {{ctx->fd, POLLIN, 0}, {wake_[0], POLLIN, 0}};
             const int ready = ::poll(fds, 2, static_cast<int>(options_.ping_interval.count() / 2));
@@ -334,18 +332,13 @@ private:
             // tracked along; closing it here starts L1 over within ping_interval / 2.
             if (redirect_) backend_.close_hung_up_connections();
             if (untracked_pending_.exchange(false)) state_.message("*");
-            const auto now = clock::now();
+            const auto now = std::chrono::steady_clock::now();
             if (fds[0].revents != 0) {
                 if (redisBufferRead(ctx) != REDIS_OK) throw BackendError("RedisTrackingBus: lost");
-                last_traffic = now;
-                ping_outstanding = false;
+                liveness.heard(now);
                 dispatch(ctx);
-            } else if (ping_outstanding && now - ping_sent > options_.ping_timeout) {
-                throw TimeoutError("RedisTrackingBus: the subscription went silent");
-            } else if (!ping_outstanding && now - last_traffic > options_.ping_interval) {
-                redis_detail::send_ping(ctx, "RedisTrackingBus");
-                ping_sent = now;
-                ping_outstanding = true;
+            } else {
+                liveness.quiet(ctx, now);
             }
         }
     }

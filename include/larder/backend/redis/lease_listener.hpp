@@ -103,27 +103,19 @@ private:
         notices_.set_listening(true);
 
         redisContext* ctx = conn.context();
-        using clock = std::chrono::steady_clock;
-        auto last_traffic = clock::now();
-        auto ping_sent = last_traffic;
-        bool ping_outstanding = false;
+        SubscriptionLiveness liveness(ping_interval, ping_timeout, "lease listener");
         while (!stopping_.load()) {
             pollfd fds[2] = {{ctx->fd, POLLIN, 0}, {wake_[0], POLLIN, 0}};
             const int ready = ::poll(fds, 2, static_cast<int>(ping_interval.count() / 2));
             if (ready < 0 && errno != EINTR) throw BackendError("lease listener: poll failed");
             if (fds[1].revents != 0) return;  // stopping
-            const auto now = clock::now();
+            const auto now = std::chrono::steady_clock::now();
             if (fds[0].revents != 0) {
                 if (redisBufferRead(ctx) != REDIS_OK) throw BackendError("lease listener: lost");
-                last_traffic = now;
-                ping_outstanding = false;
+                liveness.heard(now);
                 dispatch(ctx);
-            } else if (ping_outstanding && now - ping_sent > ping_timeout) {
-                throw TimeoutError("lease listener: the subscription went silent");
-            } else if (!ping_outstanding && now - last_traffic > ping_interval) {
-                send_ping(ctx, "lease listener");
-                ping_sent = now;
-                ping_outstanding = true;
+            } else {
+                liveness.quiet(ctx, now);
             }
         }
     }

@@ -5,7 +5,9 @@
 
 #include <hiredis/hiredis.h>
 
+#include <chrono>
 #include <cstddef>
+#include <string>
 
 #include "larder/backend/redis/connection.hpp"
 
@@ -42,5 +44,43 @@ void for_each_invalidation(const redisReply& payload, OnKey&& on_key, OnFlush&& 
         on_key(text_of(payload));
     }
 }
+
+/// The liveness of a subscription, as every subscriber loop keeps it after its poll():
+/// traffic proves it alive; a quiet one gets a PING, and one whose PING goes unanswered
+/// is dead (TimeoutError). `who` names the subscriber in errors.
+class SubscriptionLiveness {
+public:
+    using clock = std::chrono::steady_clock;
+
+    SubscriptionLiveness(Millis ping_interval, Millis ping_timeout, const char* who)
+        : ping_interval_(ping_interval), ping_timeout_(ping_timeout), who_(who) {}
+
+    /// Something arrived.
+    void heard(clock::time_point now) noexcept {
+        last_traffic_ = now;
+        ping_outstanding_ = false;
+    }
+
+    /// Nothing arrived by `now`.
+    void quiet(redisContext* ctx, clock::time_point now) {
+        if (ping_outstanding_) {
+            if (now - ping_sent_ > ping_timeout_) {
+                throw TimeoutError(std::string(who_) + ": the subscription went silent");
+            }
+        } else if (now - last_traffic_ > ping_interval_) {
+            send_ping(ctx, who_);
+            ping_sent_ = now;
+            ping_outstanding_ = true;
+        }
+    }
+
+private:
+    const Millis ping_interval_;
+    const Millis ping_timeout_;
+    const char* who_;
+    clock::time_point last_traffic_ = clock::now();
+    clock::time_point ping_sent_ = last_traffic_;
+    bool ping_outstanding_ = false;
+};
 
 }  // namespace larder::redis_detail
