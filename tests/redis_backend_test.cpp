@@ -772,6 +772,80 @@ TEST_CASE("Many threads share a small pool", "[redis][pool]") {
     CHECK(backend.stats().errors == 0);
 }
 
+// The pool hands connections over without its lock; a waiter must still hear of every one
+// given back. One connection, eight threads, a wait far longer than the test: a lost
+// wake-up leaves a caller asleep until PoolExhausted, which fails its thread.
+TEST_CASE("Eight threads over one connection: every call is served, none times out",
+          "[redis][pool]") {
+    RedisServer server;
+    RedisBackend backend = make_test_backend(
+        server, {.command_timeout = 5s, .pool_size = 1, .pool_wait_timeout = 20s});
+    std::atomic<int> failed{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t) {
+        threads.emplace_back([&] {
+            for (int i = 0; i < 400; ++i) {
+                try {
+                    backend.increment("calls", 1);
+                } catch (const std::exception&) {
+                    ++failed;
+                }
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+    CHECK(failed == 0);
+    CHECK(backend.get("calls")->bytes == "3200");
+    CHECK(backend.stats().connects == 1);
+    CHECK(backend.stats().timeouts == 0);
+}
+
+// Closing idle connections (a lost peer, a primary that moved) while other threads take
+// and give back: no connection is lost track of, so the pool still opens up to its size.
+TEST_CASE("Idle connections closed under traffic leave the pool whole", "[redis][pool]") {
+    RedisServer server;
+    RedisBackend backend = make_test_backend(server, {.command_timeout = 5s,
+                                                      .pool_size = 3,
+                                                      .pool_wait_timeout = 20s,
+                                                      .breaker = {.failure_threshold = 0}});
+    std::atomic<bool> stop{false};
+    std::atomic<int> failed{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 6; ++t) {
+        threads.emplace_back([&] {
+            while (!stop) {
+                try {
+                    (void)backend.get("k");
+                } catch (const std::exception&) {
+                    ++failed;
+                }
+            }
+        });
+    }
+    for (int i = 0; i < 200; ++i) {
+        // CLIENT KILL of every other client: the pool finds them hung up and closes them.
+        (void)server.command({"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"});
+        (void)backend.close_hung_up_connections();
+    }
+    stop = true;
+    for (auto& t : threads) t.join();
+    (void)backend.close_hung_up_connections();  // the ones given back after the last look
+    // Calls in flight on a killed connection fail; the pool must not lose slots meanwhile:
+    // three calls can still hold three connections at once.
+    std::vector<std::thread> blockers;
+    for (int t = 0; t < 3; ++t) {
+        blockers.emplace_back([&] { backend.command({"BLPOP", "queue", "10"}); });
+    }
+    CHECK(eventually([&] {
+        return contains(server.command({"INFO", "clients"}), "blocked_clients:3");
+    }));
+    server.command({"RPUSH", "queue", "a", "b", "c"});
+    for (auto& t : blockers) t.join();
+    backend.set("k", "v", 10s);
+    CHECK(backend.get("k")->bytes == "v");
+    std::cout << "calls failed by CLIENT KILL: " << failed << "\n";
+}
+
 TEST_CASE("A dropped connection costs at most the calls in flight", "[redis][pool]") {
     RedisServer server;
     TcpProxy proxy(server.host(), server.port());

@@ -319,7 +319,7 @@ public:
             return c.load(std::memory_order_relaxed);
         };
         RedisBackendStats s;
-        s.round_trips = load(counters_.round_trips);
+        s.round_trips = counters_.round_trips.load();
         s.errors = load(counters_.errors);
         s.timeouts = load(counters_.timeouts);
         s.payload_timeouts = load(counters_.payload_timeouts);

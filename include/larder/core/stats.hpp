@@ -7,10 +7,47 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
-#include <thread>
 
 namespace larder {
+
+namespace detail {
+
+/// The calling thread's number in the process, in the order threads first asked: threads
+/// that run together get consecutive numbers, so they spread over stripes and slots
+/// without the collisions a hash of their ids would have.
+[[nodiscard]] inline std::size_t thread_ordinal() noexcept {
+    static std::atomic<std::size_t> next{0};
+    thread_local const std::size_t ordinal = next.fetch_add(1, std::memory_order_relaxed);
+    return ordinal;
+}
+
+/// The calling thread's stripe among `count`: fixed per thread.
+[[nodiscard]] inline std::size_t stripe_index(std::size_t count) noexcept {
+    return thread_ordinal() % count;
+}
+
+/// One counter that many threads bump: each thread adds to its own cache line, reads sum
+/// them (as Stats does for a whole set of counters).
+class StripedCount {
+public:
+    void add(std::uint64_t n = 1) noexcept {
+        stripes_[stripe_index(stripes_.size())].value.fetch_add(n, std::memory_order_relaxed);
+    }
+
+    [[nodiscard]] std::uint64_t load() const noexcept {
+        std::uint64_t sum = 0;
+        for (const auto& s : stripes_) sum += s.value.load(std::memory_order_relaxed);
+        return sum;
+    }
+
+private:
+    struct alignas(64) Stripe {
+        std::atomic<std::uint64_t> value{0};
+    };
+    std::array<Stripe, 16> stripes_{};
+};
+
+}  // namespace detail
 
 /// What happened, counted since the cache object was built. A plain value: copy it,
 /// compare it, subtract two of them.
@@ -61,7 +98,7 @@ enum class Counter : std::size_t {
 class Stats {
 public:
     void add(Counter c, std::uint64_t n = 1) noexcept {
-        stripes_[stripe_index()].values[static_cast<std::size_t>(c)].fetch_add(
+        stripes_[detail::stripe_index(stripe_count)].values[static_cast<std::size_t>(c)].fetch_add(
             n, std::memory_order_relaxed);
     }
 
@@ -102,12 +139,6 @@ private:
     struct alignas(64) Stripe {
         std::array<std::atomic<std::uint64_t>, counter_count> values{};
     };
-
-    static std::size_t stripe_index() noexcept {
-        thread_local const std::size_t index =
-            std::hash<std::thread::id>{}(std::this_thread::get_id()) % stripe_count;
-        return index;
-    }
 
     std::array<Stripe, stripe_count> stripes_{};
 };

@@ -2,6 +2,9 @@
 // redisContext must only be used by one thread at a time.
 //
 //  - Lazy: a connection is opened when a caller needs one and none is idle.
+//  - No lock on the way of a call: an idle connection is taken and given back with one
+//    atomic exchange each, and a thread gets back the connection it had last, so 8
+//    threads over a pool of 8 run like 8 threads with a connection each.
 //  - Bounded wait: with all N borrowed, a caller waits at most wait_timeout.
 //  - Only healthy connections come back: one that saw an I/O error or a timeout is closed
 //    when its lease ends (its reply stream no longer matches its requests). A lost peer
@@ -11,6 +14,8 @@
 //    at once instead of hammering a server that is down.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -25,6 +30,7 @@
 #include "larder/backend/redis/connection.hpp"
 #include "larder/core/clock.hpp"
 #include "larder/core/error.hpp"
+#include "larder/core/stats.hpp"
 
 namespace larder::redis_detail {
 
@@ -50,12 +56,14 @@ public:
     class Lease {
     public:
         Lease(Lease&& other) noexcept
-            : pool_(std::exchange(other.pool_, nullptr)), conn_(std::move(other.conn_)) {}
+            : pool_(std::exchange(other.pool_, nullptr)),
+              conn_(std::move(other.conn_)),
+              slot_(other.slot_) {}
         Lease(const Lease&) = delete;
         Lease& operator=(const Lease&) = delete;
         Lease& operator=(Lease&&) = delete;
         ~Lease() {
-            if (pool_ != nullptr && conn_) pool_->give_back(std::move(conn_));
+            if (pool_ != nullptr && conn_) pool_->give_back(std::move(conn_), slot_);
         }
 
         Connection& operator*() const noexcept { return *conn_; }
@@ -68,37 +76,54 @@ public:
 
     private:
         friend class ConnectionPool;
-        Lease(ConnectionPool* pool, std::unique_ptr<Connection> conn) noexcept
-            : pool_(pool), conn_(std::move(conn)) {}
+        Lease(ConnectionPool* pool, std::unique_ptr<Connection> conn, std::size_t slot) noexcept
+            : pool_(pool), conn_(std::move(conn)), slot_(slot) {}
 
         ConnectionPool* pool_;
         std::unique_ptr<Connection> conn_;
+        std::size_t slot_;  // where it was idle, and goes back to first
     };
 
     ConnectionPool(Options options, Factory factory, std::string where)
-        : options_(options), factory_(std::move(factory)), where_(std::move(where)) {}
+        : options_(sanitized(options)),
+          factory_(std::move(factory)),
+          where_(std::move(where)),
+          slots_(new std::atomic<Connection*>[options_.size]) {
+        for (std::size_t i = 0; i < options_.size; ++i) slots_[i].store(nullptr);
+    }
 
     ConnectionPool(const ConnectionPool&) = delete;
     ConnectionPool& operator=(const ConnectionPool&) = delete;
 
+    ~ConnectionPool() {
+        for (std::size_t i = 0; i < options_.size; ++i) delete slots_[i].exchange(nullptr);
+    }
+
     /// An idle connection, or a new one. Throws PoolExhausted after wait_timeout, or what
     /// the factory throws (ConnectionError, TimeoutError) when connecting fails.
     [[nodiscard]] Lease borrow() {
+        std::size_t slot = home_slot();
+        if (Connection* idle = take_idle(slot)) return lease(idle, slot);
+
         std::unique_lock lock(mutex_);
         const auto deadline = SteadyClock::now() + options_.wait_timeout;
-        while (idle_.empty() && open_ >= options_.size) {
-            if (available_.wait_until(lock, deadline) == std::cv_status::timeout && idle_.empty() &&
-                open_ >= options_.size) {
+        while (open_ >= options_.size) {
+            // Announced before the last look, so that a connection given back after that
+            // look finds this caller waiting and wakes it (give_back reads waiting_ after
+            // it filled the slot; both sequentially consistent).
+            waiting_.fetch_add(1);
+            Connection* idle = take_idle(slot);
+            const bool timed_out = idle == nullptr && open_ >= options_.size &&
+                                   available_.wait_until(lock, deadline) == std::cv_status::timeout;
+            waiting_.fetch_sub(1);
+            if (idle == nullptr) idle = take_idle(slot);
+            if (idle != nullptr) return lease(idle, slot);
+            if (timed_out && open_ >= options_.size) {
                 throw PoolExhausted("redis: all " + std::to_string(options_.size) +
                                     " connections to " + where_ + " stayed busy for " +
                                     std::to_string(options_.wait_timeout.count()) +
                                     " ms (pool_wait_timeout)");
             }
-        }
-        if (!idle_.empty()) {
-            std::unique_ptr<Connection> conn = std::move(idle_.back());
-            idle_.pop_back();
-            return Lease(this, std::move(conn));
         }
 
         const auto now = SteadyClock::now();
@@ -126,45 +151,19 @@ public:
         lock.lock();
         failing_ = false;
         attempt_in_flight_ = false;
-        return Lease(this, std::move(conn));
+        return Lease(this, std::move(conn), slot);
     }
 
     /// Closes the idle connections whose server hung up (killed by CLIENT KILL, an idle
     /// `timeout`, a restart): a tracking connection that closes must be noticed before it
     /// is next used, since Redis forgot what it tracked. Never blocks. Returns how many.
     std::size_t close_hung_up_idle() noexcept {
-        std::vector<std::unique_ptr<Connection>> closing;
-        {
-            std::lock_guard lock(mutex_);
-            try {
-                closing.reserve(idle_.size());
-            } catch (...) {
-                return 0;
-            }
-            for (auto it = idle_.begin(); it != idle_.end();) {
-                if (!(*it)->hung_up()) {
-                    ++it;
-                    continue;
-                }
-                closing.push_back(std::move(*it));
-                it = idle_.erase(it);
-                --open_;
-            }
-        }
-        if (!closing.empty()) available_.notify_all();
-        return closing.size();  // closed here, outside the lock
+        return close_idle_if([](const Connection& c) { return c.hung_up(); });
     }
 
     /// Closes every idle connection (the primary moved: new ones go to the new one).
     std::size_t close_idle() noexcept {
-        std::vector<std::unique_ptr<Connection>> closing;
-        {
-            std::lock_guard lock(mutex_);
-            open_ -= idle_.size();
-            closing.swap(idle_);
-        }
-        if (!closing.empty()) available_.notify_all();
-        return closing.size();
+        return close_idle_if([](const Connection&) { return true; });
     }
 
     /// Connections open now, borrowed or idle.
@@ -173,13 +172,96 @@ public:
         return open_;
     }
 
-    [[nodiscard]] std::size_t idle_count() const {
-        std::lock_guard lock(mutex_);
-        return idle_.size();
+    /// Connections idle now (a moment's view: callers take and return them meanwhile).
+    [[nodiscard]] std::size_t idle_count() const noexcept {
+        std::size_t n = 0;
+        for (std::size_t i = 0; i < options_.size; ++i) n += slots_[i].load() != nullptr ? 1 : 0;
+        return n;
     }
 
 private:
     using SteadyClock = std::chrono::steady_clock;
+
+    static Options sanitized(Options o) noexcept {
+        o.size = std::max<std::size_t>(o.size, 1);
+        return o;
+    }
+
+    Lease lease(Connection* idle, std::size_t slot) noexcept {
+        return Lease(this, std::unique_ptr<Connection>(idle), slot);
+    }
+
+    // Where this thread looks first: the slot of the connection it had last, so that each
+    // thread tends to get its own connection back (no two threads contend for one slot,
+    // and the connection's buffers are warm in this core's cache). One hint per thread,
+    // shared by every pool.
+    [[nodiscard]] std::size_t home_slot() const noexcept { return home_hint() % options_.size; }
+
+    static std::size_t& home_hint() noexcept {
+        thread_local std::size_t last = detail::thread_ordinal();
+        return last;
+    }
+
+    // An idle connection, looking from `slot` on; sets `slot` to where it was found.
+    Connection* take_idle(std::size_t& slot) noexcept {
+        const std::size_t n = options_.size;
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::size_t at = (slot + i) % n;
+            if (slots_[at].load(std::memory_order_relaxed) == nullptr) continue;
+            if (Connection* c = slots_[at].exchange(nullptr)) {
+                slot = at;
+                home_hint() = at;
+                return c;
+            }
+        }
+        return nullptr;
+    }
+
+    // Makes `conn` idle, in `slot` if that is free. There is always a free slot: every
+    // open connection has one, and open_ never exceeds their number.
+    void put_idle(std::unique_ptr<Connection> conn, std::size_t slot) noexcept {
+        const std::size_t n = options_.size;
+        bool placed = false;
+        for (std::size_t i = 0; i < n && !placed; ++i) {
+            Connection* empty = nullptr;
+            placed = slots_[(slot + i) % n].compare_exchange_strong(empty, conn.get());
+        }
+        if (!placed) {  // cannot happen while open_ is right; closing beats losing track
+            drop(std::move(conn));
+            return;
+        }
+        (void)conn.release();  // owned by its slot now
+        if (waiting_.load() > 0) {
+            // Under the lock: a waiter holds it from its last look until it sleeps.
+            std::lock_guard lock(mutex_);
+            available_.notify_one();
+        }
+    }
+
+    template <class Predicate>
+    std::size_t close_idle_if(Predicate close) noexcept {
+        std::vector<std::unique_ptr<Connection>> closing;
+        try {
+            closing.reserve(options_.size);
+        } catch (...) {
+            return 0;
+        }
+        for (std::size_t i = 0; i < options_.size; ++i) {
+            std::unique_ptr<Connection> c(slots_[i].exchange(nullptr));
+            if (!c) continue;
+            if (close(*c)) {
+                closing.push_back(std::move(c));
+            } else {
+                put_idle(std::move(c), i);
+            }
+        }
+        if (!closing.empty()) {
+            std::lock_guard lock(mutex_);
+            open_ -= closing.size();
+            available_.notify_all();
+        }
+        return closing.size();  // closed here, outside the lock
+    }
 
     void connect_failed(const char* what) {
         {
@@ -200,47 +282,34 @@ private:
         {
             std::lock_guard lock(mutex_);
             --open_;
+            available_.notify_one();
         }
-        available_.notify_one();
         conn.reset();  // closed outside the lock
     }
 
-    void give_back(std::unique_ptr<Connection> conn) noexcept {
-        // Closed outside the lock: closing a socket is a syscall.
-        std::vector<std::unique_ptr<Connection>> closing;
-        {
-            std::lock_guard lock(mutex_);
-            if (conn->reusable()) {
-                try {
-                    idle_.push_back(std::move(conn));
-                } catch (...) {
-                    --open_;
-                }
-            } else {
-                --open_;
-                if (conn->lost()) {
-                    open_ -= idle_.size();
-                    closing.swap(idle_);
-                }
-            }
+    void give_back(std::unique_ptr<Connection> conn, std::size_t slot) noexcept {
+        if (conn->reusable()) {
+            put_idle(std::move(conn), slot);
+            return;
         }
-        if (closing.empty() && !conn) {
-            available_.notify_one();
-        } else {
-            available_.notify_all();
-        }
-        conn.reset();
-        closing.clear();
+        // A lost peer: the idle connections to it are most likely dead as well.
+        if (conn->lost()) close_idle();
+        drop(std::move(conn));
     }
 
     const Options options_;
     const Factory factory_;
     const std::string where_;
 
+    // Idle connections, one slot per connection the pool may open: taken and given back
+    // with one atomic exchange each, without the mutex. The mutex serializes what is rare:
+    // opening a connection, waiting while every one is borrowed, closing idle ones.
+    const std::unique_ptr<std::atomic<Connection*>[]> slots_;
+    std::atomic<std::size_t> waiting_{0};  // callers asleep on available_, or about to be
+
     mutable std::mutex mutex_;
     std::condition_variable available_;
-    std::vector<std::unique_ptr<Connection>> idle_;  // most recently used at the back
-    std::size_t open_ = 0;
+    std::size_t open_ = 0;            // borrowed, idle, or being opened
     bool failing_ = false;            // the last connect attempt failed
     bool attempt_in_flight_ = false;  // a connect is in progress while failing
     SteadyClock::time_point next_attempt_{};

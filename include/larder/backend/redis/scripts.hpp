@@ -5,10 +5,10 @@
 // retries). Every key a script touches is passed in KEYS, never built inside the script,
 // so Redis Cluster can route it and a key prefix or hash tag is always honoured.
 //
-// A script is sent once per backend (SCRIPT LOAD; its SHA1 is kept) and then run by
-// EVALSHA, which sends 40 bytes instead of the source. When the server has forgotten it
-// (SCRIPT FLUSH, a restart, a failover to a replica that never saw it), EVALSHA answers
-// NOSCRIPT and the script is loaded again and re-run in one more round trip.
+// A script is sent once per backend (SCRIPT LOAD) and then run by EVALSHA, which sends
+// its 40-byte SHA1 instead of the source; "EVALSHA <sha1>" is formatted once and kept. When the
+// server has forgotten it (SCRIPT FLUSH, a restart, a failover to a replica that never saw it),
+// EVALSHA answers NOSCRIPT and the script is loaded again and re-run in one more round trip.
 #pragma once
 
 #include <array>
@@ -93,11 +93,15 @@ public:
             remember(*loaded);
             return checked(std::move(result));
         }
-        ReplyPtr result = conn.command(call_args("EVALSHA", sha_, keys, args));
+        const Args rest = call_rest(keys, args);
+        conn.append(evalsha_head_, 2, rest);
+        ReplyPtr result = conn.receive();
         if (result->type == REDIS_REPLY_ERROR && text_of(*result).starts_with("NOSCRIPT")) {
             Counters::bump(counters.script_loads);
-            auto [loaded, retry] =
-                conn.pipeline(load_args(), call_args("EVALSHA", sha_, keys, args));
+            conn.append(load_args());
+            conn.append(evalsha_head_, 2, rest);
+            ReplyPtr loaded = conn.receive();
+            ReplyPtr retry = conn.receive();
             remember(*loaded);
             result = std::move(retry);
         }
@@ -117,10 +121,23 @@ private:
         Args a;
         a.push(verb);
         a.push(script);
+        push_rest(a, keys, args);
+        return a;
+    }
+
+    // What follows EVALSHA and the SHA1 (formatted once, in evalsha_head_).
+    [[nodiscard]] static Args call_rest(std::span<const std::string_view> keys,
+                                        std::span<const std::string_view> args) {
+        Args a;
+        push_rest(a, keys, args);
+        return a;
+    }
+
+    static void push_rest(Args& a, std::span<const std::string_view> keys,
+                          std::span<const std::string_view> args) {
         a.push(small_number(keys.size()));
         for (std::string_view k : keys) a.push(k);
         for (std::string_view v : args) a.push(v);
-        return a;
     }
 
     // numkeys as a view that outlives the Args.
@@ -145,7 +162,7 @@ private:
         if (loaded.type != REDIS_REPLY_STRING) unexpected(loaded, "SCRIPT LOAD");
         std::lock_guard lock(mutex_);
         if (!known_.load(std::memory_order_relaxed)) {
-            sha_.assign(text_of(loaded));
+            evalsha_head_ = Connection::format_items(Args{"EVALSHA", text_of(loaded)});
             known_.store(true, std::memory_order_release);
         }
     }
@@ -167,7 +184,9 @@ private:
     const bool writes_;
     std::mutex mutex_;
     std::atomic<bool> known_{false};
-    std::string sha_;  // written once, before known_ becomes true; never changed after
+    // EVALSHA and the script's SHA1 as RESP, the same bytes on every call. Written once,
+    // before known_ becomes true; never changed after.
+    std::string evalsha_head_;
 };
 
 }  // namespace larder::redis_detail
