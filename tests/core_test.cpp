@@ -292,3 +292,12 @@ TEST_CASE("The envelope bytes are those of docs/FORMAT.md's example", "[core][en
         0x00, 0x00, 0x00, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 0x68, 0x69};
     REQUIRE(bytes == std::string(reinterpret_cast<const char*>(expected), sizeof expected));
 }
+
+TEST_CASE("larder/version.hpp matches the CMake project's version", "[core]") {
+    const std::string expected = LARDER_TEST_PROJECT_VERSION;
+    CHECK(std::string(LARDER_VERSION_STRING) == expected);
+    CHECK(std::string(larder::version) == expected);
+    CHECK(std::to_string(LARDER_VERSION_MAJOR) + "." + std::to_string(LARDER_VERSION_MINOR) + "." +
+              std::to_string(LARDER_VERSION_PATCH) ==
+          expected);
+}

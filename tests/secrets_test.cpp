@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "support/catch.hpp"
-#include "support/child_process.hpp"
+#include "support/larder_lab.hpp"
 #if defined(LARDER_TEST_HAVE_REDIS_SERVER) || defined(LARDER_TEST_REDIS_SERVER)
 #include "support/redis_server.hpp"
 #endif
@@ -320,25 +320,7 @@ TEST_CASE("A wrong password to a requirepass server: the ConnectionError names n
 
 #if defined(LARDER_TEST_LARDER_LAB)
 
-namespace {
-
-struct LabRun {
-    int status = -1;
-    std::string output;  ///< stdout and stderr together
-};
-
-/// Runs larder-lab with `args`; a shell joins its stderr to the stdout ChildProcess reads.
-LabRun run_lab(const std::vector<std::string>& args) {
-    std::vector<std::string> sh_args{"-c", "exec \"$0\" \"$@\" 2>&1", LARDER_TEST_LARDER_LAB};
-    sh_args.insert(sh_args.end(), args.begin(), args.end());
-    larder::test::ChildProcess child("/bin/sh", sh_args);
-    LabRun run;
-    while (auto line = child.read_line(30s)) run.output += *line + "\n";
-    run.status = child.wait();
-    return run;
-}
-
-}  // namespace
+using larder::test::run_lab;
 
 TEST_CASE("larder-lab's argument errors repeat no password, on stdout or stderr", "[security]") {
     const std::string password = "Zq7Secret?Xylo9Pw";
@@ -367,7 +349,7 @@ TEST_CASE("larder-lab's argument errors repeat no password, on stdout or stderr"
         std::string shown;
         for (const auto& a : args) shown += a + " ";
         INFO("larder-lab " << shown);
-        const LabRun run = run_lab(args);
+        const larder::test::LabRun run = run_lab(args);
         INFO(run.output);
         CHECK(run.status == 2);
         CHECK(contains(run.output, "larder-lab"));

@@ -2,10 +2,12 @@
 // components, joined with '+':
 //
 //   spec        := policy { "+" component }
-//   policy      := "cache-aside" | "write-through" | "write-behind"
+//   policy      := "cache-aside" | "write-through" | "write-behind" | "naive"
 //   component   := guard | invalidator | "l1"
 //   guard       := "lock" | "xfetch"                       (either, both, or neither)
 //   invalidator := "event" | "tags" | "versions" | "ttl"   (at most one; cache-aside only)
+//
+// naive, the hand-written baseline, takes no components.
 //
 // Adding a policy is one row in `policies` (and its adapter, a make_* function).
 #include <algorithm>
@@ -22,14 +24,18 @@ namespace {
 constexpr PolicyEntry policies[] = {
     {"cache-aside",
      "read through the cache; a write changes the database, then invalidates (CacheAside)", true,
-     &make_cache_aside},
+     true, &make_cache_aside},
     {"write-through",
      "a write changes the database, then stores the new value in the cache (WriteThrough)", false,
-     &make_write_through},
+     true, &make_write_through},
     {"write-behind",
      "a write stores the value in the cache and a durable queue; flushers write the "
      "database in batches later (WriteBehind)",
-     false, &make_write_behind},
+     false, true, &make_write_behind},
+    {"naive",
+     "the baseline: cache-aside written by hand over the same store (get; on a miss load and "
+     "set; a write changes the database, then deletes the key), with no lease, fence or guard",
+     false, false, &make_naive},
 };
 
 struct ComponentEntry {
@@ -140,6 +146,10 @@ Spec parse_spec(std::string_view text) {
                          shown(parts.front(), word_chars) + " (policies: " + policy_names() +
                          "; see --list)");
     }
+    if (!spec.policy->takes_components && parts.size() > 1) {
+        throw UsageError("configuration " + quoted + ": " + std::string(spec.policy->name) +
+                         " takes no components: it is the hand-written baseline");
+    }
     std::vector<std::string_view> seen;
     bool have_invalidator = false;
     for (std::size_t i = 1; i < parts.size(); ++i) {
@@ -184,6 +194,7 @@ std::string describe_configurations() {
     out << "\nguards: none, lock, xfetch, or xfetch+lock; invalidators (cache-aside only): one of\n"
            "event (default), tags, versions, ttl; l1 with any of them.\n\nall configurations:\n";
     for (const auto& p : policies) {
+        if (!p.takes_components) continue;  // listed last
         const std::vector<std::string_view> invalidators =
             p.takes_invalidator ? std::vector<std::string_view>{"", "+tags", "+versions", "+ttl"}
                                 : std::vector<std::string_view>{""};
@@ -196,6 +207,9 @@ std::string describe_configurations() {
         }
     }
     out << "  (each also with +l1)\n";
+    for (const auto& p : policies) {
+        if (!p.takes_components) out << "  " << p.name << "  (takes no components)\n";
+    }
     return out.str();
 }
 

@@ -69,7 +69,11 @@ struct Options {
     std::size_t threads = 8;
     std::size_t instances = 4;
     double duration_s = 5;
-    std::uint64_t max_ops = 0;  ///< 0: only the duration bounds the run
+    /// Run first and left out of every figure but the correctness counts (stale, wrong,
+    /// lost): the cache fills and the store's connections open meanwhile.
+    double warmup_s = 1;
+    std::size_t repeat = 1;     ///< runs of each configuration, interleaved A B A B
+    std::uint64_t max_ops = 0;  ///< 0: only the duration bounds the run (warm-up included)
     double loader_latency_ms = 2;
     double db_write_latency_ms = -1;  ///< < 0: the same as loader_latency_ms
     double db_write_capacity = 0;     ///< rows per second; 0: unlimited
@@ -563,12 +567,15 @@ struct PolicyEntry {
     std::string_view about;
     /// Takes +tags, +versions, +ttl (its writes invalidate rather than store).
     bool takes_invalidator;
+    /// Takes any component at all (naive, the hand-written baseline, takes none).
+    bool takes_components;
     std::unique_ptr<Subject> (*make)(const RunEnv&, const Spec&);
 };
 
 std::unique_ptr<Subject> make_cache_aside(const RunEnv&, const Spec&);
 std::unique_ptr<Subject> make_write_through(const RunEnv&, const Spec&);
 std::unique_ptr<Subject> make_write_behind(const RunEnv&, const Spec&);
+std::unique_ptr<Subject> make_naive(const RunEnv&, const Spec&);
 
 // ---- latency histogram ----------------------------------------------------------------
 
@@ -643,7 +650,8 @@ struct Sample {
 
 struct RunResult {
     std::string config;
-    double seconds = 0;
+    double warmup_seconds = 0;  ///< before `seconds`, not measured
+    double seconds = 0;         ///< measured: from the warm-up's end to the last operation
     double drain_seconds = 0;
     std::uint64_t ops = 0;
     std::uint64_t reads = 0;
@@ -659,7 +667,7 @@ struct RunResult {
     std::uint64_t wrong_values = 0;  ///< missing, unparsable or another key's value
     std::uint64_t read_errors = 0;
     std::uint64_t write_errors = 0;
-    std::vector<Sample> timeline;
+    std::vector<Sample> timeline;  ///< the whole run, warm-up included
     std::vector<std::string> notes;
     bool interrupted = false;
 
@@ -734,12 +742,43 @@ std::string human(double v);
 
 // ---- reporting (report.cpp) -------------------------------------------------------------
 
+/// A figure over the repeats of a configuration: median and quartiles.
+struct Spread {
+    double median = 0;
+    double q1 = 0;
+    double q3 = 0;
+};
+Spread spread_of(std::vector<double> values);
+
+/// Every run of one configuration (--repeat), in the order they ran.
+struct ConfigResult {
+    std::vector<RunResult> runs;
+
+    /// The run whose throughput is the median: the one the table's single-run columns and
+    /// the SVG show.
+    [[nodiscard]] const RunResult& typical() const;
+    [[nodiscard]] Spread throughput() const;
+    [[nodiscard]] Spread read_p99_us() const;
+};
+
+/// What the numbers were measured with, printed with them.
+struct RunInfo {
+    std::string library;   ///< "0.1.0"
+    std::string commit;    ///< configured at; "unknown" outside git
+    std::string compiler;  ///< "g++ 12.2.0"
+    std::string cpu;       ///< "AMD EPYC 7B13"
+    unsigned cores = 0;
+    std::string redis;  ///< redis-server's version; empty with the memory backend
+};
+RunInfo run_info(const std::string& redis_version);
+
 std::string describe_workload(const Options& o, const std::string& backend);
+std::string describe_run_info(const RunInfo& info);
 /// The results as aligned text, or as a Markdown table.
-std::string render_table(const std::vector<RunResult>& results, bool markdown);
-std::string render_json(const Options& o, const std::string& backend,
-                        const std::vector<RunResult>& results);
-std::string render_svg(const Options& o, const std::string& backend,
-                       const std::vector<RunResult>& results);
+std::string render_table(const std::vector<ConfigResult>& results, bool markdown);
+std::string render_json(const Options& o, const std::string& backend, const RunInfo& info,
+                        const std::vector<ConfigResult>& results);
+std::string render_svg(const Options& o, const std::string& backend, const RunInfo& info,
+                       const std::vector<ConfigResult>& results);
 
 }  // namespace lab

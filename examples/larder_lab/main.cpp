@@ -157,8 +157,16 @@ const Flag flags[] = {
      "application instances simulated in this process, each with its own policy object, "
      "single-flight and L1; threads are spread over them (default 4)",
      [](Cli& c, auto f, auto v) { c.options.instances = whole(f, v, 1, 64); }},
-    {"--duration", "SECONDS", "length of each run (default 5, at most 3600)",
+    {"--duration", "SECONDS", "length of each run, after its warm-up (default 5, at most 3600)",
      [](Cli& c, auto f, auto v) { c.options.duration_s = number(f, v, 0.1, 3600); }},
+    {"--warmup", "SECONDS",
+     "run this long first and leave it out of throughput, latency, hit ratio and database "
+     "load (stale reads and lost writes still count); whole tenths (default 1, 0 for none)",
+     [](Cli& c, auto f, auto v) { c.options.warmup_s = number(f, v, 0, 600); }},
+    {"--repeat", "N",
+     "run each configuration N times, interleaved (A B A B ...), and report the median and "
+     "quartiles of throughput and p99 (default 1)",
+     [](Cli& c, auto f, auto v) { c.options.repeat = whole(f, v, 1, 100); }},
     {"--ops", "N", "stop each run after N operations (if the duration is not up first)",
      [](Cli& c, auto f, auto v) { c.options.max_ops = whole(f, v, 1, 1'000'000'000'000); }},
     {"--loader-latency-ms", "MS", "time the database takes to answer a read (default 2)",
@@ -210,7 +218,8 @@ std::string usage() {
            "prints throughput, read latency, hit ratio, database load, stale reads and lost\n"
            "writes. Progress goes to stderr, results to stdout.\n\n"
            "SPEC is a policy and components joined with '+':\n"
-           "  policy       cache-aside | write-through | write-behind\n"
+           "  policy       cache-aside | write-through | write-behind | naive (the\n"
+           "               hand-written baseline, with no components)\n"
            "  guard        lock | xfetch            (none, either, or both)\n"
            "  invalidator  event | tags | versions | ttl   (cache-aside only; default event)\n"
            "  l1           an in-process L1 (larder::Near) in front of the policy\n"
@@ -347,33 +356,44 @@ int run(const Cli& cli) {
     }
 #endif
     const std::string backend = backend_label(o, url);
+    std::string redis_server_version;
+#if defined(LARDER_LAB_HAVE_REDIS)
+    if (o.backend == BackendKind::redis) redis_server_version = redis_version(url);
+#endif
+    const RunInfo info = run_info(redis_server_version);
     Progress progress(o.progress);
     if (o.progress) {
         std::fprintf(stderr, "larder-lab: %s\n", describe_workload(o, backend).c_str());
     }
 
-    std::vector<RunResult> results;
-    for (std::size_t i = 0; i < specs.size() && !interrupted.load(); ++i) {
+    // Repeats interleaved (A B, A B, ...): drift in the machine lands on every
+    // configuration alike. Each run starts over on a fresh store and database.
+    std::vector<ConfigResult> results(specs.size());
+    const std::size_t runs = specs.size() * o.repeat;
+    for (std::size_t n = 0; n < runs && !interrupted.load(); ++n) {
+        const std::size_t i = n % specs.size();
         const Target target{
             o.backend, url,
-            "larder-lab:" + std::to_string(::getpid()) + ":" + std::to_string(i) + ":"};
-        results.push_back(run_config(o, specs[i], zipf, target, progress, i, specs.size()));
+            "larder-lab:" + std::to_string(::getpid()) + ":" + std::to_string(n) + ":"};
+        results[i].runs.push_back(run_config(o, specs[i], zipf, target, progress, n, runs));
 #if defined(LARDER_LAB_HAVE_REDIS)
         if (o.backend == BackendKind::redis) delete_keys(url, target.key_prefix);
 #endif
     }
+    std::erase_if(results, [](const ConfigResult& r) { return r.runs.empty(); });
 
     if (o.json) {
-        std::cout << render_json(o, backend, results);
+        std::cout << render_json(o, backend, info, results);
     } else {
         std::cout << "\n"
-                  << describe_workload(o, backend) << "\n\n"
+                  << describe_workload(o, backend) << "\n"
+                  << describe_run_info(info) << "\n\n"
                   << render_table(results, cli.markdown);
     }
     std::cout.flush();
     if (!o.svg_path.empty() && !results.empty()) {
         std::ofstream out(o.svg_path, std::ios::binary | std::ios::trunc);
-        out << render_svg(o, backend, results);
+        out << render_svg(o, backend, info, results);
         out.close();
         if (!out) {
             std::fprintf(stderr, "larder-lab: cannot write %s: %s\n", o.svg_path.c_str(),

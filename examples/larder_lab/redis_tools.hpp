@@ -254,6 +254,20 @@ inline void check_redis(const std::string& url) {
     }
 }
 
+/// The server's version (INFO server's redis_version), or "unknown".
+inline std::string redis_version(const std::string& url) {
+    auto c = redis_detail::connect(larder::RedisOptions::from_url(url), Millis{1000});
+    if (!c) return "unknown";
+    const auto info = redis_detail::command(c.get(), {"INFO", "server"});
+    if (!info || info->type != REDIS_REPLY_STRING) return "unknown";
+    const std::string_view text(info->str, info->len);
+    constexpr std::string_view field = "redis_version:";
+    const auto at = text.find(field);
+    if (at == std::string_view::npos) return "unknown";
+    const auto from = at + field.size();
+    return std::string(text.substr(from, text.find_first_of("\r\n", from) - from));
+}
+
 /// Removes every key under `prefix` (a run's keys on a shared server). Bounded: at most
 /// 10,000 SCAN rounds.
 inline void delete_keys(const std::string& url, const std::string& prefix) {

@@ -1,12 +1,16 @@
 // What larder-lab prints: the results table (text or Markdown), one JSON object, and an
 // SVG of read latency and database load over time. No dependency beyond nlohmann_json.
+#include <larder/version.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <numeric>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "lab.hpp"
@@ -34,23 +38,56 @@ std::string ms(double v) {
     return v == std::floor(v) ? fmt("%.0f", v) : fmt("%.3g", v);
 }
 
+/// A column of the table: its title, and its cell for one configuration. `repeats`: shown
+/// only when a configuration ran more than once.
 struct Column {
     const char* title;
-    std::string (*cell)(const RunResult&);
+    std::string (*cell)(const ConfigResult&);
+    bool repeats = false;
 };
 
+std::string quartiles(const Spread& s, const char* format) {
+    return fmt(format, s.q1) + "-" + fmt(format, s.q3);
+}
+
+std::uint64_t total(const ConfigResult& c, std::uint64_t RunResult::*field) {
+    std::uint64_t sum = 0;
+    for (const auto& r : c.runs) sum += r.*field;
+    return sum;
+}
+
 const Column columns[] = {
+    {"runs", [](const ConfigResult& c) { return std::to_string(c.runs.size()); }, true},
     {"ops/s",
-     [](const RunResult& r) { return grouped(static_cast<std::uint64_t>(r.throughput())); }},
-    {"p50 us", [](const RunResult& r) { return fmt("%.1f", r.read_latency.quantile_us(0.50)); }},
-    {"p99 us", [](const RunResult& r) { return fmt("%.1f", r.read_latency.quantile_us(0.99)); }},
-    {"p999 us", [](const RunResult& r) { return fmt("%.1f", r.read_latency.quantile_us(0.999)); }},
-    {"hit %", [](const RunResult& r) { return fmt("%.1f", r.hit_ratio() * 100); }},
-    {"DB reads", [](const RunResult& r) { return grouped(r.db_reads); }},
-    {"DB writes", [](const RunResult& r) { return grouped(r.db_writes); }},
-    {"stale", [](const RunResult& r) { return grouped(r.stale_reads); }},
-    {"lost", [](const RunResult& r) { return grouped(r.lost_writes); }},
+     [](const ConfigResult& c) {
+         return grouped(static_cast<std::uint64_t>(c.throughput().median));
+     }},
+    {"ops/s q1-q3", [](const ConfigResult& c) { return quartiles(c.throughput(), "%.0f"); }, true},
+    {"p50 us",
+     [](const ConfigResult& c) { return fmt("%.1f", c.typical().read_latency.quantile_us(0.50)); }},
+    {"p99 us", [](const ConfigResult& c) { return fmt("%.1f", c.read_p99_us().median); }},
+    {"p99 q1-q3", [](const ConfigResult& c) { return quartiles(c.read_p99_us(), "%.1f"); }, true},
+    {"p999 us",
+     [](const ConfigResult& c) {
+         return fmt("%.1f", c.typical().read_latency.quantile_us(0.999));
+     }},
+    {"hit %", [](const ConfigResult& c) { return fmt("%.1f", c.typical().hit_ratio() * 100); }},
+    {"DB reads", [](const ConfigResult& c) { return grouped(c.typical().db_reads); }},
+    {"DB writes", [](const ConfigResult& c) { return grouped(c.typical().db_writes); }},
+    // Correctness: every run counts, warm-up included.
+    {"stale", [](const ConfigResult& c) { return grouped(total(c, &RunResult::stale_reads)); }},
+    {"lost", [](const ConfigResult& c) { return grouped(total(c, &RunResult::lost_writes)); }},
 };
+
+std::string cpu_model() {
+    std::ifstream cpuinfo("/proc/cpuinfo");
+    for (std::string line; std::getline(cpuinfo, line);) {
+        if (line.rfind("model name", 0) != 0) continue;
+        const auto colon = line.find(':');
+        if (colon != std::string::npos && colon + 2 <= line.size()) return line.substr(colon + 2);
+    }
+    return "unknown CPU";
+}
 
 std::string xml(std::string_view s) {
     std::string out;
@@ -97,6 +134,67 @@ const char* const palette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
 
 }  // namespace
 
+Spread spread_of(std::vector<double> values) {
+    if (values.empty()) return {};
+    std::sort(values.begin(), values.end());
+    auto at = [&](double q) {
+        const double pos = q * static_cast<double>(values.size() - 1);
+        const auto lo = static_cast<std::size_t>(pos);
+        const std::size_t hi = std::min(lo + 1, values.size() - 1);
+        return values[lo] + (values[hi] - values[lo]) * (pos - static_cast<double>(lo));
+    };
+    return {at(0.5), at(0.25), at(0.75)};
+}
+
+const RunResult& ConfigResult::typical() const {
+    std::vector<std::size_t> order(runs.size());
+    std::iota(order.begin(), order.end(), std::size_t{0});
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+        return runs[a].throughput() < runs[b].throughput();
+    });
+    return runs.at(order.at((order.size() - 1) / 2));
+}
+
+Spread ConfigResult::throughput() const {
+    std::vector<double> v;
+    for (const auto& r : runs) v.push_back(r.throughput());
+    return spread_of(std::move(v));
+}
+
+Spread ConfigResult::read_p99_us() const {
+    std::vector<double> v;
+    for (const auto& r : runs) v.push_back(r.read_latency.quantile_us(0.99));
+    return spread_of(std::move(v));
+}
+
+RunInfo run_info(const std::string& redis_version) {
+    RunInfo info;
+    info.library = larder::version;
+#if defined(LARDER_LAB_COMMIT)
+    info.commit = LARDER_LAB_COMMIT;
+#else
+    info.commit = "unknown";
+#endif
+#if defined(__clang__)
+    info.compiler = "clang " __clang_version__;
+#elif defined(__GNUC__)
+    info.compiler = "g++ " __VERSION__;
+#else
+    info.compiler = "unknown compiler";
+#endif
+    info.cpu = cpu_model();
+    info.cores = std::thread::hardware_concurrency();
+    info.redis = redis_version;
+    return info;
+}
+
+std::string describe_run_info(const RunInfo& info) {
+    std::string out = "larder " + info.library + " (commit " + info.commit + "), " + info.compiler +
+                      ", " + info.cpu + ", " + std::to_string(info.cores) + " cores";
+    if (!info.redis.empty()) out += ", Redis " + info.redis;
+    return out;
+}
+
 std::string describe_workload(const Options& o, const std::string& backend) {
     std::ostringstream s;
     s << grouped(o.keys) << " keys, Zipf " << fmt("%.2f", o.skew) << ", "
@@ -104,6 +202,8 @@ std::string describe_workload(const Options& o, const std::string& backend) {
       << o.threads << " threads in " << o.instances << " instance" << (o.instances > 1 ? "s" : "")
       << ", " << fmt("%g", o.duration_s) << " s";
     if (o.max_ops) s << " or " << grouped(o.max_ops) << " ops";
+    s << " after " << fmt("%g", std::round(o.warmup_s * 10) / 10) << " s of warm-up";
+    if (o.repeat > 1) s << ", " << o.repeat << " runs each (median and quartiles)";
     s << "; loader " << ms(o.loader_latency_ms) << " ms, DB write " << ms(o.write_latency_ms())
       << " ms";
     if (o.db_write_capacity > 0) s << " at most " << fmt("%g", o.db_write_capacity) << " rows/s";
@@ -113,14 +213,22 @@ std::string describe_workload(const Options& o, const std::string& backend) {
     return s.str();
 }
 
-std::string render_table(const std::vector<RunResult>& results, bool markdown) {
+std::string render_table(const std::vector<ConfigResult>& results, bool markdown) {
+    const bool repeated = std::any_of(results.begin(), results.end(),
+                                      [](const ConfigResult& c) { return c.runs.size() > 1; });
+    std::vector<const Column*> shown_columns;
+    for (const auto& c : columns) {
+        if (repeated || !c.repeats) shown_columns.push_back(&c);
+    }
     std::vector<std::vector<std::string>> rows;
     std::vector<std::string> head{"configuration"};
-    for (const auto& c : columns) head.emplace_back(c.title);
+    for (const Column* c : shown_columns) head.emplace_back(c->title);
     rows.push_back(head);
-    for (const auto& r : results) {
-        std::vector<std::string> row{r.config + (r.interrupted ? " (interrupted)" : "")};
-        for (const auto& c : columns) row.push_back(c.cell(r));
+    for (const auto& c : results) {
+        const bool interrupted = std::any_of(c.runs.begin(), c.runs.end(),
+                                             [](const RunResult& r) { return r.interrupted; });
+        std::vector<std::string> row{c.runs.front().config + (interrupted ? " (interrupted)" : "")};
+        for (const Column* col : shown_columns) row.push_back(col->cell(c));
         rows.push_back(row);
     }
     std::vector<std::size_t> width(head.size(), 0);
@@ -148,23 +256,31 @@ std::string render_table(const std::vector<RunResult>& results, bool markdown) {
         }
     }
     bool any_notes = false;
-    for (const auto& r : results) {
-        if (r.notes.empty() && !r.wrong_values && !r.read_errors && !r.write_errors) continue;
-        if (!any_notes) out << "\n";
-        any_notes = true;
-        for (const auto& n : r.notes)
-            out << (markdown ? "- " : "") << r.config << ": " << n << "\n";
-        if (r.wrong_values || r.read_errors || r.write_errors) {
-            out << (markdown ? "- " : "") << r.config << ": " << r.read_errors << " read errors, "
-                << r.write_errors << " write errors, " << r.wrong_values << " wrong values\n";
+    for (const auto& c : results) {
+        for (std::size_t k = 0; k < c.runs.size(); ++k) {
+            const RunResult& r = c.runs[k];
+            if (r.notes.empty() && !r.wrong_values && !r.read_errors && !r.write_errors) continue;
+            if (!any_notes) out << "\n";
+            any_notes = true;
+            const std::string who =
+                (markdown ? "- " : "") + r.config +
+                (c.runs.size() > 1 ? " (run " + std::to_string(k + 1) + ")" : "");
+            for (const auto& n : r.notes) out << who << ": " << n << "\n";
+            if (r.wrong_values || r.read_errors || r.write_errors) {
+                out << who << ": " << r.read_errors << " read errors, " << r.write_errors
+                    << " write errors, " << r.wrong_values << " wrong values\n";
+            }
         }
     }
     return out.str();
 }
 
-std::string render_json(const Options& o, const std::string& backend,
-                        const std::vector<RunResult>& results) {
+std::string render_json(const Options& o, const std::string& backend, const RunInfo& info,
+                        const std::vector<ConfigResult>& results) {
     using Json = nlohmann::ordered_json;
+    Json meta{{"library_version", info.library}, {"commit", info.commit},
+              {"compiler", info.compiler},       {"cpu", info.cpu},
+              {"host_cores", info.cores},        {"redis_version", info.redis}};
     Json workload{{"keys", o.keys},
                   {"skew", o.skew},
                   {"write_ratio", o.write_ratio},
@@ -172,6 +288,8 @@ std::string render_json(const Options& o, const std::string& backend,
                   {"threads", o.threads},
                   {"instances", o.instances},
                   {"duration_s", o.duration_s},
+                  {"warmup_s", std::round(o.warmup_s * 10) / 10},
+                  {"repeat", o.repeat},
                   {"max_ops", o.max_ops},
                   {"loader_latency_ms", o.loader_latency_ms},
                   {"db_write_latency_ms", o.write_latency_ms()},
@@ -179,28 +297,20 @@ std::string render_json(const Options& o, const std::string& backend,
                   {"ttl_ms", o.ttl.count()},
                   {"ttl_jitter_ms", o.ttl_jitter.count()},
                   {"seed", o.seed}};
-    Json list = Json::array();
-    for (const auto& r : results) {
-        Json t{{"t_s", Json::array()},
-               {"ops_per_s", Json::array()},
-               {"read_p99_us", Json::array()},
-               {"db_reads_per_s", Json::array()},
-               {"db_writes_per_s", Json::array()}};
-        // Dividing by a power of ten gives the double nearest the decimal: 0.6545, not
-        // 0.6545000000000001.
-        auto round = [](double v, double unit) {
-            const double scale = std::round(1 / unit);
-            return std::round(v * scale) / scale;
-        };
-        for (const auto& x : r.timeline) {
-            t["t_s"].push_back(round(x.t_s, 0.001));
-            t["ops_per_s"].push_back(round(x.ops_per_s, 1));
-            t["read_p99_us"].push_back(round(x.read_p99_us, 0.1));
-            t["db_reads_per_s"].push_back(round(x.db_reads_per_s, 1));
-            t["db_writes_per_s"].push_back(round(x.db_writes_per_s, 1));
-        }
-        list.push_back(Json{
-            {"config", r.config},
+    // Dividing by a power of ten gives the double nearest the decimal: 0.6545, not
+    // 0.6545000000000001.
+    auto round = [](double v, double unit) {
+        const double scale = std::round(1 / unit);
+        return std::round(v * scale) / scale;
+    };
+    auto spread = [&](const Spread& x, double unit) {
+        return Json{{"median", round(x.median, unit)},
+                    {"q1", round(x.q1, unit)},
+                    {"q3", round(x.q3, unit)}};
+    };
+    // One run's figures; the timeline only for the typical run (it is what the SVG draws).
+    auto run_json = [&](const RunResult& r, bool with_timeline) {
+        Json j{
             {"throughput_ops", round(r.throughput(), 0.1)},
             {"p50_us", round(r.read_latency.quantile_us(0.50), 0.01)},
             {"p99_us", round(r.read_latency.quantile_us(0.99), 0.01)},
@@ -214,6 +324,7 @@ std::string render_json(const Options& o, const std::string& backend,
             {"ops", r.ops},
             {"reads", r.reads},
             {"writes", r.writes},
+            {"warmup_s", round(r.warmup_seconds, 0.001)},
             {"seconds", round(r.seconds, 0.001)},
             {"write_p50_us", round(r.write_latency.quantile_us(0.50), 0.01)},
             {"write_p99_us", round(r.write_latency.quantile_us(0.99), 0.01)},
@@ -225,24 +336,59 @@ std::string render_json(const Options& o, const std::string& backend,
             {"drain_s", round(r.drain_seconds, 0.001)},
             {"interrupted", r.interrupted},
             {"notes", r.notes},
-            {"timeline", t},
-        });
+        };
+        if (!with_timeline) return j;
+        Json t{{"t_s", Json::array()},
+               {"ops_per_s", Json::array()},
+               {"read_p99_us", Json::array()},
+               {"db_reads_per_s", Json::array()},
+               {"db_writes_per_s", Json::array()}};
+        for (const auto& x : r.timeline) {
+            t["t_s"].push_back(round(x.t_s, 0.001));
+            t["ops_per_s"].push_back(round(x.ops_per_s, 1));
+            t["read_p99_us"].push_back(round(x.read_p99_us, 0.1));
+            t["db_reads_per_s"].push_back(round(x.db_reads_per_s, 1));
+            t["db_writes_per_s"].push_back(round(x.db_writes_per_s, 1));
+        }
+        j["timeline"] = t;
+        return j;
+    };
+    Json list = Json::array();
+    for (const auto& c : results) {
+        // The typical run's figures at the top level, then the spread over the runs, and
+        // every run.
+        Json entry{{"config", c.runs.front().config}};
+        entry.update(run_json(c.typical(), true));
+        entry["stale_reads_all_runs"] = total(c, &RunResult::stale_reads);
+        entry["lost_writes_all_runs"] = total(c, &RunResult::lost_writes);
+        entry["spread"] = Json{{"runs", c.runs.size()},
+                               {"throughput_ops", spread(c.throughput(), 0.1)},
+                               {"p99_us", spread(c.read_p99_us(), 0.01)}};
+        Json runs = Json::array();
+        for (const auto& r : c.runs) runs.push_back(run_json(r, false));
+        entry["runs"] = runs;
+        list.push_back(entry);
     }
-    Json out{{"workload", workload}, {"backend", backend}, {"results", list}};
+    Json out{{"meta", meta}, {"workload", workload}, {"backend", backend}, {"results", list}};
     return out.dump() + "\n";  // one line: made for jq and scripts
 }
 
-std::string render_svg(const Options& o, const std::string& backend,
-                       const std::vector<RunResult>& results) {
+std::string render_svg(const Options& o, const std::string& backend, const RunInfo& info,
+                       const std::vector<ConfigResult>& configs) {
+    // Each configuration's typical run (the median throughput of its repeats).
+    std::vector<const RunResult*> results;
+    for (const auto& c : configs) results.push_back(&c.typical());
     constexpr double width = 960, left = 80, right = 30, top = 86, panel = 230, gap = 80;
     constexpr double plot_w = width - left - right;
     const double legend_rows = static_cast<double>((results.size() + 2) / 3);
     const double height = top + 2 * panel + gap + 60 + 18 * legend_rows;
 
-    double t_max = 0.1, lat_max = 0, db_max = 0;
-    for (const auto& r : results) {
-        for (const auto& x : r.timeline) {
-            t_max = std::max(t_max, x.t_s);
+    // The time axis ends where the longest run ended, not at the next round tick.
+    double t_top = 0.1, warmup = 0, lat_max = 0, db_max = 0;
+    for (const RunResult* r : results) {
+        t_top = std::max(t_top, r->warmup_seconds + r->seconds);
+        warmup = std::max(warmup, r->warmup_seconds);
+        for (const auto& x : r->timeline) {
             lat_max = std::max(lat_max, x.read_p99_us);
             db_max = std::max({db_max, x.db_reads_per_s, x.db_writes_per_s});
         }
@@ -253,9 +399,7 @@ std::string render_svg(const Options& o, const std::string& backend,
     const double lat_top = std::max(lat_step, std::ceil(lat_max / lat_unit / lat_step) * lat_step);
     const double db_step = tick_step(db_max);
     const double db_top = std::max(db_step, std::ceil(db_max / db_step) * db_step);
-    const double t_step = tick_step(t_max);
-    // A run stops a moment after its duration: 10.02 s still draws to 10.
-    const double t_top = std::max(t_step, std::ceil(t_max / t_step - 0.02) * t_step);
+    const double t_step = tick_step(t_top);
 
     std::ostringstream s;
     s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
@@ -263,9 +407,9 @@ std::string render_svg(const Options& o, const std::string& backend,
       << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
       << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
       << "<text x=\"" << left << "\" y=\"22\" font-size=\"15\" font-weight=\"bold\">larder-lab: "
-      << xml(results.size() == 1 ? results.front().config : "comparison") << "</text>\n";
-    // The workload in lines of at most ~140 characters, broken after "; ".
-    const std::string about = describe_workload(o, backend);
+      << xml(results.size() == 1 ? results.front()->config : "comparison") << "</text>\n";
+    // The workload and what ran it, in lines of at most ~140 characters, broken after "; ".
+    const std::string about = describe_workload(o, backend) + "; " + describe_run_info(info);
     double line_y = 40;
     for (std::size_t start = 0; start < about.size(); line_y += 15) {
         std::size_t end = about.size();
@@ -296,8 +440,15 @@ std::string render_svg(const Options& o, const std::string& backend,
               << "<text x=\"" << left - 6 << "\" y=\"" << y + 4 << "\" text-anchor=\"end\">"
               << tick_label(v) << "</text>\n";
         }
-        // x ticks
-        for (double t = 0; t <= t_top + t_step / 2; t += t_step) {
+        // the warm-up, not measured
+        if (warmup > 0) {
+            s << "<rect x=\"" << left << "\" y=\"" << y0 << "\" width=\"" << x_of(warmup) - left
+              << "\" height=\"" << panel << "\" fill=\"#000\" fill-opacity=\"0.05\"/>\n"
+              << "<text x=\"" << left + 3 << "\" y=\"" << y0 + panel - 6
+              << "\" fill=\"#777\" font-size=\"10\">warm-up (not measured)</text>\n";
+        }
+        // x ticks, none past the end of the run
+        for (double t = 0; t <= t_top * (1 + 1e-9); t += t_step) {
             s << "<line x1=\"" << x_of(t) << "\" y1=\"" << y0 + panel << "\" x2=\"" << x_of(t)
               << "\" y2=\"" << y0 + panel + 5 << "\" stroke=\"#333\"/>\n"
               << "<text x=\"" << x_of(t) << "\" y=\"" << y0 + panel + 18
@@ -323,7 +474,7 @@ std::string render_svg(const Options& o, const std::string& backend,
             for (int series = 0; series < (with_writes ? 2 : 1); ++series) {
                 s << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"1.5\""
                   << (series == 1 ? " stroke-dasharray=\"5,3\"" : "") << " points=\"";
-                for (const auto& x : results[i].timeline) {
+                for (const auto& x : results[i]->timeline) {
                     const double v = series == 0 ? value(x) : x.db_writes_per_s;
                     s << fmt("%.1f", clip_x(x.t_s)) << "," << fmt("%.1f", y_of(v)) << " ";
                 }
@@ -347,7 +498,7 @@ std::string render_svg(const Options& o, const std::string& backend,
         s << "<line x1=\"" << x << "\" y1=\"" << y - 4 << "\" x2=\"" << x + 24 << "\" y2=\""
           << y - 4 << "\" stroke=\"" << palette[i % std::size(palette)]
           << "\" stroke-width=\"3\"/>\n"
-          << "<text x=\"" << x + 30 << "\" y=\"" << y << "\">" << xml(results[i].config)
+          << "<text x=\"" << x + 30 << "\" y=\"" << y << "\">" << xml(results[i]->config)
           << "</text>\n";
     }
     s << "</svg>\n";

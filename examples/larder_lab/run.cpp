@@ -7,8 +7,10 @@
 #include <array>
 #include <atomic>
 #include <cinttypes>
+#include <cmath>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -50,8 +52,8 @@ struct alignas(64) Worker {
         a.store(a.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
     }
 
-    void record(bool is_write, std::uint64_t ns, std::uint64_t slice) {
-        ++ops;
+    /// An operation that took `ns` and ended in `slice`; `measured`: after the warm-up.
+    void record(bool is_write, std::uint64_t ns, std::uint64_t slice, bool measured) {
         Slot& s = slots[slice % ring];
         if (s.slice.load(std::memory_order_relaxed) != slice) {
             s.slice.store(~std::uint64_t{0}, std::memory_order_release);  // being reset
@@ -60,12 +62,11 @@ struct alignas(64) Worker {
             s.slice.store(slice, std::memory_order_release);
         }
         bump(s.ops);
-        if (is_write) {
-            writes.add(ns);
-        } else {
-            reads.add(ns);
-            bump(s.reads[Buckets::index(ns)]);
-        }
+        if (!is_write) bump(s.reads[Buckets::index(ns)]);
+        if (!measured) return;
+        ++ops;
+        ++(is_write ? n_writes : n_reads);
+        (is_write ? writes : reads).add(ns);
     }
 
     void error(const std::exception& e, bool is_write) {
@@ -73,6 +74,14 @@ struct alignas(64) Worker {
         if (first_error.empty()) first_error = e.what();
     }
 };
+
+/// The hit and miss counts from `earlier` on (what the warm-up counted taken out).
+CacheCounts since(CacheCounts now, const CacheCounts& earlier) {
+    now.hits -= std::min(now.hits, earlier.hits);
+    now.misses -= std::min(now.misses, earlier.misses);
+    now.l1_hits -= std::min(now.l1_hits, earlier.l1_hits);
+    return now;
+}
 
 void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
     std::uint64_t cur = a.load(std::memory_order_relaxed);
@@ -152,7 +161,8 @@ RunResult run_config(const Options& o, const Spec& spec, const Zipf& zipf, const
     RunResult result;
     result.config = spec.name();
 
-    const auto run_slices = static_cast<std::size_t>(o.duration_s * 10) + 2;
+    const auto warmup_slices = static_cast<std::size_t>(std::llround(o.warmup_s * 10));
+    const auto run_slices = warmup_slices + static_cast<std::size_t>(o.duration_s * 10) + 2;
     const auto after_slices = static_cast<std::size_t>(o.drain_timeout / slice_length) + 100;
     FakeDb db(FakeDb::Settings{.keys = o.keys,
                                .value_size = o.value_size,
@@ -180,8 +190,9 @@ RunResult run_config(const Options& o, const Spec& spec, const Zipf& zipf, const
 
     const auto begin = Clock::now();
     db.set_start(begin);
-    const auto deadline = begin + std::chrono::duration_cast<Clock::duration>(
-                                      std::chrono::duration<double>(o.duration_s));
+    const auto measure_from = begin + static_cast<Millis::rep>(warmup_slices) * slice_length;
+    const auto deadline = measure_from + std::chrono::duration_cast<Clock::duration>(
+                                             std::chrono::duration<double>(o.duration_s));
     auto work = [&](std::size_t t) {
         Worker& w = *workers[t];
         std::mt19937_64 rng(o.seed * 0x9E3779B97F4A7C15ull + t + 1);
@@ -193,14 +204,12 @@ RunResult run_config(const Options& o, const Spec& spec, const Zipf& zipf, const
             const bool write = is_write(rng);
             const auto t0 = Clock::now();
             if (write) {
-                ++w.n_writes;
                 try {
                     if (const std::uint64_t v = subject->write(instance, k)) raise_to(acked[k], v);
                 } catch (const std::exception& e) {
                     w.error(e, true);
                 }
             } else {
-                ++w.n_reads;
                 // The newest version this read may not be older than: the newest
                 // acknowledged before it started (history.hpp).
                 const std::uint64_t floor = acked[k].load(std::memory_order_acquire);
@@ -218,7 +227,7 @@ RunResult run_config(const Options& o, const Spec& spec, const Zipf& zipf, const
             }
             const auto t1 = Clock::now();
             w.record(write, static_cast<std::uint64_t>((t1 - t0).count()),
-                     static_cast<std::uint64_t>((t1 - begin) / slice_length));
+                     static_cast<std::uint64_t>((t1 - begin) / slice_length), t0 >= measure_from);
         }
         w.finished_ns.store((Clock::now() - begin).count(), std::memory_order_relaxed);
         w.done.store(true, std::memory_order_release);
@@ -253,11 +262,15 @@ RunResult run_config(const Options& o, const Spec& spec, const Zipf& zipf, const
                            [](const auto& w) { return w->done.load(std::memory_order_acquire); });
     };
     const Millis settle{20};  // a slice is read this long after it ends
+    // The cache's counts when the warm-up ended, taken out of the run's.
+    std::optional<CacheCounts> at_measure_start;
     for (;;) {
         Clock::time_point wake = begin + static_cast<Millis::rep>(next + 1) * slice_length + settle;
         if (!stopping) wake = std::min(wake, deadline);
+        if (!at_measure_start) wake = std::min(wake, measure_from);
         std::this_thread::sleep_until(wake);
         const auto now = Clock::now();
+        if (!at_measure_start && now >= measure_from) at_measure_start = subject->counts();
         if (!stopping && (now >= deadline || interrupted.load() || all_done())) {
             stop.store(true);
             stopping = true;
@@ -268,7 +281,7 @@ RunResult run_config(const Options& o, const Spec& spec, const Zipf& zipf, const
             collect(next++, 0.1);
         }
         const double elapsed = std::chrono::duration<double>(now - begin).count();
-        double fraction = elapsed / o.duration_s;
+        double fraction = elapsed / (o.duration_s + static_cast<double>(warmup_slices) / 10);
         if (o.max_ops) {
             fraction = std::max(
                 fraction, static_cast<double>(issued.load()) / static_cast<double>(o.max_ops));
@@ -286,16 +299,13 @@ RunResult run_config(const Options& o, const Spec& spec, const Zipf& zipf, const
 
     std::int64_t end_ns = 0;
     for (const auto& w : workers) end_ns = std::max(end_ns, w->finished_ns.load());
-    result.seconds = static_cast<double>(end_ns) / 1e9;
-    // The slices not read yet; the last one is partial.
+    const auto warmup_ns = std::chrono::nanoseconds(measure_from - begin).count();
+    result.warmup_seconds = static_cast<double>(std::min(warmup_ns, end_ns)) / 1e9;
+    result.seconds = static_cast<double>(std::max<std::int64_t>(end_ns - warmup_ns, 0)) / 1e9;
+    // The whole slices not read yet. A partial last one (the workers stopping) says nothing
+    // about a rate, and the timeline ends with the last whole slice.
     const auto slice_ns = std::chrono::nanoseconds(slice_length).count();
-    while (static_cast<std::int64_t>(next) * slice_ns < end_ns) {
-        const auto left = end_ns - static_cast<std::int64_t>(next) * slice_ns;
-        // A sliver at the end (the workers stopping) says nothing about a rate.
-        if (left >= slice_ns / 2)
-            collect(next, static_cast<double>(std::min(left, slice_ns)) / 1e9);
-        ++next;
-    }
+    while (static_cast<std::int64_t>(next + 1) * slice_ns <= end_ns) collect(next++, 0.1);
 
     for (const auto& w : workers) {
         result.read_latency.merge(w->reads);
@@ -348,9 +358,16 @@ RunResult run_config(const Options& o, const Spec& spec, const Zipf& zipf, const
     } else {
         result.notes.push_back("interrupted: no final flush, lost writes not checked");
     }
-    result.counts = subject->counts();
-    result.db_reads = db.reads();
-    result.db_writes = db.writes();
+    result.counts = since(subject->counts(), at_measure_start.value_or(CacheCounts{}));
+    // The database's work during the warm-up, counted per slice, is left out.
+    std::uint64_t warmup_reads = 0;
+    std::uint64_t warmup_writes = 0;
+    for (std::size_t i = 0; i < warmup_slices; ++i) {
+        warmup_reads += db.slice_reads(i);
+        warmup_writes += db.slice_writes(i);
+    }
+    result.db_reads = db.reads() - std::min(db.reads(), warmup_reads);
+    result.db_writes = db.writes() - std::min(db.writes(), warmup_writes);
     subject.reset();
 
     for (const auto& w : workers) {

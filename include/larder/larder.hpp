@@ -31,3 +31,4 @@
 #include "larder/stampede/lock.hpp"
 #include "larder/stampede/single_flight.hpp"
 #include "larder/stampede/xfetch.hpp"
+#include "larder/version.hpp"
