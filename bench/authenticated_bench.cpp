@@ -26,6 +26,7 @@
 #include "larder/codec/raw.hpp"
 #include "larder/policy/cache_aside.hpp"
 #include "support/redis.hpp"
+#include "support/report.hpp"
 
 namespace {
 
@@ -141,7 +142,7 @@ int main(int argc, char** argv) {
         }
     }
     argc = out;
-    benchmark::Initialize(&argc, argv);
+    larder::bench::initialize(argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
     server = larder::bench::start_redis_server();
     if (server_cpu >= 0) {
@@ -153,6 +154,10 @@ int main(int argc, char** argv) {
             return 1;
         }
     }
+    const std::string redis = larder::bench::redis_version(*server);
+    larder::bench::add_context("redis_version", redis);
+    std::printf("redis-server %s (private, started by this program); %s\n", redis.c_str(),
+                larder::bench::machine_description().c_str());
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
     server.reset();

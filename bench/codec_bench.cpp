@@ -178,7 +178,7 @@ BENCHMARK(BM_Reject_MsgPack_Deep);
 }  // namespace
 
 int main(int argc, char** argv) {
-    benchmark::Initialize(&argc, argv);
+    larder::bench::initialize(argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
     std::printf("record: JSON %zu bytes, MessagePack %zu bytes, raw %zu bytes; %s\n",
                 encoded<larder::JsonCodec>(sample()).size(),
@@ -193,24 +193,24 @@ int main(int argc, char** argv) {
     larder::bench::print_ratio_table(
         "Codecs against the same nlohmann calls made by hand, and against raw bytes:",
         {
-            {"JsonCodec encode / hand-written dump()", r.ops("BM_Encode_Json"),
-             r.ops("BM_Peer_Encode_NlohmannDump"), 0},
-            {"JsonCodec decode / hand-written parse()", r.ops("BM_Decode_Json"),
-             r.ops("BM_Peer_Decode_NlohmannParse"), 0},
-            {"MsgPackCodec encode / hand-written to_msgpack", r.ops("BM_Encode_MsgPack"),
-             r.ops("BM_Peer_Encode_NlohmannToMsgPack"), 0},
-            {"MsgPackCodec decode / hand-written from_msgpack", r.ops("BM_Decode_MsgPack"),
-             r.ops("BM_Peer_Decode_NlohmannFromMsgPack"), 0},
-            {"JSON encode / raw encode", r.ops("BM_Encode_Json"), r.ops("BM_Encode_Raw"), 0},
-            {"MessagePack encode / raw encode", r.ops("BM_Encode_MsgPack"), r.ops("BM_Encode_Raw"),
-             0},
-            {"JSON decode / raw decode", r.ops("BM_Decode_Json"), r.ops("BM_Decode_Raw"), 0},
-            {"MessagePack decode / raw decode", r.ops("BM_Decode_MsgPack"), r.ops("BM_Decode_Raw"),
-             0},
-            {"MessagePack encode / JSON encode", r.ops("BM_Encode_MsgPack"),
-             r.ops("BM_Encode_Json"), 0},
-            {"MessagePack decode / JSON decode", r.ops("BM_Decode_MsgPack"),
-             r.ops("BM_Decode_Json"), 0},
+            {"JsonCodec encode / hand-written dump()", r.spread("BM_Encode_Json"),
+             r.spread("BM_Peer_Encode_NlohmannDump"), 0},
+            {"JsonCodec decode / hand-written parse()", r.spread("BM_Decode_Json"),
+             r.spread("BM_Peer_Decode_NlohmannParse"), 0},
+            {"MsgPackCodec encode / hand-written to_msgpack", r.spread("BM_Encode_MsgPack"),
+             r.spread("BM_Peer_Encode_NlohmannToMsgPack"), 0},
+            {"MsgPackCodec decode / hand-written from_msgpack", r.spread("BM_Decode_MsgPack"),
+             r.spread("BM_Peer_Decode_NlohmannFromMsgPack"), 0},
+            {"JSON encode / raw encode", r.spread("BM_Encode_Json"), r.spread("BM_Encode_Raw"), 0},
+            {"MessagePack encode / raw encode", r.spread("BM_Encode_MsgPack"),
+             r.spread("BM_Encode_Raw"), 0},
+            {"JSON decode / raw decode", r.spread("BM_Decode_Json"), r.spread("BM_Decode_Raw"), 0},
+            {"MessagePack decode / raw decode", r.spread("BM_Decode_MsgPack"),
+             r.spread("BM_Decode_Raw"), 0},
+            {"MessagePack encode / JSON encode", r.spread("BM_Encode_MsgPack"),
+             r.spread("BM_Encode_Json"), 0},
+            {"MessagePack decode / JSON decode", r.spread("BM_Decode_MsgPack"),
+             r.spread("BM_Decode_Json"), 0},
         });
     benchmark::Shutdown();
     return 0;

@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "larder/near/near_cache.hpp"
+#include "support/report.hpp"
 
 namespace {
 
@@ -238,20 +239,6 @@ private:
     std::map<std::string, Median> medians_;
 };
 
-std::string machine_description() {
-    std::ifstream cpuinfo("/proc/cpuinfo");
-    std::string line;
-    std::string model = "unknown CPU";
-    while (std::getline(cpuinfo, line)) {
-        if (line.rfind("model name", 0) == 0) {
-            const auto colon = line.find(':');
-            if (colon != std::string::npos) model = line.substr(colon + 2);
-            break;
-        }
-    }
-    return model + ", " + std::to_string(std::thread::hardware_concurrency()) + " cores";
-}
-
 void print_summary(const MedianReporter& r) {
     struct Line {
         const char* label;
@@ -333,15 +320,8 @@ void fill_world(World& w) {
 int main(int argc, char** argv) {
     // Repetitions of all cases run in a random order unless told otherwise, so that a
     // burst of load from another process spreads over every case instead of one.
-    std::vector<char*> args(argv, argv + argc);
-    std::string interleave = "--benchmark_enable_random_interleaving=true";
-    const bool told = std::any_of(args.begin(), args.end(), [](const char* a) {
-        return std::string_view(a).starts_with("--benchmark_enable_random_interleaving");
-    });
-    if (!told) args.insert(args.begin() + 1, interleave.data());
-    int args_count = static_cast<int>(args.size());
-    benchmark::Initialize(&args_count, args.data());
-    if (benchmark::ReportUnrecognizedArguments(args_count, args.data())) return 1;
+    larder::bench::initialize(argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 
     World w;
     world = &w;
@@ -349,7 +329,7 @@ int main(int argc, char** argv) {
     const auto misses_before = w.near->misses();
     std::printf(
         "NearCache<Row> (sizeof(Row) = %zu) vs std::unordered_map + std::shared_mutex; %s\n",
-        sizeof(Row), machine_description().c_str());
+        sizeof(Row), larder::bench::machine_description().c_str());
     std::fflush(stdout);
 
     MedianReporter reporter;

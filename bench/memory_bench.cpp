@@ -250,7 +250,7 @@ int take_paired_rounds(int& argc, char** argv) {
 
 int main(int argc, char** argv) {
     const int paired_rounds = take_paired_rounds(argc, argv);
-    benchmark::Initialize(&argc, argv);
+    larder::bench::initialize(argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 
     World w;
@@ -265,7 +265,7 @@ int main(int argc, char** argv) {
 
     const auto& r = reporter;
     for (int threads : {1, 2}) {
-        auto ops = [&](const char* name) { return r.ops(name, threads); };
+        auto ops = [&](const char* name) { return r.spread(name, threads); };
         larder::bench::print_ratio_table(
             "Hits, " + std::to_string(threads) + " thread" + (threads > 1 ? "s" : "") +
                 " (ops/s is the aggregate of all threads):",

@@ -457,7 +457,7 @@ Flags take_flags(int& argc, char** argv) {
 int main(int argc, char** argv) {
     const Flags flags = take_flags(argc, argv);
     const int paired_rounds = flags.paired_rounds;
-    benchmark::Initialize(&argc, argv);
+    larder::bench::initialize(argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 
     World w;
@@ -481,11 +481,14 @@ int main(int argc, char** argv) {
         w.server.reset();
         return 0;
     }
-    std::printf(
-        "redis-server on 127.0.0.1:%d (private, started by this program)%s; %s\n", w.server->port(),
-        flags.server_cpu >= 0 ? (", pinned to CPU " + std::to_string(flags.server_cpu)).c_str()
-                              : "",
-        larder::bench::machine_description().c_str());
+    const std::string redis_version = larder::bench::redis_version(*w.server);
+    larder::bench::add_context("redis_version", redis_version);
+    std::printf("redis-server %s on 127.0.0.1:%d (private, started by this program)%s; %s\n",
+                redis_version.c_str(), w.server->port(),
+                flags.server_cpu >= 0
+                    ? (", pinned to CPU " + std::to_string(flags.server_cpu)).c_str()
+                    : "",
+                larder::bench::machine_description().c_str());
     std::fflush(stdout);
 
     larder::bench::RecordingReporter reporter;
@@ -496,28 +499,29 @@ int main(int argc, char** argv) {
         "Ratios from the table above: separate runs at different moments, only meaningful on a "
         "quiet machine (the A/B pass below is the one to read):",
         {
-            {"cache-aside hit / raw GET (1 thread)", r.ops("BM_Larder_CacheAsideHit"),
-             r.ops("BM_Raw_GET"), 0},
+            {"cache-aside hit / raw GET (1 thread)", r.spread("BM_Larder_CacheAsideHit"),
+             r.spread("BM_Raw_GET"), 0},
             {"cache-aside hit / raw GET (8 threads)",
-             r.ops("BM_Larder_CacheAsideHit", pool_threads), r.ops("BM_Raw_GET", pool_threads), 0},
+             r.spread("BM_Larder_CacheAsideHit", pool_threads),
+             r.spread("BM_Raw_GET", pool_threads), 0},
             {"cache-aside hit XFetch+Lock, 1 tag / raw GET",
-             r.ops("BM_Larder_CacheAsideHit_XFetchLock"), r.ops("BM_Raw_GET"), 0},
-            {"get_many(100) / raw MGET(100)", r.ops("BM_Larder_GetMany100"),
-             r.ops("BM_Raw_MGET100"), 0},
-            {"diag: raw GET+PTTL pipeline / raw GET", r.ops("BM_Diag_RawGetPttlPipeline"),
-             r.ops("BM_Raw_GET"), 0},
-            {"diag: cache-aside hit / raw GET+PTTL", r.ops("BM_Larder_CacheAsideHit"),
-             r.ops("BM_Diag_RawGetPttlPipeline"), 0},
-            {"diag: RedisBackend::get / raw GET+PTTL", r.ops("BM_Diag_BackendGet"),
-             r.ops("BM_Diag_RawGetPttlPipeline"), 0},
-            {"diag: raw 100x(GET+PTTL) / raw MGET(100)", r.ops("BM_Diag_RawGetPttl100Pipeline"),
-             r.ops("BM_Raw_MGET100"), 0},
-            {"diag: get_many / raw 100x(GET+PTTL)", r.ops("BM_Larder_GetMany100"),
-             r.ops("BM_Diag_RawGetPttl100Pipeline"), 0},
-            {"diag: raw MGET + 100 PTTL / raw MGET(100)", r.ops("BM_Diag_RawMgetPlusPttl100"),
-             r.ops("BM_Raw_MGET100"), 0},
-            {"diag: raw EVALSHA(MGET+PTTLs) / raw MGET(100)", r.ops("BM_Diag_RawEvalMgetPttl100"),
-             r.ops("BM_Raw_MGET100"), 0},
+             r.spread("BM_Larder_CacheAsideHit_XFetchLock"), r.spread("BM_Raw_GET"), 0},
+            {"get_many(100) / raw MGET(100)", r.spread("BM_Larder_GetMany100"),
+             r.spread("BM_Raw_MGET100"), 0},
+            {"diag: raw GET+PTTL pipeline / raw GET", r.spread("BM_Diag_RawGetPttlPipeline"),
+             r.spread("BM_Raw_GET"), 0},
+            {"diag: cache-aside hit / raw GET+PTTL", r.spread("BM_Larder_CacheAsideHit"),
+             r.spread("BM_Diag_RawGetPttlPipeline"), 0},
+            {"diag: RedisBackend::get / raw GET+PTTL", r.spread("BM_Diag_BackendGet"),
+             r.spread("BM_Diag_RawGetPttlPipeline"), 0},
+            {"diag: raw 100x(GET+PTTL) / raw MGET(100)", r.spread("BM_Diag_RawGetPttl100Pipeline"),
+             r.spread("BM_Raw_MGET100"), 0},
+            {"diag: get_many / raw 100x(GET+PTTL)", r.spread("BM_Larder_GetMany100"),
+             r.spread("BM_Diag_RawGetPttl100Pipeline"), 0},
+            {"diag: raw MGET + 100 PTTL / raw MGET(100)", r.spread("BM_Diag_RawMgetPlusPttl100"),
+             r.spread("BM_Raw_MGET100"), 0},
+            {"diag: raw EVALSHA(MGET+PTTLs) / raw MGET(100)",
+             r.spread("BM_Diag_RawEvalMgetPttl100"), r.spread("BM_Raw_MGET100"), 0},
         });
 
     if (paired_rounds > 0) {

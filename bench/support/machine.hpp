@@ -1,25 +1,51 @@
-// A one-line description of the machine, printed at the top of every benchmark's output.
+// What the numbers were measured with, printed at the top of every benchmark's output
+// (and, for Google Benchmark programs, put in the JSON output's context by initialize()
+// in report.hpp): the library's version and commit, the compiler, the CPU and its cores.
 #pragma once
 
 #include <fstream>
 #include <string>
 #include <thread>
 
+#include "larder/version.hpp"
+
 namespace larder::bench {
 
-/// "AMD EPYC, 2 cores".
-inline std::string machine_description() {
+/// "AMD EPYC 7B13".
+inline std::string cpu_model() {
     std::ifstream cpuinfo("/proc/cpuinfo");
-    std::string line;
-    std::string model = "unknown CPU";
-    while (std::getline(cpuinfo, line)) {
-        if (line.rfind("model name", 0) == 0) {
-            const auto colon = line.find(':');
-            if (colon != std::string::npos) model = line.substr(colon + 2);
-            break;
-        }
+    for (std::string line; std::getline(cpuinfo, line);) {
+        if (line.rfind("model name", 0) != 0) continue;
+        const auto colon = line.find(':');
+        if (colon != std::string::npos && colon + 2 <= line.size()) return line.substr(colon + 2);
     }
-    return model + ", " + std::to_string(std::thread::hardware_concurrency()) + " cores";
+    return "unknown CPU";
+}
+
+/// The commit the benchmarks were configured at; "unknown" outside git.
+inline std::string build_commit() {
+#if defined(LARDER_BENCH_COMMIT)
+    return LARDER_BENCH_COMMIT;
+#else
+    return "unknown";
+#endif
+}
+
+inline std::string compiler() {
+#if defined(__clang__)
+    return "clang " __clang_version__;
+#elif defined(__GNUC__)
+    return "g++ " __VERSION__;
+#else
+    return "unknown compiler";
+#endif
+}
+
+/// "larder 0.1.0 (commit 1a2b3c4d5e6f), g++ 12.2.0; AMD EPYC, 2 cores".
+inline std::string machine_description() {
+    return "larder " + std::string(LARDER_VERSION_STRING) + " (commit " + build_commit() + "), " +
+           compiler() + "; " + cpu_model() + ", " +
+           std::to_string(std::thread::hardware_concurrency()) + " cores";
 }
 
 }  // namespace larder::bench

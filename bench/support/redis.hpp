@@ -27,6 +27,20 @@ inline std::unique_ptr<test::RedisServer> start_redis_server() {
     return std::make_unique<test::RedisServer>();
 }
 
+/// The server's version (INFO server's redis_version), or "unknown".
+inline std::string redis_version(test::RedisServer& server) {
+    try {
+        const std::string text = server.query({"INFO", "server"}).text;
+        constexpr std::string_view field = "redis_version:";
+        const auto at = text.find(field);
+        if (at == std::string::npos) return "unknown";
+        const auto from = at + field.size();
+        return text.substr(from, text.find_first_of("\r\n", from) - from);
+    } catch (const std::exception&) {
+        return "unknown";
+    }
+}
+
 /// RedisBackend options for `server`. Timeouts are raised from the defaults (100 ms): on a
 /// shared 2-core machine a thread can be off the CPU that long, and a timeout then opens
 /// the circuit breaker and sends reads to the loader, which is not what these programs

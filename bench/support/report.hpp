@@ -1,6 +1,10 @@
 // What the Google Benchmark programs print besides the benchmark table:
-//  - RecordingReporter: the console table, plus every run's "ops/s" counter kept by
-//    benchmark name, so main() can print larder/peer ratios once all runs are done;
+//  - initialize(): Google Benchmark set up as every program here runs it unless its
+//    command line says otherwise: repetitions in a random order, a warm-up before each
+//    that is not measured, and what the numbers were measured with in the JSON output;
+//  - RecordingReporter: the console table (the aggregates of repeated benchmarks), plus
+//    every repetition's "ops/s" kept by benchmark name, so main() can print larder/peer
+//    ratios with their spread once all runs are done;
 //  - run_paired(): an interleaved A/B pass. Two code paths are timed in alternating short
 //    windows (A B, B A, A B ...) on the same threads, and the ratio quoted is the median
 //    of the per-round ratios, so drift in the machine (other processes, the scheduler
@@ -25,7 +29,9 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <time.h>
@@ -33,6 +39,48 @@
 #include "machine.hpp"
 
 namespace larder::bench {
+
+/// Google Benchmark's defaults for these programs, each used unless the command line
+/// names that flag: 3 repetitions of every benchmark in a random order (drift in a shared
+/// machine lands on every benchmark alike, and the spread shows), and 0.1 s of warm-up
+/// before each repetition. The JSON output (--benchmark_format=json, --benchmark_out)
+/// carries the library's version and commit, the compiler and the machine in its
+/// context; a program with a Redis adds its version (add_context). Leaves in argc/argv
+/// what Google Benchmark did not take.
+inline void initialize(int& argc, char**& argv) {
+    static std::vector<std::string> storage;
+    static std::vector<char*> args;
+    storage.clear();
+    const std::pair<const char*, const char*> defaults[] = {
+        {"--benchmark_repetitions", "3"},
+        {"--benchmark_enable_random_interleaving", "true"},
+        {"--benchmark_min_warmup_time", "0.1"},
+    };
+    storage.emplace_back(argv[0]);
+    for (const auto& [flag, value] : defaults) {
+        bool given = false;
+        for (int i = 1; i < argc; ++i) {
+            given = given || std::string_view(argv[i]).starts_with(flag);
+        }
+        if (!given) storage.push_back(std::string(flag) + "=" + value);
+    }
+    for (int i = 1; i < argc; ++i) storage.emplace_back(argv[i]);
+    args.clear();
+    for (auto& a : storage) args.push_back(a.data());
+    args.push_back(nullptr);
+    argc = static_cast<int>(storage.size());
+    argv = args.data();
+    benchmark::Initialize(&argc, argv);
+    benchmark::AddCustomContext("larder_version", LARDER_VERSION_STRING);
+    benchmark::AddCustomContext("larder_commit", build_commit());
+    benchmark::AddCustomContext("compiler", compiler());
+    benchmark::AddCustomContext("cpu", cpu_model());
+}
+
+/// Adds a line to the JSON output's context (the Redis version, say).
+inline void add_context(const std::string& key, const std::string& value) {
+    benchmark::AddCustomContext(key, value);
+}
 
 /// Counter name every Google Benchmark program here reports its throughput under.
 inline constexpr const char* ops_counter = "ops/s";
@@ -44,29 +92,59 @@ inline void report_ops(benchmark::State& state) {
     state.counters[ops_counter] = benchmark::Counter(n, benchmark::Counter::kIsRate);
 }
 
+/// A figure over repetitions: median and quartiles.
+struct Spread {
+    double median = 0;
+    double q1 = 0;
+    double q3 = 0;
+
+    /// The interquartile range as a fraction of the median: how much the runs moved.
+    [[nodiscard]] double relative_iqr() const { return median > 0 ? (q3 - q1) / median : 0; }
+};
+
+inline Spread spread_of(std::vector<double> v) {
+    if (v.empty()) return {};
+    std::sort(v.begin(), v.end());
+    auto at = [&](double q) {
+        const double pos = q * static_cast<double>(v.size() - 1);
+        const auto lo = static_cast<std::size_t>(pos);
+        const std::size_t hi = std::min(lo + 1, v.size() - 1);
+        return v[lo] + (v[hi] - v[lo]) * (pos - static_cast<double>(lo));
+    };
+    return {at(0.5), at(0.25), at(0.75)};
+}
+
 class RecordingReporter : public benchmark::ConsoleReporter {
 public:
     void ReportRuns(const std::vector<Run>& runs) override {
+        std::vector<Run> shown;
         for (const Run& run : runs) {
+            // Repeated benchmarks show their aggregates only; one run shows itself.
+            if (run.run_type == Run::RT_Aggregate || run.repetitions <= 1) shown.push_back(run);
             if (run.error_occurred || run.run_type != Run::RT_Iteration) continue;
             const auto it = run.counters.find(ops_counter);
             if (it == run.counters.end()) continue;
             values_[run.run_name.function_name + threads_suffix(run.threads)].push_back(
                 it->second.value);
         }
-        ConsoleReporter::ReportRuns(runs);
+        if (!shown.empty()) ConsoleReporter::ReportRuns(shown);
     }
 
-    /// Median ops/s of the runs of `function_name` (as registered) with `threads`
+    /// Median ops/s of the repetitions of `function_name` (as registered) with `threads`
     /// threads; nullopt when it did not run (filtered out, or failed).
     [[nodiscard]] std::optional<double> ops(const std::string& function_name,
                                             int threads = 1) const {
+        const auto s = spread(function_name, threads);
+        if (!s) return std::nullopt;
+        return s->median;
+    }
+
+    /// Median and quartiles of the same.
+    [[nodiscard]] std::optional<Spread> spread(const std::string& function_name,
+                                               int threads = 1) const {
         const auto it = values_.find(function_name + threads_suffix(threads));
         if (it == values_.end() || it->second.empty()) return std::nullopt;
-        auto v = it->second;
-        std::sort(v.begin(), v.end());
-        const std::size_t n = v.size();
-        return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+        return spread_of(it->second);
     }
 
 private:
@@ -90,31 +168,38 @@ inline std::string si(double v) {
     return buf;
 }
 
-/// One line of a larder/peer summary: "name  peer  larder  ratio  target  verdict".
+/// One line of a larder/peer summary: "name  peer  larder  ratio  spread  target".
 struct RatioLine {
     std::string what;
-    std::optional<double> larder;
-    std::optional<double> peer;
+    std::optional<Spread> larder;
+    std::optional<Spread> peer;
     double target = 0;  ///< 0: no target
 };
 
+/// Medians over the repetitions, their ratio, and each side's interquartile range as a
+/// share of its median (the ratio means little when these are wider than its distance
+/// from the target).
 inline void print_ratio_table(const std::string& title, const std::vector<RatioLine>& lines) {
     std::printf("\n%s\n", title.c_str());
-    std::printf("  %-46s %11s %11s %7s %8s\n", "comparison (larder / peer)", "peer ops/s", "larder",
-                "ratio", "target");
+    std::printf("  %-46s %11s %11s %7s %-15s %s\n", "comparison (larder / peer)", "peer ops/s",
+                "larder", "ratio", "IQR peer,larder", "target");
     for (const auto& l : lines) {
-        if (!l.larder || !l.peer || *l.peer <= 0) {
+        if (!l.larder || !l.peer || l.peer->median <= 0) {
             std::printf("  %-46s %11s %11s %7s\n", l.what.c_str(), "-", "-", "(not run)");
             continue;
         }
-        const double ratio = *l.larder / *l.peer;
+        const double ratio = l.larder->median / l.peer->median;
+        char spread[32];
+        std::snprintf(spread, sizeof spread, "%.1f%%, %.1f%%", l.peer->relative_iqr() * 100,
+                      l.larder->relative_iqr() * 100);
         char target[32] = "";
         if (l.target > 0) {
             std::snprintf(target, sizeof target, ">=%.2fx %s", l.target,
                           ratio >= l.target ? "met" : "MISSED");
         }
-        std::printf("  %-46s %11s %11s %6.3fx %s\n", l.what.c_str(), si(*l.peer).c_str(),
-                    si(*l.larder).c_str(), ratio, target);
+        std::printf("  %-46s %11s %11s %6.3fx %-15s %s\n", l.what.c_str(),
+                    si(l.peer->median).c_str(), si(l.larder->median).c_str(), ratio, spread,
+                    target);
     }
     std::fflush(stdout);
 }
@@ -153,9 +238,10 @@ struct PairedResult {
 };
 
 /// Runs `a(thread)` and `b(thread)` on `threads` threads in `rounds` rounds of two
-/// adjacent windows of `window` each, in the order A B, B A, A B, ...; every thread
-/// switches together. A window is bounded by time and by `max_ops_per_window` operations
-/// per thread. With `server_pid`, the server's CPU time is sampled at window edges.
+/// adjacent windows of `window` each, in the order A B, B A, A B, ..., after one window of
+/// each that is not measured (the warm-up); every thread switches together. A window is bounded by
+/// time and by `max_ops_per_window` operations per thread. With `server_pid`, the server's CPU time
+/// is sampled at window edges.
 inline PairedResult run_paired(int threads, int rounds, std::chrono::milliseconds window,
                                const std::function<void(int)>& a, const std::function<void(int)>& b,
                                int server_pid = -1, std::uint64_t max_ops_per_window = 50'000'000) {
@@ -173,6 +259,19 @@ inline PairedResult run_paired(int threads, int rounds, std::chrono::millisecond
     std::string error;
 
     auto body = [&](int t) {
+        // A warm-up window of each side, not measured: connections open, caches fill.
+        for (const auto* fn : {&a, &b}) {
+            sync.arrive_and_wait();
+            const auto until = Clock::now() + window;
+            try {
+                for (std::uint64_t n = 0; n < max_ops_per_window; ++n) {
+                    (*fn)(t);
+                    if ((n & 15) == 15 && Clock::now() >= until) break;
+                }
+            } catch (const std::exception&) {
+                // reported by the measured windows
+            }
+        }
         for (int r = 0; r < rounds; ++r) {
             for (int half = 0; half < 2; ++half) {
                 const int side = (r + half) % 2;  // A B, B A, A B, ...
