@@ -74,6 +74,10 @@ public:
     [[nodiscard]] bool paused() const { return paused_.load(); }
     void resume() { resume_.open(); }
 
+    /// The next compare_and_set finds its key gone, as when the store expires the key
+    /// between a reader's read and its compare-and-set (once).
+    void expire_before_next_compare_and_set() { expire_armed_.store(true); }
+
     std::optional<larder::StoredValue> get(std::string_view key) {
         before(Op::get);
         auto v = inner_.get(key);
@@ -102,6 +106,7 @@ public:
     bool compare_and_set(std::string_view key, std::string_view expected, std::string_view value,
                          Millis ttl) {
         before(Op::compare_and_set);
+        if (expire_armed_.exchange(false)) (void)inner_.del(key);
         return inner_.compare_and_set(key, expected, value, ttl);
     }
     bool compare_and_delete(std::string_view key, std::string_view expected) {
@@ -140,6 +145,7 @@ private:
     std::array<std::atomic<int>, static_cast<std::size_t>(Op::count_)> failures_{};
     std::atomic<int> injected_{0};
     std::atomic<bool> pause_armed_{false};
+    std::atomic<bool> expire_armed_{false};
     std::atomic<bool> paused_{false};
     Gate resume_;
 };
@@ -1161,4 +1167,35 @@ TEST_CASE("A read that cannot reach the store does not join a load older than it
     REQUIRE(first == "v1");
     REQUIRE(second == "v2");
     REQUIRE(loads == 2);
+}
+
+// A reader that found an entry past its grace (the store still holding it) took the lease
+// by compare-and-set against those bytes. When the store expired the key just then, the
+// compare-and-set failed, the reader read the key again, found nothing, and loaded without
+// filling: one more database query per process at every expiry of a hot key (the Lock rows
+// of stampede_bench counted up to 5 loads per recompute with 4 processes). It now leases
+// the empty key and fills.
+TEST_CASE("A lease lost because the store expired the key just then is taken again",
+          "[regression][cache_aside][lock][memory]") {
+    larder::test::MemoryFixture fx;
+    Tap<larder::MemoryBackend> tap(fx.backend);
+    larder::CacheAside<std::string, Tap<larder::MemoryBackend>, larder::Lock> cache(
+        tap, options_for(fx));
+    std::string expired;
+    larder::envelope::write_header(expired, larder::EnvelopeHeader{
+                                                .codec = larder::codec_id::raw,
+                                                .fresh_until = larder::TimePoint{Millis{1}},
+                                                .grace_until = larder::TimePoint{Millis{1}},
+                                            });
+    expired += "old";
+    fx.raw_set(cache.full_key("k"), expired);
+    tap.expire_before_next_compare_and_set();
+
+    Counting load;
+    REQUIRE(cache.get("k", load.loader()) == "v1");
+    REQUIRE(tap.calls(Op::compare_and_set) >= 1);
+    CHECK(cache.stats().fills == 1);
+    // Filled: the next read is a hit, not a second query.
+    REQUIRE(cache.get("k", load.loader()) == "v1");
+    REQUIRE(load.calls.load() == 1);
 }

@@ -1066,6 +1066,7 @@ private:
             std::min(call.deadline, std::chrono::steady_clock::now() + wait.max_wait);
         Millis backoff = std::max(wait.first_backoff, Millis{1});
         bool counted_wait = false;
+        int lease_attempts = 0;
         for (;;) {
             // Waiting on another loader's lease: a reader that saw the same lease (and tag
             // versions) read when this leader did, with no invalidation between, and may
@@ -1093,7 +1094,12 @@ private:
                 // who see the same lease may share this load.
                 leader.observe();
                 found = read(full, tags, stamp, is_adaptive_loader_v<L>);
-                if (found.state == Read::absent) break;  // gone again: load, do not fill
+                // Gone again: the bytes this caller meant to replace expired in the store
+                // just then, or the holder gave its lease up. Lease again: loading without
+                // filling here costs the database one query per process at every expiry.
+                // Bounded, so that a store that keeps changing under us cannot hold a
+                // reader: then it loads and does not fill.
+                if (found.state == Read::absent && ++lease_attempts >= 3) break;
                 continue;
             }
             if (found.state != Read::leased || std::chrono::steady_clock::now() >= deadline) break;
