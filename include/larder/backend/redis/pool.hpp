@@ -5,7 +5,9 @@
 //  - No lock on the way of a call: an idle connection is taken and given back with one
 //    atomic exchange each, and a thread gets back the connection it had last, so 8
 //    threads over a pool of 8 run like 8 threads with a connection each.
-//  - Bounded wait: with all N borrowed, a caller waits at most wait_timeout.
+//  - Bounded, fair wait: with all N borrowed, callers queue, and a connection given back
+//    goes to the longest waiter, not to whoever asks next; a caller waits at most
+//    wait_timeout.
 //  - Only healthy connections come back: one that saw an I/O error or a timeout is closed
 //    when its lease ends (its reply stream no longer matches its requests). A lost peer
 //    also closes the idle connections, which are most likely dead as well, so a Redis
@@ -19,6 +21,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <deque>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -103,27 +106,39 @@ public:
     /// the factory throws (ConnectionError, TimeoutError) when connecting fails.
     [[nodiscard]] Lease borrow() {
         std::size_t slot = home_slot();
-        if (Connection* idle = take_idle(slot)) return lease(idle, slot);
+        // With callers queued, a newcomer queues behind them instead of taking the next
+        // connection given back.
+        if (waiting_.load() == 0) {
+            if (Connection* idle = take_idle(slot)) return lease(idle, slot);
+        }
 
         std::unique_lock lock(mutex_);
         const auto deadline = SteadyClock::now() + options_.wait_timeout;
+        Waiter me;
+        bool first = false;  // woken to open a connection: keep its place at the front
         while (open_ >= options_.size) {
-            // Announced before the last look, so that a connection given back after that
-            // look finds this caller waiting and wakes it (give_back reads waiting_ after
-            // it filled the slot; both sequentially consistent).
-            waiting_.fetch_add(1);
+            // Queued before the last look, so that a connection given back after that
+            // look finds this caller in the queue and is handed to it (put_idle reads
+            // waiting_ after it filled the slot; both sequentially consistent).
+            enqueue(me, first);
             Connection* idle = take_idle(slot);
-            const bool timed_out = idle == nullptr && open_ >= options_.size &&
-                                   available_.wait_until(lock, deadline) == std::cv_status::timeout;
-            waiting_.fetch_sub(1);
-            if (idle == nullptr) idle = take_idle(slot);
+            if (idle == nullptr) {
+                me.cv.wait_until(lock, deadline, [&] { return me.handed || me.woken; });
+            }
+            if (!me.handed && !me.woken) dequeue(me);  // found one, or timed out
+            if (me.handed) {
+                idle = me.conn;
+                slot = me.slot;
+            }
             if (idle != nullptr) return lease(idle, slot);
-            if (timed_out && open_ >= options_.size) {
+            if (!me.woken) {
                 throw PoolExhausted("redis: all " + std::to_string(options_.size) +
                                     " connections to " + where_ + " stayed busy for " +
                                     std::to_string(options_.wait_timeout.count()) +
                                     " ms (pool_wait_timeout)");
             }
+            me.woken = false;  // a connection closed: its place may be this caller's
+            first = true;
         }
 
         const auto now = SteadyClock::now();
@@ -172,6 +187,9 @@ public:
         return open_;
     }
 
+    /// Callers queued for a connection now (a moment's view).
+    [[nodiscard]] std::size_t waiting_count() const noexcept { return waiting_.load(); }
+
     /// Connections idle now (a moment's view: callers take and return them meanwhile).
     [[nodiscard]] std::size_t idle_count() const noexcept {
         std::size_t n = 0;
@@ -182,9 +200,72 @@ public:
 private:
     using SteadyClock = std::chrono::steady_clock;
 
+    // A caller queued for a connection. On the caller's stack; in waiters_ until it is
+    // handed a connection, woken, or gives up.
+    struct Waiter {
+        std::condition_variable cv;
+        Connection* conn = nullptr;  // handed over by a give-back
+        std::size_t slot = 0;
+        bool handed = false;
+        bool woken = false;  // a connection closed: this caller may open one
+    };
+
     static Options sanitized(Options o) noexcept {
         o.size = std::max<std::size_t>(o.size, 1);
+        // "Wait for ever" (Millis::max()) must not overflow now() + timeout.
+        o.wait_timeout = saturated(o.wait_timeout);
+        o.reconnect_backoff = saturated(o.reconnect_backoff);
         return o;
+    }
+
+    // Under mutex_.
+    void enqueue(Waiter& w, bool first) {
+        if (first) {
+            waiters_.push_front(&w);
+        } else {
+            waiters_.push_back(&w);
+        }
+        waiting_.fetch_add(1);
+    }
+
+    // Under mutex_.
+    void dequeue(Waiter& w) noexcept {
+        const auto it = std::find(waiters_.begin(), waiters_.end(), &w);
+        if (it == waiters_.end()) return;
+        waiters_.erase(it);
+        waiting_.fetch_sub(1);
+    }
+
+    // Under mutex_: the longest waiter, taken off the queue; nullptr if none.
+    Waiter* next_waiter() noexcept {
+        if (waiters_.empty()) return nullptr;
+        Waiter* w = waiters_.front();
+        waiters_.pop_front();
+        waiting_.fetch_sub(1);
+        return w;
+    }
+
+    // Under mutex_: hands `conn` to the longest waiter; false if none waits. Notified
+    // under the lock: the waiter cannot leave (and take its Waiter off its stack) before
+    // the lock is released.
+    bool hand_over(Connection* conn, std::size_t slot) noexcept {
+        Waiter* w = next_waiter();
+        if (w == nullptr) return false;
+        w->conn = conn;
+        w->slot = slot;
+        w->handed = true;
+        w->cv.notify_one();
+        return true;
+    }
+
+    // Under mutex_: `n` connections closed; as many waiters may open new ones.
+    void wake_to_open(std::size_t n) noexcept {
+        for (; n > 0; --n) {
+            Waiter* w = next_waiter();
+            if (w == nullptr) return;
+            w->woken = true;
+            w->cv.notify_one();
+        }
     }
 
     Lease lease(Connection* idle, std::size_t slot) noexcept {
@@ -207,7 +288,9 @@ private:
         const std::size_t n = options_.size;
         for (std::size_t i = 0; i < n; ++i) {
             const std::size_t at = (slot + i) % n;
-            if (slots_[at].load(std::memory_order_relaxed) == nullptr) continue;
+            // Sequentially consistent: a waiter's look must not miss a connection put
+            // there before the giver read waiting_ (see put_idle).
+            if (slots_[at].load() == nullptr) continue;
             if (Connection* c = slots_[at].exchange(nullptr)) {
                 slot = at;
                 home_hint() = at;
@@ -220,6 +303,13 @@ private:
     // Makes `conn` idle, in `slot` if that is free. There is always a free slot: every
     // open connection has one, and open_ never exceeds their number.
     void put_idle(std::unique_ptr<Connection> conn, std::size_t slot) noexcept {
+        if (waiting_.load() > 0) {
+            std::lock_guard lock(mutex_);
+            if (hand_over(conn.get(), slot)) {
+                (void)conn.release();  // the waiter's now
+                return;
+            }
+        }
         const std::size_t n = options_.size;
         bool placed = false;
         for (std::size_t i = 0; i < n && !placed; ++i) {
@@ -232,9 +322,16 @@ private:
         }
         (void)conn.release();  // owned by its slot now
         if (waiting_.load() > 0) {
-            // Under the lock: a waiter holds it from its last look until it sleeps.
+            // A caller queued after the check above and may have looked before the slot
+            // was filled: hand what is idle to the queue. Under the lock, which a waiter
+            // holds from its last look until it sleeps.
             std::lock_guard lock(mutex_);
-            available_.notify_one();
+            while (!waiters_.empty()) {
+                std::size_t at = slot;
+                Connection* idle = take_idle(at);
+                if (idle == nullptr) break;
+                (void)hand_over(idle, at);
+            }
         }
     }
 
@@ -258,7 +355,7 @@ private:
         if (!closing.empty()) {
             std::lock_guard lock(mutex_);
             open_ -= closing.size();
-            available_.notify_all();
+            wake_to_open(closing.size());
         }
         return closing.size();  // closed here, outside the lock
     }
@@ -274,15 +371,15 @@ private:
                 last_error_ = what;
             } catch (...) {
             }
+            wake_to_open(1);  // to fail at once with this error rather than time out
         }
-        available_.notify_one();
     }
 
     void drop(std::unique_ptr<Connection> conn) noexcept {
         {
             std::lock_guard lock(mutex_);
             --open_;
-            available_.notify_one();
+            wake_to_open(1);
         }
         conn.reset();  // closed outside the lock
     }
@@ -305,10 +402,10 @@ private:
     // with one atomic exchange each, without the mutex. The mutex serializes what is rare:
     // opening a connection, waiting while every one is borrowed, closing idle ones.
     const std::unique_ptr<std::atomic<Connection*>[]> slots_;
-    std::atomic<std::size_t> waiting_{0};  // callers asleep on available_, or about to be
+    std::atomic<std::size_t> waiting_{0};  // waiters_.size(), read without the lock
 
     mutable std::mutex mutex_;
-    std::condition_variable available_;
+    std::deque<Waiter*> waiters_;     // oldest first
     std::size_t open_ = 0;            // borrowed, idle, or being opened
     bool failing_ = false;            // the last connect attempt failed
     bool attempt_in_flight_ = false;  // a connect is in progress while failing

@@ -8,7 +8,8 @@
 // A script is sent once per backend (SCRIPT LOAD) and then run by EVALSHA, which sends
 // its 40-byte SHA1 instead of the source; "EVALSHA <sha1>" is formatted once and kept. When the
 // server has forgotten it (SCRIPT FLUSH, a restart, a failover to a replica that never saw it),
-// EVALSHA answers NOSCRIPT and the script is loaded again and re-run in one more round trip.
+// EVALSHA answers NOSCRIPT and the call is sent again as EVAL with the source, in one more
+// round trip (which also puts the script back in the server's cache).
 #pragma once
 
 #include <array>
@@ -97,13 +98,12 @@ public:
         conn.append(evalsha_head_, 2, rest);
         ReplyPtr result = conn.receive();
         if (result->type == REDIS_REPLY_ERROR && text_of(*result).starts_with("NOSCRIPT")) {
+            // EVAL, not SCRIPT LOAD and EVALSHA again: EVAL cannot answer NOSCRIPT, however
+            // often the script cache is flushed meanwhile, and it puts the script back in
+            // that cache for the next EVALSHA.
             Counters::bump(counters.script_loads);
-            conn.append(load_args());
-            conn.append(evalsha_head_, 2, rest);
-            ReplyPtr loaded = conn.receive();
-            ReplyPtr retry = conn.receive();
-            remember(*loaded);
-            result = std::move(retry);
+            conn.append(call_args("EVAL", source_, keys, args));
+            result = conn.receive();
         }
         return checked(std::move(result));
     }
