@@ -25,7 +25,8 @@
 // without notices: waiters poll), XFetch (refresh in the reader), XFetch(bg) (refresh on
 // the cache's background thread) and XFetch+Lock. The targets printed after the table:
 // Lock's near-recompute p99 within the loader's time + 5 ms, and on Redis at most 2 GETs
-// per waiting process during a load (INFO commandstats around each load).
+// per waiting process during a load (INFO commandstats around each load) beyond the one
+// GET every read sends as it begins.
 //
 // Every row runs --repeat times (default 3), all rows once before any twice; the table
 // shows the first repeat, the targets the median and quartiles over all of them.
@@ -89,9 +90,13 @@ struct Run {
     std::mutex mutex;
     std::vector<std::pair<std::int64_t, std::int64_t>> loads;  // [start, end) ns since start
     /// Redis: GETs served while the loader ran (INFO commandstats before and after each
-    /// load). With Lock, only waiters read the key then.
+    /// load), and the reads that began then. Each read sends one GET as it begins (and
+    /// then, finding the lease, joins its process's wait); what the waiters send beyond
+    /// that is the difference.
     std::function<long()> get_calls;
+    std::atomic<long> reads_started{0};
     long gets_during_loads = 0;
+    long reads_during_loads = 0;
 
     std::int64_t since_start(Clock::time_point t) const {
         return std::chrono::duration_cast<std::chrono::nanoseconds>(t - start).count();
@@ -100,14 +105,17 @@ struct Run {
     /// The database query: slow, counted, timestamped.
     std::optional<std::string> load() {
         const long gets_before = get_calls ? get_calls() : 0;
+        const long reads_before = reads_started.load();
         const auto t0 = Clock::now();
         std::this_thread::sleep_for(load_time);
         const auto t1 = Clock::now();
         const long gets = get_calls ? get_calls() - gets_before : 0;
+        const long reads = reads_started.load() - reads_before;
         {
             std::lock_guard lock(mutex);
             loads.emplace_back(since_start(t0), since_start(t1));
             gets_during_loads += gets;
+            reads_during_loads += reads;
         }
         std::string v = value;
         v += std::to_string(generation.fetch_add(1));
@@ -136,7 +144,9 @@ struct Row {
     LatencyHistogram near;
     larder::StatsSnapshot stats{};
     bool has_stats = false;
-    double gets_per_waiter = -1;  ///< Redis: GETs during a load per waiting process
+    /// Redis: GETs during a load per waiting process, beyond each read's own first GET
+    double gets_per_waiter = -1;
+    double raw_gets_per_waiter = -1;  ///< the same, every GET counted
 };
 
 /// Runs `read(process, thread)` on processes x threads readers for the configured time.
@@ -281,6 +291,7 @@ Row cache_row(const Settings& s, std::vector<Backend*> backends, const std::stri
     };
     const larder::StatsSnapshot before = sum_stats();  // the warm-up's miss and fill
     Row row = drive(s, run, [&](int process) {
+        shared->reads_started.fetch_add(1, std::memory_order_relaxed);
         return caches[static_cast<std::size_t>(process)]->get(key, loader).has_value();
     });
     // A background refresh still running is waited for; its loader call came after the
@@ -302,9 +313,11 @@ Row cache_row(const Settings& s, std::vector<Backend*> backends, const std::stri
     row.has_stats = true;
     if (run.get_calls && row.loader_calls > 0 && s.processes > 1) {
         // Each load's other processes wait (their other threads share their wait).
-        row.gets_per_waiter = static_cast<double>(run.gets_during_loads) /
-                              static_cast<double>(row.loader_calls) /
-                              static_cast<double>(s.processes - 1);
+        const double per =
+            static_cast<double>(row.loader_calls) * static_cast<double>(s.processes - 1);
+        row.raw_gets_per_waiter = static_cast<double>(run.gets_during_loads) / per;
+        row.gets_per_waiter = std::max(
+            0.0, static_cast<double>(run.gets_during_loads - run.reads_during_loads) / per);
     }
     return row;
 }
@@ -440,10 +453,12 @@ void print_rows(const Settings& s, const std::vector<Row>& all) {
         if (r.guard != "Lock" && r.guard != "Lock(poll)") continue;
         std::vector<double> p99s;
         std::vector<double> gets;
+        std::vector<double> raw_gets;
         for (const auto& other : all) {
             if (other.backend != r.backend || other.guard != r.guard) continue;
             p99s.push_back(static_cast<double>(other.near.percentile(0.99)) / 1e6);
             if (other.gets_per_waiter >= 0) gets.push_back(other.gets_per_waiter);
+            if (other.raw_gets_per_waiter >= 0) raw_gets.push_back(other.raw_gets_per_waiter);
         }
         const auto p99 = median_q1_q3(p99s);
         const double target_ms = s.load_ms + 5.0;
@@ -454,9 +469,11 @@ void print_rows(const Settings& s, const std::vector<Row>& all) {
             p99[0] <= target_ms ? "met" : "missed");
         if (!gets.empty()) {
             const auto g = median_q1_q3(gets);
+            const auto raw = median_q1_q3(raw_gets);
             std::printf(
-                "; GETs per waiting process during a load %.1f [%.1f, %.1f], target <= 2: %s", g[0],
-                g[1], g[2], g[0] <= 2.0 ? "met" : "missed");
+                "; GETs per waiting process during a load beyond its readers' own %.1f [%.1f, "
+                "%.1f] (all GETs %.1f), target <= 2: %s",
+                g[0], g[1], g[2], raw[0], g[0] <= 2.0 ? "met" : "missed");
         }
         std::printf("\n");
     }
