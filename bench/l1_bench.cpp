@@ -177,16 +177,15 @@ void BM_Control_PrivateArithmetic(benchmark::State& state) {
                                benchmark::Counter::kInvert);
 }
 
-#define LARDER_L1_CASES(b)            \
-    BENCHMARK(b)                      \
-        ->ArgName("hot")              \
-        ->Arg(uniform)                \
-        ->Arg(hot)                    \
-        ->UseRealTime()               \
-        ->MinTime(0.2)                \
-        ->Repetitions(5)              \
-        ->DisplayAggregatesOnly(true) \
-        ->Threads(1)                  \
+#define LARDER_L1_CASES(b) \
+    BENCHMARK(b)           \
+        ->ArgName("hot")   \
+        ->Arg(uniform)     \
+        ->Arg(hot)         \
+        ->UseRealTime()    \
+        ->MinTime(0.2)     \
+        ->Repetitions(5)   \
+        ->Threads(1)       \
         ->Threads(2)
 LARDER_L1_CASES(BM_Control_PrivateArithmetic);
 LARDER_L1_CASES(BM_Larder_NearCache_Get);
@@ -204,7 +203,9 @@ public:
     };
 
     void ReportRuns(const std::vector<Run>& runs) override {
+        std::vector<Run> shown;  // the table shows the aggregates; the runs feed the IQR
         for (const Run& run : runs) {
+            if (run.run_type == Run::RT_Aggregate) shown.push_back(run);
             if (run.error_occurred) continue;
             const std::string k = key(run.run_name.function_name, run.run_name.args, run.threads);
             if (run.run_type == Run::RT_Iteration) {
@@ -224,7 +225,7 @@ public:
             }
             medians_[k] = m;
         }
-        ConsoleReporter::ReportRuns(runs);
+        if (!shown.empty()) ConsoleReporter::ReportRuns(shown);
     }
 
     /// Median and quartiles of hits/s over the repetitions.

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "larder/version.hpp"
+#include "larder_build_commit.hpp"  // generated: cmake/WriteBuildCommit.cmake
 
 namespace larder::bench {
 
@@ -22,13 +23,10 @@ inline std::string cpu_model() {
     return "unknown CPU";
 }
 
-/// The commit the benchmarks were configured at; "unknown" outside git.
+/// The commit the benchmarks were built from ("-dirty": with uncommitted changes);
+/// "unknown" outside git.
 inline std::string build_commit() {
-#if defined(LARDER_BENCH_COMMIT)
-    return LARDER_BENCH_COMMIT;
-#else
-    return "unknown";
-#endif
+    return LARDER_BUILD_COMMIT;
 }
 
 inline std::string compiler() {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "lab.hpp"
+#include "larder_build_commit.hpp"  // generated: cmake/WriteBuildCommit.cmake
 
 namespace lab {
 namespace {
@@ -170,11 +171,7 @@ Spread ConfigResult::read_p99_us() const {
 RunInfo run_info(const std::string& redis_version) {
     RunInfo info;
     info.library = larder::version;
-#if defined(LARDER_LAB_COMMIT)
-    info.commit = LARDER_LAB_COMMIT;
-#else
-    info.commit = "unknown";
-#endif
+    info.commit = LARDER_BUILD_COMMIT;
 #if defined(__clang__)
     info.compiler = "clang " __clang_version__;
 #elif defined(__GNUC__)
