@@ -62,7 +62,6 @@
 #include "larder/policy/detail/components.hpp"
 #include "larder/policy/detail/read_path.hpp"
 #include "larder/policy/detail/write_claims.hpp"
-#include "larder/policy/detail/write_errors.hpp"
 #include "larder/policy/options.hpp"
 
 namespace larder {
@@ -588,7 +587,7 @@ public:
 
     /// The seed's update_user_score: adds `delta` to the integer member `field` (a pointer
     /// to member, or a callable returning a reference to it) and returns its new value.
-    /// Overflow throws std::overflow_error and stores nothing.
+    /// Overflow throws InvalidArgumentError and stores nothing.
     template <IntegerFieldOf<T> Field, LoaderFor<T> L>
     auto increment(std::string_view key, Field field, std::int64_t delta, L&& loader) {
         using F = std::remove_cvref_t<std::invoke_result_t<Field&, T&>>;
@@ -599,7 +598,7 @@ public:
                 F& f = std::invoke(field, v);
                 F next{};
                 if (__builtin_add_overflow(f, delta, &next)) {
-                    throw std::overflow_error("WriteBehind::increment: the field would overflow");
+                    throw InvalidArgumentError("WriteBehind::increment: the field would overflow");
                 }
                 f = next;
                 result = next;
