@@ -37,22 +37,6 @@ TEST_CASE("SystemClock follows the wall clock", "[core][clock]") {
     REQUIRE(std::chrono::abs(wall - a) < std::chrono::seconds(5));
 }
 
-TEST_CASE("The exception tree is rooted at larder::Error", "[core][error]") {
-    STATIC_REQUIRE(std::is_base_of_v<larder::Error, larder::BackendError>);
-    STATIC_REQUIRE(std::is_base_of_v<larder::BackendError, larder::TimeoutError>);
-    STATIC_REQUIRE(std::is_base_of_v<larder::BackendError, larder::ConnectionError>);
-    STATIC_REQUIRE(std::is_base_of_v<larder::BackendError, larder::CircuitOpenError>);
-    STATIC_REQUIRE(std::is_base_of_v<larder::Error, larder::CodecError>);
-    STATIC_REQUIRE(std::is_base_of_v<larder::Error, larder::LoaderError>);
-    STATIC_REQUIRE(std::is_base_of_v<larder::Error, larder::ConfigError>);
-    STATIC_REQUIRE(std::is_base_of_v<std::runtime_error, larder::Error>);
-    try {
-        throw larder::TimeoutError("slow");
-    } catch (const larder::Error& e) {
-        REQUIRE(std::string(e.what()) == "slow");
-    }
-}
-
 TEST_CASE("An envelope round-trips its header, tags and payload", "[core][envelope]") {
     larder::EnvelopeHeader h{.kind = larder::EntryKind::value,
                              .codec = larder::codec_id::json,

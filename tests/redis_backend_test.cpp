@@ -300,7 +300,7 @@ TEST_CASE("ping, publish and command() give owned replies", "[redis][backend]") 
 
     const auto msg = message_of<BackendError>([&] { backend.command({"NOSUCHCOMMAND"}); });
     CHECK(contains(msg, "unknown command"));
-    CHECK_THROWS_AS(backend.command(std::vector<std::string_view>{}), std::invalid_argument);
+    CHECK_THROWS_AS(backend.command(std::vector<std::string_view>{}), larder::InvalidArgumentError);
 }
 
 // ---- one round trip per hit -----------------------------------------------------------
@@ -798,7 +798,7 @@ TEST_CASE("Many threads share a small pool", "[redis][pool]") {
 
 // The pool hands connections over without its lock; a waiter must still hear of every one
 // given back. One connection, eight threads, a wait far longer than the test: a lost
-// wake-up leaves a caller asleep until PoolExhausted, which fails its thread.
+// wake-up leaves a caller asleep until PoolExhaustedError, which fails its thread.
 TEST_CASE("Eight threads over one connection: every call is served, none times out",
           "[redis][pool]") {
     RedisServer server;

@@ -226,23 +226,19 @@ struct Update {
     std::int64_t delta;
 };
 
-// Zipf-distributed players: a few play (and score) far more than the rest.
+// Zipf-distributed players: a few play (and score) far more than the rest. Player k
+// (from 1) is drawn with weight 1 / k^skew.
 std::vector<Update> make_workload(const Config& c) {
-    std::vector<double> cdf(static_cast<std::size_t>(c.users));
-    double sum = 0;
-    for (int i = 0; i < c.users; ++i) {
-        sum += 1.0 / std::pow(i + 1, c.skew);
-        cdf[static_cast<std::size_t>(i)] = sum;
+    std::vector<double> weights(static_cast<std::size_t>(c.users));
+    for (std::size_t k = 0; k < weights.size(); ++k) {
+        weights[k] = 1.0 / std::pow(static_cast<double>(k + 1), c.skew);
     }
+    std::discrete_distribution<std::int64_t> player(weights.begin(), weights.end());
     std::mt19937_64 rng(42);
-    std::uniform_real_distribution<double> u(0.0, sum);
     std::uniform_int_distribution<int> points(1, 100);
     std::vector<Update> out;
     out.reserve(static_cast<std::size_t>(c.updates));
-    for (int i = 0; i < c.updates; ++i) {
-        const auto user = std::lower_bound(cdf.begin(), cdf.end(), u(rng)) - cdf.begin() + 1;
-        out.push_back(Update{user, points(rng)});
-    }
+    for (int i = 0; i < c.updates; ++i) out.push_back(Update{player(rng) + 1, points(rng)});
     return out;
 }
 

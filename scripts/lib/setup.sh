@@ -7,8 +7,9 @@
 
 # Packages needed to configure and build larder with its examples.
 LARDER_DEMO_PACKAGES=(g++ cmake make libhiredis-dev libssl-dev nlohmann-json3-dev catch2 libsqlite3-dev pkg-config)
-# ... plus what the test suite needs (the [redis] tests start their own redis-server).
-LARDER_TEST_PACKAGES=("${LARDER_DEMO_PACKAGES[@]}" redis-server redis-tools)
+# ... plus what the test suite needs (the [redis] tests start their own redis-server; the
+# packaging tests build a consumer with the other compiler too).
+LARDER_TEST_PACKAGES=("${LARDER_DEMO_PACKAGES[@]}" redis-server redis-tools clang-14)
 # What scripts/fuzz needs: clang with libFuzzer and the sanitizer runtimes (libclang-rt is
 # only recommended by clang, and recommends are not installed), and the libraries the
 # targets parse for (hiredis, nlohmann_json, libcrypto). No Catch2: the fuzz preset builds

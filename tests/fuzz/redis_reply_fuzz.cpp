@@ -154,7 +154,7 @@ void convert(const redisReply& r, const redisReply& next) {
         check(is_error);
     } catch (const larder::ClusterRedirectError&) {
         check(is_error && rd::means_cluster(rd::text_of(r)));
-    } catch (const rd::ReplyError&) {
+    } catch (const larder::ReplyError&) {
         check(is_error);
     }
 

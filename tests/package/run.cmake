@@ -107,6 +107,45 @@ if(LARDER_CONSUME STREQUAL "package")
         message(FATAL_ERROR "missing-component failure did not give the expected reason:\n${output}")
     endif()
     message(STATUS "    failed as expected")
+
+    # Before 1.0 a minor release may break the API: asking for 0.0 must not accept 0.1.
+    message(STATUS "==> find_package(larder 0.0) must fail (SameMinorVersion while 0.x)")
+    execute_process(
+        COMMAND "${CMAKE_COMMAND}" ${common_args}
+            -S "${CONSUMER_SOURCE_DIR}" -B "${WORK_DIR}/consumer-older-minor"
+            ${consumer_args}
+            -DLARDER_CONSUMER_VERSION=0.0
+        RESULT_VARIABLE result
+        OUTPUT_VARIABLE output
+        ERROR_VARIABLE output)
+    if(result EQUAL 0)
+        message(FATAL_ERROR "find_package(larder 0.0) accepted this 0.1 installation:\n${output}")
+    endif()
+    message(STATUS "    failed as expected")
+
+    # pkg-config: the installed larder.pc gives the flags to build the consumer without CMake.
+    find_program(PKG_CONFIG_EXECUTABLE pkg-config)
+    if(PKG_CONFIG_EXECUTABLE AND CXX_COMPILER)
+        message(STATUS "==> pkg-config --cflags --libs larder, and a build with those flags")
+        set(ENV{PKG_CONFIG_PATH} "${prefix}/share/pkgconfig")
+        execute_process(
+            COMMAND "${PKG_CONFIG_EXECUTABLE}" --cflags --libs larder
+            RESULT_VARIABLE result
+            OUTPUT_VARIABLE flags
+            ERROR_VARIABLE error
+            OUTPUT_STRIP_TRAILING_WHITESPACE)
+        if(NOT result EQUAL 0)
+            message(FATAL_ERROR "pkg-config does not know the installed larder.pc: ${error}")
+        endif()
+        if(NOT flags MATCHES "-I${prefix}/include")
+            message(FATAL_ERROR "larder.pc does not point at ${prefix}/include: ${flags}")
+        endif()
+        separate_arguments(flags UNIX_COMMAND "${flags}")
+        run_step("build the consumer with pkg-config's flags"
+            "${CXX_COMPILER}" ${flags} "${CONSUMER_SOURCE_DIR}/main.cpp"
+                -o "${WORK_DIR}/consumer-pkg-config")
+        run_step("run the pkg-config consumer" "${WORK_DIR}/consumer-pkg-config")
+    endif()
 endif()
 
 message(STATUS "package test (${LARDER_CONSUME}) passed")

@@ -250,7 +250,7 @@ public:
     /// Any command, as given (no key prefix is applied), through the same pool and breaker.
     /// An error reply throws BackendError; errors nested in an array reply are returned.
     RedisReply command(std::span<const std::string_view> argv) {
-        if (argv.empty()) throw std::invalid_argument("RedisBackend::command: empty argv");
+        if (argv.empty()) throw InvalidArgumentError("RedisBackend::command: empty argv");
         Args args;
         for (std::string_view a : argv) args.push(a);
         const std::string name(argv.front().substr(0, 32));
@@ -443,7 +443,7 @@ private:
         if (!sentinel_) return run_once(body, effect);
         try {
             return run_once(body, effect);
-        } catch (const redis_detail::ReplyError& e) {
+        } catch (const ReplyError& e) {
             if (!e.read_only()) throw;
         }
         // A demoted primary refused the command, so it was not applied: once more, on the
@@ -483,7 +483,7 @@ private:
                                               " (the write was sent: it may have been applied)");
                 }
                 throw;
-            } catch (const redis_detail::ReplyError& e) {
+            } catch (const ReplyError& e) {
                 if (sentinel_ && e.read_only()) {
                     primary_moved(*lease);
                     lease.discard();  // it goes to the demoted primary: not back to the pool
@@ -501,7 +501,7 @@ private:
                 }
                 throw;
             }
-        } catch (const redis_detail::PoolExhausted&) {
+        } catch (const PoolExhaustedError&) {
             Counters::bump(counters_.errors);
             Counters::bump(counters_.timeouts);
             breaker_.abandoned(ticket);
@@ -510,7 +510,7 @@ private:
             Counters::bump(counters_.errors);
             breaker_.succeeded(ticket);  // the server answered: it is only the wrong one
             throw;
-        } catch (const redis_detail::ReplyError& e) {
+        } catch (const ReplyError& e) {
             Counters::bump(counters_.errors);
             // A cluster node that answers CLUSTERDOWN is up: another primary is missing, and
             // the node serves again as soon as that primary's replica takes over.

@@ -771,7 +771,7 @@ private:
             } catch (const CircuitOpenError&) {
                 suspect_map();
                 throw;
-            } catch (const redis_detail::ReplyError& e) {
+            } catch (const ReplyError& e) {
                 if (e.server_unavailable()) suspect_map();  // CLUSTERDOWN, LOADING...
                 throw;
             }

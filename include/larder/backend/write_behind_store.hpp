@@ -151,7 +151,7 @@ struct Settlement {
     /// dead-letter list be full (the entry then stays pending).
     Millis retry_after{0};
     /// retry, dead: what went wrong (kept with the entry).
-    std::string error;
+    std::string error{};
     /// The token of the claim that took the entry (ClaimOptions::token).
     std::uint64_t token = 0;
 };
@@ -217,7 +217,7 @@ struct Persistence {
     int replicas = 0;
     /// false: the store could not be asked; the flags above are then the worst case.
     bool known = true;
-    std::string detail;
+    std::string detail{};
 };
 
 template <class S>

@@ -87,6 +87,62 @@ template <class F>
     return Detached<std::decay_t<F>>(std::forward<F>(f));
 }
 
+namespace detail {
+
+template <class L, class... Args>
+struct loader_result {
+    using type = void;
+};
+template <class L, class... Args>
+requires std::invocable<L&, Args...>
+struct loader_result<L, Args...> {
+    using type = std::invoke_result_t<L&, Args...>;
+};
+
+/// LoaderFor<L, T>, with a compile error that says which requirement L missed. The
+/// policies take any L and check it here, so a wrong loader gets one message instead of
+/// every overload's candidate list; if constexpr on the result skips the body after it.
+template <class T, class L>
+consteval bool check_loader() {
+    using F = std::remove_cvref_t<L>;
+    constexpr bool plain = std::invocable<F&>;
+    constexpr bool adaptive = std::invocable<F&, LoadContext&>;
+    static_assert(plain || adaptive,
+                  "larder: a loader is called with no arguments, or with a larder::LoadContext&; "
+                  "this one takes neither (a batch loader, taking the keys that missed, goes to "
+                  "get_many)");
+    if constexpr (plain || adaptive) {
+        using R = typename std::conditional_t<adaptive, loader_result<F, LoadContext&>,
+                                              loader_result<F>>::type;
+        static_assert(std::convertible_to<R, std::optional<T>>,
+                      "larder: a loader returns std::optional<T> (std::nullopt: no such row), "
+                      "with T the cache's value type; this one returns something else");
+        return std::convertible_to<R, std::optional<T>>;
+    }
+    return false;
+}
+
+/// BatchLoaderFor<L, T>, checked the same way.
+template <class T, class L>
+consteval bool check_batch_loader() {
+    using F = std::remove_cvref_t<L>;
+    constexpr bool callable = std::invocable<F&, std::span<const std::string>>;
+    static_assert(callable,
+                  "larder: a batch loader is called with std::span<const std::string>, the keys "
+                  "that missed; this one cannot be (a loader of one key goes to get)");
+    if constexpr (callable) {
+        using R = std::invoke_result_t<F&, std::span<const std::string>>;
+        static_assert(std::convertible_to<R, std::vector<std::optional<T>>>,
+                      "larder: a batch loader returns std::vector<std::optional<T>>, one per key "
+                      "it was given, with T the cache's value type; this one returns something "
+                      "else");
+        return std::convertible_to<R, std::vector<std::optional<T>>>;
+    }
+    return false;
+}
+
+}  // namespace detail
+
 template <class L>
 inline constexpr bool is_detached_v = false;
 template <class F>

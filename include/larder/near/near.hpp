@@ -81,22 +81,25 @@ public:
     Near& operator=(const Near&) = delete;
     ~Near() { subscription_.reset(); }  // no handler may run once members start to go
 
-    template <LoaderFor<T> L>
+    template <class L>
     std::optional<T> get(std::string_view key, L&& loader, const CallOptions& call = {}) {
-        return read_through(key, {}, loader, call);
+        return get(key, std::span<const std::string>{}, loader, call);
     }
 
-    template <LoaderFor<T> L>
+    template <class L>
     std::optional<T> get(std::string_view key, std::span<const std::string> tags, L&& loader,
                          const CallOptions& call = {}) {
-        return read_through(key, tags, loader, call);
+        if constexpr (detail::check_loader<T, L>()) {
+            return read_through(key, tags, loader, call);
+        } else {
+            return std::nullopt;  // not compiled: check_loader failed the build
+        }
     }
 
-    template <LoaderFor<T> L>
+    template <class L>
     std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags, L&& loader,
                          const CallOptions& call = {}) {
-        return read_through(key, std::span<const std::string>(tags.begin(), tags.size()), loader,
-                            call);
+        return get(key, std::span<const std::string>(tags.begin(), tags.size()), loader, call);
     }
 
     /// Values for many keys, aligned with `keys`: L1's copies, and the policy's get_many

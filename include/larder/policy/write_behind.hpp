@@ -62,7 +62,6 @@
 #include "larder/policy/detail/components.hpp"
 #include "larder/policy/detail/read_path.hpp"
 #include "larder/policy/detail/write_claims.hpp"
-#include "larder/policy/detail/write_errors.hpp"
 #include "larder/policy/options.hpp"
 
 namespace larder {
@@ -291,9 +290,9 @@ struct DrainReport {
     FlushReport flushed{};
     QueueStats left{};
     /// Up to 100 of the keys left, oldest first.
-    std::vector<std::string> keys_left;
+    std::vector<std::string> keys_left{};
     /// The store could not be reached.
-    std::string error;
+    std::string error{};
 
     [[nodiscard]] std::string describe(std::string_view name = {}) const {
         std::string out = "write-behind";
@@ -434,20 +433,28 @@ public:
     /// As the read path's get, except that a miss of a dirty key (its cached copy
     /// evicted) is served from the queue, not from the loader (the database is behind).
     /// A put during a load wins over the load's fill.
-    template <LoaderFor<T> L>
+    template <class L>
     std::optional<T> get(std::string_view key, L&& loader, const CallOptions& call = {}) {
-        const std::string full = this->full_key(key);
-        return Base::get(key, through(full, loader), call);
+        if constexpr (detail::check_loader<T, L>()) {
+            const std::string full = this->full_key(key);
+            return Base::get(key, through(full, loader), call);
+        } else {
+            return std::nullopt;  // not compiled: check_loader failed the build
+        }
     }
 
-    template <LoaderFor<T> L>
+    template <class L>
     std::optional<T> get(std::string_view key, std::span<const std::string> tags, L&& loader,
                          const CallOptions& call = {}) requires TagInvalidator<invalidator_type> {
-        const std::string full = this->full_key(key);
-        return Base::get(key, tags, through(full, loader), call);
+        if constexpr (detail::check_loader<T, L>()) {
+            const std::string full = this->full_key(key);
+            return Base::get(key, tags, through(full, loader), call);
+        } else {
+            return std::nullopt;
+        }
     }
 
-    template <LoaderFor<T> L>
+    template <class L>
     std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags, L&& loader,
                          const CallOptions& call = {}) requires TagInvalidator<invalidator_type> {
         return get(key, std::span<const std::string>(tags.begin(), tags.size()), loader, call);
@@ -461,7 +468,7 @@ public:
     }
 
     /// As the read path's get_many; keys that missed are served from the queue where dirty.
-    template <BatchLoaderFor<T> BatchLoader>
+    template <class BatchLoader>
     std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
                                            BatchLoader&& batch_loader) {
         return get_many(keys, std::span<const std::vector<std::string>>{}, batch_loader);
@@ -469,13 +476,17 @@ public:
 
     /// As the read path's get_many with tags; keys that missed are served from the queue
     /// where dirty.
-    template <BatchLoaderFor<T> BatchLoader>
+    template <class BatchLoader>
     std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
                                            std::span<const std::vector<std::string>> tags,
                                            BatchLoader&& batch_loader) {
-        return Base::get_many(keys, tags, [&](std::span<const std::string> missed) {
-            return load_many_through(missed, batch_loader);
-        });
+        if constexpr (detail::check_batch_loader<T, BatchLoader>()) {
+            return Base::get_many(keys, tags, [&](std::span<const std::string> missed) {
+                return load_many_through(missed, batch_loader);
+            });
+        } else {
+            return {};
+        }
     }
 
     // ---- writes ---------------------------------------------------------------------
@@ -509,87 +520,20 @@ public:
     /// is no row) and stores the result with a compare-and-put, going again when another
     /// writer got there first. `change` may run more than once: make it depend only on
     /// the value. Returns the value stored.
-    template <std::invocable<T&> Change, LoaderFor<T> L>
+    template <std::invocable<T&> Change, class L>
     T modify(std::string_view key, Change&& change, L&& loader) {
-        const auto open = open_for_writes();
-        const std::string full = this->full_key(key);
-        for (std::uint32_t round = 0; round < max_modify_rounds; ++round) {
-            if (round >= 2) {
-                // Many writers on one key: spread them out a little.
-                const auto cap = std::min<std::int64_t>(std::int64_t{1} << std::min(round, 4u), 10);
-                std::this_thread::sleep_for(Millis{random_between(0, cap)});
-            }
-            std::optional<CurrentValue> current = store_->read_current(full);
-            if (current && !current->dirty && this->retired(current->bytes)) {
-                // A cached copy no read would serve (retired by an invalidation, or past
-                // its freshness) is no base to build on: drop exactly it, and load afresh.
-                try {
-                    backend_.compare_and_delete(full, current->bytes);
-                } catch (const BackendError&) {
-                    bump(counters_.backend_errors);
-                    continue;
-                }
-                current.reset();
-            }
-            if (!current) {
-                // Neither dirty nor cached: load through the cache, which fills it (a
-                // compare-and-put needs something to compare with), then read again. The
-                // fill is needed even if the loader says not to cache (the put replaces
-                // it at once), and a timeout has nothing to wait for here.
-                std::optional<T> loaded;
-                (void)get(
-                    key,
-                    [&](LoadContext& context) {
-                        std::optional<T> value = call_loader<T>(loader, context);
-                        context.cache = true;
-                        loaded = value;
-                        return value;
-                    },
-                    CallOptions{.soft_timeout = Millis{0}, .hard_timeout = Millis{0}});
-                current = store_->read_current(full);
-                if (!current && loaded && this->too_large(encode(*loaded, {}).size())) {
-                    // The row cannot be cached, so there is nothing to fence the change on.
-                    throw ValueTooLargeError("WriteBehind '" + options_.name + "': the row of '" +
-                                             std::string(key) + "' is over max_value_bytes");
-                }
-                if (!current) continue;
-                // Retired already (a bump during the load): drop it next round.
-                if (!current->dirty && this->retired(current->bytes)) continue;
-            }
-            std::optional<T> value = base_of(full, *current, loader);
-            if (!value) continue;
-            std::invoke(change, *value);
-            const auto stamp = this->versions_for_write(full);
-            const std::string bytes = encode(*value, stamp);
-            check_size(key, bytes);
-            PutOutcome out;
-            try {
-                out = with_room([&] {
-                    return store_->put_if(full, bytes, current->bytes, options_.max_pending);
-                });
-            } catch (const OutcomeUnknownError&) {
-                // The change may be queued: a caller retrying an increment would count it
-                // twice. Our bytes carry a nonce no other write has, so finding them in
-                // the store proves it applied; anything else stays unknown.
-                if (!applied(full, bytes)) throw;
-                out = PutOutcome{.status = PutStatus::stored};
-            }
-            if (out.status == PutStatus::conflict) {
-                counters_.conflicts.fetch_add(1, std::memory_order_relaxed);
-                continue;
-            }
-            acknowledged(out, true);
-            this->written(full, stamp, /*cached=*/true);
-            return std::move(*value);
+        if constexpr (!detail::check_loader<T, L>()) {
+            throw LoaderError("not a loader");  // not compiled: check_loader failed the build
+        } else {
+            return modify_with(key, change, loader);
         }
-        throw WriteConflictError("WriteBehind: key '" + std::string(key) +
-                                 "' changed under every read-modify-write attempt");
     }
+
 
     /// The seed's update_user_score: adds `delta` to the integer member `field` (a pointer
     /// to member, or a callable returning a reference to it) and returns its new value.
-    /// Overflow throws std::overflow_error and stores nothing.
-    template <IntegerFieldOf<T> Field, LoaderFor<T> L>
+    /// Overflow throws InvalidArgumentError and stores nothing.
+    template <IntegerFieldOf<T> Field, class L>
     auto increment(std::string_view key, Field field, std::int64_t delta, L&& loader) {
         using F = std::remove_cvref_t<std::invoke_result_t<Field&, T&>>;
         F result{};
@@ -599,7 +543,7 @@ public:
                 F& f = std::invoke(field, v);
                 F next{};
                 if (__builtin_add_overflow(f, delta, &next)) {
-                    throw std::overflow_error("WriteBehind::increment: the field would overflow");
+                    throw InvalidArgumentError("WriteBehind::increment: the field would overflow");
                 }
                 f = next;
                 result = next;
@@ -609,7 +553,7 @@ public:
     }
 
     /// increment for a cache whose values are integers.
-    template <LoaderFor<T> L>
+    template <class L>
     T increment(std::string_view key, std::int64_t delta, L&& loader) {
         static_assert(std::integral<T>,
                       "increment(key, delta, loader) needs integer values; "
@@ -792,6 +736,83 @@ public:
     [[nodiscard]] std::shared_ptr<store_type> shared_store() const { return store_; }
 
 private:
+    template <class Change, class L>
+    T modify_with(std::string_view key, Change& change, L& loader) {
+        const auto open = open_for_writes();
+        const std::string full = this->full_key(key);
+        for (std::uint32_t round = 0; round < max_modify_rounds; ++round) {
+            if (round >= 2) {
+                // Many writers on one key: spread them out a little.
+                const auto cap = std::min<std::int64_t>(std::int64_t{1} << std::min(round, 4u), 10);
+                std::this_thread::sleep_for(Millis{random_between(0, cap)});
+            }
+            std::optional<CurrentValue> current = store_->read_current(full);
+            if (current && !current->dirty && this->retired(current->bytes)) {
+                // A cached copy no read would serve (retired by an invalidation, or past
+                // its freshness) is no base to build on: drop exactly it, and load afresh.
+                try {
+                    backend_.compare_and_delete(full, current->bytes);
+                } catch (const BackendError&) {
+                    bump(counters_.backend_errors);
+                    continue;
+                }
+                current.reset();
+            }
+            if (!current) {
+                // Neither dirty nor cached: load through the cache, which fills it (a
+                // compare-and-put needs something to compare with), then read again. The
+                // fill is needed even if the loader says not to cache (the put replaces
+                // it at once), and a timeout has nothing to wait for here.
+                std::optional<T> loaded;
+                (void)get(
+                    key,
+                    [&](LoadContext& context) {
+                        std::optional<T> value = call_loader<T>(loader, context);
+                        context.cache = true;
+                        loaded = value;
+                        return value;
+                    },
+                    CallOptions{.soft_timeout = Millis{0}, .hard_timeout = Millis{0}});
+                current = store_->read_current(full);
+                if (!current && loaded && this->too_large(encode(*loaded, {}).size())) {
+                    // The row cannot be cached, so there is nothing to fence the change on.
+                    throw ValueTooLargeError("WriteBehind '" + options_.name + "': the row of '" +
+                                             std::string(key) + "' is over max_value_bytes");
+                }
+                if (!current) continue;
+                // Retired already (a bump during the load): drop it next round.
+                if (!current->dirty && this->retired(current->bytes)) continue;
+            }
+            std::optional<T> value = base_of(full, *current, loader);
+            if (!value) continue;
+            std::invoke(change, *value);
+            const auto stamp = this->versions_for_write(full);
+            const std::string bytes = encode(*value, stamp);
+            check_size(key, bytes);
+            PutOutcome out;
+            try {
+                out = with_room([&] {
+                    return store_->put_if(full, bytes, current->bytes, options_.max_pending);
+                });
+            } catch (const OutcomeUnknownError&) {
+                // The change may be queued: a caller retrying an increment would count it
+                // twice. Our bytes carry a nonce no other write has, so finding them in
+                // the store proves it applied; anything else stays unknown.
+                if (!applied(full, bytes)) throw;
+                out = PutOutcome{.status = PutStatus::stored};
+            }
+            if (out.status == PutStatus::conflict) {
+                counters_.conflicts.fetch_add(1, std::memory_order_relaxed);
+                continue;
+            }
+            acknowledged(out, true);
+            this->written(full, stamp, /*cached=*/true);
+            return std::move(*value);
+        }
+        throw WriteConflictError("WriteBehind: key '" + std::string(key) +
+                                 "' changed under every read-modify-write attempt");
+    }
+
     static constexpr std::uint32_t max_modify_rounds = 64;
 
     struct Counters {

@@ -49,7 +49,6 @@
 #include "larder/policy/detail/components.hpp"
 #include "larder/policy/detail/lease_keeper.hpp"
 #include "larder/policy/detail/read_path.hpp"
-#include "larder/policy/detail/write_errors.hpp"
 #include "larder/policy/options.hpp"
 
 namespace larder {

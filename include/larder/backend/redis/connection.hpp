@@ -40,34 +40,6 @@
 
 namespace larder::redis_detail {
 
-/// Redis answered with an error reply. The connection itself is fine.
-class ReplyError : public BackendError {
-public:
-    /// `reply`: the server's error reply, which tells READONLY and CLUSTERDOWN apart.
-    ReplyError(const std::string& what, bool server_unavailable, std::string_view reply = {})
-        : BackendError(what),
-          server_unavailable_(server_unavailable),
-          read_only_(reply.starts_with("READONLY ")),
-          cluster_down_(reply.starts_with("CLUSTERDOWN")) {}
-
-    /// The server cannot serve anyone right now (loading its data set, stuck in a script,
-    /// no master): the breaker counts it like an I/O error. Other error replies (a wrong
-    /// type, a rejected script) say nothing about the server's health.
-    [[nodiscard]] bool server_unavailable() const noexcept { return server_unavailable_; }
-
-    /// READONLY: a write reached a replica (a demoted primary), which refused it.
-    [[nodiscard]] bool read_only() const noexcept { return read_only_; }
-
-    /// CLUSTERDOWN: the cluster, not necessarily this node, cannot serve (a primary is
-    /// missing and full coverage is required).
-    [[nodiscard]] bool cluster_down() const noexcept { return cluster_down_; }
-
-private:
-    bool server_unavailable_;
-    bool read_only_;
-    bool cluster_down_;
-};
-
 struct ReplyDeleter {
     void operator()(redisReply* r) const noexcept { freeReplyObject(r); }
 };

@@ -37,14 +37,6 @@
 
 namespace larder::redis_detail {
 
-/// Every connection stayed borrowed for the whole wait. Not a sign of a sick server (the
-/// application may simply run more concurrent calls than pool_size), so the circuit
-/// breaker does not count it.
-class PoolExhausted : public TimeoutError {
-public:
-    using TimeoutError::TimeoutError;
-};
-
 class ConnectionPool {
 public:
     using Factory = std::function<std::unique_ptr<Connection>()>;
@@ -102,7 +94,7 @@ public:
         for (std::size_t i = 0; i < options_.size; ++i) delete slots_[i].exchange(nullptr);
     }
 
-    /// An idle connection, or a new one. Throws PoolExhausted after wait_timeout, or what
+    /// An idle connection, or a new one. Throws PoolExhaustedError after wait_timeout, or what
     /// the factory throws (ConnectionError, TimeoutError) when connecting fails.
     [[nodiscard]] Lease borrow() {
         std::size_t slot = home_slot();
@@ -132,7 +124,7 @@ public:
             }
             if (idle != nullptr) return lease(idle, slot);
             if (!me.woken) {
-                throw PoolExhausted("redis: all " + std::to_string(options_.size) +
+                throw PoolExhaustedError("redis: all " + std::to_string(options_.size) +
                                     " connections to " + where_ + " stayed busy for " +
                                     std::to_string(options_.wait_timeout.count()) +
                                     " ms (pool_wait_timeout)");

@@ -1012,8 +1012,8 @@ public:
                 return k;
             }
         }
-        throw std::invalid_argument("RedisWriteBehindStore: no queue key '" + std::string(role) +
-                                    "'");
+        throw InvalidArgumentError("RedisWriteBehindStore: no queue key '" + std::string(role) +
+                                   "'");
     }
 
 private:

@@ -55,8 +55,9 @@ namespace larder::detail {
 
 template <class T, Backend B, class... Components>
 class ReadPath {
-    static_assert(all_components_known<T, Components...>,
-                  "each component must be a Codec for T, a StampedeGuard or an Invalidator");
+    // Each check fails the build with its own static_assert, naming what the component
+    // misses; `|| true` keeps this one from adding a second, vaguer error.
+    static_assert((check_component<T, Components>() && ...) || true);
 
 public:
     using value_type = T;
@@ -64,6 +65,13 @@ public:
     using codec_type = pick_codec_t<T, Components...>;
     using guard_type = pick_guard_t<T, Components...>;
     using invalidator_type = pick_invalidator_t<T, Components...>;
+
+    static_assert(!std::is_same_v<codec_type, MissingCodec>,
+                  "larder: no codec for the cache's value type T. For JSON, include "
+                  "<larder/codec/json.hpp> and give T to_json/from_json (for example "
+                  "NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(T, members...)); or name a codec: "
+                  "CacheAside<T, Backend, larder::MsgPackCodec> (<larder/codec/msgpack.hpp>), "
+                  "or your own (docs/codecs.md)");
 
     /// The backend is borrowed: it must outlive the cache. Several caches may share it.
     explicit ReadPath(B& backend, CacheAsideOptions options = {}, guard_type guard = {},
@@ -102,9 +110,13 @@ public:
     /// wrapped in detached() may be run later: by a background refresh, or past a loader
     /// timeout. Throws LoadTimeoutError past the hard timeout with no stale value at hand,
     /// and ConfigError when a timeout is set and the loader is not detached.
-    template <LoaderFor<T> L>
+    template <class L>
     std::optional<T> get(std::string_view key, L&& loader, const CallOptions& call = {}) {
-        return get_with(key, {}, loader, call);
+        if constexpr (check_loader<T, L>()) {
+            return get_with(key, {}, loader, call);
+        } else {
+            return std::nullopt;  // not compiled: check_loader failed the build
+        }
     }
 
     /// get() for an entry that carries tags: it is served only while none of its tags
@@ -112,16 +124,20 @@ public:
     /// read in one round trip. Whatever tags a read passes, an entry is admitted by the
     /// tags it was stored with; the tags passed here are the ones a fill stamps.
     /// Needs an invalidator that stamps tags (Tags, the default).
-    template <LoaderFor<T> L>
+    template <class L>
     std::optional<T> get(std::string_view key, std::span<const std::string> tags, L&& loader,
                          const CallOptions& call = {}) requires TagInvalidator<invalidator_type> {
-        return get_with(key, tags, loader, call);
+        if constexpr (check_loader<T, L>()) {
+            return get_with(key, tags, loader, call);
+        } else {
+            return std::nullopt;
+        }
     }
 
-    template <LoaderFor<T> L>
+    template <class L>
     std::optional<T> get(std::string_view key, std::initializer_list<std::string> tags, L&& loader,
                          const CallOptions& call = {}) requires TagInvalidator<invalidator_type> {
-        return get_with(key, std::span<const std::string>(tags.begin(), tags.size()), loader, call);
+        return get(key, std::span<const std::string>(tags.begin(), tags.size()), loader, call);
     }
 
     /// Which versions the value a read returned is stamped with in the store: what a
@@ -190,7 +206,7 @@ public:
     /// that missed (each once), and returns one std::optional<T> per key it was given, in
     /// order. Stale values are served as they are (no refresh); use get() for keys that
     /// need one.
-    template <BatchLoaderFor<T> BatchLoader>
+    template <class BatchLoader>
     std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
                                            BatchLoader&& batch_loader) {
         return get_many(keys, std::span<const std::vector<std::string>>{}, batch_loader);
@@ -201,142 +217,15 @@ public:
     /// is filled, so that invalidate_tag reaches it; without them, a key filled by a batch
     /// read carries no tag and no invalidate_tag reaches it. `tags` is empty (no key has
     /// tags) or as long as `keys`; otherwise ConfigError.
-    template <BatchLoaderFor<T> BatchLoader>
+    template <class BatchLoader>
     std::vector<std::optional<T>> get_many(std::span<const std::string> keys,
                                            std::span<const std::vector<std::string>> tags,
                                            BatchLoader&& batch_loader) {
-        if (!tags.empty() && tags.size() != keys.size()) {
-            throw ConfigError("get_many: " + std::to_string(tags.size()) + " tag lists for " +
-                              std::to_string(keys.size()) + " keys");
+        if constexpr (check_batch_loader<T, BatchLoader>()) {
+            return get_many_with(keys, tags, batch_loader);
+        } else {
+            return {};  // not compiled: check_batch_loader failed the build
         }
-        std::vector<std::string> full;
-        full.reserve(keys.size());
-        for (const auto& k : keys) full.push_back(full_key(k));
-
-        // The versions each key depends on (its tags', and the invalidator's own), read in
-        // the same command as the values.
-        std::vector<std::vector<std::string>> names_of(keys.size());
-        std::vector<TagVersion> known;
-        for (std::size_t i = 0; i < keys.size(); ++i) {
-            names_of[i] = version_names(
-                full[i], tags.empty() ? std::span<const std::string>{} : std::span(tags[i]));
-            for (const auto& n : names_of[i]) {
-                const bool seen = std::any_of(known.begin(), known.end(),
-                                              [&](const TagVersion& k) { return k.name == n; });
-                if (!seen) known.push_back(TagVersion{n, 0});
-            }
-        }
-        std::vector<Read> reads(keys.size());
-        bool read_failed = false;
-        try {
-            std::vector<std::string> with_versions;
-            if (!known.empty()) {
-                with_versions.reserve(full.size() + known.size());
-                with_versions = full;
-                for (const auto& k : known) with_versions.push_back(version_key(k.name));
-            }
-            auto stored = fetch_many(known.empty() ? full : with_versions);
-            for (std::size_t j = 0; j < known.size(); ++j) {
-                known[j].version = parse_version(stored[keys.size() + j]);
-            }
-            for (std::size_t i = 0; i < keys.size(); ++i) reads[i] = classify(std::move(stored[i]));
-            admit(reads, known);
-        } catch (const ClusterRedirectError&) {
-            stats_.add(Counter::backend_errors);
-            throw;  // a misconfiguration, not an outage: loading around it would hide it
-        } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);
-            read_failed = true;
-            for (auto& r : reads) r = Read{.state = Read::unknown};
-        }
-        auto stamp_of = [&](std::size_t i) {
-            std::vector<TagVersion> stamp;
-            for (const auto& n : names_of[i]) {
-                for (const auto& k : known) {
-                    if (k.name == n) stamp.push_back(k);
-                }
-            }
-            return stamp;
-        };
-
-        std::vector<std::optional<T>> out(keys.size());
-        // Missing keys in first-seen order, each with the positions that want it.
-        struct Missing {
-            std::size_t first_index;
-            std::vector<std::size_t> wanted_at;
-        };
-        std::vector<std::string> missing_keys;
-        std::vector<Missing> missing;
-        std::unordered_map<std::string_view, std::size_t> index_of;
-        for (std::size_t i = 0; i < keys.size(); ++i) {
-            Read& found = reads[i];
-            if (found.state == Read::fresh || found.state == Read::stale) {
-                stats_.add(found.state == Read::fresh ? Counter::hits : Counter::stale_served);
-                out[i] = std::move(found.value);
-                continue;
-            }
-            stats_.add(Counter::misses);
-            auto [it, first] = index_of.try_emplace(keys[i], missing.size());
-            if (first) {
-                missing_keys.push_back(keys[i]);
-                missing.push_back(Missing{i, {}});
-            }
-            missing[it->second].wanted_at.push_back(i);
-        }
-        if (missing.empty()) return out;
-
-        // Leases only where the read worked and found nothing usable: after a failed read
-        // the store is likely down, and a lease per key would be a round trip per key.
-        std::vector<std::optional<std::string>> leases(missing.size());
-        std::vector<typename LeaseKeeper<B>::Hold> holds;
-        // A fill must be stamped: versions that do not exist yet are created first, or
-        // nothing is filled.
-        const bool can_stamp = !read_failed && create_missing_versions(known);
-        for (std::size_t m = 0; m < missing.size() && can_stamp; ++m) {
-            const Read& found = reads[missing[m].first_index];
-            if (found.state != Read::absent) continue;
-            const std::string& key = full[missing[m].first_index];
-            leases[m] = try_lease(key, replaced(found));
-            if (leases[m]) holds.push_back(keeper_.hold(key, *leases[m]));
-        }
-        auto release_all = [&] {
-            holds.clear();
-            for (std::size_t m = 0; m < missing.size(); ++m) {
-                release(full[missing[m].first_index], leases[m]);
-            }
-        };
-
-        std::vector<std::optional<T>> loaded;
-        const Stopwatch watch(*options_.clock);
-        stats_.add(Counter::loads);
-        try {
-            loaded = std::invoke(batch_loader, std::span<const std::string>(missing_keys));
-        } catch (...) {
-            stats_.add(Counter::load_errors);
-            release_all();
-            throw;
-        }
-        if (loaded.size() != missing.size()) {
-            release_all();
-            throw LoaderError("get_many: the batch loader returned " +
-                              std::to_string(loaded.size()) + " values for " +
-                              std::to_string(missing.size()) + " keys");
-        }
-        holds.clear();
-        const auto took = watch.elapsed();
-        const bool late = overdue(took);
-        for (std::size_t m = 0; m < missing.size(); ++m) {
-            const std::string& key = full[missing[m].first_index];
-            if (late) {
-                release(key, leases[m]);
-            } else if (leases[m]) {
-                fill(key, *leases[m], loaded[m], took, stamp_of(missing[m].first_index));
-            }
-            const auto& at = missing[m].wanted_at;
-            for (std::size_t j = 0; j + 1 < at.size(); ++j) out[at[j]] = loaded[m];
-            out[at.back()] = std::move(loaded[m]);
-        }
-        return out;
     }
 
     /// Removes the cached value, and any lease on it, so that no load that started
@@ -594,6 +483,144 @@ private:
             }
         }
         return unique;
+    }
+
+    template <BatchLoaderFor<T> BatchLoader>
+    std::vector<std::optional<T>> get_many_with(std::span<const std::string> keys,
+                                                std::span<const std::vector<std::string>> tags,
+                                                BatchLoader& batch_loader) {
+        if (!tags.empty() && tags.size() != keys.size()) {
+            throw ConfigError("get_many: " + std::to_string(tags.size()) + " tag lists for " +
+                              std::to_string(keys.size()) + " keys");
+        }
+        std::vector<std::string> full;
+        full.reserve(keys.size());
+        for (const auto& k : keys) full.push_back(full_key(k));
+
+        // The versions each key depends on (its tags', and the invalidator's own), read in
+        // the same command as the values.
+        std::vector<std::vector<std::string>> names_of(keys.size());
+        std::vector<TagVersion> known;
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            names_of[i] = version_names(
+                full[i], tags.empty() ? std::span<const std::string>{} : std::span(tags[i]));
+            for (const auto& n : names_of[i]) {
+                const bool seen = std::any_of(known.begin(), known.end(),
+                                              [&](const TagVersion& k) { return k.name == n; });
+                if (!seen) known.push_back(TagVersion{n, 0});
+            }
+        }
+        std::vector<Read> reads(keys.size());
+        bool read_failed = false;
+        try {
+            std::vector<std::string> with_versions;
+            if (!known.empty()) {
+                with_versions.reserve(full.size() + known.size());
+                with_versions = full;
+                for (const auto& k : known) with_versions.push_back(version_key(k.name));
+            }
+            auto stored = fetch_many(known.empty() ? full : with_versions);
+            for (std::size_t j = 0; j < known.size(); ++j) {
+                known[j].version = parse_version(stored[keys.size() + j]);
+            }
+            for (std::size_t i = 0; i < keys.size(); ++i) reads[i] = classify(std::move(stored[i]));
+            admit(reads, known);
+        } catch (const ClusterRedirectError&) {
+            stats_.add(Counter::backend_errors);
+            throw;  // a misconfiguration, not an outage: loading around it would hide it
+        } catch (const BackendError&) {
+            stats_.add(Counter::backend_errors);
+            read_failed = true;
+            for (auto& r : reads) r = Read{.state = Read::unknown};
+        }
+        auto stamp_of = [&](std::size_t i) {
+            std::vector<TagVersion> stamp;
+            for (const auto& n : names_of[i]) {
+                for (const auto& k : known) {
+                    if (k.name == n) stamp.push_back(k);
+                }
+            }
+            return stamp;
+        };
+
+        std::vector<std::optional<T>> out(keys.size());
+        // Missing keys in first-seen order, each with the positions that want it.
+        struct Missing {
+            std::size_t first_index;
+            std::vector<std::size_t> wanted_at;
+        };
+        std::vector<std::string> missing_keys;
+        std::vector<Missing> missing;
+        std::unordered_map<std::string_view, std::size_t> index_of;
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            Read& found = reads[i];
+            if (found.state == Read::fresh || found.state == Read::stale) {
+                stats_.add(found.state == Read::fresh ? Counter::hits : Counter::stale_served);
+                out[i] = std::move(found.value);
+                continue;
+            }
+            stats_.add(Counter::misses);
+            auto [it, first] = index_of.try_emplace(keys[i], missing.size());
+            if (first) {
+                missing_keys.push_back(keys[i]);
+                missing.push_back(Missing{i, {}});
+            }
+            missing[it->second].wanted_at.push_back(i);
+        }
+        if (missing.empty()) return out;
+
+        // Leases only where the read worked and found nothing usable: after a failed read
+        // the store is likely down, and a lease per key would be a round trip per key.
+        std::vector<std::optional<std::string>> leases(missing.size());
+        std::vector<typename LeaseKeeper<B>::Hold> holds;
+        // A fill must be stamped: versions that do not exist yet are created first, or
+        // nothing is filled.
+        const bool can_stamp = !read_failed && create_missing_versions(known);
+        for (std::size_t m = 0; m < missing.size() && can_stamp; ++m) {
+            const Read& found = reads[missing[m].first_index];
+            if (found.state != Read::absent) continue;
+            const std::string& key = full[missing[m].first_index];
+            leases[m] = try_lease(key, replaced(found));
+            if (leases[m]) holds.push_back(keeper_.hold(key, *leases[m]));
+        }
+        auto release_all = [&] {
+            holds.clear();
+            for (std::size_t m = 0; m < missing.size(); ++m) {
+                release(full[missing[m].first_index], leases[m]);
+            }
+        };
+
+        std::vector<std::optional<T>> loaded;
+        const Stopwatch watch(*options_.clock);
+        stats_.add(Counter::loads);
+        try {
+            loaded = std::invoke(batch_loader, std::span<const std::string>(missing_keys));
+        } catch (...) {
+            stats_.add(Counter::load_errors);
+            release_all();
+            throw;
+        }
+        if (loaded.size() != missing.size()) {
+            release_all();
+            throw LoaderError("get_many: the batch loader returned " +
+                              std::to_string(loaded.size()) + " values for " +
+                              std::to_string(missing.size()) + " keys");
+        }
+        holds.clear();
+        const auto took = watch.elapsed();
+        const bool late = overdue(took);
+        for (std::size_t m = 0; m < missing.size(); ++m) {
+            const std::string& key = full[missing[m].first_index];
+            if (late) {
+                release(key, leases[m]);
+            } else if (leases[m]) {
+                fill(key, *leases[m], loaded[m], took, stamp_of(missing[m].first_index));
+            }
+            const auto& at = missing[m].wanted_at;
+            for (std::size_t j = 0; j + 1 < at.size(); ++j) out[at[j]] = loaded[m];
+            out[at.back()] = std::move(loaded[m]);
+        }
+        return out;
     }
 
     template <class L>
