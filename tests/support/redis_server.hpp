@@ -43,7 +43,7 @@
 #include <thread>
 #include <vector>
 
-#include "support/child_process.hpp"
+#include "support/child_registry.hpp"
 #include "support/posix_io.hpp"
 #include "support/resp.hpp"
 
