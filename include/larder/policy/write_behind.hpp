@@ -407,7 +407,7 @@ public:
                                                      .replicas = options_.replicas,
                                                      .replica_timeout = options_.replica_timeout,
                                                      .coalesce = options_.coalesce})),
-          keeper_(*store_, options_.claim_ttl) {
+          claims_(this->keeper(), *store_, options_.claim_ttl) {
         if (!writer_) throw ConfigError("WriteBehind: a batch writer is required");
         check_eviction_at_start();
         check_persistence_at_start();
@@ -1418,7 +1418,7 @@ private:
                 std::vector<std::string> keys;
                 keys.reserve(source.size());
                 for (std::size_t i : source) keys.push_back(claimed[i].key);
-                auto hold = keeper_.hold(std::move(keys), token);
+                auto hold = claims_.hold(std::move(keys), token);
                 bump(counters_.batches);
                 try {
                     result = writer_(std::span<const Entry>(entries));
@@ -1567,7 +1567,7 @@ private:
     BatchWriter writer_;
     std::shared_ptr<store_type> store_;
     Counters counters_;
-    detail::ClaimKeeper<store_type> keeper_;
+    detail::ClaimKeeper<store_type> claims_;
 
     std::mutex flusher_mutex_;
     std::condition_variable flusher_wake_;

@@ -117,7 +117,7 @@ public:
           options_(validated(std::move(options), this->cache_options())),
           codec_(std::move(codec)),
           // The write lock is held for as long as the database write runs.
-          keeper_(backend, options_.write_lease_ttl, Millis::max()) {}
+          write_leases_(this->keeper(), backend, options_.write_lease_ttl, Millis::max()) {}
 
     WriteThrough(const WriteThrough&) = delete;
     WriteThrough& operator=(const WriteThrough&) = delete;
@@ -162,10 +162,10 @@ public:
 
         std::uint64_t version = 0;
         {
-            std::optional<typename detail::LeaseKeeper<B>::Hold> hold_lock, hold_marker;
+            std::optional<detail::Keeper::Hold> hold_lock, hold_marker;
             if (locked) {
-                hold_lock.emplace(keeper_.hold(lock_key, marker));
-                hold_marker.emplace(keeper_.hold(full, marker));
+                hold_lock.emplace(write_leases_.hold(lock_key, marker));
+                hold_marker.emplace(write_leases_.hold(full, marker));
             }
             try {
                 if constexpr (std::is_void_v<std::invoke_result_t<DbWrite&>>) {
@@ -351,7 +351,7 @@ private:
     const WriteThroughOptions options_;
     [[no_unique_address]] codec_type codec_;
     Counters stats_;
-    detail::LeaseKeeper<B> keeper_;
+    detail::LeaseKeeper<B> write_leases_;
 };
 
 }  // namespace larder

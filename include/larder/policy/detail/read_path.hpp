@@ -82,7 +82,7 @@ public:
           guard_(std::move(guard)),
           codec_(std::move(codec)),
           invalidator_(std::move(invalidator)),
-          keeper_(backend, options_.lease_ttl, options_.max_load_time) {
+          leases_(keeper_, backend, options_.lease_ttl, options_.max_load_time) {
         if constexpr (NotifiesLeaseEnds<B>) {
             // Only a guard that waits for other loaders needs to hear their leases end.
             if (guard_.lease_wait().max_wait.count() > 0) notices_ = &backend_.lease_notices();
@@ -269,9 +269,13 @@ public:
     void wait_for_background_refreshes() { background_.drain(); }
 
     /// Leases extended by the keeper so far (a slow loader keeps its lease).
-    [[nodiscard]] std::uint64_t lease_extensions() const { return keeper_.extensions(); }
+    [[nodiscard]] std::uint64_t lease_extensions() const { return leases_.extensions(); }
 
 protected:
+    /// The thread that keeps this cache's leases alive; a write path's write leases and
+    /// claims share it.
+    Keeper& keeper() noexcept { return keeper_; }
+
     struct TagVersion {
         std::string name;
         std::uint64_t version = 0;  ///< 0: the tag has no version (yet)
@@ -572,7 +576,7 @@ private:
         // Leases only where the read worked and found nothing usable: after a failed read
         // the store is likely down, and a lease per key would be a round trip per key.
         std::vector<std::optional<std::string>> leases(missing.size());
-        std::vector<typename LeaseKeeper<B>::Hold> holds;
+        std::vector<Keeper::Hold> holds;
         // A fill must be stamped: versions that do not exist yet are created first, or
         // nothing is filled.
         const bool can_stamp = !read_failed && create_missing_versions(known);
@@ -581,7 +585,7 @@ private:
             if (found.state != Read::absent) continue;
             const std::string& key = full[missing[m].first_index];
             leases[m] = try_lease(key, replaced(found));
-            if (leases[m]) holds.push_back(keeper_.hold(key, *leases[m]));
+            if (leases[m]) holds.push_back(leases_.hold(key, *leases[m]));
         }
         auto release_all = [&] {
             holds.clear();
@@ -1257,7 +1261,7 @@ private:
                                    const Call& call, Served* served) {
         auto finish = [this, full, lease, bumps, times = call.times,
                        stamp = std::vector<TagVersion>(stamp.begin(), stamp.end()),
-                       hold = keeper_.hold(full, lease)](const std::optional<T>* value,
+                       hold = leases_.hold(full, lease)](const std::optional<T>* value,
                                                          const LoadContext& context,
                                                          std::chrono::microseconds took) mutable {
             { auto done = std::move(hold); }  // the lease is no longer extended
@@ -1347,7 +1351,7 @@ private:
         // invalidation meanwhile makes this fill fail, even if equal bytes came back.
         auto finish = [this, full, bytes, lease_key, lease = *lease, bumps = now.bumps,
                        times = call.times, stamp = std::move(stamp),
-                       hold = keeper_.hold(lease_key, *lease)](
+                       hold = leases_.hold(lease_key, *lease)](
                           const std::optional<T>* value, const LoadContext& context,
                           std::chrono::microseconds took) mutable {
             { auto done = std::move(hold); }
@@ -1577,7 +1581,8 @@ private:
     [[no_unique_address]] invalidator_type invalidator_;
     Stats stats_;
     SingleFlight<std::optional<T>> flights_;
-    LeaseKeeper<B> keeper_;
+    Keeper keeper_;  // extends leases here, and a write path's write leases and claims
+    LeaseKeeper<B> leases_;
     LeaseNotices* notices_ = nullptr;  // the backend's, when a Lock waits and it announces
     // Last: destroyed first, so no load or refresh outlives the members it uses.
     LoadThreads loads_;

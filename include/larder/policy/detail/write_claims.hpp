@@ -1,133 +1,71 @@
 // Keeps a flusher's claims alive while its batch writer runs. A claim has a deadline so that
 // the entries of a flusher that died are re-queued by any other; a live flusher whose
 // writer is merely slow must not lose its claims that way, or a second flusher would write
-// the same keys at the same time. One thread per WriteBehind, started on first use,
-// extends every held claim every claim_ttl / 3. The store extends only claims still held
-// under their token and not yet expired: a claim that ran out (the process stalled, or
-// Redis paused, for longer than claim_ttl) is forfeit, and its settle will be refused.
+// the same keys at the same time. Every held claim is extended every claim_ttl / 3, on
+// the cache's Keeper thread (the one that extends its leases). The store extends only claims still
+// held under their token and not yet expired: a claim that ran out (the process stalled, or Redis
+// paused, for longer than claim_ttl) is forfeit, and its settle will be refused.
 #pragma once
 
 #include <algorithm>
-#include <chrono>
-#include <condition_variable>
+#include <atomic>
 #include <cstdint>
-#include <map>
-#include <mutex>
+#include <exception>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "larder/core/clock.hpp"
 #include "larder/core/error.hpp"
 #include "larder/core/random.hpp"
+#include "larder/policy/detail/keeper.hpp"
 
 namespace larder::detail {
 
 template <class Store>
 class ClaimKeeper {
 public:
-    ClaimKeeper(Store& store, Millis claim_ttl) : store_(store), claim_ttl_(claim_ttl) {}
+    using Hold = Keeper::Hold;
+
+    ClaimKeeper(Keeper& keeper, Store& store, Millis claim_ttl)
+        : keeper_(keeper), store_(store), claim_ttl_(claim_ttl) {}
 
     ClaimKeeper(const ClaimKeeper&) = delete;
     ClaimKeeper& operator=(const ClaimKeeper&) = delete;
 
-    ~ClaimKeeper() {
-        {
-            std::lock_guard lock(mutex_);
-            stopping_ = true;
-        }
-        wake_.notify_all();
-        if (thread_.joinable()) thread_.join();
-    }
-
-    class Hold {
-    public:
-        Hold(ClaimKeeper* keeper, std::uint64_t id) : keeper_(keeper), id_(id) {}
-        Hold(Hold&& other) noexcept
-            : keeper_(std::exchange(other.keeper_, nullptr)), id_(other.id_) {}
-        Hold(const Hold&) = delete;
-        Hold& operator=(const Hold&) = delete;
-        Hold& operator=(Hold&&) = delete;
-        ~Hold() {
-            if (keeper_) keeper_->release(id_);
-        }
-
-    private:
-        ClaimKeeper* keeper_;
-        std::uint64_t id_;
-    };
-
+    /// Extends the claims of `keys` under `token` until the returned object is destroyed.
     [[nodiscard]] Hold hold(std::vector<std::string> keys, std::uint64_t token) {
-        std::lock_guard lock(mutex_);
-        const std::uint64_t id = next_id_++;
-        held_.emplace(id, Claim{std::move(keys), token});
-        if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
-        return Hold(this, id);
+        return keeper_.hold(claim_ttl_ / 3, [this, keys = std::move(keys), token] {
+            try {
+                const std::size_t n = store_.extend(keys, claim_ttl_, token);
+                forfeited_.fetch_add(keys.size() - std::min(n, keys.size()),
+                                     std::memory_order_relaxed);
+                extensions_.fetch_add(1, std::memory_order_relaxed);
+            } catch (const std::exception&) {
+                // Whatever the store threw, the claims may run out: the entries are then
+                // flushed again by someone else, which a version-fenced database write
+                // makes harmless.
+            }
+        });
     }
 
     /// Extension rounds that reached the store (for tests and monitoring).
     [[nodiscard]] std::uint64_t extensions() const {
-        std::lock_guard lock(mutex_);
-        return extensions_;
+        return extensions_.load(std::memory_order_relaxed);
     }
 
     /// Keys whose claim the store would not extend: it had expired, or another flusher
     /// held the key.
     [[nodiscard]] std::uint64_t forfeited() const {
-        std::lock_guard lock(mutex_);
-        return forfeited_;
+        return forfeited_.load(std::memory_order_relaxed);
     }
 
 private:
-    void release(std::uint64_t id) {
-        std::lock_guard lock(mutex_);
-        held_.erase(id);
-    }
-
-    void run() {
-        const auto period = std::max(claim_ttl_ / 3, Millis{1});
-        std::unique_lock lock(mutex_);
-        while (!stopping_) {
-            wake_.wait_for(lock, period, [&] { return stopping_; });
-            if (stopping_) break;
-            std::vector<Claim> claims;
-            for (const auto& [id, claim] : held_) claims.push_back(claim);
-            if (claims.empty()) continue;
-            lock.unlock();
-            bool reached = false;
-            std::uint64_t forfeited = 0;
-            for (const Claim& claim : claims) {
-                try {
-                    const std::size_t n = store_.extend(claim.keys, claim_ttl_, claim.token);
-                    forfeited += claim.keys.size() - std::min(n, claim.keys.size());
-                    reached = true;
-                } catch (const std::exception&) {
-                    // Whatever the store threw: this thread must not end the process.
-                    // The claims may run out: the entries are then flushed again by
-                    // someone else, which a version-fenced database write makes harmless.
-                }
-            }
-            lock.lock();
-            if (reached) ++extensions_;
-            forfeited_ += forfeited;
-        }
-    }
-
+    Keeper& keeper_;
     Store& store_;
     const Millis claim_ttl_;
-    mutable std::mutex mutex_;
-    std::condition_variable wake_;
-    struct Claim {
-        std::vector<std::string> keys;
-        std::uint64_t token = 0;
-    };
-    std::map<std::uint64_t, Claim> held_;
-    std::uint64_t next_id_ = 0;
-    std::uint64_t extensions_ = 0;
-    std::uint64_t forfeited_ = 0;
-    bool stopping_ = false;
-    std::thread thread_;
+    std::atomic<std::uint64_t> extensions_{0};
+    std::atomic<std::uint64_t> forfeited_{0};
 };
 
 /// Exponential backoff with "equal jitter": half the delay is fixed, half random, so
