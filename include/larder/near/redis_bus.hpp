@@ -282,42 +282,21 @@ private:
         state_.set_connected(
             true, [] {}, catch_up(server));
 
-        redisContext* ctx = conn.context();
+        // ["message", channel, payload] (["smessage", ...] when sharded); PING answers
+        // ["pong", ""]; ignore the rest.
+        const auto on_reply = [this](const redisReply& message) {
+            if (const redisReply* payload = redis_detail::message_payload(message)) {
+                deliver(redis_detail::text_of(*payload));
+            } else if (redis_detail::shard_unsubscribed(message)) {
+                // The channel's slot moved to another node, which now carries its messages.
+                throw BackendError("RedisClusterBus: the channel's slot moved");
+            }
+        };
         redis_detail::SubscriptionLiveness liveness(options_.ping_interval, options_.ping_timeout,
                                                     "RedisBus");
         while (!stopping_.load()) {
-            pollfd fds[2] = {{ctx->fd, POLLIN, 0}, {wake_[0], POLLIN, 0}};
-            const int ready = ::poll(fds, 2, static_cast<int>(options_.ping_interval.count() / 2));
-            if (ready < 0 && errno != EINTR) throw BackendError("RedisBus: poll failed");
-            if (fds[1].revents != 0) return;  // stopping
-            const auto now = std::chrono::steady_clock::now();
-            if (fds[0].revents != 0) {
-                if (redisBufferRead(ctx) != REDIS_OK) throw BackendError("RedisBus: lost");
-                liveness.heard(now);
-                dispatch(ctx);
-            } else {
-                liveness.quiet(ctx, now);
-            }
-        }
-    }
-
-    void dispatch(redisContext* ctx) {
-        for (;;) {
-            void* raw = nullptr;
-            if (redisGetReplyFromReader(ctx, &raw) != REDIS_OK) {
-                throw BackendError("RedisBus: protocol error");
-            }
-            if (raw == nullptr) return;
-            const redis_detail::ReplyPtr reply(static_cast<redisReply*>(raw));
-            // ["message", channel, payload] (["smessage", ...] when sharded); PING
-            // answers
-            // ["pong", ""]; ignore the rest.
-            if (const redisReply* payload = redis_detail::message_payload(*reply)) {
-                deliver(redis_detail::text_of(*payload));
-            } else if (redis_detail::shard_unsubscribed(*reply)) {
-                // The channel's slot moved to another node, which now carries its
-                // messages.
-                throw BackendError("RedisClusterBus: the channel's slot moved");
+            if (redis_detail::subscription_turn(conn.context(), wake_[0], liveness, on_reply)) {
+                return;  // stopping
             }
         }
     }

@@ -317,43 +317,10 @@ private:
         if (redirect_) redirect_->retarget(id);
         state_.set_connected(true);
 
-        redisContext* ctx = conn.context();
-        redis_detail::SubscriptionLiveness liveness(options_.ping_interval, options_.ping_timeout,
-                                                    "RedisTrackingBus");
-        while (!stopping_.load()) {
-            pollfd fds[2] = {{ctx->fd, POLLIN, 0}, {wake_[0], POLLIN, 0}};
-            const int ready = ::poll(fds, 2, static_cast<int>(options_.ping_interval.count() / 2));
-            if (ready < 0 && errno != EINTR) throw BackendError("RedisTrackingBus: poll failed");
-            if (fds[1].revents != 0) {
-                drain_wakes();
-                if (stopping_.load()) return;
-            }
-            // keys_read: a pooled connection the server closed while idle took what it
-            // tracked along; closing it here starts L1 over within ping_interval / 2.
-            if (redirect_) backend_.close_hung_up_connections();
-            if (untracked_pending_.exchange(false)) state_.message("*");
-            const auto now = std::chrono::steady_clock::now();
-            if (fds[0].revents != 0) {
-                if (redisBufferRead(ctx) != REDIS_OK) throw BackendError("RedisTrackingBus: lost");
-                liveness.heard(now);
-                dispatch(ctx);
-            } else {
-                liveness.quiet(ctx, now);
-            }
-        }
-    }
-
-    void dispatch(redisContext* ctx) {
-        for (;;) {
-            void* raw = nullptr;
-            if (redisGetReplyFromReader(ctx, &raw) != REDIS_OK) {
-                throw BackendError("RedisTrackingBus: protocol error");
-            }
-            if (raw == nullptr) return;
-            const redis_detail::ReplyPtr reply(static_cast<redisReply*>(raw));
-            // ["message", channel, [key...] or nil]; PING answers ["pong", ""].
-            const redisReply* payload = redis_detail::message_payload(*reply);
-            if (payload == nullptr) continue;
+        // ["message", channel, [key...] or nil]; PING answers ["pong", ""].
+        const auto on_reply = [this](const redisReply& message) {
+            const redisReply* payload = redis_detail::message_payload(message);
+            if (payload == nullptr) return;
             messages_.fetch_add(1, std::memory_order_relaxed);
             redis_detail::for_each_invalidation(
                 *payload, [this](std::string_view key) { deliver(key); },
@@ -362,6 +329,18 @@ private:
                     flushes_.fetch_add(1, std::memory_order_relaxed);
                     state_.message("*");
                 });
+        };
+        redis_detail::SubscriptionLiveness liveness(options_.ping_interval, options_.ping_timeout,
+                                                    "RedisTrackingBus");
+        while (!stopping_.load()) {
+            if (redis_detail::subscription_turn(conn.context(), wake_[0], liveness, on_reply)) {
+                drain_wakes();
+                if (stopping_.load()) return;
+            }
+            // keys_read: a pooled connection the server closed while idle took what it
+            // tracked along; closing it here starts L1 over within ping_interval / 2.
+            if (redirect_) backend_.close_hung_up_connections();
+            if (untracked_pending_.exchange(false)) state_.message("*");
         }
     }
 

@@ -102,36 +102,16 @@ private:
         }
         notices_.set_listening(true);
 
-        redisContext* ctx = conn.context();
-        SubscriptionLiveness liveness(ping_interval, ping_timeout, "lease listener");
-        while (!stopping_.load()) {
-            pollfd fds[2] = {{ctx->fd, POLLIN, 0}, {wake_[0], POLLIN, 0}};
-            const int ready = ::poll(fds, 2, static_cast<int>(ping_interval.count() / 2));
-            if (ready < 0 && errno != EINTR) throw BackendError("lease listener: poll failed");
-            if (fds[1].revents != 0) return;  // stopping
-            const auto now = std::chrono::steady_clock::now();
-            if (fds[0].revents != 0) {
-                if (redisBufferRead(ctx) != REDIS_OK) throw BackendError("lease listener: lost");
-                liveness.heard(now);
-                dispatch(ctx);
-            } else {
-                liveness.quiet(ctx, now);
-            }
-        }
-    }
-
-    void dispatch(redisContext* ctx) {
-        for (;;) {
-            void* raw = nullptr;
-            if (redisGetReplyFromReader(ctx, &raw) != REDIS_OK) {
-                throw BackendError("lease listener: protocol error");
-            }
-            if (raw == nullptr) return;
-            const ReplyPtr reply(static_cast<redisReply*>(raw));
-            const redisReply* payload = message_payload(*reply);
+        const auto on_reply = [this](const redisReply& message) {
+            const redisReply* payload = message_payload(message);
             if (payload != nullptr && payload->type == REDIS_REPLY_STRING) {
                 notices_.heard(text_of(*payload));
             }
+        };
+        SubscriptionLiveness liveness(ping_interval, ping_timeout, "lease listener");
+        while (!stopping_.load()) {
+            if (subscription_turn(conn.context(), wake_[0], liveness, on_reply))
+                return;  // stopping
         }
     }
 

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <hiredis/hiredis.h>
+#include <poll.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <string>
@@ -74,6 +76,9 @@ public:
         }
     }
 
+    [[nodiscard]] const char* who() const noexcept { return who_; }
+    [[nodiscard]] Millis ping_interval() const noexcept { return ping_interval_; }
+
 private:
     const Millis ping_interval_;
     const Millis ping_timeout_;
@@ -82,5 +87,39 @@ private:
     clock::time_point ping_sent_ = last_traffic_;
     bool ping_outstanding_ = false;
 };
+
+/// One turn of a subscriber's loop: waits up to ping_interval / 2 for the subscription
+/// or the wake pipe; hands every reply that arrived to `on_reply`, in order, or PINGs a
+/// quiet subscription (SubscriptionLiveness). Returns true, having read nothing, when the
+/// wake pipe fired: the caller drains it and decides whether to stop. Throws
+/// BackendError when the connection is lost or unreadable, TimeoutError when it went
+/// silent.
+template <class OnReply>
+bool subscription_turn(redisContext* ctx, int wake_fd, SubscriptionLiveness& liveness,
+                       OnReply&& on_reply) {
+    pollfd fds[2] = {{ctx->fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
+    const int ready = ::poll(fds, 2, static_cast<int>(liveness.ping_interval().count() / 2));
+    if (ready < 0 && errno != EINTR) {
+        throw BackendError(std::string(liveness.who()) + ": poll failed");
+    }
+    if (fds[1].revents != 0) return true;
+    const auto now = SubscriptionLiveness::clock::now();
+    if (fds[0].revents == 0) {
+        liveness.quiet(ctx, now);
+        return false;
+    }
+    if (redisBufferRead(ctx) != REDIS_OK)
+        throw BackendError(std::string(liveness.who()) + ": lost");
+    liveness.heard(now);
+    for (;;) {
+        void* raw = nullptr;
+        if (redisGetReplyFromReader(ctx, &raw) != REDIS_OK) {
+            throw BackendError(std::string(liveness.who()) + ": protocol error");
+        }
+        if (raw == nullptr) return false;
+        const ReplyPtr reply(static_cast<redisReply*>(raw));
+        on_reply(*reply);
+    }
+}
 
 }  // namespace larder::redis_detail
