@@ -889,6 +889,81 @@ TEST_CASE("A pool_wait_timeout of Millis::max() waits for the connection", "[red
     CHECK(backend.stats().timeouts == 0);
 }
 
+// A failed reconnect woke one queued caller, which found the reconnect backoff running and
+// failed at once, without passing the wake-up on: every other queued caller slept out its
+// whole pool_wait_timeout (for ever with Millis::max()) and then blamed a busy pool.
+TEST_CASE("While reconnects fail, every queued caller fails at once with ConnectionError",
+          "[redis][pool]") {
+    using larder::redis_detail::Connection;
+    using larder::redis_detail::ConnectionPool;
+    RedisServer server;
+    larder::redis_detail::Counters counters;
+    const larder::redis_detail::Endpoint endpoint{
+        .host = server.host(), .port = server.port(), .connect_timeout = 2s, .command_timeout = 2s};
+    ConnectionPool pool(
+        {.size = 1, .wait_timeout = 20s, .reconnect_backoff = 10min},
+        [&] { return std::make_unique<Connection>(endpoint, counters); }, "test");
+    std::optional<ConnectionPool::Lease> held(pool.borrow());
+    constexpr int queued = 3;
+    std::atomic<int> connection_errors{0};
+    std::atomic<int> other{0};
+    std::vector<std::thread> callers;
+    for (int i = 0; i < queued; ++i) {
+        callers.emplace_back([&] {
+            try {
+                auto lease = pool.borrow();
+                ++other;
+            } catch (const larder::ConnectionError&) {
+                ++connection_errors;
+            } catch (...) {
+                ++other;
+            }
+        });
+    }
+    REQUIRE(eventually([&] { return pool.waiting_count() == queued; }));
+    server.kill();
+    held->discard();  // the connection was lost: its place opens, and a waiter tries it
+    held.reset();
+    // A lost wake-up leaves callers asleep for the 20 s, then PoolExhaustedError ("other").
+    for (auto& c : callers) c.join();
+    CHECK(connection_errors == queued);
+    CHECK(other == 0);
+    CHECK(pool.waiting_count() == 0);
+}
+
+// Without script|load, a backend's first use of a script sent SCRIPT LOAD and EVAL in
+// one round trip, threw on the refused load and dropped the EVAL's result: a write that
+// had happened was reported as failed, on every call.
+TEST_CASE("A user who may not SCRIPT LOAD still runs the scripts, once each",
+          "[redis][scripts]") {
+    RedisServer server;
+    REQUIRE(server.command({"ACL", "SETUSER", "noload", "on", ">pw", "~*", "+@all",
+                            "-script|load"}) == "OK");
+    RedisBackend backend = make_test_backend(server, {.user = "noload", .password = "pw"});
+    backend.set("k", "a", larder::no_expiry);
+    REQUIRE(backend.compare_and_set("k", "a", "b", larder::no_expiry));  // the first use
+    REQUIRE(backend.compare_and_set("k", "b", "c", larder::no_expiry));
+    REQUIRE_FALSE(backend.compare_and_set("k", "b", "d", larder::no_expiry));
+    REQUIRE(backend.compare_and_delete("k", "c"));
+    CHECK_FALSE(backend.get("k"));
+    CHECK(backend.stats().errors == 0);
+}
+
+// Only Redis's own NOSCRIPT (an unknown SHA1) makes a script run again with EVAL: a
+// script that writes and then returns an error of its own that starts with NOSCRIPT runs
+// once per call.
+TEST_CASE("A script's own NOSCRIPT error does not run it twice", "[redis][scripts]") {
+    RedisServer server;
+    RedisBackend backend = make_test_backend(server);
+    larder::RedisScript fake_noscript{
+        "fake_noscript",
+        "redis.call('INCR', KEYS[1]); return redis.error_reply('NOSCRIPT of my own')"};
+    for (int i = 0; i < 3; ++i) {
+        CHECK_THROWS_AS(backend.eval(fake_noscript, {"n"}, {}), BackendError);
+    }
+    CHECK(server.command({"GET", "n"}) == "3");
+}
+
 // Closing idle connections (a lost peer, a primary that moved) while other threads take
 // and give back: no connection is lost track of, so the pool still opens up to its size.
 TEST_CASE("Idle connections closed under traffic leave the pool whole", "[redis][pool]") {

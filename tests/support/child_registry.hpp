@@ -28,7 +28,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "support/posix_io.hpp"
+#include "posix_io.hpp"
 
 // Read before fork(): the child may only call async-signal-safe functions, which rules out
 // execvp()/execv() and their hidden environment lookups.

@@ -43,9 +43,9 @@
 #include <thread>
 #include <vector>
 
-#include "support/child_registry.hpp"
-#include "support/posix_io.hpp"
-#include "support/resp.hpp"
+#include "child_registry.hpp"  // beside this file: the lab and benchmarks include it by path
+#include "posix_io.hpp"
+#include "resp.hpp"
 
 namespace larder::test {
 

@@ -12,7 +12,7 @@
 #include <string_view>
 #include <vector>
 
-#include "support/posix_io.hpp"
+#include "posix_io.hpp"
 
 namespace larder::test {
 

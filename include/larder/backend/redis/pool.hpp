@@ -135,6 +135,10 @@ public:
 
         const auto now = SteadyClock::now();
         if (failing_ && (attempt_in_flight_ || now < next_attempt_)) {
+            // The place to open a connection is free but may not be used yet: the next
+            // waiter learns the same at once, rather than sleeping out its wait_timeout
+            // (or for ever) with nobody left to wake it.
+            wake_to_open(1);
             const auto wait = std::chrono::ceil<Millis>(next_attempt_ - now).count();
             throw ConnectionError("redis: not connected to " + where_ + " (" + last_error_ + "); " +
                                   (attempt_in_flight_

@@ -85,19 +85,34 @@ public:
     [[nodiscard]] ReplyPtr run(Connection& conn, std::span<const std::string_view> keys,
                                std::span<const std::string_view> args) {
         Counters& counters = conn.counters();
+        if (eval_only_.load(std::memory_order_relaxed)) {
+            conn.append(call_args("EVAL", source_, keys, args));
+            return checked(conn.receive());
+        }
         if (!known_.load(std::memory_order_acquire)) {
             // First use by this backend: load and run in one round trip. EVAL (not EVALSHA)
             // because the SHA1 is not known before SCRIPT LOAD answers.
             Counters::bump(counters.script_loads);
             auto [loaded, result] =
                 conn.pipeline(load_args(), call_args("EVAL", source_, keys, args));
+            if (loaded->type == REDIS_REPLY_ERROR && result->type != REDIS_REPLY_ERROR &&
+                !means_cluster(text_of(*loaded))) {
+                // The script ran, but SCRIPT LOAD is not allowed (an ACL without
+                // script|load): its reply is the call's, and every later call is an EVAL.
+                // Throwing here would report a write that happened as failed.
+                eval_only_.store(true, std::memory_order_relaxed);
+                return result;
+            }
             remember(*loaded);
             return checked(std::move(result));
         }
         const Args rest = call_rest(keys, args);
         conn.append(evalsha_head_, 2, rest);
         ReplyPtr result = conn.receive();
-        if (result->type == REDIS_REPLY_ERROR && text_of(*result).starts_with("NOSCRIPT")) {
+        // Redis's own answer to an unknown SHA1, not merely an error that starts with
+        // NOSCRIPT (a script may return one): EVAL then runs it again.
+        if (result->type == REDIS_REPLY_ERROR &&
+            text_of(*result).starts_with("NOSCRIPT No matching script")) {
             // EVAL, not SCRIPT LOAD and EVALSHA again: EVAL cannot answer NOSCRIPT, however
             // often the script cache is flushed meanwhile, and it puts the script back in
             // that cache for the next EVALSHA.
@@ -184,6 +199,7 @@ private:
     const bool writes_;
     std::mutex mutex_;
     std::atomic<bool> known_{false};
+    std::atomic<bool> eval_only_{false};  // SCRIPT LOAD is refused; EVAL is not
     // EVALSHA and the script's SHA1 as RESP, the same bytes on every call. Written once,
     // before known_ becomes true; never changed after.
     std::string evalsha_head_;
