@@ -101,7 +101,7 @@ public:
                 // script|load): its reply is the call's, and every later call is an EVAL.
                 // Throwing here would report a write that happened as failed.
                 eval_only_.store(true, std::memory_order_relaxed);
-                return result;
+                return std::move(result);  // a structured binding: no implicit move
             }
             remember(*loaded);
             return checked(std::move(result));
