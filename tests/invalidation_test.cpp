@@ -201,7 +201,7 @@ BACKEND_TEST_CASE("A deleted version key never brings an old value back", "[vers
     }
 }
 
-TEST_CASE("The seed's INCR version keys resurrect old entries after eviction",
+TEST_CASE("Textbook INCR version keys resurrect old entries after eviction",
           "[version_keys][memory]") {
     larder::MemoryBackend backend;
     // The seed: version = INCR user:42:version; key = f'user:42:v{version}'.

@@ -314,7 +314,7 @@ WRITE_BEHIND_TEST_CASE(
     REQUIRE(wb.stats().superseded == 5);  // k0..k4: written as v1, acknowledged only as v2
 }
 
-WRITE_BEHIND_TEST_CASE("The seed's SMEMBERS/DEL flush loses writes in the same scenario",
+WRITE_BEHIND_TEST_CASE("The textbook SMEMBERS/DEL flush loses writes in the same scenario",
                        "[write_behind][seed]") {
     TestType fx;
     Table<std::string> db;
@@ -889,7 +889,7 @@ WRITE_BEHIND_TEST_CASE("Oldest pending age counts from the oldest write the data
     REQUIRE(wb.stats().oldest_pending_age == 0ms);
 }
 
-WRITE_BEHIND_TEST_CASE("increment: the seed's update_user_score, atomic across threads",
+WRITE_BEHIND_TEST_CASE("increment: an update_user_score, atomic across threads",
                        "[write_behind][increment]") {
     TestType fx;
     Log log;

@@ -188,7 +188,7 @@ BACKEND_TEST_CASE("Racing writers never leave the cache older than the database"
     }
 }
 
-BACKEND_TEST_CASE("The seed's write-through leaves the older value cached when two writers race",
+BACKEND_TEST_CASE("The textbook write-through leaves the older value cached when two writers race",
                   "[write_through][seed]") {
     TestType fx;
     VersionedDb db;

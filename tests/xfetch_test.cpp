@@ -88,7 +88,7 @@ TEST_CASE("XFetch's early-refresh frequency is exp(-t / (beta * delta))", "[xfet
     }
 }
 
-TEST_CASE("The seed's XFetch formula never refreshes a live key", "[xfetch][stampede]") {
+TEST_CASE("The textbook XFetch formula never refreshes a live key", "[xfetch][stampede]") {
     std::mt19937_64 rng(7);
     std::uniform_real_distribution<double> uniform(0.0, 1.0);
     int seed_refreshes = 0, larder_refreshes = 0;

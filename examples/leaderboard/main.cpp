@@ -1,5 +1,5 @@
-// leaderboard: the seed's update_user_score / flush_dirty_users, over a real SQLite
-// database, first the seed's way without a cache (one UPDATE per score change) and then
+// leaderboard: an update_user_score / flush_dirty_users service over a real SQLite
+// database, first without a cache (one UPDATE per score change) and then
 // with larder::WriteBehind (scores change in the cache at once; a flusher writes each
 // user's latest score in batches).
 //
@@ -11,7 +11,7 @@
 // and survives this process; without it, in process memory. On Redis the run uses keys of
 // its own only (a prefix new for each run) and deletes them when it ends.
 //
-// The seed, and what replaces it:
+// The textbook write-behind, and what replaces it (docs/pitfalls.md):
 //
 //   def update_user_score(user_id, delta):          scores.increment(id, &User::score,
 //       redis.hincrby(f'user:{user_id}', ...)                        delta, load_user);
@@ -119,7 +119,7 @@ public:
         return user;
     }
 
-    // The seed without a cache: UPDATE User SET score = score + delta.
+    // Without a cache: UPDATE User SET score = score + delta.
     void add_score(std::int64_t id, std::int64_t delta) {
         round_trip();
         std::lock_guard lock(mutex_);
@@ -436,14 +436,15 @@ void print(const std::vector<Run>& runs, Database& db, const Config& c) {
         std::printf("%-28s %10.3f %12.0f %14ld\n", r.name.c_str(), r.seconds,
                     c.updates / std::max(r.seconds, 1e-9), r.db_writes);
     }
-    const auto& seed = runs.front();
+    const auto& uncached = runs.front();
     for (std::size_t i = 1; i < runs.size(); ++i) {
         const auto& r = runs[i];
         std::printf(
             "\n%s: %ld of %ld database writes saved by coalescing (%.1fx fewer), "
             "flushed every %d ms\n",
-            r.name.c_str(), seed.db_writes - r.db_writes, seed.db_writes,
-            static_cast<double>(seed.db_writes) / static_cast<double>(std::max(1L, r.db_writes)),
+            r.name.c_str(), uncached.db_writes - r.db_writes, uncached.db_writes,
+            static_cast<double>(uncached.db_writes) /
+                static_cast<double>(std::max(1L, r.db_writes)),
             c.interval_ms);
         std::printf(
             "  flushed %llu (+%llu written again: changed during their flush), coalesced %llu, "
@@ -475,14 +476,14 @@ int main(int argc, char** argv) {
         const auto updates = make_workload(config);
         std::vector<Run> runs;
 
-        // The seed without its cache: every update is an UPDATE.
+        // Without a cache: every update is an UPDATE.
         db.seed(config.users);
-        Run seed{"no cache (UPDATE per change)"};
-        seed.seconds = apply_all(updates, config.threads,
-                                 [&](const Update& u) { db.add_score(u.user, u.delta); });
-        seed.db_writes = db.writes;
-        check(db, updates, seed.name);
-        runs.push_back(seed);
+        Run uncached{"no cache (UPDATE per change)"};
+        uncached.seconds = apply_all(updates, config.threads,
+                                     [&](const Update& u) { db.add_score(u.user, u.delta); });
+        uncached.db_writes = db.writes;
+        check(db, updates, uncached.name);
+        runs.push_back(uncached);
 
         db.seed(config.users);
         if (config.redis_url.empty()) {

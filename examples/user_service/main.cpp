@@ -206,7 +206,7 @@ Result run(std::string name, const std::vector<Op>& ops, Database& db, GetUser&&
 
 template <class Backend>
 Result run_cached(const char* name, Backend& backend, const std::vector<Op>& ops, Database& db) {
-    // The seed's get_user / update_user, with CacheAside doing the cache half.
+    // get_user / update_user, with CacheAside doing the cache half.
     larder::CacheAside<User, Backend> users(backend,
                                             {.key_prefix = "user:",
                                              .ttl = std::chrono::minutes(5),

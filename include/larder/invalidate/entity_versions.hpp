@@ -1,4 +1,4 @@
-// EntityVersions: the seed's version keys as an invalidator. Every entry of an entity (a
+// EntityVersions: version keys as an invalidator. Every entry of an entity (a
 // user's profile, their posts, their settings: keys an `entity` rule maps to one name) is
 // stamped with the entity's current version, read in the same command as the value; a
 // writer bumps the version and every entry of the entity misses at once:

@@ -1,11 +1,11 @@
-// Version keys (the seed's `key = f'user:{user_id}:v{version}'`): readers read an entity's
+// Version keys (`key = f'user:{user_id}:v{version}'`): readers read an entity's
 // current version and use `base:v<version>` as the cache key; a writer bumps the version,
 // which moves every reader to a new key at once, and the old keys expire by their TTL.
 //
-// The seed's INCR restarts at 1 after the version key is evicted or Redis restarts, so
-// `user:42:v1` comes back and serves whatever was cached under it long ago. Here a version
-// is 64 random bits, created with SET NX when missing: a version made after the old one
-// vanished never equals any earlier one (docs/invalidation.md argues the odds).
+// A version kept with INCR restarts at 1 after the version key is evicted or Redis
+// restarts, so `user:42:v1` comes back and serves whatever was cached under it long ago.
+// Here a version is 64 random bits, created with SET NX when missing: a version made after
+// the old one vanished never equals any earlier one (docs/invalidation.md argues the odds).
 #pragma once
 
 #include <charconv>

@@ -1,8 +1,8 @@
 // WriteBehind: puts go to the cache and a durable queue at once; a flusher writes them to
 // the database later, in batches, with the latest value of each key.
 //
-// What the seed's write-behind (SMEMBERS dirty; DEL dirty; write each) gets wrong, and what
-// this class does instead:
+// What the textbook write-behind (SMEMBERS dirty; DEL dirty; write each) gets wrong, and
+// what this class does instead (docs/pitfalls.md):
 //  - ids added between SMEMBERS and DEL are lost: here a claim is one atomic operation
 //    that moves entries into a processing set; nothing is deleted until it is written.
 //  - a crash after DEL loses the batch: claimed entries carry a deadline, and the claims
@@ -530,7 +530,7 @@ public:
     }
 
 
-    /// The seed's update_user_score: adds `delta` to the integer member `field` (a pointer
+    /// Adds `delta` to the integer member `field` (a pointer
     /// to member, or a callable returning a reference to it) and returns its new value.
     /// Overflow throws InvalidArgumentError and stores nothing.
     template <IntegerFieldOf<T> Field, class L>

@@ -1,8 +1,9 @@
 // WriteThrough: a put writes the database, then the cache, so reads after a write hit the
 // new value. Reads behave as CacheAside (lease-fenced fills, guards, negative caching).
 //
-// The seed's version (UPDATE; SELECT; SETEX) lets two concurrent writers leave the older
-// value cached: W1 commits, W2 commits, W2 sets, W1 sets. This class orders them:
+// The textbook version (UPDATE; SELECT; SETEX) lets two concurrent writers leave the older
+// value cached: W1 commits, W2 commits, W2 sets, W1 sets (docs/pitfalls.md). This class
+// orders them:
 //
 //  1. A put first takes the key's write lease, a sibling key in the same slot
 //     (SET NX PX write_lease_ttl with a random token), so writers of one key run one at a

@@ -1,4 +1,4 @@
-// TTL jitter: entries written together should not expire together. The seed's
+// TTL jitter: entries written together should not expire together. The common
 // `ttl + random(0, 60)` is `max_extra`; a `ratio` spreads proportionally instead
 // (ttl * (1 ± ratio)); `floor` keeps a jittered TTL from dropping below a minimum.
 #pragma once

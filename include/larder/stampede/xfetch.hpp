@@ -8,9 +8,9 @@
 // not a herd, recomputes just before the value would expire. beta > 1 favours earlier
 // refreshes; beta = 0 turns early refresh off.
 //
-// The seed's `remaining_ttl - beta * log(random()) < 0` can never fire for a live key
-// (log of a number in (0, 1] is <= 0, so the left side is >= remaining_ttl > 0) and has
-// no delta; tests/xfetch_test.cpp keeps it as a regression.
+// A common transcription, `remaining_ttl - beta * log(random()) < 0`, can never fire for a
+// live key (log of a number in (0, 1] is <= 0, so the left side is >= remaining_ttl > 0)
+// and has no delta; tests/xfetch_test.cpp keeps it as a regression (docs/pitfalls.md).
 #pragma once
 
 #include <chrono>
