@@ -98,7 +98,8 @@ public:
         }
     }
 
-    /// Calls in flight must have returned: connections are owned by this object.
+    /// Not copyable: the pool and its connections belong to this object, which may be
+    /// destroyed only once every call in flight has returned.
     RedisBackend(const RedisBackend&) = delete;
     RedisBackend& operator=(const RedisBackend&) = delete;
 
