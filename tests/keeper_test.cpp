@@ -91,3 +91,13 @@ TEST_CASE("A task that throws does not stop the Keeper's other tasks", "[keeper]
     const auto good = keeper.hold(1ms, [&] { ++ran; });
     REQUIRE(eventually([&] { return thrown >= 3 && ran >= 3; }));
 }
+
+TEST_CASE("A Keeper task with a huge period neither overflows nor runs at once", "[keeper]") {
+    Keeper keeper;
+    std::atomic<int> runs{0};
+    std::atomic<int> other{0};
+    const auto forever = keeper.hold(larder::Millis::max(), [&] { ++runs; });
+    const auto often = keeper.hold(1ms, [&] { ++other; });
+    REQUIRE(eventually([&] { return other >= 5; }));
+    CHECK(runs == 0);
+}

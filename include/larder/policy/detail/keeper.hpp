@@ -62,7 +62,9 @@ public:
     /// `task` must not throw (what it throws is dropped: this thread must not end the
     /// process) and must not destroy a Hold of this keeper.
     [[nodiscard]] Hold hold(Millis period, Task task) {
-        period = std::max(period, Millis{1});
+        // At least hourly: extending more often than needed is harmless, and now + period
+        // cannot overflow whatever TTL the caller chose (Millis::max() included).
+        period = std::clamp(period, Millis{1}, Millis{std::chrono::hours(1)});
         std::lock_guard lock(mutex_);
         const std::uint64_t id = ++last_id_;
         tasks_.emplace(id, Entry{period, Clock::now() + period,
