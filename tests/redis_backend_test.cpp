@@ -116,6 +116,20 @@ std::vector<std::string> hostile_keys() {
 
 using Cache = larder::CacheAside<std::string, RedisBackend>;
 
+/// A pool of plain connections to `server`, as RedisBackend builds its own.
+larder::redis_detail::ConnectionPool pool_to(const RedisServer& server,
+                                             larder::redis_detail::Counters& counters,
+                                             larder::redis_detail::ConnectionPool::Options o) {
+    const larder::redis_detail::Endpoint endpoint{
+        .host = server.host(), .port = server.port(), .connect_timeout = 2s, .command_timeout = 2s};
+    return larder::redis_detail::ConnectionPool(
+        o,
+        [endpoint, &counters] {
+            return std::make_unique<larder::redis_detail::Connection>(endpoint, counters);
+        },
+        "test");
+}
+
 }  // namespace
 
 // ---- semantics ------------------------------------------------------------------------
@@ -830,15 +844,10 @@ TEST_CASE("Eight threads over one connection: every call is served, none times o
 // thousands of times. A connection given back now goes to the longest waiter.
 TEST_CASE("A connection given back goes to the caller that waited, not to the next to ask",
           "[redis][pool]") {
-    using larder::redis_detail::Connection;
     using larder::redis_detail::ConnectionPool;
     RedisServer server;
     larder::redis_detail::Counters counters;
-    const larder::redis_detail::Endpoint endpoint{
-        .host = server.host(), .port = server.port(), .connect_timeout = 2s, .command_timeout = 2s};
-    ConnectionPool pool(
-        {.size = 1, .wait_timeout = 10s},
-        [&] { return std::make_unique<Connection>(endpoint, counters); }, "test");
+    ConnectionPool pool = pool_to(server, counters, {.size = 1, .wait_timeout = 10s});
     std::optional<ConnectionPool::Lease> held(pool.borrow());
     std::atomic<bool> waiter_served{false};
     std::thread waiter([&] {
@@ -894,15 +903,11 @@ TEST_CASE("A pool_wait_timeout of Millis::max() waits for the connection", "[red
 // whole pool_wait_timeout (for ever with Millis::max()) and then blamed a busy pool.
 TEST_CASE("While reconnects fail, every queued caller fails at once with ConnectionError",
           "[redis][pool]") {
-    using larder::redis_detail::Connection;
     using larder::redis_detail::ConnectionPool;
     RedisServer server;
     larder::redis_detail::Counters counters;
-    const larder::redis_detail::Endpoint endpoint{
-        .host = server.host(), .port = server.port(), .connect_timeout = 2s, .command_timeout = 2s};
-    ConnectionPool pool(
-        {.size = 1, .wait_timeout = 20s, .reconnect_backoff = 10min},
-        [&] { return std::make_unique<Connection>(endpoint, counters); }, "test");
+    ConnectionPool pool =
+        pool_to(server, counters, {.size = 1, .wait_timeout = 20s, .reconnect_backoff = 10min});
     std::optional<ConnectionPool::Lease> held(pool.borrow());
     constexpr int queued = 3;
     std::atomic<int> connection_errors{0};
@@ -934,11 +939,10 @@ TEST_CASE("While reconnects fail, every queued caller fails at once with Connect
 // Without script|load, a backend's first use of a script sent SCRIPT LOAD and EVAL in
 // one round trip, threw on the refused load and dropped the EVAL's result: a write that
 // had happened was reported as failed, on every call.
-TEST_CASE("A user who may not SCRIPT LOAD still runs the scripts, once each",
-          "[redis][scripts]") {
+TEST_CASE("A user who may not SCRIPT LOAD still runs the scripts, once each", "[redis][scripts]") {
     RedisServer server;
-    REQUIRE(server.command({"ACL", "SETUSER", "noload", "on", ">pw", "~*", "+@all",
-                            "-script|load"}) == "OK");
+    REQUIRE(server.command(
+                {"ACL", "SETUSER", "noload", "on", ">pw", "~*", "+@all", "-script|load"}) == "OK");
     RedisBackend backend = make_test_backend(server, {.user = "noload", .password = "pw"});
     backend.set("k", "a", larder::no_expiry);
     REQUIRE(backend.compare_and_set("k", "a", "b", larder::no_expiry));  // the first use
