@@ -139,8 +139,7 @@ TEST_CASE("The policies' errors are larder::Errors of their documented type", "[
         (void)wb.close(1s);
         throws_as_error<larder::ClosedError>([&] { wb.put("a", 1); });
 
-        larder::WriteBehind<std::string, larder::MemoryBackend> strings(backend, accept_all,
-                                                                        o);
+        larder::WriteBehind<std::string, larder::MemoryBackend> strings(backend, accept_all, o);
         throws_as_error<larder::ValueTooLargeError>(
             [&] { strings.put("big", std::string(4096, 'x')); });
     }
@@ -157,8 +156,7 @@ TEST_CASE("The policies' errors are larder::Errors of their documented type", "[
 #include "support/redis_fixture.hpp"
 #include "support/redis_server.hpp"
 
-TEST_CASE("RedisBackend's errors are larder::Errors of their documented type",
-          "[redis][error]") {
+TEST_CASE("RedisBackend's errors are larder::Errors of their documented type", "[redis][error]") {
     larder::test::RedisServer server;
 
     SECTION("an empty command: InvalidArgumentError, and nothing is sent") {
@@ -168,8 +166,9 @@ TEST_CASE("RedisBackend's errors are larder::Errors of their documented type",
     }
     SECTION("an error reply: ReplyError, and the connection serves the next call") {
         auto backend = larder::test::make_test_backend(server);
-        throws_as_error<larder::ReplyError>(
-            [&] { (void)backend.command({"INCR", "not-a-number-key", "extra"}); });
+        throws_as_error<larder::ReplyError>([&] {
+            (void)backend.command({"INCR", "not-a-number-key", "extra"});
+        });
         backend.set("k", "v", 10s);
         REQUIRE(backend.get("k")->bytes == "v");
     }

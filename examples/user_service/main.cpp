@@ -240,15 +240,15 @@ void print(std::vector<Result>& results, const Config& c) {
     auto& base = results.front();
     for (std::size_t i = 1; i < results.size(); ++i) {
         auto& r = results[i];
-        std::printf("\n%s: %.1fx fewer database queries than no cache (%ld -> %ld); reads\n"
-                    "  p50 %.1f -> %.1f us (%.1fx faster), p99 %.1f -> %.1f us; %.1fx the "
-                    "throughput.\n",
-                    r.name.c_str(),
-                    static_cast<double>(base.db_queries) /
-                        static_cast<double>(std::max(1L, r.db_queries)),
-                    base.db_queries, r.db_queries, base.percentile(0.50), r.percentile(0.50),
-                    base.percentile(0.50) / std::max(0.001, r.percentile(0.50)),
-                    base.percentile(0.99), r.percentile(0.99), base.seconds / r.seconds);
+        std::printf(
+            "\n%s: %.1fx fewer database queries than no cache (%ld -> %ld); reads\n"
+            "  p50 %.1f -> %.1f us (%.1fx faster), p99 %.1f -> %.1f us; %.1fx the "
+            "throughput.\n",
+            r.name.c_str(),
+            static_cast<double>(base.db_queries) / static_cast<double>(std::max(1L, r.db_queries)),
+            base.db_queries, r.db_queries, base.percentile(0.50), r.percentile(0.50),
+            base.percentile(0.50) / std::max(0.001, r.percentile(0.50)), base.percentile(0.99),
+            r.percentile(0.99), base.seconds / r.seconds);
     }
 }
 

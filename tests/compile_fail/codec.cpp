@@ -1,5 +1,6 @@
 // A codec whose decode is not a template over the value type.
-// expect: larder: a Codec for the cache's value type T needs template <class U> U decode(std::string_view) const
+// expect: larder: a Codec for the cache's value type T needs template <class U> U
+// decode(std::string_view) const
 #include <larder/backend/memory.hpp>
 #include <larder/policy/cache_aside.hpp>
 

@@ -13,6 +13,6 @@ int main() {
     larder::MemoryBackend backend;
     larder::WriteBehind<std::int64_t, larder::MemoryBackend> counters(
         backend, [](auto) { return larder::BatchResult{}; });
-    (void)counters.modify("k", [](std::int64_t& v) { ++v; },
-                          [] { return std::optional<std::string>("7"); });
+    (void)counters.modify(
+        "k", [](std::int64_t& v) { ++v; }, [] { return std::optional<std::string>("7"); });
 }

@@ -104,7 +104,8 @@ void policies(B& backend) {
     options.start_flusher = false;
     larder::WriteBehind<User, B> behind(backend, write_users, options);
     behind.put("k", User{});
-    (void)behind.modify("k", [](User& u) { ++u.score; }, load_user);
+    (void)behind.modify(
+        "k", [](User& u) { ++u.score; }, load_user);
     (void)behind.increment("k", &User::score, 1, load_user);
     (void)behind.get("k", load_user);
     (void)behind.flush();

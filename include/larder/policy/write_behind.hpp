@@ -529,7 +529,6 @@ public:
         }
     }
 
-
     /// Adds `delta` to the integer member `field` (a pointer
     /// to member, or a callable returning a reference to it) and returns its new value.
     /// Overflow throws InvalidArgumentError and stores nothing.

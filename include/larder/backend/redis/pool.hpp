@@ -125,9 +125,9 @@ public:
             if (idle != nullptr) return lease(idle, slot);
             if (!me.woken) {
                 throw PoolExhaustedError("redis: all " + std::to_string(options_.size) +
-                                    " connections to " + where_ + " stayed busy for " +
-                                    std::to_string(options_.wait_timeout.count()) +
-                                    " ms (pool_wait_timeout)");
+                                         " connections to " + where_ + " stayed busy for " +
+                                         std::to_string(options_.wait_timeout.count()) +
+                                         " ms (pool_wait_timeout)");
             }
             me.woken = false;  // a connection closed: its place may be this caller's
             first = true;

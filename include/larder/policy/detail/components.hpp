@@ -63,15 +63,16 @@ struct default_codec_or_missing {
 };
 
 template <class T>
-requires requires { typename default_codec<T>::type; }
+requires requires {
+    typename default_codec<T>::type;
+}
 struct default_codec_or_missing<T> {
     using type = typename default_codec<T>::type;
 };
 
 template <class T, class... Ps>
-using pick_codec_t =
-    typename first_matching<default_codec_or_missing<T>, codec_for<T>::template matches,
-                            Ps...>::type;
+using pick_codec_t = typename first_matching<default_codec_or_missing<T>,
+                                             codec_for<T>::template matches, Ps...>::type;
 
 template <class T, class... Ps>
 using pick_guard_t = typename first_matching<std::type_identity<NoGuard>, is_guard, Ps...>::type;
@@ -86,15 +87,31 @@ using pick_invalidator_t =
 
 // Which concept a component that models none was meant for, told by the members it names.
 template <class P>
-concept NamesGuardMember = requires { &P::refresh_early; } || requires { &P::lease_wait; } ||
-    requires { &P::refresh_in_background; };
+concept NamesGuardMember = requires {
+    &P::refresh_early;
+}
+|| requires {
+    &P::lease_wait;
+}
+|| requires {
+    &P::refresh_in_background;
+};
 
 template <class P>
-concept NamesInvalidatorMember = requires { &P::versions_of; } ||
-    requires { &P::invalidated; } || requires { &P::bumped; };
+concept NamesInvalidatorMember = requires {
+    &P::versions_of;
+}
+|| requires {
+    &P::invalidated;
+}
+|| requires {
+    &P::bumped;
+};
 
 template <class P>
-concept NamesCodecMember = requires { P::id; };
+concept NamesCodecMember = requires {
+    P::id;
+};
 
 template <class>
 inline constexpr bool always_false = false;
@@ -107,41 +124,59 @@ consteval bool check_component() {
     if constexpr (Codec<P, T> || StampedeGuard<P> || Invalidator<P>) {
         return true;
     } else if constexpr (NamesGuardMember<P>) {
-        static_assert(requires(P& g, const FreshHit& hit) {
-            { g.refresh_early(hit) } -> std::same_as<bool>;
-        }, "larder: a StampedeGuard needs bool refresh_early(const larder::FreshHit&)");
-        static_assert(requires(P& g) {
-            { g.lease_wait() } -> std::same_as<LeaseWait>;
-        }, "larder: a StampedeGuard needs larder::LeaseWait lease_wait()");
-        static_assert(requires(P& g) {
-            { g.refresh_in_background() } -> std::same_as<bool>;
-        }, "larder: a StampedeGuard needs bool refresh_in_background()");
+        static_assert(
+            requires(P & g, const FreshHit& hit) {
+                { g.refresh_early(hit) } -> std::same_as<bool>;
+            },
+            "larder: a StampedeGuard needs bool refresh_early(const larder::FreshHit&)");
+        static_assert(
+            requires(P & g) {
+                { g.lease_wait() } -> std::same_as<LeaseWait>;
+            },
+            "larder: a StampedeGuard needs larder::LeaseWait lease_wait()");
+        static_assert(
+            requires(P & g) {
+                { g.refresh_in_background() } -> std::same_as<bool>;
+            },
+            "larder: a StampedeGuard needs bool refresh_in_background()");
         return false;
     } else if constexpr (NamesInvalidatorMember<P>) {
-        static_assert(requires(P& inv, std::string_view key, std::span<const std::string> tags,
-                               std::vector<std::string>& names) {
-            { inv.versions_of(key, tags, names) } -> std::same_as<void>;
-        }, "larder: an Invalidator needs void versions_of(std::string_view key, "
-           "std::span<const std::string> tags, std::vector<std::string>& names)");
-        static_assert(requires(P& inv, std::string_view key) {
-            { inv.invalidated(key) } -> std::same_as<void>;
-        }, "larder: an Invalidator needs void invalidated(std::string_view stored_key)");
-        static_assert(requires(P& inv, std::string_view key) {
-            { inv.bumped(key) } -> std::same_as<void>;
-        }, "larder: an Invalidator needs void bumped(std::string_view version_key)");
+        static_assert(
+            requires(P & inv, std::string_view key, std::span<const std::string> tags,
+                     std::vector<std::string> & names) {
+                { inv.versions_of(key, tags, names) } -> std::same_as<void>;
+            },
+            "larder: an Invalidator needs void versions_of(std::string_view key, "
+            "std::span<const std::string> tags, std::vector<std::string>& names)");
+        static_assert(
+            requires(P & inv, std::string_view key) {
+                { inv.invalidated(key) } -> std::same_as<void>;
+            },
+            "larder: an Invalidator needs void invalidated(std::string_view stored_key)");
+        static_assert(
+            requires(P & inv, std::string_view key) {
+                { inv.bumped(key) } -> std::same_as<void>;
+            },
+            "larder: an Invalidator needs void bumped(std::string_view version_key)");
         return false;
     } else if constexpr (NamesCodecMember<P>) {
-        static_assert(requires {
-            { P::id } -> std::convertible_to<std::uint8_t>;
-        }, "larder: a Codec needs static constexpr std::uint8_t id");
-        static_assert(requires(const P& codec, const T& value, std::string& out) {
-            codec.encode(value, out);
-        }, "larder: a Codec for the cache's value type T needs encode(const T&, std::string& out) "
-           "const");
-        static_assert(requires(const P& codec, std::string_view bytes) {
-            { codec.template decode<T>(bytes) } -> std::same_as<T>;
-        }, "larder: a Codec for the cache's value type T needs template <class U> U "
-           "decode(std::string_view) const");
+        static_assert(
+            requires {
+                { P::id } -> std::convertible_to<std::uint8_t>;
+            },
+            "larder: a Codec needs static constexpr std::uint8_t id");
+        static_assert(
+            requires(const P& codec, const T& value, std::string& out) {
+                codec.encode(value, out);
+            },
+            "larder: a Codec for the cache's value type T needs encode(const T&, std::string& out) "
+            "const");
+        static_assert(
+            requires(const P& codec, std::string_view bytes) {
+                { codec.template decode<T>(bytes) } -> std::same_as<T>;
+            },
+            "larder: a Codec for the cache's value type T needs template <class U> U "
+            "decode(std::string_view) const");
         return false;
     } else {
         static_assert(always_false<P>,
