@@ -67,12 +67,14 @@ public:
         period = std::clamp(period, Millis{1}, Millis{std::chrono::hours(1)});
         std::lock_guard lock(mutex_);
         const std::uint64_t id = ++last_id_;
-        tasks_.emplace(id, Entry{period, Clock::now() + period,
-                                 std::make_shared<const Task>(std::move(task))});
+        const auto next = Clock::now() + period;
+        tasks_.emplace(id, Entry{period, next, std::make_shared<const Task>(std::move(task))});
         if (!thread_.joinable()) {
             thread_ = std::thread([this] { run(); });
-        } else {
-            wake_.notify_all();  // the new task may be due before the thread's next wake
+        } else if (next < wakes_at_) {
+            // Due before the thread's next look (always, while it has nothing to do); with
+            // one period per cache, a new lease is due after every held one and wakes no one.
+            wake_.notify_all();
         }
         return Hold(this, id);
     }
@@ -97,11 +99,13 @@ private:
         while (!stopping_) {
             auto next = Clock::time_point::max();
             for (const auto& [id, e] : tasks_) next = std::min(next, e.next);
+            wakes_at_ = next;
             if (next == Clock::time_point::max()) {
                 wake_.wait(lock);
             } else {
                 wake_.wait_until(lock, next);
             }
+            wakes_at_ = Clock::time_point::min();  // awake: it looks at every task again
             if (stopping_) break;
             const auto now = Clock::now();
             std::vector<std::uint64_t> due;
@@ -134,6 +138,7 @@ private:
     std::map<std::uint64_t, Entry> tasks_;
     std::uint64_t last_id_ = 0;
     std::uint64_t running_ = 0;  // the id of the task running now, 0 for none
+    Clock::time_point wakes_at_ = Clock::time_point::min();  // when the thread looks next
     bool stopping_ = false;
     std::thread thread_;
 };
