@@ -129,6 +129,14 @@ inline void write_tag(std::string& out, std::string_view name, std::uint64_t ver
     detail::put<std::uint64_t>(out, version);
 }
 
+/// Appends the header and a record for each of `tags` (each with a `name` and a
+/// `version`): what every envelope starts with; the payload follows.
+template <class Tags>
+void write_header(std::string& out, const EnvelopeHeader& h, const Tags& tags) {
+    write_header(out, h, static_cast<std::uint16_t>(std::size(tags)));
+    for (const auto& t : tags) write_tag(out, t.name, t.version);
+}
+
 /// Parses stored bytes. Anything that is not a well-formed envelope of a known format
 /// version gives nullopt: the caller counts it as corrupt and treats it as a miss.
 [[nodiscard]] inline std::optional<EnvelopeView> parse(std::string_view bytes) noexcept {
