@@ -137,7 +137,7 @@ void sustained(benchmark::State& state, const char* what, Op op) {
         o.block_timeout = 10s;
         o.drain_timeout = 0ms;  // what is left stays in Redis; this run does not wait for it
         o.eviction_check = larder::EvictionCheck::ignore;
-        o.log = [](std::string_view) {};
+        o.cache.log.level = larder::LogLevel::off;
         larder::WriteBehind<V, larder::RedisBackend> wb(
             redis, [&db](std::span<const larder::DirtyEntry<V>> batch) { return db.write(batch); },
             o);
@@ -162,10 +162,10 @@ void sustained(benchmark::State& state, const char* what, Op op) {
         std::vector<Sample> timeline;
         while (Clock::now() - start < run_for) {
             std::this_thread::sleep_for(250ms);
-            const auto s = wb.stats();
+            const auto q = wb.queue_stats();
             timeline.push_back(Sample{std::chrono::duration<double>(Clock::now() - start).count(),
-                                      ops.load(), db.rows(), s.pending,
-                                      static_cast<long long>(s.oldest_pending_age.count())});
+                                      ops.load(), db.rows(), q.pending,
+                                      static_cast<long long>(q.oldest_pending_age.count())});
         }
         stop = true;
         for (auto& th : threads) th.join();
@@ -185,9 +185,9 @@ void sustained(benchmark::State& state, const char* what, Op op) {
             std::max<double>(1, static_cast<double>(db.distinct_keys())) / intervals;
         state.counters["coalesced_pct"] =
             100.0 * static_cast<double>(s.coalesced) / std::max(1.0, static_cast<double>(s.puts));
-        state.counters["pending_end"] = static_cast<double>(s.pending);
+        state.counters["pending_end"] = static_cast<double>(wb.queue_stats().pending);
         state.counters["cas_retries"] = static_cast<double>(s.conflicts);
-        state.counters["oldest_pending_ms"] = static_cast<double>(s.oldest_pending_age.count());
+        state.counters["oldest_pending_ms"] = static_cast<double>(wb.queue_stats().oldest_pending_age.count());
         const auto& first = timeline.front();
         const auto& last = timeline.back();
         state.counters["pending_growth_per_s"] =

@@ -180,7 +180,7 @@ WRITE_BEHIND_TEST_CASE(
     o.name = "users";
     o.start_flusher = false;
     o.cache.clock = fx.time_source();
-    o.log = [](std::string_view) {};
+    o.cache.log.level = larder::LogLevel::off;
     larder::WriteBehind<User, Authenticated<B>> wb(auth, writer, o);
 
     // A well-formed entry, as an ordinary cache encodes it, queued under a hostile key

@@ -84,9 +84,9 @@ struct Rig {
     // delivering the write that stored it, which drops the first copy).
     void fill_l1(const std::string& key, const std::string& expected) {
         REQUIRE(eventually([&] {
-            const auto hits = near.l1().hits();
+            const auto hits = near.l1().stats().hits;
             REQUIRE(near.get(key, [] { return Str("loader"); }) == expected);
-            return near.l1().hits() == hits + 1;
+            return near.l1().stats().hits == hits + 1;
         }));
     }
 

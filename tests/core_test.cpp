@@ -225,22 +225,6 @@ TEST_CASE("random_unit_open_closed never returns 0", "[core][random]") {
     REQUIRE(lo < 0.001);
 }
 
-TEST_CASE("Stats sums increments from many threads", "[core][stats]") {
-    larder::Stats stats;
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 8; ++t) {
-        threads.emplace_back([&] {
-            for (int i = 0; i < 10'000; ++i) stats.add(larder::Counter::hits);
-            stats.add(larder::Counter::loads, 3);
-        });
-    }
-    for (auto& t : threads) t.join();
-    const auto s = stats.snapshot();
-    REQUIRE(s.hits == 80'000);
-    REQUIRE(s.loads == 24);
-    REQUIRE(s.misses == 0);
-}
-
 TEST_CASE("SingleFlight shares one execution and forgets on request", "[core][single_flight]") {
     larder::SingleFlight<int> flight;
     SECTION("a lone caller runs and is not shared") {

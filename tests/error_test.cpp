@@ -47,7 +47,7 @@ std::optional<std::string> no_row() {
 larder::WriteBehindOptions manual_flush() {
     larder::WriteBehindOptions o;
     o.start_flusher = false;
-    o.log = [](std::string_view) {};
+    o.cache.log.level = larder::LogLevel::off;
     return o;
 }
 

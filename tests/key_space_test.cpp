@@ -242,9 +242,9 @@ TEST_CASE("Tenants on one Redis do not evict each other's L1", "[security][l1][r
     b.invalidate("sentinel");
     REQUIRE(eventually([&] { return !watcher.l1().get(cache_b.full_key("sentinel")); }));
 
-    const auto hits = b.l1().hits();
+    const auto hits = b.l1().stats().hits;
     for (int i = 0; i < 20; ++i) REQUIRE(b.get("k" + std::to_string(i), row) == "row");
-    REQUIRE(b.l1().hits() == hits + 20);  // all 20 still in b's L1
+    REQUIRE(b.l1().stats().hits == hits + 20);  // all 20 still in b's L1
 }
 
 TEST_CASE("A bus message carries the entry's full stored key, tenant prefix included",

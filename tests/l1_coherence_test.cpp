@@ -107,8 +107,8 @@ TEST_CASE("Near wraps WriteBehind with every verb, and each write drops every L1
     db.write("k", "1");
     auto load = [&] { return db.read("k"); };
     auto other_sees = [&](const std::string& want) {
-        const auto hits = n2.l1().hits();
-        return n2.get("k", load) == want && n2.l1().hits() == hits + 1;  // from its L1
+        const auto hits = n2.l1().stats().hits;
+        return n2.get("k", load) == want && n2.l1().stats().hits == hits + 1;  // from its L1
     };
     REQUIRE(n2.get("k", load) == "1");
     REQUIRE(other_sees("1"));
@@ -480,8 +480,8 @@ TEST_CASE("NearCache::contains sees live entries only, and counts neither hit no
     cache.put("k", 2);
     cache.disable();
     REQUIRE_FALSE(cache.contains("k"));
-    REQUIRE(cache.hits() == 0);
-    REQUIRE(cache.misses() == 0);
+    REQUIRE(cache.stats().hits == 0);
+    REQUIRE(cache.stats().misses == 0);
 }
 
 // ---- e: fork ----------------------------------------------------------------------------

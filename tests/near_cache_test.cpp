@@ -163,7 +163,7 @@ TEST_CASE("Expired entries are reclaimed by later writes", "[l1]") {
     // Each write examines two entries from the oldest end.
     for (int i = 0; i < 600; ++i) cache.put("new" + std::to_string(i), i);
     REQUIRE(cache.size() == 600);
-    REQUIRE(cache.evictions() == 0);  // expiry is not eviction
+    REQUIRE(cache.stats().evictions == 0);  // expiry is not eviction
 }
 
 TEST_CASE("NearCache stays within max_entries", "[l1]") {
@@ -172,7 +172,7 @@ TEST_CASE("NearCache stays within max_entries", "[l1]") {
     for (int i = 0; i < 5000; ++i) cache.put("k" + std::to_string(i), i);
     REQUIRE(cache.size() <= 1000);
     REQUIRE(cache.size() >= 990);
-    REQUIRE(cache.evictions() >= 4000);
+    REQUIRE(cache.stats().evictions >= 4000);
 
     NearCache<int> tiny({.max_entries = 3});
     for (int i = 0; i < 100; ++i) tiny.put("k" + std::to_string(i), i);
@@ -316,12 +316,12 @@ TEST_CASE("Hits and misses are counted, across threads", "[l1]") {
         });
     }
     for (auto& t : threads) t.join();
-    REQUIRE(cache.hits() == 4000);
-    REQUIRE(cache.misses() == 4000);
+    REQUIRE(cache.stats().hits == 4000);
+    REQUIRE(cache.stats().misses == 4000);
 
     cache.disable();
     (void)cache.get("k");
-    REQUIRE(cache.misses() == 4001);
+    REQUIRE(cache.stats().misses == 4001);
 }
 
 TEST_CASE("Bad NearCache options are a ConfigError", "[l1]") {

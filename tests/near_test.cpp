@@ -42,7 +42,7 @@ BACKEND_TEST_CASE("An L1 hit makes no store call", "[l1]") {
     const auto calls = counted.calls().total();
     for (int i = 0; i < 100; ++i) REQUIRE(near.get("k", loader) == "v");
     REQUIRE(counted.calls().total() == calls);
-    REQUIRE(near.l1().hits() == 100);
+    REQUIRE(near.l1().stats().hits == 100);
     REQUIRE(loads == 1);
 }
 
@@ -139,16 +139,16 @@ TEST_CASE("L1 serves nothing while the bus is lost, and starts over when it is b
     auto loader = [&] { return std::optional<std::string>("v" + std::to_string(++loads)); };
     REQUIRE(near.get("k", loader) == "v1");
     REQUIRE(near.get("k", loader) == "v1");
-    const auto hits = near.l1().hits();
+    const auto hits = near.l1().stats().hits;
     bus.drop();
     store.del(cache.full_key("k"));  // a write this process never hears about
     REQUIRE(near.get("k", loader) == "v2");
     REQUIRE(near.get("k", loader) == "v2");  // from L2, not L1
-    REQUIRE(near.l1().hits() == hits);
+    REQUIRE(near.l1().stats().hits == hits);
     bus.restore();
     REQUIRE(near.get("k", loader) == "v2");
     REQUIRE(near.get("k", loader) == "v2");
-    REQUIRE(near.l1().hits() == hits + 1);
+    REQUIRE(near.l1().stats().hits == hits + 1);
 }
 
 #if defined(LARDER_TEST_REDIS_BACKEND)
@@ -191,9 +191,9 @@ TEST_CASE("A killed subscriber connection: no stale L1 reads, then recovery",
     REQUIRE(eventually([&] { return bus_a.connected(); }));
     REQUIRE(eventually(
         [&] { return b.get("k", db) == "v2" && b.l1().contains(cache_b.full_key("k")); }));
-    const auto hits = b.l1().hits();
+    const auto hits = b.l1().stats().hits;
     REQUIRE(b.get("k", db) == "v2");
-    REQUIRE(b.l1().hits() == hits + 1);  // L1 is serving again
+    REQUIRE(b.l1().stats().hits == hits + 1);  // L1 is serving again
     redis.set("db:k", "v3", larder::no_expiry);
     a.invalidate("k");
     REQUIRE(eventually([&] { return b.get("k", db) == "v3"; }));
@@ -230,9 +230,9 @@ TEST_CASE("A reconnect replays what it missed and keeps the rest of L1", "[l1][e
     REQUIRE(bus_b.resumes() == 1);
     REQUIRE(bus_b.replayed() >= 1);
     REQUIRE_FALSE(b.l1().contains(cache_b.full_key("k")));  // the missed write dropped it
-    const auto hits = b.l1().hits();
+    const auto hits = b.l1().stats().hits;
     REQUIRE(b.get("hot", db("db:hot")) == "h1");
-    REQUIRE(b.l1().hits() == hits + 1);  // kept across the reconnect: no cold start
+    REQUIRE(b.l1().stats().hits == hits + 1);  // kept across the reconnect: no cold start
     REQUIRE(b.get("k", db("db:k")) == "v2");
 }
 
@@ -606,7 +606,7 @@ TEST_CASE("An L1 copy goes when any tag its stored entry carries is invalidated"
     REQUIRE(b.get("post:2", adaptive) == "w1");
     REQUIRE(b.get("post:1", load("post:1")) == "v1");  // from b's L1
     REQUIRE(b.get("post:2", adaptive) == "w1");
-    const auto l1_hits = b.l1().hits();
+    const auto l1_hits = b.l1().stats().hits;
     REQUIRE(l1_hits == 2);
     db.write("post:1", "v2");
     db.write("post:2", "w2");
@@ -618,5 +618,5 @@ TEST_CASE("An L1 copy goes when any tag its stored entry carries is invalidated"
     REQUIRE(b.get("plain", load("plain")) == "p1");
     a.invalidate_tag("user:42");
     REQUIRE(b.get("plain", load("plain")) == "p1");
-    REQUIRE(b.l1().hits() == l1_hits + 1);
+    REQUIRE(b.l1().stats().hits == l1_hits + 1);
 }

@@ -70,10 +70,11 @@ std::string describe(const Str& v) {
 
 // WriteBehind options for these tests: no flusher thread, on the fixture's clock.
 larder::WriteBehindOptions wb_options(larder::test::MemoryFixture& fx) {
-    return {.start_flusher = false,
-            .eviction_check = larder::EvictionCheck::ignore,
-            .cache = options_for(fx),
-            .log = [](std::string_view) {}};
+    larder::WriteBehindOptions o{.start_flusher = false,
+                                 .eviction_check = larder::EvictionCheck::ignore,
+                                 .cache = options_for(fx)};
+    o.cache.log.level = larder::LogLevel::off;
+    return o;
 }
 
 }  // namespace

@@ -62,7 +62,7 @@ larder::WriteBehindOptions quiet(std::string name) {
     o.name = std::move(name);
     o.start_flusher = false;
     o.drain_timeout = 0ms;
-    o.log = [](std::string_view) {};
+    o.cache.log.level = larder::LogLevel::off;
     return o;
 }
 
@@ -92,7 +92,7 @@ TEST_CASE("No caller key of any cache reaches a write-behind queue key",
     }
     INFO("queue key " << values << ", cache entry key " << cache.full_key("values"));
     CHECK(server.query({"EXISTS", "app:" + values}).integer == 1);
-    CHECK(wb.stats().pending == 1);
+    CHECK(wb.queue_stats().pending == 1);
 }
 
 // Guarantee 5 / write-behind: one cache's flusher must not lose another cache's writes.
@@ -141,7 +141,7 @@ TEST_CASE("Modify whose base row is over max_value_bytes", "[security][regressio
     INFO("loader ran " << loads << " times");
     CHECK(error == "ValueTooLargeError");
     CHECK(loads <= 2);
-    CHECK(wb.stats().pending == 0);
+    CHECK(wb.queue_stats().pending == 0);
 }
 
 TEST_CASE("Modify of a row over max_value_bytes is refused even when the change shrinks it",
@@ -162,7 +162,7 @@ TEST_CASE("Modify of a row over max_value_bytes is refused even when the change 
                           "k", [](std::string& v) { v = "small"; }, load),
                       larder::ValueTooLargeError);
     REQUIRE(loads == 1);
-    REQUIRE(wb.stats().pending == 0);
+    REQUIRE(wb.queue_stats().pending == 0);
 }
 
 TEST_CASE("Bytes that are not a version at a VersionKeys key are replaced",

@@ -170,9 +170,9 @@ auto from_db(const std::string& v) {
 void fill_l1(Rig& rig, const std::string& key, const std::string& expected) {
     rig.settle();
     REQUIRE(rig.near.get(key, from_db("loader")) == expected);
-    const auto hits = rig.near.l1().hits();
+    const auto hits = rig.near.l1().stats().hits;
     REQUIRE(rig.near.get(key, from_db("loader")) == expected);
-    REQUIRE(rig.near.l1().hits() == hits + 1);
+    REQUIRE(rig.near.l1().stats().hits == hits + 1);
 }
 
 }  // namespace
@@ -338,7 +338,7 @@ TEST_CASE("Concurrent readers across subscriber reconnects: every write is seen"
         REQUIRE(rig.raw({"SET", rig.stored("k"), rig.envelope_of(v)}) == "OK");
         REQUIRE(eventually([&] { return rig.near.get("k", from_db("loader")) == v; }));
     }
-    REQUIRE(rig.near.l1().hits() > 0);
+    REQUIRE(rig.near.l1().stats().hits > 0);
 }
 
 TEST_CASE("A restarted Redis: L1 off, then on again and hearing writes", "[tracking][l1][redis]") {
@@ -373,10 +373,10 @@ TEST_CASE("A foreign tag bump drops the L1 entries stamped with that tag",
     rig.settle();
     REQUIRE(rig.near.get("post", {"user:42"}, from_db("loader")) == "p1");
     REQUIRE(rig.near.get("other", {"user:7"}, from_db("loader")) == "o1");
-    const auto hits = rig.near.l1().hits();
+    const auto hits = rig.near.l1().stats().hits;
     REQUIRE(rig.near.get("post", {"user:42"}, from_db("loader")) == "p1");
     REQUIRE(rig.near.get("other", {"user:7"}, from_db("loader")) == "o1");
-    REQUIRE(rig.near.l1().hits() == hits + 2);
+    REQUIRE(rig.near.l1().stats().hits == hits + 2);
 
     // Another process bumps the tag's version; the entry key itself is not written.
     const std::string version_key = rig.backend.stored_key(rig.cache.tag_key("user:42"));
@@ -414,7 +414,7 @@ TEST_CASE("CLIENT TRACKING refused by an ACL: reported, retried, and L1 stays of
     // The cache works; L1 serves nothing, and the pool was never asked to track.
     REQUIRE(near.get("k", from_db("v")) == "v");
     REQUIRE(near.get("k", from_db("other")) == "v");
-    REQUIRE(near.l1().hits() == 0);
+    REQUIRE(near.l1().stats().hits == 0);
     REQUIRE(backend.stats().tracking_redirects == 0);
 }
 

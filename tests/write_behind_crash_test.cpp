@@ -130,7 +130,7 @@ larder::WriteBehind<std::string, larder::RedisBackend> producer(larder::RedisBac
     o.start_flusher = false;
     o.drain_timeout = 0ms;
     o.eviction_check = larder::EvictionCheck::ignore;
-    o.log = [](std::string_view) {};
+    o.cache.log.level = larder::LogLevel::off;
     return larder::WriteBehind<std::string, larder::RedisBackend>(
         redis,
         [](std::span<const larder::DirtyEntry<std::string>>) -> larder::BatchResult {

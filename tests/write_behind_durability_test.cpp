@@ -31,7 +31,7 @@ larder::WriteBehindOptions quiet(Log& log, std::string name) {
     o.name = std::move(name);
     o.cache.key_prefix = "wbd:";
     o.start_flusher = false;
-    o.log = [&log](std::string_view line) { log.add(line); };
+    o.cache.log.sink = [&log](larder::LogLevel, std::string_view line) { log.add(line); };
     return o;
 }
 
@@ -133,7 +133,7 @@ TEST_CASE("A put waiting for a replica that does not answer throws DurabilityErr
     o.replicas = 1;
     o.replica_timeout = 300ms;  // generous: a loaded machine (sanitizers) must still make it
     larder::WriteBehind<std::string, larder::RedisBackend> wb(backend, writer_for(table), o);
-    REQUIRE(wb.stats().persistence.replicas == 0);
+    REQUIRE(wb.persistence().replicas == 0);
     REQUIRE_THROWS_AS(wb.put("k", "v"), larder::DurabilityError);
     // Not an OutcomeUnknownError: a read-modify-write must not read it back as done.
     REQUIRE_THROWS_AS(
@@ -178,7 +178,7 @@ TEST_CASE("The drain calls what it leaves durable only when Redis persists it",
                 throw std::runtime_error("database down");
             },
             o);
-        const larder::Persistence p = wb.stats().persistence;
+        const larder::Persistence p = wb.persistence();
         REQUIRE(p.known);
         REQUIRE(p.outlives_process);
         REQUIRE(p.survives_restart == aof);
@@ -198,7 +198,7 @@ TEST_CASE("The drain calls what it leaves durable only when Redis persists it",
     o.cache.clock = fx.time_source();
     Table<std::string> table;
     larder::WriteBehind<std::string, larder::MemoryBackend> wb(fx.backend, writer_for(table), o);
-    REQUIRE_FALSE(wb.stats().persistence.outlives_process);
+    REQUIRE_FALSE(wb.persistence().outlives_process);
     REQUIRE_FALSE(wb.close(0ms).kept_in_store);
     o.replicas = 1;
     REQUIRE_THROWS_AS(

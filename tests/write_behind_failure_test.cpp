@@ -102,9 +102,10 @@ TEST_CASE("A database outage of 5 s, 30 s or 5 min dead-letters nothing and lose
         fx.advance(250ms);
     }
     const auto during = wb.stats();
-    REQUIRE(during.dead == 0);
+    const auto during_queue = wb.queue_stats();
+    REQUIRE(during_queue.dead == 0);
     REQUIRE(during.dead_lettered == 0);
-    REQUIRE(during.pending == 500);
+    REQUIRE(during_queue.pending == 500);
     REQUIRE(during.deferred > 0);
     REQUIRE(during.retried == 0);
     // Backing off: each of the queue's 5 batches is tried at most once per half of
@@ -116,13 +117,14 @@ TEST_CASE("A database outage of 5 s, 30 s or 5 min dead-letters nothing and lose
 
     db.down = false;
     // Recovery is noticed within the capped backoff.
-    for (int i = 0; i < 40 && wb.stats().pending > 0; ++i) {
+    for (int i = 0; i < 40 && wb.queue_stats().pending > 0; ++i) {
         wb.flush();
         fx.advance(250ms);
     }
     const auto after = wb.stats();
-    REQUIRE(after.pending == 0);
-    REQUIRE(after.dead == 0);
+    const auto after_queue = wb.queue_stats();
+    REQUIRE(after_queue.pending == 0);
+    REQUIRE(after_queue.dead == 0);
     REQUIRE(db.highest_attempt == 1);  // no entry was charged for the outage
     REQUIRE(table.rows() == latest);
 }
@@ -155,16 +157,16 @@ TEST_CASE("A 4 s database outage on the Redis store dead-letters nothing and los
         wb.flush();
         std::this_thread::sleep_for(20ms);
     }
-    REQUIRE(wb.stats().dead == 0);
+    REQUIRE(wb.queue_stats().dead == 0);
     REQUIRE(wb.stats().deferred > 0);
     db.down = false;
     const auto recovered = std::chrono::steady_clock::now() + 10s;
-    while (wb.stats().pending > 0 && std::chrono::steady_clock::now() < recovered) {
+    while (wb.queue_stats().pending > 0 && std::chrono::steady_clock::now() < recovered) {
         wb.flush();
         std::this_thread::sleep_for(20ms);
     }
-    REQUIRE(wb.stats().pending == 0);
-    REQUIRE(wb.stats().dead == 0);
+    REQUIRE(wb.queue_stats().pending == 0);
+    REQUIRE(wb.queue_stats().dead == 0);
     REQUIRE(db.highest_attempt == 1);
     REQUIRE(table.rows() == latest);
 }
@@ -197,14 +199,14 @@ TEST_CASE("A rejected row is retried for the whole time budget before it is dead
     }
     // Past max_attempts, inside the budget: still pending.
     REQUIRE(rejections > 3);
-    REQUIRE(wb.stats().dead == 0);
-    REQUIRE(wb.stats().pending == 1);
+    REQUIRE(wb.queue_stats().dead == 0);
+    REQUIRE(wb.queue_stats().pending == 1);
     while (fx.clock.now() - start < 12s) {
         wb.flush();
         fx.advance(100ms);
     }
-    REQUIRE(wb.stats().dead == 1);
-    REQUIRE(wb.stats().pending == 0);
+    REQUIRE(wb.queue_stats().dead == 1);
+    REQUIRE(wb.queue_stats().pending == 0);
     REQUIRE(wb.list_dead().at(0).error == "deadlock detected");
 }
 
@@ -240,9 +242,10 @@ WRITE_BEHIND_TEST_CASE(
     wb.put("c", "3");
     wb.flush();
     const auto s = wb.stats();
+    const auto s_queue = wb.queue_stats();
     // Two died; the third found the list full and stayed pending.
-    REQUIRE(s.dead == 2);
-    REQUIRE(s.pending == 1);
+    REQUIRE(s_queue.dead == 2);
+    REQUIRE(s_queue.pending == 1);
     REQUIRE(s.dead_lettered == 2);
     REQUIRE(s.held == 1);
     {
@@ -267,7 +270,7 @@ WRITE_BEHIND_TEST_CASE(
     flush_all(wb, fx);
     REQUIRE(table.rows() ==
             std::map<std::string, std::string>{{"a", "1"}, {"b", "2"}, {"c", "3"}, {"d", "4"}});
-    REQUIRE(wb.stats().dead == 0);
+    REQUIRE(wb.queue_stats().dead == 0);
     wb.put("e", "5");  // room again
 }
 
@@ -373,7 +376,7 @@ WRITE_BEHIND_TEST_CASE(
     larder::WriteBehind<std::string, decltype(fx.backend)> next(fx.backend, store, db.writer(), o);
     flush_all(next, fx);
     REQUIRE(table.rows() == latest);
-    REQUIRE(next.stats().dead == 0);
+    REQUIRE(next.queue_stats().dead == 0);
 }
 
 WRITE_BEHIND_TEST_CASE(
@@ -412,7 +415,7 @@ WRITE_BEHIND_TEST_CASE(
     REQUIRE(report.complete);
     // Every acknowledged write reached the database; none was queued after the drain.
     REQUIRE(table.rows() == acked);
-    REQUIRE(wb.stats().pending == 0);
+    REQUIRE(wb.queue_stats().pending == 0);
     WARN(acked.size() << " writes acknowledged before close(), " << refused.load()
                       << " writer threads refused after it");
 }
@@ -435,7 +438,7 @@ void dead_increment_survives_eviction(B& backend, const larder::Clock* clock,
     o.start_flusher = false;
     o.cache.clock = clock;
     o.retry = {.max_attempts = 1, .budget = 0ms, .first_backoff = 1ms, .max_backoff = 4ms};
-    o.log = [&log](std::string_view line) { log.add(line); };
+    o.cache.log.sink = [&log](larder::LogLevel, std::string_view line) { log.add(line); };
     larder::WriteBehind<Player, B> wb(
         backend,
         [&](std::span<const larder::DirtyEntry<Player>> batch) {
@@ -448,7 +451,7 @@ void dead_increment_survives_eviction(B& backend, const larder::Clock* clock,
     auto row = [&] { return table.read("p"); };
     for (int i = 0; i < 3; ++i) REQUIRE(wb.increment("p", &Player::score, 10, row) == 110 + 10 * i);
     wb.flush();
-    REQUIRE(wb.stats().dead == 1);
+    REQUIRE(wb.queue_stats().dead == 1);
     REQUIRE(table.read("p")->score == 100);
 
     REQUIRE(evict(wb.full_key("p")));
@@ -457,7 +460,7 @@ void dead_increment_survives_eviction(B& backend, const larder::Clock* clock,
     REQUIRE(wb.increment("p", &Player::score, 1, row) == 131);
     REQUIRE(wb.redrive("p") == larder::RedriveResult::not_found);  // replaced by the increment
     reject = false;
-    for (int i = 0; i < 50 && wb.stats().pending > 0; ++i) wb.flush();
+    for (int i = 0; i < 50 && wb.queue_stats().pending > 0; ++i) wb.flush();
     REQUIRE(table.read("p")->score == 131);
 }
 
@@ -511,7 +514,7 @@ TEST_CASE("A dead-lettered increment survives Redis evicting its cached copy (al
             const auto info = server.command({"INFO", "stats"});
             INFO(info.substr(info.find("evicted_keys")).substr(0, 40));
             // The queue still holds the dead entry (else the test proves nothing).
-            REQUIRE(probe.stats().dead == 1);
+            REQUIRE(probe.queue_stats().dead == 1);
             return evicted;
         });
 }
@@ -555,7 +558,7 @@ TEST_CASE("A key's version never goes below its last one, when the store lost it
     fx.server().command({"SET", seq, std::to_string(ahead * 2)});
     const std::uint64_t v3 = wb.put("dead", "rejected");
     flush_all(wb, fx);
-    REQUIRE(wb.stats().dead == 1);
+    REQUIRE(wb.queue_stats().dead == 1);
     fx.server().command({"SET", seq, "1"});
     REQUIRE(wb.put("dead", "again") > v3);
 }
@@ -602,9 +605,10 @@ WRITE_BEHIND_TEST_CASE(
     REQUIRE(report.stale == 1);
     REQUIRE(report.retried == 0);
     const auto s = wb.stats();
+    const auto s_queue = wb.queue_stats();
     REQUIRE(s.stale == 1);
     REQUIRE(s.flushed == 1);
-    REQUIRE(s.dead == 1);
+    REQUIRE(s_queue.dead == 1);
     REQUIRE(events.size() == 1);
     REQUIRE(events[0].key == "k");
     REQUIRE(events[0].error.find("refused as stale") != std::string::npos);
@@ -664,7 +668,7 @@ WRITE_BEHIND_TEST_CASE(
     auto row = [&] { return table.read("k"); };
     wb.put("k", Counter{100});
     wb.flush();
-    REQUIRE(wb.stats().dead == 1);
+    REQUIRE(wb.queue_stats().dead == 1);
     REQUIRE(fx.backend.del(wb.full_key("k")));  // the cached copy is evicted
     REQUIRE(wb.get("k", row)->n == 100);        // served from the dead entry, and cached again
     REQUIRE(wb.discard_dead("k"));
@@ -698,11 +702,11 @@ WRITE_BEHIND_TEST_CASE(
     wb.put("a", "x");
     wb.put("b", "y");
     wb.flush();
-    REQUIRE(wb.stats().dead == 2);
+    REQUIRE(wb.queue_stats().dead == 2);
     // Full of dead entries, yet the application can still overwrite a bad value.
     REQUIRE_THROWS_AS(wb.put("c", "z"), larder::BackpressureError);
     wb.put("a", "x2");
-    REQUIRE(wb.stats().dead == 1);
+    REQUIRE(wb.queue_stats().dead == 1);
     reject = false;
     flush_all(wb, fx);
     REQUIRE(table.read("a") == "x2");
@@ -726,7 +730,7 @@ TEST_CASE(
                                                                o);
     wb.put("a", "x");
     flush_all(wb, fx);
-    REQUIRE(wb.stats().dead == 1);  // the list is full
+    REQUIRE(wb.queue_stats().dead == 1);  // the list is full
     events.clear();
     wb.put("b", "y");
     // Two flushers die holding b.
@@ -760,8 +764,8 @@ WRITE_BEHIND_TEST_CASE("An expired claim cannot dead-letter a rejected row befor
     REQUIRE(wb.store().claim(10, 5ms, larder::ClaimOptions{.token = 99}).entries.size() == 1);
     fx.advance(20ms);
     (void)wb.flush();
-    REQUIRE(wb.stats().dead == 0);
-    REQUIRE(wb.stats().pending == 1);
+    REQUIRE(wb.queue_stats().dead == 0);
+    REQUIRE(wb.queue_stats().pending == 1);
 }
 
 TEST_CASE("A close() racing another close() waits for the one drain and reports it",
@@ -821,7 +825,7 @@ TEST_CASE("The retry budget is measured on Redis's clock, not on a cache host's 
         (void)wb.flush();
         // Rejected 1 ms after its write: inside the budget whatever this host's clock says.
         REQUIRE(wb.list_dead().empty());
-        REQUIRE(wb.stats().pending == 1);
+        REQUIRE(wb.queue_stats().pending == 1);
         REQUIRE(wb.discard_dead("a") == false);
         wb.close(0ms);
         fx.server().command({"FLUSHALL"});
@@ -838,10 +842,10 @@ TEST_CASE("A version that would pass 2^53 is refused, not repeated",
     const std::string versions = fx.backend.stored_key(wb.store().queue_key("versions"));
     fx.server().command({"HSET", versions, wb.full_key("k"), "9007199254740990"});
     REQUIRE_THROWS_AS(wb.put("k", "a"), larder::BackendError);
-    REQUIRE(wb.stats().pending == 0);  // nothing acknowledged, nothing queued
+    REQUIRE(wb.queue_stats().pending == 0);  // nothing acknowledged, nothing queued
     // The shared counter was not lifted to the refused version: other keys go on.
     REQUIRE(wb.put("other", "b") < 9'000'000'000'000'000);
-    REQUIRE(wb.stats().pending == 1);
+    REQUIRE(wb.queue_stats().pending == 1);
 }
 #endif
 

@@ -98,7 +98,7 @@ WRITE_BEHIND_TEST_CASE(
         // Reads see the latest version, whatever is queued before it.
         REQUIRE(wb.get("a", no_row) == "a3");
         const auto report = flush_all(wb, fx);
-        REQUIRE(wb.stats().pending == 0);
+        REQUIRE(wb.queue_stats().pending == 0);
         REQUIRE_FALSE(db.out_of_order());
         REQUIRE_FALSE(db.repeated_in_batch());
         REQUIRE(db.values("b") == std::vector<std::string>{"b1"});
@@ -176,7 +176,7 @@ WRITE_BEHIND_TEST_CASE("coalesce = false: a dead version holds back later ones u
     REQUIRE(db.values("a").empty());
     REQUIRE(wb.list_dead().size() == 1);
     REQUIRE(wb.list_dead()[0].value == "a1");
-    REQUIRE(wb.stats().pending == 1);
+    REQUIRE(wb.queue_stats().pending == 1);
     REQUIRE(wb.get("a", no_row) == "a3");
 
     rejected.clear();
@@ -185,7 +185,7 @@ WRITE_BEHIND_TEST_CASE("coalesce = false: a dead version holds back later ones u
     REQUIRE(db.values("a") == std::vector<std::string>{"a1", "a2", "a3"});
     REQUIRE_FALSE(db.out_of_order());
     REQUIRE(wb.list_dead().empty());
-    REQUIRE(wb.stats().pending == 0);
+    REQUIRE(wb.queue_stats().pending == 0);
 }
 
 WRITE_BEHIND_TEST_CASE("coalesce = false: discarding a dead version lets the later ones go on",
@@ -210,7 +210,7 @@ WRITE_BEHIND_TEST_CASE("coalesce = false: discarding a dead version lets the lat
         o);
     wb.put("a", "a1");
     wb.flush();  // a1 dies with nothing behind it
-    REQUIRE(wb.stats().pending == 0);
+    REQUIRE(wb.queue_stats().pending == 0);
     // A put after the death is queued behind it, not in place of it.
     wb.put("a", "a2");
     wb.put("a", "a3");

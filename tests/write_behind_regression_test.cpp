@@ -72,7 +72,7 @@ TEST_CASE("A memory redrive whose cached-copy write fails keeps the dead entry",
         chaos.fail_next(1);  // the backend refuses the next call (the redrive's cached copy)
         REQUIRE_THROWS_AS(store.redrive(key), larder::BackendError);
         // The call failed: the dead entry must still be there, or requeued - not gone.
-        CHECK(store.list_dead(10).size() + store.stats().pending == 1);
+        CHECK(store.list_dead(10).size() + store.queue_stats().pending == 1);
         CHECK(store.unflushed_value(key) == std::optional<std::string>("acknowledged"));
     }
 }
@@ -93,7 +93,7 @@ TEST_CASE("A Redis redrive refused for an exhausted version keeps the dead entry
     fx.server().command({"HSET", versions, wb.full_key("k"), "9007199254740990"});
     REQUIRE_THROWS_AS(wb.redrive("k"), larder::BackendError);
     // A failure leaves the queue as it was: the acknowledged value is still dead or queued.
-    CHECK(wb.list_dead().size() + wb.stats().pending == 1);
+    CHECK(wb.list_dead().size() + wb.queue_stats().pending == 1);
     CHECK(wb.store().unflushed_value(wb.full_key("k")).has_value());
 }
 
@@ -140,7 +140,7 @@ TEST_CASE("A put whose connection drops after it was sent is an unknown outcome,
     o.cache.key_prefix = "wbp:";
     o.start_flusher = false;
     o.drain_timeout = 0ms;
-    o.log = [&log](std::string_view line) { log.add(line); };
+    o.cache.log.sink = [&log](larder::LogLevel, std::string_view line) { log.add(line); };
     larder::WriteBehind<std::string, larder::RedisBackend> wb(backend,
                                                               larder::test::writer_for(table), o);
     wb.put("warm", "up");  // script loaded, connection open
@@ -198,7 +198,7 @@ TEST_CASE("A write-behind read fails, never serves the older database row, while
     o.name = "down";
     o.start_flusher = false;  // the put stays queued: the database keeps v1
     o.drain_timeout = 0ms;
-    o.log = [](std::string_view) {};
+    o.cache.log.level = larder::LogLevel::off;
     larder::WriteBehind<std::string, larder::RedisBackend> wb(backend,
                                                               larder::test::writer_for(table), o);
     wb.put("k", "v2");
@@ -241,7 +241,7 @@ TEST_CASE("A settle that fails leaves nothing held until claim_ttl: the next cla
     o.start_flusher = false;
     o.claim_ttl = 60s;
     o.drain_timeout = 0ms;
-    o.log = [](std::string_view) {};
+    o.cache.log.level = larder::LogLevel::off;
     larder::WriteBehind<std::string, larder::RedisBackend> wb(
         backend,
         [&](std::span<const Entry> batch) {
@@ -281,7 +281,7 @@ TEST_CASE("A put whose replica wait is cut by a dropped connection is never repo
     o.drain_timeout = 0ms;
     o.replicas = 1;
     o.replica_timeout = 800ms;
-    o.log = [&log](std::string_view line) { log.add(line); };
+    o.cache.log.sink = [&log](larder::LogLevel, std::string_view line) { log.add(line); };
     larder::WriteBehind<std::string, larder::RedisBackend> wb(backend,
                                                               larder::test::writer_for(table), o);
     std::string outcome;

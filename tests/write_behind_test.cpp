@@ -181,7 +181,8 @@ WRITE_BEHIND_TEST_CASE("A put is read back at once and flushed once with the lat
     REQUIRE(db.writes() == 0);  // nothing reaches the database before a flush
 
     auto s = wb.stats();
-    REQUIRE(s.pending == 2);
+    auto s_queue = wb.queue_stats();
+    REQUIRE(s_queue.pending == 2);
     REQUIRE(s.puts == 4);
     REQUIRE(s.coalesced == 2);  // "1" and "2" were replaced before they were written
 
@@ -191,7 +192,8 @@ WRITE_BEHIND_TEST_CASE("A put is read back at once and flushed once with the lat
     REQUIRE(db.rows() == std::map<std::string, std::string>{{"a", "3"}, {"b", "x"}});
     REQUIRE(db.writes() == 2);
     s = wb.stats();
-    REQUIRE(s.pending == 0);
+    s_queue = wb.queue_stats();
+    REQUIRE(s_queue.pending == 0);
     REQUIRE(s.flushed == 2);
     REQUIRE(wb.flush().claimed == 0);
     REQUIRE(wb.get("a", loader) == "3");
@@ -249,11 +251,11 @@ TEST_CASE("MemoryBackend's SIEVE evicts cached copies, never queued ones",
     larder::WriteBehindOptions o;
     o.start_flusher = false;
     o.cache.clock = &clock;
-    o.log = [&log](std::string_view line) { log.add(line); };
+    o.cache.log.sink = [&log](larder::LogLevel, std::string_view line) { log.add(line); };
     larder::WriteBehind<std::string, larder::MemoryBackend> wb(store, writer_for(db), o);
     for (int i = 0; i < 100; ++i) wb.put("k" + std::to_string(i), "v" + std::to_string(i));
     REQUIRE(store.evictions() > 0);
-    REQUIRE(wb.stats().pending == 100);
+    REQUIRE(wb.queue_stats().pending == 100);
     for (int i = 0; i < 100; ++i) {
         REQUIRE(wb.get("k" + std::to_string(i), no_row) == "v" + std::to_string(i));
     }
@@ -310,7 +312,7 @@ WRITE_BEHIND_TEST_CASE(
                                   wb.flush();
                               });
     REQUIRE(db.rows() == latest);
-    REQUIRE(wb.stats().pending == 0);
+    REQUIRE(wb.queue_stats().pending == 0);
     REQUIRE(wb.stats().superseded == 5);  // k0..k4: written as v1, acknowledged only as v2
 }
 
@@ -533,7 +535,7 @@ WRITE_BEHIND_TEST_CASE("Claims of a flusher that died are re-queued when their d
     const auto claimed = wb.store().claim(10, o.claim_ttl);
     REQUIRE(claimed.entries.size() == 2);
     REQUIRE(wb.flush().claimed == 0);  // claimed by someone else, not yet expired
-    REQUIRE(wb.stats().processing == 2);
+    REQUIRE(wb.queue_stats().processing == 2);
     fx.advance(350ms);
     const auto report = wb.flush();
     REQUIRE(report.requeued == 2);
@@ -586,7 +588,7 @@ WRITE_BEHIND_TEST_CASE(
     REQUIRE(f2.requeued == 1);
     REQUIRE(f2.entries.size() == 1);
     REQUIRE(ack(v1, 1) == larder::SettleResult::lost);  // F1's late acknowledgement
-    REQUIRE(wb.stats().processing == 1);                // F2 still holds it
+    REQUIRE(wb.queue_stats().processing == 1);                // F2 still holds it
 
     const auto v2 = wb.put("k", "v2");                                    // while F2 writes v1
     REQUIRE(store.claim(10, o.claim_ttl, {.token = 3}).entries.empty());  // F3: still F2's
@@ -595,7 +597,7 @@ WRITE_BEHIND_TEST_CASE(
     REQUIRE(f3.entries.size() == 1);
     REQUIRE(f3.entries[0].version == v2);
     REQUIRE(ack(v2, 3) == larder::SettleResult::done);
-    REQUIRE(wb.stats().pending == 0);
+    REQUIRE(wb.queue_stats().pending == 0);
 }
 
 // The same race through WriteBehind: F1's writer stalls past its claim, F2 writes the key
@@ -615,7 +617,7 @@ TEST_CASE("A stalled flusher's late acknowledgement leaves the flusher that took
     f1.put("k", "v1");
 
     std::thread t1([&] { f1.flush(); });
-    REQUIRE(larder::test::eventually([&] { return f1.stats().processing == 1; }));
+    REQUIRE(larder::test::eventually([&] { return f1.queue_stats().processing == 1; }));
     fx.advance(350ms);  // F1 stalls past its claim
     std::thread t2([&] { f2.flush(); });
     REQUIRE(larder::test::eventually([&] { return f2.stats().requeued_claims == 1; }));
@@ -628,7 +630,7 @@ TEST_CASE("A stalled flusher's late acknowledgement leaves the flusher that took
     t2.join();
     REQUIRE(f3.flush().flushed == 1);
     REQUIRE(db.order() == std::vector<std::string>{"f1:v1", "f2:v1", "f3:v2"});
-    REQUIRE(f1.stats().pending == 0);
+    REQUIRE(f1.queue_stats().pending == 0);
 }
 
 WRITE_BEHIND_TEST_CASE("A flusher crashing on the same value every time dead-letters it",
@@ -774,7 +776,7 @@ WRITE_BEHIND_TEST_CASE("close() reports the drain; a write afterwards throws and
     REQUIRE_THROWS_AS(wb.modify(
                           "n", [](std::string& v) { v += "x"; }, no_row),
                       larder::ClosedError);
-    REQUIRE(wb.stats().pending == 0);
+    REQUIRE(wb.queue_stats().pending == 0);
     REQUIRE(wb.flush().claimed == 0);
     REQUIRE_FALSE(db.read("b"));
 }
@@ -829,29 +831,32 @@ WRITE_BEHIND_TEST_CASE(
             return r;
         },
         o);
-    REQUIRE(wb.stats().oldest_pending_age == 0ms);
+    REQUIRE(wb.queue_stats().oldest_pending_age == 0ms);
     wb.put("old", "1");
     fx.advance(200ms);
     wb.put("old", "2");
     wb.put("bad", "x");
     auto s = wb.stats();
-    REQUIRE(s.pending == 2);
-    REQUIRE(s.processing == 0);
+    auto s_queue = wb.queue_stats();
+    REQUIRE(s_queue.pending == 2);
+    REQUIRE(s_queue.processing == 0);
     REQUIRE(s.coalesced == 1);
-    REQUIRE(s.oldest_pending_age >= 200ms);  // dirty since the first put, not the last
-    if constexpr (TestType::manual_time) REQUIRE(s.oldest_pending_age == 200ms);
+    REQUIRE(s_queue.oldest_pending_age >= 200ms);  // dirty since the first put, not the last
+    if constexpr (TestType::manual_time) REQUIRE(s_queue.oldest_pending_age == 200ms);
     wb.flush();
     s = wb.stats();
+    s_queue = wb.queue_stats();
     REQUIRE(s.flushed == 1);
     REQUIRE(s.retried == 1);
-    REQUIRE(s.pending == 1);
+    REQUIRE(s_queue.pending == 1);
     REQUIRE(s.batches == 1);
     flush_all(wb, fx);
     s = wb.stats();
+    s_queue = wb.queue_stats();
     REQUIRE(s.dead_lettered == 1);
-    REQUIRE(s.dead == 1);
-    REQUIRE(s.pending == 0);
-    REQUIRE(s.oldest_pending_age == 0ms);
+    REQUIRE(s_queue.dead == 1);
+    REQUIRE(s_queue.pending == 0);
+    REQUIRE(s_queue.oldest_pending_age == 0ms);
 }
 
 WRITE_BEHIND_TEST_CASE("Oldest pending age counts from the oldest write the database has not seen",
@@ -879,14 +884,14 @@ WRITE_BEHIND_TEST_CASE("Oldest pending age counts from the oldest write the data
     wb.flush();
     REQUIRE(db.read("hot") == "1");
     REQUIRE(wb.stats().coalesced == 1);
-    const auto age = wb.stats().oldest_pending_age;
+    const auto age = wb.queue_stats().oldest_pending_age;
     REQUIRE(age < 300ms);
     if constexpr (TestType::manual_time) REQUIRE(age == 0ms);
     fx.advance(50ms);
-    REQUIRE(wb.stats().oldest_pending_age >= 50ms);
+    REQUIRE(wb.queue_stats().oldest_pending_age >= 50ms);
     wb.flush();
     REQUIRE(db.read("hot") == "3");
-    REQUIRE(wb.stats().oldest_pending_age == 0ms);
+    REQUIRE(wb.queue_stats().oldest_pending_age == 0ms);
 }
 
 WRITE_BEHIND_TEST_CASE("increment: an update_user_score, atomic across threads",
@@ -1106,7 +1111,7 @@ TEST_CASE("A slow batch writer keeps its claims: a second flusher never writes t
     o.name = "slow";
     o.start_flusher = false;
     o.claim_ttl = 150ms;
-    o.log = [&log](std::string_view line) { log.add(line); };
+    o.cache.log.sink = [&log](larder::LogLevel, std::string_view line) { log.add(line); };
     larder::WriteBehind<std::string, larder::RedisBackend> slow(redis, writer, o);
     larder::WriteBehind<std::string, larder::RedisBackend> eager(redis, writer, o);
     slow.put("k", "v");
@@ -1121,7 +1126,7 @@ TEST_CASE("A slow batch writer keeps its claims: a second flusher never writes t
     REQUIRE(stolen == 0);
     REQUIRE(overlaps.load() == 0);
     REQUIRE(db.writes() == 1);
-    REQUIRE(slow.stats().pending == 0);
+    REQUIRE(slow.queue_stats().pending == 0);
 }
 
 // Before: a Redis pause longer than claim_ttl expired a healthy flusher's claim while its
@@ -1137,7 +1142,7 @@ TEST_CASE("A Redis pause that expires a healthy flusher's claim cannot reorder i
     o.name = "paused";
     o.start_flusher = false;
     o.claim_ttl = 600ms;
-    o.log = [](std::string_view) {};
+    o.cache.log.level = larder::LogLevel::off;
     using WB = larder::WriteBehind<std::string, larder::RedisBackend>;
     Gate f1_gate, f2_gate;
     WB f1(redis, db.writer("f1", &f1_gate), o);
@@ -1146,7 +1151,7 @@ TEST_CASE("A Redis pause that expires a healthy flusher's claim cannot reorder i
     f1.put("k", "v1");
 
     std::thread t1([&] { f1.flush(); });
-    REQUIRE(eventually([&] { return f1.stats().processing == 1; }));
+    REQUIRE(eventually([&] { return f1.queue_stats().processing == 1; }));
     // The server sleeps past the claim; F1's keeper goes on extending, and waits.
     REQUIRE(server.command({"DEBUG", "SLEEP", "1.5"}, 5s) == "OK");
     std::thread t2([&] { f2.flush(); });
@@ -1160,7 +1165,7 @@ TEST_CASE("A Redis pause that expires a healthy flusher's claim cannot reorder i
     t2.join();
     REQUIRE(f3.flush().flushed == 1);
     REQUIRE(db.order() == std::vector<std::string>{"f1:v1", "f2:v1", "f3:v2"});
-    REQUIRE(f3.stats().pending == 0);
+    REQUIRE(f3.queue_stats().pending == 0);
 }
 
 TEST_CASE("An allkeys-* maxmemory-policy is warned about, or refused", "[write_behind][redis]") {
@@ -1171,7 +1176,7 @@ TEST_CASE("An allkeys-* maxmemory-policy is warned about, or refused", "[write_b
     Log log;
     larder::WriteBehindOptions o;
     o.start_flusher = false;
-    o.log = [&log](std::string_view line) { log.add(line); };
+    o.cache.log.sink = [&log](larder::LogLevel, std::string_view line) { log.add(line); };
     o.eviction_check = larder::EvictionCheck::warn;  // opt-in: it needs CONFIG GET
     { larder::WriteBehind<std::string, larder::RedisBackend> wb(redis, writer_for(db), o); }
     REQUIRE(log.contains("allkeys-lru"));
@@ -1193,7 +1198,7 @@ TEST_CASE("Acknowledged puts survive a redis-server crash with appendfsync alway
     o.name = "durable";
     o.start_flusher = false;
     o.drain_timeout = 0ms;  // this process only produces
-    o.log = [&log](std::string_view line) { log.add(line); };
+    o.cache.log.sink = [&log](larder::LogLevel, std::string_view line) { log.add(line); };
     std::map<std::string, std::string> acknowledged;
     {
         auto redis = larder::test::make_test_backend(server);

@@ -292,7 +292,7 @@ std::unique_ptr<Subject> build_subject(const RunEnv& env, const Spec& spec) {
 template <class NearPtr>
 void add_l1(CacheCounts& c, const NearPtr& near) {
     if (!near) return;
-    const auto h = near->l1().hits();
+    const auto h = near->l1().stats().hits;
     c.hits += h;
     c.l1_hits += h;
 }

@@ -46,7 +46,9 @@ public:
         w.claim_ttl = o.claim_ttl;
         w.clean_ttl = o.ttl;
         w.cache = read_options(o);
-        w.log = env.log;
+        if (env.log) {
+            w.cache.log.sink = [log = env.log](larder::LogLevel, std::string_view line) { log(line); };
+        }
         for (std::size_t i = 0; i < o.instances; ++i) {
             Instance in;
             // Every instance flushes the one queue; a queue in process memory is shared

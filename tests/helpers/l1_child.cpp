@@ -79,7 +79,7 @@ void serve(larder::RedisBackend& redis, Bus& bus) {
                     ++seen;
                 }
             }
-            std::cout << "done " << near.l1().hits() << std::endl;
+            std::cout << "done " << near.l1().stats().hits << std::endl;
         } else {
             std::cout << "error unknown command" << std::endl;
         }

@@ -164,7 +164,7 @@ larder::WriteBehindOptions options(const std::string& queue, larder::Millis clai
     o.retry = {.max_attempts = 1000, .first_backoff = 1ms, .max_backoff = 10ms};
     o.drain_timeout = 0ms;
     o.eviction_check = larder::EvictionCheck::ignore;
-    o.log = [](std::string_view) {};
+    o.cache.log.level = larder::LogLevel::off;
     return o;
 }
 
@@ -317,9 +317,9 @@ int drain_main(int port, const std::string& queue, const std::string& dir, int t
     larder::FlushReport total;
     for (;;) {
         total += wb.flush();
-        if (wb.stats().pending == 0) break;
+        if (wb.queue_stats().pending == 0) break;
         if (std::chrono::steady_clock::now() > deadline) {
-            std::cerr << "write_behind_child drain: " << wb.stats().pending << " keys left\n";
+            std::cerr << "write_behind_child drain: " << wb.queue_stats().pending << " keys left\n";
             return 1;
         }
         std::this_thread::sleep_for(5ms);

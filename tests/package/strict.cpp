@@ -20,6 +20,7 @@
 #include <larder/near/near_cache.hpp>
 #include <larder/policy/cache_aside.hpp>
 #include <larder/policy/write_behind.hpp>
+#include <larder/policy/write_behind_types.hpp>
 #include <larder/policy/write_through.hpp>
 #include <larder/stampede/jitter.hpp>
 #include <larder/stampede/lock.hpp>

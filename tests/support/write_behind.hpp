@@ -142,7 +142,7 @@ WriteBehindOptions manual(Fixture& fx, Log& log, std::string name = "test") {
                .max_backoff = 4ms,
                .max_outage_backoff = 4ms};
     o.drain_timeout = 2s;
-    o.log = [&log](std::string_view line) { log.add(line); };
+    o.cache.log.sink = [&log](larder::LogLevel, std::string_view line) { log.add(line); };
     return o;
 }
 
@@ -157,10 +157,10 @@ FlushReport flush_all(WB& wb, Fixture& fx, int rounds = 400) {
     FlushReport total;
     for (int i = 0; i < rounds; ++i) {
         total += wb.flush();
-        if (wb.stats().pending == 0) return total;
+        if (wb.queue_stats().pending == 0) return total;
         fx.advance(5ms);
     }
-    FAIL("the queue did not drain: " << wb.stats().pending << " dirty keys left");
+    FAIL("the queue did not drain: " << wb.queue_stats().pending << " dirty keys left");
     return total;
 }
 

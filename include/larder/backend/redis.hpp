@@ -41,30 +41,6 @@
 
 namespace larder {
 
-/// What one RedisBackend has done since it was built. A plain value: copy it, subtract two.
-struct RedisBackendStats {
-    std::uint64_t round_trips = 0;  ///< requests sent; a pipeline counts once
-    std::uint64_t errors = 0;       ///< calls that threw BackendError (not fast fails)
-    std::uint64_t timeouts = 0;     ///< of those, TimeoutErrors
-    /// Of those, timeouts while the reply was arriving (a large exchange, not a sick
-    /// server): not counted by the circuit breaker.
-    std::uint64_t payload_timeouts = 0;
-    std::uint64_t connects = 0;          ///< connections opened
-    std::uint64_t connect_failures = 0;  ///< connection attempts that failed
-    std::uint64_t breaker_opens = 0;     ///< times the circuit breaker opened
-    std::uint64_t short_circuited = 0;   ///< calls refused by the open breaker, without I/O
-    std::uint64_t script_loads = 0;      ///< scripts (re)loaded: first use, after NOSCRIPT
-    /// CLIENT TRACKING commands sent to point a pooled connection at a RedisTrackingBus's
-    /// subscriber (or to stop tracking): one per connection per subscriber (re)connect.
-    std::uint64_t tracking_redirects = 0;
-    /// Of those, refused by Redis (an ACL without CLIENT): the call threw BackendError.
-    std::uint64_t tracking_refusals = 0;
-    /// Sentinel: +switch-master announcements followed.
-    std::uint64_t primary_switches = 0;
-
-    friend bool operator==(const RedisBackendStats&, const RedisBackendStats&) = default;
-};
-
 /// A Lua script for RedisBackend::eval: `RedisScript s{"name", R"lua(...)lua"};`. The name
 /// appears in errors; both strings must outlive the script (string literals do).
 using RedisScript = redis_detail::Script;
@@ -86,7 +62,14 @@ public:
           lease_channel_(options_.key_prefix + "larder:lease-ends") {
         if (!options_.sentinel.sentinels.empty()) {
             sentinel_ = std::make_unique<redis_detail::Sentinel>(
-                options_.sentinel, endpoint_, counters_, [this] { pool_.close_idle(); });
+                options_.sentinel, endpoint_, counters_, [this] {
+                    options_.log(LogLevel::warn, [&] {
+                        return "redis '" + options_.name +
+                               "': Sentinel announced a new primary of '" +
+                               options_.sentinel.master_name + "'; following it";
+                    });
+                    pool_.close_idle();
+                });
         }
         if (options_.require_connection) {
             try {
@@ -108,8 +91,9 @@ public:
     /// GET alone, for callers that do not need the TTL: one command per hit.
     [[nodiscard]] std::optional<StoredValue> get_value(std::string_view key) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
-        return run(
-            [&](redis_detail::Connection& c) { return redis_detail::get_value(c, k.view()); });
+        return run("get_value", [&](redis_detail::Connection& c) {
+            return redis_detail::get_value(c, k.view());
+        });
     }
 
     /// One MGET for all keys, without TTLs.
@@ -117,7 +101,7 @@ public:
         std::span<const std::string> keys) {
         if (keys.empty()) return {};
         const redis_detail::StoredKeys k(options_.key_prefix, keys);
-        return run([&](redis_detail::Connection& c) {
+        return run("get_many_values", [&](redis_detail::Connection& c) {
             redis_detail::send_mget(c, k.views());
             return redis_detail::receive_mget(c, keys.size());
         });
@@ -126,7 +110,8 @@ public:
     /// GET and PTTL, pipelined: one round trip (redis/commands.hpp says why not a script).
     [[nodiscard]] std::optional<StoredValue> get(std::string_view key) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
-        return run([&](redis_detail::Connection& c) { return redis_detail::get(c, k.view()); });
+        return run("get",
+                   [&](redis_detail::Connection& c) { return redis_detail::get(c, k.view()); });
     }
 
     /// GET + PTTL per key, all in one pipeline: one round trip, aligned with `keys`.
@@ -135,7 +120,7 @@ public:
         std::span<const std::string> keys) {
         if (keys.empty()) return {};
         const redis_detail::StoredKeys k(options_.key_prefix, keys);
-        return run([&](redis_detail::Connection& c) {
+        return run("get_many", [&](redis_detail::Connection& c) {
             redis_detail::send_get_many(c, k.views());
             return redis_detail::receive_get_many(c, keys.size());
         });
@@ -144,13 +129,14 @@ public:
     /// SET key value [PX ttl]; a TTL of no_expiry (or below) stores without one.
     void set(std::string_view key, std::string_view value, Millis ttl) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
-        run_write([&](redis_detail::Connection& c) { redis_detail::set(c, k.view(), value, ttl); });
+        run_write("set",
+                  [&](redis_detail::Connection& c) { redis_detail::set(c, k.view(), value, ttl); });
     }
 
     /// SET key value NX [PX ttl]: true when this call created the key.
     bool set_if_absent(std::string_view key, std::string_view value, Millis ttl) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
-        return run_write([&](redis_detail::Connection& c) {
+        return run_write("set_if_absent", [&](redis_detail::Connection& c) {
             return redis_detail::set_if_absent(c, k.view(), value, ttl);
         });
     }
@@ -221,7 +207,7 @@ public:
     /// DEL key: true when a key was removed.
     bool del(std::string_view key) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
-        return integer_command(Args{"DEL", k.view()}, "DEL") > 0;
+        return integer_command("del", Args{"DEL", k.view()}) > 0;
     }
 
     /// INCRBY: a missing key counts from 0, a TTL is kept; a value that is not an integer
@@ -229,14 +215,14 @@ public:
     std::int64_t increment(std::string_view key, std::int64_t delta) {
         const redis_detail::StoredKey k(options_.key_prefix, key);
         const redis_detail::Number by(delta);
-        return integer_command(Args{"INCRBY", k.view(), by.view()}, "INCRBY");
+        return integer_command("increment", Args{"INCRBY", k.view(), by.view()});
     }
 
     // ---- beyond the concept ----------------------------------------------------------
 
     /// PING; throws like any other call. A health check that also warms one connection.
     void ping() {
-        run([&](redis_detail::Connection& c) {
+        run("ping", [&](redis_detail::Connection& c) {
             const auto reply = c.command(Args{"PING"});
             redis_detail::check(*reply, "PING");
         });
@@ -245,7 +231,7 @@ public:
     /// PUBLISH; returns the number of subscribers that received it. Channel names are not
     /// keys: the key prefix is not applied.
     std::int64_t publish(std::string_view channel, std::string_view message) {
-        return integer_command(Args{"PUBLISH", channel, message}, "PUBLISH");
+        return integer_command("publish", Args{"PUBLISH", channel, message});
     }
 
     /// Any command, as given (no key prefix is applied), through the same pool and breaker.
@@ -256,6 +242,7 @@ public:
         for (std::string_view a : argv) args.push(a);
         const std::string name(argv.front().substr(0, 32));
         return run(
+            "command",
             [&](redis_detail::Connection& c) {
                 const auto reply = c.command(args);
                 redis_detail::check(*reply, name);
@@ -279,6 +266,7 @@ public:
         for (std::string_view k : keys) prefixed.push_back(stored_key(k));
         std::vector<std::string_view> views(prefixed.begin(), prefixed.end());
         return run(
+            script.name(),
             [&](redis_detail::Connection& c) {
                 return redis_detail::to_reply(*script.run(c, views, args));
             },
@@ -298,6 +286,7 @@ public:
         const redis_detail::Number n(replicas);
         const redis_detail::Number ms(timeout.count());
         return run(
+            script.name(),
             [&](redis_detail::Connection& c) {
                 RedisReply reply = redis_detail::to_reply(*script.run(c, views, args));
                 const auto acked = c.command(Args{"WAIT", n.view(), ms.view()});
@@ -316,21 +305,8 @@ public:
     [[nodiscard]] BreakerState breaker_state() const noexcept { return breaker_.state(); }
 
     [[nodiscard]] RedisBackendStats stats() const noexcept {
-        auto load = [](const std::atomic<std::uint64_t>& c) {
-            return c.load(std::memory_order_relaxed);
-        };
-        RedisBackendStats s;
-        s.round_trips = counters_.round_trips.load();
-        s.errors = load(counters_.errors);
-        s.timeouts = load(counters_.timeouts);
-        s.payload_timeouts = load(counters_.payload_timeouts);
-        s.connects = load(counters_.connects);
-        s.connect_failures = load(counters_.connect_failures);
+        RedisBackendStats s = counters_.snapshot();
         s.breaker_opens = breaker_.opens();
-        s.short_circuited = load(counters_.short_circuited);
-        s.script_loads = load(counters_.script_loads);
-        s.tracking_redirects = load(counters_.tracking_redirects);
-        s.tracking_refusals = load(counters_.tracking_refusals);
         s.primary_switches = sentinel_ ? sentinel_->switches() : 0;
         return s;
     }
@@ -424,10 +400,13 @@ private:
             auto conn = sentinel_
                             ? sentinel_->connect_to_primary()
                             : std::make_unique<redis_detail::Connection>(endpoint_, counters_);
-            Counters::bump(counters_.connects);
+            counters_.add<&RedisBackendStats::connects>();
             return conn;
-        } catch (...) {
-            Counters::bump(counters_.connect_failures);
+        } catch (const std::exception& e) {
+            counters_.add<&RedisBackendStats::connect_failures>();
+            options_.log(LogLevel::info, [&] {
+                return "redis '" + options_.name + "': connecting failed: " + std::string(e.what());
+            });
             throw;
         }
     }
@@ -439,8 +418,9 @@ private:
     // arriving: the server was answering, and what ran out was the time for the size of
     // the exchange (a large value), which says nothing about the server or other callers.
     template <class F>
-    auto run(F&& body, Effect effect = Effect::read)
+    auto run(std::string_view operation, F&& body, Effect effect = Effect::read)
         -> std::invoke_result_t<F&, redis_detail::Connection&> {
+        const auto timer = detail::time_backend_call(options_.metrics, options_.name, operation);
         if (!sentinel_) return run_once(body, effect);
         try {
             return run_once(body, effect);
@@ -460,7 +440,7 @@ private:
         try {
             ticket = breaker_.admit();
         } catch (const CircuitOpenError&) {
-            Counters::bump(counters_.short_circuited);
+            counters_.add<&RedisBackendStats::short_circuited>();
             throw;
         }
         bool answering = false;  // a timeout came while replies were arriving
@@ -470,10 +450,10 @@ private:
             try {
                 if constexpr (std::is_void_v<Result>) {
                     body(*lease);
-                    breaker_.succeeded(ticket);
+                    call_succeeded(ticket);
                 } else {
                     Result result = body(*lease);
-                    breaker_.succeeded(ticket);
+                    call_succeeded(ticket);
                     return result;
                 }
             } catch (const TimeoutError& e) {
@@ -503,37 +483,37 @@ private:
                 throw;
             }
         } catch (const PoolExhaustedError&) {
-            Counters::bump(counters_.errors);
-            Counters::bump(counters_.timeouts);
+            counters_.add<&RedisBackendStats::errors>();
+            counters_.add<&RedisBackendStats::timeouts>();
             breaker_.abandoned(ticket);
             throw;
         } catch (const ClusterRedirectError&) {
-            Counters::bump(counters_.errors);
-            breaker_.succeeded(ticket);  // the server answered: it is only the wrong one
+            counters_.add<&RedisBackendStats::errors>();
+            call_succeeded(ticket);  // the server answered: it is only the wrong one
             throw;
         } catch (const ReplyError& e) {
-            Counters::bump(counters_.errors);
+            counters_.add<&RedisBackendStats::errors>();
             // A cluster node that answers CLUSTERDOWN is up: another primary is missing, and
             // the node serves again as soon as that primary's replica takes over.
             if (e.server_unavailable() && !(cluster_node_ && e.cluster_down())) {
-                breaker_.failed(ticket, e.what());
+                call_failed(ticket, e.what());
             } else {
-                breaker_.succeeded(ticket);
+                call_succeeded(ticket);
             }
             throw;
         } catch (const TimeoutError& e) {
-            Counters::bump(counters_.errors);
-            Counters::bump(counters_.timeouts);
+            counters_.add<&RedisBackendStats::errors>();
+            counters_.add<&RedisBackendStats::timeouts>();
             if (answering) {
-                Counters::bump(counters_.payload_timeouts);
-                breaker_.succeeded(ticket);
+                counters_.add<&RedisBackendStats::payload_timeouts>();
+                call_succeeded(ticket);
             } else {
-                breaker_.failed(ticket, e.what());
+                call_failed(ticket, e.what());
             }
             throw;
         } catch (const BackendError& e) {
-            Counters::bump(counters_.errors);
-            breaker_.failed(ticket, e.what());
+            counters_.add<&RedisBackendStats::errors>();
+            call_failed(ticket, e.what());
             throw;
         } catch (...) {
             breaker_.abandoned(ticket);
@@ -584,30 +564,57 @@ private:
         }
     }
 
+    void call_succeeded(redis_detail::CircuitBreaker::Ticket ticket) noexcept {
+        if (breaker_.succeeded(ticket)) {
+            options_.log(LogLevel::info, [&] {
+                return "redis '" + options_.name + "': " + where() +
+                       " answered the probe; circuit breaker closed";
+            });
+        }
+    }
+
+    void call_failed(redis_detail::CircuitBreaker::Ticket ticket, std::string_view why) noexcept {
+        if (breaker_.failed(ticket, why)) {
+            options_.log(LogLevel::warn, [&] {
+                return "redis '" + options_.name + "': circuit breaker open for " +
+                       std::to_string(options_.breaker.cool_down.count()) +
+                       " ms after: " + std::string(why);
+            });
+        }
+    }
+
     // Under Sentinel: `c` found the node it reached is no longer the primary (it went
     // away, or refuses writes). The next connection asks the sentinels again, and the idle
     // ones, which go to the same node, are closed.
     void primary_moved(const redis_detail::Connection& c) {
+        options_.log(LogLevel::warn, [&] {
+            return "redis '" + options_.name + "': " + c.endpoint().describe() +
+                   " is no longer the primary of '" + options_.sentinel.master_name +
+                   "'; asking the sentinels";
+        });
         sentinel_->forget(RedisAddress{c.endpoint().host, c.endpoint().port});
         pool_.close_idle();
     }
 
     void send_tracking(redis_detail::Connection& c, const Args& args) {
-        Counters::bump(counters_.tracking_redirects);
+        counters_.add<&RedisBackendStats::tracking_redirects>();
         const auto reply = c.command(args);
-        if (reply->type == REDIS_REPLY_ERROR) Counters::bump(counters_.tracking_refusals);
+        if (reply->type == REDIS_REPLY_ERROR)
+            counters_.add<&RedisBackendStats::tracking_refusals>();
         redis_detail::check(*reply, "CLIENT TRACKING");
         if (reply->type != REDIS_REPLY_STATUS) redis_detail::unexpected(*reply, "CLIENT TRACKING");
     }
 
     template <class F>
-    auto run_write(F&& body) -> std::invoke_result_t<F&, redis_detail::Connection&> {
-        return run(std::forward<F>(body), Effect::write);
+    auto run_write(std::string_view operation, F&& body)
+        -> std::invoke_result_t<F&, redis_detail::Connection&> {
+        return run(operation, std::forward<F>(body), Effect::write);
     }
 
     std::int64_t run_script(redis_detail::Script& script, std::span<const std::string_view> keys,
                             std::span<const std::string_view> args) {
         return run(
+            script.name(),
             [&](redis_detail::Connection& c) {
                 return redis_detail::integer_script(c, script, keys, args);
             },
@@ -615,9 +622,10 @@ private:
     }
 
     // DEL, INCRBY, PUBLISH: all writes.
-    std::int64_t integer_command(const Args& args, std::string_view what) {
-        return run_write([&](redis_detail::Connection& c) {
-            return redis_detail::integer_reply(*c.command(args), what);
+    std::int64_t integer_command(std::string_view operation, const Args& args) {
+        return run_write(operation, [&](redis_detail::Connection& c) {
+            return redis_detail::integer_reply(*c.command(args),
+                                               std::string_view(args.argv()[0], args.lengths()[0]));
         });
     }
 

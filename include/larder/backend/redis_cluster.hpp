@@ -115,6 +115,22 @@ struct RedisClusterStats {
     friend bool operator==(const RedisClusterStats&, const RedisClusterStats&) = default;
 };
 
+template <>
+struct counter_set<RedisClusterStats> {
+    using S = RedisClusterStats;
+    static constexpr std::string_view family = "redis_cluster";
+    static constexpr std::array<CounterField<S>, 8> fields{{
+        {"errors", "calls that threw BackendError to the caller", &S::errors},
+        {"moved", "MOVED redirects followed", &S::moved},
+        {"asked", "ASK redirects followed", &S::asked},
+        {"try_agains", "TRYAGAIN retries", &S::try_agains},
+        {"refreshes", "slot maps read", &S::refreshes},
+        {"refresh_failures", "slot map refreshes that no node answered", &S::refresh_failures},
+        {"replica_reads", "reads sent to a replica", &S::replica_reads},
+        {"nodes", "nodes known so far", &S::nodes},
+    }};
+};
+
 class RedisClusterBackend {
 public:
     /// Validates the options (ConfigError) and reads the slot map from the first seed that
@@ -139,14 +155,14 @@ public:
 
     [[nodiscard]] std::optional<StoredValue> get_value(std::string_view key) {
         const redis_detail::StoredKey k(options_.node.key_prefix, key);
-        return on_key(k.view(), Access::read, [&](redis_detail::Connection& c) {
+        return on_key("get_value", k.view(), Access::read, [&](redis_detail::Connection& c) {
             return redis_detail::get_value(c, k.view());
         });
     }
 
     [[nodiscard]] std::optional<StoredValue> get(std::string_view key) {
         const redis_detail::StoredKey k(options_.node.key_prefix, key);
-        return on_key(k.view(), Access::read,
+        return on_key("get", k.view(), Access::read,
                       [&](redis_detail::Connection& c) { return redis_detail::get(c, k.view()); });
     }
 
@@ -165,13 +181,13 @@ public:
 
     void set(std::string_view key, std::string_view value, Millis ttl) {
         const redis_detail::StoredKey k(options_.node.key_prefix, key);
-        on_key(k.view(), Access::write,
+        on_key("set", k.view(), Access::write,
                [&](redis_detail::Connection& c) { redis_detail::set(c, k.view(), value, ttl); });
     }
 
     bool set_if_absent(std::string_view key, std::string_view value, Millis ttl) {
         const redis_detail::StoredKey k(options_.node.key_prefix, key);
-        return on_key(k.view(), Access::write, [&](redis_detail::Connection& c) {
+        return on_key("set_if_absent", k.view(), Access::write, [&](redis_detail::Connection& c) {
             return redis_detail::set_if_absent(c, k.view(), value, ttl);
         });
     }
@@ -199,14 +215,14 @@ public:
 
     bool del(std::string_view key) {
         const redis_detail::StoredKey k(options_.node.key_prefix, key);
-        return integer_command(k.view(), redis_detail::Args{"DEL", k.view()}, "DEL") > 0;
+        return integer_command("del", k.view(), redis_detail::Args{"DEL", k.view()}, "DEL") > 0;
     }
 
     std::int64_t increment(std::string_view key, std::int64_t delta) {
         const redis_detail::StoredKey k(options_.node.key_prefix, key);
         const redis_detail::Number by(delta);
-        return integer_command(k.view(), redis_detail::Args{"INCRBY", k.view(), by.view()},
-                               "INCRBY");
+        return integer_command("increment", k.view(),
+                               redis_detail::Args{"INCRBY", k.view(), by.view()}, "INCRBY");
     }
 
     // ---- beyond the concept ----------------------------------------------------------
@@ -230,7 +246,7 @@ public:
         redis_detail::Args args;
         for (std::string_view a : argv) args.push(a);
         const std::string name(argv.front().substr(0, 32));
-        return on_key(stored_key,
+        return on_key("command", stored_key,
                       redis_detail::reads_only(argv) ? Access::read_primary : Access::write,
                       [&](redis_detail::Connection& c) {
                           const auto reply = c.command(args);
@@ -250,7 +266,7 @@ public:
     RedisReply eval(RedisScript& script, std::span<const std::string_view> keys,
                     std::span<const std::string_view> args) {
         const redis_detail::StoredKeys stored(options_.node.key_prefix, keys);
-        return on_key(first_of(stored.views()), access_of(script),
+        return on_key(script.name(), first_of(stored.views()), access_of(script),
                       [&](redis_detail::Connection& c) {
                           return redis_detail::to_reply(*script.run(c, stored.views(), args));
                       });
@@ -270,12 +286,14 @@ public:
         const redis_detail::StoredKeys stored(options_.node.key_prefix, keys);
         const redis_detail::Number n(replicas);
         const redis_detail::Number ms(timeout.count());
-        return on_key(first_of(stored.views()), Access::write, [&](redis_detail::Connection& c) {
-            RedisReply reply = redis_detail::to_reply(*script.run(c, stored.views(), args));
-            const auto acked = c.command(redis_detail::Args{"WAIT", n.view(), ms.view()});
-            redis_detail::check(*acked, "WAIT");
-            return std::pair{std::move(reply), redis_detail::to_reply(*acked).integer};
-        });
+        return on_key(
+            script.name(), first_of(stored.views()), Access::write,
+            [&](redis_detail::Connection& c) {
+                RedisReply reply = redis_detail::to_reply(*script.run(c, stored.views(), args));
+                const auto acked = c.command(redis_detail::Args{"WAIT", n.view(), ms.view()});
+                redis_detail::check(*acked, "WAIT");
+                return std::pair{std::move(reply), redis_detail::to_reply(*acked).integer};
+            });
     }
 
     /// Reads the slot map now, from the first node that answers (primaries first). Throws
@@ -296,17 +314,7 @@ public:
     [[nodiscard]] const RedisClusterOptions& cluster_options() const noexcept { return options_; }
 
     [[nodiscard]] RedisClusterStats stats() const {
-        auto load = [](const std::atomic<std::uint64_t>& c) {
-            return c.load(std::memory_order_relaxed);
-        };
-        RedisClusterStats s;
-        s.errors = load(counters_.errors);
-        s.moved = load(counters_.moved);
-        s.asked = load(counters_.asked);
-        s.try_agains = load(counters_.try_agains);
-        s.refreshes = load(counters_.refreshes);
-        s.refresh_failures = load(counters_.refresh_failures);
-        s.replica_reads = load(counters_.replica_reads);
+        RedisClusterStats s = counters_.snapshot();
         std::lock_guard lock(nodes_mutex_);
         s.nodes = nodes_.size();
         return s;
@@ -373,19 +381,6 @@ private:
         // under watch_mutex_; read without it on the call path.
         std::atomic<bool> serving{false};
     };
-
-    struct Counters {
-        std::atomic<std::uint64_t> errors{0};
-        std::atomic<std::uint64_t> moved{0};
-        std::atomic<std::uint64_t> asked{0};
-        std::atomic<std::uint64_t> try_agains{0};
-        std::atomic<std::uint64_t> refreshes{0};
-        std::atomic<std::uint64_t> refresh_failures{0};
-        std::atomic<std::uint64_t> replica_reads{0};
-    };
-    static void bump(std::atomic<std::uint64_t>& c) noexcept {
-        c.fetch_add(1, std::memory_order_relaxed);
-    }
 
     /// A redirect, as a node sent it.
     struct Redirect {
@@ -586,7 +581,7 @@ private:
             try {
                 const RedisReply reply = n->backend.command({"CLUSTER", "SLOTS"});
                 apply(SlotMap::from_cluster_slots(reply, n->backend.options().host));
-                bump(counters_.refreshes);
+                counters_.add<&RedisClusterStats::refreshes>();
                 schedule_refresh(options_.refresh_interval);
                 return;
             } catch (const BackendError& e) {
@@ -594,7 +589,12 @@ private:
                 failures += n->address + ": " + e.what();
             }
         }
-        bump(counters_.refresh_failures);
+        counters_.add<&RedisClusterStats::refresh_failures>();
+        options_.node.log(LogLevel::warn, [&] {
+            return "redis cluster '" + options_.node.name +
+                   "': no node answered CLUSTER SLOTS; keeping the slot map in use (" + failures +
+                   ")";
+        });
         schedule_refresh(options_.min_refresh_interval);
         throw ConnectionError("RedisClusterBackend: no node answered CLUSTER SLOTS (" + failures +
                               ")");
@@ -696,19 +696,19 @@ private:
     /// Runs `body` on a connection to the node that serves `key`'s slot, through that
     /// node's breaker and pool, following redirects.
     template <class F>
-    auto on_key(std::string_view key, Access access, F&& body)
+    auto on_key(std::string_view operation, std::string_view key, Access access, F&& body)
         -> std::invoke_result_t<F&, redis_detail::Connection&> {
         refresh_if_due();
         try {
-            return on_slot(keys::slot(key), access, body);
+            return on_slot(operation, keys::slot(key), access, body);
         } catch (const BackendError&) {
-            bump(counters_.errors);
+            counters_.add<&RedisClusterStats::errors>();
             throw;
         }
     }
 
     template <class F>
-    auto on_slot(std::uint16_t slot, Access access, F& body)
+    auto on_slot(std::string_view operation, std::uint16_t slot, Access access, F& body)
         -> std::invoke_result_t<F&, redis_detail::Connection&> {
         const Effect effect = access == Access::write ? Effect::write : Effect::read;
         Node* node = route(slot, access);
@@ -718,9 +718,11 @@ private:
         Millis backoff = options_.try_again_backoff;
         for (;;) {
             try {
-                if (node->backend.options().readonly) bump(counters_.replica_reads);
-                if (!asking) return node->backend.run(body, effect);
+                if (node->backend.options().readonly)
+                    counters_.add<&RedisClusterStats::replica_reads>();
+                if (!asking) return node->backend.run(operation, body, effect);
                 return node->backend.run(
+                    operation,
                     [&](redis_detail::Connection& c) {
                         c.asking(true);
                         struct Off {
@@ -734,7 +736,7 @@ private:
                 const Redirect r = parse_redirect(e.reply(), node->backend.options().host);
                 switch (r.kind) {
                     case Redirect::Kind::moved:
-                        bump(counters_.moved);
+                        counters_.add<&RedisClusterStats::moved>();
                         if (++redirects > options_.max_redirects) throw exhausted(e);
                         node = node_at(r.host, r.port, false, Serving::yes);
                         primary_[r.slot].store(node);
@@ -744,13 +746,13 @@ private:
                         asking = false;
                         continue;
                     case Redirect::Kind::ask:
-                        bump(counters_.asked);
+                        counters_.add<&RedisClusterStats::asked>();
                         if (++redirects > options_.max_redirects) throw exhausted(e);
                         node = node_at(r.host, r.port, false, Serving::yes);
                         asking = true;
                         continue;
                     case Redirect::Kind::try_again: {
-                        bump(counters_.try_agains);
+                        counters_.add<&RedisClusterStats::try_agains>();
                         const auto now = std::chrono::steady_clock::now();
                         if (!try_again_until) try_again_until = now + options_.try_again_timeout;
                         if (now >= *try_again_until) throw exhausted(e);
@@ -789,13 +791,14 @@ private:
     std::int64_t integer_script(redis_detail::Script& script, std::string_view key,
                                 std::span<const std::string_view> args) {
         const std::array<std::string_view, 1> keys{key};
-        return on_key(key, access_of(script), [&](redis_detail::Connection& c) {
+        return on_key(script.name(), key, access_of(script), [&](redis_detail::Connection& c) {
             return redis_detail::integer_script(c, script, keys, args);
         });
     }
 
-    std::int64_t integer_command(std::string_view key, const Args& args, std::string_view what) {
-        return on_key(key, Access::write, [&](redis_detail::Connection& c) {
+    std::int64_t integer_command(std::string_view operation, std::string_view key, const Args& args,
+                                 std::string_view what) {
+        return on_key(operation, key, Access::write, [&](redis_detail::Connection& c) {
             return redis_detail::integer_reply(*c.command(args), what);
         });
     }
@@ -816,7 +819,7 @@ private:
         try {
             return read_many_routed(keys, with_ttl);
         } catch (const BackendError&) {
-            bump(counters_.errors);
+            counters_.add<&RedisClusterStats::errors>();
             throw;
         }
     }
@@ -872,7 +875,7 @@ private:
         auto body = [&](redis_detail::Connection& c) {
             return with_ttl ? redis_detail::get(c, key) : redis_detail::get_value(c, key);
         };
-        return on_slot(keys::slot(key), Access::read, body);
+        return on_slot(with_ttl ? "get" : "get_value", keys::slot(key), Access::read, body);
     }
 
     // Sends batch i, then (while its replies are on their way) the batches after it, then
@@ -884,8 +887,10 @@ private:
         Batch& b = batches[i];
         bool rest_sent = false;
         try {
-            if (b.node->backend.options().readonly) bump(counters_.replica_reads);
+            if (b.node->backend.options().readonly)
+                counters_.add<&RedisClusterStats::replica_reads>();
             b.node->backend.run(
+                with_ttl ? "get_many" : "get_many_values",
                 [&](redis_detail::Connection& c) {
                     for (std::string_view k : b.keys) {
                         c.append(Args{"GET", k});
@@ -908,7 +913,7 @@ private:
     }
 
     const RedisClusterOptions options_;
-    Counters counters_;
+    detail::StripedCounters<RedisClusterStats> counters_;
     mutable std::mutex nodes_mutex_;
     std::vector<std::unique_ptr<Node>> nodes_;  // never shrinks: the slot table points here
     std::array<std::atomic<Node*>, cluster_slot_count> primary_;

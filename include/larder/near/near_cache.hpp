@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -33,9 +34,30 @@
 
 #include "larder/core/clock.hpp"
 #include "larder/core/error.hpp"
+#include "larder/core/stats.hpp"
 #include "larder/near/detail/epoch.hpp"
 
 namespace larder {
+
+/// What one NearCache did since it was built.
+struct NearCacheStats {
+    std::uint64_t hits = 0;       ///< lookups that found a live entry
+    std::uint64_t misses = 0;     ///< lookups that did not
+    std::uint64_t evictions = 0;  ///< entries dropped to stay within max_entries
+
+    friend bool operator==(const NearCacheStats&, const NearCacheStats&) = default;
+};
+
+template <>
+struct counter_set<NearCacheStats> {
+    using S = NearCacheStats;
+    static constexpr std::string_view family = "near_cache";
+    static constexpr std::array<CounterField<S>, 3> fields{{
+        {"hits", "lookups that found a live entry", &S::hits},
+        {"misses", "lookups that did not", &S::misses},
+        {"evictions", "entries dropped to stay within max_entries", &S::evictions},
+    }};
+};
 
 struct NearCacheOptions {
     /// Upper bound on entries, split evenly over the shards (so the bound holds per shard).
@@ -333,16 +355,16 @@ public:
         return n;
     }
 
-    [[nodiscard]] std::uint64_t hits() const noexcept { return sum(&CounterStripe::hits); }
-    [[nodiscard]] std::uint64_t misses() const noexcept { return sum(&CounterStripe::misses); }
-
-    /// Entries dropped to stay within max_entries (expiry not included).
-    [[nodiscard]] std::uint64_t evictions() const noexcept {
-        std::uint64_t n = 0;
+    /// Hits, misses and evictions (entries dropped to stay within max_entries; expiry
+    /// not included) since construction; local, no I/O.
+    [[nodiscard]] NearCacheStats stats() const noexcept {
+        NearCacheStats s;
+        s.hits = sum(&CounterStripe::hits);
+        s.misses = sum(&CounterStripe::misses);
         for (std::size_t i = 0; i < shard_count_; ++i) {
-            n += shards_[i].evictions.load(std::memory_order_relaxed);
+            s.evictions += shards_[i].evictions.load(std::memory_order_relaxed);
         }
-        return n;
+        return s;
     }
 
     /// Entries held at most: max_entries rounded down to a multiple of the shard count.

@@ -9,6 +9,8 @@
 #include <string>
 
 #include "larder/core/clock.hpp"
+#include "larder/core/log.hpp"
+#include "larder/core/metrics.hpp"
 #include "larder/stampede/jitter.hpp"
 
 namespace larder {
@@ -57,6 +59,14 @@ struct CacheAsideOptions {
     /// limit.
     std::size_t max_value_bytes = std::size_t{8} << 20;
     const Clock* clock = &SystemClock::instance();
+    /// How logs and metrics name this cache. Empty: the key prefix, or "default".
+    std::string name{};
+    /// Told how long each loader call took (nullptr: nothing is timed). Counters are
+    /// stats(). It must outlive the cache.
+    MetricsListener* metrics = nullptr;
+    /// What the cache cannot tell a caller: a refresh that failed in the background, a
+    /// load past max_load_time, bytes it cannot decode, a write-behind entry dead-lettered.
+    Logger log{};
 };
 
 /// Per-call overrides of a cache's options: get(key, loader, {.ttl = 10s}). Unset fields

@@ -63,303 +63,9 @@
 #include "larder/policy/detail/read_path.hpp"
 #include "larder/policy/detail/write_claims.hpp"
 #include "larder/policy/options.hpp"
+#include "larder/policy/write_behind_types.hpp"
 
 namespace larder {
-
-/// One value the batch writer is asked to write.
-template <class T>
-struct DirtyEntry {
-    /// The key as given to put (without the key prefix).
-    std::string key;
-    /// The value of this version: the latest put for the key, unless the queue keeps every
-    /// version (WriteBehindOptions::coalesce = false), when the versions come in order.
-    T value;
-    /// Grows with every put to the key, across processes and restarts: a fencing token for
-    /// the database write (UPDATE ... SET v = ?, version = ? WHERE id = ? AND version < ?).
-    std::uint64_t version = 0;
-    /// 1 on the first try; counts the times the writer rejected this row (and claims that
-    /// expired), not the batches that failed as a whole.
-    std::uint32_t attempt = 1;
-    /// The oldest write of the key the database has not received.
-    TimePoint dirty_since{};
-    /// A delete queued by WriteBehind::erase: remove the row (fenced on version, as a write).
-    bool erased = false;
-};
-
-/// A member of T that WriteBehind::increment can add to: a pointer to an integer data
-/// member (&User::score), or a callable returning a reference to one.
-template <class F, class T>
-concept IntegerFieldOf =
-    std::invocable<F&, T&> && std::is_lvalue_reference_v<std::invoke_result_t<F&, T&>> &&
-    std::integral<std::remove_cvref_t<std::invoke_result_t<F&, T&>>>;
-
-/// What the batch writer reports: by default every entry was written. Mark the entries
-/// that failed, with a message; they are retried (or dead-lettered) alone while the rest
-/// are acknowledged. A writer that throws fails the whole batch with the exception's text:
-/// that is an outage (the database could not be reached), retried after a backoff without
-/// counting against any entry's attempts.
-class BatchResult {
-public:
-    struct Failure {
-        std::size_t index = 0;
-        std::string error;
-        /// Refused as stale: the database holds a newer version of the row.
-        bool stale = false;
-    };
-
-    /// Entry `index` of the batch was not written: the database rejected this row.
-    void fail(std::size_t index, std::string error) {
-        failures_.push_back(Failure{index, std::move(error)});
-    }
-
-    /// Entry `index` was refused as stale: a fenced write (UPDATE ... WHERE version < ?)
-    /// found a newer version in the database. Retrying cannot help, and acknowledging would
-    /// hide an acknowledged write that never landed: it is dead-lettered at once, counted
-    /// and reported, for a person to redrive or discard.
-    void stale(std::size_t index, std::string error = "refused as stale") {
-        failures_.push_back(Failure{index, std::move(error), true});
-    }
-
-    [[nodiscard]] const std::vector<Failure>& failures() const noexcept { return failures_; }
-    [[nodiscard]] bool ok() const noexcept { return failures_.empty(); }
-
-private:
-    std::vector<Failure> failures_;
-};
-
-/// How a failed write is retried. Two failures are told apart: a row the writer rejects
-/// (BatchResult::fail) is an attempt, and the row is dead-lettered once it has used both
-/// max_attempts and budget; a batch writer that throws is an outage of the database,
-/// which backs off up to max_outage_backoff and costs no entry an attempt, however long
-/// it lasts (nothing is dead-lettered because the database was down).
-struct RetryOptions {
-    /// Rejections per entry, the first included, before it may be dead-lettered. An
-    /// expired claim (a flusher that died on it) counts as one.
-    std::uint32_t max_attempts = 5;
-    /// A rejected entry is retried for at least this long, counted from its oldest write
-    /// the database has not received, before it is dead-lettered (0: attempts alone).
-    Millis budget = std::chrono::minutes(1);
-    /// Delay before the first retry; it doubles per attempt up to max_backoff, half of it
-    /// random (equal jitter).
-    Millis first_backoff{200};
-    Millis max_backoff = std::chrono::seconds(30);
-    /// Cap of the backoff after a batch that failed as a whole (it starts at
-    /// first_backoff and doubles per failed batch in a row): the longest an outage's end
-    /// goes unnoticed.
-    Millis max_outage_backoff = std::chrono::seconds(5);
-};
-
-/// What on_dead_letter is told.
-struct DeadLetterEvent {
-    std::string key;  ///< as given to put
-    std::uint64_t version = 0;
-    std::string error;
-    /// The dead-letter list holds max_dead entries already: this one was kept pending
-    /// instead, and is retried with its backoff.
-    bool list_full = false;
-};
-
-/// What a put does when max_pending keys are dirty already.
-enum class WhenFull : std::uint8_t {
-    block,  ///< wake the flusher and wait up to block_timeout for room, then throw
-    fail,   ///< throw BackpressureError at once
-};
-
-/// What the constructor does about the store evicting unflushed data (Redis with an
-/// allkeys-* maxmemory-policy). ignore: nothing, no I/O (the default: on Redis the check
-/// needs CONFIG GET, an @admin command a tenant's ACL refuses; call check_eviction() where
-/// it is allowed). warn, refuse: run check_eviction() and log, or throw ConfigError.
-enum class EvictionCheck : std::uint8_t { warn, refuse, ignore };
-
-struct WriteBehindOptions {
-    /// The queue's name: every WriteBehind (in any process) with the same name on the same
-    /// store shares one queue, which belongs to one cache prefix (a flusher dead-letters
-    /// keys of any other). Empty: named after cache.key_prefix ("users:" gives "users",
-    /// no prefix "default"), so caches with distinct prefixes get distinct queues. No ':'.
-    std::string name{};
-    /// How often the flusher thread flushes what is ready.
-    Millis interval = std::chrono::seconds(1);
-    /// false: no flusher thread; only flush() and the final drain write (for processes that
-    /// only produce, or for tests).
-    bool start_flusher = true;
-    /// Entries per batch-writer call.
-    std::size_t batch_size = 100;
-    /// Bound on the bytes of the values one claim carries (it always carries at least one
-    /// entry; 0: no bound). A huge value then travels alone, so if its claim's reply times
-    /// out, no other entry waits for that claim to expire.
-    std::size_t batch_bytes = std::size_t{16} << 20;
-    /// Bound on the batches one flush() writes, so producers cannot keep it going forever.
-    std::size_t max_batches_per_flush = 1000;
-    /// How long a claim lasts without news from its flusher. A live flusher extends its
-    /// claims every claim_ttl / 3 while its writer runs; a dead one's are re-queued.
-    Millis claim_ttl = std::chrono::seconds(30);
-    RetryOptions retry{};
-    /// Bound on dirty and dead keys together (0: none): both hold acknowledged writes the
-    /// database lacks. A put to a key that is dirty already always fits.
-    std::size_t max_pending = 0;
-    /// Bound on dead-lettered entries (0: none). At the bound an entry that would die stays
-    /// pending instead, and on_dead_letter is told (list_full). A store's bound is set by
-    /// the WriteBehind that creates it.
-    std::size_t max_dead = 100'000;
-    WhenFull when_full = WhenFull::block;
-    Millis block_timeout = std::chrono::seconds(1);
-    /// How long destruction (or close()) keeps flushing before it reports what is left.
-    Millis drain_timeout = std::chrono::seconds(5);
-    /// Once flushed, a cached copy becomes an ordinary cache entry with this TTL
-    /// (0: it stays without one). While dirty it never has a TTL.
-    Millis clean_ttl = std::chrono::minutes(5);
-    EvictionCheck eviction_check = EvictionCheck::ignore;
-    /// The acknowledgement level: a put (modify, increment) returns only once this many
-    /// replicas have it too (Redis WAIT), so a failover to one of them cannot lose it; when
-    /// fewer confirm within replica_timeout it throws DurabilityError (the write is on the
-    /// primary: retrying a put is safe). replica_timeout must be below the backend's
-    /// command_timeout. 0: acknowledged once the store has it. Not on the memory store.
-    int replicas = 0;
-    Millis replica_timeout{50};
-    /// true: a put to a key still waiting replaces its value, and the batch writer gets
-    /// only the latest. false: it gets every version, in order, one per key per batch
-    /// (Hazelcast's write-coalescing=false), for writers that record history; a version
-    /// that dies then holds back the key's later ones until it is redriven or discarded,
-    /// and max_pending counts versions. Every writer of one queue must agree.
-    bool coalesce = true;
-    /// The cache side, as CacheAside's: cached copies live under the cache's entry keys,
-    /// and get() loads and caches misses with these TTLs.
-    CacheAsideOptions cache{};
-    /// Warnings, dead-lettered entries and incomplete drains; called from any thread.
-    /// Empty: written to std::cerr.
-    std::function<void(std::string_view)> log{};
-    /// The alert hook: called (from the flusher's thread) for every entry this object
-    /// dead-letters, or would have but for max_dead. Exceptions it throws are ignored.
-    std::function<void(const DeadLetterEvent&)> on_dead_letter{};
-};
-
-/// What one flush did.
-struct FlushReport {
-    std::size_t batches = 0;        ///< batch-writer calls
-    std::size_t claimed = 0;        ///< entries claimed
-    std::size_t flushed = 0;        ///< written and acknowledged
-    std::size_t superseded = 0;     ///< settled while a newer value came: that one is queued
-    std::size_t retried = 0;        ///< rejected by the writer, queued again with a backoff
-    std::size_t deferred = 0;       ///< in a batch that failed as a whole: no attempt counted
-    std::size_t dead_lettered = 0;  ///< failed for the last time
-    std::size_t held = 0;           ///< would have died, but the dead-letter list was full
-    std::size_t stale = 0;          ///< refused as stale by the writer (dead-lettered)
-    std::size_t requeued = 0;       ///< expired claims of other flushers taken back
-    /// Claims whose reply never came (a timeout): what they took is released by the next
-    /// claim, as a failed attempt, and the flush goes on past them.
-    std::size_t lost_claims = 0;
-    /// Settlements the store refused because the claim had expired (this flusher stalled,
-    /// or the store paused, past claim_ttl): another flusher writes those entries again.
-    std::size_t forfeited = 0;
-    /// "key: message" of failed entries (the first 16).
-    std::vector<std::string> errors;
-    /// Set when the store failed; what was claimed is re-queued when its claim expires.
-    std::string store_error;
-
-    FlushReport& operator+=(const FlushReport& o) {
-        batches += o.batches;
-        claimed += o.claimed;
-        flushed += o.flushed;
-        superseded += o.superseded;
-        retried += o.retried;
-        deferred += o.deferred;
-        dead_lettered += o.dead_lettered;
-        held += o.held;
-        stale += o.stale;
-        requeued += o.requeued;
-        lost_claims += o.lost_claims;
-        forfeited += o.forfeited;
-        for (const auto& e : o.errors) {
-            if (errors.size() < 16) errors.push_back(e);
-        }
-        if (!o.store_error.empty()) store_error = o.store_error;
-        return *this;
-    }
-};
-
-/// What the final drain (destruction or close()) did and left.
-struct DrainReport {
-    /// Nothing dirty is left in the queue.
-    bool complete = true;
-    /// What is left stays in the store and is flushed by the next flusher (Redis); false:
-    /// it is lost with this process (memory).
-    bool kept_in_store = false;
-    /// What is left also survives a restart of the store (Redis with appendonly yes, as
-    /// checked at construction); false when it does not, or could not be told.
-    bool durable = false;
-    FlushReport flushed{};
-    QueueStats left{};
-    /// Up to 100 of the keys left, oldest first.
-    std::vector<std::string> keys_left{};
-    /// The store could not be reached.
-    std::string error{};
-
-    [[nodiscard]] std::string describe(std::string_view name = {}) const {
-        std::string out = "write-behind";
-        if (!name.empty()) out.append(" '").append(name).append("'");
-        if (complete) return out + ": drained, " + std::to_string(flushed.flushed) + " flushed";
-        out += ": drain incomplete, " + std::to_string(left.pending) + " dirty key(s) not flushed";
-        out += !kept_in_store ? " (NOT durable: they are lost with this process)"
-               : durable      ? " (they stay in the store for the next flusher)"
-                              : " (they stay in the store for the next flusher, but a restart "
-                                "of the store would lose them: it does not persist them)";
-        if (left.dead > 0) out += ", " + std::to_string(left.dead) + " dead-lettered";
-        if (!error.empty()) out += "; store error: " + error;
-        if (!keys_left.empty()) {
-            out += "; keys:";
-            for (const auto& k : keys_left) out.append(" ").append(k);
-        }
-        return out;
-    }
-};
-
-struct WriteBehindStats {
-    /// From the store, so they count every process on the queue.
-    std::size_t pending = 0;     ///< dirty keys (waiting, in backoff or being flushed)
-    std::size_t processing = 0;  ///< of those, claimed right now
-    std::size_t dead = 0;        ///< dead-lettered entries
-    Millis oldest_pending_age{0};
-    /// false when the store could not be asked (the four fields above are then 0).
-    bool queue_known = true;
-    /// What acknowledged writes survive, as checked at construction.
-    Persistence persistence{};
-
-    /// Counted by this object.
-    std::uint64_t puts = 0;        ///< puts, increments and modifications acknowledged
-    std::uint64_t increments = 0;  ///< of those, increments and modifications
-    std::uint64_t flushed = 0;     ///< entries written and acknowledged
-    std::uint64_t coalesced = 0;   ///< puts that replaced a value still waiting (a DB write saved)
-    std::uint64_t superseded = 0;  ///< entries written while a newer value came
-    std::uint64_t retried = 0;     ///< entries the writer rejected, queued again
-    std::uint64_t deferred = 0;    ///< entries of batches that failed as a whole (outages)
-    std::uint64_t dead_lettered = 0;  ///< entries moved to the dead-letter list
-    std::uint64_t held = 0;   ///< entries kept pending because the dead-letter list was full
-    std::uint64_t stale = 0;  ///< entries the writer refused as stale
-    std::uint64_t requeued_claims = 0;  ///< expired claims of dead flushers taken back
-    /// Entries this object wrote whose claim had expired by the time it settled them (it
-    /// stalled, or the store paused, past claim_ttl): refused, and written again.
-    std::uint64_t forfeited = 0;
-    std::uint64_t batches = 0;         ///< batch-writer calls
-    std::uint64_t failed_batches = 0;  ///< of those, calls that threw
-    std::uint64_t conflicts = 0;       ///< read-modify-writes that raced and went again
-    std::uint64_t rejected = 0;        ///< puts refused by backpressure
-    std::uint64_t backend_errors = 0;  ///< store failures seen by the flusher and reads
-    /// The read side (get).
-    StatsSnapshot reads{};
-};
-
-/// A dead-lettered entry, decoded.
-template <class T>
-struct DeadEntry {
-    std::string key;
-    /// nullopt when the stored bytes cannot be decoded with this cache's codec.
-    std::optional<T> value;
-    std::uint64_t version = 0;
-    std::uint32_t attempts = 0;
-    std::string error;
-    TimePoint dead_at{};
-    TimePoint dirty_since{};
-};
 
 /// WriteBehind<T, Backend, Components...>: Components are an optional codec for T, an
 /// optional StampedeGuard and an optional Invalidator, in any order, as for CacheAside.
@@ -393,10 +99,9 @@ public:
     WriteBehind(B& backend, std::shared_ptr<store_type> store, BatchWriter writer,
                 WriteBehindOptions options = {}, guard_type guard = {}, codec_type codec = {},
                 invalidator_type invalidator = {})
-        : Base(backend, options.cache, std::move(guard), codec, std::move(invalidator)),
+        : Base(backend, options.cache, std::move(guard), std::move(codec), std::move(invalidator)),
           backend_(backend),
           options_(validated(std::move(options), this->cache_options())),
-          codec_(std::move(codec)),
           writer_(std::move(writer)),
           store_(store ? std::move(store)
                        : std::make_shared<store_type>(
@@ -605,7 +310,7 @@ public:
         flusher_wake_.notify_all();
         if (flusher_.joinable()) flusher_.join();
         drained_ = drain(timeout);
-        if (!drained_->complete) log(drained_->describe());
+        if (!drained_->complete) log(LogLevel::error, drained_->describe());
         return *drained_;
     }
 
@@ -694,41 +399,20 @@ public:
 
     // ---- introspection --------------------------------------------------------------
 
-    [[nodiscard]] WriteBehindStats stats() {
-        WriteBehindStats s;
-        try {
-            const QueueStats q = store_->stats();
-            s.pending = q.pending;
-            s.processing = q.processing;
-            s.dead = q.dead;
-            s.oldest_pending_age = q.oldest_pending_age;
-        } catch (const BackendError&) {
-            s.queue_known = false;
-        }
-        auto load = [](const std::atomic<std::uint64_t>& c) {
-            return c.load(std::memory_order_relaxed);
-        };
-        s.puts = load(counters_.puts);
-        s.increments = load(counters_.increments);
-        s.flushed = load(counters_.flushed);
-        s.coalesced = load(counters_.coalesced);
-        s.superseded = load(counters_.superseded);
-        s.retried = load(counters_.retried);
-        s.deferred = load(counters_.deferred);
-        s.dead_lettered = load(counters_.dead_lettered);
-        s.held = load(counters_.held);
-        s.stale = load(counters_.stale);
-        s.requeued_claims = load(counters_.requeued_claims);
-        s.forfeited = load(counters_.forfeited);
-        s.batches = load(counters_.batches);
-        s.failed_batches = load(counters_.failed_batches);
-        s.conflicts = load(counters_.conflicts);
-        s.rejected = load(counters_.rejected);
-        s.backend_errors = load(counters_.backend_errors);
+    /// This object's counters, and its read side's; local, no I/O. What the queue holds
+    /// (counted over every process on it) is queue_stats().
+    [[nodiscard]] WriteBehindStats stats() const {
+        WriteBehindStats s = counters_.snapshot();
         s.reads = this->read_stats();
-        s.persistence = persistence_;
         return s;
     }
+
+    /// The queue's sizes, from the store: one round trip on Redis. Throws BackendError when
+    /// the store cannot be asked.
+    [[nodiscard]] QueueStats queue_stats() const { return store_->stats(); }
+
+    /// What acknowledged writes survive, as checked at construction.
+    [[nodiscard]] const Persistence& persistence() const noexcept { return persistence_; }
 
     [[nodiscard]] const WriteBehindOptions& options() const noexcept { return options_; }
     [[nodiscard]] store_type& store() noexcept { return *store_; }
@@ -752,7 +436,7 @@ private:
                 try {
                     backend_.compare_and_delete(full, current->bytes);
                 } catch (const BackendError&) {
-                    bump(counters_.backend_errors);
+                    counters_.add<&WriteBehindStats::backend_errors>();
                     continue;
                 }
                 current.reset();
@@ -801,7 +485,7 @@ private:
                 out = PutOutcome{.status = PutStatus::stored};
             }
             if (out.status == PutStatus::conflict) {
-                counters_.conflicts.fetch_add(1, std::memory_order_relaxed);
+                counters_.add<&WriteBehindStats::conflicts>();
                 continue;
             }
             acknowledged(out, true);
@@ -813,17 +497,6 @@ private:
     }
 
     static constexpr std::uint32_t max_modify_rounds = 64;
-
-    struct Counters {
-        std::atomic<std::uint64_t> puts{0}, increments{0}, flushed{0}, coalesced{0}, superseded{0},
-            retried{0}, deferred{0}, dead_lettered{0}, held{0}, stale{0}, requeued_claims{0},
-            forfeited{0}, batches{0}, failed_batches{0}, conflicts{0}, rejected{0},
-            backend_errors{0};
-    };
-
-    static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {
-        c.fetch_add(n, std::memory_order_relaxed);
-    }
 
     // The loader a read path's miss runs: the dirty copy first, then `loader`, which gets
     // the load's context if it takes one. A detached loader stays detached (it owns its
@@ -909,7 +582,7 @@ private:
                             .detail = std::string("could not ask the store: ") + e.what()};
         }
         if (persistence_.outlives_process && !persistence_.survives_restart) {
-            log("warning: " + persistence_.detail);
+            log(LogLevel::warn, "warning: " + persistence_.detail);
         }
     }
 
@@ -926,9 +599,10 @@ private:
             if (options_.eviction_check == EvictionCheck::refuse) {
                 throw ConfigError("WriteBehind '" + options_.name + "': " + risk.detail);
             }
-            log("warning: " + risk.detail);
+            log(LogLevel::warn, "warning: " + risk.detail);
         } else if (risk.level != EvictionRisk::none) {
-            log("warning: cannot tell whether the store may evict unflushed data: " + risk.detail);
+            log(LogLevel::warn,
+                "warning: cannot tell whether the store may evict unflushed data: " + risk.detail);
         }
     }
 
@@ -937,7 +611,7 @@ private:
     void check_size(std::string_view key, const std::string& bytes) {
         const std::size_t max = options_.cache.max_value_bytes;
         if (max > 0 && bytes.size() > max) {
-            bump(counters_.rejected);
+            counters_.add<&WriteBehindStats::rejected>();
             throw ValueTooLargeError("WriteBehind '" + options_.name + "': the value of '" +
                                      std::string(key) + "' is " + std::to_string(bytes.size()) +
                                      " bytes encoded, over max_value_bytes (" +
@@ -956,15 +630,9 @@ private:
         }
     }
 
-    void log(const std::string& message) const {
-        if (options_.log) {
-            try {
-                options_.log(message);
-            } catch (...) {
-            }
-            return;
-        }
-        std::cerr << "larder write-behind '" << options_.name << "': " << message << '\n';
+    void log(LogLevel level, const std::string& message) const noexcept {
+        options_.cache.log(level,
+                           [&] { return "write-behind '" + options_.name + "': " + message; });
     }
 
     [[nodiscard]] std::string user_key(std::string_view full) const {
@@ -979,9 +647,8 @@ private:
             bytes,
             EnvelopeHeader{
                 .kind = EntryKind::value, .codec = codec_type::id, .written_at = clock()->now()},
-            static_cast<std::uint16_t>(stamp.size()));
-        for (const auto& t : stamp) envelope::write_tag(bytes, t.name, t.version);
-        codec_.encode(value, bytes);
+            stamp);
+        this->codec().encode(value, bytes);
         return bytes;
     }
 
@@ -1009,8 +676,7 @@ private:
                                EnvelopeHeader{.kind = EntryKind::not_found,
                                               .codec = codec_type::id,
                                               .written_at = clock()->now()},
-                               static_cast<std::uint16_t>(stamp.size()));
-        for (const auto& t : stamp) envelope::write_tag(bytes, t.name, t.version);
+                               stamp);
         return bytes;
     }
 
@@ -1033,16 +699,7 @@ private:
             if (why) *why = "not a value envelope";
             return std::nullopt;
         }
-        if (env->header.codec != codec_type::id) {
-            if (why) *why = "written with codec " + std::to_string(env->header.codec);
-            return std::nullopt;
-        }
-        try {
-            return codec_.template decode<T>(env->payload);
-        } catch (const std::exception& e) {
-            if (why) *why = e.what();
-            return std::nullopt;
-        }
+        return this->decode_payload(*env, why);
     }
 
     // A miss of get(): the unflushed copy (dirty, or dead) if there is one, else the
@@ -1056,7 +713,7 @@ private:
                 if (auto v = read_unflushed(*dirty)) return std::move(*v);
             }
         } catch (const BackendError&) {
-            bump(counters_.backend_errors);
+            counters_.add<&WriteBehindStats::backend_errors>();
             throw;
         }
         return call_loader<T>(loader, context);
@@ -1078,7 +735,7 @@ private:
                     }
                 }
             } catch (const BackendError&) {
-                bump(counters_.backend_errors);
+                counters_.add<&WriteBehindStats::backend_errors>();
                 throw;  // as load_through: the database may be older than the queue
             }
             rest.push_back(keys[i]);
@@ -1101,12 +758,7 @@ private:
         if (const auto env = envelope::parse(current.bytes)) {
             switch (env->header.kind) {
                 case EntryKind::value:
-                    if (env->header.codec == codec_type::id) {
-                        try {
-                            return codec_.template decode<T>(env->payload);
-                        } catch (const CodecError&) {
-                        }
-                    }
+                    if (auto value = this->decode_payload(*env)) return value;
                     break;
                 case EntryKind::not_found:
                     return no_row();
@@ -1128,7 +780,7 @@ private:
         try {
             backend_.compare_and_delete(full, current.bytes);
         } catch (const BackendError&) {
-            bump(counters_.backend_errors);
+            counters_.add<&WriteBehindStats::backend_errors>();
         }
         return std::nullopt;
     }
@@ -1150,7 +802,7 @@ private:
             if (out.status != PutStatus::full) return out;
             const auto now = std::chrono::steady_clock::now();
             if (options_.when_full == WhenFull::fail || now >= deadline) {
-                bump(counters_.rejected);
+                counters_.add<&WriteBehindStats::rejected>();
                 throw BackpressureError("WriteBehind '" + options_.name +
                                         "': " + std::to_string(options_.max_pending) +
                                         " keys are waiting to be flushed");
@@ -1163,9 +815,9 @@ private:
     }
 
     void acknowledged(const PutOutcome& out, bool increment) {
-        bump(counters_.puts);
-        if (increment) bump(counters_.increments);
-        if (out.coalesced) bump(counters_.coalesced);
+        counters_.add<&WriteBehindStats::puts>();
+        if (increment) counters_.add<&WriteBehindStats::increments>();
+        if (out.coalesced) counters_.add<&WriteBehindStats::coalesced>();
     }
 
     [[nodiscard]] std::shared_lock<std::shared_mutex> open_for_writes() {
@@ -1205,7 +857,7 @@ private:
             if (!report.store_error.empty()) {
                 const auto now = std::chrono::steady_clock::now();
                 if (now - last_error_log > std::chrono::seconds(5)) {
-                    log("flush failed (will retry): " + report.store_error);
+                    log(LogLevel::warn, "flush failed (will retry): " + report.store_error);
                     last_error_log = now;
                 }
             }
@@ -1239,22 +891,22 @@ private:
                 // The claim may have run: what it took is held under `token` until the
                 // next claim releases it. The rest of the queue is not behind it, so go on
                 // - unless the store keeps timing out, which is no longer about one entry.
-                bump(counters_.backend_errors);
+                counters_.add<&WriteBehindStats::backend_errors>();
                 remember_lost_claim(token);
                 ++report.lost_claims;
                 report.store_error = e.what();
                 if (++lost_timeouts >= 2) break;
                 continue;
             } catch (const BackendError& e) {
-                bump(counters_.backend_errors);
+                counters_.add<&WriteBehindStats::backend_errors>();
                 report.store_error = e.what();
                 break;
             }
             report.requeued += batch.requeued;
-            bump(counters_.requeued_claims, batch.requeued);
+            counters_.add<&WriteBehindStats::requeued_claims>(batch.requeued);
             for (const auto& k : batch.dead_lettered) {
                 ++report.dead_lettered;
-                bump(counters_.dead_lettered);
+                counters_.add<&WriteBehindStats::dead_lettered>();
                 announce_dead(k, 0,
                               "after " + std::to_string(options_.retry.max_attempts) +
                                   " attempts whose claims never reached a flusher",
@@ -1262,7 +914,7 @@ private:
             }
             for (const auto& k : batch.held) {
                 ++report.held;
-                bump(counters_.held);
+                counters_.add<&WriteBehindStats::held>();
                 announce_dead(k, 0, "its claims kept expiring", true);
             }
             if (batch.entries.empty()) {
@@ -1291,7 +943,7 @@ private:
             (void)store_->claim(0, options_.claim_ttl, ClaimOptions{.lost = lost});
             forget_lost_claims(lost);
         } catch (const BackendError&) {
-            bump(counters_.backend_errors);
+            counters_.add<&WriteBehindStats::backend_errors>();
         }
     }
 
@@ -1331,12 +983,14 @@ private:
                        bool list_full) {
         const std::string key = user_key(full);
         if (list_full) {
-            log("dead-letter list full (max_dead " + std::to_string(options_.max_dead) + "): '" +
-                key + "' stays pending: " + error);
+            log(LogLevel::error, "dead-letter list full (max_dead " +
+                                     std::to_string(options_.max_dead) + "): '" + key +
+                                     "' stays pending: " + error);
         } else {
-            log("dead-lettered '" + key + "'" +
-                (version ? " (version " + std::to_string(version) + ")" : std::string()) + ": " +
-                error);
+            log(LogLevel::error,
+                "dead-lettered '" + key + "'" +
+                    (version ? " (version " + std::to_string(version) + ")" : std::string()) +
+                    ": " + error);
         }
         if (!options_.on_dead_letter) return;
         try {
@@ -1418,7 +1072,7 @@ private:
                 keys.reserve(source.size());
                 for (std::size_t i : source) keys.push_back(claimed[i].key);
                 auto hold = claims_.hold(std::move(keys), token);
-                bump(counters_.batches);
+                counters_.add<&WriteBehindStats::batches>();
                 try {
                     result = writer_(std::span<const Entry>(entries));
                 } catch (const std::exception& e) {
@@ -1430,7 +1084,7 @@ private:
                 }
             }
             if (outage) {
-                bump(counters_.failed_batches);
+                counters_.add<&WriteBehindStats::failed_batches>();
                 if (batch_error.empty()) batch_error = "the batch writer failed";
                 const Millis delay =
                     outage_delay(outage_streak_.fetch_add(1, std::memory_order_relaxed) + 1);
@@ -1461,7 +1115,7 @@ private:
                         report.errors.push_back(entries[j].key + ": " + error);
                     if (f->stale) {
                         ++report.stale;
-                        bump(counters_.stale);
+                        counters_.add<&WriteBehindStats::stale>();
                         settlements.push_back(dead_letter(
                             c, "refused as stale (the database holds a newer version): " + error));
                     } else {
@@ -1479,7 +1133,7 @@ private:
             // Whatever the settle did not remove is still held under `token`: this object's
             // next claim releases it (the entries are written again, fenced by version), so
             // it does not wait out claim_ttl - nor does a drain stuck behind it.
-            bump(counters_.backend_errors);
+            counters_.add<&WriteBehindStats::backend_errors>();
             remember_lost_claim(token);
             report.store_error = e.what();
             return outage;
@@ -1489,17 +1143,17 @@ private:
             switch (results[k]) {
                 case SettleResult::superseded:
                     ++report.superseded;
-                    bump(counters_.superseded);
+                    counters_.add<&WriteBehindStats::superseded>();
                     continue;
                 case SettleResult::lost:
                     // Another flusher holds it now (or will): it writes the entry again, so a
                     // database write fenced by the version keeps the later of the two.
                     ++report.forfeited;
-                    bump(counters_.forfeited);
+                    counters_.add<&WriteBehindStats::forfeited>();
                     continue;
                 case SettleResult::held:
                     ++report.held;
-                    bump(counters_.held);
+                    counters_.add<&WriteBehindStats::held>();
                     announce_dead(s.key, s.version, s.error, true);
                     continue;
                 case SettleResult::gone:
@@ -1510,19 +1164,19 @@ private:
             switch (s.action) {
                 case Settlement::ack:
                     ++report.flushed;
-                    bump(counters_.flushed);
+                    counters_.add<&WriteBehindStats::flushed>();
                     break;
                 case Settlement::retry:
                     ++report.retried;
-                    bump(counters_.retried);
+                    counters_.add<&WriteBehindStats::retried>();
                     break;
                 case Settlement::defer:
                     ++report.deferred;
-                    bump(counters_.deferred);
+                    counters_.add<&WriteBehindStats::deferred>();
                     break;
                 case Settlement::dead:
                     ++report.dead_lettered;
-                    bump(counters_.dead_lettered);
+                    counters_.add<&WriteBehindStats::dead_lettered>();
                     announce_dead(s.key, s.version, s.error, false);
                     break;
             }
@@ -1562,10 +1216,9 @@ private:
 
     B& backend_;
     const WriteBehindOptions options_;
-    [[no_unique_address]] codec_type codec_;
     BatchWriter writer_;
     std::shared_ptr<store_type> store_;
-    Counters counters_;
+    detail::StripedCounters<WriteBehindStats> counters_;
     detail::ClaimKeeper<store_type> claims_;
 
     std::mutex flusher_mutex_;

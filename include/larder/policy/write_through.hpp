@@ -26,6 +26,7 @@
 // its lease) and the tests that prove it.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <concepts>
@@ -93,6 +94,24 @@ struct WriteThroughStats {
     std::uint64_t db_failures = 0;        ///< database writes that threw
     std::uint64_t backend_errors = 0;     ///< store failures on the write path
     StatsSnapshot reads{};                ///< the read side (get)
+
+    friend bool operator==(const WriteThroughStats&, const WriteThroughStats&) = default;
+};
+
+template <>
+struct counter_set<WriteThroughStats> {
+    using S = WriteThroughStats;
+    static constexpr std::string_view family = "write_through";
+    static constexpr std::array<CounterField<S>, 8> fields{{
+        {"puts", "puts whose database write succeeded", &S::puts},
+        {"cached", "puts that left their value in the cache", &S::cached},
+        {"kept_newer", "puts that found a newer version in the cache", &S::kept_newer},
+        {"invalidated", "puts that left a miss", &S::invalidated},
+        {"cache_unavailable", "puts whose cache update failed", &S::cache_unavailable},
+        {"lock_waits", "puts that waited for another writer", &S::lock_waits},
+        {"db_failures", "database writes that threw", &S::db_failures},
+        {"backend_errors", "store failures on the write path", &S::backend_errors},
+    }};
 };
 
 /// WriteThrough<T, Backend, Components...>: Components are an optional codec for T, an
@@ -113,10 +132,9 @@ public:
     /// The backend is borrowed: it must outlive this object.
     explicit WriteThrough(B& backend, WriteThroughOptions options = {}, guard_type guard = {},
                           codec_type codec = {}, invalidator_type invalidator = {})
-        : Base(backend, options.cache, std::move(guard), codec, std::move(invalidator)),
+        : Base(backend, options.cache, std::move(guard), std::move(codec), std::move(invalidator)),
           backend_(backend),
           options_(validated(std::move(options), this->cache_options())),
-          codec_(std::move(codec)),
           // The write lock is held for as long as the database write runs.
           write_leases_(this->keeper(), backend, options_.write_lease_ttl, Millis::max()) {}
 
@@ -139,7 +157,8 @@ public:
     WriteOutcome put(std::string_view key, const T& value, DbWrite&& db_write) {
         const std::string full = this->full_key(key);
         std::string payload;
-        codec_.encode(value, payload);  // before anything is written: a CodecError costs nothing
+        // Before anything is written: a CodecError costs nothing.
+        this->codec().encode(value, payload);
 
         const std::string lock_key = this->keys().sibling(key, "write");
         const std::string marker = envelope::make_lease(random_token(), options_.cache.clock->now(),
@@ -156,7 +175,7 @@ public:
             backend_.set(full, marker, options_.write_lease_ttl);
             fenced = true;
         } catch (const BackendError&) {
-            bump(stats_.backend_errors);
+            stats_.add<&WriteThroughStats::backend_errors>();
             if (locked) release(lock_key, marker);
             locked = false;
         }
@@ -175,7 +194,7 @@ public:
                     version = static_cast<std::uint64_t>(std::invoke(db_write));
                 }
             } catch (...) {
-                bump(stats_.db_failures);
+                stats_.add<&WriteThroughStats::db_failures>();
                 hold_lock.reset();
                 hold_marker.reset();
                 // Committed or not, nobody can tell: leave a miss, here and (through the
@@ -186,7 +205,7 @@ public:
                     try {
                         backend_.del(full);  // the old value, unfenced: a best effort
                     } catch (...) {
-                        bump(stats_.backend_errors);
+                        stats_.add<&WriteThroughStats::backend_errors>();
                     }
                 }
                 if (locked) release(lock_key, marker);
@@ -194,7 +213,7 @@ public:
                 throw;
             }
         }
-        bump(stats_.puts);
+        stats_.add<&WriteThroughStats::puts>();
 
         if (!fenced) {
             // No lease and no marker: the old value may be cached. Remove it; if even that
@@ -207,7 +226,7 @@ public:
                 throw;
             }
             this->written(full, stamp, /*cached=*/false);
-            bump(stats_.invalidated);
+            stats_.add<&WriteThroughStats::invalidated>();
             return WriteOutcome::invalidated;
         }
 
@@ -221,40 +240,35 @@ public:
                 outcome = finish(full, marker, entry.bytes, entry.ttl, version);
             }
         } catch (const BackendError&) {
-            bump(stats_.backend_errors);
+            stats_.add<&WriteThroughStats::backend_errors>();
         }
         if (locked) release(lock_key, marker);
         this->written(full, stamp, outcome == WriteOutcome::cached);
         switch (outcome) {
             case WriteOutcome::cached:
-                bump(stats_.cached);
+                stats_.add<&WriteThroughStats::cached>();
                 break;
             case WriteOutcome::kept_newer:
-                bump(stats_.kept_newer);
+                stats_.add<&WriteThroughStats::kept_newer>();
                 break;
             case WriteOutcome::invalidated:
-                bump(stats_.invalidated);
+                stats_.add<&WriteThroughStats::invalidated>();
                 break;
             case WriteOutcome::cache_unavailable:
-                bump(stats_.cache_unavailable);
+                stats_.add<&WriteThroughStats::cache_unavailable>();
+                options_.cache.log(LogLevel::warn, [&] {
+                    return "write-through '" + options_.cache.name + "': '" + std::string(key) +
+                           "' is written, but the cache could not be updated; it misses "
+                           "once its write marker expires (write_lease_ttl)";
+                });
                 break;
         }
         return outcome;
     }
 
+    /// This object's counters, and its read side's; local, no I/O.
     [[nodiscard]] WriteThroughStats stats() const {
-        auto load = [](const std::atomic<std::uint64_t>& c) {
-            return c.load(std::memory_order_relaxed);
-        };
-        WriteThroughStats s;
-        s.puts = load(stats_.puts);
-        s.cached = load(stats_.cached);
-        s.kept_newer = load(stats_.kept_newer);
-        s.invalidated = load(stats_.invalidated);
-        s.cache_unavailable = load(stats_.cache_unavailable);
-        s.lock_waits = load(stats_.lock_waits);
-        s.db_failures = load(stats_.db_failures);
-        s.backend_errors = load(stats_.backend_errors);
+        WriteThroughStats s = stats_.snapshot();
         s.reads = this->read_stats();
         return s;
     }
@@ -262,13 +276,6 @@ public:
     [[nodiscard]] const WriteThroughOptions& options() const noexcept { return options_; }
 
 private:
-    struct Counters {
-        std::atomic<std::uint64_t> puts{0}, cached{0}, kept_newer{0}, invalidated{0},
-            cache_unavailable{0}, lock_waits{0}, db_failures{0}, backend_errors{0};
-    };
-
-    static void bump(std::atomic<std::uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
-
     // `cache` as the read path validated it (clock set, durations saturated).
     static WriteThroughOptions validated(WriteThroughOptions o, const CacheAsideOptions& cache) {
         o.cache = cache;
@@ -289,7 +296,7 @@ private:
         for (;;) {
             if (backend_.set_if_absent(lock_key, marker, options_.write_lease_ttl)) return true;
             if (!counted) {
-                bump(stats_.lock_waits);
+                stats_.add<&WriteThroughStats::lock_waits>();
                 counted = true;
             }
             const auto now = std::chrono::steady_clock::now();
@@ -312,7 +319,7 @@ private:
         try {
             backend_.compare_and_delete(key, expected);
         } catch (...) {
-            bump(stats_.backend_errors);  // it expires by itself
+            stats_.add<&WriteThroughStats::backend_errors>();  // it expires by itself
         }
     }
 
@@ -350,8 +357,7 @@ private:
 
     B& backend_;
     const WriteThroughOptions options_;
-    [[no_unique_address]] codec_type codec_;
-    Counters stats_;
+    detail::StripedCounters<WriteThroughStats> stats_;
     detail::LeaseKeeper<B> write_leases_;
 };
 

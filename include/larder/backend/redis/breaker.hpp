@@ -47,34 +47,39 @@ public:
         throw_open(now);
     }
 
-    void succeeded(Ticket t) noexcept {
-        if (t == Ticket::disabled) return;
+    /// true when this closed the breaker (a probe succeeded).
+    bool succeeded(Ticket t) noexcept {
+        if (t == Ticket::disabled) return false;
         if (t == Ticket::probe) {
             std::lock_guard lock(mutex_);
             failures_.store(0, std::memory_order_relaxed);
             state_.store(BreakerState::closed, std::memory_order_release);
-            return;
+            return true;
         }
         // Read first: a healthy stream of successes must not keep writing the cache line.
         if (failures_.load(std::memory_order_relaxed) != 0) {
             failures_.store(0, std::memory_order_relaxed);
         }
+        return false;
     }
 
-    void failed(Ticket t, std::string_view why) noexcept {
-        if (t == Ticket::disabled) return;
+    /// true when this opened the breaker.
+    bool failed(Ticket t, std::string_view why) noexcept {
+        if (t == Ticket::disabled) return false;
         const auto now = ticks(SteadyClock::now());
         std::lock_guard lock(mutex_);
         remember(why);
         if (t == Ticket::probe) {
             open(now);
-            return;
+            return true;
         }
         const auto n = failures_.fetch_add(1, std::memory_order_relaxed) + 1;
         if (n >= options_.failure_threshold &&
             state_.load(std::memory_order_relaxed) == BreakerState::closed) {
             open(now);
+            return true;
         }
+        return false;
     }
 
     /// The call ended without saying anything about the server (e.g. no free connection):

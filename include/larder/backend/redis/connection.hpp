@@ -35,6 +35,7 @@
 
 #include "larder/backend/redis/options.hpp"
 #include "larder/backend/redis/reply.hpp"
+#include "larder/backend/redis/stats.hpp"
 #include "larder/core/error.hpp"
 #include "larder/core/stats.hpp"
 
@@ -47,24 +48,6 @@ using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
 
 struct ContextDeleter {
     void operator()(redisContext* c) const noexcept { redisFree(c); }
-};
-
-/// Counters shared by every connection of one backend; read by RedisBackend::stats().
-struct Counters {
-    detail::StripedCount round_trips;  // bumped by every call on every thread
-    std::atomic<std::uint64_t> errors{0};
-    std::atomic<std::uint64_t> timeouts{0};
-    std::atomic<std::uint64_t> payload_timeouts{0};
-    std::atomic<std::uint64_t> connects{0};
-    std::atomic<std::uint64_t> connect_failures{0};
-    std::atomic<std::uint64_t> short_circuited{0};
-    std::atomic<std::uint64_t> script_loads{0};
-    std::atomic<std::uint64_t> tracking_redirects{0};
-    std::atomic<std::uint64_t> tracking_refusals{0};
-
-    static void bump(std::atomic<std::uint64_t>& c) noexcept {
-        c.fetch_add(1, std::memory_order_relaxed);
-    }
 };
 
 [[nodiscard]] inline std::string_view text_of(const redisReply& r) noexcept {
@@ -470,7 +453,7 @@ public:
     void flush() {
         if (!unflushed_) return;
         unflushed_ = false;
-        counters_.round_trips.add();
+        counters_.add<&RedisBackendStats::round_trips>();
         request_sent_ = false;
         request_complete_ = false;
         replies_received_ = 0;

@@ -11,6 +11,8 @@
 
 #include "larder/backend/redis/url.hpp"
 #include "larder/core/clock.hpp"
+#include "larder/core/log.hpp"
+#include "larder/core/metrics.hpp"
 
 namespace larder {
 
@@ -114,6 +116,14 @@ struct RedisOptions {
     CircuitBreakerOptions breaker{};
     /// With sentinels, the primary is found through them, and host and port are not used.
     SentinelOptions sentinel{};
+    /// How logs and metrics name this backend.
+    std::string name = "redis";
+    /// Told how long each call took, and whether it failed (nullptr: nothing is timed).
+    /// It must outlive the backend.
+    MetricsListener* metrics = nullptr;
+    /// The circuit breaker opening (warn) and closing (info), failed connects (info), a
+    /// Sentinel failover followed (warn).
+    Logger log{};
 
     /// Address, credentials and database from a URL, everything else from the defaults:
     /// redis://[[user]:password@]host[:port][/db] or unix://[[user]:password@]/path[?db=N].

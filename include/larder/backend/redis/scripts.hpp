@@ -92,7 +92,7 @@ public:
         if (!known_.load(std::memory_order_acquire)) {
             // First use by this backend: load and run in one round trip. EVAL (not EVALSHA)
             // because the SHA1 is not known before SCRIPT LOAD answers.
-            Counters::bump(counters.script_loads);
+            counters.add<&RedisBackendStats::script_loads>();
             auto [loaded, result] =
                 conn.pipeline(load_args(), call_args("EVAL", source_, keys, args));
             if (loaded->type == REDIS_REPLY_ERROR && result->type != REDIS_REPLY_ERROR &&
@@ -116,7 +116,7 @@ public:
             // EVAL, not SCRIPT LOAD and EVALSHA again: EVAL cannot answer NOSCRIPT, however
             // often the script cache is flushed meanwhile, and it puts the script back in
             // that cache for the next EVALSHA.
-            Counters::bump(counters.script_loads);
+            counters.add<&RedisBackendStats::script_loads>();
             conn.append(call_args("EVAL", source_, keys, args));
             result = conn.receive();
         }

@@ -19,6 +19,7 @@
 #include <charconv>
 #include <chrono>
 #include <concepts>
+#include <exception>
 #include <functional>
 #include <initializer_list>
 #include <limits>
@@ -41,6 +42,8 @@
 #include "larder/core/error.hpp"
 #include "larder/core/keys.hpp"
 #include "larder/core/loader.hpp"
+#include "larder/core/log.hpp"
+#include "larder/core/metrics.hpp"
 #include "larder/core/random.hpp"
 #include "larder/core/stats.hpp"
 #include "larder/policy/detail/background.hpp"
@@ -170,7 +173,7 @@ public:
     /// invalidators name their versions likewise. Throws BackendError when the store
     /// cannot be reached.
     void invalidate_version(std::string_view name) {
-        stats_.add(Counter::invalidations);
+        stats_.add<&StatsSnapshot::invalidations>();
         try {
             // The bump counter first, then the version: a load that chose its tags only
             // after loading, and reads their versions then, sees the counter moved if it
@@ -178,7 +181,7 @@ public:
             backend_.set(version_key(bumps_name), std::to_string(random_version()), no_expiry);
             backend_.set(version_key(name), std::to_string(random_version()), options_.tag_ttl);
         } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);
+            stats_.add<&StatsSnapshot::backend_errors>();
             throw;
         }
         invalidator_.bumped(version_key(name));
@@ -233,13 +236,13 @@ public:
     /// could not be reached: the caller learns the entry may stay until its TTL.
     void invalidate(std::string_view key) {
         const std::string full = full_key(key);
-        stats_.add(Counter::invalidations);
+        stats_.add<&StatsSnapshot::invalidations>();
         // New readers must not join a load that may have read the old row.
         flights_.forget(full);
         try {
             backend_.del(full);
         } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);
+            stats_.add<&StatsSnapshot::backend_errors>();
             throw;
         }
         invalidator_.invalidated(full);
@@ -275,6 +278,24 @@ protected:
     /// The thread that keeps this cache's leases alive; a write path's write leases and
     /// claims share it.
     Keeper& keeper() noexcept { return keeper_; }
+
+    const codec_type& codec() const noexcept { return codec_; }
+
+    /// The value in a value envelope, or nullopt when this cache cannot read it (another
+    /// codec's bytes, bytes its codec refuses, a user's from_json throwing a standard
+    /// exception): such bytes are a miss, never an error. `why` receives the reason.
+    std::optional<T> decode_payload(const EnvelopeView& env, std::string* why = nullptr) const {
+        if (env.header.codec != codec_type::id) {
+            if (why) *why = "written with codec " + std::to_string(env.header.codec);
+            return std::nullopt;
+        }
+        try {
+            return codec_.template decode<T>(env.payload);
+        } catch (const std::exception& e) {
+            if (why) *why = e.what();
+            return std::nullopt;
+        }
+    }
 
     struct TagVersion {
         std::string name;
@@ -313,7 +334,7 @@ protected:
         if (!names.empty()) stamp = current_versions(names);
         Entry entry = encode(full, &value, std::chrono::microseconds{0}, stamp);
         if (too_large(entry.bytes.size())) {
-            stats_.add(Counter::too_large);
+            stats_.add<&StatsSnapshot::too_large>();
             backend_.del(full);  // what was cached is older than `value`
             written(full, stamp, /*cached=*/false);
             return;
@@ -410,8 +431,7 @@ protected:
             .version = version,
         };
         Entry entry{{}, saturated_sum(fresh, grace)};
-        envelope::write_header(entry.bytes, header, static_cast<std::uint16_t>(stamp.size()));
-        for (const auto& t : stamp) envelope::write_tag(entry.bytes, t.name, t.version);
+        envelope::write_header(entry.bytes, header, stamp);
         std::forward<Append>(append)(entry.bytes);
         return entry;
     }
@@ -442,6 +462,7 @@ private:
 
     static CacheAsideOptions validated(CacheAsideOptions o) {
         if (!o.clock) o.clock = &SystemClock::instance();
+        if (o.name.empty()) o.name = o.key_prefix.empty() ? "default" : o.key_prefix;
         (void)keys::Namespace(o.key_prefix);  // throws ConfigError on a bad prefix
         o.jitter.validate();
         if (o.ttl.count() <= 0 || o.negative_ttl.count() <= 0 || o.lease_ttl.count() <= 0 ||
@@ -530,10 +551,11 @@ private:
             for (std::size_t i = 0; i < keys.size(); ++i) reads[i] = classify(std::move(stored[i]));
             admit(reads, known);
         } catch (const ClusterRedirectError&) {
-            stats_.add(Counter::backend_errors);
+            stats_.add<&StatsSnapshot::backend_errors>();
             throw;  // a misconfiguration, not an outage: loading around it would hide it
-        } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);
+        } catch (const BackendError& e) {
+            stats_.add<&StatsSnapshot::backend_errors>();
+            log_read_failure(e);
             read_failed = true;
             for (auto& r : reads) r = Read{.state = Read::unknown};
         }
@@ -559,11 +581,15 @@ private:
         for (std::size_t i = 0; i < keys.size(); ++i) {
             Read& found = reads[i];
             if (found.state == Read::fresh || found.state == Read::stale) {
-                stats_.add(found.state == Read::fresh ? Counter::hits : Counter::stale_served);
+                if (found.state == Read::fresh) {
+                    stats_.add<&StatsSnapshot::hits>();
+                } else {
+                    stats_.add<&StatsSnapshot::stale_served>();
+                }
                 out[i] = std::move(found.value);
                 continue;
             }
-            stats_.add(Counter::misses);
+            stats_.add<&StatsSnapshot::misses>();
             auto [it, first] = index_of.try_emplace(keys[i], missing.size());
             if (first) {
                 missing_keys.push_back(keys[i]);
@@ -596,11 +622,12 @@ private:
 
         std::vector<std::optional<T>> loaded;
         const Stopwatch watch(*options_.clock);
-        stats_.add(Counter::loads);
+        stats_.add<&StatsSnapshot::loads>();
         try {
+            const auto timer = time_load();
             loaded = std::invoke(batch_loader, std::span<const std::string>(missing_keys));
         } catch (...) {
-            stats_.add(Counter::load_errors);
+            stats_.add<&StatsSnapshot::load_errors>();
             release_all();
             throw;
         }
@@ -686,10 +713,11 @@ private:
             }
             admit(std::span<Read>(&r, 1), stamp);
         } catch (const ClusterRedirectError&) {
-            stats_.add(Counter::backend_errors);
+            stats_.add<&StatsSnapshot::backend_errors>();
             throw;  // a misconfiguration, not an outage: loading around it would hide it
-        } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);
+        } catch (const BackendError& e) {
+            stats_.add<&StatsSnapshot::backend_errors>();
+            log_read_failure(e);
             return Read{.state = Read::unknown};
         }
         r.bumps = bumps;
@@ -714,7 +742,7 @@ private:
         try {
             return parse_version(fetch(version_key(bumps_name)));
         } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);
+            stats_.add<&StatsSnapshot::backend_errors>();
         } catch (...) {
         }
         return 0;
@@ -809,14 +837,8 @@ private:
         if (h.kind == EntryKind::not_found) {
             r.negative = true;
         } else {
-            if (h.codec != codec_type::id) return corrupt(std::move(stored->bytes));
-            try {
-                r.value.emplace(codec_.template decode<T>(env->payload));
-            } catch (const std::exception&) {
-                // A codec's own failure or a user's from_json throwing a standard
-                // exception: bytes this cache cannot read are a miss, never an error.
-                return corrupt(std::move(stored->bytes));
-            }
+            r.value = decode_payload(*env);
+            if (!r.value) return corrupt(std::move(stored->bytes));
         }
         if (env->tag_count > 0) {
             r.stamped.reserve(env->tag_count);
@@ -828,10 +850,17 @@ private:
         return r;
     }
 
+    void log_read_failure(const BackendError& e) const noexcept {
+        options_.log(LogLevel::debug, [&] {
+            return "cache '" + options_.name + "': the store failed a read (" +
+                   std::string(e.what()) + "); loading without the cache";
+        });
+    }
+
     // Bytes we cannot read are a miss. A lease replaces them only while they are still
     // the same bytes, so a good value written meanwhile by someone else survives.
     Read corrupt(std::string bytes) {
-        stats_.add(Counter::corrupt_values);
+        stats_.add<&StatsSnapshot::corrupt_values>();
         Read r{.state = Read::absent};
         r.bytes = std::move(bytes);
         return r;
@@ -860,7 +889,7 @@ private:
                 current.push_back(TagVersion{tags[i], parse_version(stored[i])});
             }
         } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);
+            stats_.add<&StatsSnapshot::backend_errors>();
             throw;
         }
         if (!create_missing_versions(current)) {
@@ -891,13 +920,13 @@ private:
                 if (!stored) return false;  // gone again meanwhile: next time
                 // Bytes that are no version: no entry can be stamped with them, so
                 // replacing them (only them) is a bump, and the version works again.
-                stats_.add(Counter::corrupt_values);
+                stats_.add<&StatsSnapshot::corrupt_values>();
                 if (!backend_.compare_and_set(key, stored->bytes, std::to_string(fresh), ttl)) {
                     return false;
                 }
                 t.version = fresh;
             } catch (const BackendError&) {
-                stats_.add(Counter::backend_errors);
+                stats_.add<&StatsSnapshot::backend_errors>();
                 return false;
             }
         }
@@ -913,7 +942,7 @@ private:
                 backend_.compare_and_expire(version_key(t.name), std::to_string(t.version),
                                             options_.tag_ttl);
             } catch (const BackendError&) {
-                stats_.add(Counter::backend_errors);
+                stats_.add<&StatsSnapshot::backend_errors>();
             } catch (...) {
             }
         }
@@ -976,8 +1005,8 @@ private:
                               std::uint64_t before, const Call& call, Served* served) {
         switch (found.state) {
             case Read::fresh:
-                stats_.add(Counter::hits);
-                if (found.negative) stats_.add(Counter::negative_hits);
+                stats_.add<&StatsSnapshot::hits>();
+                if (found.negative) stats_.add<&StatsSnapshot::negative_hits>();
                 if (!found.negative &&
                     guard_.refresh_early(FreshHit{found.fresh_for, found.recompute_time})) {
                     return refresh(full, std::move(found), loader, /*early=*/true, tags, call,
@@ -992,7 +1021,7 @@ private:
             case Read::unknown:
                 break;
         }
-        stats_.add(Counter::misses);
+        stats_.add<&StatsSnapshot::misses>();
         const auto state = found.state;
         // Share a load in flight only if its result was observed after this read began,
         // or it is fenced by the very lease this read saw: a result observed earlier may
@@ -1024,7 +1053,7 @@ private:
             }
         }();
         if (result.shared) {
-            stats_.add(Counter::coalesced);
+            stats_.add<&StatsSnapshot::coalesced>();
             // What the leader's load decided (its loader's context) is not known here:
             // nothing to keep in a copy elsewhere.
             if (served) {
@@ -1105,7 +1134,7 @@ private:
             if (found.state == Read::leased)
                 leader.set_fence(waiting_fence(found.bytes, stamp, found.bumps));
             if (found.state == Read::fresh || found.state == Read::stale) {
-                if (found.state == Read::stale) stats_.add(Counter::stale_served);
+                if (found.state == Read::stale) stats_.add<&StatsSnapshot::stale_served>();
                 report(served, found);
                 return std::move(found.value);
             }
@@ -1135,7 +1164,7 @@ private:
             }
             if (found.state != Read::leased || std::chrono::steady_clock::now() >= deadline) break;
             if (!counted_wait) {
-                stats_.add(Counter::lease_waits);
+                stats_.add<&StatsSnapshot::lease_waits>();
                 counted_wait = true;
             }
             if (announced(found)) {
@@ -1183,10 +1212,20 @@ private:
         TimePoint start_;
     };
 
+    // Reports a loader call to the metrics listener (if any) when the scope ends.
+    [[nodiscard]] auto time_load() const noexcept {
+        return ScopedTimer(options_.metrics != nullptr,
+                           [this](std::chrono::nanoseconds took, bool failed) noexcept {
+                               options_.metrics->on_load(LoadEvent{
+                                   .cache = options_.name, .took = took, .failed = failed});
+                           });
+    }
+
     // One loader call, counted, with what it left in its context checked.
     template <class L>
     std::optional<T> call_checked(L& loader, LoadContext& context) {
-        stats_.add(Counter::loads);
+        stats_.add<&StatsSnapshot::loads>();
+        const auto timer = time_load();
         try {
             std::optional<T> value = call_loader<T>(loader, context);
             if (context.ttl && context.ttl->count() <= 0) {
@@ -1198,7 +1237,7 @@ private:
             }
             return value;
         } catch (...) {
-            stats_.add(Counter::load_errors);
+            stats_.add<&StatsSnapshot::load_errors>();
             throw;
         }
     }
@@ -1308,7 +1347,7 @@ private:
         if (auto refreshed = refresh_now(full, found.bytes, loader, early, names, call, served)) {
             return std::move(*refreshed);
         }
-        if (found.state == Read::stale) stats_.add(Counter::stale_served);
+        if (found.state == Read::stale) stats_.add<&StatsSnapshot::stale_served>();
         report_refreshing<L>(served, found, names);
         return std::move(found.value);
     }
@@ -1345,7 +1384,7 @@ private:
             report(served, now);
             return std::optional<std::optional<T>>(std::move(now.value));
         }
-        if (early) stats_.add(Counter::early_refreshes);
+        if (early) stats_.add<&StatsSnapshot::early_refreshes>();
         report_load<L>(served, stamp);
         // Fenced on the old bytes (unique per write: the envelope's nonce): an
         // invalidation meanwhile makes this fill fail, even if equal bytes came back.
@@ -1365,7 +1404,13 @@ private:
             report_loaded(served, full, *loaded, call);
             return std::optional<std::optional<T>>(std::move(loaded->value));
         } catch (...) {
-            return std::nullopt;  // fail-safe: the caller serves what it has
+            // Fail-safe: the caller serves what it has, and only the log hears why.
+            options_.log(LogLevel::warn, [&] {
+                return "cache '" + options_.name + "': refreshing '" +
+                       std::string(caller_key(full)) + "' failed (" +
+                       what(std::current_exception()) + "); serving the value at hand";
+            });
+            return std::nullopt;
         }
     }
 
@@ -1401,8 +1446,24 @@ private:
     // belong to a waiter now. Its value is served, not stored.
     bool overdue(std::chrono::microseconds took) noexcept {
         if (took <= options_.max_load_time) return false;
-        stats_.add(Counter::overdue_loads);
+        stats_.add<&StatsSnapshot::overdue_loads>();
+        options_.log(LogLevel::warn, [&] {
+            return "cache '" + options_.name + "': a load took " +
+                   std::to_string(std::chrono::duration_cast<Millis>(took).count()) +
+                   " ms, past max_load_time; its value is served, not stored";
+        });
         return true;
+    }
+
+    // The message of the exception `e`, for a log line.
+    static std::string what(const std::exception_ptr& e) {
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            return ex.what();
+        } catch (...) {
+            return "an exception that is not a std::exception";
+        }
     }
 
     // Whether the end of the lease `found` shows will be announced to this process: a
@@ -1449,7 +1510,7 @@ private:
             if (taken) return lease;
             if (contended) *contended = true;
         } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);
+            stats_.add<&StatsSnapshot::backend_errors>();
         }
         return std::nullopt;
     }
@@ -1459,7 +1520,7 @@ private:
         try {
             release_lease(key, *lease);
         } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);  // the lease expires by itself
+            stats_.add<&StatsSnapshot::backend_errors>();  // the lease expires by itself
         } catch (...) {
         }
     }
@@ -1485,26 +1546,30 @@ private:
         const bool expected_is_lease = held && held->header.kind == EntryKind::lease;
         // A fill that does not happen gives a lease back at once; a value being refreshed
         // stays until its TTL.
-        auto give_up = [&](Counter why) {
-            stats_.add(why);
+        auto give_up = [&] {
             if (expected_is_lease) release(full, expected);
         };
-        if (!context.cache) return give_up(Counter::not_cached);
+        if (!context.cache) {
+            stats_.add<&StatsSnapshot::not_cached>();
+            return give_up();
+        }
         std::vector<TagVersion> stamped(stamp.begin(), stamp.end());
         if (!context.tags.empty() && !add_loader_tags(full, context.tags, stamped, bumps)) {
-            return give_up(Counter::fills_rejected);
+            stats_.add<&StatsSnapshot::fills_rejected>();
+            return give_up();
         }
         if (context.ttl) times.ttl = times.negative_ttl = saturated(*context.ttl);
         std::optional<Entry> entry;
         try {
             entry = encode(full, value ? &*value : nullptr, took, stamped, times);
         } catch (const std::exception&) {
-            return give_up(Counter::corrupt_values);  // served, but not cached
+            stats_.add<&StatsSnapshot::corrupt_values>();  // served, but not cached
+            return give_up();
         }
         if (too_large(entry->bytes.size())) {
             // Served, not cached. A value it was to replace goes too: left, it would be
             // served stale in its place.
-            stats_.add(Counter::too_large);
+            stats_.add<&StatsSnapshot::too_large>();
             try {
                 if (expected_is_lease) {
                     (void)release_lease(full, expected);
@@ -1512,7 +1577,7 @@ private:
                     (void)backend_.compare_and_delete(full, expected);
                 }
             } catch (const BackendError&) {
-                stats_.add(Counter::backend_errors);
+                stats_.add<&StatsSnapshot::backend_errors>();
             }
             return;
         }
@@ -1522,15 +1587,16 @@ private:
                     ? replace_lease(full, expected, entry->bytes, entry->ttl)
                     : backend_.compare_and_set(full, expected, entry->bytes, entry->ttl);
             if (filled) {
-                stats_.add(Counter::fills);
+                stats_.add<&StatsSnapshot::fills>();
                 keep_versions_alive(stamped);
             } else {
-                stats_.add(Counter::fills_rejected);
+                stats_.add<&StatsSnapshot::fills_rejected>();
             }
         } catch (const BackendError&) {
             // Give the lease back: left in place, it would keep every other process's
             // Lock waiter waiting until lease_ttl runs out.
-            give_up(Counter::backend_errors);
+            stats_.add<&StatsSnapshot::backend_errors>();
+            give_up();
         }
     }
 
@@ -1566,7 +1632,7 @@ private:
             if (!create_missing_versions(added)) return false;
             if (parse_version(fetch(version_key(bumps_name))) != bumps_before) return false;
         } catch (const BackendError&) {
-            stats_.add(Counter::backend_errors);
+            stats_.add<&StatsSnapshot::backend_errors>();
             return false;
         }
         stamp.insert(stamp.end(), added.begin(), added.end());
@@ -1579,7 +1645,7 @@ private:
     guard_type guard_;
     [[no_unique_address]] codec_type codec_;
     [[no_unique_address]] invalidator_type invalidator_;
-    Stats stats_;
+    detail::StripedCounters<StatsSnapshot> stats_;
     SingleFlight<std::optional<T>> flights_;
     Keeper keeper_;  // extends leases here, and a write path's write leases and claims
     LeaseKeeper<B> leases_;
