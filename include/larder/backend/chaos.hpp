@@ -84,7 +84,8 @@ public:
         before(&Calls::del);
         return inner_.del(key);
     }
-    std::int64_t increment(std::string_view key, std::int64_t delta) {
+    /// Where the inner backend has it.
+    std::int64_t increment(std::string_view key, std::int64_t delta) requires Increments<Inner> {
         before(&Calls::increment);
         return inner_.increment(key, delta);
     }
