@@ -11,9 +11,11 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <span>
+#include <sstream>
 #include <string>
 #include <string_view>
 
@@ -21,8 +23,7 @@
 
 using namespace std::chrono_literals;
 
-namespace {
-
+// doc-fixture-begin
 struct SqliteFixture {
     static constexpr bool manual_time = true;
 
@@ -35,9 +36,51 @@ struct SqliteFixture {
     void advance(larder::Millis by) { clock.advance(by); }
 };
 
+LARDER_BACKEND_CONFORMANCE_TESTS(SqliteFixture, "[sqlite]");
+// doc-fixture-end
+
+namespace {
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    REQUIRE(in);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+// The text from the line after the one holding `begin` up to `end`.
+std::string between(const std::string& text, const std::string& begin, const std::string& end) {
+    const auto b = text.find(begin);
+    REQUIRE(b != std::string::npos);
+    const auto from = text.find('\n', b) + 1;
+    const auto e = text.find(end, from);
+    REQUIRE(e != std::string::npos);
+    return text.substr(from, e - from);
+}
+
+// The text from `marker` on.
+std::string after(const std::string& text, const std::string& marker) {
+    const auto at = text.find(marker);
+    REQUIRE(at != std::string::npos);
+    return text.substr(at);
+}
+
 }  // namespace
 
-LARDER_BACKEND_CONFORMANCE_TESTS(SqliteFixture, "[sqlite]");
+TEST_CASE("docs/backends.md shows the SQLite backend and its fixture as they are",
+          "[sqlite][docs]") {
+    const std::string dir = LARDER_TEST_SOURCE_DIR;
+    const std::string doc = read_file(dir + "/../docs/backends.md");
+    const std::string shown_backend = between(
+        after(doc, "<!-- examples/sqlite_backend/sqlite_backend.hpp -->"), "```cpp", "```\n");
+    REQUIRE(shown_backend == read_file(dir + "/../examples/sqlite_backend/sqlite_backend.hpp"));
+    const std::string shown_fixture =
+        between(after(doc, "<!-- tests/sqlite_backend_test.cpp -->"), "```cpp", "```\n");
+    const std::string fixture = between(read_file(dir + "/sqlite_backend_test.cpp"),
+                                        "// doc-fixture-begin", "// doc-fixture-end");
+    REQUIRE(shown_fixture.ends_with(fixture));
+}
 
 TEST_CASE("CacheAside over SqliteBackend", "[sqlite]") {
     larder::ManualClock clock;

@@ -396,13 +396,12 @@ void value_only_reads() {
                              Fixture, hostile_bytes)                                               \
     LARDER_CONFORMANCE_CASE_("Exactly one of many concurrent set_if_absent wins",                  \
                              "[backend][concurrency]" tags, Fixture, set_if_absent_race)           \
-    LARDER_CONFORMANCE_CASE_(                                                                      \
-        "increment counts from zero, keeps the TTL, rejects non-integers (Increments)",            \
-        "[backend]" tags, Fixture, increments)                                                     \
-    LARDER_CONFORMANCE_CASE_("Concurrent increments are atomic (Increments)",                      \
-                             "[backend][concurrency]" tags, Fixture, concurrent_increments)        \
-    LARDER_CONFORMANCE_CASE_("Value-only reads return the bytes without a TTL (ValueOnlyReads)",   \
-                             "[backend]" tags, Fixture, value_only_reads)                          \
+    LARDER_CONFORMANCE_CASE_("increment counts from zero, keeps the TTL, rejects non-integers",    \
+                             "[backend]" tags, Fixture, increments)                                \
+    LARDER_CONFORMANCE_CASE_("Concurrent increments are atomic", "[backend][concurrency]" tags,    \
+                             Fixture, concurrent_increments)                                       \
+    LARDER_CONFORMANCE_CASE_("Value-only reads return the bytes without a TTL", "[backend]" tags,  \
+                             Fixture, value_only_reads)                                            \
     static_assert(larder::testing::BackendFixture<Fixture>,                                        \
                   "LARDER_BACKEND_CONFORMANCE_TESTS: the fixture needs a default constructor, "    \
                   "a `backend` member that is a larder::Backend, raw_set(key, bytes), "            \
