@@ -86,9 +86,8 @@ TEST_CASE("Striped counters sum increments from many threads", "[stats]") {
 TEST_CASE("stats() is callable on a const policy and counts each side", "[stats]") {
     larder::MemoryBackend store;
     using WriteBehind = larder::WriteBehind<std::string, larder::MemoryBackend>;
-    WriteBehind wb(
-        store, [](std::span<const WriteBehind::Entry>) { return larder::BatchResult{}; },
-        {.start_flusher = false});
+    WriteBehind wb(store, [](std::span<const WriteBehind::Entry>) { return larder::BatchResult{}; },
+                   {.start_flusher = false});
     wb.put("a", "1");
     wb.put("b", "2");
     (void)wb.get("a", [] { return std::optional<std::string>("db"); });
@@ -117,9 +116,8 @@ TEST_CASE("stats() does no I/O: it answers with Redis gone; queue_stats() says i
     larder::test::RedisServer server;
     auto redis = larder::test::make_test_backend(server, {.command_timeout = 200ms});
     using WriteBehind = larder::WriteBehind<std::string, larder::RedisBackend>;
-    WriteBehind wb(
-        redis, [](std::span<const WriteBehind::Entry>) { return larder::BatchResult{}; },
-        {.start_flusher = false, .eviction_check = larder::EvictionCheck::ignore});
+    WriteBehind wb(redis, [](std::span<const WriteBehind::Entry>) { return larder::BatchResult{}; },
+                   {.start_flusher = false, .eviction_check = larder::EvictionCheck::ignore});
     wb.put("a", "1");
     REQUIRE(wb.queue_stats().pending == 1);
     const auto round_trips = redis.stats().round_trips;

@@ -37,6 +37,14 @@
 #include <larder/near/redis_tracking_bus.hpp>
 #endif
 
+// The conformance suite is for a consumer's own Catch2 tests; this consumer does not link
+// Catch2, so the header (and one instantiation of the suite) is compiled only where Catch2's
+// headers are on the default include path. Compiled, never run.
+#if __has_include(<catch2/catch.hpp>) || __has_include(<catch2/catch_test_macros.hpp>)
+#include <larder/testing/backend_conformance.hpp>
+#define STRICT_HAVE_CATCH2 1
+#endif
+
 #if defined(LARDER_CONSUMER_WITH_CRYPTO)
 #include <larder/backend/authenticated.hpp>
 #include <larder/crypto/hmac.hpp>
@@ -138,9 +146,22 @@ void memory() {
     larder::MemoryBackend backend;
     policies(backend);
     larder::ChaosBackend<larder::MemoryBackend> chaos(backend);
+    policies(chaos);
     larder::CacheAside<std::string, larder::ChaosBackend<larder::MemoryBackend>> cache(chaos);
     (void)cache.get("k", [] { return std::optional<std::string>("v"); });
 }
+
+#if defined(STRICT_HAVE_CATCH2)
+struct ConformanceFixture {
+    static constexpr bool manual_time = true;
+    larder::ManualClock clock;
+    larder::MemoryBackend backend{larder::MemoryBackendOptions{.clock = &clock}};
+    void raw_set(std::string_view key, std::string_view bytes) {
+        backend.set(key, bytes, larder::no_expiry);
+    }
+    void advance(larder::Millis by) { clock.advance(by); }
+};
+#endif
 
 #if defined(LARDER_CONSUMER_WITH_REDIS)
 void redis() {
@@ -163,3 +184,7 @@ void sealed(const larder::AuthenticationOptions& keys) {
 #endif
 
 }  // namespace strict
+
+#if defined(STRICT_HAVE_CATCH2)
+LARDER_BACKEND_CONFORMANCE_TESTS(strict::ConformanceFixture, "[strict]");
+#endif

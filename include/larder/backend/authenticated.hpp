@@ -172,7 +172,8 @@ public:
     /// came between (the store cannot add to bytes it cannot verify). A missing key counts
     /// from 0, the remaining TTL is kept (to the millisecond), and a value that is not a
     /// sealed integer throws BackendError, as INCRBY on a non-integer does. No policy
-    /// calls it; it is here so that the decorator is a complete Backend.
+    /// calls it; it is built on the compare operations alone, so Authenticated<B> has the
+    /// Increments capability whether B has it or not.
     std::int64_t increment(std::string_view key, std::int64_t delta) {
         for (int round = 0; round < 1000; ++round) {
             const auto current = get(key);
@@ -459,6 +460,7 @@ struct write_behind_store_for<Authenticated<B>> {
 };
 
 static_assert(Backend<Authenticated<MemoryBackend>>);
+static_assert(Increments<Authenticated<MemoryBackend>>);
 static_assert(ValueOnlyReads<Authenticated<MemoryBackend>> == ValueOnlyReads<MemoryBackend>);
 static_assert(WriteBehindStore<AuthenticatedWriteBehindStore<MemoryBackend>>);
 

@@ -2,6 +2,11 @@
 // fault tests are deterministic ("the next 3 calls fail", "every call takes 20 ms")
 // instead of depending on a real outage. It also counts calls per operation, which lets a
 // test prove a read path's round trips.
+//
+// WriteBehind over ChaosBackend<Inner> keeps its queue in process memory
+// (MemoryWriteBehindStore<ChaosBackend<Inner>>, not durable, whatever Inner is) and writes
+// its cached copies through the decorator, so injected faults reach them as they reach
+// every other operation.
 #pragma once
 
 #include <atomic>
@@ -16,6 +21,7 @@
 #include <vector>
 
 #include "larder/backend/backend.hpp"
+#include "larder/backend/write_behind_store.hpp"
 #include "larder/core/error.hpp"
 #include "larder/core/random.hpp"
 
@@ -84,7 +90,8 @@ public:
         before(&Calls::del);
         return inner_.del(key);
     }
-    std::int64_t increment(std::string_view key, std::int64_t delta) {
+    /// Where the inner backend has it.
+    std::int64_t increment(std::string_view key, std::int64_t delta) requires Increments<Inner> {
         before(&Calls::increment);
         return inner_.increment(key, delta);
     }
@@ -122,5 +129,14 @@ private:
     mutable std::mutex mutex_;
     Calls calls_;
 };
+
+/// WriteBehind<T, ChaosBackend<Inner>>: the queue in process memory, the cached copies
+/// through the decorator (MemoryWriteBehindStore uses nothing but Backend operations).
+template <class Inner>
+struct write_behind_store_for<ChaosBackend<Inner>> {
+    using type = MemoryWriteBehindStore<ChaosBackend<Inner>>;
+};
+
+static_assert(WriteBehindStore<MemoryWriteBehindStore<ChaosBackend<MemoryBackend>>>);
 
 }  // namespace larder

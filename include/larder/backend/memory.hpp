@@ -403,6 +403,7 @@ private:
 };
 
 static_assert(Backend<MemoryBackend>);
+static_assert(Increments<MemoryBackend>);
 static_assert(NotifiesLeaseEnds<MemoryBackend>);
 
 }  // namespace larder

@@ -652,6 +652,7 @@ private:
 };
 
 static_assert(Backend<RedisBackend>);
+static_assert(Increments<RedisBackend>);
 static_assert(ValueOnlyReads<RedisBackend>);
 static_assert(NotifiesLeaseEnds<RedisBackend>);
 

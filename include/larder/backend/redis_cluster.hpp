@@ -930,6 +930,7 @@ private:
 };
 
 static_assert(Backend<RedisClusterBackend>);
+static_assert(Increments<RedisClusterBackend>);
 static_assert(ValueOnlyReads<RedisClusterBackend>);
 
 }  // namespace larder

@@ -287,16 +287,32 @@ struct WriteBehindStoreOptions {
     bool coalesce = true;
 };
 
-/// The store WriteBehind<T, B> uses on backend B. Specialized for MemoryBackend here and
-/// for RedisBackend in <larder/backend/redis/write_behind_store.hpp>; specialize it for a
-/// backend of your own with a type that satisfies WriteBehindStore and is constructible
-/// from (B&, WriteBehindStoreOptions).
+/// The store WriteBehind<T, B> uses on backend B. Specialized for MemoryBackend here, for
+/// RedisBackend and RedisClusterBackend in <larder/backend/redis/write_behind_store.hpp>,
+/// for Authenticated<B> (B's store, sealed) and for ChaosBackend<Inner> (a
+/// MemoryWriteBehindStore over the decorator, so that its faults reach the cached copies).
+///
+/// For a backend of your own, specialize it with `using type = S;` where S satisfies
+/// WriteBehindStore and is constructible from (B&, WriteBehindStoreOptions):
+///  - your own S, when the store can keep the queue itself (beside the cached copies,
+///    each operation atomic, as the comment at the top of this file says): acknowledged
+///    writes then outlive the process, and S::durable is true;
+///  - or MemoryWriteBehindStore<B>, which needs nothing of B beyond the Backend concept:
+///    the cached copies go to B, the queue stays in process memory. S::durable is false:
+///    what is unflushed when the process ends (a crash, a kill, a drain that ran out of
+///    time) is lost, and other processes on the same store neither see nor flush it.
+///
+///     template <>
+///     struct larder::write_behind_store_for<MyBackend> {
+///         using type = larder::MemoryWriteBehindStore<MyBackend>;
+///     };
 template <class B>
 struct write_behind_store_for {
     static_assert(sizeof(B) == 0,
                   "no WriteBehindStore for this backend: for RedisBackend include "
                   "<larder/backend/redis/write_behind_store.hpp>; for your own backend "
-                  "specialize larder::write_behind_store_for");
+                  "specialize larder::write_behind_store_for (with "
+                  "MemoryWriteBehindStore<B> when a queue in process memory will do)");
 };
 
 template <class B>
