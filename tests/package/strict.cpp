@@ -10,11 +10,15 @@
 #include <larder/codec/json.hpp>
 #include <larder/codec/msgpack.hpp>
 #include <larder/codec/raw.hpp>
+#include <larder/core/log.hpp>
+#include <larder/core/metrics.hpp>
+#include <larder/core/stats.hpp>
 #include <larder/invalidate/entity_versions.hpp>
 #include <larder/invalidate/events.hpp>
 #include <larder/invalidate/tags.hpp>
 #include <larder/invalidate/ttl.hpp>
 #include <larder/invalidate/version_keys.hpp>
+#include <larder/metrics/prometheus.hpp>
 #include <larder/larder.hpp>
 #include <larder/near/near.hpp>
 #include <larder/near/near_cache.hpp>
@@ -120,6 +124,17 @@ void policies(B& backend) {
     (void)behind.flush();
     (void)behind.stats();
     (void)behind.close();
+
+    larder::PrometheusMetrics metrics;
+    larder::CacheAside<User, B> observed(
+        backend, {.name = "observed",
+                  .metrics = &metrics,
+                  .log = {.level = larder::LogLevel::info,
+                          .sink = [](larder::LogLevel, std::string_view) {}}});
+    (void)observed.get("k", load_user);
+    metrics.add("observed", observed);
+    metrics.add("behind", behind);
+    (void)metrics.text();
 }
 
 void near() {
