@@ -143,8 +143,12 @@ public:
             const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now());
             (void)in.policy->close(std::max(left, Millis{0}));
         }
-        if (const auto dead = instances_.front().policy->stats().dead) {
-            notes.push_back(std::to_string(dead) + " entries dead-lettered");
+        try {
+            if (const auto dead = instances_.front().policy->queue_stats().dead) {
+                notes.push_back(std::to_string(dead) + " entries dead-lettered");
+            }
+        } catch (const larder::BackendError& e) {
+            notes.push_back(std::string("the queue could not be asked: ") + e.what());
         }
         return notes;
     }

@@ -61,7 +61,7 @@
 #include "larder/core/stats.hpp"
 #include "larder/policy/detail/components.hpp"
 #include "larder/policy/detail/read_path.hpp"
-#include "larder/policy/detail/write_claims.hpp"
+#include "larder/policy/detail/write_behind_flusher.hpp"
 #include "larder/policy/options.hpp"
 #include "larder/policy/write_behind_types.hpp"
 
@@ -102,7 +102,6 @@ public:
         : Base(backend, options.cache, std::move(guard), std::move(codec), std::move(invalidator)),
           backend_(backend),
           options_(validated(std::move(options), this->cache_options())),
-          writer_(std::move(writer)),
           store_(store ? std::move(store)
                        : std::make_shared<store_type>(
                              backend,
@@ -112,11 +111,11 @@ public:
                                                      .replicas = options_.replicas,
                                                      .replica_timeout = options_.replica_timeout,
                                                      .coalesce = options_.coalesce})),
-          claims_(this->keeper(), *store_, options_.claim_ttl) {
-        if (!writer_) throw ConfigError("WriteBehind: a batch writer is required");
+          flusher_(options_, *store_, std::move(writer), counters_, this->keeper(),
+                   flusher_hooks()) {
         check_eviction_at_start();
         check_persistence_at_start();
-        if (options_.start_flusher) flusher_ = std::thread([this] { run_flusher(); });
+        if (options_.start_flusher) flusher_thread_ = std::thread([this] { run_flusher(); });
     }
 
     WriteBehind(const WriteBehind&) = delete;
@@ -285,7 +284,9 @@ public:
     /// Flushes what is ready now (claims, writes, settles batch after batch until a claim
     /// comes back short, or max_batches_per_flush). Safe to call while the flusher thread
     /// and other processes flush too. Entries in backoff wait for their time.
-    FlushReport flush() { return flush_ready(options_.max_batches_per_flush, std::nullopt); }
+    FlushReport flush() {
+        return flusher_.flush_ready(options_.max_batches_per_flush, std::nullopt);
+    }
 
     /// Stops taking writes (put, modify and increment throw ClosedError from now on; those
     /// under way finish first), stops the flusher thread and drains for at most `timeout`:
@@ -308,7 +309,7 @@ public:
         }
         stop_requested_.store(true, std::memory_order_relaxed);  // ends the flush between batches
         flusher_wake_.notify_all();
-        if (flusher_.joinable()) flusher_.join();
+        if (flusher_thread_.joinable()) flusher_thread_.join();
         drained_ = drain(timeout);
         if (!drained_->complete) log(LogLevel::error, drained_->describe());
         return *drained_;
@@ -639,6 +640,16 @@ private:
         return std::string(this->caller_key(full));
     }
 
+    typename detail::WriteBehindFlusher<T, store_type>::Cache flusher_hooks() {
+        return {
+            .key_of = [this](std::string_view full) { return this->keys().key_of(full); },
+            .user_key = [this](std::string_view full) { return user_key(full); },
+            .decode = [this](std::string_view bytes,
+                             std::string* why) { return decode_value(bytes, why); },
+            .log = [this](LogLevel level, const std::string& message) { log(level, message); },
+        };
+    }
+
     // A dirty copy: fresh while stored (it has no TTL until flushed), stamped with the
     // versions it depends on, so that a bump after the put reaches its clean copy too.
     std::string encode(const T& value, std::span<const TagVersion> stamp) const {
@@ -680,15 +691,10 @@ private:
         return bytes;
     }
 
-    static bool is_tombstone(std::string_view bytes) {
-        const auto env = envelope::parse(bytes);
-        return env && env->header.kind == EntryKind::not_found;
-    }
-
     // What a read makes of an unflushed copy: the value, "no row" for a queued delete, or
     // nothing usable (nullopt).
     std::optional<std::optional<T>> read_unflushed(std::string_view bytes) const {
-        if (is_tombstone(bytes)) return std::optional<T>{};
+        if (detail::is_tombstone(bytes)) return std::optional<T>{};
         if (auto v = decode_value(bytes, nullptr)) return std::optional<T>(std::move(v));
         return std::nullopt;
     }
@@ -847,8 +853,8 @@ private:
             lock.unlock();
             FlushReport report;
             try {
-                report =
-                    flush_ready(options_.max_batches_per_flush, std::nullopt, &stop_requested_);
+                report = flusher_.flush_ready(options_.max_batches_per_flush, std::nullopt,
+                                              &stop_requested_);
             } catch (const std::exception& e) {
                 report.store_error = e.what();
             } catch (...) {
@@ -865,331 +871,12 @@ private:
         }
     }
 
-    // `draining`: the final drain, which never dead-letters for want of time (see close()).
-    FlushReport flush_ready(std::size_t max_batches,
-                            std::optional<std::chrono::steady_clock::time_point> deadline,
-                            const std::atomic<bool>* stop = nullptr, bool draining = false) {
-        FlushReport report;
-        unsigned lost_timeouts = 0;  // claims in a row whose reply never came
-        for (std::size_t b = 0; b < max_batches; ++b) {
-            if (deadline && std::chrono::steady_clock::now() >= *deadline) break;
-            if (stop && stop->load(std::memory_order_relaxed)) break;
-            ClaimBatch batch;
-            std::vector<std::uint64_t> lost = lost_claims();
-            const std::uint64_t token = random_token()[0] | 1;
-            try {
-                batch = store_->claim(
-                    options_.batch_size, options_.claim_ttl,
-                    ClaimOptions{.max_attempts = draining ? 0 : options_.retry.max_attempts,
-                                 .budget = options_.retry.budget,
-                                 .max_bytes = options_.batch_bytes,
-                                 .token = token,
-                                 .lost = lost});
-                forget_lost_claims(lost);
-                lost_timeouts = 0;
-            } catch (const TimeoutError& e) {
-                // The claim may have run: what it took is held under `token` until the
-                // next claim releases it. The rest of the queue is not behind it, so go on
-                // - unless the store keeps timing out, which is no longer about one entry.
-                counters_.add<&WriteBehindStats::backend_errors>();
-                remember_lost_claim(token);
-                ++report.lost_claims;
-                report.store_error = e.what();
-                if (++lost_timeouts >= 2) break;
-                continue;
-            } catch (const BackendError& e) {
-                counters_.add<&WriteBehindStats::backend_errors>();
-                report.store_error = e.what();
-                break;
-            }
-            report.requeued += batch.requeued;
-            counters_.add<&WriteBehindStats::requeued_claims>(batch.requeued);
-            for (const auto& k : batch.dead_lettered) {
-                ++report.dead_lettered;
-                counters_.add<&WriteBehindStats::dead_lettered>();
-                announce_dead(k, 0,
-                              "after " + std::to_string(options_.retry.max_attempts) +
-                                  " attempts whose claims never reached a flusher",
-                              false);
-            }
-            for (const auto& k : batch.held) {
-                ++report.held;
-                counters_.add<&WriteBehindStats::held>();
-                announce_dead(k, 0, "its claims kept expiring", true);
-            }
-            if (batch.entries.empty()) {
-                report.store_error.clear();  // the store answered: a lost claim is history
-                break;
-            }
-            ++report.batches;
-            report.claimed += batch.entries.size();
-            report.store_error.clear();
-            const bool outage = flush_batch(batch.entries, token, report, draining);
-            // The database is down: the next batch would fail the same way. Its entries
-            // wait out the outage backoff; the rest of the queue waits for the next flush.
-            if (outage || !report.store_error.empty()) break;
-            if (batch.entries.size() < options_.batch_size) break;
-        }
-        return report;
-    }
-
-    // At the end of a drain: entries still held by this object's lost claims go back to
-    // the queue now, for the next flusher, instead of when their claims expire. A claim
-    // of nothing releases them.
-    void release_lost_claims() {
-        const std::vector<std::uint64_t> lost = lost_claims();
-        if (lost.empty()) return;
-        try {
-            (void)store_->claim(0, options_.claim_ttl, ClaimOptions{.lost = lost});
-            forget_lost_claims(lost);
-        } catch (const BackendError&) {
-            counters_.add<&WriteBehindStats::backend_errors>();
-        }
-    }
-
-    // Tokens of this object's claims whose replies were lost, for the next claim to
-    // release. Bounded: a claim older than the last few has expired by the time it would
-    // be named, and expiry releases it just the same.
-    std::vector<std::uint64_t> lost_claims() {
-        std::lock_guard lock(lost_mutex_);
-        return lost_;
-    }
-
-    void remember_lost_claim(std::uint64_t token) {
-        std::lock_guard lock(lost_mutex_);
-        if (lost_.size() >= 32) lost_.erase(lost_.begin());
-        lost_.push_back(token);
-    }
-
-    void forget_lost_claims(const std::vector<std::uint64_t>& released) {
-        if (released.empty()) return;
-        std::lock_guard lock(lost_mutex_);
-        std::erase_if(lost_, [&](std::uint64_t t) {
-            return std::find(released.begin(), released.end(), t) != released.end();
-        });
-    }
-
-    Settlement dead_letter(const ClaimedEntry& c, std::string error) const {
-        return Settlement{.action = Settlement::dead,
-                          .key = c.key,
-                          .version = c.version,
-                          .retry_after = options_.retry.max_backoff,
-                          .error = std::move(error)};
-    }
-
-    // Logs a dead-lettered entry (or one kept pending because the list was full) and tells
-    // the alert hook.
-    void announce_dead(const std::string& full, std::uint64_t version, const std::string& error,
-                       bool list_full) {
-        const std::string key = user_key(full);
-        if (list_full) {
-            log(LogLevel::error, "dead-letter list full (max_dead " +
-                                     std::to_string(options_.max_dead) + "): '" + key +
-                                     "' stays pending: " + error);
-        } else {
-            log(LogLevel::error,
-                "dead-lettered '" + key + "'" +
-                    (version ? " (version " + std::to_string(version) + ")" : std::string()) +
-                    ": " + error);
-        }
-        if (!options_.on_dead_letter) return;
-        try {
-            options_.on_dead_letter(DeadLetterEvent{key, version, error, list_full});
-        } catch (...) {
-        }
-    }
-
-    // The delay after the `streak`-th batch in a row that failed as a whole.
-    [[nodiscard]] Millis outage_delay(std::uint32_t streak) const {
-        return detail::retry_delay(streak, options_.retry.first_backoff,
-                                   options_.retry.max_outage_backoff);
-    }
-
-    // The entry has been waiting longer than the retry budget (on the store's clock, which
-    // dirty_since is on: Redis's, not this host's).
-    [[nodiscard]] bool out_of_time(const ClaimedEntry& c) const {
-        return c.waited >= options_.retry.budget;
-    }
-
-    // A row the writer rejected: retried, or dead-lettered once it has used both its
-    // attempts and the time budget - never by the final drain, which leaves it pending.
-    Settlement rejected(const ClaimedEntry& c, const std::string& error, bool draining) const {
-        const std::uint32_t attempt = c.attempts + 1;
-        if (!draining && attempt >= options_.retry.max_attempts && out_of_time(c)) {
-            return dead_letter(c, error);
-        }
-        return Settlement{.action = Settlement::retry,
-                          .key = c.key,
-                          .version = c.version,
-                          .retry_after = detail::retry_delay(attempt, options_.retry.first_backoff,
-                                                             options_.retry.max_backoff),
-                          .error = error};
-    }
-
-    // Writes one claimed batch and settles it. Returns true when the writer failed as a
-    // whole (an outage): its entries are deferred, at no cost to their attempts.
-    bool flush_batch(const std::vector<ClaimedEntry>& claimed, std::uint64_t token,
-                     FlushReport& report, bool draining) {
-        std::vector<Settlement> settlements;
-        settlements.reserve(claimed.size());
-        std::vector<Entry> entries;
-        std::vector<std::size_t> source;  // entries[i] is claimed[source[i]]
-        for (std::size_t i = 0; i < claimed.size(); ++i) {
-            const ClaimedEntry& c = claimed[i];
-            // Only this cache's own puts queue keys of its namespace: anything else was
-            // planted in the store, and never reaches the writer.
-            const auto key = this->keys().key_of(c.key);
-            if (!key) {
-                settlements.push_back(dead_letter(c, "the queued key is not one of this cache's"));
-                continue;
-            }
-            if constexpr (std::default_initializable<T>) {
-                if (is_tombstone(c.value)) {
-                    entries.push_back(Entry{std::string(*key), T{}, c.version, c.attempts + 1,
-                                            c.dirty_since, /*erased=*/true});
-                    source.push_back(i);
-                    continue;
-                }
-            }
-            std::string why;
-            std::optional<T> value = decode_value(c.value, &why);
-            if (!value) {
-                settlements.push_back(dead_letter(c, "the queued value cannot be decoded: " + why));
-                continue;
-            }
-            entries.push_back(Entry{std::string(*key), std::move(*value), c.version, c.attempts + 1,
-                                    c.dirty_since});
-            source.push_back(i);
-        }
-
-        bool outage = false;
-        if (!entries.empty()) {
-            std::vector<const BatchResult::Failure*> failed(entries.size(), nullptr);
-            BatchResult result;
-            std::string batch_error;
-            {
-                std::vector<std::string> keys;
-                keys.reserve(source.size());
-                for (std::size_t i : source) keys.push_back(claimed[i].key);
-                auto hold = claims_.hold(std::move(keys), token);
-                counters_.add<&WriteBehindStats::batches>();
-                try {
-                    result = writer_(std::span<const Entry>(entries));
-                } catch (const std::exception& e) {
-                    outage = true;
-                    batch_error = e.what();
-                } catch (...) {
-                    outage = true;
-                    batch_error = "the batch writer threw a non-standard exception";
-                }
-            }
-            if (outage) {
-                counters_.add<&WriteBehindStats::failed_batches>();
-                if (batch_error.empty()) batch_error = "the batch writer failed";
-                const Millis delay =
-                    outage_delay(outage_streak_.fetch_add(1, std::memory_order_relaxed) + 1);
-                if (report.errors.size() < 16) report.errors.push_back("batch: " + batch_error);
-                for (std::size_t j = 0; j < entries.size(); ++j) {
-                    const ClaimedEntry& c = claimed[source[j]];
-                    settlements.push_back(Settlement{.action = Settlement::defer,
-                                                     .key = c.key,
-                                                     .version = c.version,
-                                                     .retry_after = delay,
-                                                     .error = batch_error});
-                }
-            } else {
-                outage_streak_.store(0, std::memory_order_relaxed);
-                for (const auto& f : result.failures()) {
-                    if (f.index < entries.size() && !failed[f.index]) failed[f.index] = &f;
-                }
-                for (std::size_t j = 0; j < entries.size(); ++j) {
-                    const ClaimedEntry& c = claimed[source[j]];
-                    const BatchResult::Failure* f = failed[j];
-                    if (!f) {
-                        settlements.push_back(Settlement{
-                            .action = Settlement::ack, .key = c.key, .version = c.version});
-                        continue;
-                    }
-                    const std::string error = f->error.empty() ? "failed (no message)" : f->error;
-                    if (report.errors.size() < 16)
-                        report.errors.push_back(entries[j].key + ": " + error);
-                    if (f->stale) {
-                        ++report.stale;
-                        counters_.add<&WriteBehindStats::stale>();
-                        settlements.push_back(dead_letter(
-                            c, "refused as stale (the database holds a newer version): " + error));
-                    } else {
-                        settlements.push_back(rejected(c, error, draining));
-                    }
-                }
-            }
-        }
-
-        for (Settlement& s : settlements) s.token = token;
-        std::vector<SettleResult> results;
-        try {
-            results = store_->settle(settlements, options_.clean_ttl);
-        } catch (const BackendError& e) {
-            // Whatever the settle did not remove is still held under `token`: this object's
-            // next claim releases it (the entries are written again, fenced by version), so
-            // it does not wait out claim_ttl - nor does a drain stuck behind it.
-            counters_.add<&WriteBehindStats::backend_errors>();
-            remember_lost_claim(token);
-            report.store_error = e.what();
-            return outage;
-        }
-        for (std::size_t k = 0; k < settlements.size() && k < results.size(); ++k) {
-            const Settlement& s = settlements[k];
-            switch (results[k]) {
-                case SettleResult::superseded:
-                    ++report.superseded;
-                    counters_.add<&WriteBehindStats::superseded>();
-                    continue;
-                case SettleResult::lost:
-                    // Another flusher holds it now (or will): it writes the entry again, so a
-                    // database write fenced by the version keeps the later of the two.
-                    ++report.forfeited;
-                    counters_.add<&WriteBehindStats::forfeited>();
-                    continue;
-                case SettleResult::held:
-                    ++report.held;
-                    counters_.add<&WriteBehindStats::held>();
-                    announce_dead(s.key, s.version, s.error, true);
-                    continue;
-                case SettleResult::gone:
-                    continue;
-                case SettleResult::done:
-                    break;
-            }
-            switch (s.action) {
-                case Settlement::ack:
-                    ++report.flushed;
-                    counters_.add<&WriteBehindStats::flushed>();
-                    break;
-                case Settlement::retry:
-                    ++report.retried;
-                    counters_.add<&WriteBehindStats::retried>();
-                    break;
-                case Settlement::defer:
-                    ++report.deferred;
-                    counters_.add<&WriteBehindStats::deferred>();
-                    break;
-                case Settlement::dead:
-                    ++report.dead_lettered;
-                    counters_.add<&WriteBehindStats::dead_lettered>();
-                    announce_dead(s.key, s.version, s.error, false);
-                    break;
-            }
-        }
-        return outage;
-    }
-
     DrainReport drain(Millis timeout) {
         DrainReport out = drain_report();
         const auto deadline = std::chrono::steady_clock::now() + timeout;
         for (;;) {
-            out.flushed +=
-                flush_ready(std::numeric_limits<std::size_t>::max(), deadline, nullptr, true);
+            out.flushed += flusher_.flush_ready(std::numeric_limits<std::size_t>::max(), deadline,
+                                                nullptr, true);
             try {
                 out.left = store_->stats();
             } catch (const BackendError& e) {
@@ -1203,7 +890,7 @@ private:
             std::this_thread::sleep_for(
                 std::min<std::chrono::steady_clock::duration>(Millis{10}, deadline - now));
         }
-        release_lost_claims();
+        flusher_.release_lost_claims();
         out.complete = out.error.empty() && out.left.pending == 0;
         if (!out.complete) {
             try {
@@ -1216,10 +903,9 @@ private:
 
     B& backend_;
     const WriteBehindOptions options_;
-    BatchWriter writer_;
     std::shared_ptr<store_type> store_;
     detail::StripedCounters<WriteBehindStats> counters_;
-    detail::ClaimKeeper<store_type> claims_;
+    detail::WriteBehindFlusher<T, store_type> flusher_;
 
     std::mutex flusher_mutex_;
     std::condition_variable flusher_wake_;
@@ -1229,14 +915,11 @@ private:
     // Writes hold it shared, close() takes it alone: once close() returns, no write is
     // under way, and none is acknowledged after the drain began.
     std::shared_mutex close_mutex_;
-    std::atomic<std::uint32_t> outage_streak_{0};
     Persistence persistence_{};           // set at construction
     std::mutex drain_mutex_;              // held by close() for its whole drain
     std::optional<DrainReport> drained_;  // batches in a row that failed as a whole
     std::atomic<bool> stop_requested_{false};
-    std::mutex lost_mutex_;
-    std::vector<std::uint64_t> lost_;  // see lost_claims()
-    std::thread flusher_;
+    std::thread flusher_thread_;
 };
 
 }  // namespace larder
