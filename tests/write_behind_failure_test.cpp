@@ -514,7 +514,7 @@ TEST_CASE("A dead-lettered increment survives Redis evicting its cached copy (al
             const auto info = server.command({"INFO", "stats"});
             INFO(info.substr(info.find("evicted_keys")).substr(0, 40));
             // The queue still holds the dead entry (else the test proves nothing).
-            REQUIRE(probe.queue_stats().dead == 1);
+            REQUIRE(probe.stats().dead == 1);
             return evicted;
         });
 }

@@ -72,7 +72,7 @@ TEST_CASE("A memory redrive whose cached-copy write fails keeps the dead entry",
         chaos.fail_next(1);  // the backend refuses the next call (the redrive's cached copy)
         REQUIRE_THROWS_AS(store.redrive(key), larder::BackendError);
         // The call failed: the dead entry must still be there, or requeued - not gone.
-        CHECK(store.list_dead(10).size() + store.queue_stats().pending == 1);
+        CHECK(store.list_dead(10).size() + store.stats().pending == 1);
         CHECK(store.unflushed_value(key) == std::optional<std::string>("acknowledged"));
     }
 }

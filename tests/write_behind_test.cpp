@@ -423,7 +423,7 @@ WRITE_BEHIND_TEST_CASE(
     // outages and count for nothing), then parked with its value and the database's message.
     REQUIRE(most_attempts["poison"] == 12);
     REQUIRE(rows.count("poison") == 0);
-    REQUIRE(s.dead == 1);
+    REQUIRE(wb.queue_stats().dead == 1);
     REQUIRE(s.dead_lettered == 1);
     const auto dead = wb.list_dead();
     REQUIRE(dead.size() == 1);
