@@ -1,0 +1,106 @@
+// Probes of the guarantees of the logging and metrics hooks and of the Backend concept:
+// stats() exact and local, a Logger's sink free to call back into what logs, every call
+// reported once to a MetricsListener, PrometheusMetrics text always valid, WriteBehind over
+// any backend losing no acknowledged write. Each case here failed when it was written.
+#include <larder/larder.hpp>
+#include <larder/metrics/prometheus.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/catch.hpp"
+#include "support/prometheus_text.hpp"
+
+#if defined(LARDER_TEST_HAVE_REDIS) && defined(LARDER_TEST_HAVE_REDIS_SERVER)
+#include <larder/backend/redis_cluster.hpp>
+
+#include "support/redis_fixture.hpp"
+#include "support/redis_server.hpp"
+#endif
+
+using namespace std::chrono_literals;
+using larder::test::parse_prometheus;
+
+namespace {
+
+using Labels = std::map<std::string, std::string>;
+
+// Runs `call` on a thread of its own and waits for it at most `limit`: false when it has
+// not returned by then (a deadlock). The thread is then left behind, detached, holding
+// what `call` captured (capture shared_ptrs), so that the suite reports the hang as a
+// failure instead of hanging.
+bool finishes_within(std::function<void()> call, std::chrono::seconds limit = 10s) {
+    auto done = std::make_shared<std::promise<void>>();
+    auto finished = done->get_future();
+    std::thread([call = std::move(call), done] {
+        try {
+            call();
+        } catch (...) {
+        }
+        done->set_value();
+    }).detach();
+    return finished.wait_for(limit) == std::future_status::ready;
+}
+
+}  // namespace
+
+#if defined(LARDER_TEST_HAVE_REDIS) && defined(LARDER_TEST_HAVE_REDIS_SERVER)
+
+// docs/logging.md: "The sink is called on whichever thread saw the event, with no larder
+// lock held". RedisClusterBackend::refresh_locked() runs with refresh_mutex_ held, and
+// logs there - its own "no node answered CLUSTER SLOTS" (warn) and, through the node's
+// RedisBackend, "connecting failed" (info). A sink that calls the cluster again for a key
+// whose slot has no known node (route() -> refresh_slots()) locks refresh_mutex_ a second
+// time on the same thread: the call never returns.
+TEST_CASE("Review: a sink that calls the cluster backend from a refresh failure log returns",
+          "[redis][log][review]") {
+    struct World {
+        larder::test::RedisServer server{{.extra_args = {"--cluster-enabled", "yes"}}};
+        std::unique_ptr<larder::RedisClusterBackend> cluster;
+        std::atomic<int> heard{0};
+    };
+    auto world = std::make_shared<World>();
+    // A cluster that knows slots 0..100 only: a key of any other slot has no node.
+    REQUIRE(world->server.query({"CLUSTER", "ADDSLOTSRANGE", "0", "100"}).render() == "OK");
+    const std::string key = "k5";
+    REQUIRE(larder::keys::slot(key) > 100);
+
+    larder::RedisClusterOptions options;
+    options.seeds.push_back({.host = world->server.host(), .port = world->server.port()});
+    options.node.connect_timeout = 300ms;
+    options.node.command_timeout = 300ms;
+    World* w = world.get();
+    options.node.log = {.level = larder::LogLevel::debug,
+                        .sink = [w, key](larder::LogLevel, std::string_view) {
+                            thread_local bool inside = false;
+                            ++w->heard;
+                            if (inside || !w->cluster) return;
+                            inside = true;
+                            try {
+                                (void)w->cluster->get(key);
+                            } catch (...) {
+                            }
+                            inside = false;
+                        }};
+    world->cluster = std::make_unique<larder::RedisClusterBackend>(options);
+    world->server.kill();
+
+    const bool returned = finishes_within([world, key] {
+        try {
+            (void)world->cluster->get(key);
+        } catch (const larder::BackendError&) {
+        }
+    });
+    CHECK(world->heard.load() > 0);
+    REQUIRE(returned);
+}
+
+#endif
