@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <functional>
 #include <future>
 #include <memory>
@@ -104,3 +105,26 @@ TEST_CASE("Review: a sink that calls the cluster backend from a refresh failure 
 }
 
 #endif
+
+// PrometheusMetrics accepts any finite, positive, ascending buckets, and writes each bound
+// with std::to_chars(..., chars_format::fixed) into a 64-byte buffer. A bound of 1e70
+// needs 71 characters: to_chars fails (value_too_large, ptr == end) and the unset buffer
+// is written as the le label - garbage bytes where a number must be.
+TEST_CASE("Review: a large histogram bound is written as a number", "[metrics][review]") {
+    larder::PrometheusMetrics metrics({.buckets = {0.001, 1e70}});
+    metrics.on_load({.cache = "x", .took = 1ms});
+    const std::string text = metrics.text();
+    INFO(text);
+    REQUIRE_NOTHROW(parse_prometheus(text));
+    const auto parsed = parse_prometheus(text);
+    std::size_t buckets = 0;
+    for (const auto& s : parsed.samples) {
+        if (s.name != "larder_load_duration_seconds_bucket") continue;
+        ++buckets;
+        const std::string& le = s.labels.at("le");
+        if (le == "+Inf") continue;
+        CHECK((std::strtod(le.c_str(), nullptr) == 0.001 ||
+               std::strtod(le.c_str(), nullptr) == 1e70));
+    }
+    CHECK(buckets == 3);
+}
