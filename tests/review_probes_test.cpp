@@ -53,6 +53,43 @@ bool finishes_within(std::function<void()> call, std::chrono::seconds limit = 10
 
 }  // namespace
 
+// docs/logging.md: the sink runs "with no larder lock held". WriteBehind::close() holds
+// drain_mutex_ for its whole drain and logs an incomplete drain (error) before releasing
+// it. close() is documented as idempotent ("a later or concurrent call waits for the one
+// drain and returns its report"), yet a sink that calls it - from that very log line -
+// locks drain_mutex_ again on the same thread, and close() never returns.
+TEST_CASE("Review: a sink that calls WriteBehind::close() from the drain's log returns",
+          "[log][review]") {
+    using Behind = larder::WriteBehind<std::string, larder::MemoryBackend>;
+    struct World {
+        larder::MemoryBackend store;
+        std::unique_ptr<Behind> wb;
+        std::atomic<int> heard{0};
+    };
+    auto world = std::make_shared<World>();
+    World* w = world.get();
+    world->wb = std::make_unique<Behind>(
+        world->store,
+        [](std::span<const Behind::Entry>) -> larder::BatchResult {
+            throw std::runtime_error("database down");
+        },
+        larder::WriteBehindOptions{
+            .start_flusher = false,
+            .cache = {.log = {.level = larder::LogLevel::error,
+                              .sink = [w](larder::LogLevel, std::string_view) {
+                                  thread_local bool inside = false;
+                                  ++w->heard;
+                                  if (inside) return;
+                                  inside = true;
+                                  (void)w->wb->close(larder::Millis{0});
+                                  inside = false;
+                              }}}});
+    world->wb->put("k", "v");
+    const bool returned = finishes_within([world] { (void)world->wb->close(larder::Millis{50}); });
+    CHECK(world->heard.load() > 0);
+    REQUIRE(returned);
+}
+
 #if defined(LARDER_TEST_HAVE_REDIS) && defined(LARDER_TEST_HAVE_REDIS_SERVER)
 
 // docs/logging.md: "The sink is called on whichever thread saw the event, with no larder
