@@ -101,7 +101,11 @@ TEST_CASE("Review: a sink that calls WriteBehind::close() from the drain's log r
 TEST_CASE("Review: a sink that calls the cluster backend from a refresh failure log returns",
           "[redis][log][review]") {
     struct World {
-        larder::test::RedisServer server{{.extra_args = {"--cluster-enabled", "yes"}}};
+        // The bus on a port of its own: by default it is the port + 10000, which a free
+        // port above 55535 does not have.
+        larder::test::RedisServer server{
+            {.extra_args = {"--cluster-enabled", "yes", "--cluster-port",
+                            std::to_string(larder::test::detail::pick_free_loopback_port())}}};
         std::unique_ptr<larder::RedisClusterBackend> cluster;
         std::atomic<int> heard{0};
     };
@@ -139,6 +143,33 @@ TEST_CASE("Review: a sink that calls the cluster backend from a refresh failure 
     });
     CHECK(world->heard.load() > 0);
     REQUIRE(returned);
+}
+
+// BackendCallEvent is documented as "one call to a backend (on Redis, one round trip or
+// one failed attempt)", and PrometheusMetrics helps its histogram as "backend calls (on
+// Redis, round trips)". A script call whose EVALSHA answers NOSCRIPT (after SCRIPT FLUSH,
+// a restart or a failover) makes two round trips - the refused EVALSHA and the EVAL -
+// under one timer in RedisBackend::run(): the listener hears one event, not failed, whose
+// duration covers both. (RedisBackend's Sentinel READONLY retry is the same: two attempts,
+// the first failed, one event.) Either the event is per round trip as documented, or the
+// documentation must say it is per call of the backend's API.
+TEST_CASE("Review: a script call retried after NOSCRIPT is reported per round trip",
+          "[redis][metrics][review]") {
+    struct Heard final : larder::MetricsListener {
+        std::atomic<int> calls{0};
+        void on_backend_call(const larder::BackendCallEvent&) noexcept override { ++calls; }
+    } heard;
+    larder::test::RedisServer server;
+    auto redis = larder::test::make_test_backend(server, {.name = "main", .metrics = &heard});
+    (void)redis.compare_and_delete("k", "v");  // loads the script
+    REQUIRE(server.query({"SCRIPT", "FLUSH"}).render() == "OK");
+
+    const auto before = redis.stats().round_trips;
+    heard.calls = 0;
+    CHECK_FALSE(redis.compare_and_delete("k", "v"));
+    const auto round_trips = redis.stats().round_trips - before;
+    CHECK(round_trips == 2);  // EVALSHA (NOSCRIPT), then EVAL
+    CHECK(static_cast<std::uint64_t>(heard.calls.load()) == round_trips);
 }
 
 #endif
