@@ -29,6 +29,7 @@
 #include <shared_mutex>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -184,8 +185,14 @@ public:
 
     static std::string number(double v) {
         if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
-        char buf[64];
+        // Fixed notation of a finite double is at most 309 digits before the point and
+        // some 330 after it (the shortest that reads back): room for any, checked anyway.
+        char buf[512];
         const auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed);
+        if (r.ec != std::errc{}) {
+            const auto g = std::to_chars(buf, buf + sizeof buf, v);
+            return std::string(buf, g.ptr);
+        }
         return std::string(buf, r.ptr);
     }
 
