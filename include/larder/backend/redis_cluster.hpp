@@ -299,8 +299,13 @@ public:
     /// Reads the slot map now, from the first node that answers (primaries first). Throws
     /// ConnectionError when none does; the map in use is then kept.
     void refresh_slots() {
-        std::lock_guard lock(refresh_mutex_);
-        refresh_locked();
+        try {
+            std::lock_guard lock(refresh_mutex_);
+            refresh_locked();
+        } catch (const ConnectionError& e) {
+            log_refresh_failure(e);
+            throw;
+        }
     }
 
     /// The key as Redis sees it: key_prefix + key.
@@ -590,11 +595,6 @@ private:
             }
         }
         counters_.add<&RedisClusterStats::refresh_failures>();
-        options_.node.log(LogLevel::warn, [&] {
-            return "redis cluster '" + options_.node.name +
-                   "': no node answered CLUSTER SLOTS; keeping the slot map in use (" + failures +
-                   ")";
-        });
         schedule_refresh(options_.min_refresh_interval);
         throw ConnectionError("RedisClusterBackend: no node answered CLUSTER SLOTS (" + failures +
                               ")");
@@ -666,9 +666,19 @@ private:
         last_refresh_start_.store(now, std::memory_order_relaxed);
         try {
             refresh_locked();
-        } catch (const Error&) {
+        } catch (const Error& e) {
             // Counted; the calls go on with the map in use and meet the failure themselves.
+            lock.unlock();
+            log_refresh_failure(e);
         }
+    }
+
+    // Outside refresh_mutex_, so that a log sink may call this backend.
+    void log_refresh_failure(const Error& e) const noexcept {
+        options_.node.log(LogLevel::warn, [&] {
+            return "redis cluster '" + options_.node.name +
+                   "': keeping the slot map in use: " + std::string(e.what());
+        });
     }
 
     static std::int64_t now_ns() noexcept {

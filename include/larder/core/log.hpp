@@ -4,8 +4,9 @@
 // CacheAsideOptions::log, RedisBackend and RedisClusterBackend in RedisOptions::log.
 //
 // Level-filtered before anything is formatted: a message below `level` costs one
-// comparison. The sink is called from whichever thread saw the event, under no lock of
-// larder's; exceptions it throws are swallowed (a log line is never worth a failed call).
+// comparison. The sink is called from whichever thread saw the event, possibly while the
+// object that logs holds a lock of its own: it must not call back into that object.
+// Exceptions it throws are swallowed (a log line is never worth a failed call).
 // An adapter to spdlog, or to anything else, is a lambda (docs/logging.md).
 #pragma once
 

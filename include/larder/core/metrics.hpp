@@ -21,7 +21,10 @@ struct LoadEvent {
     bool failed = false;
 };
 
-/// One call to a backend (on Redis, one round trip or one failed attempt).
+/// One call of a backend's API: on Redis usually one round trip; a retry inside the call
+/// (EVAL after a flushed script, the new primary after a Sentinel failover) is part of
+/// it. On a cluster each node's attempt is a call of that node's backend, so a call that
+/// was redirected is two events, the first failed.
 struct BackendCallEvent {
     std::string_view backend;    ///< RedisOptions::name
     std::string_view operation;  ///< "get", "set", "eval", ... (the Backend operation)

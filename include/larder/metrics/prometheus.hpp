@@ -285,7 +285,7 @@ public:
     [[nodiscard]] std::string text() const {
         detail::Exposition out;
         write_histograms(out, loads_, "load", "loader calls");
-        write_histograms(out, calls_, "backend_call", "backend calls (on Redis, round trips)");
+        write_histograms(out, calls_, "backend_call", "backend calls");
         std::lock_guard lock(sources_mutex_);
         for (const auto& [name, collect] : sources_) collect(out, options_.prefix, name);
         return out.text();

@@ -298,21 +298,27 @@ public:
     /// dead-lettered as at any time.) Idempotent: a later or concurrent call waits for the
     /// one drain and returns its report.
     DrainReport close(Millis timeout) {
-        // One drain: a second (or concurrent) call waits for it and gets its report.
-        std::lock_guard drain_lock(drain_mutex_);
-        if (drained_) return *drained_;
+        DrainReport report;
         {
-            std::unique_lock writes(close_mutex_);
-            std::lock_guard lock(flusher_mutex_);
-            closed_ = true;
-            stopping_ = true;
+            // One drain: a second (or concurrent) call waits for it and gets its report.
+            std::lock_guard drain_lock(drain_mutex_);
+            if (drained_) return *drained_;
+            {
+                std::unique_lock writes(close_mutex_);
+                std::lock_guard lock(flusher_mutex_);
+                closed_ = true;
+                stopping_ = true;
+            }
+            stop_requested_.store(true,
+                                  std::memory_order_relaxed);  // ends the flush between batches
+            flusher_wake_.notify_all();
+            if (flusher_thread_.joinable()) flusher_thread_.join();
+            drained_ = drain(timeout);
+            report = *drained_;
         }
-        stop_requested_.store(true, std::memory_order_relaxed);  // ends the flush between batches
-        flusher_wake_.notify_all();
-        if (flusher_thread_.joinable()) flusher_thread_.join();
-        drained_ = drain(timeout);
-        if (!drained_->complete) log(LogLevel::error, drained_->describe());
-        return *drained_;
+        // Outside the lock: a log sink may ask this object anything, close() included.
+        if (!report.complete) log(LogLevel::error, report.describe());
+        return report;
     }
 
     DrainReport close() { return close(options_.drain_timeout); }
