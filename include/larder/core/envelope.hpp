@@ -9,6 +9,7 @@
 #include <bit>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -132,6 +133,11 @@ inline void write_tag(std::string& out, std::string_view name, std::uint64_t ver
 /// Appends the header and a record for each of `tags` (each with a `name` and a
 /// `version`): what every envelope starts with; the payload follows.
 template <class Tags>
+requires requires(const Tags& tags) {
+    std::size(tags);
+    tags.begin()->name;
+    tags.begin()->version;
+}
 void write_header(std::string& out, const EnvelopeHeader& h, const Tags& tags) {
     write_header(out, h, static_cast<std::uint16_t>(std::size(tags)));
     for (const auto& t : tags) write_tag(out, t.name, t.version);
