@@ -18,42 +18,44 @@ struct Account {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Account, owner, balance)
 
-std::map<std::string, Account> accounts_table;  // stands for the database
-int db_reads = 0;
-int db_writes = 0;
+// Stands for the database, with counters of the queries it answered.
+struct Database {
+    std::map<std::string, Account> rows;
+    int reads = 0;
+    int writes = 0;
+} db;
 
 int main(int argc, char** argv) {
     const char* url = argc > 1 ? argv[1] : "redis://127.0.0.1:6379";
     larder::RedisBackend redis(larder::RedisOptions::from_url(url));
     larder::WriteThrough<Account, larder::RedisBackend> accounts(
         redis, {.cache = {.key_prefix = "example-account:"}});
-    auto load = [](const std::string& id) {
-        return [id]() -> std::optional<Account> {
-            ++db_reads;
-            auto row = accounts_table.find(id);
-            if (row == accounts_table.end()) return std::nullopt;
+    auto get_account = [&](const std::string& id) {
+        return accounts.get(id, [&id]() -> std::optional<Account> {
+            ++db.reads;
+            auto row = db.rows.find(id);
+            if (row == db.rows.end()) return std::nullopt;
             return row->second;
-        };
+        });
+    };
+    // The database write runs inside put, before the cache is updated.
+    auto update_account = [&](const std::string& id, const Account& account) {
+        return accounts.put(id, account, [&] {
+            ++db.writes;
+            db.rows[id] = account;
+        });
     };
     accounts.invalidate("A-1");  // start cold on every run
 
-    const Account opened{"Ada", 100};
-    auto outcome = accounts.put("A-1", opened, [&] {
-        ++db_writes;  // runs inside put, before the cache is updated
-        accounts_table["A-1"] = opened;
-    });
+    const auto outcome = update_account("A-1", {"Ada", 100});
     std::printf("put: %s, database writes: %d\n",
-                outcome == larder::WriteOutcome::cached ? "cached" : "not cached", db_writes);
+                outcome == larder::WriteOutcome::cached ? "cached" : "not cached", db.writes);
 
-    auto a = accounts.get("A-1", load("A-1"));  // a hit: the value put is cached
-    std::printf("read: %s %ld, database reads: %d\n", a->owner.c_str(), a->balance, db_reads);
+    auto a = get_account("A-1");  // a hit: the value put is cached
+    std::printf("read: %s %ld, database reads: %d\n", a->owner.c_str(), a->balance, db.reads);
 
-    const Account after_deposit{"Ada", 150};
-    accounts.put("A-1", after_deposit, [&] {
-        ++db_writes;
-        accounts_table["A-1"] = after_deposit;
-    });
-    a = accounts.get("A-1", load("A-1"));
+    update_account("A-1", {"Ada", 150});
+    a = get_account("A-1");
     std::printf("read: %s %ld, database reads: %d, database writes: %d\n", a->owner.c_str(),
-                a->balance, db_reads, db_writes);
+                a->balance, db.reads, db.writes);
 }
