@@ -384,12 +384,7 @@ void check(Database& db, const std::vector<Update>& updates, const std::string& 
 }
 
 // The flags, with their defaults from Config; --help lists them.
-Config parse(int argc, char** argv) {
-    Config c;
-    CLI::App app(
-        "update_user_score / flush_dirty_users over SQLite: one UPDATE per score "
-        "change, then larder::WriteBehind; prints the row writes coalescing saved.",
-        "leaderboard");
+void add_flags(CLI::App& app, Config& c) {
     const auto at_least_one = CLI::Range(1, std::numeric_limits<int>::max());
     app.add_option("--users", c.users, "players")->capture_default_str()->check(at_least_one);
     app.add_option("--updates", c.updates, "score changes per run")
@@ -408,12 +403,6 @@ Config parse(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::Range(0, std::numeric_limits<int>::max()));
     app.add_option("--redis", c.redis_url, "keep the dirty queue in Redis at this URL");
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-        std::exit(app.exit(e));  // the message, or the help text (status 0)
-    }
-    return c;
 }
 
 void print(const std::vector<Run>& runs, Database& db, const Config& c) {
@@ -456,7 +445,13 @@ void print(const std::vector<Run>& runs, Database& db, const Config& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    const Config config = parse(argc, argv);
+    Config config;
+    CLI::App app(
+        "update_user_score / flush_dirty_users over SQLite: one UPDATE per score "
+        "change, then larder::WriteBehind; prints the row writes coalescing saved.",
+        "leaderboard");
+    add_flags(app, config);
+    CLI11_PARSE(app, argc, argv);  // prints the error or --help, and returns its status
     const auto path = std::filesystem::temp_directory_path() /
                       ("larder-leaderboard-" + std::to_string(::getpid()) + ".db");
     int status = 0;

@@ -255,12 +255,7 @@ void print(std::vector<Result>& results, const Config& c) {
 }
 
 // The flags, with their defaults from Config; --help lists them.
-Config parse(int argc, char** argv) {
-    Config c;
-    CLI::App app(
-        "A get_user / update_user service over SQLite, first without a cache, then "
-        "with CacheAside; prints the database queries and read latency of each.",
-        "user_service");
+void add_flags(CLI::App& app, Config& c) {
     app.add_option("--users", c.users, "rows in the users table")
         ->capture_default_str()
         ->check(CLI::Range(1, std::numeric_limits<int>::max()));
@@ -278,18 +273,18 @@ Config parse(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::Range(0, std::numeric_limits<int>::max()));
     app.add_option("--redis", c.redis_url, "also run with CacheAside over this Redis URL");
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-        std::exit(app.exit(e));  // the message or the help text; 0 for --help
-    }
-    return c;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    const Config config = parse(argc, argv);
+    Config config;
+    CLI::App app(
+        "A get_user / update_user service over SQLite, first without a cache, then "
+        "with CacheAside; prints the database queries and read latency of each.",
+        "user_service");
+    add_flags(app, config);
+    CLI11_PARSE(app, argc, argv);  // prints the error or --help, and returns its status
     const auto path = std::filesystem::temp_directory_path() /
                       ("larder-user-service-" + std::to_string(::getpid()) + ".db");
     int status = 0;
