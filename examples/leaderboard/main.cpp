@@ -31,6 +31,7 @@
 
 #include <sqlite3.h>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -40,6 +41,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -381,49 +383,26 @@ void check(Database& db, const std::vector<Update>& updates, const std::string& 
     }
 }
 
-[[noreturn]] void usage(const std::string& problem) {
-    std::cerr << "leaderboard: " << problem << "\n"
-              << "usage: leaderboard [--users N] [--updates N] [--threads N] [--skew S] "
-                 "[--interval-ms N] [--db-latency-us N] [--redis URL]\n";
-    std::exit(2);
-}
-
-Config parse(int argc, char** argv) {
-    Config c;
-    for (int i = 1; i < argc; ++i) {
-        const std::string arg = argv[i];
-        auto value = [&]() -> std::string {
-            if (i + 1 >= argc) usage(arg + " needs a value");
-            return argv[++i];
-        };
-        try {
-            if (arg == "--users")
-                c.users = std::stoi(value());
-            else if (arg == "--updates")
-                c.updates = std::stoi(value());
-            else if (arg == "--threads")
-                c.threads = std::stoi(value());
-            else if (arg == "--skew")
-                c.skew = std::stod(value());
-            else if (arg == "--interval-ms")
-                c.interval_ms = std::stoi(value());
-            else if (arg == "--db-latency-us")
-                c.db_latency_us = std::stoi(value());
-            else if (arg == "--redis")
-                c.redis_url = value();
-            else if (arg == "-h" || arg == "--help")
-                usage("help");
-            else
-                usage("unknown argument " + arg);
-        } catch (const std::logic_error&) {
-            usage("bad value for " + arg);
-        }
-    }
-    if (c.users < 1 || c.updates < 1 || c.threads < 1 || c.skew < 0 || c.interval_ms < 1 ||
-        c.db_latency_us < 0) {
-        usage("need users, updates, threads, interval-ms >= 1, skew, db-latency-us >= 0");
-    }
-    return c;
+// The flags, with their defaults from Config; --help lists them.
+void add_flags(CLI::App& app, Config& c) {
+    const auto at_least_one = CLI::Range(1, std::numeric_limits<int>::max());
+    app.add_option("--users", c.users, "players")->capture_default_str()->check(at_least_one);
+    app.add_option("--updates", c.updates, "score changes per run")
+        ->capture_default_str()
+        ->check(at_least_one);
+    app.add_option("--threads", c.threads, "writer threads")
+        ->capture_default_str()
+        ->check(at_least_one);
+    app.add_option("--skew", c.skew, "Zipf skew of the players updated")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 10.0));
+    app.add_option("--interval-ms", c.interval_ms, "how often the flusher runs")
+        ->capture_default_str()
+        ->check(at_least_one);
+    app.add_option("--db-latency-us", c.db_latency_us, "added to every database statement")
+        ->capture_default_str()
+        ->check(CLI::Range(0, std::numeric_limits<int>::max()));
+    app.add_option("--redis", c.redis_url, "keep the dirty queue in Redis at this URL");
 }
 
 void print(const std::vector<Run>& runs, Database& db, const Config& c) {
@@ -466,7 +445,13 @@ void print(const std::vector<Run>& runs, Database& db, const Config& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    const Config config = parse(argc, argv);
+    Config config;
+    CLI::App app(
+        "update_user_score / flush_dirty_users over SQLite: one UPDATE per score "
+        "change, then larder::WriteBehind; prints the row writes coalescing saved.",
+        "leaderboard");
+    add_flags(app, config);
+    CLI11_PARSE(app, argc, argv);  // prints the error or --help, and returns its status
     const auto path = std::filesystem::temp_directory_path() /
                       ("larder-leaderboard-" + std::to_string(::getpid()) + ".db");
     int status = 0;

@@ -18,6 +18,7 @@
 
 #include <sqlite3.h>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -26,6 +27,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <optional>
 #include <random>
 #include <stdexcept>
@@ -252,53 +254,37 @@ void print(std::vector<Result>& results, const Config& c) {
     }
 }
 
-[[noreturn]] void usage(const std::string& problem) {
-    std::cerr << "user_service: " << problem << "\n"
-              << "usage: user_service [--users N] [--ops N] [--write-ratio R] [--skew S] "
-                 "[--db-latency-us N] [--redis URL]\n";
-    std::exit(2);
-}
-
-Config parse(int argc, char** argv) {
-    Config c;
-    for (int i = 1; i < argc; ++i) {
-        const std::string arg = argv[i];
-        auto value = [&]() -> std::string {
-            if (i + 1 >= argc) usage(arg + " needs a value");
-            return argv[++i];
-        };
-        try {
-            if (arg == "--users")
-                c.users = std::stoi(value());
-            else if (arg == "--ops")
-                c.ops = std::stoi(value());
-            else if (arg == "--write-ratio")
-                c.write_ratio = std::stod(value());
-            else if (arg == "--skew")
-                c.skew = std::stod(value());
-            else if (arg == "--db-latency-us")
-                c.db_latency_us = std::stoi(value());
-            else if (arg == "--redis")
-                c.redis_url = value();
-            else if (arg == "-h" || arg == "--help")
-                usage("help");
-            else
-                usage("unknown argument " + arg);
-        } catch (const std::logic_error&) {
-            usage("bad value for " + arg);
-        }
-    }
-    if (c.users < 1 || c.ops < 1 || c.write_ratio < 0 || c.write_ratio > 1 || c.skew < 0 ||
-        c.db_latency_us < 0) {
-        usage("need users >= 1, ops >= 1, 0 <= write-ratio <= 1, skew >= 0, db-latency-us >= 0");
-    }
-    return c;
+// The flags, with their defaults from Config; --help lists them.
+void add_flags(CLI::App& app, Config& c) {
+    app.add_option("--users", c.users, "rows in the users table")
+        ->capture_default_str()
+        ->check(CLI::Range(1, std::numeric_limits<int>::max()));
+    app.add_option("--ops", c.ops, "operations per run")
+        ->capture_default_str()
+        ->check(CLI::Range(1, std::numeric_limits<int>::max()));
+    app.add_option("--write-ratio", c.write_ratio, "share of operations that update a user")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 1.0));
+    app.add_option("--skew", c.skew, "Zipf skew of the users asked for; 0 is uniform")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 10.0));
+    app.add_option("--db-latency-us", c.db_latency_us,
+                   "added to every query: a database across a network (0: SQLite alone)")
+        ->capture_default_str()
+        ->check(CLI::Range(0, std::numeric_limits<int>::max()));
+    app.add_option("--redis", c.redis_url, "also run with CacheAside over this Redis URL");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    const Config config = parse(argc, argv);
+    Config config;
+    CLI::App app(
+        "A get_user / update_user service over SQLite, first without a cache, then "
+        "with CacheAside; prints the database queries and read latency of each.",
+        "user_service");
+    add_flags(app, config);
+    CLI11_PARSE(app, argc, argv);  // prints the error or --help, and returns its status
     const auto path = std::filesystem::temp_directory_path() /
                       ("larder-user-service-" + std::to_string(::getpid()) + ".db");
     int status = 0;

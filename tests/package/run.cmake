@@ -62,6 +62,7 @@ elseif(LARDER_CONSUME STREQUAL "package")
             -DCMAKE_BUILD_TYPE=Release
             -DLARDER_BUILD_TESTS=OFF
             -DLARDER_BUILD_EXAMPLES=OFF
+            -DLARDER_BUILD_TOOLS=OFF
             -DLARDER_BUILD_BENCHMARKS=OFF
             -DLARDER_INSTALL=ON
             "-DCMAKE_INSTALL_PREFIX=${prefix}")

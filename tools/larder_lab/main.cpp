@@ -27,6 +27,7 @@
 #if defined(LARDER_LAB_HAVE_REDIS)
 #include "redis_tools.hpp"
 #endif
+#include "cli.hpp"
 #include "lab.hpp"
 
 namespace lab {
@@ -258,42 +259,21 @@ std::string usage() {
 
 Cli parse(int argc, char** argv) {
     Cli cli;
-    for (int i = 1; i < argc; ++i) {
-        std::string_view arg = argv[i];
-        std::optional<std::string_view> inline_value;
-        if (const auto eq = arg.find('='); arg.starts_with("--") && eq != std::string_view::npos) {
-            inline_value = arg.substr(eq + 1);
-            arg = arg.substr(0, eq);
+    CLI::App app("larder-lab", "larder-lab");
+    configure(app);
+    for (const Flag& f : flags) {
+        const std::string names = f.name == "--help" ? "-h,--help" : std::string(f.name);
+        if (f.value.empty()) {
+            add_switch(
+                app, names, [&cli, &f] { f.apply(cli, f.name, {}); }, std::string(f.help));
+        } else {
+            app.add_option_function<std::string>(
+                   names, [&cli, &f](const std::string& v) { f.apply(cli, f.name, v); },
+                   std::string(f.help))
+                ->type_name(std::string(f.value));
         }
-        if (arg == "-h") arg = "--help";
-        const Flag* flag = nullptr;
-        for (const auto& f : flags) {
-            if (f.name == arg) flag = &f;
-        }
-        if (!flag) {
-            // A flag's name is repeated (its value is not: --pass=...); anything else may be
-            // a URL or a password given without its flag.
-            throw UsageError(arg.starts_with("-")
-                                 ? "unknown flag " + shown(arg, word_chars)
-                                 : "argument " + std::to_string(i) + " is not a flag; got " +
-                                       shown(arg, word_chars) +
-                                       " (a Redis URL goes after --backend)");
-        }
-        std::string_view value;
-        if (!flag->value.empty()) {
-            if (inline_value) {
-                value = *inline_value;
-            } else if (i + 1 < argc) {
-                value = argv[++i];
-            } else {
-                throw UsageError(std::string(arg) + " needs a value (" + std::string(flag->value) +
-                                 ")");
-            }
-        } else if (inline_value) {
-            throw UsageError(std::string(arg) + " takes no value");
-        }
-        flag->apply(cli, arg, value);
     }
+    parse_flags(app, argc, argv, "a Redis URL goes after --backend");
     const Options& o = cli.options;
     if (cli.config_given && cli.compare_given) {
         throw UsageError("--config and --compare: give one of them");

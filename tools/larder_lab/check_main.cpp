@@ -39,6 +39,7 @@
 #include <thread>
 #include <vector>
 
+#include "cli.hpp"
 #include "history.hpp"
 #include "lab.hpp"
 #if defined(LARDER_LAB_HAVE_REDIS)
@@ -1237,61 +1238,58 @@ void print_help() {
 
 Cli parse(int argc, char** argv) {
     Cli c;
-    auto value = [&](int& i, std::string_view flag) -> std::string_view {
-        if (i + 1 >= argc) throw UsageError(std::string(flag) + " needs a value");
-        return argv[++i];
+    CLI::App app("larder-check", "larder-check");
+    configure(app);
+    // Each value is checked as it is parsed, so the message names the flag.
+    auto add = [&](const std::string& flag, const std::string& value,
+                   std::function<void(std::string_view)> apply) {
+        app.add_option_function<std::string>(
+               flag, [apply](const std::string& v) { apply(v); }, "")
+            ->type_name(value);
     };
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view a = argv[i];
-        if (a == "--seed") {
-            c.seed = number(a, value(i, a), UINT64_MAX);
-        } else if (a == "--sample") {
-            c.sample = number(a, value(i, a), 10'000);
-        } else if (a == "--configs") {
-            c.configs = split(value(i, a));
-            for (const auto& s : c.configs) (void)parse_spec(s);
-        } else if (a == "--backend") {
-            c.backend = std::string(value(i, a));
-            if (c.backend != "memory" && c.backend != "redis" && c.backend != "both") {
-                throw UsageError("--backend: memory, redis or both, not " +
-                                 shown(c.backend, word_chars));
-            }
-        } else if (a == "--processes") {
-            c.processes = number(a, value(i, a), 64);
-        } else if (a == "--threads") {
-            c.threads = number(a, value(i, a), 256);
-        } else if (a == "--keys") {
-            c.keys = number(a, value(i, a), 1'000'000);
-        } else if (a == "--duration") {
-            c.duration_s = static_cast<double>(number(a, value(i, a), 3600));
-        } else if (a == "--faults") {
-            c.faults_given = true;
-            const auto v = value(i, a);
-            if (v != "none") {
-                for (const auto& name : split(v)) {
-                    bool found = false;
-                    for (const auto& f : fault_table) {
-                        if (f.name == name) {
-                            c.faults.push_back(f.fault);
-                            found = true;
-                        }
-                    }
-                    if (!found)
-                        throw UsageError("--faults: unknown fault " + shown(name, word_chars));
+    add("--seed", "N", [&](auto v) { c.seed = number("--seed", v, UINT64_MAX); });
+    add("--sample", "N", [&](auto v) { c.sample = number("--sample", v, 10'000); });
+    add("--configs", "SPEC,...", [&](auto v) {
+        c.configs = split(v);
+        for (const auto& s : c.configs) (void)parse_spec(s);
+    });
+    add("--backend", "B", [&](auto v) {
+        c.backend = std::string(v);
+        if (c.backend != "memory" && c.backend != "redis" && c.backend != "both") {
+            throw UsageError("--backend: memory, redis or both, not " +
+                             shown(c.backend, word_chars));
+        }
+    });
+    add("--processes", "N", [&](auto v) { c.processes = number("--processes", v, 64); });
+    add("--threads", "N", [&](auto v) { c.threads = number("--threads", v, 256); });
+    add("--keys", "N", [&](auto v) { c.keys = number("--keys", v, 1'000'000); });
+    add("--duration", "S",
+        [&](auto v) { c.duration_s = static_cast<double>(number("--duration", v, 3600)); });
+    add("--faults", "LIST", [&](auto v) {
+        c.faults_given = true;
+        c.faults.clear();
+        if (v == "none") return;
+        for (const auto& name : split(v)) {
+            bool found = false;
+            for (const auto& f : fault_table) {
+                if (f.name == name) {
+                    c.faults.push_back(f.fault);
+                    found = true;
                 }
             }
-        } else if (a == "--log") {
-            ::setenv("LARDER_CHECK_LOG", "1", 1);  // the workers inherit it
-        } else if (a == "--long") {
-            c.long_mode = true;
-        } else if (a == "--list") {
-            c.list = true;
-        } else if (a == "--help" || a == "-h") {
-            c.help = true;
-        } else {
-            throw UsageError("unknown flag " + shown(a, word_chars));
+            if (!found) throw UsageError("--faults: unknown fault " + shown(name, word_chars));
         }
-    }
+    });
+    // the workers inherit it
+    add_switch(
+        app, "--log", [] { ::setenv("LARDER_CHECK_LOG", "1", 1); }, "");
+    add_switch(
+        app, "--long", [&] { c.long_mode = true; }, "");
+    add_switch(
+        app, "--list", [&] { c.list = true; }, "");
+    add_switch(
+        app, "-h,--help", [&] { c.help = true; }, "");
+    parse_flags(app, argc, argv);
     if (c.processes == 0 || c.threads == 0 || c.keys == 0) {
         throw UsageError("--processes, --threads and --keys must be at least 1");
     }
