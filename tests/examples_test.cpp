@@ -4,11 +4,19 @@
 // what its comment says fails here.
 #if defined(LARDER_TEST_HAVE_REDIS_SERVER)
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdint>
 #include <string>
 
 #include "support/catch.hpp"
 #include "support/child_process.hpp"
+#include "support/prometheus_text.hpp"
 #include "support/redis_server.hpp"
 
 namespace {
@@ -37,6 +45,28 @@ void check_example(const std::string& binary, const std::string& expected) {
         CHECK(run.status == 0);
         REQUIRE(run.output == expected);
     }
+}
+
+/// One HTTP/1.0 GET to 127.0.0.1:port; the whole response (the server closes it).
+[[maybe_unused]] std::string http_get(int port, const std::string& path) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    timeval timeout{.tv_sec = 30, .tv_usec = 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    const std::string request = "GET " + path + " HTTP/1.0\r\n\r\n";
+    REQUIRE(::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+            static_cast<ssize_t>(request.size()));
+    std::string response;
+    char buf[4096];
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;)
+        response.append(buf, static_cast<std::size_t>(n));
+    ::close(fd);
+    return response;
 }
 
 }  // namespace
@@ -105,6 +135,51 @@ TEST_CASE("examples: write_behind acknowledges, then flushes coalesced rows and 
                   "database: ada 15, bob 20\n"
                   "drain: complete, 1 row written\n"
                   "database: bob 25, row writes: 3\n");
+}
+#endif
+
+#if defined(LARDER_TEST_EXAMPLE_METRICS)
+TEST_CASE("examples: metrics serves valid Prometheus text with the cache's counters",
+          "[redis][examples]") {
+    larder::test::RedisServer server;
+    // Any free port, one scrape, then it exits.
+    larder::test::ChildProcess child(LARDER_TEST_EXAMPLE_METRICS, {server.url(), "0", "1"});
+    REQUIRE(child.read_line(std::chrono::seconds(60)) == "loads: 1, hits: 9");
+    const auto serving = child.read_line(std::chrono::seconds(60));
+    REQUIRE(serving.has_value());
+    const std::string prefix = "serving http://127.0.0.1:";
+    REQUIRE(serving->starts_with(prefix));
+    const int port = std::stoi(serving->substr(prefix.size()));
+
+    const std::string response = http_get(port, "/metrics");
+    const auto body_at = response.find("\r\n\r\n");
+    REQUIRE(body_at != std::string::npos);
+    const std::string head = response.substr(0, body_at);
+    CHECK(head.starts_with("HTTP/1.0 200 OK"));
+    CHECK(head.find("Content-Type: text/plain; version=0.0.4") != std::string::npos);
+    const auto text = larder::test::parse_prometheus(response.substr(body_at + 4));
+    CHECK(text.value("larder_cache_hits_total", {{"cache", "prices"}}) == 9);
+    CHECK(text.value("larder_cache_loads_total", {{"cache", "prices"}}) == 1);
+    CHECK(text.value("larder_load_duration_seconds_count", {{"cache", "prices"}}) == 1);
+    CHECK(text.value("larder_backend_call_duration_seconds_count",
+                     {{"backend", "main"}, {"operation", "get_value"}}) >= 10);
+    CHECK(text.value("larder_redis_round_trips_total", {{"backend", "main"}}) >= 10);
+    CHECK(child.wait() == 0);
+}
+#endif
+
+#if defined(LARDER_TEST_EXAMPLE_LOGGING_SPDLOG)
+TEST_CASE("examples: logging_spdlog logs failed connects and the breaker opening through spdlog",
+          "[examples]") {
+    larder::test::ChildProcess child(LARDER_TEST_EXAMPLE_LOGGING_SPDLOG, {});
+    std::string output;
+    while (auto line = child.read_line(std::chrono::seconds(60))) output += *line + "\n";
+    CHECK(child.wait() == 0);
+    INFO(output);
+    CHECK(output.find("info: redis 'main': connecting failed") != std::string::npos);
+    CHECK(output.find("warning: redis 'main': circuit breaker open") != std::string::npos);
+    CHECK(output.find("info: 8 reads answered, 8 from the loader; the breaker is open\n") !=
+          std::string::npos);
 }
 #endif
 

@@ -6,7 +6,7 @@
 #   larder_ensure_packages "${LARDER_TEST_PACKAGES[@]}"
 
 # Packages needed to configure and build larder with its examples and tools.
-LARDER_DEMO_PACKAGES=(g++ cmake make libhiredis-dev libssl-dev nlohmann-json3-dev catch2 libsqlite3-dev libcli11-dev pkg-config)
+LARDER_DEMO_PACKAGES=(g++ cmake make libhiredis-dev libssl-dev nlohmann-json3-dev catch2 libsqlite3-dev libcli11-dev libspdlog-dev pkg-config)
 # ... plus what the test suite needs (the [redis] tests start their own redis-server; the
 # packaging tests build a consumer with the other compiler too).
 LARDER_TEST_PACKAGES=("${LARDER_DEMO_PACKAGES[@]}" redis-server redis-tools clang-14)
