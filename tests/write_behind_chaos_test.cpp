@@ -63,11 +63,11 @@ TEST_CASE("WriteBehind over ChaosBackend: a failed read leaves the put unflushed
     REQUIRE(wb.get("k", load) == "new");  // the read failed; the queue answered, not the loader
     REQUIRE(chaos.injected_failures() == 1);
     REQUIRE(database["k"] == "old");
-    REQUIRE(wb.stats().pending == 1);
+    REQUIRE(wb.queue_stats().pending == 1);
 
     (void)wb.flush();
     REQUIRE(database["k"] == "new");
-    REQUIRE(wb.stats().pending == 0);
+    REQUIRE(wb.queue_stats().pending == 0);
     REQUIRE(wb.get("k", load) == "new");
 }
 
@@ -90,5 +90,5 @@ TEST_CASE("WriteBehind over ChaosBackend: a put whose cached copy fails is not a
     REQUIRE_THROWS_AS(wb.put("k", "second"), larder::BackendError);
     (void)wb.flush();
     REQUIRE(database["k"] == "first");
-    REQUIRE(wb.stats().pending == 0);
+    REQUIRE(wb.queue_stats().pending == 0);
 }

@@ -121,7 +121,6 @@ TEST_CASE("A database outage of 5 s, 30 s or 5 min dead-letters nothing and lose
         wb.flush();
         fx.advance(250ms);
     }
-    const auto after = wb.stats();
     const auto after_queue = wb.queue_stats();
     REQUIRE(after_queue.pending == 0);
     REQUIRE(after_queue.dead == 0);

@@ -122,7 +122,7 @@ TEST_CASE(
 
     larder::RedisWriteBehindStore store(direct, {.name = "poison"});
     larder::FlushReport total;
-    for (int round = 0; round < 10 && store.queue_stats().dead == 0; ++round) total += wb.flush();
+    for (int round = 0; round < 10 && store.stats().dead == 0; ++round) total += wb.flush();
 
     REQUIRE(rows.rows() == expected);
     const auto q = store.stats();
