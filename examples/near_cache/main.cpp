@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
 
     std::printf("a reads: %s\n", a.price("apple").c_str());  // Redis miss: loads
     std::printf("a reads: %s\n", a.price("apple").c_str());  // L1 hit: no round trip
-    std::printf("a L1 hits: %llu\n", static_cast<unsigned long long>(a.near.l1().hits()));
+    std::printf("a L1 hits: %llu\n", static_cast<unsigned long long>(a.near.l1().stats().hits));
 
     // b changes the price: database, then Redis, then b's L1, then a message to every L1.
     b.near.invalidate_after("apple", [] { prices["apple"] = "1.35"; });
