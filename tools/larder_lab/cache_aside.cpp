@@ -73,7 +73,7 @@ public:
             case Invalidator::ttl:
                 break;
         }
-        return in.near ? in.near->get(key, loader) : in.policy->get(key, loader);
+        return read_row(in, db_, key, k);
     }
 
     std::vector<std::optional<std::string>> read_many(std::size_t i,

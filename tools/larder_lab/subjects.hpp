@@ -238,6 +238,13 @@ decltype(auto) front(In& in, F&& f) {
     return in.near ? f(*in.near) : f(*in.policy);
 }
 
+/// get of row k through the instance's front, under `key`.
+template <class In>
+std::optional<std::string> read_row(In& in, FakeDb& db, const std::string& key, std::size_t k) {
+    auto loader = [db = &db, k] { return db->read(k); };
+    return in.near ? in.near->get(key, loader) : in.policy->get(key, loader);
+}
+
 /// get_many of rows ks (with their tags, if they have any) through the instance's front.
 template <class In>
 std::vector<std::optional<std::string>> read_rows(

@@ -47,10 +47,7 @@ public:
     }
 
     std::optional<std::string> read(std::size_t i, std::size_t k) override {
-        Instance& in = instances_[i];
-        auto loader = [db = &db_, k] { return db->read(k); };
-        const std::string key = key_name(k);
-        return in.near ? in.near->get(key, loader) : in.policy->get(key, loader);
+        return read_row(instances_[i], db_, key_name(k), k);
     }
 
     std::vector<std::optional<std::string>> read_many(std::size_t i,
