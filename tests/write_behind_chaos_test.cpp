@@ -25,29 +25,34 @@ using ChaosWriteBehind = larder::WriteBehind<std::string, Chaos>;
 static_assert(std::same_as<ChaosWriteBehind::store_type, larder::MemoryWriteBehindStore<Chaos>>);
 static_assert(!ChaosWriteBehind::store_type::durable);
 
-larder::WriteBehindOptions manual_options(const larder::Clock& clock) {
-    larder::WriteBehindOptions o;
-    o.name = "chaos";
-    o.start_flusher = false;  // flush() drives it
-    o.cache.clock = &clock;
-    return o;
-}
+// A write-behind cache over the decorator, flushed by hand into `database`.
+struct Rig {
+    larder::ManualClock clock;
+    larder::MemoryBackend store{{.clock = &clock}};
+    Chaos chaos{store};
+    std::map<std::string, std::string> database;
+    ChaosWriteBehind wb{chaos,
+                        [this](std::span<const larder::DirtyEntry<std::string>> batch) {
+                            for (const auto& e : batch) database[e.key] = e.value;
+                            return larder::BatchResult{};
+                        },
+                        options()};
+
+    larder::WriteBehindOptions options() {
+        larder::WriteBehindOptions o;
+        o.name = "chaos";
+        o.start_flusher = false;  // flush() drives it
+        o.cache.clock = &clock;
+        return o;
+    }
+};
 
 }  // namespace
 
 TEST_CASE("WriteBehind over ChaosBackend: a failed read leaves the put unflushed, not lost",
           "[write_behind][chaos][memory]") {
-    larder::ManualClock clock;
-    larder::MemoryBackend store({.clock = &clock});
-    Chaos chaos(store);
-    std::map<std::string, std::string> database;
-    ChaosWriteBehind wb(
-        chaos,
-        [&](std::span<const larder::DirtyEntry<std::string>> batch) {
-            for (const auto& e : batch) database[e.key] = e.value;
-            return larder::BatchResult{};
-        },
-        manual_options(clock));
+    Rig rig;
+    auto& [clock, store, chaos, database, wb] = rig;
     auto load = [&]() -> std::optional<std::string> {
         auto it = database.find("k");
         if (it == database.end()) return std::nullopt;
@@ -73,17 +78,8 @@ TEST_CASE("WriteBehind over ChaosBackend: a failed read leaves the put unflushed
 
 TEST_CASE("WriteBehind over ChaosBackend: a put whose cached copy fails is not acknowledged",
           "[write_behind][chaos][memory]") {
-    larder::ManualClock clock;
-    larder::MemoryBackend store({.clock = &clock});
-    Chaos chaos(store);
-    std::map<std::string, std::string> database;
-    ChaosWriteBehind wb(
-        chaos,
-        [&](std::span<const larder::DirtyEntry<std::string>> batch) {
-            for (const auto& e : batch) database[e.key] = e.value;
-            return larder::BatchResult{};
-        },
-        manual_options(clock));
+    Rig rig;
+    auto& [clock, store, chaos, database, wb] = rig;
 
     (void)wb.put("k", "first");
     chaos.fail_next(1);
