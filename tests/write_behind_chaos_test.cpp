@@ -52,7 +52,9 @@ struct Rig {
 TEST_CASE("WriteBehind over ChaosBackend: a failed read leaves the put unflushed, not lost",
           "[write_behind][chaos][memory]") {
     Rig rig;
-    auto& [clock, store, chaos, database, wb] = rig;
+    auto& chaos = rig.chaos;
+    auto& database = rig.database;
+    auto& wb = rig.wb;
     auto load = [&]() -> std::optional<std::string> {
         auto it = database.find("k");
         if (it == database.end()) return std::nullopt;
@@ -79,7 +81,9 @@ TEST_CASE("WriteBehind over ChaosBackend: a failed read leaves the put unflushed
 TEST_CASE("WriteBehind over ChaosBackend: a put whose cached copy fails is not acknowledged",
           "[write_behind][chaos][memory]") {
     Rig rig;
-    auto& [clock, store, chaos, database, wb] = rig;
+    auto& chaos = rig.chaos;
+    auto& database = rig.database;
+    auto& wb = rig.wb;
 
     (void)wb.put("k", "first");
     chaos.fail_next(1);
