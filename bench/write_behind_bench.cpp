@@ -187,7 +187,8 @@ void sustained(benchmark::State& state, const char* what, Op op) {
             100.0 * static_cast<double>(s.coalesced) / std::max(1.0, static_cast<double>(s.puts));
         state.counters["pending_end"] = static_cast<double>(wb.queue_stats().pending);
         state.counters["cas_retries"] = static_cast<double>(s.conflicts);
-        state.counters["oldest_pending_ms"] = static_cast<double>(wb.queue_stats().oldest_pending_age.count());
+        state.counters["oldest_pending_ms"] =
+            static_cast<double>(wb.queue_stats().oldest_pending_age.count());
         const auto& first = timeline.front();
         const auto& last = timeline.back();
         state.counters["pending_growth_per_s"] =

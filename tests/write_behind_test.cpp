@@ -588,7 +588,7 @@ WRITE_BEHIND_TEST_CASE(
     REQUIRE(f2.requeued == 1);
     REQUIRE(f2.entries.size() == 1);
     REQUIRE(ack(v1, 1) == larder::SettleResult::lost);  // F1's late acknowledgement
-    REQUIRE(wb.queue_stats().processing == 1);                // F2 still holds it
+    REQUIRE(wb.queue_stats().processing == 1);          // F2 still holds it
 
     const auto v2 = wb.put("k", "v2");                                    // while F2 writes v1
     REQUIRE(store.claim(10, o.claim_ttl, {.token = 3}).entries.empty());  // F3: still F2's

@@ -18,8 +18,8 @@
 #include <larder/invalidate/tags.hpp>
 #include <larder/invalidate/ttl.hpp>
 #include <larder/invalidate/version_keys.hpp>
-#include <larder/metrics/prometheus.hpp>
 #include <larder/larder.hpp>
+#include <larder/metrics/prometheus.hpp>
 #include <larder/near/near.hpp>
 #include <larder/near/near_cache.hpp>
 #include <larder/policy/cache_aside.hpp>
