@@ -402,10 +402,11 @@ private:
                             : std::make_unique<redis_detail::Connection>(endpoint_, counters_);
             counters_.add<&RedisBackendStats::connects>();
             return conn;
-        } catch (const std::exception& e) {
+        } catch (...) {
             counters_.add<&RedisBackendStats::connect_failures>();
             options_.log(LogLevel::info, [&] {
-                return "redis '" + options_.name + "': connecting failed: " + std::string(e.what());
+                return "redis '" + options_.name +
+                       "': connecting failed: " + detail::current_exception_message();
             });
             throw;
         }

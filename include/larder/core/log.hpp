@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <iostream>
 #include <string>
@@ -75,5 +76,20 @@ private:
         }
     }
 };
+
+namespace detail {
+
+/// The message of the exception in flight (call it in a catch block), for a log line.
+[[nodiscard]] inline std::string current_exception_message() {
+    try {
+        throw;
+    } catch (const std::exception& e) {
+        return e.what();
+    } catch (...) {
+        return "an exception that is not a std::exception";
+    }
+}
+
+}  // namespace detail
 
 }  // namespace larder

@@ -1407,8 +1407,8 @@ private:
             // Fail-safe: the caller serves what it has, and only the log hears why.
             options_.log(LogLevel::warn, [&] {
                 return "cache '" + options_.name + "': refreshing '" +
-                       std::string(caller_key(full)) + "' failed (" +
-                       what(std::current_exception()) + "); serving the value at hand";
+                       std::string(caller_key(full)) + "' failed (" + current_exception_message() +
+                       "); serving the value at hand";
             });
             return std::nullopt;
         }
@@ -1453,17 +1453,6 @@ private:
                    " ms, past max_load_time; its value is served, not stored";
         });
         return true;
-    }
-
-    // The message of the exception `e`, for a log line.
-    static std::string what(const std::exception_ptr& e) {
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            return ex.what();
-        } catch (...) {
-            return "an exception that is not a std::exception";
-        }
     }
 
     // Whether the end of the lease `found` shows will be announced to this process: a
