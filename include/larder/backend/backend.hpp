@@ -83,3 +83,28 @@ concept ValueOnlyReads = requires(B& backend, std::string_view key,
 };
 
 }  // namespace larder
+
+namespace larder::detail {
+
+/// A stored value read the cheapest way the backend offers: freshness is in the value's
+/// envelope, so no read of the policies needs the store's TTL.
+template <Backend B>
+std::optional<StoredValue> read_value(B& backend, const std::string& key) {
+    if constexpr (ValueOnlyReads<B>) {
+        return backend.get_value(key);
+    } else {
+        return backend.get(key);
+    }
+}
+
+/// read_value for many keys, in one command.
+template <Backend B>
+std::vector<std::optional<StoredValue>> read_values(B& backend, std::span<const std::string> keys) {
+    if constexpr (ValueOnlyReads<B>) {
+        return backend.get_many_values(keys);
+    } else {
+        return backend.get_many(keys);
+    }
+}
+
+}  // namespace larder::detail

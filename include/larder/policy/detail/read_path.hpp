@@ -16,13 +16,10 @@
 #pragma once
 
 #include <algorithm>
-#include <charconv>
 #include <chrono>
 #include <concepts>
 #include <exception>
-#include <functional>
 #include <initializer_list>
-#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -43,13 +40,17 @@
 #include "larder/core/keys.hpp"
 #include "larder/core/loader.hpp"
 #include "larder/core/log.hpp"
-#include "larder/core/metrics.hpp"
 #include "larder/core/random.hpp"
 #include "larder/core/stats.hpp"
 #include "larder/policy/detail/background.hpp"
+#include "larder/policy/detail/checked_options.hpp"
 #include "larder/policy/detail/components.hpp"
-#include "larder/policy/detail/lease_keeper.hpp"
-#include "larder/policy/detail/load_threads.hpp"
+#include "larder/policy/detail/keeper.hpp"
+#include "larder/policy/detail/leases.hpp"
+#include "larder/policy/detail/loads.hpp"
+#include "larder/policy/detail/read.hpp"
+#include "larder/policy/detail/served.hpp"
+#include "larder/policy/detail/tag_versions.hpp"
 #include "larder/policy/options.hpp"
 #include "larder/stampede/guard.hpp"
 #include "larder/stampede/single_flight.hpp"
@@ -61,6 +62,10 @@ class ReadPath {
     // Each check fails the build with its own static_assert, naming what the component
     // misses; `|| true` keeps this one from adding a second, vaguer error.
     static_assert((check_component<T, Components>() && ...) || true);
+
+    using Read = detail::Read<T>;
+    using Versions = TagVersions<B>;
+    using Leases = detail::Leases<B>;
 
 public:
     using value_type = T;
@@ -85,12 +90,10 @@ public:
           guard_(std::move(guard)),
           codec_(std::move(codec)),
           invalidator_(std::move(invalidator)),
-          leases_(keeper_, backend, options_.lease_ttl, options_.max_load_time) {
-        if constexpr (NotifiesLeaseEnds<B>) {
-            // Only a guard that waits for other loaders needs to hear their leases end.
-            if (guard_.lease_wait().max_wait.count() > 0) notices_ = &backend_.lease_notices();
-        }
-    }
+          versions_(backend, keys_, options_.tag_ttl, stats_),
+          leases_(keeper_, backend, *options_.clock, options_.lease_ttl, options_.max_load_time,
+                  stats_, lease_notices(backend, guard_)),
+          loads_(options_, stats_, TagInvalidator<invalidator_type>) {}
 
     /// With an invalidator that needs constructing (Events<Bus>, a Ttl rule), and the
     /// default guard and codec.
@@ -143,18 +146,8 @@ public:
         return get(key, std::span<const std::string>(tags.begin(), tags.size()), loader, call);
     }
 
-    /// Which versions the value a read returned is stamped with in the store: what a
-    /// cache in front of the policy (Near's L1) must drop it on. `known` is false when
-    /// the read cannot tell (it shared another caller's load, its loader chose tags, or
-    /// the value was not stored).
-    struct Served {
-        bool known = false;
-        std::vector<std::string> names{};
-        /// false: the loader said not to cache the value.
-        bool cacheable = true;
-        /// How long the value stays fresh, when the read can tell (0: it is stale).
-        std::optional<Millis> fresh_for{};
-    };
+    /// What a read tells a cache in front of the policy (Near's L1) about its value.
+    using Served = detail::Served;
 
     /// get(key, tags, loader, call) that also says what the value is stamped with.
     template <LoaderFor<T> L>
@@ -174,16 +167,7 @@ public:
     /// cannot be reached.
     void invalidate_version(std::string_view name) {
         stats_.add<&StatsSnapshot::invalidations>();
-        try {
-            // The bump counter first, then the version: a load that chose its tags only
-            // after loading, and reads their versions then, sees the counter moved if it
-            // could see the new version (docs/adaptive.md).
-            backend_.set(version_key(bumps_name), std::to_string(random_version()), no_expiry);
-            backend_.set(version_key(name), std::to_string(random_version()), options_.tag_ttl);
-        } catch (const BackendError&) {
-            stats_.add<&StatsSnapshot::backend_errors>();
-            throw;
-        }
+        versions_.bump(name);
         invalidator_.bumped(version_key(name));
     }
 
@@ -194,14 +178,12 @@ public:
 
     /// The stored key of a version (docs/FORMAT.md, "Keys").
     [[nodiscard]] std::string version_key(std::string_view name) const {
-        return keys_.meta(version_role, name);
+        return versions_.key(name);
     }
 
     /// The version name a stored version key holds; nullopt for any other key.
     [[nodiscard]] std::optional<std::string_view> version_name_of(std::string_view stored) const {
-        const std::string none = keys_.meta(version_role, "");
-        if (!stored.starts_with(none)) return std::nullopt;
-        return stored.substr(none.size());
+        return versions_.name_of(stored);
     }
 
     /// Values for many keys, aligned with `keys`, from one backend read (a second only
@@ -297,31 +279,14 @@ protected:
         }
     }
 
-    struct TagVersion {
-        std::string name;
-        std::uint64_t version = 0;  ///< 0: the tag has no version (yet)
-    };
+    using TagVersion = detail::TagVersion;
+    using EntryTimes = detail::EntryTimes;
 
     /// A value as stored: its bytes and the TTL the store keeps them for.
     struct Entry {
         std::string bytes;
         Millis ttl;
     };
-
-    /// What one call or load decides of an entry's times; unset: the cache's.
-    struct EntryTimes {
-        std::optional<Millis> ttl{};
-        std::optional<Millis> negative_ttl{};
-        std::optional<Millis> grace{};
-    };
-
-    /// The version whose value every invalidation changes before it bumps another: what
-    /// a load that chose its tags after loading checks (add_loader_tags).
-    static constexpr std::string_view version_role = "v";
-
-    static constexpr std::string_view bumps_name =
-        "\x1e"
-        "bumps";
 
     /// Stores `value` now (replacing any value or lease: a load in flight cannot
     /// overwrite it), with the current versions of `tags`. For write-through paths and
@@ -331,7 +296,7 @@ protected:
         const std::string full = full_key(key);
         const std::vector<std::string> names = version_names(full, tags);
         std::vector<TagVersion> stamp;
-        if (!names.empty()) stamp = current_versions(names);
+        if (!names.empty()) stamp = versions_.current(names);
         Entry entry = encode(full, &value, std::chrono::microseconds{0}, stamp);
         if (too_large(entry.bytes.size())) {
             stats_.add<&StatsSnapshot::too_large>();
@@ -371,7 +336,7 @@ protected:
     std::vector<TagVersion> versions_for_write(const std::string& full) {
         const std::vector<std::string> names = version_names(full, {});
         if (names.empty()) return {};
-        return current_versions(names);
+        return versions_.current(names);
     }
 
     // Whether `bytes` are an entry (a value or a "not found") that a read would not serve
@@ -382,7 +347,7 @@ protected:
         if (!env || env->header.kind == EntryKind::lease) return false;
         Read r = classify(StoredValue{bytes, std::nullopt});
         if (r.state != Read::fresh) return true;
-        admit(std::span<Read>(&r, 1), {});
+        admit(std::span<Read>(&r, 1), {}, versions_);
         return r.state != Read::fresh;
     }
 
@@ -393,7 +358,7 @@ protected:
     void written(const std::string& full, std::span<const TagVersion> stamp, bool cached) {
         flights_.forget(full);
         invalidator_.invalidated(full);
-        if (cached) keep_versions_alive(stamp);
+        if (cached) versions_.keep_alive(stamp);
     }
 
     // A value's TTL before jitter: the call's (or loader's), else the invalidator's, else
@@ -437,62 +402,6 @@ protected:
     }
 
 private:
-    /// One store read, classified and admitted.
-    struct Read {
-        enum State {
-            fresh,    ///< a value or a cached "not found", still fresh
-            stale,    ///< a value past its freshness, within the grace period
-            absent,   ///< nothing usable there: this caller may lease and fill
-            leased,   ///< another loader holds the key
-            unknown,  ///< the store failed: load, but do not fill
-        } state = absent;
-        bool negative = false;     ///< the value is a cached "not found"
-        std::optional<T> value{};  ///< fresh or stale value
-        /// What is stored now: the value (a refresh fences on it), another loader's lease
-        /// (deciding whether to share its load), or bytes a lease may replace (expired,
-        /// corrupt, or no longer admitted); empty when nothing is stored.
-        std::string bytes{};
-        bool present = false;  ///< something is stored: `bytes` (which may be empty)
-        Millis fresh_for{0};   ///< time left until stale
-        std::chrono::microseconds recompute_time{0};
-        std::vector<TagVersion> stamped{};  ///< the entry's own tags, as written
-        std::uint64_t bumps = 0;            ///< the bump counter, when read with it
-        LeaseNotices::Mark mark{};          ///< the lease notices heard before the read
-    };
-
-    static CacheAsideOptions validated(CacheAsideOptions o) {
-        if (!o.clock) o.clock = &SystemClock::instance();
-        if (o.name.empty()) o.name = o.key_prefix.empty() ? "default" : o.key_prefix;
-        (void)keys::Namespace(o.key_prefix);  // throws ConfigError on a bad prefix
-        o.jitter.validate();
-        if (o.ttl.count() <= 0 || o.negative_ttl.count() <= 0 || o.lease_ttl.count() <= 0 ||
-            o.max_load_time.count() <= 0) {
-            throw ConfigError(
-                "larder: ttl, negative_ttl, lease_ttl and max_load_time must be positive");
-        }
-        if (o.grace.count() < 0 || o.tag_ttl.count() < 0) {
-            throw ConfigError("larder: grace and tag_ttl must not be negative");
-        }
-        // Durations past max_ttl mean "as long as a store keeps anything": saturated, so
-        // that no sum below can overflow.
-        o.ttl = saturated(o.ttl);
-        o.negative_ttl = saturated(o.negative_ttl);
-        o.grace = saturated(o.grace);
-        o.lease_ttl = saturated(o.lease_ttl);
-        o.max_load_time = saturated(o.max_load_time);
-        o.tag_ttl = saturated(o.tag_ttl);
-        if (o.tag_ttl.count() == 0) {
-            const double spread = o.jitter.ratio * static_cast<double>(o.ttl.count());
-            const Millis longest_jitter = saturated_sum(
-                o.jitter.max_extra,
-                Millis{static_cast<Millis::rep>(std::min(spread, double(max_ttl.count())))});
-            const Millis longest_entry = saturated_sum(
-                saturated_sum(std::max(o.ttl, o.negative_ttl), longest_jitter), o.grace);
-            o.tag_ttl = saturated_sum(longest_entry, longest_entry);
-        }
-        return o;
-    }
-
     // The versions an entry of `key` read with `tags` depends on, as the invalidator
     // names them, each once.
     std::vector<std::string> version_names(std::string_view full,
@@ -544,12 +453,12 @@ private:
                 with_versions = full;
                 for (const auto& k : known) with_versions.push_back(version_key(k.name));
             }
-            auto stored = fetch_many(known.empty() ? full : with_versions);
+            auto stored = read_values(backend_, known.empty() ? full : with_versions);
             for (std::size_t j = 0; j < known.size(); ++j) {
-                known[j].version = parse_version(stored[keys.size() + j]);
+                known[j].version = Versions::parse(stored[keys.size() + j]);
             }
             for (std::size_t i = 0; i < keys.size(); ++i) reads[i] = classify(std::move(stored[i]));
-            admit(reads, known);
+            admit(std::span<Read>(reads), known, versions_);
         } catch (const ClusterRedirectError&) {
             stats_.add<&StatsSnapshot::backend_errors>();
             throw;  // a misconfiguration, not an outage: loading around it would hide it
@@ -580,7 +489,7 @@ private:
         std::unordered_map<std::string_view, std::size_t> index_of;
         for (std::size_t i = 0; i < keys.size(); ++i) {
             Read& found = reads[i];
-            if (found.state == Read::fresh || found.state == Read::stale) {
+            if (found.servable()) {
                 if (found.state == Read::fresh) {
                     stats_.add<&StatsSnapshot::hits>();
                 } else {
@@ -605,29 +514,26 @@ private:
         std::vector<Keeper::Hold> holds;
         // A fill must be stamped: versions that do not exist yet are created first, or
         // nothing is filled.
-        const bool can_stamp = !read_failed && create_missing_versions(known);
+        const bool can_stamp = !read_failed && versions_.create_missing(known);
         for (std::size_t m = 0; m < missing.size() && can_stamp; ++m) {
             const Read& found = reads[missing[m].first_index];
             if (found.state != Read::absent) continue;
             const std::string& key = full[missing[m].first_index];
-            leases[m] = try_lease(key, replaced(found));
+            leases[m] = leases_.take(key, found.replaced());
             if (leases[m]) holds.push_back(leases_.hold(key, *leases[m]));
         }
         auto release_all = [&] {
             holds.clear();
             for (std::size_t m = 0; m < missing.size(); ++m) {
-                release(full[missing[m].first_index], leases[m]);
+                leases_.release(full[missing[m].first_index], leases[m]);
             }
         };
 
         std::vector<std::optional<T>> loaded;
         const Stopwatch watch(*options_.clock);
-        stats_.add<&StatsSnapshot::loads>();
         try {
-            const auto timer = time_load();
-            loaded = std::invoke(batch_loader, std::span<const std::string>(missing_keys));
+            loaded = loads_.run_batch(batch_loader, std::span<const std::string>(missing_keys));
         } catch (...) {
-            stats_.add<&StatsSnapshot::load_errors>();
             release_all();
             throw;
         }
@@ -643,7 +549,7 @@ private:
         for (std::size_t m = 0; m < missing.size(); ++m) {
             const std::string& key = full[missing[m].first_index];
             if (late) {
-                release(key, leases[m]);
+                leases_.release(key, leases[m]);
             } else if (leases[m]) {
                 fill(key, *leases[m], loaded[m], took, stamp_of(missing[m].first_index));
             }
@@ -657,7 +563,7 @@ private:
     template <class L>
     std::optional<T> get_with(std::string_view key, std::span<const std::string> tags, L& loader,
                               const CallOptions& options, Served* served = nullptr) {
-        const Call call = resolve(options, is_detached_v<std::decay_t<L>>);
+        const Call call = resolve(options, options_, is_detached_v<std::decay_t<L>>);
         const std::string full = full_key(key);
         const std::vector<std::string> names = version_names(full, tags);
         const auto before = flights_.now();
@@ -668,23 +574,6 @@ private:
 
     // ---- the read: one store command, classified, admitted -------------------------
 
-    std::optional<StoredValue> fetch(const std::string& full) {
-        // Freshness is in the envelope, so no read needs the store's TTL.
-        if constexpr (ValueOnlyReads<B>) {
-            return backend_.get_value(full);
-        } else {
-            return backend_.get(full);
-        }
-    }
-
-    std::vector<std::optional<StoredValue>> fetch_many(std::span<const std::string> keys) {
-        if constexpr (ValueOnlyReads<B>) {
-            return backend_.get_many_values(keys);
-        } else {
-            return backend_.get_many(keys);
-        }
-    }
-
     // Reads `full` and the versions of `tags` in one command, then admits what is there
     // by its own stamped tags. `stamp` receives the tags' current versions (created where
     // missing, when a fill may follow): what a fill after this read stamps. `with_bumps`
@@ -694,24 +583,24 @@ private:
         stamp.clear();
         Read r;
         std::uint64_t bumps = 0;
-        const LeaseNotices::Mark mark = notices_ ? notices_->mark() : LeaseNotices::Mark{};
+        const LeaseNotices::Mark mark = leases_.mark();
         try {
             if (tags.empty() && !with_bumps) {
-                r = classify(fetch(full));
+                r = classify(read_value(backend_, full));
             } else {
                 std::vector<std::string> keys;
                 keys.reserve(tags.size() + 2);
                 keys.push_back(full);
                 for (const auto& t : tags) keys.push_back(version_key(t));
-                if (with_bumps) keys.push_back(version_key(bumps_name));
-                auto stored = fetch_many(keys);
+                if (with_bumps) keys.push_back(version_key(Versions::bumps_name));
+                auto stored = read_values(backend_, keys);
                 for (std::size_t i = 0; i < tags.size(); ++i) {
-                    stamp.push_back(TagVersion{tags[i], parse_version(stored[i + 1])});
+                    stamp.push_back(TagVersion{tags[i], Versions::parse(stored[i + 1])});
                 }
-                if (with_bumps) bumps = parse_version(stored.back());
+                if (with_bumps) bumps = Versions::parse(stored.back());
                 r = classify(std::move(stored[0]));
             }
-            admit(std::span<Read>(&r, 1), stamp);
+            admit(std::span<Read>(&r, 1), stamp, versions_);
         } catch (const ClusterRedirectError&) {
             stats_.add<&StatsSnapshot::backend_errors>();
             throw;  // a misconfiguration, not an outage: loading around it would hide it
@@ -722,132 +611,23 @@ private:
         }
         r.bumps = bumps;
         r.mark = mark;
-        if (r.state == Read::leased && !with_bumps) r.bumps = read_bumps();
-        if (r.state == Read::absent && !create_missing_versions(stamp)) {
+        if (r.state == Read::leased && !with_bumps) r.bumps = versions_.bumps();
+        if (r.state == Read::absent && !versions_.create_missing(stamp)) {
             r.state = Read::unknown;  // cannot stamp a fill: load, but do not fill
         }
         if (with_bumps && r.bumps == 0) {
             // A counter that does not exist cannot show a bump: create it first. (Without
             // it, a fill with tags its loader chose is given up.)
-            std::vector<TagVersion> counter{TagVersion{std::string(bumps_name), 0}};
-            if (create_missing_versions(counter, no_expiry)) r.bumps = counter[0].version;
+            std::vector<TagVersion> counter{TagVersion{std::string(Versions::bumps_name), 0}};
+            if (versions_.create_missing(counter, no_expiry)) r.bumps = counter[0].version;
         }
         return r;
-    }
-
-    // The bump counter now (0: none, or unreadable). Part of a lease's fence: two readers
-    // that saw the same lease, versions and counter saw no invalidation between them, of
-    // the tags they passed or of any other (an entry may carry tags its readers do not).
-    std::uint64_t read_bumps() noexcept {
-        try {
-            return parse_version(fetch(version_key(bumps_name)));
-        } catch (const BackendError&) {
-            stats_.add<&StatsSnapshot::backend_errors>();
-        } catch (...) {
-        }
-        return 0;
-    }
-
-    // The one admission check: an entry is served only while every tag it was stamped
-    // with still has the version it was stamped with. `known` holds versions read along
-    // with the values; the others are read in one more command. An entry not admitted
-    // becomes a miss whose bytes a lease may replace. Throws BackendError.
-    void admit(std::span<Read> reads, std::span<const TagVersion> known) {
-        std::vector<std::string> names;
-        auto known_version = [&](const std::string& name) -> const TagVersion* {
-            for (const auto& k : known) {
-                if (k.name == name) return &k;
-            }
-            return nullptr;
-        };
-        for (const auto& r : reads) {
-            for (const auto& t : r.stamped) {
-                if (!known_version(t.name) &&
-                    std::find(names.begin(), names.end(), t.name) == names.end()) {
-                    names.push_back(t.name);
-                }
-            }
-        }
-        std::vector<TagVersion> more;
-        if (!names.empty()) {
-            std::vector<std::string> keys;
-            keys.reserve(names.size());
-            for (const auto& n : names) keys.push_back(version_key(n));
-            const auto stored = fetch_many(keys);
-            for (std::size_t i = 0; i < names.size(); ++i) {
-                more.push_back(TagVersion{names[i], parse_version(stored[i])});
-            }
-        }
-        for (auto& r : reads) {
-            if (r.stamped.empty() || (r.state != Read::fresh && r.state != Read::stale)) continue;
-            bool current = true;
-            for (const auto& t : r.stamped) {
-                const TagVersion* now = known_version(t.name);
-                if (!now) {
-                    for (const auto& m : more) {
-                        if (m.name == t.name) now = &m;
-                    }
-                }
-                current = current && now && now->version != 0 && now->version == t.version;
-            }
-            if (!current) {
-                r.state = Read::absent;
-                r.value.reset();
-                r.negative = false;
-            }
-        }
     }
 
     Read classify(std::optional<StoredValue> stored) {
-        if (!stored) return Read{.state = Read::absent};
-        Read r = classify_present(std::move(*stored));
-        r.present = true;
-        return r;
-    }
-
-    Read classify_present(StoredValue stored_value) {
-        auto* stored = &stored_value;
-        const auto env = envelope::parse(stored->bytes);
-        if (!env) return corrupt(std::move(stored->bytes));
-        const auto& h = env->header;
-        if (h.kind == EntryKind::lease) {
-            Read r{.state = Read::leased};
-            r.bytes = std::move(stored->bytes);  // whose lease: decides joining a load
-            return r;
-        }
-
-        Read r;
-        r.recompute_time = h.recompute_time;
-        const TimePoint now = options_.clock->now();
-        const bool fresh_while_stored = h.fresh_until == TimePoint{};
-        // Compared before subtracting: a hostile fresh_until must not overflow.
-        r.fresh_for = fresh_while_stored    ? Millis::max()
-                      : h.fresh_until > now ? h.fresh_until - now
-                                            : Millis{0};
-        if (r.fresh_for.count() > 0) {
-            r.state = Read::fresh;
-        } else if (h.grace_until == TimePoint{} || now < h.grace_until) {
-            r.state = Read::stale;
-        } else {
-            // Past its grace, and the store (whose clock may lag ours) still has it.
-            r.state = Read::absent;
-            r.bytes = std::move(stored->bytes);
-            return r;
-        }
-        if (h.kind == EntryKind::not_found) {
-            r.negative = true;
-        } else {
-            r.value = decode_payload(*env);
-            if (!r.value) return corrupt(std::move(stored->bytes));
-        }
-        if (env->tag_count > 0) {
-            r.stamped.reserve(env->tag_count);
-            envelope::for_each_tag(*env, [&](std::string_view name, std::uint64_t version) {
-                r.stamped.push_back(TagVersion{std::string(name), version});
-            });
-        }
-        r.bytes = std::move(stored->bytes);
-        return r;
+        return detail::classify<T>(
+            std::move(stored), options_.clock->now(),
+            [this](const EnvelopeView& env) { return decode_payload(env); }, stats_);
     }
 
     void log_read_failure(const BackendError& e) const noexcept {
@@ -857,147 +637,7 @@ private:
         });
     }
 
-    // Bytes we cannot read are a miss. A lease replaces them only while they are still
-    // the same bytes, so a good value written meanwhile by someone else survives.
-    Read corrupt(std::string bytes) {
-        stats_.add<&StatsSnapshot::corrupt_values>();
-        Read r{.state = Read::absent};
-        r.bytes = std::move(bytes);
-        return r;
-    }
-
-    // ---- tags -------------------------------------------------------------------------
-
-    static std::uint64_t parse_version(const std::optional<StoredValue>& v) {
-        if (!v) return 0;
-        std::uint64_t out = 0;
-        const auto* end = v->bytes.data() + v->bytes.size();
-        auto [ptr, ec] = std::from_chars(v->bytes.data(), end, out);
-        if (ec != std::errc{} || ptr != end) return 0;
-        return out;
-    }
-
-    // The current versions of `tags`, created where missing. Throws BackendError.
-    std::vector<TagVersion> current_versions(std::span<const std::string> names) {
-        const auto& tags = names;
-        std::vector<std::string> keys;
-        for (const auto& t : tags) keys.push_back(version_key(t));
-        std::vector<TagVersion> current;
-        try {
-            const auto stored = fetch_many(keys);
-            for (std::size_t i = 0; i < tags.size(); ++i) {
-                current.push_back(TagVersion{tags[i], parse_version(stored[i])});
-            }
-        } catch (const BackendError&) {
-            stats_.add<&StatsSnapshot::backend_errors>();
-            throw;
-        }
-        if (!create_missing_versions(current)) {
-            throw BackendError("larder: cannot create tag versions");
-        }
-        return current;
-    }
-
-    bool create_missing_versions(std::vector<TagVersion>& current) {
-        return create_missing_versions(current, options_.tag_ttl);
-    }
-
-    bool create_missing_versions(std::vector<TagVersion>& current, Millis ttl) {
-        for (auto& t : current) {
-            if (t.version != 0) continue;
-            const std::string key = version_key(t.name);
-            try {
-                const std::uint64_t fresh = random_version();
-                if (backend_.set_if_absent(key, std::to_string(fresh), ttl)) {
-                    t.version = fresh;
-                    continue;
-                }
-                const auto stored = backend_.get(key);
-                if (const auto v = parse_version(stored); v != 0) {
-                    t.version = v;  // another writer created it first
-                    continue;
-                }
-                if (!stored) return false;  // gone again meanwhile: next time
-                // Bytes that are no version: no entry can be stamped with them, so
-                // replacing them (only them) is a bump, and the version works again.
-                stats_.add<&StatsSnapshot::corrupt_values>();
-                if (!backend_.compare_and_set(key, stored->bytes, std::to_string(fresh), ttl)) {
-                    return false;
-                }
-                t.version = fresh;
-            } catch (const BackendError&) {
-                stats_.add<&StatsSnapshot::backend_errors>();
-                return false;
-            }
-        }
-        return true;
-    }
-
-    // A tag outlives every entry stamped with it: each write of such an entry extends the
-    // tag's version (only that version: a newer one is left as it is) to tag_ttl, which
-    // is longer than any entry lives. A hot tag then never expires under its entries.
-    void keep_versions_alive(std::span<const TagVersion> stamp) noexcept {
-        for (const auto& t : stamp) {
-            try {
-                backend_.compare_and_expire(version_key(t.name), std::to_string(t.version),
-                                            options_.tag_ttl);
-            } catch (const BackendError&) {
-                stats_.add<&StatsSnapshot::backend_errors>();
-            } catch (...) {
-            }
-        }
-    }
-
     // ---- a read's outcome -------------------------------------------------------------
-
-    using SteadyTime = std::chrono::steady_clock::time_point;
-    static constexpr SteadyTime no_deadline = SteadyTime::max();
-
-    // What a load returned, and what its loader decided about it.
-    struct Loaded {
-        std::optional<T> value;
-        LoadContext context;
-    };
-
-    // What one get() asks, resolved against the cache's options.
-    struct Call {
-        EntryTimes times{};                 ///< the call's TTL and grace
-        Millis soft_timeout{0};             ///< 0: none
-        SteadyTime deadline = no_deadline;  ///< the hard timeout's instant
-        SteadyTime soft_deadline = no_deadline;
-    };
-
-    Call resolve(const CallOptions& o, bool detached_loader) const {
-        auto checked = [](std::optional<Millis> d, bool zero_ok, const char* what) {
-            if (d && (d->count() < 0 || (!zero_ok && d->count() == 0))) {
-                throw ConfigError(std::string("larder: the call's ") + what +
-                                  (zero_ok ? " must not be negative" : " must be positive"));
-            }
-            return d ? std::optional<Millis>(saturated(*d)) : std::nullopt;
-        };
-        Call call;
-        call.times.ttl = checked(o.ttl, false, "ttl");
-        call.times.negative_ttl = checked(o.negative_ttl, false, "negative_ttl");
-        call.times.grace = checked(o.grace, true, "grace");
-        const Millis soft =
-            checked(o.soft_timeout, true, "soft_timeout").value_or(options_.soft_timeout);
-        const Millis hard =
-            checked(o.hard_timeout, true, "hard_timeout").value_or(options_.hard_timeout);
-        if (soft.count() == 0 && hard.count() == 0) return call;
-        if (!detached_loader) {
-            throw ConfigError(
-                "larder: a loader timeout lets the load outlive the call, so the loader must own "
-                "what it captures: wrap it in larder::detached()");
-        }
-        const SteadyTime now = std::chrono::steady_clock::now();
-        if (hard.count() > 0) call.deadline = now + hard;
-        // With a value at hand, a caller waits the shorter of the two.
-        const Millis at_hand = soft.count() > 0 && hard.count() > 0 ? std::min(soft, hard)
-                               : soft.count() > 0                   ? soft
-                                                                    : hard;
-        call.soft_deadline = now + at_hand;
-        return call;
-    }
 
     template <class L>
     std::optional<T> get_read(const std::string& full, Read found, L& loader,
@@ -1012,7 +652,7 @@ private:
                     return refresh(full, std::move(found), loader, /*early=*/true, tags, call,
                                    served);
                 }
-                report(served, found);
+                report_found(served, found);
                 return std::move(found.value);
             case Read::stale:
                 return refresh(full, std::move(found), loader, /*early=*/false, tags, call, served);
@@ -1031,7 +671,7 @@ private:
         // A lease fences a load against invalidations of the key, not of its tags: the
         // fence is the lease with the tag versions read beside it.
         const std::string seen = state == Read::leased
-                                     ? lease_fence(found.bytes, stamp, found.bumps).value_or("")
+                                     ? Leases::fence(found.bytes, stamp, found.bumps).value_or("")
                                      : std::string();
         auto accept = [&](std::string_view fence, std::uint64_t observed) {
             return observed > before || (!seen.empty() && fence == seen);
@@ -1054,64 +694,27 @@ private:
         }();
         if (result.shared) {
             stats_.add<&StatsSnapshot::coalesced>();
-            // What the leader's load decided (its loader's context) is not known here:
-            // nothing to keep in a copy elsewhere.
-            if (served) {
-                served->known = false;
-                served->cacheable = false;
-            }
+            // What the leader's load decided (its loader's context) is not known here.
+            report_unknown(served);
         }
         return std::move(result.value);
     }
 
-    static void report(Served* served, std::span<const TagVersion> stamped,
-                       std::optional<Millis> fresh_for = std::nullopt) {
-        if (!served) return;
-        served->known = true;
-        served->names.clear();
-        for (const auto& t : stamped) served->names.push_back(t.name);
-        served->fresh_for = fresh_for;
-    }
-
-    static void report(Served* served, const Read& found) {
-        report(served, found.stamped, found.state == Read::fresh ? found.fresh_for : Millis{0});
-    }
-
-    // The value at hand is served while a refresh may replace its entry with one stamped
-    // with `names` (the entry's own and the caller's) - and more, if the loader may choose
-    // tags: a copy kept elsewhere must go on a bump of any of them.
-    template <class L>
-    static void report_refreshing(Served* served, const Read& found,
-                                  std::span<const std::string> names) {
-        report(served, found);
-        if (!served) return;
-        served->names.assign(names.begin(), names.end());
-        if (is_adaptive_loader_v<L>) served->known = false;
-    }
-
     // What this caller's load decided about its entry: whether it may be kept at all, and
     // the shortest it stays fresh (jitter at its lowest).
-    void report_loaded(Served* served, const std::string& full, const Loaded& loaded,
+    void report_loaded(Served* served, const std::string& full, const Loaded<T>& loaded,
                        const Call& call) {
         if (!served) return;
-        served->cacheable = loaded.context.cache;
         EntryTimes times = call.times;
         if (loaded.context.ttl) times.ttl = times.negative_ttl = saturated(*loaded.context.ttl);
-        if (!loaded.value) {
-            served->fresh_for = times.negative_ttl.value_or(options_.negative_ttl);
-            return;
+        Millis fresh_for = times.negative_ttl.value_or(options_.negative_ttl);
+        if (loaded.value) {
+            // Jitter at its lowest.
+            const Millis ttl = value_ttl(full, times);
+            fresh_for = Millis{static_cast<Millis::rep>(static_cast<double>(ttl.count()) *
+                                                        (1.0 - options_.jitter.ratio))};
         }
-        const Millis ttl = value_ttl(full, times);
-        served->fresh_for = Millis{static_cast<Millis::rep>(static_cast<double>(ttl.count()) *
-                                                            (1.0 - options_.jitter.ratio))};
-    }
-
-    // A value this caller loads is stamped with `stamp` - and, if its loader may choose
-    // tags, with more that nobody knows yet.
-    template <class L>
-    static void report_load(Served* served, std::span<const TagVersion> stamp) {
-        report(served, stamp);
-        if (served && is_adaptive_loader_v<L>) served->known = false;
+        detail::report_loaded(served, loaded.context.cache, fresh_for);
     }
 
     // A miss, run by one caller per key in this process. Takes the lease and loads; if
@@ -1132,21 +735,21 @@ private:
             // versions) read when this leader did, with no invalidation between, and may
             // share whatever this leader observes from now on.
             if (found.state == Read::leased)
-                leader.set_fence(waiting_fence(found.bytes, stamp, found.bumps));
+                leader.set_fence(Leases::waiting_fence(found.bytes, stamp, found.bumps));
             if (found.state == Read::fresh || found.state == Read::stale) {
                 if (found.state == Read::stale) stats_.add<&StatsSnapshot::stale_served>();
-                report(served, found);
+                report_found(served, found);
                 return std::move(found.value);
             }
             if (found.state == Read::absent) {
                 bool contended = false;
-                if (auto lease = try_lease(full, replaced(found), &contended)) {
+                if (auto lease = leases_.take(full, found.replaced(), &contended)) {
                     // The counter as this load begins: readers who find this lease and
                     // read the same counter may share the load.
-                    if (!is_adaptive_loader_v<L>) found.bumps = read_bumps();
-                    leader.set_fence(fence_of(*lease, stamp, found.bumps));
+                    if (!is_adaptive_loader_v<L>) found.bumps = versions_.bumps();
+                    leader.set_fence(Leases::fence_of(*lease, stamp, found.bumps));
                     leader.observe();
-                    report_load<L>(served, stamp);
+                    report_load(served, stamp, is_adaptive_loader_v<L>);
                     return load_and_fill(full, *lease, loader, stamp, found.bumps, call, served);
                 }
                 if (!contended) break;  // the store failed
@@ -1167,9 +770,9 @@ private:
                 stats_.add<&StatsSnapshot::lease_waits>();
                 counted_wait = true;
             }
-            if (announced(found)) {
+            if (leases_.announced(found.bytes, found.mark)) {
                 // Woken by the holder's fill or release; the poll is the fallback.
-                notices_->wait_for_end(
+                leases_.wait_for_end(
                     full, found.mark,
                     std::min(deadline, std::chrono::steady_clock::now() + wait.fallback_poll));
             } else {
@@ -1188,110 +791,10 @@ private:
                 "larder: hard_timeout passed while another caller was loading the key");
         }
         leader.observe();
-        std::optional<T> value = load_unfilled(loader, call);
+        std::optional<T> value = loads_.run_unfilled(loader, call.deadline);
         // Not stored: a copy elsewhere (L1) could not be told when the row changes.
-        if (served) served->known = served->cacheable = false;
+        report_unknown(served);
         return value;
-    }
-
-    // Times a recompute. The longer of the monotonic clock and the cache's clock: real
-    // time in production, and in tests the time a loader spends on a ManualClock.
-    class Stopwatch {
-    public:
-        explicit Stopwatch(const Clock& clock)
-            : clock_(clock), steady_(std::chrono::steady_clock::now()), start_(clock.now()) {}
-        [[nodiscard]] std::chrono::microseconds elapsed() const {
-            using std::chrono::duration_cast, std::chrono::microseconds;
-            return std::max(duration_cast<microseconds>(std::chrono::steady_clock::now() - steady_),
-                            duration_cast<microseconds>(clock_.now() - start_));
-        }
-
-    private:
-        const Clock& clock_;
-        std::chrono::steady_clock::time_point steady_;
-        TimePoint start_;
-    };
-
-    // Reports a loader call to the metrics listener (if any) when the scope ends.
-    [[nodiscard]] auto time_load() const noexcept {
-        return ScopedTimer(options_.metrics != nullptr,
-                           [this](std::chrono::nanoseconds took, bool failed) noexcept {
-                               options_.metrics->on_load(LoadEvent{
-                                   .cache = options_.name, .took = took, .failed = failed});
-                           });
-    }
-
-    // One loader call, counted, with what it left in its context checked.
-    template <class L>
-    std::optional<T> call_checked(L& loader, LoadContext& context) {
-        stats_.add<&StatsSnapshot::loads>();
-        const auto timer = time_load();
-        try {
-            std::optional<T> value = call_loader<T>(loader, context);
-            if (context.ttl && context.ttl->count() <= 0) {
-                throw LoaderError("larder: a loader set a TTL that is not positive");
-            }
-            if (!context.tags.empty() && !TagInvalidator<invalidator_type>) {
-                throw LoaderError(
-                    "larder: a loader set tags, but the cache has no tag invalidator");
-            }
-            return value;
-        } catch (...) {
-            stats_.add<&StatsSnapshot::load_errors>();
-            throw;
-        }
-    }
-
-    // Runs the loader, then finish(value or nullptr on error, context, took) exactly once.
-    // With no deadline, on this thread: returns the value or rethrows the loader's
-    // exception. With one, on a thread of its own (the loader is detached: it owns what it
-    // captures), waited for until `until`: nullopt when it still runs then; it goes on
-    // alone, and finish runs when it ends.
-    template <class L, class Finish>
-    std::optional<Loaded> run_loader(L& loader, SteadyTime until, Finish finish) {
-        if constexpr (is_detached_v<std::decay_t<L>>) {
-            if (until != no_deadline) {
-                // Started even when the deadline has passed already (a slow machine): the
-                // caller stops waiting at once, and the fill still serves the next reader.
-                auto outcome = std::make_shared<LoadOutcome<Loaded>>();
-                loads_.start([this, outcome, load = std::decay_t<L>(loader),
-                              finish = std::move(finish)]() mutable {
-                    LoadContext context;
-                    const Stopwatch watch(*options_.clock);
-                    std::optional<T> value;
-                    std::exception_ptr error;
-                    try {
-                        value = call_checked(load, context);
-                    } catch (...) {
-                        error = std::current_exception();
-                    }
-                    finish(error ? nullptr : &value, context, watch.elapsed());
-                    outcome->set(Loaded{std::move(value), std::move(context)}, std::move(error));
-                });
-                if (!outcome->wait_until(until)) return std::nullopt;
-                return outcome->take();
-            }
-        }
-        LoadContext context;
-        const Stopwatch watch(*options_.clock);
-        std::optional<T> value;
-        try {
-            value = call_checked(loader, context);
-        } catch (...) {
-            finish(nullptr, context, watch.elapsed());
-            throw;
-        }
-        finish(&value, context, watch.elapsed());
-        return Loaded{std::move(value), std::move(context)};
-    }
-
-    template <class L>
-    std::optional<T> load_unfilled(L& loader, const Call& call) {
-        auto loaded = run_loader(
-            loader, call.deadline,
-            [](const std::optional<T>*, const LoadContext&, std::chrono::microseconds) noexcept {});
-        if (!loaded) throw LoadTimeoutError("larder: the load took longer than hard_timeout");
-        return std::move(loaded->value);
     }
 
     template <class L>
@@ -1305,12 +808,12 @@ private:
                                                          std::chrono::microseconds took) mutable {
             { auto done = std::move(hold); }  // the lease is no longer extended
             if (!value || overdue(took)) {
-                release(full, lease);
+                leases_.release(full, lease);
                 return;
             }
             fill(full, lease, *value, took, stamp, context, times, bumps);
         };
-        auto loaded = run_loader(loader, call.deadline, std::move(finish));
+        auto loaded = loads_.run(loader, call.deadline, std::move(finish));
         if (!loaded) throw LoadTimeoutError("larder: the load took longer than hard_timeout");
         report_loaded(served, full, *loaded, call);
         return std::move(loaded->value);
@@ -1340,7 +843,7 @@ private:
                         (void)refresh_now(full, bytes, loader, /*early=*/true, names, background,
                                           nullptr);
                     });
-                report_refreshing<L>(served, found, names);
+                report_refreshing(served, found, names, is_adaptive_loader_v<L>);
                 return std::move(found.value);
             }
         }
@@ -1348,7 +851,7 @@ private:
             return std::move(*refreshed);
         }
         if (found.state == Read::stale) stats_.add<&StatsSnapshot::stale_served>();
-        report_refreshing<L>(served, found, names);
+        report_refreshing(served, found, names, is_adaptive_loader_v<L>);
         return std::move(found.value);
     }
 
@@ -1361,7 +864,7 @@ private:
                                                 std::span<const std::string> tags, const Call& call,
                                                 Served* served) {
         const std::string lease_key = keys_.sibling(caller_key(full), "refresh");
-        auto lease = try_lease(lease_key, nullptr);
+        auto lease = leases_.take(lease_key, nullptr);
         if (!lease) return std::nullopt;
         // Another process may have refreshed and released just before this lease was
         // taken: if the bytes changed, its value is the refresh. The re-read is a full
@@ -1371,21 +874,21 @@ private:
         try {
             now = read(full, tags, stamp, is_adaptive_loader_v<L>);
         } catch (...) {
-            release(lease_key, lease);
+            leases_.release(lease_key, lease);
             throw;
         }
-        if (now.state == Read::unknown || !create_missing_versions(stamp)) {
-            release(lease_key, lease);
+        if (now.state == Read::unknown || !versions_.create_missing(stamp)) {
+            leases_.release(lease_key, lease);
             return std::nullopt;
         }
         if (now.bytes != bytes) {
-            release(lease_key, lease);
+            leases_.release(lease_key, lease);
             if (now.state != Read::fresh || now.negative) return std::nullopt;
-            report(served, now);
+            report_found(served, now);
             return std::optional<std::optional<T>>(std::move(now.value));
         }
         if (early) stats_.add<&StatsSnapshot::early_refreshes>();
-        report_load<L>(served, stamp);
+        report_load(served, stamp, is_adaptive_loader_v<L>);
         // Fenced on the old bytes (unique per write: the envelope's nonce): an
         // invalidation meanwhile makes this fill fail, even if equal bytes came back.
         auto finish = [this, full, bytes, lease_key, lease = *lease, bumps = now.bumps,
@@ -1396,10 +899,10 @@ private:
             { auto done = std::move(hold); }
             if (value && !overdue(took))
                 fill(full, bytes, *value, took, stamp, context, times, bumps);
-            release(lease_key, std::optional<std::string>(lease));
+            leases_.release(lease_key, std::optional<std::string>(lease));
         };
         try {
-            auto loaded = run_loader(loader, call.soft_deadline, std::move(finish));
+            auto loaded = loads_.run(loader, call.soft_deadline, std::move(finish));
             if (!loaded) return std::nullopt;  // the value at hand is served meanwhile
             report_loaded(served, full, *loaded, call);
             return std::optional<std::optional<T>>(std::move(loaded->value));
@@ -1414,34 +917,6 @@ private:
         }
     }
 
-    // The fence a lease found in the store gives: a loader's lease, with the tag versions
-    // and (for a loader that may choose tags) the bump counter read beside it: two readers
-    // with equal fences saw no invalidation between them. A writer's marker gives none:
-    // the write it fences is under way, so two readers seeing it prove nothing about what
-    // either may load.
-    static std::optional<std::string> lease_fence(const std::string& lease,
-                                                  std::span<const TagVersion> stamp,
-                                                  std::uint64_t bumps) {
-        const auto env = envelope::parse(lease);
-        if (!env || (env->header.flags & envelope::flag_write_marker) != 0) return std::nullopt;
-        return fence_of(lease, stamp, bumps);
-    }
-
-    // What a leader waiting on `lease` publishes: its fence, or for a writer's marker one
-    // that matches nothing, so that readers do not wait for a load they could not share.
-    static std::string waiting_fence(const std::string& lease, std::span<const TagVersion> stamp,
-                                     std::uint64_t bumps) {
-        return lease_fence(lease, stamp, bumps).value_or(std::string(1, '\0'));
-    }
-
-    static std::string fence_of(const std::string& lease, std::span<const TagVersion> stamp,
-                                std::uint64_t bumps) {
-        std::string fence = lease;
-        for (const auto& t : stamp) envelope::detail::put<std::uint64_t>(fence, t.version);
-        envelope::detail::put<std::uint64_t>(fence, bumps);
-        return fence;
-    }
-
     // A load that outlived max_load_time: its lease was no longer extended and may
     // belong to a waiter now. Its value is served, not stored.
     bool overdue(std::chrono::microseconds took) noexcept {
@@ -1453,65 +928,6 @@ private:
                    " ms, past max_load_time; its value is served, not stored";
         });
         return true;
-    }
-
-    // Whether the end of the lease `found` shows will be announced to this process: a
-    // loader's lease (a writer's marker is not), found while notices were being heard.
-    bool announced(const Read& found) const {
-        if (notices_ == nullptr || !notices_->listening_since(found.mark)) return false;
-        const auto env = envelope::parse(found.bytes);
-        return env && (env->header.flags & envelope::flag_write_marker) == 0;
-    }
-
-    // Replaces or deletes a lease, announcing its end where the backend can.
-    bool replace_lease(const std::string& key, const std::string& lease, std::string_view value,
-                       Millis ttl) {
-        if constexpr (NotifiesLeaseEnds<B>) {
-            return backend_.replace_lease(key, lease, value, ttl);
-        } else {
-            return backend_.compare_and_set(key, lease, value, ttl);
-        }
-    }
-    bool release_lease(const std::string& key, const std::string& lease) {
-        if constexpr (NotifiesLeaseEnds<B>) {
-            return backend_.release_lease(key, lease);
-        } else {
-            return backend_.compare_and_delete(key, lease);
-        }
-    }
-
-    // What a lease taken after `found` replaces: the bytes found there, or nothing.
-    static const std::string* replaced(const Read& found) {
-        return found.present ? &found.bytes : nullptr;
-    }
-
-    // The lease bytes when this caller now holds `key`; nullopt otherwise, with
-    // *contended set when someone else got there first (rather than the store failing).
-    // `replacing` is what the read found there (expired, corrupt or no longer admitted
-    // bytes): the lease replaces exactly those, or nothing when it is null.
-    std::optional<std::string> try_lease(const std::string& key, const std::string* replacing,
-                                         bool* contended = nullptr) {
-        std::string lease = envelope::make_lease(random_token(), options_.clock->now());
-        try {
-            const bool taken =
-                replacing ? backend_.compare_and_set(key, *replacing, lease, options_.lease_ttl)
-                          : backend_.set_if_absent(key, lease, options_.lease_ttl);
-            if (taken) return lease;
-            if (contended) *contended = true;
-        } catch (const BackendError&) {
-            stats_.add<&StatsSnapshot::backend_errors>();
-        }
-        return std::nullopt;
-    }
-
-    void release(const std::string& key, const std::optional<std::string>& lease) noexcept {
-        if (!lease) return;
-        try {
-            release_lease(key, *lease);
-        } catch (const BackendError&) {
-            stats_.add<&StatsSnapshot::backend_errors>();  // the lease expires by itself
-        } catch (...) {
-        }
     }
 
     // The entry of a value (or of "not found" when value is null).
@@ -1536,7 +952,7 @@ private:
         // A fill that does not happen gives a lease back at once; a value being refreshed
         // stays until its TTL.
         auto give_up = [&] {
-            if (expected_is_lease) release(full, expected);
+            if (expected_is_lease) leases_.release(full, expected);
         };
         if (!context.cache) {
             stats_.add<&StatsSnapshot::not_cached>();
@@ -1561,7 +977,7 @@ private:
             stats_.add<&StatsSnapshot::too_large>();
             try {
                 if (expected_is_lease) {
-                    (void)release_lease(full, expected);
+                    (void)leases_.end(full, expected);
                 } else {
                     (void)backend_.compare_and_delete(full, expected);
                 }
@@ -1573,11 +989,11 @@ private:
         try {
             const bool filled =
                 expected_is_lease
-                    ? replace_lease(full, expected, entry->bytes, entry->ttl)
+                    ? leases_.replace(full, expected, entry->bytes, entry->ttl)
                     : backend_.compare_and_set(full, expected, entry->bytes, entry->ttl);
             if (filled) {
                 stats_.add<&StatsSnapshot::fills>();
-                keep_versions_alive(stamped);
+                versions_.keep_alive(stamped);
             } else {
                 stats_.add<&StatsSnapshot::fills_rejected>();
             }
@@ -1589,43 +1005,23 @@ private:
         }
     }
 
-    // Adds to `stamp` the versions of tags a loader chose once it had loaded. They were
-    // not read before the load, so they are read now - and then the bump counter, which
-    // every invalidation moves before it bumps a version. If the counter is still what
-    // it was before the load, no version was bumped since, and the versions read are the
-    // ones the load saw; otherwise the fill is given up (the load may have read the row
-    // before a change whose bump this read already sees).
+    // Adds to `stamp` the versions of the tags a loader chose once it had loaded, and of
+    // what the invalidator names with them; false when a bump may have happened since
+    // the load began (TagVersions::add_chosen).
     bool add_loader_tags(const std::string& full, std::span<const std::string> tags,
                          std::vector<TagVersion>& stamp, std::uint64_t bumps_before) {
-        if (bumps_before == 0) return false;
         std::vector<std::string> names;
         invalidator_.versions_of(caller_key(full), tags, names);
-        std::vector<TagVersion> added;
-        auto has = [](const std::vector<TagVersion>& in, const std::string& name) {
-            return std::any_of(in.begin(), in.end(),
-                               [&](const TagVersion& t) { return t.name == name; });
-        };
-        for (auto& n : names) {
-            if (!has(stamp, n) && !has(added, n)) added.push_back(TagVersion{std::move(n), 0});
+        return versions_.add_chosen(names, stamp, bumps_before);
+    }
+
+    // The backend's lease notices, when this cache is to hear lease ends: only a guard
+    // that waits for other loaders needs them, on a backend that announces them.
+    static LeaseNotices* lease_notices(B& backend, guard_type& guard) {
+        if constexpr (NotifiesLeaseEnds<B>) {
+            if (guard.lease_wait().max_wait.count() > 0) return &backend.lease_notices();
         }
-        if (added.empty()) return true;
-        try {
-            std::vector<std::string> keys;
-            keys.reserve(added.size());
-            for (const auto& t : added) keys.push_back(version_key(t.name));
-            const auto stored = fetch_many(keys);
-            for (std::size_t i = 0; i < added.size(); ++i) {
-                added[i].version = parse_version(stored[i]);
-            }
-            // Created before the counter is read: a bump racing the creation shows there.
-            if (!create_missing_versions(added)) return false;
-            if (parse_version(fetch(version_key(bumps_name))) != bumps_before) return false;
-        } catch (const BackendError&) {
-            stats_.add<&StatsSnapshot::backend_errors>();
-            return false;
-        }
-        stamp.insert(stamp.end(), added.begin(), added.end());
-        return true;
+        return nullptr;
     }
 
     B& backend_;
@@ -1635,12 +1031,12 @@ private:
     [[no_unique_address]] codec_type codec_;
     [[no_unique_address]] invalidator_type invalidator_;
     detail::StripedCounters<StatsSnapshot> stats_;
+    Versions versions_;
     SingleFlight<std::optional<T>> flights_;
     Keeper keeper_;  // extends leases here, and a write path's write leases and claims
-    LeaseKeeper<B> leases_;
-    LeaseNotices* notices_ = nullptr;  // the backend's, when a Lock waits and it announces
+    Leases leases_;
     // Last: destroyed first, so no load or refresh outlives the members it uses.
-    LoadThreads loads_;
+    Loads<T> loads_;
     BackgroundWorker background_;
 };
 
