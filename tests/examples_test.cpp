@@ -13,6 +13,8 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "support/catch.hpp"
 #include "support/child_process.hpp"
@@ -180,6 +182,26 @@ TEST_CASE("examples: logging_spdlog logs failed connects and the breaker opening
     CHECK(output.find("warning: redis 'main': circuit breaker open") != std::string::npos);
     CHECK(output.find("info: 8 reads answered, 8 from the loader; the breaker is open\n") !=
           std::string::npos);
+}
+#endif
+
+#if defined(LARDER_TEST_EXAMPLE_USER_SERVICE) && defined(LARDER_TEST_EXAMPLE_LEADERBOARD)
+TEST_CASE("examples: the service examples exit 2 on a bad flag, 0 on --help", "[examples]") {
+    auto status_of = [](const char* binary, std::vector<std::string> args) {
+        larder::test::ChildProcess child(binary, std::move(args));
+        std::string output;
+        while (auto line = child.read_line(std::chrono::seconds(60))) output += *line + "\n";
+        return std::pair(child.wait(), output);
+    };
+    for (const char* binary : {LARDER_TEST_EXAMPLE_USER_SERVICE, LARDER_TEST_EXAMPLE_LEADERBOARD}) {
+        INFO(binary);
+        CHECK(status_of(binary, {"--skew", "11"}).first == 2);
+        CHECK(status_of(binary, {"--users", "many"}).first == 2);
+        CHECK(status_of(binary, {"--no-such-flag"}).first == 2);
+        const auto [status, help] = status_of(binary, {"--help"});
+        CHECK(status == 0);
+        CHECK(help.find("--db-latency-us") != std::string::npos);
+    }
 }
 #endif
 

@@ -7,9 +7,10 @@
 //               [--db-latency-us N] [--redis URL]
 //
 // Prints the database writes that coalescing saved, and checks that every score in the
-// database is exactly the sum of its updates. With --redis the dirty queue lives in Redis
-// and survives this process; without it, in process memory. On Redis the run uses keys of
-// its own only (a prefix new for each run) and deletes them when it ends.
+// database is exactly the sum of its updates (exit status: 0 it is, 1 a run failed or a
+// score is wrong, 2 a bad flag). With --redis the dirty queue lives in Redis and survives
+// this process; without it, in process memory. On Redis the run uses keys of its own only
+// (a prefix new for each run) and deletes them when it ends.
 //
 // The textbook write-behind, and what replaces it (docs/pitfalls.md):
 //
@@ -451,7 +452,12 @@ int main(int argc, char** argv) {
         "change, then larder::WriteBehind; prints the row writes coalescing saved.",
         "leaderboard");
     add_flags(app, config);
-    CLI11_PARSE(app, argc, argv);  // prints the error or --help, and returns its status
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        // Prints the error or --help; a bad flag exits 2, as usage errors do.
+        return app.exit(e) == 0 ? 0 : 2;
+    }
     const auto path = std::filesystem::temp_directory_path() /
                       ("larder-leaderboard-" + std::to_string(::getpid()) + ".db");
     int status = 0;
@@ -479,7 +485,7 @@ int main(int argc, char** argv) {
             larder::RedisBackend redis(larder::RedisOptions::from_url(config.redis_url));
             runs.push_back(run_write_behind("WriteBehind + Redis", redis, db, updates, config));
 #else
-            usage("built without hiredis: --redis is not available");
+            throw std::runtime_error("built without hiredis: --redis is not available");
 #endif
         }
         runs.back().db_writes = db.writes;

@@ -9,7 +9,8 @@
 // (default 300 us; 0 for SQLite alone, where a cache has little to save).
 //
 // Prints what a cache is for: how many queries reach the database, the hit ratio, and the
-// latency of get_user with and without the cache.
+// latency of get_user with and without the cache. Exit status: 0 done, 1 a run failed,
+// 2 a bad flag.
 #include <larder/codec/json.hpp>
 #include <larder/larder.hpp>
 #if defined(LARDER_EXAMPLE_HAVE_REDIS)
@@ -284,7 +285,12 @@ int main(int argc, char** argv) {
         "with CacheAside; prints the database queries and read latency of each.",
         "user_service");
     add_flags(app, config);
-    CLI11_PARSE(app, argc, argv);  // prints the error or --help, and returns its status
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        // Prints the error or --help; a bad flag exits 2, as usage errors do.
+        return app.exit(e) == 0 ? 0 : 2;
+    }
     const auto path = std::filesystem::temp_directory_path() /
                       ("larder-user-service-" + std::to_string(::getpid()) + ".db");
     int status = 0;
@@ -307,7 +313,7 @@ int main(int argc, char** argv) {
             larder::RedisBackend redis(larder::RedisOptions::from_url(config.redis_url));
             results.push_back(run_cached("CacheAside + Redis", redis, ops, db));
 #else
-            usage("built without hiredis: --redis is not available");
+            throw std::runtime_error("built without hiredis: --redis is not available");
 #endif
         }
         print(results, config);
