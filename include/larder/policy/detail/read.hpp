@@ -53,12 +53,12 @@ struct Read {
     }
 };
 
-/// Sorts what the store holds (nothing: absent) by its envelope as of `now`. `decode`
+/// Sorts what the store holds (nothing: absent) by its envelope, as of `clock`'s now. `decode`
 /// turns a value envelope into a T, or nullopt when this cache cannot read it. Bytes that
 /// cannot be read are a miss (counted as corrupt_values) whose bytes a lease may replace:
 /// only while they are still the same bytes, so a good value written meanwhile survives.
 template <class T, class Decode>
-Read<T> classify(std::optional<StoredValue> stored, TimePoint now, const Decode& decode,
+Read<T> classify(std::optional<StoredValue> stored, const Clock& clock, const Decode& decode,
                  StripedCounters<StatsSnapshot>& stats) {
     using R = Read<T>;
     if (!stored) return R{.state = R::absent};
@@ -76,6 +76,7 @@ Read<T> classify(std::optional<StoredValue> stored, TimePoint now, const Decode&
 
     R r{.present = true};
     r.recompute_time = h.recompute_time;
+    const TimePoint now = clock.now();
     const bool fresh_while_stored = h.fresh_until == TimePoint{};
     // Compared before subtracting: a hostile fresh_until must not overflow.
     r.fresh_for = fresh_while_stored    ? Millis::max()

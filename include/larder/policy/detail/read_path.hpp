@@ -626,7 +626,7 @@ private:
 
     Read classify(std::optional<StoredValue> stored) {
         return detail::classify<T>(
-            std::move(stored), options_.clock->now(),
+            std::move(stored), *options_.clock,
             [this](const EnvelopeView& env) { return decode_payload(env); }, stats_);
     }
 
@@ -1010,6 +1010,7 @@ private:
     // the load began (TagVersions::add_chosen).
     bool add_loader_tags(const std::string& full, std::span<const std::string> tags,
                          std::vector<TagVersion>& stamp, std::uint64_t bumps_before) {
+        if (bumps_before == 0) return false;  // no counter to check the versions against
         std::vector<std::string> names;
         invalidator_.versions_of(caller_key(full), tags, names);
         return versions_.add_chosen(names, stamp, bumps_before);
