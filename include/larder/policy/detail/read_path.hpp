@@ -2,17 +2,21 @@
 // ReadPath, so get, tagged get, get_many and the invalidations are one piece of code, and
 // the policies differ only in their write verbs.
 //
-// Every read goes through one function, read(): the value (and the versions its
-// invalidator names) in one store command, classified by the envelope's own freshness,
-// then admitted by the entry's own stamped versions. The first read, a lease waiter's
-// polls, a refresh's re-read and a batch read all pass through it, so none can skip a
-// check. What follows a read is decided in one place too:
+// Every read is classified by the envelope's own freshness, then admitted by the entry's
+// own stamped versions (classify() and admit(), read.hpp). The first read, a lease
+// waiter's polls and a refresh's re-read all go through read() (the value and the
+// versions its invalidator names, in one store command), a batch read through the same
+// two checks, so none can skip one. What follows a read is decided here:
 //  - fresh: served (and maybe refreshed early, as the guard says);
 //  - stale (within grace): one caller across all processes refreshes, the rest serve it;
 //  - absent: one caller per process (single-flight) leases the key, loads and fills by
 //    compare-and-set against its lease;
 //  - leased by another loader: wait as the guard says, polling with read();
 //  - unknown (the store failed): load, and do not fill.
+//
+// What it is built from has headers of its own beside this one: the tag versions
+// (tag_versions.hpp), leases (leases.hpp), loader runs (loads.hpp), the report to a cache
+// in front (served.hpp) and the checked options (checked_options.hpp).
 #pragma once
 
 #include <algorithm>
