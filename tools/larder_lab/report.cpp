@@ -6,15 +6,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <numeric>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "bench/support/machine.hpp"  // what the numbers were measured with, as the benchmarks say it
 #include "lab.hpp"
-#include "larder_build_commit.hpp"  // generated: cmake/WriteBuildCommit.cmake
 
 namespace lab {
 namespace {
@@ -79,16 +78,6 @@ const Column columns[] = {
     {"stale", [](const ConfigResult& c) { return grouped(total(c, &RunResult::stale_reads)); }},
     {"lost", [](const ConfigResult& c) { return grouped(total(c, &RunResult::lost_writes)); }},
 };
-
-std::string cpu_model() {
-    std::ifstream cpuinfo("/proc/cpuinfo");
-    for (std::string line; std::getline(cpuinfo, line);) {
-        if (line.rfind("model name", 0) != 0) continue;
-        const auto colon = line.find(':');
-        if (colon != std::string::npos && colon + 2 <= line.size()) return line.substr(colon + 2);
-    }
-    return "unknown CPU";
-}
 
 std::string xml(std::string_view s) {
     std::string out;
@@ -171,15 +160,9 @@ Spread ConfigResult::read_p99_us() const {
 RunInfo run_info(const std::string& redis_version) {
     RunInfo info;
     info.library = larder::version;
-    info.commit = LARDER_BUILD_COMMIT;
-#if defined(__clang__)
-    info.compiler = "clang " __clang_version__;
-#elif defined(__GNUC__)
-    info.compiler = "g++ " __VERSION__;
-#else
-    info.compiler = "unknown compiler";
-#endif
-    info.cpu = cpu_model();
+    info.commit = larder::bench::build_commit();
+    info.compiler = larder::bench::compiler();
+    info.cpu = larder::bench::cpu_model();
     info.cores = std::thread::hardware_concurrency();
     info.redis = redis_version;
     return info;
